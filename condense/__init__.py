@@ -1,0 +1,28 @@
+"""condense: make CNNs smaller and faster by replacing repeated blocks with PDE-based Global layers.
+
+Public API (everything else is private)::
+
+    count(model, input_size)            MACs and parameters, total and per module (pandas DataFrame)
+    parse_budget("250M"), format_count  budget strings, one parser
+    GlobalLayer, GlobalConfig           the advection-diffusion layer (Kag & Saligrama)
+    LinearMix, ExplicitRD, ImplicitRD, CirculantRD   the reaction-diffusion layers
+    create_layer(name, channels, ...)   any of them by name
+    advection_diffusion(...)            the pure solver behind the Global layer
+"""
+from ._budget import Budget, format_count, parse_budget, parse_input_size
+from ._count import count, count_module, macs_and_params
+from ._errors import BudgetError, CondenseError, ConfigError
+from .pde import (CirculantRD, CirculantRDConfig, ExplicitRD, ExplicitRDConfig, GlobalConfig, GlobalLayer,
+                  ImplicitRD, ImplicitRDConfig, LinearMix, LinearMixConfig, PDELayer, advection_diffusion,
+                  create_layer, layer_names)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "count", "count_module", "macs_and_params",
+    "Budget", "parse_budget", "format_count", "parse_input_size",
+    "CondenseError", "ConfigError", "BudgetError",
+    "PDELayer", "GlobalLayer", "GlobalConfig", "LinearMix", "LinearMixConfig", "ExplicitRD", "ExplicitRDConfig",
+    "ImplicitRD", "ImplicitRDConfig", "CirculantRD", "CirculantRDConfig",
+    "advection_diffusion", "create_layer", "layer_names",
+]

@@ -1,0 +1,1 @@
+"""Benchmark scripts that print measured figures (run them as ``python -m condense.bench.<name>``)."""

@@ -1,0 +1,17 @@
+"""The graph engine: trace a model, find runs of repeated same-resolution blocks, rewrite them.
+
+``find_runs(model, (3, 224, 224))`` changes nothing and returns a ``FindResult`` of ``Run`` records;
+``rewrite(model, found, {"layer3": RunChoice(m=1)})`` returns a new module in which each planned run keeps
+``m`` blocks and ends in one PDE layer (``RewriteResult(module, records)``).
+"""
+from ._find import FindResult, Run, find_runs
+from ._rewrite import (ChannelsFirstAdapter, ChannelsLastAdapter, CondensedGraphModule, RewriteRecord,
+                       RewriteResult, RunChoice, Skip, rewrite)
+from ._trace import CondenseTracer, register_leaf_module, trace
+
+__all__ = [
+    "find_runs", "FindResult", "Run",
+    "rewrite", "RunChoice", "RewriteResult", "RewriteRecord",
+    "Skip", "ChannelsLastAdapter", "ChannelsFirstAdapter", "CondensedGraphModule",
+    "trace", "register_leaf_module", "CondenseTracer",
+]

@@ -1,0 +1,16 @@
+"""The layers of both papers: the Global (advection-diffusion) layer and the reaction-diffusion family."""
+from ._advection_diffusion import advection_diffusion, eager_macs, fused_available
+from ._base import LayerConfig, PDELayer
+from ._factory import LAYERS, create_layer, layer_class, layer_config, layer_names
+from ._global_layer import GlobalConfig, GlobalLayer
+from ._native import status as native_status
+from ._reaction_diffusion import (CirculantRD, CirculantRDConfig, ExplicitRD, ExplicitRDConfig, ImplicitRD,
+                                  ImplicitRDConfig, LinearMix, LinearMixConfig)
+
+__all__ = [
+    "advection_diffusion", "eager_macs", "fused_available", "native_status",
+    "PDELayer", "LayerConfig", "GlobalLayer", "GlobalConfig",
+    "LinearMix", "LinearMixConfig", "ExplicitRD", "ExplicitRDConfig", "ImplicitRD", "ImplicitRDConfig",
+    "CirculantRD", "CirculantRDConfig",
+    "LAYERS", "create_layer", "layer_class", "layer_config", "layer_names",
+]

@@ -1,0 +1,266 @@
+"""The advection-diffusion solver of the Global layer (Eq. 4, Du Fort-Frankel), eager and fused.
+
+In: the initial guess H^0, the source f(I), velocity (u, v) and diffusion (Dx, Dy) as (N, C, H, W)
+tensors (diffusion may be a float). Out: H^K. Never: learns anything, or keeps state between calls.
+
+Scheme (x is the last axis W, y the one before it H; boundaries periodic by default)::
+
+    L H^{k+1} = M H^{k-1} - 2 (u_x + v_y) dt H^k + 2 dt f
+                + (-Ax + 2Bx) H[x+1] + (Ax + 2Bx) H[x-1] + (-Ay + 2By) H[y+1] + (Ay + 2By) H[y-1]
+
+with L = 1 + 2Bx + 2By, M = 1 - 2Bx - 2By, Ax = u dt/dx, Ay = v dt/dy, Bx = Dx dt/dx^2, By = Dy dt/dy^2,
+u_x = (u[x+1] - u[x-1]) / 2dx, v_y = (v[y+1] - v[y-1]) / 2dy, and H^{-1} = H^0.
+
+The coefficients are computed once per call. The fused path (a C kernel run plane by plane in cache,
+exposed as the custom op ``condense::advection_diffusion`` with its own backward) is used where it is
+available (CPU, float32/float64); the eager PyTorch path is the fallback and the reference.
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+from . import _native
+from ._base import BOUNDARIES, neighbor, register_op_handle
+
+Scalar = Union[float, int]
+_BOUNDARY_CODE = {name: i for i, name in enumerate(BOUNDARIES)}  # periodic 0, replicate 1, zero 2
+
+
+# ------------------------------------------------------------------------------------------ eager
+def bound_velocity(u: Tensor, umax: float) -> Tensor:
+    """``umax * tanh(u / umax)``: keeps |u| dt / dx below the Courant bound, the identity near 0."""
+    return torch.tanh(u / umax) * umax
+
+
+def bound_diffusion(d: Tensor, dmax: float) -> Tensor:
+    """``clamp(D, 0, dmax)``: negative diffusion is ill-posed, and a cap keeps coefficients finite."""
+    return torch.clamp(d, 0.0, dmax)
+
+
+def _eager(init: Tensor, source: Optional[Tensor], u: Optional[Tensor], v: Optional[Tensor],
+           Dx: Union[Tensor, Scalar], Dy: Union[Tensor, Scalar], K: int, dt: float, dx: float, dy: float,
+           boundary: str) -> Tensor:
+    # Every elementwise op below is one counted MAC per element; ``eager_macs`` mirrors this exactly.
+    var_d = isinstance(Dx, Tensor)
+    if var_d:
+        bx = Dx * (dt / dx**2)
+        by = Dy * (dt / dy**2)
+        iL = torch.reciprocal(torch.add(bx, by).mul(2.0).add(1.0))
+        a0 = iL.mul(2.0).sub(1.0)  # M / L = (2 - L) / L
+        tx, ty = bx.mul(2.0), by.mul(2.0)
+    else:
+        bx, by = float(Dx) * dt / dx**2, float(Dy) * dt / dy**2
+        iL = 1.0 / (1.0 + 2 * bx + 2 * by)
+        a0 = (1.0 - 2 * bx - 2 * by) * iL
+        tx, ty = 2 * bx, 2 * by
+    a1 = None
+    if u is not None:
+        ux = (neighbor(u, -1, 1, boundary) - neighbor(u, -1, -1, boundary)) * (0.5 / dx)
+        vy = (neighbor(v, -2, 1, boundary) - neighbor(v, -2, -1, boundary)) * (0.5 / dy)
+        div = ux + vy
+        if var_d:
+            a1 = div.mul(-2.0 * dt).mul(iL)
+            axi, ayi = u.mul(dt / dx).mul(iL), v.mul(dt / dy).mul(iL)
+            txi, tyi = tx.mul(iL), ty.mul(iL)
+            cE, cW, cN, cS = txi - axi, txi + axi, tyi - ayi, tyi + ayi
+        else:
+            a1 = div.mul(-2.0 * dt * iL)
+            axi, ayi = u.mul(dt / dx * iL), v.mul(dt / dy * iL)
+            cE, cW, cN, cS = torch.rsub(axi, tx * iL), axi.add(tx * iL), torch.rsub(ayi, ty * iL), ayi.add(ty * iL)
+    elif var_d:
+        cE = cW = tx.mul(iL)
+        cN = cS = ty.mul(iL)
+    else:
+        cE = cW = tx * iL
+        cN = cS = ty * iL
+    s = None
+    if source is not None:
+        s = source.mul(2.0 * dt).mul(iL) if var_d else source.mul(2.0 * dt * iL)
+
+    h_prev = h = init
+    for _ in range(K):
+        nxt = h_prev * a0
+        if s is not None:
+            nxt = nxt + s
+        if a1 is not None:
+            nxt = torch.addcmul(nxt, a1, h)
+        for coef, dim, off in ((cE, -1, 1), (cW, -1, -1), (cN, -2, 1), (cS, -2, -1)):
+            nb = neighbor(h, dim, off, boundary)
+            nxt = torch.addcmul(nxt, coef, nb) if isinstance(coef, Tensor) else torch.add(nxt, nb, alpha=coef)
+        h_prev, h = h, nxt
+    return h
+
+
+def eager_macs(numel: int, K: int, *, source: bool, velocity: bool, variable_diffusion: bool,
+               bounded_velocity: bool = False) -> int:
+    """MACs of the solver on ``numel`` elements, one per elementwise op per element (README convention).
+
+    Equal, op for op, to what ``condense.count`` measures on the eager path; the fused op reports this.
+    """
+    per = 0
+    if bounded_velocity and velocity:
+        per += 4  # u / umax * umax and v likewise (tanh is an activation: 0)
+    if variable_diffusion:
+        per += 8  # bx, by, L (3), 1/L, a0 (2)
+    if velocity:
+        per += 5  # u_x (2), v_y (2), u_x + v_y
+        per += 2 if variable_diffusion else 1  # a1
+        per += 12 if variable_diffusion else 6  # cE, cW, cN, cS
+    elif variable_diffusion:
+        per += 4
+    if source:
+        per += 2 if variable_diffusion else 1
+    per += K * (5 + int(source) + int(velocity))
+    return per * numel
+
+
+# ------------------------------------------------------------------------------------------ fused
+def _field(t: Optional[Tensor]) -> _native.Field:
+    if t is None:
+        return _native.Field(None, 0, 0)
+    return _native.Field(t.data_ptr(), t.stride(0), t.stride(1))
+
+
+def _planar(t: Optional[Tensor]) -> Optional[Tensor]:
+    """A view whose (H, W) planes are contiguous, copying only when needed."""
+    if t is None:
+        return None
+    if t.stride(-1) == 1 and (t.stride(-2) == t.shape[-1] or t.shape[-2] == 1):
+        return t
+    return t.contiguous()
+
+
+def _scalars(init, K, dt, dx, dy, dx_const, dy_const, boundary, courant, dmax):
+    N, C, H, W = init.shape
+    return [N * C, C, H, W, K, dt, dx, dy, dx_const, dy_const, boundary, courant, dmax, torch.get_num_threads()]
+
+
+@torch.library.custom_op("condense::advection_diffusion", mutates_args=())
+def _fused(init: Tensor, source: Optional[Tensor], u: Optional[Tensor], v: Optional[Tensor],
+           Dx: Optional[Tensor], Dy: Optional[Tensor], dx_const: float, dy_const: float, K: int, dt: float,
+           dx: float, dy: float, boundary: int, courant: float, dmax: float) -> Tensor:
+    lib = _native.library(init.dtype)
+    if lib is None:
+        raise RuntimeError(_native.status())
+    ins = [_planar(t) for t in (init, source, u, v, Dx, Dy)]
+    out = torch.empty(init.shape, dtype=init.dtype, device=init.device)
+    lib.ad_forward(ins[0].data_ptr(), ins[0].stride(0), ins[0].stride(1), *map(_field, ins[1:]), out.data_ptr(),
+                   *_scalars(init, K, dt, dx, dy, dx_const, dy_const, boundary, courant, dmax))
+    return out
+
+
+@_fused.register_fake
+def _(init, source, u, v, Dx, Dy, dx_const, dy_const, K, dt, dx, dy, boundary, courant, dmax):
+    return torch.empty_like(init, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("condense::advection_diffusion_backward", mutates_args=())
+def _fused_backward(grad: Tensor, init: Tensor, source: Optional[Tensor], u: Optional[Tensor],
+                    v: Optional[Tensor], Dx: Optional[Tensor], Dy: Optional[Tensor], dx_const: float,
+                    dy_const: float, K: int, dt: float, dx: float, dy: float, boundary: int, courant: float,
+                    dmax: float, needs: list[bool]) -> list[Tensor]:
+    lib = _native.library(init.dtype)
+    if lib is None:
+        raise RuntimeError(_native.status())
+    ins = [_planar(t) for t in (init, source, u, v, Dx, Dy)]
+    grad = grad.contiguous()
+    outs = [torch.empty(init.shape, dtype=init.dtype) if (t is not None and need) else None
+            for t, need in zip(ins, needs)]
+    ptr = [o.data_ptr() if o is not None else None for o in outs]
+    lib.ad_backward(grad.data_ptr(), ins[0].data_ptr(), ins[0].stride(0), ins[0].stride(1),
+                    *map(_field, ins[1:]), *ptr,
+                    *_scalars(init, K, dt, dx, dy, dx_const, dy_const, boundary, courant, dmax))
+    return [o if o is not None else init.new_empty(0) for o in outs]
+
+
+@_fused_backward.register_fake
+def _(grad, init, source, u, v, Dx, Dy, dx_const, dy_const, K, dt, dx, dy, boundary, courant, dmax, needs):
+    return [torch.empty_like(init) if (t is not None and n) else init.new_empty(0)
+            for t, n in zip((init, source, u, v, Dx, Dy), needs)]
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:6])
+    ctx.scalars = inputs[6:]
+
+
+def _backward(ctx, grad):
+    tensors = ctx.saved_tensors
+    needs = [bool(n) for n in ctx.needs_input_grad[:6]]
+    grads = _fused_backward(grad, *tensors, *ctx.scalars, needs)
+    return (*(g if (t is not None and n) else None for g, t, n in zip(grads, tensors, needs)),
+            *([None] * len(ctx.scalars)))
+
+
+_fused.register_autograd(_backward, setup_context=_setup_context)
+
+
+@register_op_handle("condense::advection_diffusion")
+def _fused_macs(inputs, outputs) -> int:
+    """fvcore handle: the fused op costs what the eager path would (``eager_macs``)."""
+    shape = outputs[0].type().sizes()
+    present = [inp.type().kind() != "NoneType" for inp in inputs[:6]]
+    K = inputs[8].toIValue()
+    courant = inputs[13].toIValue()
+    numel = 1
+    for n in shape:
+        numel *= n
+    return eager_macs(numel, K, source=present[1], velocity=present[2], variable_diffusion=present[4],
+                      bounded_velocity=courant > 0)
+
+
+def fused_available(t: Tensor) -> bool:
+    """Whether the fused kernel can run on tensors like ``t`` (CPU, float32/float64, compiler present)."""
+    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) \
+        and _native.library(t.dtype) is not None
+
+
+# ------------------------------------------------------------------------------------------ public
+def advection_diffusion(init: Tensor, source: Optional[Tensor], u: Optional[Tensor], v: Optional[Tensor],
+                        Dx: Union[Tensor, Scalar], Dy: Union[Tensor, Scalar], *, K: int = 5, dt: float = 0.2,
+                        dx: float = 1.0, dy: float = 1.0, boundary: str = "periodic",
+                        impl: str = "auto") -> Tensor:
+    """H^K of Eq. 4 from H^{-1} = H^0 = ``init`` with source ``source`` (= f(I)).
+
+    All tensors are (N, C, H, W). ``source``, ``u`` and ``v`` may be None (zero); ``u`` and ``v`` go
+    together. ``Dx`` and ``Dy`` are tensors or floats (constant diffusion). ``impl`` is ``"auto"``
+    (fused C kernel where available, else eager), ``"fused"`` or ``"eager"``.
+    """
+    if (u is None) != (v is None):
+        raise ValueError("u and v must both be tensors or both be None")
+    if isinstance(Dx, Tensor) != isinstance(Dy, Tensor):
+        raise ValueError("Dx and Dy must both be tensors or both be floats")
+    if boundary not in _BOUNDARY_CODE:
+        raise ValueError(f"boundary={boundary!r} is not one of {', '.join(BOUNDARIES)}")
+    for name, t in (("source", source), ("u", u), ("v", v), ("Dx", Dx), ("Dy", Dy)):
+        if isinstance(t, Tensor) and t.shape != init.shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(init.shape)} like init")
+    if impl not in ("auto", "fused", "eager"):
+        raise ValueError(f"impl={impl!r} is not one of 'auto', 'fused', 'eager'")
+    if impl == "eager" or (impl == "auto" and not fused_available(init)):
+        return _eager(init, source, u, v, Dx, Dy, K, dt, dx, dy, boundary)
+    var_d = isinstance(Dx, Tensor)
+    return _fused(init, source, u, v, Dx if var_d else None, Dy if var_d else None,
+                  0.0 if var_d else float(Dx), 0.0 if var_d else float(Dy), int(K), float(dt), float(dx),
+                  float(dy), _BOUNDARY_CODE[boundary], 0.0, 0.0)
+
+
+def bounded_advection_diffusion(init: Tensor, source: Optional[Tensor], u_raw: Optional[Tensor],
+                                v_raw: Optional[Tensor], Dx_raw: Union[Tensor, Scalar],
+                                Dy_raw: Union[Tensor, Scalar], *, K: int, dt: float, dx: float, dy: float,
+                                boundary: str, courant: float, dmax: float, impl: str = "auto") -> Tensor:
+    """The solver on bounded fields: u -> umax tanh(u / umax) with umax = courant dx / dt (v likewise),
+    and tensor D -> clamp(D, 0, dmax). The fused path applies the bounds inside the kernel."""
+    var_d = isinstance(Dx_raw, Tensor)
+    if impl == "eager" or (impl == "auto" and not fused_available(init)):
+        u = v = None
+        if u_raw is not None:
+            u, v = bound_velocity(u_raw, courant * dx / dt), bound_velocity(v_raw, courant * dy / dt)
+        Dx, Dy = (bound_diffusion(Dx_raw, dmax), bound_diffusion(Dy_raw, dmax)) if var_d else (Dx_raw, Dy_raw)
+        return _eager(init, source, u, v, Dx, Dy, K, dt, dx, dy, boundary)
+    return _fused(init, source, u_raw, v_raw, Dx_raw if var_d else None, Dy_raw if var_d else None,
+                  0.0 if var_d else float(Dx_raw), 0.0 if var_d else float(Dy_raw), int(K), float(dt),
+                  float(dx), float(dy), _BOUNDARY_CODE[boundary], float(courant), float(dmax))

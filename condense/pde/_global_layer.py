@@ -1,0 +1,176 @@
+"""The Global layer (Sec. 3.2 of "Condensing CNNs with PDEs"): K steps of advection-diffusion on a map.
+
+In: a feature map I of shape (N, C, H, W), optionally an initial-guess block. Out: a map of the same
+shape. Never: changes the shape, or leaves its stability bounds (every output is finite for finite
+input and any weights, see ``GlobalConfig``).
+
+    H^0 = init_block(I) (or I);  (u, v), (Dx, Dy) = depthwise convs of H^0;  f = f(I)
+    O = H^K of the Du Fort-Frankel update (``advection_diffusion``)  [+ I]  -> norm -> act
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .._errors import ConfigError
+from ._advection_diffusion import bounded_advection_diffusion
+from ._base import (BOUNDARIES, ConvNormAct, LayerConfig, PDELayer, act_names, check_choice, check_range,
+                    make_act, make_norm, norm_names)
+
+VELOCITIES = ("dwconv", "separable", "constant", "zero")
+DIFFUSIONS = ("constant", "dwconv")
+SOURCES = ("identity", "none", "residual")
+INITS = ("input", "block")
+IMPLS = ("auto", "fused", "eager")
+
+
+@dataclasses.dataclass(frozen=True)
+class GlobalConfig(LayerConfig):
+    """Options of the Global layer; the defaults are the paper's (K=5, dt=0.2, dx=dy=1).
+
+    velocity: ``dwconv`` (depthwise conv + norm, the paper's), ``separable`` (depthwise + pointwise),
+      ``constant`` (one learned (u, v) per channel) or ``zero`` (pure diffusion).
+    diffusion: ``constant`` (``diffusion_value`` everywhere, default 1 as in the paper's low-budget
+      models) or ``dwconv`` (depthwise conv + norm; its activation is the clamp to [0, max_diffusion]).
+    source: f(I) = ``identity`` (I, the paper's), ``none`` (0) or ``residual`` (a residual block, Table 8).
+    init: H^0 = ``input`` (I) or ``block`` (a given block, as the paper's first block of the stage).
+    Stability: velocities pass through umax * tanh(u / umax) with umax = max_courant * dx / dt, so
+    |u| dt/dx <= max_courant (likewise v); learned diffusion is clamped to [0, max_diffusion]
+    (Du Fort-Frankel is unconditionally stable for D >= 0). With these bounds the K-step update is a
+    linear map with bounded coefficients, so the output is finite for finite input and any weights.
+    zero_init: start the velocity (and learned diffusion) convs' norm at zero, so u = v = 0 at first.
+    """
+
+    name: ClassVar[str] = "global"
+
+    K: int = 5
+    dt: float = 0.2
+    dx: float = 1.0
+    dy: float = 1.0
+    kernel_size: int = 3
+    velocity: str = "dwconv"
+    diffusion: str = "constant"
+    diffusion_value: float = 1.0
+    source: str = "identity"
+    init: str = "input"
+    boundary: str = "periodic"
+    norm: str = "batch"
+    act: str = "relu"
+    residual: bool = False
+    out_norm: str = "none"
+    out_act: str = "identity"
+    max_courant: float = 0.5
+    max_diffusion: float = 10.0
+    zero_init: bool = False
+    impl: str = "auto"
+
+    def validate(self) -> None:
+        check_range("K", self.K, 0, 100, integer=True)
+        for field in ("dt", "dx", "dy"):
+            check_range(field, getattr(self, field), 1e-6, 1e3)
+        check_range("kernel_size", self.kernel_size, 1, 15, integer=True)
+        if self.kernel_size % 2 == 0:
+            raise ConfigError(f"kernel_size={self.kernel_size} must be odd")
+        check_choice("velocity", self.velocity, VELOCITIES)
+        check_choice("diffusion", self.diffusion, DIFFUSIONS)
+        check_range("diffusion_value", self.diffusion_value, 0.0, 1e3)
+        check_choice("source", self.source, SOURCES)
+        check_choice("init", self.init, INITS)
+        check_choice("boundary", self.boundary, BOUNDARIES)
+        check_choice("norm", self.norm, norm_names())
+        check_choice("act", self.act, act_names())
+        check_choice("out_norm", self.out_norm, norm_names())
+        check_choice("out_act", self.out_act, act_names())
+        check_range("max_courant", self.max_courant, 1e-3, 1.0)
+        check_range("max_diffusion", self.max_diffusion, 1e-3, 1e3)
+        check_choice("impl", self.impl, IMPLS)
+        for field in ("residual", "zero_init"):
+            if not isinstance(getattr(self, field), bool):
+                raise ConfigError(f"{field} must be true or false, got {getattr(self, field)!r}")
+
+
+class ResidualSource(nn.Module):
+    """f(I) as a residual block: I + BN(conv(act(BN(conv(I))))) (the paper's Table 8 ablation)."""
+
+    def __init__(self, channels: int, kernel_size: int, norm: str, act: str):
+        super().__init__()
+        self.body = nn.Sequential(
+            ConvNormAct(channels, channels, kernel_size, norm=norm, act=act),
+            ConvNormAct(channels, channels, kernel_size, norm=norm, act="identity"),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class GlobalLayer(PDELayer):
+    """The Global feature layer: ``GlobalLayer(channels, GlobalConfig(...), init_block=None)``."""
+
+    config_cls = GlobalConfig
+
+    def __init__(self, channels: int, config: GlobalConfig | None = None, init_block: nn.Module | None = None):
+        super().__init__(channels, config)
+        cfg: GlobalConfig = self.config
+        if cfg.init == "block" and init_block is None:
+            raise ConfigError("init='block' needs an init_block", "pass the block whose output starts the PDE")
+        if cfg.init == "input" and init_block is not None:
+            raise ConfigError("an init_block was given but init='input'", "set init='block' to use it")
+        C, k = channels, cfg.kernel_size
+        self.init_block = init_block
+        self.velocity = self._velocity_net(C, k, cfg)
+        self.velocity_const = nn.Parameter(torch.zeros(2, C)) if cfg.velocity == "constant" else None
+        self.diffusion = (ConvNormAct(C, 2 * C, k, groups=C, norm=cfg.norm, act="identity")
+                          if cfg.diffusion == "dwconv" else None)
+        self.source = ResidualSource(C, k, cfg.norm, cfg.act) if cfg.source == "residual" else None
+        self.out_norm = make_norm(cfg.out_norm, C)
+        self.out_act = make_act(cfg.out_act)
+        if cfg.zero_init:
+            for net in (self.velocity, self.diffusion):
+                last = [m for m in net.modules() if isinstance(m, (nn.BatchNorm2d, nn.Conv2d))] if net else []
+                if last:  # the module that produces the field: its scale starts at 0
+                    nn.init.zeros_(last[-1].weight)
+
+    @staticmethod
+    def _velocity_net(C: int, k: int, cfg: GlobalConfig) -> nn.Module | None:
+        if cfg.velocity == "dwconv":  # channel 2c is u_c, 2c + 1 is v_c
+            return ConvNormAct(C, 2 * C, k, groups=C, norm=cfg.norm, act="identity")
+        if cfg.velocity == "separable":  # channels [0, C) are u, [C, 2C) are v
+            return nn.Sequential(ConvNormAct(C, C, k, groups=C, norm=cfg.norm, act=cfg.act),
+                                 ConvNormAct(C, 2 * C, 1, norm=cfg.norm, act="identity"))
+        return None
+
+    def _fields(self, h0: Tensor):
+        cfg: GlobalConfig = self.config
+        u = v = None
+        if cfg.velocity == "dwconv":
+            uv = self.velocity(h0)
+            u, v = uv[:, 0::2], uv[:, 1::2]
+        elif cfg.velocity == "separable":
+            uv = self.velocity(h0)
+            u, v = uv[:, : self.channels], uv[:, self.channels:]
+        elif cfg.velocity == "constant":
+            u, v = (c.view(1, -1, 1, 1).expand_as(h0) for c in self.velocity_const)
+        if self.diffusion is not None:
+            d = self.diffusion(h0)
+            Dx, Dy = d[:, 0::2], d[:, 1::2]
+        else:
+            Dx = Dy = cfg.diffusion_value
+        return u, v, Dx, Dy
+
+    def forward(self, x: Tensor) -> Tensor:
+        cfg: GlobalConfig = self.config
+        h0 = x if self.init_block is None else self.init_block(x)
+        if h0.shape != x.shape:
+            raise RuntimeError(f"GlobalLayer: init_block maps {tuple(x.shape)} to {tuple(h0.shape)}; "
+                               "the initial guess must keep the input's shape")
+        f = x if cfg.source == "identity" else (None if cfg.source == "none" else self.source(x))
+        u, v, Dx, Dy = self._fields(h0)
+        out = bounded_advection_diffusion(h0, f, u, v, Dx, Dy, K=cfg.K, dt=cfg.dt, dx=cfg.dx, dy=cfg.dy,
+                                          boundary=cfg.boundary, courant=cfg.max_courant,
+                                          dmax=cfg.max_diffusion, impl=cfg.impl)
+        if cfg.residual:
+            out = out + x
+        return self.out_act(self.out_norm(out))

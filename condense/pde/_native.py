@@ -1,0 +1,114 @@
+"""Build and load the fused C kernels on first use; report why when they are unavailable.
+
+In: the C sources in ``csrc/``. Out: a ctypes library per dtype, cached under ``~/.cache/condense``
+(or ``$CONDENSE_CACHE``), or ``None`` with a reason. Never: builds at import time, or raises on a missing
+compiler (the layers fall back to their eager PyTorch path).
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+_SRC = Path(__file__).parent / "csrc" / "advection_diffusion.c"
+_LOCK = threading.Lock()
+_LIBS: dict[torch.dtype, ctypes.CDLL | None] = {}
+_REASON: list[str] = []
+_REAL = {torch.float32: "float", torch.float64: "double"}
+
+
+class Field(ctypes.Structure):
+    """A plane-strided array: plane p = n * C + c starts at ``ptr + n * sn + c * sc``."""
+
+    _fields_ = [("ptr", ctypes.c_void_p), ("sn", ctypes.c_long), ("sc", ctypes.c_long)]
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("CONDENSE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "condense")
+    return Path(root) / "native"
+
+
+def _cpu_tag() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith(("model name", "flags")):
+                    return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _compile(real: str) -> Path:
+    cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc") or shutil.which("clang")
+    if not cc:
+        raise RuntimeError("no C compiler found (install gcc, or set CC)")
+    src = _SRC.read_bytes()
+    key = hashlib.sha256(src + real.encode() + _cpu_tag().encode() + cc.encode()).hexdigest()[:16]
+    out = cache_dir() / f"advection_diffusion_{real}_{key}.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Compile and link in two steps so that no fast-math startup code (crtfastmath.o, which would set
+    # flush-to-zero for the whole process) can be linked in.
+    attempts = [(["-march=native", "-fno-math-errno"], []), ([], [])]
+    errors = ["unknown error"]
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        obj, lib = Path(tmp) / "kernel.o", Path(tmp) / out.name
+        for cflags, libs in attempts:
+            steps = [[cc, "-O3", "-fPIC", "-fopenmp", "-std=c11", f"-DREAL={real}", *cflags, "-c", str(_SRC),
+                      "-o", str(obj)],
+                     [cc, "-shared", "-fopenmp", str(obj), "-o", str(lib), *libs, "-lm"]]
+            for cmd in steps:
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    errors = proc.stderr.strip().splitlines()[-1:] or errors
+                    break
+            else:
+                os.replace(lib, out)  # atomic: no half-written library is ever loaded
+                return out
+    raise RuntimeError(f"compiling {_SRC.name} failed: {errors[0]}")
+
+
+def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+    P, L, I, D, F = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_double, Field
+    common = [L, L, L, L, I, D, D, D, D, D, I, D, D, I]  # P C H W K dt dx dy dxc dyc boundary courant dmax nthreads
+    lib.ad_forward.argtypes = [P, L, L, F, F, F, F, F, P] + common
+    lib.ad_forward.restype = None
+    lib.ad_backward.argtypes = [P, P, L, L, F, F, F, F, F, P, P, P, P, P, P] + common
+    lib.ad_backward.restype = None
+    return lib
+
+
+def library(dtype: torch.dtype) -> ctypes.CDLL | None:
+    """The fused kernels for ``dtype`` (float32 or float64), building them once; None if unavailable."""
+    if dtype in _LIBS:
+        return _LIBS[dtype]
+    with _LOCK:
+        if dtype not in _LIBS:
+            lib = None
+            if dtype not in _REAL:
+                pass
+            elif os.environ.get("CONDENSE_NO_NATIVE"):
+                _REASON.append("disabled by CONDENSE_NO_NATIVE")
+            else:
+                try:
+                    lib = _bind(ctypes.CDLL(str(_compile(_REAL[dtype]))))
+                except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+                    _REASON.append(str(err))
+            _LIBS[dtype] = lib
+    return _LIBS[dtype]
+
+
+def status() -> str:
+    """One line: whether the fused kernels are available, and why not."""
+    lib = library(torch.float32)
+    return "fused C kernel available" if lib is not None else f"fused C kernel unavailable: {_REASON[-1]}"

@@ -1,0 +1,375 @@
+/* Fused Du Fort-Frankel advection-diffusion solver (Eq. 4 of "Condensing CNNs with PDEs").
+ *
+ * One plane (one channel of one sample, H x W) at a time: its coefficients and its three time levels
+ * stay in a per-thread scratch that fits in cache, so the K steps cost one read of the inputs and one
+ * write of the output instead of ~7 passes over memory per step. The backward pass recomputes the K
+ * states of a plane in scratch (nothing is stored between forward and backward) and runs the adjoint
+ * recursion. Compiled twice: -DREAL=float and -DREAL=double.
+ *
+ * Layout: every tensor argument is a plane-strided array: plane p = n * C + c starts at
+ * n * sn + c * sc and holds H * W contiguous values. A NULL field means: source 0, velocity 0, or
+ * constant diffusion (dxc, dyc). Boundary: 0 periodic, 1 replicate, 2 zero.
+ * Bounds: courant > 0 maps u -> umax * tanh(u / umax) with umax = courant * dx / dt (same for v with dy);
+ * dmax > 0 maps D -> clamp(D, 0, dmax).
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef REAL
+#define REAL float
+#endif
+typedef REAL real;
+
+typedef struct {
+    const real *ptr;
+    long sn, sc;
+} field;
+
+static inline const real *plane_of(field f, long p, long C) {
+    return f.ptr ? f.ptr + (p / C) * f.sn + (p % C) * f.sc : NULL;
+}
+
+/* index of the neighbour at i + d (d = +1 / -1) along an axis of length n; -1 means "zero". */
+static inline long nb(long i, long d, long n, int boundary) {
+    long j = i + d;
+    if (j >= 0 && j < n) return j;
+    if (boundary == 0) return (j + n) % n;
+    if (boundary == 1) return j < 0 ? 0 : n - 1;
+    return -1;
+}
+
+static inline real at(const real *a, long row, long col, long W) {
+    return (row < 0 || col < 0) ? (real)0 : a[row * W + col];
+}
+
+typedef struct {
+    long H, W, C;
+    int K, boundary;
+    double dt, dx, dy, dxc, dyc, courant, dmax;
+} params;
+
+/* Coefficients of H^{k+1} = a0 H^{k-1} + a1 H^k + cE H[x+1] + cW H[x-1] + cN H[y+1] + cS H[y-1] + s. */
+typedef struct {
+    real *a0, *a1, *cE, *cW, *cN, *cS, *s;
+} coefs;
+
+/* tanh: libm's in double; in float a branch-free version the compiler vectorises (libm's scalar tanhf
+ * would dominate the kernel): tanh(x) = sign(x) (1 - 2 / (exp(2|x|) + 1)), exp by range reduction
+ * 2^k e^r with |r| <= ln2 / 2 and a degree-6 Taylor polynomial. Absolute error below 2e-7. */
+static inline float fast_tanhf(float x) {
+    float a = fminf(fabsf(x), 9.0f) * 2.0f;
+    float k = floorf(a * 1.44269504f + 0.5f);
+    float r = a - k * 0.693145752f - k * 1.42860677e-06f;
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.66666667e-1f + r * (4.16666667e-2f +
+              r * (8.33333333e-3f + r * 1.38888889e-3f)))));
+    union { float f; int i; } two_k = {.i = ((int)k + 127) << 23};
+    float t = 1.0f - 2.0f / (p * two_k.f + 1.0f);
+    return copysignf(t, x);
+}
+#define TANH(x) (sizeof(real) == sizeof(float) ? (real)fast_tanhf((float)(x)) : (real)tanh((double)(x)))
+static inline real bound_vel(real u, double umax) {
+    return umax > 0 ? (real)umax * TANH(u / (real)umax) : u;
+}
+static inline real dbound_vel(real u, double umax) { /* derivative of bound_vel */
+    if (umax <= 0) return (real)1;
+    real t = TANH(u / (real)umax);
+    return (real)1 - t * t;
+}
+static inline real bound_d(real d, double dmax) {
+    if (dmax <= 0) return d;
+    return d < 0 ? (real)0 : (d > dmax ? (real)dmax : d);
+}
+static inline real dbound_d(real d, double dmax) {
+    if (dmax <= 0) return (real)1;
+    return (d >= 0 && d <= dmax) ? (real)1 : (real)0;
+}
+
+static void compute_coefs(const params *q, const real *f, const real *u, const real *v, const real *Dx,
+                          const real *Dy, coefs c, real *restrict ub, real *restrict vb) {
+    const long H = q->H, W = q->W, HW = H * W;
+    const double umax = q->courant > 0 ? q->courant * q->dx / q->dt : 0;
+    const double vmax = q->courant > 0 ? q->courant * q->dy / q->dt : 0;
+    const real kx = (real)(q->dt / (q->dx * q->dx)), ky = (real)(q->dt / (q->dy * q->dy));
+    const real dxc = (real)q->dxc, dyc = (real)q->dyc, two_dt = (real)(2 * q->dt);
+    real *restrict a0 = c.a0, *restrict a1 = c.a1, *restrict cE = c.cE, *restrict cW = c.cW;
+    real *restrict cN = c.cN, *restrict cS = c.cS, *restrict s = c.s;
+    /* pass 1: bounded velocity; pass 2: the diffusion part of every coefficient (a1 holds 1/L for now) */
+    if (u) {
+#pragma omp simd
+        for (long i = 0; i < HW; i++) {
+            ub[i] = bound_vel(u[i], umax);
+            vb[i] = bound_vel(v[i], vmax);
+        }
+    }
+#pragma omp simd
+    for (long i = 0; i < HW; i++) {
+        real bx = (Dx ? bound_d(Dx[i], q->dmax) : dxc) * kx;
+        real by = (Dy ? bound_d(Dy[i], q->dmax) : dyc) * ky;
+        real iL = (real)1 / ((real)1 + 2 * bx + 2 * by);
+        a0[i] = ((real)1 - 2 * bx - 2 * by) * iL;
+        a1[i] = iL;
+        cE[i] = cW[i] = 2 * bx * iL;
+        cN[i] = cS[i] = 2 * by * iL;
+        s[i] = f ? two_dt * f[i] * iL : (real)0;
+    }
+    if (!u) {
+        memset(a1, 0, sizeof(real) * HW);
+        return;
+    }
+    /* pass 3: advection: a1 = -2 dt (u_x + v_y) / L, cE/cW -= / += Ax / L, cN/cS -= / += Ay / L */
+    const real hx = (real)(0.5 / q->dx), hy = (real)(0.5 / q->dy);
+    const real ax = (real)(q->dt / q->dx), ay = (real)(q->dt / q->dy), m2dt = (real)(-2 * q->dt);
+    for (long y = 0; y < H; y++) {
+        long yn = nb(y, 1, H, q->boundary), ys = nb(y, -1, H, q->boundary);
+        const long o = y * W;
+        const real *un = ub + o, *vn = yn < 0 ? NULL : vb + yn * W, *vs = ys < 0 ? NULL : vb + ys * W;
+        const real *vc = vb + o;
+        for (long x = 0; x < W; x++) {
+            long i = o + x;
+            real ue, uw;
+            if (x > 0 && x < W - 1) {
+                ue = un[x + 1];
+                uw = un[x - 1];
+            } else {
+                long xe = nb(x, 1, W, q->boundary), xw = nb(x, -1, W, q->boundary);
+                ue = xe < 0 ? 0 : un[xe];
+                uw = xw < 0 ? 0 : un[xw];
+            }
+            real div = (ue - uw) * hx + ((vn ? vn[x] : 0) - (vs ? vs[x] : 0)) * hy;
+            real iL = a1[i];
+            a1[i] = m2dt * div * iL;
+            real axi = un[x] * ax * iL, ayi = vc[x] * ay * iL;
+            cE[i] -= axi;
+            cW[i] += axi;
+            cN[i] -= ayi;
+            cS[i] += ayi;
+        }
+    }
+}
+
+/* hn = one Du Fort-Frankel step from (hm = H^{k-1}, hc = H^k). */
+static void step(const params *q, coefs c, const real *restrict hm, const real *restrict hc,
+                 real *restrict hn) {
+    const long H = q->H, W = q->W;
+    for (long y = 0; y < H; y++) {
+        long yn = nb(y, 1, H, q->boundary), ys = nb(y, -1, H, q->boundary);
+        const real *rc = hc + y * W;
+        const real *rn = yn < 0 ? NULL : hc + yn * W;
+        const real *rs = ys < 0 ? NULL : hc + ys * W;
+        const long o = y * W;
+        const real *a0 = c.a0 + o, *a1 = c.a1 + o, *cE = c.cE + o, *cW = c.cW + o, *cN = c.cN + o,
+                   *cS = c.cS + o, *s = c.s + o, *m = hm + o;
+        real *out = hn + o;
+        if (rn && rs) {
+            for (long x = 1; x < W - 1; x++)
+                out[x] = s[x] + a0[x] * m[x] + a1[x] * rc[x] + cE[x] * rc[x + 1] + cW[x] * rc[x - 1] +
+                         cN[x] * rn[x] + cS[x] * rs[x];
+        } else {
+            for (long x = 1; x < W - 1; x++)
+                out[x] = s[x] + a0[x] * m[x] + a1[x] * rc[x] + cE[x] * rc[x + 1] + cW[x] * rc[x - 1] +
+                         (rn ? cN[x] * rn[x] : 0) + (rs ? cS[x] * rs[x] : 0);
+        }
+        long edges[2] = {0, W - 1};
+        for (int e = 0; e < (W > 1 ? 2 : 1); e++) {
+            long x = edges[e];
+            long xe = nb(x, 1, W, q->boundary), xw = nb(x, -1, W, q->boundary);
+            out[x] = s[x] + a0[x] * m[x] + a1[x] * rc[x] + cE[x] * at(hc, y, xe, W) + cW[x] * at(hc, y, xw, W) +
+                     (rn ? cN[x] * rn[x] : 0) + (rs ? cS[x] * rs[x] : 0);
+        }
+    }
+}
+
+static real *alloc_real(long n) { return (real *)malloc(sizeof(real) * (size_t)(n > 0 ? n : 1)); }
+
+void ad_forward(const real *init, long init_sn, long init_sc, field f, field u, field v, field Dx, field Dy,
+                real *out, long P, long C, long H, long W, int K, double dt, double dx, double dy, double dxc,
+                double dyc, int boundary, double courant, double dmax, int nthreads) {
+    params q = {H, W, C, K, boundary, dt, dx, dy, dxc, dyc, courant, dmax};
+    const long HW = H * W;
+#pragma omp parallel num_threads(nthreads)
+    {
+        real *buf = alloc_real(12 * HW);
+        coefs c = {buf, buf + HW, buf + 2 * HW, buf + 3 * HW, buf + 4 * HW, buf + 5 * HW, buf + 6 * HW};
+        real *lv[3] = {buf + 7 * HW, buf + 8 * HW, buf + 9 * HW};
+        real *ub = buf + 10 * HW, *vb = buf + 11 * HW;
+#pragma omp for schedule(static)
+        for (long p = 0; p < P; p++) {
+            const real *h0 = init + (p / C) * init_sn + (p % C) * init_sc;
+            compute_coefs(&q, plane_of(f, p, C), plane_of(u, p, C), plane_of(v, p, C), plane_of(Dx, p, C),
+                          plane_of(Dy, p, C), c, ub, vb);
+            real *dst = out + p * HW;
+            if (K == 0) { memcpy(dst, h0, sizeof(real) * HW); continue; }
+            const real *hm = h0, *hc = h0;
+            for (int k = 0; k < K; k++) {
+                real *hn = (k == K - 1) ? dst : lv[k % 3];
+                step(&q, c, hm, hc, hn);
+                hm = hc;
+                hc = hn;
+            }
+        }
+        free(buf);
+    }
+}
+
+/* scatter-add of the transposed neighbour maps: lam[nb(p)] += w[p] * g[p] along x (axis 1) or y (axis 0). */
+static void scatter_x(const params *q, const real *w, const real *g, real *lam, long d) {
+    const long H = q->H, W = q->W;
+    for (long y = 0; y < H; y++) {
+        const long o = y * W;
+        for (long x = 1; x < W - 1; x++) lam[o + x + d] += w[o + x] * g[o + x];
+        long edges[2] = {0, W - 1};
+        for (int e = 0; e < (W > 1 ? 2 : 1); e++) {
+            long x = edges[e], j = nb(x, d, W, q->boundary);
+            if (j >= 0) lam[o + j] += w[o + x] * g[o + x];
+        }
+    }
+}
+static void scatter_y(const params *q, const real *w, const real *g, real *lam, long d) {
+    const long H = q->H, W = q->W;
+    for (long y = 0; y < H; y++) {
+        long j = nb(y, d, H, q->boundary);
+        if (j < 0) continue;
+        const real *wr = w + y * W, *gr = g + y * W;
+        real *lr = lam + j * W;
+        for (long x = 0; x < W; x++) lr[x] += wr[x] * gr[x];
+    }
+}
+/* gather of the forward neighbour maps: out[p] += w[p] * h[nb(p)] */
+static void gather_x(const params *q, const real *g, const real *h, real *acc, long d) {
+    const long H = q->H, W = q->W;
+    for (long y = 0; y < H; y++) {
+        const long o = y * W;
+        for (long x = 1; x < W - 1; x++) acc[o + x] += g[o + x] * h[o + x + d];
+        long edges[2] = {0, W - 1};
+        for (int e = 0; e < (W > 1 ? 2 : 1); e++) {
+            long x = edges[e], j = nb(x, d, W, q->boundary);
+            if (j >= 0) acc[o + x] += g[o + x] * h[o + j];
+        }
+    }
+}
+static void gather_y(const params *q, const real *g, const real *h, real *acc, long d) {
+    const long H = q->H, W = q->W;
+    for (long y = 0; y < H; y++) {
+        long j = nb(y, d, H, q->boundary);
+        if (j < 0) continue;
+        const real *gr = g + y * W, *hr = h + j * W;
+        real *ar = acc + y * W;
+        for (long x = 0; x < W; x++) ar[x] += gr[x] * hr[x];
+    }
+}
+
+void ad_backward(const real *gout, const real *init, long init_sn, long init_sc, field f, field u, field v,
+                 field Dx, field Dy, real *ginit, real *gf, real *gu, real *gv, real *gDx, real *gDy, long P,
+                 long C, long H, long W, int K, double dt, double dx, double dy, double dxc, double dyc,
+                 int boundary, double courant, double dmax, int nthreads) {
+    params q = {H, W, C, K, boundary, dt, dx, dy, dxc, dyc, courant, dmax};
+    const long HW = H * W;
+    const double umax = courant > 0 ? courant * dx / dt : 0;
+    const double vmax = courant > 0 ? courant * dy / dt : 0;
+#pragma omp parallel num_threads(nthreads)
+    {
+        /* 7 coefficient planes, 7 coefficient-gradient planes, K + 1 states, 3 adjoint planes */
+        real *buf = alloc_real((20 + (long)K) * HW);
+        real *ub = buf + (18 + K) * HW, *vb = buf + (19 + K) * HW;
+        coefs c = {buf, buf + HW, buf + 2 * HW, buf + 3 * HW, buf + 4 * HW, buf + 5 * HW, buf + 6 * HW};
+        real *gbuf = buf + 7 * HW;
+        coefs g = {gbuf, gbuf + HW, gbuf + 2 * HW, gbuf + 3 * HW, gbuf + 4 * HW, gbuf + 5 * HW, gbuf + 6 * HW};
+        real *states = buf + 14 * HW;               /* states[k] = H^k, k = 0..K */
+        real *lam[3] = {buf + (15 + K) * HW, buf + (16 + K) * HW, buf + (17 + K) * HW};
+#pragma omp for schedule(static)
+        for (long p = 0; p < P; p++) {
+            const real *h0 = init + (p / C) * init_sn + (p % C) * init_sc;
+            const real *fp = plane_of(f, p, C), *up = plane_of(u, p, C), *vp = plane_of(v, p, C);
+            const real *dxp = plane_of(Dx, p, C), *dyp = plane_of(Dy, p, C);
+            compute_coefs(&q, fp, up, vp, dxp, dyp, c, ub, vb);
+            memcpy(states, h0, sizeof(real) * HW);
+            for (int k = 0; k < K; k++)
+                step(&q, c, k == 0 ? states : states + (k - 1) * HW, states + k * HW, states + (k + 1) * HW);
+            memset(gbuf, 0, sizeof(real) * 7 * HW);
+            /* adjoints: lam_next = lambda^{k+1}, lam_cur = lambda^k, lam_prev = lambda^{k-1} */
+            real *ln = lam[0], *lc = lam[1], *lp = lam[2];
+            const real *go = gout + p * HW;
+            if (K == 0) {
+                if (ginit) memcpy(ginit + p * HW, go, sizeof(real) * HW);
+                continue;
+            }
+            memcpy(ln, go, sizeof(real) * HW);
+            memset(lc, 0, sizeof(real) * HW);
+            memset(lp, 0, sizeof(real) * HW);
+            for (int k = K - 1; k >= 0; k--) {
+                const real *hk = states + k * HW;
+                const real *hkm = states + (k > 0 ? k - 1 : 0) * HW;
+                for (long i = 0; i < HW; i++) {
+                    real l = ln[i];
+                    g.a0[i] += l * hkm[i];
+                    g.a1[i] += l * hk[i];
+                    g.s[i] += l;
+                    lp[i] += c.a0[i] * l;
+                    lc[i] += c.a1[i] * l;
+                }
+                gather_x(&q, ln, hk, g.cE, 1);
+                gather_x(&q, ln, hk, g.cW, -1);
+                gather_y(&q, ln, hk, g.cN, 1);
+                gather_y(&q, ln, hk, g.cS, -1);
+                scatter_x(&q, c.cE, ln, lc, 1);
+                scatter_x(&q, c.cW, ln, lc, -1);
+                scatter_y(&q, c.cN, ln, lc, 1);
+                scatter_y(&q, c.cS, ln, lc, -1);
+                /* rotate: lambda^{k+1} is done; next step needs lambda^k (complete) and lambda^{k-1} */
+                real *t = ln;
+                ln = lc;
+                lc = lp;
+                lp = t;
+                memset(lp, 0, sizeof(real) * HW);
+            }
+            /* now ln = lambda^0 and lc = lambda^{-1}; H^{-1} = H^0 = init */
+            if (ginit) {
+                real *gi = ginit + p * HW;
+                for (long i = 0; i < HW; i++) gi[i] = ln[i] + lc[i];
+            }
+            /* chain rule from the coefficients to source, velocity and diffusion */
+            real *gfp = gf ? gf + p * HW : NULL, *gup = gu ? gu + p * HW : NULL, *gvp = gv ? gv + p * HW : NULL;
+            real *gdxp = gDx ? gDx + p * HW : NULL, *gdyp = gDy ? gDy + p * HW : NULL;
+            if (gup) memset(gup, 0, sizeof(real) * HW);
+            if (gvp) memset(gvp, 0, sizeof(real) * HW);
+            for (long y = 0; y < H; y++) {
+                long yn = nb(y, 1, H, boundary), ys = nb(y, -1, H, boundary);
+                for (long x = 0; x < W; x++) {
+                    long i = y * W + x;
+                    long xe = nb(x, 1, W, boundary), xw = nb(x, -1, W, boundary);
+                    real bx = (real)((dxp ? bound_d(dxp[i], dmax) : dxc) * dt / (dx * dx));
+                    real by = (real)((dyp ? bound_d(dyp[i], dmax) : dyc) * dt / (dy * dy));
+                    real iL = (real)1 / ((real)1 + 2 * bx + 2 * by);
+                    real T = g.a0[i] * c.a0[i] + g.a1[i] * c.a1[i] + g.cE[i] * c.cE[i] + g.cW[i] * c.cW[i] +
+                             g.cN[i] * c.cN[i] + g.cS[i] * c.cS[i] + g.s[i] * c.s[i];
+                    if (gfp) gfp[i] = g.s[i] * (real)(2 * dt) * iL;
+                    if (gdxp) {
+                        real gbx = (2 * (g.cE[i] + g.cW[i] - g.a0[i]) - 2 * T) * iL;
+                        gdxp[i] = gbx * (real)(dt / (dx * dx)) * dbound_d(dxp[i], dmax);
+                    }
+                    if (gdyp) {
+                        real gby = (2 * (g.cN[i] + g.cS[i] - g.a0[i]) - 2 * T) * iL;
+                        gdyp[i] = gby * (real)(dt / (dy * dy)) * dbound_d(dyp[i], dmax);
+                    }
+                    real gdiv = g.a1[i] * (real)(-2 * dt) * iL; /* d a1 / d(u_x + v_y) */
+                    if (gup) {
+                        real gax = (g.cW[i] - g.cE[i]) * iL;
+                        gup[i] += gax * (real)(dt / dx) * dbound_vel(up[i], umax);
+                        real h = gdiv * (real)(0.5 / dx);
+                        if (xe >= 0) gup[y * W + xe] += h * dbound_vel(up[y * W + xe], umax);
+                        if (xw >= 0) gup[y * W + xw] -= h * dbound_vel(up[y * W + xw], umax);
+                    }
+                    if (gvp) {
+                        real gay = (g.cS[i] - g.cN[i]) * iL;
+                        gvp[i] += gay * (real)(dt / dy) * dbound_vel(vp[i], vmax);
+                        real h = gdiv * (real)(0.5 / dy);
+                        if (yn >= 0) gvp[yn * W + x] += h * dbound_vel(vp[yn * W + x], vmax);
+                        if (ys >= 0) gvp[ys * W + x] -= h * dbound_vel(vp[ys * W + x], vmax);
+                    }
+                }
+            }
+        }
+        free(buf);
+    }
+}

@@ -1,0 +1,327 @@
+"""The Global layer: Eq. 4 against a per-pixel reference, fused == eager, gradients, stability, config."""
+import itertools
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from condense import ConfigError, GlobalConfig, GlobalLayer, advection_diffusion, count
+from condense.pde import eager_macs, fused_available
+from condense.pde._advection_diffusion import bounded_advection_diffusion
+
+BOUNDARIES = ("periodic", "replicate", "zero")
+
+
+def reference_eq4(init, source, u, v, Dx, Dy, K, dt, dx, dy, boundary):
+    """Eq. 4 written pixel by pixel with Python loops (independent of the library's vectorised code)."""
+    N, C, H, W = init.shape
+
+    def get(a, n, c, y, x):
+        if boundary == "periodic":
+            return a[n, c, y % H, x % W]
+        if boundary == "replicate":
+            return a[n, c, min(max(y, 0), H - 1), min(max(x, 0), W - 1)]
+        return a[n, c, y, x] if (0 <= y < H and 0 <= x < W) else 0.0
+
+    def val(t, n, c, y, x):
+        return float(t) if not torch.is_tensor(t) else float(t[n, c, y, x])
+
+    prev = init.clone()
+    cur = init.clone()
+    for _ in range(K):
+        nxt = torch.zeros_like(init)
+        for n, c, y, x in itertools.product(range(N), range(C), range(H), range(W)):
+            uu = 0.0 if u is None else val(u, n, c, y, x)
+            vv = 0.0 if v is None else val(v, n, c, y, x)
+            ux = 0.0 if u is None else (get(u, n, c, y, x + 1) - get(u, n, c, y, x - 1)) / (2 * dx)
+            vy = 0.0 if v is None else (get(v, n, c, y + 1, x) - get(v, n, c, y - 1, x)) / (2 * dy)
+            Ax, Ay = uu * dt / dx, vv * dt / dy
+            Bx, By = val(Dx, n, c, y, x) * dt / dx**2, val(Dy, n, c, y, x) * dt / dy**2
+            L, M = 1 + 2 * Bx + 2 * By, 1 - 2 * Bx - 2 * By
+            f = 0.0 if source is None else val(source, n, c, y, x)
+            rhs = (M * prev[n, c, y, x] - 2 * (ux + vy) * dt * cur[n, c, y, x] + 2 * dt * f
+                   + (-Ax + 2 * Bx) * get(cur, n, c, y, x + 1) + (Ax + 2 * Bx) * get(cur, n, c, y, x - 1)
+                   + (-Ay + 2 * By) * get(cur, n, c, y + 1, x) + (Ay + 2 * By) * get(cur, n, c, y - 1, x))
+            nxt[n, c, y, x] = rhs / L
+        prev, cur = cur, nxt
+    return cur
+
+
+def fields(shape, *, source=True, velocity=True, var_d=True, dtype=torch.float64):
+    x = torch.randn(shape, dtype=dtype)
+    f = torch.randn(shape, dtype=dtype) if source else None
+    u = 0.8 * torch.randn(shape, dtype=dtype) if velocity else None
+    v = 0.8 * torch.randn(shape, dtype=dtype) if velocity else None
+    Dx = torch.rand(shape, dtype=dtype) * 2 if var_d else 1.0
+    Dy = torch.rand(shape, dtype=dtype) * 2 if var_d else 0.5
+    return x, f, u, v, Dx, Dy
+
+
+IMPLS = ["eager"] + (["fused"] if fused_available(torch.zeros(1, dtype=torch.float64)) else [])
+
+
+def test_fused_kernel_is_available_here():
+    # The machine this project runs on has a C compiler; the fused path must not silently go missing.
+    assert fused_available(torch.zeros(1)), "fused kernel failed to build; see condense.pde.native_status()"
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+def test_solver_matches_pixel_loop_reference(impl, boundary):
+    x, f, u, v, Dx, Dy = fields((1, 2, 4, 5))
+    got = advection_diffusion(x, f, u, v, Dx, Dy, K=3, dt=0.15, dx=1.3, dy=0.7, boundary=boundary, impl=impl)
+    want = reference_eq4(x, f, u, v, Dx, Dy, 3, 0.15, 1.3, 0.7, boundary)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_solver_constant_diffusion_no_velocity_matches_reference(impl):
+    x, f, u, v, Dx, Dy = fields((2, 1, 3, 4), velocity=False, var_d=False)
+    got = advection_diffusion(x, f, None, None, 1.0, 0.5, K=4, impl=impl)
+    torch.testing.assert_close(got, reference_eq4(x, f, None, None, 1.0, 0.5, 4, 0.2, 1.0, 1.0, "periodic"))
+
+
+def test_axes_x_is_width_y_is_height():
+    # A velocity along x only moves mass along the last axis: rows stay independent.
+    x = torch.zeros(1, 1, 4, 8, dtype=torch.float64)
+    x[0, 0, 1, 3] = 1.0
+    u = torch.full_like(x, 1.0)
+    out = advection_diffusion(x, None, u, torch.zeros_like(x), 0.0, 0.0, K=3, impl="eager")
+    assert out[0, 0, 1].abs().sum() > 0.5
+    assert out[0, 0, [0, 2, 3]].abs().max() < 1e-12
+
+
+def test_k0_returns_init_and_zero_operator_is_identity():
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    for impl in IMPLS:
+        torch.testing.assert_close(advection_diffusion(x, None, None, None, 0.0, 0.0, K=0, impl=impl), x)
+        # no velocity, no diffusion, no source: H^{k+1} = H^{k-1}, so H^K = H^0
+        torch.testing.assert_close(advection_diffusion(x, None, None, None, 0.0, 0.0, K=7, impl=impl), x)
+
+
+def test_constant_input_is_a_steady_state_of_pure_diffusion():
+    x = torch.full((1, 2, 6, 6), 3.0, dtype=torch.float64)
+    for impl in IMPLS:
+        out = advection_diffusion(x, None, None, None, 2.0, 2.0, K=10, impl=impl)
+        torch.testing.assert_close(out, x)
+
+
+@pytest.mark.skipif(len(IMPLS) < 2, reason="fused kernel unavailable (checked by its own test)")
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+@pytest.mark.parametrize("source,velocity,var_d", list(itertools.product([False, True], repeat=3)))
+def test_fused_equals_eager(boundary, source, velocity, var_d):
+    args = fields((2, 3, 6, 7), source=source, velocity=velocity, var_d=var_d, dtype=torch.float32)
+    a = advection_diffusion(*args, K=5, boundary=boundary, impl="eager")
+    b = advection_diffusion(*args, K=5, boundary=boundary, impl="fused")
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    a = bounded_advection_diffusion(*args, K=4, dt=0.2, dx=1.0, dy=1.0, boundary=boundary, courant=0.5,
+                                    dmax=1.5, impl="eager")
+    b = bounded_advection_diffusion(*args, K=4, dt=0.2, dx=1.0, dy=1.0, boundary=boundary, courant=0.5,
+                                    dmax=1.5, impl="fused")
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_accepts_strided_views():
+    uv = torch.randn(2, 6, 5, 5)
+    x = torch.randn(2, 3, 5, 5)
+    u, v = uv[:, 0::2], uv[:, 1::2]
+    a = advection_diffusion(x, x, u, v, 1.0, 1.0, impl="eager")
+    b = advection_diffusion(x, x, u, v, 1.0, 1.0, impl="fused" if len(IMPLS) > 1 else "eager")
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+@pytest.mark.parametrize("bounded", [False, True])
+def test_gradcheck(impl, boundary, bounded):
+    x, f, u, v, Dx, Dy = fields((1, 2, 4, 5))
+    ins = [t.requires_grad_() for t in (x, f, u, v, Dx, Dy)]
+
+    def fn(*t):
+        if bounded:
+            return bounded_advection_diffusion(*t, K=3, dt=0.2, dx=1.0, dy=1.0, boundary=boundary,
+                                               courant=0.5, dmax=1.5, impl=impl)
+        return advection_diffusion(*t, K=3, boundary=boundary, impl=impl)
+
+    assert torch.autograd.gradcheck(fn, ins)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_gradcheck_partial_inputs(impl):
+    x, f, u, v, _, _ = fields((1, 2, 3, 4))
+    x.requires_grad_()
+    u.requires_grad_()  # v, f do not need grads; constant diffusion
+    assert torch.autograd.gradcheck(lambda a, b: advection_diffusion(a, f, b, v, 1.0, 0.3, K=4, impl=impl), (x, u))
+
+
+def test_solver_rejects_bad_arguments():
+    x = torch.zeros(1, 1, 3, 3)
+    with pytest.raises(ValueError, match="u and v"):
+        advection_diffusion(x, None, x, None, 1.0, 1.0)
+    with pytest.raises(ValueError, match="shape"):
+        advection_diffusion(x, torch.zeros(1, 1, 3, 4), None, None, 1.0, 1.0)
+    with pytest.raises(ValueError, match="boundary"):
+        advection_diffusion(x, None, None, None, 1.0, 1.0, boundary="mirror")
+
+
+# ------------------------------------------------------------------------------------------- layer
+LAYER_OPTIONS = dict(
+    velocity=["dwconv", "separable", "constant", "zero"],
+    diffusion=["constant", "dwconv"],
+    source=["identity", "none", "residual"],
+    boundary=list(BOUNDARIES),
+)
+
+
+def _configs():
+    keys = list(LAYER_OPTIONS)
+    for values in itertools.product(*LAYER_OPTIONS.values()):
+        yield dict(zip(keys, values))
+
+
+class ShapeKeepingBlock(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return x + torch.relu(self.conv(x))
+
+
+@pytest.mark.parametrize("opts", list(_configs()), ids=lambda o: "-".join(o.values()))
+def test_layer_every_option_runs_forward_backward_and_eager_matches_fused(opts):
+    torch.manual_seed(1)
+    layer = GlobalLayer(3, GlobalConfig(K=3, kernel_size=3, **opts))
+    x = torch.randn(2, 3, 6, 5, requires_grad=True)
+    out = layer(x)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    out.square().mean().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    grads = {n: p.grad for n, p in layer.named_parameters()}
+    for name, g in grads.items():
+        if opts["velocity"] == "constant" and name == "velocity_const":
+            assert g is not None
+    if len(IMPLS) > 1:
+        layer.eval()
+        eager = GlobalLayer(3, GlobalConfig(K=3, kernel_size=3, impl="eager", **opts)).eval()
+        eager.load_state_dict(layer.state_dict())
+        with torch.no_grad():
+            torch.testing.assert_close(eager(x), layer(x), rtol=1e-4, atol=1e-5)
+
+
+def test_layer_gradcheck_double():
+    layer = GlobalLayer(2, GlobalConfig(K=2, diffusion="dwconv", norm="none")).double()
+    x = torch.randn(1, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(layer, (x,))
+
+
+def test_init_block_is_the_initial_guess():
+    block = ShapeKeepingBlock(3)
+    layer = GlobalLayer(3, GlobalConfig(K=0, init="block", source="none"), init_block=block)
+    x = torch.randn(1, 3, 5, 5)
+    torch.testing.assert_close(layer(x), block(x))
+    with pytest.raises(ConfigError, match="init_block"):
+        GlobalLayer(3, GlobalConfig(init="block"))
+    with pytest.raises(ConfigError, match="init='input'"):
+        GlobalLayer(3, GlobalConfig(), init_block=block)
+
+
+def test_residual_and_output_norm_act():
+    layer = GlobalLayer(4, GlobalConfig(residual=True, out_norm="batch", out_act="relu"))
+    out = layer(torch.randn(2, 4, 5, 5))
+    assert (out >= 0).all()
+    assert isinstance(layer.out_norm, nn.BatchNorm2d)
+
+
+def test_zero_init_starts_without_velocity():
+    layer = GlobalLayer(2, GlobalConfig(zero_init=True, diffusion_value=0.0, source="none")).eval()
+    x = torch.randn(1, 2, 6, 6)
+    # u = v = 0, D = 0, f = 0: the update is H^{k+1} = H^{k-1}, so the layer starts as the identity
+    torch.testing.assert_close(layer(x), x)
+
+
+def test_kernel_size_follows_the_replaced_block():
+    layer = GlobalLayer(8, GlobalConfig(kernel_size=5))
+    assert layer.velocity[0].kernel_size == (5, 5)
+
+
+@pytest.mark.parametrize("bad", [
+    dict(K=-1), dict(K=1.5), dict(K=101), dict(dt=0.0), dict(dx=-1.0), dict(kernel_size=4), dict(kernel_size=0),
+    dict(velocity="random"), dict(diffusion="learned"), dict(source="mlp"), dict(init="zeros"),
+    dict(boundary="mirror"), dict(norm="layer"), dict(act="mish2"), dict(max_courant=0.0),
+    dict(max_courant=2.0), dict(diffusion_value=-1.0), dict(residual="yes"), dict(impl="cuda"),
+])
+def test_config_is_checked_on_creation(bad):
+    with pytest.raises(ConfigError) as err:
+        GlobalConfig(**bad)
+    assert list(bad)[0] in str(err.value)
+
+
+def test_config_is_frozen_and_round_trips():
+    cfg = GlobalConfig(K=7, velocity="separable", boundary="zero")
+    with pytest.raises(Exception):
+        cfg.K = 3
+    assert GlobalConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="unknown option"):
+        GlobalConfig.from_dict({"K": 3, "steps": 2})
+
+
+def test_stays_finite_for_random_weights_and_inputs():
+    """Property test: 2,000 random layers, weights and inputs (scales 1e-3 .. 1e6); no NaN or Inf."""
+    gen = torch.Generator().manual_seed(1234)
+    choices = {k: v for k, v in LAYER_OPTIONS.items()}
+    bad = []
+    for trial in range(2000):
+        pick = {k: v[int(torch.randint(len(v), (1,), generator=gen))] for k, v in choices.items()}
+        K = int(torch.randint(1, 21, (1,), generator=gen))
+        C = int(torch.randint(1, 4, (1,), generator=gen))
+        H, W = (int(t) for t in torch.randint(2, 9, (2,), generator=gen))
+        cfg = GlobalConfig(K=K, norm="none", dt=float(torch.empty(1).uniform_(0.05, 1.0, generator=gen)),
+                           diffusion_value=float(torch.empty(1).uniform_(0, 50, generator=gen)), **pick)
+        layer = GlobalLayer(C, cfg)
+        w_scale = 10 ** float(torch.empty(1).uniform_(-2, 4, generator=gen))
+        x_scale = 10 ** float(torch.empty(1).uniform_(-3, 6, generator=gen))
+        with torch.no_grad():
+            for p in layer.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * w_scale)
+            x = torch.randn(2, C, H, W, generator=gen) * x_scale
+            out = layer(x)
+        if not torch.isfinite(out).all():
+            bad.append((trial, pick, K, w_scale, x_scale))
+    assert not bad, f"{len(bad)} non-finite outputs, e.g. {bad[:3]}"
+
+
+def test_unbounded_velocity_would_blow_up_so_the_bound_matters():
+    # The same strong advection without the Courant bound diverges; with it the output stays moderate.
+    x = torch.randn(1, 1, 8, 8, dtype=torch.float64)
+    u = torch.full_like(x, 50.0) * torch.sign(torch.randn_like(x))
+    free = advection_diffusion(x, None, u, u, 0.0, 0.0, K=20, impl="eager")
+    bounded = bounded_advection_diffusion(x, None, u, u, 0.0, 0.0, K=20, dt=0.2, dx=1.0, dy=1.0,
+                                          boundary="periodic", courant=0.5, dmax=10.0, impl="eager")
+    assert free.abs().max() > 1e6 * bounded.abs().max()
+
+
+# ------------------------------------------------------------------------------------------- counting
+def test_macs_grow_linearly_with_K():
+    counts = [count(GlobalLayer(8, GlobalConfig(K=K)), input_size=(8, 16, 16)).attrs["macs"] for K in range(1, 6)]
+    steps = {b - a for a, b in zip(counts, counts[1:])}
+    assert len(steps) == 1
+    # per step: a0*H^{k-1}, + s, a1*H^k and four neighbours: 7 MACs per element (README convention)
+    assert steps.pop() == 7 * 8 * 16 * 16
+
+
+@pytest.mark.parametrize("opts", [dict(), dict(diffusion="dwconv"), dict(velocity="zero", source="none"),
+                                  dict(velocity="constant", diffusion="dwconv", source="residual")])
+def test_fused_and_eager_count_the_same_and_match_eager_macs(opts):
+    x_size = (4, 8, 9)
+    fused = count(GlobalLayer(4, GlobalConfig(K=3, **opts)), input_size=x_size)
+    eager = count(GlobalLayer(4, GlobalConfig(K=3, impl="eager", **opts)), input_size=x_size)
+    assert fused.attrs["macs"] == eager.attrs["macs"]
+    lo = count(GlobalLayer(4, GlobalConfig(K=0, **opts)), input_size=x_size).attrs["macs"]
+    vel = opts.get("velocity", "dwconv") != "zero"
+    src = opts.get("source", "identity") != "none"
+    var_d = opts.get("diffusion") == "dwconv"
+    per_step = eager_macs(4 * 8 * 9, 1, source=src, velocity=vel, variable_diffusion=var_d) - \
+        eager_macs(4 * 8 * 9, 0, source=src, velocity=vel, variable_diffusion=var_d)
+    assert fused.attrs["macs"] - lo == 3 * per_step
