@@ -2,6 +2,11 @@
 
 Public API (everything else is private)::
 
+    condense(model, macs="40M", input_size=(3, 32, 32))   the condensed nn.Module (default plan without budget)
+    fit(model, macs=..., params=...)    the plan, the rewritten model and measured counts (FitResult)
+    save(result, DIR, spec=...), load(DIR)   a condensed model on disk (plan JSON + safetensors)
+    find_runs(model, input_size)        the runs of repeated same-resolution blocks (changes nothing)
+
     count(model, input_size)            MACs and parameters, total and per module (pandas DataFrame)
     parse_budget("250M"), format_count  budget strings, one parser
     GlobalLayer, GlobalConfig           the advection-diffusion layer (Kag & Saligrama)
@@ -12,6 +17,10 @@ Public API (everything else is private)::
 from ._budget import Budget, format_count, parse_budget, parse_input_size
 from ._count import count, count_module, macs_and_params
 from ._errors import BudgetError, CondenseError, ConfigError
+from ._fit import FitResult, Plan, condense, fit
+from ._io import load, save
+from ._models import build_model, load_checkpoint
+from .graph import FindResult, Run, RunChoice, find_runs, register_leaf_module, rewrite
 from .pde import (CirculantRD, CirculantRDConfig, ExplicitRD, ExplicitRDConfig, GlobalConfig, GlobalLayer,
                   ImplicitRD, ImplicitRDConfig, LinearMix, LinearMixConfig, PDELayer, advection_diffusion,
                   create_layer, layer_names)
@@ -19,6 +28,8 @@ from .pde import (CirculantRD, CirculantRDConfig, ExplicitRD, ExplicitRDConfig, 
 __version__ = "0.1.0"
 
 __all__ = [
+    "condense", "fit", "FitResult", "Plan", "save", "load", "build_model", "load_checkpoint",
+    "find_runs", "FindResult", "Run", "RunChoice", "rewrite", "register_leaf_module",
     "count", "count_module", "macs_and_params",
     "Budget", "parse_budget", "format_count", "parse_input_size",
     "CondenseError", "ConfigError", "BudgetError",

@@ -44,7 +44,7 @@ def test_resnet18_runs(resnet18_found):
     assert run.input_shape == run.output_shape == (128, 8, 8)
     assert f.run("layer1").input_shape == (64, 16, 16)
     assert run.kernel_size == 3
-    assert run.parent_class == "Sequential"
+    assert run.parent_class == "Sequential" and run.in_sequential
 
 
 def test_resnet18_counts(resnet18, resnet18_found):
@@ -195,7 +195,20 @@ def test_user_model_custom_stage():
     assert _runs(f) == [("s1.blocks", 3), ("s2.blocks", 4)]
     assert f.run("s2.blocks").blocks == ("s2.blocks.0", "s2.blocks.1", "s2.blocks.2", "s2.blocks.3")
     assert f.run("s2.blocks").input_shape == (32, 8, 8)
-    assert f.run("s1.blocks").parent_class == "ModuleList"
+    assert f.run("s1.blocks").parent_class == "ModuleList" and not f.run("s1.blocks").in_sequential
+
+
+class IteratedSeqNet(UserNet):
+    """A plain nn.Sequential whose children the parent calls one by one (its forward never runs)."""
+
+    def __init__(self):
+        super().__init__()
+        self.s1.blocks = nn.Sequential(*self.s1.blocks)
+
+
+def test_iterated_sequential_is_not_in_sequential():
+    f = find_runs(IteratedSeqNet(), (3, 32, 32), count=False)
+    assert f.run("s1.blocks").parent_class == "Sequential" and not f.run("s1.blocks").in_sequential
 
 
 def test_example_input_tensor():

@@ -179,6 +179,25 @@ def test_default_factory_builds_global_layer(resnet18, resnet18_found):
         assert res.module.eval()(torch.randn(1, *SIZE)).shape == (1, 1000)
 
 
+@pytest.mark.parametrize("name, plan, inserted", [
+    ("regnetx_002", {"s3": 1, "s4": 3}, ("s3.b2", "s4.b4")),          # RegStage: children b1..bN
+    ("dla34", {"level3.tree1": 1, "level5": 1}, ("level3.tree1.tree2", "level5.tree2")),  # anchor has 2 inputs
+])
+def test_timm_custom_stages_in_place(name, plan, inserted):
+    m = _model(name)
+    f = find_runs(m, SIZE, count=False)
+    res = rewrite(m, f, {p: RunChoice(m=v, init="input") for p, v in plan.items()}, layer_factory=Factory())
+    changed = [r for r in res.records if r.method != "unchanged"]
+    assert [r.method for r in changed] == ["inplace", "inplace"]
+    assert tuple(r.inserted for r in changed) == inserted
+    assert all(isinstance(res.module.get_submodule(p), StandIn) for p in inserted)
+    assert _nparams(res.module) < _nparams(m)
+    x = torch.randn(2, *SIZE)
+    res.module.train()
+    assert res.module(x).shape == (2, 1000)
+    res.module(x).sum().backward()
+
+
 # --- plan errors -------------------------------------------------------------------------------------
 
 def test_plan_errors(resnet18, resnet18_found):
@@ -279,6 +298,16 @@ def test_custom_stage_inplace():
     assert _same_state(before, _snapshot(net)) and isinstance(net.s1.blocks[1], Block)
     # a rewritten model can be searched again: s2 still has two blocks
     assert find_runs(new, (3, 32, 32), count=False).paths == ("s2.blocks",)
+
+
+def test_iterated_sequential_edited_in_place():
+    torch.manual_seed(0)
+    net = UserNet()
+    net.s1.blocks = nn.Sequential(*net.s1.blocks)  # iterated by LoopStage.forward, never called
+    res = rewrite(net, find_runs(net, (3, 32, 32), count=False), PLAN, layer_factory=Factory())
+    assert [r.method for r in res.records] == ["inplace", "inplace"]
+    assert len(res.module.s1.blocks) == 3 and isinstance(res.module.s1.blocks[2], Skip)
+    _check_user_rewrite(net, res)
 
 
 def test_custom_stage_graph_fallback():

@@ -15,6 +15,7 @@ run. Runs are taken at the coarsest module level: a run inside a block of anothe
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections import defaultdict
 from typing import Literal, Sequence
 
@@ -33,7 +34,9 @@ class Run:
     """One run: ``blocks[0]`` is the anchor (always kept), ``blocks[1:]`` repeat it at one resolution.
 
     ``input_shape``/``output_shape`` are the repeats' (C, H, W) (channels first whatever the layout);
-    ``layout`` is how the blocks hold the tensor ("NHWC" for e.g. Swin). ``macs``/``params`` are per
+    ``layout`` is how the blocks hold the tensor ("NHWC" for e.g. Swin). ``in_sequential``: the blocks are
+    consecutive children of a plain ``nn.Sequential`` that runs through its own forward (so a rewrite can
+    simply drop children; not when the parent iterates or indexes it). ``macs``/``params`` are per
     block (``macs`` entries are None when counting was off or unavailable). For ``kind == "growing"``
     the blocks keep the resolution but change the channels: ``input_shape`` is the first block's input
     and ``output_shape`` the last block's output.
@@ -50,6 +53,7 @@ class Run:
     kind: Kind = "repeat"
     layout: Layout = "NCHW"
     parent_class: str = ""
+    in_sequential: bool = False
 
     @property
     def r(self) -> int:
@@ -151,11 +155,11 @@ class _Block:
         return self.path.rpartition(".")[2]
 
 
-def _groups(gm: fx.GraphModule) -> tuple[dict[str, list[fx.Node]], set[str]]:
+def _groups(graph: fx.Graph) -> tuple[dict[str, list[fx.Node]], set[str]]:
     """Nodes per module path (from nn_module_stack) and the set of paths called more than once."""
     groups: dict[str, list[fx.Node]] = defaultdict(list)
     keys: dict[str, set[str]] = defaultdict(set)
-    for node in gm.graph.nodes:
+    for node in graph.nodes:
         for key, val in (node.meta.get("nn_module_stack") or {}).items():
             path = val[0]
             groups[path].append(node)
@@ -164,9 +168,10 @@ def _groups(gm: fx.GraphModule) -> tuple[dict[str, list[fx.Node]], set[str]]:
     return groups, multi
 
 
-def _analyse(gm: fx.GraphModule) -> dict[str, _Block]:
-    groups, multi = _groups(gm)
-    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+def _analyse(graph: fx.Graph) -> dict[str, _Block]:
+    """Every module called once, as a block: its nodes, outside inputs and single outside output."""
+    groups, multi = _groups(graph)
+    order = {n: i for i, n in enumerate(graph.nodes)}
     blocks: dict[str, _Block] = {}
     for path, nodes in groups.items():
         if path in multi or not path:
@@ -186,16 +191,33 @@ def _analyse(gm: fx.GraphModule) -> dict[str, _Block]:
     return blocks
 
 
+_NOOP_TYPES = ("Identity", "DropPath", "Dropout", "Dropout2d", "DropBlock2d", "StochasticDepth")
+
+
+def _kind(module: nn.Module) -> str:
+    """Class name, with the modules that do nothing at inference (identity, drop-path, dropout) merged:
+    drop-path rates vary along a stage, so one block may hold DropPath where the next holds Identity."""
+    name = type(module).__name__
+    return "noop" if name in _NOOP_TYPES else name
+
+
+def _structure(module: nn.Module) -> dict[str, str]:
+    return {n: _kind(m) for n, m in module.named_modules()}
+
+
 def _signature(module: nn.Module) -> tuple:
-    return (type(module),) + tuple((n, tuple(p.shape)) for n, p in module.named_parameters())
+    """Equal for repeats: class, parameter names and shapes, submodule names and kinds."""
+    params = tuple((n, tuple(p.shape)) for n, p in module.named_parameters())
+    return (type(module), params, tuple(sorted(_structure(module).items())))
 
 
 def _compatible(anchor: nn.Module, repeat: nn.Module) -> bool:
     """Could ``anchor`` be the first block of a stage of ``repeat`` blocks (channel/stride change only)?
 
     Same class; the repeat's parameter names are a subset of the anchor's (the anchor may add e.g. a
-    downsample); shared parameters have the same rank, the same spatial kernel and the same depthwise-ness.
-    This rejects e.g. a 1x1 expansion ConvNormAct followed by a depthwise 3x3 ConvNormAct.
+    downsample); shared parameters have the same rank, the same spatial kernel and the same depthwise-ness;
+    shared submodules are of the same kind. This rejects e.g. a 1x1 expansion ConvNormAct followed by a
+    depthwise 3x3 ConvNormAct, or a GhostModule with an activation followed by one without.
     """
     if type(anchor) is not type(repeat) or isinstance(repeat, (nn.ModuleList, nn.ModuleDict)):
         return False
@@ -208,6 +230,15 @@ def _compatible(anchor: nn.Module, repeat: nn.Module) -> bool:
         if len(sa) != len(sb):
             return False
         if len(sb) >= 3 and (sa[2:] != sb[2:] or (sa[1] == 1) != (sb[1] == 1)):
+            return False
+    am = dict(anchor.named_modules())
+    for n, m in repeat.named_modules():
+        k = _kind(m)
+        if n not in am or _kind(am[n]) == k:
+            continue
+        # where the repeat has nothing the anchor may add a module with weights (e.g. a downsample),
+        # but not a different activation
+        if not (k == "noop" and any(True for _ in am[n].parameters())):
             return False
     return True
 
@@ -287,6 +318,7 @@ class _RawRun:
     blocks: list[_Block]
     kind: Kind
     shapes: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # (in, out) when not the blocks' own
+    in_sequential: bool = False
 
 
 def _chains(siblings: list[_Block]) -> list[list[_Block]]:
@@ -337,7 +369,7 @@ def _runs_in_chain(chain: list[_Block], mods: dict[str, nn.Module]) -> list[_Raw
             j += 1
         prev = chain[i - 1] if i > 0 else None
         if (prev is not None and prev.path not in used and _compatible(mods[prev.path], mods[chain[i].path])
-                and _is4d(prev.output) and only_feeds_ok(prev, chain[i])):
+                and _is4d(prev.output) and _anchor_feeds(prev, chain[i])):
             blocks = chain[i - 1:j + 1]
         else:
             blocks = chain[i:j + 1]
@@ -348,7 +380,7 @@ def _runs_in_chain(chain: list[_Block], mods: dict[str, nn.Module]) -> list[_Raw
     return runs
 
 
-def only_feeds_ok(anchor: _Block, first: _Block) -> bool:
+def _anchor_feeds(anchor: _Block, first: _Block) -> bool:
     """The anchor is kept, so its output may have other readers; it only has to feed the first repeat."""
     return any(u in first.nodes for u in anchor.output.users)
 
@@ -411,7 +443,7 @@ def _dense_runs(siblings: list[_Block], mods: dict[str, nn.Module], taken: set[s
 
 def _find_raw(gm: fx.GraphModule, root: nn.Module, growing: bool) -> list[_RawRun]:
     mods = dict(root.named_modules())
-    blocks = [b for b in _analyse(gm).values() if b.output is not None and b.path in mods]
+    blocks = [b for b in _analyse(gm.graph).values() if b.output is not None and b.path in mods]
     by_parent: dict[str, list[_Block]] = defaultdict(list)
     for b in blocks:
         by_parent[b.parent].append(b)
@@ -437,6 +469,15 @@ def _find_raw(gm: fx.GraphModule, root: nn.Module, growing: bool) -> list[_RawRu
 
     raw = [r for r in raw if not inside(r)]
     raw.sort(key=lambda r: r.blocks[0].order)
+    groups, multi = _groups(gm.graph)
+    for r in raw:
+        parent = mods[r.parent]
+        called = not r.parent or (r.parent in groups and r.parent not in multi)
+        if called and isinstance(parent, nn.Sequential) and type(parent).forward is nn.Sequential.forward:
+            keys = list(parent._modules)
+            names = [b.name for b in r.blocks]
+            i = keys.index(names[0])
+            r.in_sequential = keys[i:i + len(names)] == names
     return raw
 
 
@@ -474,6 +515,14 @@ def _counter():
     return count_module
 
 
+def _count_macs(counter, module: nn.Module, args: tuple, what: str) -> int | None:
+    try:
+        return int(counter(module, *args)[0])
+    except Exception as err:  # noqa: BLE001 - counting is extra information, finding must not fail on it
+        warnings.warn(f"condense: could not count the MACs of {what}: {err}", stacklevel=3)
+        return None
+
+
 def _example(model: nn.Module, input_size) -> torch.Tensor:
     if isinstance(input_size, torch.Tensor):
         return input_size
@@ -503,9 +552,7 @@ def find_runs(model: nn.Module, input_size=(3, 224, 224), *, example_input: torc
     raw = _find_raw(gm, root, growing)
     counter = _counter() if count else None
     inputs = _block_inputs(root, [b.path for r in raw for b in r.blocks], x) if counter else {}
-    total_macs = None
-    if counter is not None:
-        total_macs = int(counter(root, x)[0])
+    total_macs = _count_macs(counter, root, (x,), "the model") if counter else None
 
     runs: list[Run] = []
     seen_paths: dict[str, int] = defaultdict(int)
@@ -520,7 +567,7 @@ def find_runs(model: nn.Module, input_size=(3, 224, 224), *, example_input: torc
             if counter is None or b.path not in inputs:
                 macs.append(None)
             else:
-                macs.append(int(counter(mod, *inputs[b.path])[0]))
+                macs.append(_count_macs(counter, mod, inputs[b.path], f"block '{b.path}'"))
         path = rr.parent
         seen_paths[path] += 1
         if seen_paths[path] > 1:  # several runs below one parent: keep run paths unique
@@ -537,6 +584,7 @@ def find_runs(model: nn.Module, input_size=(3, 224, 224), *, example_input: torc
             kind=rr.kind,
             layout=layout,
             parent_class=type(root.get_submodule(rr.parent)).__name__,
+            in_sequential=rr.in_sequential,
         ))
     return FindResult(
         runs=tuple(runs),

@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict
 from typing import Any, Callable, Iterable, Literal, Mapping
 
 import torch
@@ -304,15 +303,15 @@ def _user_signature(node: fx.Node) -> tuple:
 
 
 def _users_of_output(gm: fx.GraphModule, path: str) -> list[tuple] | None:
-    block = _analyse(gm).get(path)
+    block = _analyse(gm.graph).get(path)
     if block is None or block.output is None:
         return None
     return sorted(_user_signature(u) for u in block.output.users if u not in block.nodes)
 
 
 def _inplace_ok(gm_old: fx.GraphModule, gm_new: fx.GraphModule, run: Run, m: int) -> bool:
-    blocks_new = _analyse(gm_new)
-    groups_new, _ = _groups(gm_new)
+    blocks_new = _analyse(gm_new.graph)
+    groups_new, _ = _groups(gm_new.graph)
     if any(p in groups_new for p in run.blocks[m + 1:]):
         return False
     layer = blocks_new.get(run.blocks[m])
@@ -332,8 +331,7 @@ def _inplace_ok(gm_old: fx.GraphModule, gm_new: fx.GraphModule, run: Run, m: int
 
 def _surgery(graph: fx.Graph, run: Run, m: int, layer_type: type) -> None:
     """Replace the nodes of ``run.blocks[m:]`` in ``graph`` by one call of the module at ``run.blocks[m]``."""
-    gm_like = type("G", (), {"graph": graph})()
-    blocks = _analyse(gm_like)  # type: ignore[arg-type]
+    blocks = _analyse(graph)
     first, last = blocks.get(run.blocks[m]), blocks.get(run.blocks[-1])
     if first is None or last is None or len(first.inputs) != 1 or last.output is None:
         raise CondenseError(f"cannot rewrite run '{run.path}': its blocks are not a single-input chain in the graph",
@@ -439,7 +437,7 @@ def rewrite(model: nn.Module, runs: FindResult | Iterable[Run], plan: Mapping[st
         removed = list(run.blocks[choice.m:])
         parent, _ = _parent_and_name(new, removed[0])
         names = [p.rpartition(".")[2] for p in run.blocks]
-        if _is_plain_sequential(parent, names):
+        if run.in_sequential and _is_plain_sequential(parent, names):
             _edit_sequential(parent, [p.rpartition(".")[2] for p in removed], layer)
             method[run.path] = "sequential"
         else:

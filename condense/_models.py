@@ -1,0 +1,165 @@
+"""Model specs: ``timm:NAME`` or ``path/to/file.py:factory`` -> an nn.Module; local checkpoints.
+
+In: a spec string (and optionally a checkpoint path). Out: a freshly built model, its default input
+size. Never: downloads anything (timm models are built with ``pretrained=False``; weights come only
+from local files).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._errors import CondenseError
+
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Where a model comes from: ``kind`` is ``timm`` (``name``) or ``file`` (``path`` + ``factory``)."""
+
+    kind: str
+    name: str = ""
+    path: str = ""
+    factory: str = ""
+
+    def __str__(self) -> str:
+        return f"timm:{self.name}" if self.kind == "timm" else f"{self.path}:{self.factory}"
+
+    def to_dict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
+        return cls(**data)
+
+
+def parse_model_spec(text: str) -> ModelSpec:
+    """``timm:resnet50`` -> timm; ``models/net.py:build`` -> a factory in a Python file; a bare timm name
+    is accepted too."""
+    text = text.strip()
+    if text.startswith("timm:"):
+        return ModelSpec("timm", name=text[5:])
+    if ":" in text:
+        path, _, factory = text.rpartition(":")
+        if path.endswith(".py"):
+            if not factory.isidentifier():
+                raise CondenseError(f"bad factory name {factory!r} in {text!r}", "write path/to/file.py:function")
+            return ModelSpec("file", path=path, factory=factory)
+    if text.endswith(".py"):
+        raise CondenseError(f"{text!r} names a file but no factory", f"write {text}:function_that_builds_the_model")
+    if text and "/" not in text and ":" not in text:
+        return ModelSpec("timm", name=text)
+    raise CondenseError(f"cannot read model spec {text!r}", "write timm:NAME or path/to/file.py:factory")
+
+
+def _timm_model(name: str, **kwargs: Any) -> nn.Module:
+    import timm
+
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models() for the names"
+        raise CondenseError(f"unknown timm model {name!r}", hint)
+    return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def _file_model(path: str, factory: str, **kwargs: Any) -> nn.Module:
+    file = Path(path)
+    if not file.is_file():
+        raise CondenseError(f"model file {path!r} does not exist", "give the path of a .py file with a factory")
+    mod_name = f"_condense_user_{abs(hash(str(file.resolve())))}"
+    spec = importlib.util.spec_from_file_location(mod_name, file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:  # the user's code: report it in one line
+        raise CondenseError(f"importing {path} failed: {type(err).__name__}: {err}",
+                            "fix the file, or run with --debug for the traceback") from err
+    fn = getattr(module, factory, None)
+    if not callable(fn):
+        names = [n for n in dir(module) if callable(getattr(module, n)) and not n.startswith("_")]
+        raise CondenseError(f"{path} has no callable {factory!r}", f"callables there: {', '.join(names) or 'none'}")
+    model = fn(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise CondenseError(f"{path}:{factory}() returned {type(model).__name__}, not an nn.Module",
+                            "the factory must return the model")
+    return model
+
+
+def build_model(spec: ModelSpec | str, **kwargs: Any) -> nn.Module:
+    """A fresh instance of the model named by ``spec`` (random weights; see ``load_checkpoint``)."""
+    spec = parse_model_spec(spec) if isinstance(spec, str) else spec
+    if spec.kind == "timm":
+        return _timm_model(spec.name, **kwargs)
+    return _file_model(spec.path, spec.factory, **kwargs)
+
+
+def default_input_size(model: nn.Module) -> tuple[int, int, int] | None:
+    """The input size a timm model was configured for (its pretrained config), else None."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    size = cfg.get("input_size")
+    return tuple(int(s) for s in size) if size and len(size) == 3 else None
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors from a local ``.pth``/``.pt``/``.bin``/``.ckpt`` (torch) or ``.safetensors`` file.
+
+    A torch checkpoint may hold the state dict itself or nest it under ``state_dict``, ``model`` or
+    ``model_state_dict``. Raises a one-line CondenseError for missing, corrupt or foreign files.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise CondenseError(f"checkpoint {str(path)!r} does not exist", "give the path of a local weights file")
+    if file.suffix not in CHECKPOINT_SUFFIXES:
+        raise CondenseError(f"checkpoint {file.name!r} has an unknown suffix",
+                            f"use one of {', '.join(CHECKPOINT_SUFFIXES)}")
+    try:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            data: Any = load_file(str(file))
+        else:
+            data = torch.load(str(file), map_location="cpu", weights_only=True)
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CondenseError(f"checkpoint {file.name!r} is not readable ({reason[:120]})",
+                            "is it a complete .pth or .safetensors file?") from err
+    if isinstance(data, dict):
+        for key in ("state_dict", "model", "model_state_dict", "module"):
+            if key in data and isinstance(data[key], dict):
+                data = data[key]
+                break
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise CondenseError(f"checkpoint {file.name!r} holds no state dict of tensors",
+                            "save it with torch.save(model.state_dict(), path)")
+    return {k[7:] if k.startswith("module.") else k: v for k, v in data.items()}
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load local weights into ``model`` (strict); one-line error naming the mismatch otherwise."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shape = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shape:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if shape:
+            k = shape[0]
+            parts.append(f"{len(shape)} with other shapes (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})")
+        raise CondenseError(f"checkpoint {Path(path).name!r} does not fit {type(model).__name__}: " + "; ".join(parts),
+                            "is it the weights of this exact model (same name and num_classes)?")
+    model.load_state_dict(state)
+    return model
