@@ -230,7 +230,7 @@ def fit(model: nn.Module, macs: str | float | Budget | None = None, params: str 
         plan = Plan({p: RunChoice(m=m, layer=layer, options={**layer_options, "K": chosen_K}, init=init)
                      for p, m in ms.items() if m < costs.runs[p].r})
         say(f"rewriting {len(plan.choices)} run(s) and counting the result")
-        new = rewrite(model, found, plan.choices, layer_factory=create_layer).module
+        new = rewrite(model, found, plan.choices).module
         macs1, params1 = macs_and_params(new, size)
         if _fits((macs1, params1), macs_b, params_b) or not order:
             break

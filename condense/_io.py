@@ -102,7 +102,6 @@ def load(directory: str | os.PathLike, model: nn.Module | Callable[[], nn.Module
 
     from ._fit import Plan
     from .graph import find_runs, rewrite
-    from .pde import create_layer
 
     meta = read_meta(directory)
     if model is None:
@@ -116,7 +115,7 @@ def load(directory: str | os.PathLike, model: nn.Module | Callable[[], nn.Module
     size = tuple(meta["input_size"])
     if plan.choices:
         found = find_runs(original, size, count=False)
-        new = rewrite(original, found, plan.choices, layer_factory=create_layer).module
+        new = rewrite(original, found, plan.choices).module
     else:
         new = original
     weights = Path(directory) / WEIGHTS

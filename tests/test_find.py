@@ -247,6 +247,33 @@ def test_sequential_of_leaf_convs():
     assert _runs(f) == [("", 3)] and f.runs[0].blocks == ("0", "1", "2")
 
 
+class CNA(nn.Module):
+    """conv-norm-act, as timm's ConvNormAct."""
+
+    def __init__(self, cin: int, cout: int, k: int, groups: int = 1, act: bool = True):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+        self.act = nn.ReLU() if act else nn.Identity()
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x)))
+
+
+def test_anchor_must_match_the_repeat_structure():
+    # a 1x1 expansion then a depthwise 3x3: same class, but not one stage of repeats
+    m = nn.Sequential(CNA(3, 8, 3), CNA(8, 32, 1), CNA(32, 32, 3, groups=32), CNA(32, 8, 1))
+    assert find_runs(m, (3, 8, 8), count=False).runs == ()
+    # an activation where the repeat has none
+    m = nn.Sequential(CNA(3, 8, 3), CNA(8, 16, 3), CNA(16, 16, 3, act=False))
+    assert find_runs(m, (3, 8, 8), count=False).runs == ()
+    # a channel-changing anchor with the same structure is fine
+    m = nn.Sequential(CNA(3, 8, 3), CNA(8, 16, 3), CNA(16, 16, 3), CNA(16, 16, 3))
+    f = find_runs(m, (3, 8, 8), count=False)
+    assert _runs(f) == [("", 3)] and f.runs[0].blocks == ("1", "2", "3")  # anchor "1" changes channels
+    assert find_runs(m, (3, 8, 8), count=False, growing=False).runs == f.runs
+
+
 class Gate(nn.Module):
     def __init__(self):
         super().__init__()

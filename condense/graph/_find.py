@@ -3,17 +3,29 @@
 In: a model and an input size (or example input). Out: a frozen ``FindResult`` of ``Run`` records.
 Never: edits or re-uses the model instance (tracing works on a deep copy).
 
-Block grouping (see ``_candidates``): a *block* is any submodule called exactly once whose traced nodes
-(the nodes whose ``nn_module_stack`` contains its path) have one output consumed outside the block; a
-block that can be *replaced* also has exactly one tensor input from outside. Blocks with the same
-module-tree parent are chained through the dataflow (block B consumes block A's output). In a chain,
-a maximal stretch of *repeats* (same class, same parameter names and shapes, output shape == input
-shape, every output but the last consumed only by the next block) plus its *anchor* (the block right
-before it when it has the same class - it may change channels or stride - else the first repeat) is a
-run. Runs are taken at the coarsest module level: a run inside a block of another run is dropped.
+Block grouping (``_analyse``): a *block* is any submodule called exactly once, made of the traced nodes
+whose ``nn_module_stack`` contains its path, with exactly one node read outside it (its output). A block
+that can be *replaced* also has exactly one outside input that is not a parameter/buffer read.
+
+Runs (``_find_raw``): blocks with the same module-tree parent are chained through the dataflow (B follows
+A when B's only input is A's output, and no other sibling also reads it). In a chain, a maximal stretch of
+*repeats* - same class, same parameter names and shapes, same submodule kinds (Identity, DropPath and
+Dropout count as one kind, since drop-path rates vary along a stage), output shape == input shape (4-D,
+so a fixed resolution), non-zero parameters, every output but the last read only by the next block -
+plus its *anchor* makes a run. The anchor is the block right before the stretch when it is compatible
+(same class, a superset of the repeat's parameters with the same kernels and depthwise-ness, so it may
+change channels or stride or add a downsample; it may take several inputs and its output may have other
+readers since it is always kept), else the first repeat itself. Runs are taken at the coarsest module
+level: a run inside a block of another run is dropped (``layer1.1`` is a block, not ``layer1.1.conv1``;
+``layer1`` is a parent, not a block, because ``layer1 -> layer2`` are no repeats).
+
+Growing runs (``kind="growing"``): same-class compatible blocks chained at one resolution whose channels
+change (RexNet, DPN), and DenseNet-style blocks where block i reads the first block's input and the
+outputs of blocks 0..i-1 (``output_shape`` is then the concatenation). They are reported, not rewritten.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import warnings
 from collections import defaultdict
@@ -236,11 +248,15 @@ def _compatible(anchor: nn.Module, repeat: nn.Module) -> bool:
         k = _kind(m)
         if n not in am or _kind(am[n]) == k:
             continue
-        # where the repeat has nothing the anchor may add a module with weights (e.g. a downsample),
-        # but not a different activation
-        if not (k == "noop" and any(True for _ in am[n].parameters())):
+        # where the repeat has nothing the anchor may add a module (e.g. a downsample or a pooling
+        # shortcut), but not an activation
+        if k != "noop" or _is_activation(am[n]):
             return False
     return True
+
+
+def _is_activation(module: nn.Module) -> bool:
+    return type(module).__module__.startswith(("torch.nn.modules.activation", "timm.layers.activations"))
 
 
 def _nparams(module: nn.Module) -> int:
@@ -386,7 +402,7 @@ def _anchor_feeds(anchor: _Block, first: _Block) -> bool:
 
 
 def _growing_in_chain(chain: list[_Block], mods: dict[str, nn.Module], taken: set[str]) -> list[_RawRun]:
-    """Same-class blocks chained at one resolution whose channels change (e.g. RexNet)."""
+    """Same-class blocks chained at one resolution whose channels grow (e.g. RexNet, DPN)."""
     runs: list[_RawRun] = []
     i = 0
     while i < len(chain):
@@ -406,7 +422,10 @@ def _growing_in_chain(chain: list[_Block], mods: dict[str, nn.Module], taken: se
                and all(u in chain[j + 1].nodes for u in chain[j].output.users)):
             j += 1
         seg = chain[i:j + 1]
-        if len(seg) >= 2 and any(tensor_shape(x.inputs[0]) != tensor_shape(x.output) for x in seg[1:]):
+        # after the first block, channels only grow, by less than doubling (a stem 3 -> 8 -> 16 is no run)
+        growth = [tensor_shape(x.output)[1] - tensor_shape(x.inputs[0])[1] for x in seg[1:]]
+        ins = [tensor_shape(x.inputs[0])[1] for x in seg[1:]]
+        if len(seg) >= 2 and any(growth) and all(0 <= g < c for g, c in zip(growth, ins)):
             runs.append(_RawRun(b.parent, seg, "growing"))
         i = j + 1
     return runs
@@ -493,6 +512,8 @@ def _snapshot(value):
 def _block_inputs(root: nn.Module, paths: Sequence[str], x: torch.Tensor) -> dict[str, tuple]:
     """Positional inputs every block receives on ``x`` (forward pre-hooks on the traced copy)."""
     seen: dict[str, tuple] = {}
+    if not paths:
+        return seen
     handles = []
     for p in paths:
         def hook(mod, args, p=p):
@@ -551,8 +572,15 @@ def find_runs(model: nn.Module, input_size=(3, 224, 224), *, example_input: torc
     gm, root = _trace(model, x, train=False)
     raw = _find_raw(gm, root, growing)
     counter = _counter() if count else None
-    inputs = _block_inputs(root, [b.path for r in raw for b in r.blocks], x) if counter else {}
-    total_macs = _count_macs(counter, root, (x,), "the model") if counter else None
+    inputs: dict[str, tuple] = {}
+    total_macs = None
+    if counter is not None:
+        # a fresh copy: tracing may leave proxies in a module's caches (e.g. LeViT's attention biases)
+        fresh = copy.deepcopy(model).eval()
+        x1 = x[:1]  # MACs per image
+        inputs = _block_inputs(fresh, [b.path for r in raw for b in r.blocks], x1)
+        total_macs = _count_macs(counter, fresh, (x1,), "the model")
+        counted = dict(fresh.named_modules())
 
     runs: list[Run] = []
     seen_paths: dict[str, int] = defaultdict(int)
@@ -563,11 +591,11 @@ def find_runs(model: nn.Module, input_size=(3, 224, 224), *, example_input: torc
         s_in, s_out = rr.shapes or (tensor_shape(first_rep.inputs[0]), tensor_shape(rr.blocks[-1].output))
         layout = _layout(first_rep, rep, root, s_in)
         macs = []
-        for b, mod in zip(rr.blocks, mods):
+        for b in rr.blocks:
             if counter is None or b.path not in inputs:
                 macs.append(None)
             else:
-                macs.append(_count_macs(counter, mod, inputs[b.path], f"block '{b.path}'"))
+                macs.append(_count_macs(counter, counted[b.path], inputs[b.path], f"block '{b.path}'"))
         path = rr.parent
         seen_paths[path] += 1
         if seen_paths[path] > 1:  # several runs below one parent: keep run paths unique

@@ -7,10 +7,11 @@ For a run with m < r kept blocks, ``blocks[:m]`` stay (with their weights), ``bl
 ``layer_factory(choice.layer, channels=C, init_block=..., kernel_size=k, **choice.options)`` reads block
 m-1's output and feeds whatever read block r-1's output. Three ways to do it, tried in this order per run:
 
-* ``sequential`` - the blocks are consecutive children of a plain ``nn.Sequential``: that Sequential (in a
-  deep copy) loses the removed children and gets the layer under the name of the first removed block,
-  e.g. ``layer3.1``. The result stays a timm-like module; state_dict keys are the original ones minus the
-  removed blocks plus ``<first removed block>.*`` for the layer.
+* ``sequential`` - the blocks are consecutive children of a plain ``nn.Sequential`` that runs through its
+  own forward (``Run.in_sequential``): that Sequential (in a deep copy) loses the removed children and
+  gets the layer under the name of the first removed block, e.g. ``layer3.1``. The result stays a
+  timm-like module; state_dict keys are the original ones minus the removed blocks plus
+  ``<first removed block>.*`` for the layer.
 * ``inplace`` - other parents (custom stages looping over a ModuleList, ``self.b1(x); self.b2(x)``, ...):
   the first removed block is swapped for the layer and the others for ``Skip`` (returns its first input,
   no parameters), so the same keys as above. The edit is checked on a trace of the result: the layer must
@@ -19,6 +20,9 @@ m-1's output and feeds whatever read block r-1's output. Three ways to do it, tr
   the whole result becomes a ``CondensedGraphModule`` (torch.fx, one graph for train and one for eval
   mode, so timm's drop-path still switches) in which the removed blocks' nodes are replaced by one
   ``call_module`` node of the layer; modules keep their original paths, so keys are as above.
+
+Channels-last runs (``Run.layout == "NHWC"``, e.g. Swin) get the layer wrapped in ``ChannelsLastAdapter``
+(keys ``<first removed block>.layer.*``) and the init block wrapped in ``ChannelsFirstAdapter``.
 
 Everything is deterministic: the same model, runs and plan give the same structure and state_dict keys
 (what load relies on: rebuild the original, rewrite with the saved plan, load_state_dict).

@@ -1,0 +1,232 @@
+"""Coverage across timm: run the default condense on every model up to a parameter limit, report by family.
+
+Run ``python -m condense.bench.coverage`` (all models <= 120M parameters; hours on 2 cores) or with
+``--sample`` (a few models per major family). Each model is built with random weights, condensed with
+the paper's default plan on a small input, and checked:
+
+* forward and backward run on the condensed model, and its output shape equals the original's;
+* MACs fall wherever repeats exist (measured with ``condense.count`` rules on both models);
+* a model without repeats is reported as such (that is a success, not an error).
+
+Every model runs in a worker subprocess (a crash or a hang costs one model, not the survey) with a time
+limit. Results go to a CSV (one row per model) and a per-family table, printed with rich.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import re
+import sys
+import time
+import traceback
+from collections import defaultdict
+
+SAMPLE = (
+    "resnet18", "resnet50", "resnet26", "efficientnet_b0", "efficientnet_lite0", "mobilenetv2_100",
+    "mobilenetv3_large_100", "mobilenetv3_small_100", "convnext_atto", "convnext_nano", "regnetx_002",
+    "regnety_004", "cspresnet50", "cs3darknet_s", "ghostnet_100", "mixnet_s", "dla34", "hrnet_w18_small",
+    "densenet121", "rexnet_100", "dpn68",
+)
+
+
+def family(name: str) -> str:
+    """The model family: the name up to its first digit or size word (resnet50d -> resnet)."""
+    base = re.split(r"[_\d]", name, maxsplit=1)[0]
+    return base or name
+
+
+def _input_size(model, small: int):
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    c = (cfg.get("input_size") or (3, 224, 224))[0]
+    return (c, small, small)
+
+
+def check_model(name: str, small: int = 64) -> dict:
+    """Condense one timm model with the default plan and check it. Never raises: errors are results."""
+    import timm
+    import torch
+
+    from .. import CondenseError
+    from .._count import macs_and_params
+    from ..graph import find_runs, rewrite
+
+    row = dict(model=name, family=family(name), status="", runs=0, condensed_runs=0, macs_before=None,
+               macs_after=None, params_before=None, params_after=None, seconds=0.0, error="")
+    t0 = time.perf_counter()
+    try:
+        try:
+            model = timm.create_model(name, pretrained=False, img_size=small)
+            size = _input_size(model, small)
+        except TypeError:
+            model = timm.create_model(name, pretrained=False)
+            size = _input_size(model, small)
+        model.eval()
+        x = torch.randn(2, *size)
+        try:
+            with torch.no_grad():
+                ref = model(x)
+        except Exception:  # the model does not accept the small input: use its own size
+            cfg = getattr(model, "pretrained_cfg", {}) or {}
+            size = tuple(cfg.get("input_size") or (3, 224, 224))
+            x = torch.randn(2, *size)
+            with torch.no_grad():
+                ref = model(x)
+        row["params_before"] = sum(p.numel() for p in model.parameters())
+        found = find_runs(model, size, count=False)
+        runs = [r for r in found.runs if r.kind == "repeat"]
+        row["runs"] = len(found.runs)
+        if not runs:
+            row["status"] = "no repeats"
+            return row
+        plan = {r.path: dict(m=1, layer="global", options={"K": 5}, init="input") for r in runs}
+        new = rewrite(model, found, plan).module
+        row["condensed_runs"] = len(runs)
+        new.train()
+        out = new(x)
+        out = out if isinstance(out, torch.Tensor) else out[0]
+        out.float().square().mean().backward()
+        if tuple(out.shape) != tuple((ref if isinstance(ref, torch.Tensor) else ref[0]).shape):
+            row["status"], row["error"] = "fail", f"output shape {tuple(out.shape)} != {tuple(ref.shape)}"
+            return row
+        row["macs_before"], row["params_before"] = macs_and_params(model, size)
+        row["macs_after"], row["params_after"] = macs_and_params(new, size)
+        if row["macs_after"] >= row["macs_before"]:
+            row["status"], row["error"] = "fail", "MACs did not fall"
+        else:
+            row["status"] = "ok"
+    except CondenseError as err:
+        row["status"], row["error"] = "error", str(err)[:300]
+    except Exception as err:  # noqa: BLE001 - the survey records every failure
+        tb = traceback.extract_tb(err.__traceback__)
+        where = f"{os.path.basename(tb[-1].filename)}:{tb[-1].lineno}" if tb else ""
+        row["status"], row["error"] = "crash", f"{type(err).__name__}: {str(err)[:200]} @ {where}"
+    finally:
+        row["seconds"] = round(time.perf_counter() - t0, 2)
+    return row
+
+
+def _worker(names, small, queue):
+    import torch
+
+    torch.set_num_threads(1)
+    for name in names:
+        queue.put(check_model(name, small))
+
+
+def candidates(max_params: float, limit: int | None = None, pattern: str | None = None) -> list[str]:
+    """timm model names whose parameter count (built on the meta device) is at most ``max_params``."""
+    import timm
+    import torch
+
+    names = timm.list_models(pattern or "*")
+    keep = []
+    for name in names:
+        try:
+            with torch.device("meta"):
+                m = timm.create_model(name, pretrained=False)
+            n = sum(p.numel() for p in m.parameters())
+        except Exception:  # noqa: BLE001 - a model that cannot be built counts as a crash later
+            n = 0
+        if n <= max_params:
+            keep.append(name)
+        if limit and len(keep) >= limit:
+            break
+    return keep
+
+
+def survey(names, *, small=64, workers=2, timeout=300.0, progress=None):
+    """Run ``check_model`` over ``names`` in worker processes; a hung or crashed worker loses one model."""
+    ctx = mp.get_context("spawn")
+    rows: dict[str, dict] = {}
+    pending = list(names)
+    active: list[tuple] = []
+    while pending or active:
+        while pending and len(active) < workers:
+            name = pending.pop(0)
+            q = ctx.Queue()
+            p = ctx.Process(target=_worker, args=([name], small, q), daemon=True)
+            p.start()
+            active.append((name, p, q, time.time()))
+        time.sleep(0.2)
+        for item in list(active):
+            name, p, q, start = item
+            if not q.empty():
+                rows[name] = q.get()
+                p.join(5)
+                active.remove(item)
+            elif not p.is_alive():
+                rows[name] = dict(model=name, family=family(name), status="crash",
+                                  error=f"worker died (exit {p.exitcode})")
+                active.remove(item)
+            elif time.time() - start > timeout:
+                p.kill()
+                rows[name] = dict(model=name, family=family(name), status="timeout", error=f">{timeout:.0f}s")
+                active.remove(item)
+            else:
+                continue
+            if progress:
+                progress(rows[name])
+    return [rows[n] for n in names]
+
+
+def summarize(rows):
+    """Per-family counts and the headline figure: condensed / models with repeats."""
+    fam = defaultdict(lambda: defaultdict(int))
+    for r in rows:
+        fam[r["family"]][r["status"]] += 1
+        fam[r["family"]]["models"] += 1
+    with_repeats = [r for r in rows if r["status"] != "no repeats"]
+    ok = sum(1 for r in with_repeats if r["status"] == "ok")
+    return fam, ok, len(with_repeats)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m condense.bench.coverage", description=__doc__.splitlines()[0])
+    ap.add_argument("--sample", action="store_true", help="a few models per major family only")
+    ap.add_argument("--max-params", type=float, default=120e6)
+    ap.add_argument("--filter", default=None, help="timm name pattern, e.g. 'resnet*'")
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--size", type=int, default=64, help="input height/width (default 64)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--timeout", type=float, default=300.0, help="seconds per model")
+    ap.add_argument("--csv", default="coverage.csv")
+    args = ap.parse_args(argv)
+
+    import pandas as pd
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+    from rich.table import Table
+
+    console = Console()
+    names = list(SAMPLE) if args.sample else candidates(args.max_params, args.limit, args.filter)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=console) as bar:
+        task = bar.add_task("condensing", total=len(names))
+
+        def tick(row):
+            bar.update(task, advance=1, description=f"{row['model'][:28]:<28} {row['status']}")
+
+        rows = survey(names, small=args.size, workers=args.workers, timeout=args.timeout, progress=tick)
+    df = pd.DataFrame(rows)
+    df.to_csv(args.csv, index=False)
+    fam, ok, total = summarize(rows)
+    table = Table("family", "models", "ok", "no repeats", "fail/error/crash/timeout", title="coverage by family")
+    for name in sorted(fam):
+        f = fam[name]
+        bad = f["fail"] + f["error"] + f["crash"] + f["timeout"]
+        table.add_row(name, str(f["models"]), str(f["ok"]), str(f["no repeats"]), str(bad))
+    console.print(table)
+    pct = 100.0 * ok / total if total else 0.0
+    console.print(f"condensed {ok} of {total} models with repeated blocks ({pct:.1f}%); "
+                  f"{len(rows) - total} without repeats; rows in {args.csv}")
+    for r in rows:
+        if r["status"] not in ("ok", "no repeats"):
+            console.print(f"  {r['model']}: {r['status']} {r.get('error', '')}", highlight=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
