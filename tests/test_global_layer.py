@@ -243,7 +243,7 @@ def test_zero_init_starts_without_velocity():
 
 def test_kernel_size_follows_the_replaced_block():
     layer = GlobalLayer(8, GlobalConfig(kernel_size=5))
-    assert layer.velocity[0].kernel_size == (5, 5)
+    assert layer.velocity[0][0].kernel_size == (5, 5)
 
 
 @pytest.mark.parametrize("bad", [

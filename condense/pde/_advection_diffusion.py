@@ -31,8 +31,8 @@ _BOUNDARY_CODE = {name: i for i, name in enumerate(BOUNDARIES)}  # periodic 0, r
 
 # ------------------------------------------------------------------------------------------ eager
 def bound_velocity(u: Tensor, umax: float) -> Tensor:
-    """``umax * tanh(u / umax)``: keeps |u| dt / dx below the Courant bound, the identity near 0."""
-    return torch.tanh(u / umax) * umax
+    """``u / sqrt(1 + (u / umax)^2)``: |u| stays below ``umax`` (the Courant bound); the identity near 0."""
+    return u * torch.rsqrt(torch.square(u * (1.0 / umax)) + 1.0)
 
 
 def bound_diffusion(d: Tensor, dmax: float) -> Tensor:
@@ -102,7 +102,7 @@ def eager_macs(numel: int, K: int, *, source: bool, velocity: bool, variable_dif
     """
     per = 0
     if bounded_velocity and velocity:
-        per += 4  # u / umax * umax and v likewise (tanh is an activation: 0)
+        per += 10  # u * (1/umax), square, + 1, rsqrt, * u; and v likewise
     if variable_diffusion:
         per += 8  # bx, by, L (3), 1/L, a0 (2)
     if velocity:
@@ -252,7 +252,7 @@ def bounded_advection_diffusion(init: Tensor, source: Optional[Tensor], u_raw: O
                                 v_raw: Optional[Tensor], Dx_raw: Union[Tensor, Scalar],
                                 Dy_raw: Union[Tensor, Scalar], *, K: int, dt: float, dx: float, dy: float,
                                 boundary: str, courant: float, dmax: float, impl: str = "auto") -> Tensor:
-    """The solver on bounded fields: u -> umax tanh(u / umax) with umax = courant dx / dt (v likewise),
+    """The solver on bounded fields: u -> u / sqrt(1 + (u / umax)^2) with umax = courant dx / dt (v likewise),
     and tensor D -> clamp(D, 0, dmax). The fused path applies the bounds inside the kernel."""
     var_d = isinstance(Dx_raw, Tensor)
     if impl == "eager" or (impl == "auto" and not fused_available(init)):

@@ -122,7 +122,23 @@ class PDELayer(nn.Module):
 
 
 class ConvNormAct(nn.Sequential):
-    """Conv2d (optionally depthwise / grouped) + norm + activation, 'same' padding, stride 1."""
+    """Conv2d (optionally depthwise / grouped) + norm + activation, 'same' padding, stride 1.
+
+    In eval mode a BatchNorm is folded into the convolution on the fly (one pass over the map instead of
+    two); the result equals conv -> norm up to rounding.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv, norm, act = self[0], self[1], self[2]
+        if self.training or not isinstance(norm, nn.BatchNorm2d) or not norm.track_running_stats:
+            return act(norm(conv(x)))
+        scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+        bias = norm.bias - norm.running_mean * scale
+        if conv.bias is not None:
+            bias = bias + conv.bias * scale
+        weight = conv.weight * scale.view(-1, 1, 1, 1)
+        return act(torch.nn.functional.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation,
+                                              conv.groups))
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int, *, groups: int = 1,
                  norm: str = "batch", act: str = "relu", bias: bool | None = None):

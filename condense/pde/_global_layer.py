@@ -37,8 +37,8 @@ class GlobalConfig(LayerConfig):
       models) or ``dwconv`` (depthwise conv + norm; its activation is the clamp to [0, max_diffusion]).
     source: f(I) = ``identity`` (I, the paper's), ``none`` (0) or ``residual`` (a residual block, Table 8).
     init: H^0 = ``input`` (I) or ``block`` (a given block, as the paper's first block of the stage).
-    Stability: velocities pass through umax * tanh(u / umax) with umax = max_courant * dx / dt, so
-    |u| dt/dx <= max_courant (likewise v); learned diffusion is clamped to [0, max_diffusion]
+    Stability: velocities pass through u / sqrt(1 + (u / umax)^2) with umax = max_courant * dx / dt, so
+    |u| dt/dx < max_courant (likewise v); learned diffusion is clamped to [0, max_diffusion]
     (Du Fort-Frankel is unconditionally stable for D >= 0). With these bounds the K-step update is a
     linear map with bounded coefficients, so the output is finite for finite input and any weights.
     zero_init: start the velocity (and learned diffusion) convs' norm at zero, so u = v = 0 at first.
@@ -122,21 +122,21 @@ class GlobalLayer(PDELayer):
         self.init_block = init_block
         self.velocity = self._velocity_net(C, k, cfg)
         self.velocity_const = nn.Parameter(torch.zeros(2, C)) if cfg.velocity == "constant" else None
-        self.diffusion = (ConvNormAct(C, 2 * C, k, groups=C, norm=cfg.norm, act="identity")
-                          if cfg.diffusion == "dwconv" else None)
+        self.diffusion = (nn.ModuleList([ConvNormAct(C, C, k, groups=C, norm=cfg.norm, act="identity")
+                                         for _ in "xy"]) if cfg.diffusion == "dwconv" else None)
         self.source = ResidualSource(C, k, cfg.norm, cfg.act) if cfg.source == "residual" else None
         self.out_norm = make_norm(cfg.out_norm, C)
         self.out_act = make_act(cfg.out_act)
         if cfg.zero_init:
-            for net in (self.velocity, self.diffusion):
-                last = [m for m in net.modules() if isinstance(m, (nn.BatchNorm2d, nn.Conv2d))] if net else []
-                if last:  # the module that produces the field: its scale starts at 0
-                    nn.init.zeros_(last[-1].weight)
+            for field in (self.velocity, self.diffusion):
+                for net in ([] if field is None else field if isinstance(field, nn.ModuleList) else [field]):
+                    last = [m for m in net.modules() if isinstance(m, (nn.BatchNorm2d, nn.Conv2d))]
+                    nn.init.zeros_(last[-1].weight)  # the module that produces the field starts at 0
 
     @staticmethod
     def _velocity_net(C: int, k: int, cfg: GlobalConfig) -> nn.Module | None:
-        if cfg.velocity == "dwconv":  # channel 2c is u_c, 2c + 1 is v_c
-            return ConvNormAct(C, 2 * C, k, groups=C, norm=cfg.norm, act="identity")
+        if cfg.velocity == "dwconv":  # u and v: two depthwise convs (a channel multiplier of 2 is slow on CPU)
+            return nn.ModuleList([ConvNormAct(C, C, k, groups=C, norm=cfg.norm, act="identity") for _ in "uv"])
         if cfg.velocity == "separable":  # channels [0, C) are u, [C, 2C) are v
             return nn.Sequential(ConvNormAct(C, C, k, groups=C, norm=cfg.norm, act=cfg.act),
                                  ConvNormAct(C, 2 * C, 1, norm=cfg.norm, act="identity"))
@@ -146,16 +146,14 @@ class GlobalLayer(PDELayer):
         cfg: GlobalConfig = self.config
         u = v = None
         if cfg.velocity == "dwconv":
-            uv = self.velocity(h0)
-            u, v = uv[:, 0::2], uv[:, 1::2]
+            u, v = (net(h0) for net in self.velocity)
         elif cfg.velocity == "separable":
             uv = self.velocity(h0)
             u, v = uv[:, : self.channels], uv[:, self.channels:]
         elif cfg.velocity == "constant":
             u, v = (c.view(1, -1, 1, 1).expand_as(h0) for c in self.velocity_const)
         if self.diffusion is not None:
-            d = self.diffusion(h0)
-            Dx, Dy = d[:, 0::2], d[:, 1::2]
+            Dx, Dy = (net(h0) for net in self.diffusion)
         else:
             Dx = Dy = cfg.diffusion_value
         return u, v, Dx, Dy

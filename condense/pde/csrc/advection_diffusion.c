@@ -9,7 +9,7 @@
  * Layout: every tensor argument is a plane-strided array: plane p = n * C + c starts at
  * n * sn + c * sc and holds H * W contiguous values. A NULL field means: source 0, velocity 0, or
  * constant diffusion (dxc, dyc). Boundary: 0 periodic, 1 replicate, 2 zero.
- * Bounds: courant > 0 maps u -> umax * tanh(u / umax) with umax = courant * dx / dt (same for v with dy);
+ * Bounds: courant > 0 maps u -> u / sqrt(1 + (u / umax)^2) with umax = courant * dx / dt (v likewise, dy);
  * dmax > 0 maps D -> clamp(D, 0, dmax).
  */
 #include <math.h>
@@ -54,28 +54,21 @@ typedef struct {
     real *a0, *a1, *cE, *cW, *cN, *cS, *s;
 } coefs;
 
-/* tanh: libm's in double; in float a branch-free version the compiler vectorises (libm's scalar tanhf
- * would dominate the kernel): tanh(x) = sign(x) (1 - 2 / (exp(2|x|) + 1)), exp by range reduction
- * 2^k e^r with |r| <= ln2 / 2 and a degree-6 Taylor polynomial. Absolute error below 2e-7. */
-static inline float fast_tanhf(float x) {
-    float a = fminf(fabsf(x), 9.0f) * 2.0f;
-    float k = floorf(a * 1.44269504f + 0.5f);
-    float r = a - k * 0.693145752f - k * 1.42860677e-06f;
-    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.66666667e-1f + r * (4.16666667e-2f +
-              r * (8.33333333e-3f + r * 1.38888889e-3f)))));
-    union { float f; int i; } two_k = {.i = ((int)k + 127) << 23};
-    float t = 1.0f - 2.0f / (p * two_k.f + 1.0f);
-    return copysignf(t, x);
-}
-#define TANH(x) (sizeof(real) == sizeof(float) ? (real)fast_tanhf((float)(x)) : (real)tanh((double)(x)))
+/* The velocity bound: u / sqrt(1 + (u / umax)^2) -- the identity near 0, |result| < umax, smooth,
+ * and cheap to vectorise (one sqrt, one divide). */
+#define SQRT(x) (sizeof(real) == sizeof(float) ? (real)sqrtf((float)(x)) : (real)sqrt((double)(x)))
 static inline real bound_vel(real u, double umax) {
-    return umax > 0 ? (real)umax * TANH(u / (real)umax) : u;
+    if (umax <= 0) return u;
+    real t = u * (real)(1 / umax);
+    return u / SQRT((real)1 + t * t);
 }
-static inline real dbound_vel(real u, double umax) { /* derivative of bound_vel */
+static inline real dbound_vel(real u, double umax) { /* derivative of bound_vel: (1 + t^2)^(-3/2) */
     if (umax <= 0) return (real)1;
-    real t = TANH(u / (real)umax);
-    return (real)1 - t * t;
+    real t = u * (real)(1 / umax);
+    real r = (real)1 / SQRT((real)1 + t * t);
+    return r * r * r;
 }
+#define CLAMP(x, lo, hi) ((x) < (lo) ? (lo) : ((x) > (hi) ? (hi) : (x)))
 static inline real bound_d(real d, double dmax) {
     if (dmax <= 0) return d;
     return d < 0 ? (real)0 : (d > dmax ? (real)dmax : d);
@@ -83,6 +76,17 @@ static inline real bound_d(real d, double dmax) {
 static inline real dbound_d(real d, double dmax) {
     if (dmax <= 0) return (real)1;
     return (d >= 0 && d <= dmax) ? (real)1 : (real)0;
+}
+
+/* ub = bound_vel(u), vb = bound_vel(v) */
+static void bound_velocities(const real *restrict u, const real *restrict v, real *restrict ub,
+                             real *restrict vb, long n, real umax, real vmax) {
+    const real ru = (real)1 / umax, rv = (real)1 / vmax;
+    for (long i = 0; i < n; i++) {
+        real tu = u[i] * ru, tv = v[i] * rv;
+        ub[i] = u[i] / SQRT((real)1 + tu * tu);
+        vb[i] = v[i] / SQRT((real)1 + tv * tv);
+    }
 }
 
 static void compute_coefs(const params *q, const real *f, const real *u, const real *v, const real *Dx,
@@ -94,24 +98,42 @@ static void compute_coefs(const params *q, const real *f, const real *u, const r
     const real dxc = (real)q->dxc, dyc = (real)q->dyc, two_dt = (real)(2 * q->dt);
     real *restrict a0 = c.a0, *restrict a1 = c.a1, *restrict cE = c.cE, *restrict cW = c.cW;
     real *restrict cN = c.cN, *restrict cS = c.cS, *restrict s = c.s;
-    /* pass 1: bounded velocity; pass 2: the diffusion part of every coefficient (a1 holds 1/L for now) */
-    if (u) {
+    /* pass 1: bounded velocity (or the raw one); pass 2: the diffusion part of every coefficient, with
+     * a1 holding 1/L for now; pass 3 below adds advection. Loops are split by case so they vectorise. */
+    const real *uu = u, *vv = v;
+    if (u && umax > 0) {
+        bound_velocities(u, v, ub, vb, HW, (real)umax, (real)vmax);
+        uu = ub;
+        vv = vb;
+    }
+    if (Dx) {
+        const real dm = (real)(q->dmax > 0 ? q->dmax : 1e30);
 #pragma omp simd
         for (long i = 0; i < HW; i++) {
-            ub[i] = bound_vel(u[i], umax);
-            vb[i] = bound_vel(v[i], vmax);
+            real bx = CLAMP(Dx[i], (real)0, dm) * kx;
+            real by = CLAMP(Dy[i], (real)0, dm) * ky;
+            real iL = (real)1 / ((real)1 + 2 * bx + 2 * by);
+            a0[i] = ((real)1 - 2 * bx - 2 * by) * iL;
+            a1[i] = iL;
+            cE[i] = cW[i] = 2 * bx * iL;
+            cN[i] = cS[i] = 2 * by * iL;
+        }
+    } else {
+        const real bx = dxc * kx, by = dyc * ky, iL = (real)1 / ((real)1 + 2 * bx + 2 * by);
+        const real va0 = ((real)1 - 2 * bx - 2 * by) * iL, vx = 2 * bx * iL, vy = 2 * by * iL;
+#pragma omp simd
+        for (long i = 0; i < HW; i++) {
+            a0[i] = va0;
+            a1[i] = iL;
+            cE[i] = cW[i] = vx;
+            cN[i] = cS[i] = vy;
         }
     }
+    if (f) {
 #pragma omp simd
-    for (long i = 0; i < HW; i++) {
-        real bx = (Dx ? bound_d(Dx[i], q->dmax) : dxc) * kx;
-        real by = (Dy ? bound_d(Dy[i], q->dmax) : dyc) * ky;
-        real iL = (real)1 / ((real)1 + 2 * bx + 2 * by);
-        a0[i] = ((real)1 - 2 * bx - 2 * by) * iL;
-        a1[i] = iL;
-        cE[i] = cW[i] = 2 * bx * iL;
-        cN[i] = cS[i] = 2 * by * iL;
-        s[i] = f ? two_dt * f[i] * iL : (real)0;
+        for (long i = 0; i < HW; i++) s[i] = two_dt * f[i] * a1[i];
+    } else {
+        memset(s, 0, sizeof(real) * HW);
     }
     if (!u) {
         memset(a1, 0, sizeof(real) * HW);
@@ -123,8 +145,8 @@ static void compute_coefs(const params *q, const real *f, const real *u, const r
     for (long y = 0; y < H; y++) {
         long yn = nb(y, 1, H, q->boundary), ys = nb(y, -1, H, q->boundary);
         const long o = y * W;
-        const real *un = ub + o, *vn = yn < 0 ? NULL : vb + yn * W, *vs = ys < 0 ? NULL : vb + ys * W;
-        const real *vc = vb + o;
+        const real *un = uu + o, *vn = yn < 0 ? NULL : vv + yn * W, *vs = ys < 0 ? NULL : vv + ys * W;
+        const real *vc = vv + o;
         for (long x = 0; x < W; x++) {
             long i = o + x;
             real ue, uw;
