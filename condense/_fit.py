@@ -185,17 +185,26 @@ def _resolve(budget: str | float | Budget | None, original: int) -> float | None
 
 
 def fit(model: nn.Module, macs: str | float | Budget | None = None, params: str | float | Budget | None = None,
-        input_size: Sequence[int] | None = None, *, layer: str = "global", init: str = "input",
-        K: int | None = None, progress: Progress | None = None, **layer_options: Any) -> FitResult:
+        input_size: Sequence[int] | None = None, *, layer: str = "global", init: str | None = None,
+        K: int | None = None, preserve: bool = False, progress: Progress | None = None,
+        **layer_options: Any) -> FitResult:
     """Choose a plan that meets every budget given (MACs and/or parameters) and apply it.
 
     ``macs``/``params``: ``"250M"``, ``"60%"`` (of the original), a number, or None. ``input_size``:
     (C, H, W), default (3, 224, 224). ``layer``: a layer type (``global``, ``linearmix``, ``explicit_rd``,
     ``implicit_rd``, ``circulant_rd``); ``init``: ``input`` (the kept blocks' output starts the PDE, the
     paper's) or ``block`` (a copy of the first replaced block, with its weights); ``K``: fix the number of
-    PDE steps (default: 5, adjusted to the budget). Other keywords are layer options (e.g. ``velocity``).
+    PDE steps (default: 5, adjusted to the budget). ``preserve``: for pretrained weights, start every new
+    layer as the identity on its initial guess, a copy of the first replaced block (``init="block"``,
+    ``zero_init=True`` and learned diffusion for the Global layer), so the condensed model first computes
+    what the original computed minus the blocks after it. Other keywords are layer options.
     """
     say = progress or (lambda _msg: None)
+    if preserve:
+        init = init or "block"
+        if layer == "global":
+            layer_options = {"zero_init": True, "diffusion": "dwconv", **layer_options}
+    init = init or "input"
     size = tuple(int(s) for s in (input_size or (3, 224, 224)))
     if layer_options.get("K") is not None:
         K = int(layer_options.pop("K"))

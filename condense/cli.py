@@ -64,9 +64,12 @@ def _main_parser() -> argparse.ArgumentParser:
     g.add_argument("--layer", default="global",
                    help="layer type: global, linearmix, explicit_rd, implicit_rd, circulant_rd (default global)")
     g.add_argument("--K", type=int, default=None, help="PDE steps (default 5, adjusted to the budget)")
-    g.add_argument("--init", choices=("input", "block"), default="input",
-                   help="initial guess: the kept blocks' output (input, the paper's) or a copy of the first "
-                        "replaced block (block)")
+    g.add_argument("--init", choices=("input", "block"), default=None,
+                   help="initial guess: the kept blocks' output (input, the paper's; the default) or a copy of "
+                        "the first replaced block (block; the default with --preserve)")
+    g.add_argument("--preserve", action=argparse.BooleanOptionalAction, default=None,
+                   help="start each new layer as the identity on a copy of the first replaced block, so "
+                        "pretrained weights lose little before fine-tuning (default: on with --checkpoint)")
     g.add_argument("--velocity", help="Global layer velocity: dwconv, separable, constant, zero")
     g.add_argument("--diffusion", help="Global layer diffusion: constant, dwconv")
     g.add_argument("--source", help="Global layer source f: identity, none, residual")
@@ -128,7 +131,8 @@ def _run_condense(args, console) -> int:
         spec, model, default = _load_model(args.model, args.checkpoint)
         size = _size(args, default)
         result = fit(model, macs=args.macs, params=args.params, input_size=size, layer=args.layer,
-                     init=args.init, K=args.K, progress=lambda msg: status.update(msg), **options)
+                     init=args.init, K=args.K, progress=lambda msg: status.update(msg),
+                     preserve=args.checkpoint is not None if args.preserve is None else args.preserve, **options)
         out = None
         if not args.dry_run and result.plan.choices:
             name = spec.name if spec.kind == "timm" else Path(spec.path).stem + "-" + spec.factory

@@ -193,3 +193,22 @@ def test_untraceable_model_names_the_module():
     with pytest.raises(CondenseError) as err:
         condense.fit(nn.Sequential(Branchy(), Branchy()), input_size=(3, 8, 8))
     assert "\n" not in str(err.value)
+
+
+def test_preserve_keeps_the_pretrained_function_of_the_kept_path(resnet18):
+    """With preserve, each run computes blocks[:m] then a copy of block m: the output changes only by the
+    blocks after it, and with m = r - 1 (nothing dropped after the copy) it is exactly the original."""
+    from condense.graph import find_runs
+    found = find_runs(resnet18, SMALL, count=False)
+    res = condense.fit(resnet18, input_size=SMALL, preserve=True)  # resnet18: r = 2, so m = 1 = r - 1
+    assert all(c.init == "block" and c.options["zero_init"] for c in res.plan.choices.values())
+    assert len(found.runs) == 4
+    x = torch.randn(2, *SMALL)
+    resnet18.eval()
+    res.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(res.model(x), resnet18(x), rtol=1e-4, atol=1e-4)
+    plain = condense.fit(resnet18, input_size=SMALL)
+    plain.model.eval()
+    with torch.no_grad():
+        assert (plain.model(x) - resnet18(x)).abs().max() > 1e-2

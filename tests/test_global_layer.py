@@ -234,11 +234,20 @@ def test_residual_and_output_norm_act():
     assert isinstance(layer.out_norm, nn.BatchNorm2d)
 
 
-def test_zero_init_starts_without_velocity():
-    layer = GlobalLayer(2, GlobalConfig(zero_init=True, diffusion_value=0.0, source="none")).eval()
+@pytest.mark.parametrize("opts", [dict(diffusion_value=0.0, source="none"), dict(diffusion="dwconv"),
+                                  dict(diffusion="dwconv", velocity="separable", source="residual")])
+def test_zero_init_starts_as_the_identity_on_the_initial_guess(opts):
+    block = ShapeKeepingBlock(2)
+    layer = GlobalLayer(2, GlobalConfig(zero_init=True, init="block", **opts), init_block=block).eval()
     x = torch.randn(1, 2, 6, 6)
-    # u = v = 0, D = 0, f = 0: the update is H^{k+1} = H^{k-1}, so the layer starts as the identity
-    torch.testing.assert_close(layer(x), x)
+    # u = v = 0, D = 0, gated f = 0: the update is H^{k+1} = H^{k-1}, so the output is H^0 = block(x)
+    torch.testing.assert_close(layer(x), block(x))
+    # ... and it trains away from there: every field gets a gradient
+    layer.train()
+    layer(x).square().mean().backward()
+    assert layer.velocity is None or all(p.grad is not None for p in layer.velocity.parameters())
+    if layer.source_gate is not None:
+        assert layer.source_gate.grad.abs().sum() > 0
 
 
 def test_kernel_size_follows_the_replaced_block():

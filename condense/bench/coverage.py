@@ -32,9 +32,9 @@ SAMPLE = (
 
 
 def family(name: str) -> str:
-    """The model family: the name up to its first digit or size word (resnet50d -> resnet)."""
-    base = re.split(r"[_\d]", name, maxsplit=1)[0]
-    return base or name
+    """The model family: resnet50d -> resnet, mobilenetv2_100 -> mobilenetv2, efficientnet_b0 -> efficientnet."""
+    base = name.split("_")[0].split(".")[0]
+    return re.sub(r"(?<![v\d])\d+[a-z]?$", "", base) or base
 
 
 def _input_size(model, small: int):
@@ -107,12 +107,15 @@ def check_model(name: str, small: int = 64) -> dict:
     return row
 
 
-def _worker(names, small, queue):
+def _worker(slot, inbox, results, small):
     import torch
 
     torch.set_num_threads(1)
-    for name in names:
-        queue.put(check_model(name, small))
+    while True:
+        name = inbox.get()
+        if name is None:
+            return
+        results.put((slot, check_model(name, small)))
 
 
 def candidates(max_params: float, limit: int | None = None, pattern: str | None = None) -> list[str]:
@@ -137,37 +140,57 @@ def candidates(max_params: float, limit: int | None = None, pattern: str | None 
 
 
 def survey(names, *, small=64, workers=2, timeout=300.0, progress=None):
-    """Run ``check_model`` over ``names`` in worker processes; a hung or crashed worker loses one model."""
+    """Run ``check_model`` over ``names`` in long-lived worker processes, one model at a time each. A
+    worker that dies or exceeds ``timeout`` on a model is replaced; the model is a crash or a timeout."""
+    import queue
+
     ctx = mp.get_context("spawn")
-    rows: dict[str, dict] = {}
+    results = ctx.Queue()
     pending = list(names)
-    active: list[tuple] = []
-    while pending or active:
-        while pending and len(active) < workers:
-            name = pending.pop(0)
-            q = ctx.Queue()
-            p = ctx.Process(target=_worker, args=([name], small, q), daemon=True)
-            p.start()
-            active.append((name, p, q, time.time()))
-        time.sleep(0.2)
-        for item in list(active):
-            name, p, q, start = item
-            if not q.empty():
-                rows[name] = q.get()
-                p.join(5)
-                active.remove(item)
-            elif not p.is_alive():
-                rows[name] = dict(model=name, family=family(name), status="crash",
-                                  error=f"worker died (exit {p.exitcode})")
-                active.remove(item)
-            elif time.time() - start > timeout:
-                p.kill()
-                rows[name] = dict(model=name, family=family(name), status="timeout", error=f">{timeout:.0f}s")
-                active.remove(item)
+    rows: dict[str, dict] = {}
+    slots: list[dict] = []
+
+    def start(i):
+        inbox = ctx.Queue()
+        proc = ctx.Process(target=_worker, args=(i, inbox, results, small), daemon=True)
+        proc.start()
+        return dict(proc=proc, inbox=inbox, current=None, since=0.0)
+
+    def record(name, row):
+        rows[name] = row
+        if progress:
+            progress(row)
+
+    slots = [start(i) for i in range(max(1, min(workers, len(names))))]
+    while len(rows) < len(names):
+        for slot in slots:
+            if slot["current"] is None and pending:
+                slot["current"], slot["since"] = pending.pop(0), time.time()
+                slot["inbox"].put(slot["current"])
+        try:
+            i, row = results.get(timeout=0.5)
+            slots[i]["current"] = None
+            record(row["model"], row)
+            continue
+        except queue.Empty:
+            pass
+        for i, slot in enumerate(slots):
+            name = slot["current"]
+            if name is None:
+                continue
+            if not slot["proc"].is_alive():
+                status, error = "crash", f"worker died (exit code {slot['proc'].exitcode})"
+            elif time.time() - slot["since"] > timeout:
+                slot["proc"].kill()
+                status, error = "timeout", f"over {timeout:.0f}s"
             else:
                 continue
-            if progress:
-                progress(rows[name])
+            record(name, dict(model=name, family=family(name), status=status, error=error))
+            slots[i] = start(i)
+    for slot in slots:
+        slot["inbox"].put(None)
+    for slot in slots:
+        slot["proc"].join(5)
     return [rows[n] for n in names]
 
 

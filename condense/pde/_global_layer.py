@@ -41,7 +41,10 @@ class GlobalConfig(LayerConfig):
     |u| dt/dx < max_courant (likewise v); learned diffusion is clamped to [0, max_diffusion]
     (Du Fort-Frankel is unconditionally stable for D >= 0). With these bounds the K-step update is a
     linear map with bounded coefficients, so the output is finite for finite input and any weights.
-    zero_init: start the velocity (and learned diffusion) convs' norm at zero, so u = v = 0 at first.
+    zero_init: start as the identity on H^0: the velocity (and learned diffusion) fields start at zero
+      and a learned per-channel gate on the source starts at zero. With ``diffusion="dwconv"`` (or
+      ``diffusion_value=0``) the layer then returns exactly H^0 before training, so a pretrained model
+      condensed with ``init="block"`` keeps the replaced block's output at first.
     """
 
     name: ClassVar[str] = "global"
@@ -125,6 +128,7 @@ class GlobalLayer(PDELayer):
         self.diffusion = (nn.ModuleList([ConvNormAct(C, C, k, groups=C, norm=cfg.norm, act="identity")
                                          for _ in "xy"]) if cfg.diffusion == "dwconv" else None)
         self.source = ResidualSource(C, k, cfg.norm, cfg.act) if cfg.source == "residual" else None
+        self.source_gate = nn.Parameter(torch.zeros(C)) if cfg.zero_init and cfg.source != "none" else None
         self.out_norm = make_norm(cfg.out_norm, C)
         self.out_act = make_act(cfg.out_act)
         if cfg.zero_init:
@@ -165,6 +169,8 @@ class GlobalLayer(PDELayer):
             raise RuntimeError(f"GlobalLayer: init_block maps {tuple(x.shape)} to {tuple(h0.shape)}; "
                                "the initial guess must keep the input's shape")
         f = x if cfg.source == "identity" else (None if cfg.source == "none" else self.source(x))
+        if self.source_gate is not None:
+            f = f * self.source_gate.view(1, -1, 1, 1)
         u, v, Dx, Dy = self._fields(h0)
         out = bounded_advection_diffusion(h0, f, u, v, Dx, Dy, K=cfg.K, dt=cfg.dt, dx=cfg.dx, dy=cfg.dy,
                                           boundary=cfg.boundary, courant=cfg.max_courant,
