@@ -1,4 +1,4 @@
-"""Model specs: ``timm:NAME`` or ``path/to/file.py:factory`` -> an nn.Module; local checkpoints.
+"""Model specs: ``timm:NAME``, ``zoo:NAME`` or ``path/to/file.py:factory`` -> an nn.Module; local checkpoints.
 
 In: a spec string (and optionally a checkpoint path). Out: a freshly built model, its default input
 size. Never: downloads anything (timm models are built with ``pretrained=False``; weights come only
@@ -23,7 +23,7 @@ CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """Where a model comes from: ``kind`` is ``timm`` (``name``) or ``file`` (``path`` + ``factory``)."""
+    """Where a model comes from: ``kind`` is ``timm`` or ``zoo`` (``name``) or ``file`` (``path`` + ``factory``)."""
 
     kind: str
     name: str = ""
@@ -31,7 +31,7 @@ class ModelSpec:
     factory: str = ""
 
     def __str__(self) -> str:
-        return f"timm:{self.name}" if self.kind == "timm" else f"{self.path}:{self.factory}"
+        return f"{self.kind}:{self.name}" if self.kind in ("timm", "zoo") else f"{self.path}:{self.factory}"
 
     def to_dict(self) -> dict[str, str]:
         return dataclasses.asdict(self)
@@ -42,11 +42,13 @@ class ModelSpec:
 
 
 def parse_model_spec(text: str) -> ModelSpec:
-    """``timm:resnet50`` -> timm; ``models/net.py:build`` -> a factory in a Python file; a bare timm name
-    is accepted too."""
+    """``timm:resnet50`` -> timm; ``zoo:resnet32`` -> ``condense.zoo``; ``models/net.py:build`` -> a factory in
+    a Python file; a bare timm name is accepted too."""
     text = text.strip()
     if text.startswith("timm:"):
         return ModelSpec("timm", name=text[5:])
+    if text.startswith("zoo:"):
+        return ModelSpec("zoo", name=text[4:])
     if ":" in text:
         path, _, factory = text.rpartition(":")
         if path.endswith(".py"):
@@ -57,7 +59,7 @@ def parse_model_spec(text: str) -> ModelSpec:
         raise CondenseError(f"{text!r} names a file but no factory", f"write {text}:function_that_builds_the_model")
     if text and "/" not in text and ":" not in text:
         return ModelSpec("timm", name=text)
-    raise CondenseError(f"cannot read model spec {text!r}", "write timm:NAME or path/to/file.py:factory")
+    raise CondenseError(f"cannot read model spec {text!r}", "write timm:NAME, zoo:NAME or path/to/file.py:factory")
 
 
 def _timm_model(name: str, **kwargs: Any) -> nn.Module:
@@ -99,6 +101,10 @@ def build_model(spec: ModelSpec | str, **kwargs: Any) -> nn.Module:
     spec = parse_model_spec(spec) if isinstance(spec, str) else spec
     if spec.kind == "timm":
         return _timm_model(spec.name, **kwargs)
+    if spec.kind == "zoo":
+        from . import zoo
+
+        return zoo.build(spec.name, **kwargs)
     return _file_model(spec.path, spec.factory, **kwargs)
 
 

@@ -3,6 +3,7 @@
     condense MODEL [--budget 250M] [--params 2.5M] [-o DIR] ...   condense a model to a budget
     condense find MODEL                                          list the runs of repeated blocks
     condense count MODEL_OR_DIR                                  MACs and parameters
+    condense train MODEL_OR_DIR --data cifar10:PATH --epochs N   train or fine-tune (optionally distil)
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any, Sequence
 
 from ._errors import CondenseError
 
-SUBCOMMANDS = ("find", "count")
+SUBCOMMANDS = ("find", "count", "train")
 EPILOG = """\
 MODEL is timm:NAME (e.g. timm:efficientnet_b0) or path/to/file.py:factory (a function returning an
 nn.Module). Budgets: 250M, 1.2G, 2.5e8, 800K, or 60%% of the original. MACs count one per multiply-add
@@ -29,7 +30,10 @@ examples:
   condense find timm:mobilenetv2_100
   condense count out/resnet50-2g
 
-other commands: condense find MODEL, condense count MODEL_OR_DIR (each has --help)
+other commands (each has --help):
+  condense find MODEL              list the runs of repeated blocks
+  condense count MODEL_OR_DIR      MACs and parameters per module
+  condense train MODEL_OR_DIR --data SPEC --epochs N [--teacher MODEL]   train / distil
 """
 
 
@@ -59,6 +63,7 @@ def _main_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL", help="timm:NAME or path/to/file.py:factory")
     p.add_argument("--budget", "--macs", dest="macs", metavar="MACS", help="MAC budget, e.g. 250M or 60%%")
     p.add_argument("--params", metavar="PARAMS", help="parameter budget, e.g. 2.5M or 50%%")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier size for the model (timm/zoo kwarg)")
     _common(p)
     g = p.add_argument_group("layer")
     g.add_argument("--layer", default="global",
@@ -89,6 +94,38 @@ def _sub_parser(name: str) -> argparse.ArgumentParser:
                                     "same-resolution blocks (changes nothing).")
         p.add_argument("model", metavar="MODEL")
         p.add_argument("--json", action="store_true")
+    elif name == "train":
+        p = argparse.ArgumentParser(
+            prog="condense train", description="Train a model or a condensed-model directory on local data, "
+            "optionally distilling from the original (--teacher). Checkpoints every epoch; --resume continues.",
+            epilog="data specs: mnist:PATH (.npz or idx dir), cifar10:PATH / cifar100:PATH (pickle batches, an "
+                   "ImageFolder tree or its .tar.gz), imagefolder:PATH. Multi-process: torchrun --nproc_per_node=N "
+                   "$(which condense) train ...")
+        p.add_argument("model", metavar="MODEL_OR_DIR")
+        p.add_argument("--data", required=True, metavar="SPEC")
+        p.add_argument("--epochs", type=int, required=True)
+        p.add_argument("--batch-size", type=int, default=128)
+        p.add_argument("--lr", type=float, default=0.1)
+        p.add_argument("--momentum", type=float, default=0.9)
+        p.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=5e-4)
+        p.add_argument("--optimizer", default="sgd", help="sgd or a timm optimizer name (adamw, rmsproptf, ...)")
+        p.add_argument("--schedule", choices=("cosine", "step", "constant"), default="cosine")
+        p.add_argument("--milestones", default="", help="epochs for the step schedule, e.g. 150,225")
+        p.add_argument("--gamma", type=float, default=0.1)
+        p.add_argument("--warmup-epochs", type=int, default=0)
+        p.add_argument("--label-smoothing", type=float, default=0.0)
+        p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--no-augment", action="store_true")
+        p.add_argument("--teacher", metavar="MODEL_OR_DIR", help="distil from this model (e.g. the original)")
+        p.add_argument("--teacher-checkpoint", metavar="FILE", help="local weights for --teacher")
+        p.add_argument("--kd-alpha", type=float, default=0.5)
+        p.add_argument("--kd-temperature", type=float, default=4.0)
+        p.add_argument("--limit-train", type=int, default=None, help="use the first N training images")
+        p.add_argument("--limit-test", type=int, default=None)
+        p.add_argument("--max-steps", type=int, default=None, help="at most N steps per epoch")
+        p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+        p.add_argument("-o", "--output", metavar="DIR", help="output directory (default runs/<name>)")
     else:
         p = argparse.ArgumentParser(prog="condense count", description="MACs and parameters of a model or "
                                     "of a condensed-model directory.")
@@ -99,11 +136,11 @@ def _sub_parser(name: str) -> argparse.ArgumentParser:
     return p
 
 
-def _load_model(text: str, checkpoint: str | None):
+def _load_model(text: str, checkpoint: str | None, num_classes: int | None = None):
     from ._models import build_model, default_input_size, load_checkpoint, parse_model_spec
 
     spec = parse_model_spec(text)
-    model = build_model(spec)
+    model = build_model(spec, **({"num_classes": num_classes} if num_classes else {}))
     if checkpoint:
         load_checkpoint(model, checkpoint)
     return spec, model, default_input_size(model)
@@ -128,7 +165,7 @@ def _run_condense(args, console) -> int:
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     with console.status("building the model", spinner="dots") as status:
-        spec, model, default = _load_model(args.model, args.checkpoint)
+        spec, model, default = _load_model(args.model, args.checkpoint, args.num_classes)
         size = _size(args, default)
         result = fit(model, macs=args.macs, params=args.params, input_size=size, layer=args.layer,
                      init=args.init, K=args.K, progress=lambda msg: status.update(msg),
@@ -138,7 +175,8 @@ def _run_condense(args, console) -> int:
             name = spec.name if spec.kind == "timm" else Path(spec.path).stem + "-" + spec.factory
             out = Path(args.output or Path("condensed") / name)
             status.update(f"saving to {out}")
-            save(result, out, spec=spec, checkpoint=args.checkpoint)
+            save(result, out, spec=spec, checkpoint=args.checkpoint,
+                 model_kwargs={"num_classes": args.num_classes} if args.num_classes else None)
     elapsed = time.perf_counter() - t0
     if args.json:
         print(json.dumps({
@@ -221,13 +259,66 @@ def _run_count(args, console) -> int:
     return 0
 
 
+def _model_or_dir(text: str, checkpoint: str | None, num_classes: int | None):
+    """A condensed-model directory (loaded with its weights) or a model spec (built, optional weights)."""
+    from ._io import META, load, read_meta
+    from ._models import build_model, load_checkpoint, parse_model_spec
+
+    if (Path(text) / META).exists():
+        meta = read_meta(text)
+        return load(text), Path(text).name, meta
+    spec = parse_model_spec(text)
+    kwargs = {"num_classes": num_classes} if num_classes else {}
+    model = build_model(spec, **kwargs)
+    if checkpoint:
+        load_checkpoint(model, checkpoint)
+    return model, (spec.name or Path(spec.path).stem), None
+
+
+def _run_train(args, console) -> int:
+    from ._budget import format_count
+    from .data import load_data
+    from .train import TrainConfig, train
+
+    milestones = tuple(int(m) for m in args.milestones.split(",") if m.strip()) if args.milestones else ()
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+                         weight_decay=args.weight_decay, optimizer=args.optimizer, schedule=args.schedule,
+                         milestones=milestones, gamma=args.gamma, warmup_epochs=args.warmup_epochs,
+                         label_smoothing=args.label_smoothing, amp=args.amp, seed=args.seed,
+                         augment=not args.no_augment, kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature,
+                         max_steps_per_epoch=args.max_steps)
+    with console.status("loading data"):
+        bundle = load_data(args.data, limit_train=args.limit_train, limit_test=args.limit_test)
+    model, name, meta = _model_or_dir(args.model, args.checkpoint, bundle.num_classes)
+    teacher = None
+    if args.teacher:
+        teacher, _, _ = _model_or_dir(args.teacher, args.teacher_checkpoint, bundle.num_classes)
+    out = Path(args.output or Path("runs") / name)
+    result = train(model, bundle, config, out_dir=out, teacher=teacher, resume=args.resume,
+                   extra_metrics={"model": args.model, "teacher_model": args.teacher})
+    if meta is not None:  # a condensed model stays a loadable directory, now with trained weights
+        from safetensors.torch import save_file
+
+        from ._io import META, WEIGHTS, _state_for_saving
+        (out / "model").mkdir(exist_ok=True)
+        (out / "model" / META).write_text(json.dumps(meta, indent=2) + "\n")
+        save_file(_state_for_saving(model), str(out / "model" / WEIGHTS))
+    else:
+        torch_save = __import__("torch").save
+        torch_save(model.state_dict(), out / "model.pth")
+    m = result.metrics
+    console.print(f"test accuracy {m['test_acc']:.4f} (best {m['best_test_acc']:.4f}) after {m['epochs']} epochs; "
+                  f"{format_count(m['macs'])} MACs, {format_count(m['params'])} params; metrics in {out / 'metrics.json'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from rich.console import Console
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SUBCOMMANDS:
         args = _sub_parser(argv[0]).parse_args(argv[1:])
-        runner = {"find": _run_find, "count": _run_count}[argv[0]]
+        runner = {"find": _run_find, "count": _run_count, "train": _run_train}[argv[0]]
     else:
         args = _main_parser().parse_args(argv)
         runner = _run_condense

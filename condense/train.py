@@ -1,0 +1,308 @@
+"""Training and distillation of (condensed) models: SGD or timm optimizers, schedules, checkpoints.
+
+In: a model, data (a spec like ``cifar10:PATH`` or a ``DataBundle``), a ``TrainConfig``, optionally a
+teacher. Out: a ``TrainResult`` (final metrics, per-epoch history), and in ``out_dir``: ``last.pt`` (a
+checkpoint every epoch, written atomically), ``metrics.json``. Never: downloads anything, or changes the
+model's architecture.
+
+Resuming (``resume=True``) restores the model, optimizer, epoch, history and random states from
+``last.pt`` and continues with the next epoch; the data order of an epoch depends only on (seed, epoch),
+so an interrupted run resumed from its last checkpoint gives the same weights as an uninterrupted one.
+
+Multi-process training: launched with ``torchrun --nproc_per_node=N``, ``train`` joins the process group
+(gloo on CPU, nccl on CUDA), wraps the model in DistributedDataParallel and shards every epoch's data by
+rank; rank 0 alone writes files and shows progress, and test accuracy is summed over all ranks.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._errors import ConfigError, CondenseError
+
+SCHEDULES = ("cosine", "step", "constant")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How to train. ``milestones`` are epochs (step schedule, lr *= gamma at each). ``optimizer`` is
+    ``sgd`` (momentum, optional Nesterov) or any timm optimizer name (e.g. ``adamw``, ``rmsproptf``).
+    With a teacher, the loss is ``kd_alpha * T^2 * KL(teacher/T || student/T) + (1 - kd_alpha) * CE``."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    optimizer: str = "sgd"
+    schedule: str = "cosine"
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+    amp: bool = False
+    seed: int = 0
+    augment: bool = True
+    kd_alpha: float = 0.5
+    kd_temperature: float = 4.0
+    max_steps_per_epoch: int | None = None
+
+    def __post_init__(self):
+        def bad(field, why):
+            raise ConfigError(f"train option {field}={getattr(self, field)!r}: {why}")
+
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            bad("epochs", "must be an integer >= 1")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            bad("batch_size", "must be an integer >= 1")
+        if not self.lr > 0:
+            bad("lr", "must be > 0")
+        if not 0 <= self.momentum < 1:
+            bad("momentum", "must be in [0, 1)")
+        if self.weight_decay < 0:
+            bad("weight_decay", "must be >= 0")
+        if self.schedule not in SCHEDULES:
+            bad("schedule", f"must be one of {', '.join(SCHEDULES)}")
+        object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
+        if any(m < 1 or m > self.epochs for m in self.milestones):
+            bad("milestones", f"must be epochs in [1, {self.epochs}]")
+        if not 0 <= self.label_smoothing < 1:
+            bad("label_smoothing", "must be in [0, 1)")
+        if not 0 <= self.kd_alpha <= 1:
+            bad("kd_alpha", "must be in [0, 1]")
+        if not self.kd_temperature > 0:
+            bad("kd_temperature", "must be > 0")
+        if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs and self.warmup_epochs:
+            bad("warmup_epochs", "must be in [0, epochs)")
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
+            bad("max_steps_per_epoch", "must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    model: nn.Module
+
+
+def lr_at(config: TrainConfig, epoch: float) -> float:
+    """Learning rate at a (fractional) epoch: linear warm-up, then cosine / step / constant."""
+    if config.warmup_epochs and epoch < config.warmup_epochs:
+        return config.lr * (epoch + 1e-3) / config.warmup_epochs
+    if config.schedule == "cosine":
+        span = max(config.epochs - config.warmup_epochs, 1e-9)
+        return 0.5 * config.lr * (1 + math.cos(math.pi * min(1.0, (epoch - config.warmup_epochs) / span)))
+    if config.schedule == "step":
+        return config.lr * config.gamma ** sum(1 for m in config.milestones if epoch >= m)
+    return config.lr
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, alpha: float,
+                      temperature: float, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Hinton et al.: alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)."""
+    kd = F.kl_div(F.log_softmax(student / temperature, dim=1), F.log_softmax(teacher / temperature, dim=1),
+                  reduction="batchmean", log_target=True) * temperature**2
+    ce = F.cross_entropy(student, target, label_smoothing=label_smoothing)
+    return alpha * kd + (1 - alpha) * ce
+
+
+def _make_optimizer(model: nn.Module, config: TrainConfig):
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+    try:
+        from timm.optim import create_optimizer_v2
+        return create_optimizer_v2(model, opt=config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
+                                   momentum=config.momentum)
+    except (ValueError, AssertionError) as err:
+        raise ConfigError(f"unknown optimizer {config.optimizer!r}", "use sgd or a timm optimizer name") from err
+
+
+def _dist():
+    """(rank, world_size, is_distributed); joins the process group under torchrun."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, False
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size(), True
+
+
+def _rng_state():
+    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data, batch_size: int = 256, *, rank: int = 0, world_size: int = 1,
+             amp: bool = False) -> dict[str, float]:
+    """Test loss and top-1 accuracy of ``model`` on the test split (summed over ranks when distributed)."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, seen = 0.0, 0, 0
+    loader = data.loader("test", batch_size, shuffle=False, augment=False, rank=rank, world_size=world_size)
+    for x, y in loader:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            out = model(x)
+        out = out.float()
+        loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
+        correct += int((out.argmax(1) == y).sum())
+        seen += len(y)
+    if world_size > 1:
+        import torch.distributed as dist
+        t = torch.tensor([loss_sum, correct, seen], dtype=torch.float64)
+        dist.all_reduce(t)
+        loss_sum, correct, seen = float(t[0]), int(t[1]), int(t[2])
+    model.train(was_training)
+    return {"test_loss": loss_sum / max(seen, 1), "test_acc": correct / max(seen, 1), "test_images": seen}
+
+
+def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir: str | os.PathLike | None = None,
+          teacher: nn.Module | None = None, resume: bool = False, progress: bool = True,
+          extra_metrics: dict[str, Any] | None = None) -> TrainResult:
+    """Train ``model`` in place on ``data`` (a spec string or a DataBundle) and return the result."""
+    from .data import load_data
+
+    config = config or TrainConfig()
+    bundle = load_data(data) if isinstance(data, str) else data
+    rank, world, distributed = _dist()
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None and rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    net: nn.Module = model
+    if distributed:
+        net = nn.parallel.DistributedDataParallel(model)
+    optimizer = _make_optimizer(model, config)
+    if teacher is not None:
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    ckpt_path = out / "last.pt" if out is not None else None
+    if resume:
+        if ckpt_path is None or not ckpt_path.exists():
+            raise CondenseError(f"nothing to resume: {ckpt_path or 'no output directory'} does not exist",
+                                "run without --resume first, with the same -o DIR")
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if state.get("config") != config.to_dict():
+            raise CondenseError(f"{ckpt_path} was written with other training options",
+                                "resume with the same options, or start a new -o DIR")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history = state["history"]
+        start_epoch = state["epoch"]
+        _set_rng_state(state["rng"])
+    steps_per_epoch = None
+    t_start = time.perf_counter()
+    images_total = 0
+    bar = None
+    if progress and rank == 0:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+        bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn())
+        bar.start()
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            loader = bundle.loader("train", config.batch_size, shuffle=True, augment=config.augment,
+                                   seed=config.seed, epoch=epoch, drop_last=True, rank=rank, world_size=world)
+            steps_per_epoch = len(loader) if config.max_steps_per_epoch is None else \
+                min(len(loader), config.max_steps_per_epoch)
+            task = bar.add_task(f"epoch {epoch + 1}/{config.epochs}", total=steps_per_epoch, stats="") if bar else None
+            net.train()
+            loss_sum, correct, seen, t0 = 0.0, 0, 0, time.perf_counter()
+            for step, (x, y) in enumerate(loader):
+                if step >= steps_per_epoch:
+                    break
+                lr = lr_at(config, epoch + step / steps_per_epoch)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.amp):
+                    logits = net(x)
+                    if teacher is not None:
+                        with torch.no_grad():
+                            t_logits = teacher(x)
+                        loss = distillation_loss(logits.float(), t_logits.float(), y, config.kd_alpha,
+                                                 config.kd_temperature, config.label_smoothing)
+                    else:
+                        loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+                if not torch.isfinite(loss):
+                    raise CondenseError(f"the loss became {float(loss)} at epoch {epoch + 1}, step {step + 1}",
+                                        "lower the learning rate (--lr)")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += float(loss.detach()) * len(y)
+                correct += int((logits.argmax(1) == y).sum())
+                seen += len(y)
+                if bar:
+                    rate = seen * world / max(time.perf_counter() - t0, 1e-9)
+                    bar.update(task, advance=1, stats=f"loss {loss_sum / seen:.3f} acc {correct / seen:.3f} "
+                                                      f"{rate:.0f} img/s lr {lr:.4f}")
+            images_total += seen * world
+            epoch_time = time.perf_counter() - t0
+            ev = evaluate(model, bundle, rank=rank, world_size=world, amp=config.amp)
+            record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+                      "images_per_s": seen * world / max(epoch_time, 1e-9), "epoch_seconds": epoch_time, **ev}
+            history.append(record)
+            if bar:
+                bar.update(task, stats=f"loss {record['train_loss']:.3f} acc {record['train_acc']:.3f} | "
+                                       f"test acc {ev['test_acc']:.4f}")
+            if ckpt_path is not None and rank == 0:
+                _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                              "history": history, "rng": _rng_state(), "config": config.to_dict()}, ckpt_path)
+    finally:
+        if bar:
+            bar.stop()
+    metrics = dict(history[-1]) if history else {}
+    metrics.update({
+        "best_test_acc": max((h["test_acc"] for h in history), default=None),
+        "epochs": config.epochs, "world_size": world, "config": config.to_dict(), "data": bundle.name,
+        "teacher": type(teacher).__name__ if teacher is not None else None,
+        "train_seconds_this_run": time.perf_counter() - t_start,
+    })
+    if rank == 0:
+        from ._count import macs_and_params
+        was = model.training
+        macs, params = macs_and_params(model, bundle.input_size)
+        model.train(was)
+        metrics.update({"macs": macs, "params": params, "input_size": list(bundle.input_size)})
+        metrics.update(extra_metrics or {})
+        if out is not None:
+            (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    return TrainResult(metrics=metrics, history=history, model=model)

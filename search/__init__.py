@@ -1,1 +1,0 @@
-"""Pareto-front budget search with Optuna (issue: not built yet; the package exists so the layout is stable)."""

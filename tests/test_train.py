@@ -1,0 +1,189 @@
+"""Training: schedules, distillation loss, checkpoints and exact resume, metrics, torchrun/gloo with 2 ranks."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import condense
+from condense.cli import main
+from condense.data import load_data
+from condense.train import TrainConfig, distillation_loss, lr_at, train
+
+
+def tiny_mnist(path: Path, n_train=256, n_test=128, seed=0) -> Path:
+    """An MNIST-format .npz with a learnable signal: class k lights up row band k."""
+    rng = np.random.default_rng(seed)
+
+    def make(n):
+        y = rng.integers(0, 10, n)
+        x = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+        for i, k in enumerate(y):
+            x[i, 2 * k + 4: 2 * k + 6, 4:24] = 255
+        return x, y.astype(np.int64)
+
+    xtr, ytr = make(n_train)
+    xte, yte = make(n_test)
+    np.savez(path, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+    return path
+
+
+def small_net():
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()),
+                         nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()),
+                         nn.AdaptiveAvgPool2d((28, 1)), nn.Flatten(), nn.Linear(8 * 28, 10))
+
+
+@pytest.fixture()
+def data(tmp_path):
+    return load_data(f"mnist:{tiny_mnist(tmp_path / 'mnist.npz')}")
+
+
+def test_schedules():
+    cfg = TrainConfig(epochs=10, lr=0.1, schedule="cosine")
+    assert lr_at(cfg, 0) == pytest.approx(0.1) and lr_at(cfg, 5) == pytest.approx(0.05) and lr_at(cfg, 10) < 1e-9
+    step = TrainConfig(epochs=300, lr=0.1, schedule="step", milestones=(150, 225))
+    assert [lr_at(step, e) for e in (0, 149.9, 150, 224, 225)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001])
+    warm = TrainConfig(epochs=10, lr=0.1, warmup_epochs=2)
+    assert lr_at(warm, 1) < 0.1 and lr_at(warm, 2) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("bad", [dict(epochs=0), dict(lr=0), dict(schedule="poly"), dict(momentum=1.0),
+                                 dict(milestones=(20,), epochs=10), dict(kd_alpha=2.0)])
+def test_config_is_checked(bad):
+    with pytest.raises(condense.ConfigError):
+        TrainConfig(**bad)
+
+
+def test_distillation_loss_matches_the_definition():
+    s, t = torch.randn(4, 10), torch.randn(4, 10)
+    y = torch.randint(0, 10, (4,))
+    T, a = 3.0, 0.7
+    p_t = torch.softmax(t / T, 1)
+    kl = (p_t * (torch.log(p_t) - torch.log_softmax(s / T, 1))).sum(1).mean() * T * T
+    want = a * kl + (1 - a) * nn.functional.cross_entropy(s, y)
+    torch.testing.assert_close(distillation_loss(s, t, y, a, T), want)
+    # a student equal to its teacher has no distillation term
+    assert distillation_loss(t, t, y, 1.0, T).abs() < 1e-6
+
+
+def test_training_learns_and_writes_metrics(data, tmp_path):
+    model = small_net()
+    res = train(model, data, TrainConfig(epochs=3, batch_size=32, lr=0.05), out_dir=tmp_path / "run", progress=False)
+    assert res.metrics["test_acc"] > 0.6
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["macs"] > 0 and metrics["params"] == sum(p.numel() for p in model.parameters())
+    assert [h["epoch"] for h in res.history] == [1, 2, 3]
+
+
+def test_resume_continues_exactly(data, tmp_path):
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.05, seed=3)
+    torch.manual_seed(0)
+    straight = small_net()
+    train(straight, data, cfg, out_dir=tmp_path / "a", progress=False)
+    torch.manual_seed(0)
+    part = small_net()
+    _interrupt_after_first_epoch(part, data, cfg, tmp_path / "c")
+    torch.manual_seed(123)  # a different process state must not matter
+    resumed = small_net()
+    train(resumed, data, cfg, out_dir=tmp_path / "c", resume=True, progress=False)
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+def _interrupt_after_first_epoch(model, data, cfg, out):
+    """Run the 2-epoch config but stop (KeyboardInterrupt) right after the epoch-1 checkpoint is written."""
+    import condense.train as tr
+    original = tr._atomic_save
+
+    def save_then_stop(obj, path):
+        original(obj, path)
+        raise KeyboardInterrupt
+
+    tr._atomic_save = save_then_stop
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(model, data, cfg, out_dir=out, progress=False)
+    finally:
+        tr._atomic_save = original
+    assert torch.load(out / "last.pt", weights_only=False)["epoch"] == 1
+
+
+def test_resume_refuses_other_options(data, tmp_path):
+    train(small_net(), data, TrainConfig(epochs=1, batch_size=64), out_dir=tmp_path / "r", progress=False)
+    with pytest.raises(condense.CondenseError, match="other training options"):
+        train(small_net(), data, TrainConfig(epochs=1, batch_size=32), out_dir=tmp_path / "r", resume=True,
+              progress=False)
+
+
+def test_distillation_runs_and_uses_the_teacher(data, tmp_path):
+    teacher = small_net()
+    train(teacher, data, TrainConfig(epochs=2, batch_size=32, lr=0.05), progress=False)
+    student = small_net()
+    res = train(student, data, TrainConfig(epochs=2, batch_size=32, lr=0.05, kd_alpha=0.9), teacher=teacher,
+                progress=False)
+    assert res.metrics["teacher"] == "Sequential" and res.metrics["test_acc"] > 0.3
+    assert all(not p.requires_grad for p in teacher.parameters())
+
+
+def test_cli_train_condensed_dir_with_teacher(tmp_path, capsys):
+    src = tmp_path / "nets.py"
+    src.write_text("import torch.nn as nn\n"
+                   "def net(num_classes=10):\n"
+                   "    blocks = [nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()) for _ in range(3)]\n"
+                   "    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), *blocks, nn.AdaptiveAvgPool2d(1),\n"
+                   "                         nn.Flatten(), nn.Linear(8, num_classes))\n")
+    npz = tiny_mnist(tmp_path / "m.npz")
+    assert main([f"{src}:net", "--input-size", "1x28x28", "-o", str(tmp_path / "small")]) == 0
+    out = tmp_path / "run"
+    assert main(["train", str(tmp_path / "small"), "--data", f"mnist:{npz}", "--epochs", "1", "--batch-size", "32",
+                 "--teacher", f"{src}:net", "-o", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["teacher_model"] == f"{src}:net"
+    reloaded = condense.load(out / "model")
+    assert isinstance(reloaded, nn.Module)
+    assert main(["train", str(tmp_path / "small"), "--data", "mnist:/nonexistent.npz", "--epochs", "1"]) == 1
+
+
+DDP_SCRIPT = r"""
+import json, sys, torch, torch.distributed as dist
+from torch import nn
+sys.path.insert(0, sys.argv[3])
+from test_train import small_net
+from condense.data import load_data
+from condense.train import TrainConfig, train
+torch.manual_seed(0)
+model = small_net()
+res = train(model, load_data("mnist:" + sys.argv[1]), TrainConfig(epochs=1, batch_size=16, lr=0.05),
+            out_dir=sys.argv[2], progress=False)
+w = torch.cat([p.detach().flatten() for p in model.parameters()])
+gathered = [torch.zeros_like(w) for _ in range(dist.get_world_size())]
+dist.all_gather(gathered, w)
+if dist.get_rank() == 0:
+    print(json.dumps({"world": res.metrics["world_size"], "acc": res.metrics["test_acc"],
+                      "images": res.metrics["test_images"], "same": all(torch.equal(g, w) for g in gathered)}))
+dist.destroy_process_group()
+"""
+
+
+def test_torchrun_two_processes_gloo(tmp_path):
+    npz = tiny_mnist(tmp_path / "m.npz")
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+                           str(script), str(npz), str(tmp_path / "out"), str(Path(__file__).parent)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = [l for l in proc.stdout.splitlines() if l.startswith("{")][-1]
+    result = json.loads(line)
+    assert result["world"] == 2 and result["same"]  # DDP kept both replicas identical
+    assert result["images"] == 128  # the test split, summed over the two ranks' shards
+    assert (tmp_path / "out" / "last.pt").exists()
