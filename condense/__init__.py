@@ -6,7 +6,7 @@ Public API (everything else is private)::
     fit(model, macs=..., params=...)    the plan, the rewritten model and measured counts (FitResult)
     save(result, DIR, spec=...), load(DIR)   a condensed model on disk (plan JSON + safetensors)
     find_runs(model, input_size)        the runs of repeated same-resolution blocks (changes nothing)
-    load_data("cifar10:PATH"), train(model, data, TrainConfig(...), teacher=...)   recover accuracy
+    load_data("cifar10:PATH"); condense.train.train(model, data, TrainConfig(...), teacher=...)   recover accuracy
 
     count(model, input_size)            MACs and parameters, total and per module (pandas DataFrame)
     parse_budget("250M"), format_count  budget strings, one parser
@@ -22,7 +22,7 @@ from ._fit import FitResult, Plan, condense, fit
 from ._io import load, save
 from ._models import build_model, load_checkpoint
 from .data import DataBundle, DataSpec, load_data, parse_data_spec
-from .train import TrainConfig, TrainResult, evaluate, train
+from .train import TrainConfig, TrainResult
 from .graph import FindResult, Run, RunChoice, find_runs, register_leaf_module, rewrite
 from .pde import (CirculantRD, CirculantRDConfig, ExplicitRD, ExplicitRDConfig, GlobalConfig, GlobalLayer,
                   ImplicitRD, ImplicitRDConfig, LinearMix, LinearMixConfig, PDELayer, advection_diffusion,
@@ -32,7 +32,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "condense", "fit", "FitResult", "Plan", "save", "load", "build_model", "load_checkpoint",
-    "load_data", "parse_data_spec", "DataBundle", "DataSpec", "train", "TrainConfig", "TrainResult", "evaluate",
+    "load_data", "parse_data_spec", "DataBundle", "DataSpec", "TrainConfig", "TrainResult",
     "find_runs", "FindResult", "Run", "RunChoice", "rewrite", "register_leaf_module",
     "count", "count_module", "macs_and_params",
     "Budget", "parse_budget", "format_count", "parse_input_size",
