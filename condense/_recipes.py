@@ -236,7 +236,7 @@ class _Checker:
 
     def integer(self, value: Any, key: str, lo: int, hi: int | None = None) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
-            rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+            rng = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
             raise self.fail(key, f"must be an integer {rng}, got {_show(value)}")
         return value
 
@@ -244,7 +244,8 @@ class _Checker:
         ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
               and (value > lo if open_lo else value >= lo) and (hi is None or value <= hi))
         if not ok:
-            rng = f"{'(' if open_lo else '['}{lo:g}, {hi:g}]" if hi is not None else f"{'>' if open_lo else '>='} {lo:g}"
+            rng = (f"in {'(' if open_lo else '['}{lo:g}, {hi:g}]" if hi is not None
+                   else f"{'>' if open_lo else '>='} {lo:g}")
             raise self.fail(key, f"must be a number {rng}, got {_show(value)}")
         return float(value)
 
@@ -352,10 +353,12 @@ def _model(c: _Checker, raw: Any) -> ModelEntry:
     else:
         try:
             if isinstance(size_raw, (list, tuple)):
-                if not all(isinstance(s, int) and not isinstance(s, bool) for s in size_raw):
-                    raise CondenseError("not integers")
+                if len(size_raw) != 3 or not all(isinstance(s, int) and not isinstance(s, bool) for s in size_raw):
+                    raise CondenseError("not three integers")
                 size_raw = "x".join(str(s) for s in size_raw)
-            size = tuple(parse_input_size(str(size_raw)))
+            elif not isinstance(size_raw, str) or len(size_raw.lower().split("x")) != 3:
+                raise CondenseError("not CxHxW")
+            size = tuple(parse_input_size(size_raw))
         except CondenseError as err:
             raise c.fail("model.input_size", f"{_show(d.get('input_size'))} is not C x H x W",
                          "write [3, 32, 32] or 3x32x32") from err
@@ -528,9 +531,7 @@ def _as_recipe(recipe: Recipe | str | os.PathLike) -> Recipe:
 def build_models(recipe: Recipe | str | os.PathLike):
     """``(original, condensed, info)``: the recipe's model (random weights), the model its plan makes
     (``None`` for ``plan: none``) and a dict with the measured counts, the run table and a message."""
-    import torch
-
-    from . import macs_and_params
+    from ._count import macs_and_params
     from ._fit import fit
     from ._models import build_model
     from .graph import RunChoice, find_runs, rewrite
@@ -565,8 +566,7 @@ def build_models(recipe: Recipe | str | os.PathLike):
     init = plan.init or "input"
     choices = {p: RunChoice(m=m, layer=plan.layer, options={**opts, "K": K}, init=init)
                for p, m in ms.items() if m < repeats[p].r}
-    with torch.no_grad():
-        new = rewrite(original, found, choices).module if choices else original
+    new = rewrite(original, found, choices).module if choices else original
     macs0 = found.total_macs
     params0 = found.total_params
     if macs0 is None:
@@ -621,7 +621,7 @@ def _scaled_milestones(milestones: Sequence[int], epochs: int, new_epochs: int) 
     if new_epochs == epochs:
         return tuple(milestones)
     scaled = sorted({max(1, round(m * new_epochs / epochs)) for m in milestones})
-    return tuple(m for m in scaled if m <= new_epochs)
+    return tuple(m for m in scaled if m < new_epochs)
 
 
 def run_recipe(recipe: Recipe | str | os.PathLike, *, epochs: int | None = None,
@@ -636,6 +636,7 @@ def run_recipe(recipe: Recipe | str | os.PathLike, *, epochs: int | None = None,
     writes, plus ``recipe.json`` (the recipe and the measured footprint).
     """
     import json
+    import warnings
 
     from .data import load_data
     from .train import TrainConfig, train
@@ -676,5 +677,8 @@ def run_recipe(recipe: Recipe | str | os.PathLike, *, epochs: int | None = None,
           "macs_condensed": info["macs_after"], "runs": info["runs"], "variant": variant}
     (out / "recipe.json").write_text(json.dumps({"recipe": r.to_dict(), "footprint": fp, "train": config.to_dict()},
                                                 indent=2, default=str) + "\n")
+    if t.extra:
+        warnings.warn(f"{r.name}: not applied by condense.train: {', '.join(f'{k}={v}' for k, v in t.extra.items())}",
+                      stacklevel=2)
     bundle = load_data(data or r.data_spec, limit_train=limit_train, input_size=r.model.input_size)
     return train(model, bundle, config, out_dir=out, teacher=teacher, progress=progress)

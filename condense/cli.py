@@ -4,6 +4,7 @@
     condense find MODEL                                          list the runs of repeated blocks
     condense count MODEL_OR_DIR                                  MACs and parameters
     condense train MODEL_OR_DIR --data cifar10:PATH --epochs N   train or fine-tune (optionally distil)
+    condense recipe list | footprint | run FILE                  the paper's experiments (recipes/*.yaml)
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any, Sequence
 
 from ._errors import CondenseError
 
-SUBCOMMANDS = ("find", "count", "train")
+SUBCOMMANDS = ("find", "count", "train", "recipe")
 EPILOG = """\
 MODEL is timm:NAME (e.g. timm:efficientnet_b0) or path/to/file.py:factory (a function returning an
 nn.Module). Budgets: 250M, 1.2G, 2.5e8, 800K, or 60%% of the original. MACs count one per multiply-add
@@ -34,6 +35,7 @@ other commands (each has --help):
   condense find MODEL              list the runs of repeated blocks
   condense count MODEL_OR_DIR      MACs and parameters per module
   condense train MODEL_OR_DIR --data SPEC --epochs N [--teacher MODEL]   train / distil
+  condense recipe list | footprint [FILE...] | run FILE [--epochs N]      the paper's experiments
 """
 
 
@@ -60,7 +62,8 @@ def _main_parser() -> argparse.ArgumentParser:
         prog="condense", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Condense a CNN: replace repeated same-resolution blocks by PDE-based Global layers "
                     "to fit a MAC and/or parameter budget, and save a model that loads back.")
-    p.add_argument("model", metavar="MODEL", help="timm:NAME or path/to/file.py:factory")
+    p.add_argument("model", metavar="MODEL", help="timm:NAME, zoo:NAME (the paper's CIFAR/MNIST models) or "
+                   "path/to/file.py:factory")
     p.add_argument("--budget", "--macs", dest="macs", metavar="MACS", help="MAC budget, e.g. 250M or 60%%")
     p.add_argument("--params", metavar="PARAMS", help="parameter budget, e.g. 2.5M or 50%%")
     p.add_argument("--num-classes", type=int, default=None, help="classifier size for the model (timm/zoo kwarg)")
@@ -94,6 +97,24 @@ def _sub_parser(name: str) -> argparse.ArgumentParser:
                                     "same-resolution blocks (changes nothing).")
         p.add_argument("model", metavar="MODEL")
         p.add_argument("--json", action="store_true")
+    elif name == "recipe":
+        p = argparse.ArgumentParser(prog="condense recipe", description="The paper's experiments as recipes "
+                                    "(recipes/*.yaml): list them, measure their footprints, or run one.")
+        sub = p.add_subparsers(dest="action", required=True)
+        sub.add_parser("list", help="the recipes and the paper's figures")
+        fp = sub.add_parser("footprint", help="dry run: MACs and params, measured against the paper's")
+        fp.add_argument("files", nargs="*", metavar="FILE")
+        run = sub.add_parser("run", help="train a recipe and print measured against reported figures")
+        run.add_argument("file", metavar="FILE")
+        run.add_argument("--epochs", type=int, default=None, help="override the schedule's length "
+                         "(milestones scale along)")
+        run.add_argument("--variant", choices=("condensed", "baseline"), default="condensed")
+        run.add_argument("--limit-train", type=int, default=None)
+        run.add_argument("--data", default=None, help="replace the recipe's data spec")
+        run.add_argument("-o", "--output", metavar="DIR", help="default runs/<recipe>-<variant>")
+        for q in (p, fp, run):
+            q.add_argument("--debug", action="store_true", help="show tracebacks")
+        return p
     elif name == "train":
         p = argparse.ArgumentParser(
             prog="condense train", description="Train a model or a condensed-model directory on local data, "
@@ -312,13 +333,68 @@ def _run_train(args, console) -> int:
     return 0
 
 
+def _pct(x) -> str:
+    return "-" if x is None else f"{x:.2f}%"
+
+
+def _cnt(x) -> str:
+    from ._budget import format_count
+
+    return "-" if x is None else format_count(x)
+
+
+def _run_recipe(args, console) -> int:
+    from rich.table import Table
+
+    from ._recipes import footprint, list_recipes, load_recipe, run_recipe
+
+    if args.action == "list":
+        table = Table("recipe", "model", "data", "plan", "paper acc", "paper params", "paper MACs",
+                      title="recipes (paper figures: condensed model, else baseline)", title_justify="left")
+        for r in list_recipes():
+            fig = r.paper.condensed or r.paper.baseline
+            table.add_row(r.name, r.model.spec, r.dataset, r.plan.describe(), _pct(fig.accuracy if fig else None),
+                          _cnt(fig.params if fig else None), _cnt(fig.macs if fig else None))
+        console.print(table)
+        return 0
+    if args.action == "footprint":
+        recipes = [load_recipe(f) for f in args.files] if args.files else list_recipes()
+        table = Table("recipe", "params", "paper", "MACs", "paper", "condensed params", "paper", "condensed MACs",
+                      "paper", title="footprints (dry run, measured vs paper)", title_justify="left")
+        with console.status("building and counting") as status:
+            for r in recipes:
+                status.update(f"counting {r.name}")
+                f = footprint(r)
+                table.add_row(r.name, _cnt(f["params"]), _cnt(f["paper_params"]), _cnt(f["macs"]),
+                              _cnt(f["paper_macs"]), _cnt(f["params_condensed"] if r.plan.kind != "none" else None),
+                              _cnt(f["paper_params_condensed"]),
+                              _cnt(f["macs_condensed"] if r.plan.kind != "none" else None),
+                              _cnt(f["paper_macs_condensed"]))
+        console.print(table)
+        return 0
+    r = load_recipe(args.file)
+    out = Path(args.output or Path("runs") / f"{r.name}-{args.variant}")
+    result = run_recipe(r, epochs=args.epochs, out_dir=out, limit_train=args.limit_train, variant=args.variant,
+                        data=args.data)
+    m = result.metrics
+    fig = (r.paper.condensed if args.variant == "condensed" else r.paper.baseline) or None
+    table = Table("", "measured", "paper", title=f"{r.name} ({args.variant}), {m['epochs']} epoch(s) "
+                  f"of the paper's {r.train.epochs}", title_justify="left")
+    table.add_row("test accuracy", _pct(100 * m["test_acc"]), _pct(fig.accuracy if fig else None))
+    table.add_row("params", _cnt(m["params"]), _cnt(fig.params if fig else None))
+    table.add_row("MACs", _cnt(m["macs"]), _cnt(fig.macs if fig else None))
+    console.print(table)
+    console.print(f"metrics in {out / 'metrics.json'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from rich.console import Console
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SUBCOMMANDS:
         args = _sub_parser(argv[0]).parse_args(argv[1:])
-        runner = {"find": _run_find, "count": _run_count, "train": _run_train}[argv[0]]
+        runner = {"find": _run_find, "count": _run_count, "train": _run_train, "recipe": _run_recipe}[argv[0]]
     else:
         args = _main_parser().parse_args(argv)
         runner = _run_condense

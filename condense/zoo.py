@@ -22,7 +22,11 @@ name                        architecture                                        
 ``wrn_tiny``                Table 3 "<10M MACs" Wide-Resnet                              22K/9.8M
 ``wrn_tiny_global``         the base whose condense (m=1, K=1) is Table 3's tiny         (23K/8.7M
                             Wide-Resnet-Global                                           after condense)
-``resnet56_global_base``    Table 7: the base of Resnet-Global at ResNet-56's budget     (1.32M/119M
+``resnet32_global_base``    ResNet-32 in the 4-stage layout of the authors' Global       (162K/15M
+                            code (a 4th stage: 64 ch, stride 2, 1 block)                 after m=1)
+``resnet56_global_base``    ResNet-56 likewise (4th stage of 2 blocks)                   (330K/30M
+                                                                                         after m=2)
+``resnet56_x2_global_base`` Table 7: the same at twice the width (32/64/128/128)         (1.32M/119M
                                                                                          after m=2)
 ``wrn_40_7``                Table 7: the base of Wide-Resnet-Global at WRN-40-4's        (9M/1.3G
                             budget (assumed width x7)                                    after condense)
@@ -38,8 +42,9 @@ Shortcuts: the CIFAR ResNets use option B (a 1x1 conv + BN projection where the 
 elsewhere), as the authors' code does; it also matches the paper's CIFAR-100 parameter counts (473K,
 861K) better than option A (``shortcut="A"``: parameter-free zero-padding, He et al.'s CIFAR choice).
 
-Assumptions for the models the paper does not fully specify are written next to each factory and in
-``docs``-style notes in the recipes (``recipes/*.yaml``).
+Assumptions for the models the paper does not fully specify are written next to each factory and in the
+``notes`` of the recipes (``recipes/*.yaml``). The authors' public code (github.com/anilkagak2/PDE_GlobalLayer)
+was read for configurations the paper leaves open; nothing of it is copied here.
 """
 from __future__ import annotations
 
@@ -58,7 +63,7 @@ __all__ = [
     "MnistResBlock", "MnistResNet", "FeatureNet",
     "resnet_cifar", "resnet32", "resnet56", "wide_resnet", "wrn_40_4", "wrn_40_7", "densenet_bc",
     "densenet_bc_100_12", "resnet_tiny", "resnet_tiny_global", "wrn_tiny", "wrn_tiny_global",
-    "resnet56_global_base", "mnist_resnet", "mnist_resnet_small", "mnist_cnn_net", "mnist_residual_net",
+    "resnet32_global_base", "resnet56_global_base", "resnet56_x2_global_base", "mnist_resnet", "mnist_resnet_small", "mnist_cnn_net", "mnist_residual_net",
     "mnist_pde_net", "MODELS", "names", "build", "input_size",
 ]
 
@@ -441,10 +446,23 @@ def wrn_tiny_global(num_classes: int = 10, **kw: Any) -> CifarResNet:
     return resnet_cifar(None, num_classes, blocks=(6, 6, 6), widths=(16, 20, 20), **kw)
 
 
+def resnet32_global_base(num_classes: int = 10, **kw: Any) -> CifarResNet:
+    """ResNet-32 in the layout of the authors' Resnet-Global code: the 3 stages of ResNet-32 (5 blocks, widths
+    16/32/64) plus a fourth stage (64 channels, stride 2, one block). Condensed to m=1 it is the paper's
+    Resnet-Global of Tables 1/3 (162K / 15M); the fourth stage is absent from the ResNet-32 baseline."""
+    return resnet_cifar(None, num_classes, blocks=(5, 5, 5, 1), widths=(16, 32, 64, 64), **kw)
+
+
 def resnet56_global_base(num_classes: int = 10, **kw: Any) -> CifarResNet:
-    """The base of Table 7's Resnet-Global (1.32M / 119M on CIFAR-100, m=2). Assumed: ResNet-56 at twice the
-    width (32/64/128) plus the authors' fourth stage (128 channels, stride 2, 2 blocks, kept as is); their
-    m=2 Resnet-Global (330K / 30M) has this 4-stage layout, and x2 width gives x4 params and MACs."""
+    """ResNet-56 in the layout of the authors' Resnet-Global code: 3 stages of 9 blocks (16/32/64) plus a
+    fourth stage (64 channels, stride 2, 2 blocks). Condensed to m=2 it is Table 3's m=2 Resnet-Global
+    (330K / 30M)."""
+    return resnet_cifar(None, num_classes, blocks=(9, 9, 9, 2), widths=(16, 32, 64, 64), **kw)
+
+
+def resnet56_x2_global_base(num_classes: int = 10, **kw: Any) -> CifarResNet:
+    """The base of Table 7's Resnet-Global (1.32M / 119M on CIFAR-100, m=2). Assumed: ``resnet56_global_base``
+    at twice the width (32/64/128/128): x2 width gives x4 the params and MACs of the 330K / 30M model."""
     return resnet_cifar(None, num_classes, blocks=(9, 9, 9, 2), widths=(32, 64, 128, 128), **kw)
 
 
@@ -497,7 +515,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet_tiny_global": resnet_tiny_global,
     "wrn_tiny": wrn_tiny,
     "wrn_tiny_global": wrn_tiny_global,
+    "resnet32_global_base": resnet32_global_base,
     "resnet56_global_base": resnet56_global_base,
+    "resnet56_x2_global_base": resnet56_x2_global_base,
     "mnist_resnet": mnist_resnet,
     "mnist_resnet_small": mnist_resnet_small,
     "mnist_cnn_net": mnist_cnn_net,
@@ -528,10 +548,17 @@ def _factory(name: str) -> Callable[..., nn.Module]:
 
 
 def build(name: str, **kwargs: Any) -> nn.Module:
-    """A fresh zoo model by name; keyword arguments (``num_classes``, ...) go to its factory."""
+    """A fresh zoo model by name; keyword arguments (``num_classes``, ...) go to its factory. The model's
+    ``pretrained_cfg["input_size"]`` says what it is made for (as timm models do), so the command line
+    needs no ``--input-size``."""
     fn = _factory(name)
     try:
-        return fn(**kwargs)
-    except TypeError as err:
-        raise CondenseError(f"zoo:{name} does not take {err}".replace(f"{fn.__name__}() ", ""),
-                            "see condense.zoo for its arguments") from err
+        model = fn(**kwargs)
+    except TypeError as err:  # a wrong keyword (factories pass **kw on to the general builders)
+        text = str(err)
+        if not any(s in text for s in ("unexpected keyword", "multiple values", "required positional")):
+            raise
+        raise CondenseError(f"zoo:{name}: {text.split('() ', 1)[-1]}",
+                            f"see condense.zoo.{fn.__name__} for its arguments") from err
+    model.pretrained_cfg = {"input_size": input_size(name)}  # read by condense's default input size
+    return model

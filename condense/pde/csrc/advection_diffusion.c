@@ -239,11 +239,15 @@ static void scatter_x(const params *q, const real *w, const real *g, real *lam, 
     const long H = q->H, W = q->W;
     for (long y = 0; y < H; y++) {
         const long o = y * W;
-        for (long x = 1; x < W - 1; x++) lam[o + x + d] += w[o + x] * g[o + x];
+        if (g) {
+            for (long x = 1; x < W - 1; x++) lam[o + x + d] += w[o + x] * g[o + x];
+        } else {
+            for (long x = 1; x < W - 1; x++) lam[o + x + d] += w[o + x];
+        }
         long edges[2] = {0, W - 1};
         for (int e = 0; e < (W > 1 ? 2 : 1); e++) {
             long x = edges[e], j = nb(x, d, W, q->boundary);
-            if (j >= 0) lam[o + j] += w[o + x] * g[o + x];
+            if (j >= 0) lam[o + j] += w[o + x] * (g ? g[o + x] : (real)1);
         }
     }
 }
@@ -252,9 +256,13 @@ static void scatter_y(const params *q, const real *w, const real *g, real *lam, 
     for (long y = 0; y < H; y++) {
         long j = nb(y, d, H, q->boundary);
         if (j < 0) continue;
-        const real *wr = w + y * W, *gr = g + y * W;
+        const real *wr = w + y * W, *gr = g ? g + y * W : NULL;
         real *lr = lam + j * W;
-        for (long x = 0; x < W; x++) lr[x] += wr[x] * gr[x];
+        if (gr) {
+            for (long x = 0; x < W; x++) lr[x] += wr[x] * gr[x];
+        } else {
+            for (long x = 0; x < W; x++) lr[x] += wr[x];
+        }
     }
 }
 /* gather of the forward neighbour maps: out[p] += w[p] * h[nb(p)] */
@@ -353,41 +361,71 @@ void ad_backward(const real *gout, const real *init, long init_sn, long init_sc,
             /* chain rule from the coefficients to source, velocity and diffusion */
             real *gfp = gf ? gf + p * HW : NULL, *gup = gu ? gu + p * HW : NULL, *gvp = gv ? gv + p * HW : NULL;
             real *gdxp = gDx ? gDx + p * HW : NULL, *gdyp = gDy ? gDy + p * HW : NULL;
-            if (gup) memset(gup, 0, sizeof(real) * HW);
-            if (gvp) memset(gvp, 0, sizeof(real) * HW);
-            for (long y = 0; y < H; y++) {
-                long yn = nb(y, 1, H, boundary), ys = nb(y, -1, H, boundary);
-                for (long x = 0; x < W; x++) {
-                    long i = y * W + x;
-                    long xe = nb(x, 1, W, boundary), xw = nb(x, -1, W, boundary);
-                    real bx = (real)((dxp ? bound_d(dxp[i], dmax) : dxc) * dt / (dx * dx));
-                    real by = (real)((dyp ? bound_d(dyp[i], dmax) : dyc) * dt / (dy * dy));
-                    real iL = (real)1 / ((real)1 + 2 * bx + 2 * by);
-                    real T = g.a0[i] * c.a0[i] + g.a1[i] * c.a1[i] + g.cE[i] * c.cE[i] + g.cW[i] * c.cW[i] +
-                             g.cN[i] * c.cN[i] + g.cS[i] * c.cS[i] + g.s[i] * c.s[i];
-                    if (gfp) gfp[i] = g.s[i] * (real)(2 * dt) * iL;
-                    if (gdxp) {
-                        real gbx = (2 * (g.cE[i] + g.cW[i] - g.a0[i]) - 2 * T) * iL;
-                        gdxp[i] = gbx * (real)(dt / (dx * dx)) * dbound_d(dxp[i], dmax);
+            /* pass 1 (vectorised): per element; afterwards g.a1 holds d/d(u_x + v_y), g.cE d/d(bounded u)
+             * and g.cN d/d(bounded v) of the direct (non-derivative) terms */
+            const real kx = (real)(dt / (dx * dx)), ky = (real)(dt / (dy * dy)), two_dt = (real)(2 * dt);
+            const real dm = (real)(dmax > 0 ? dmax : 1e30), m2dt = (real)(-2 * dt);
+            const real adx = (real)(dt / dx), ady = (real)(dt / dy);
+            const real cdx = (real)dxc, cdy = (real)dyc;
+#pragma omp simd
+            for (long i = 0; i < HW; i++) {
+                real dxv = dxp ? CLAMP(dxp[i], (real)0, dm) : cdx;
+                real dyv = dyp ? CLAMP(dyp[i], (real)0, dm) : cdy;
+                real iL = (real)1 / ((real)1 + 2 * dxv * kx + 2 * dyv * ky);
+                real T = g.a0[i] * c.a0[i] + g.a1[i] * c.a1[i] + g.cE[i] * c.cE[i] + g.cW[i] * c.cW[i] +
+                         g.cN[i] * c.cN[i] + g.cS[i] * c.cS[i] + g.s[i] * c.s[i];
+                if (gfp) gfp[i] = g.s[i] * two_dt * iL;
+                if (gdxp) {
+                    real pass = (dxp[i] >= 0 && dxp[i] <= dm) ? (real)1 : (real)0;
+                    gdxp[i] = (2 * (g.cE[i] + g.cW[i] - g.a0[i]) - 2 * T) * iL * kx * pass;
+                }
+                if (gdyp) {
+                    real pass = (dyp[i] >= 0 && dyp[i] <= dm) ? (real)1 : (real)0;
+                    gdyp[i] = (2 * (g.cN[i] + g.cS[i] - g.a0[i]) - 2 * T) * iL * ky * pass;
+                }
+                real gdiv = g.a1[i] * m2dt * iL;
+                real gub = (g.cW[i] - g.cE[i]) * iL * adx;
+                real gvb = (g.cS[i] - g.cN[i]) * iL * ady;
+                g.a1[i] = gdiv;
+                g.cE[i] = gub;
+                g.cN[i] = gvb;
+            }
+            if (gup || gvp) {
+                /* pass 2: the central differences' transposes, into d/d(bounded u), d/d(bounded v) */
+                const real hx = (real)(0.5 / dx), hy = (real)(0.5 / dy);
+                real *gub = g.cE, *gvb = g.cN;
+#pragma omp simd
+                for (long i = 0; i < HW; i++) {
+                    g.cW[i] = g.a1[i] * hx;  /* + at x+1 */
+                    g.cS[i] = -g.a1[i] * hx; /* - at x-1 */
+                }
+                if (gup) {
+                    scatter_x(&q, g.cW, NULL, gub, 1);
+                    scatter_x(&q, g.cS, NULL, gub, -1);
+                }
+#pragma omp simd
+                for (long i = 0; i < HW; i++) {
+                    g.cW[i] = g.a1[i] * hy;
+                    g.cS[i] = -g.a1[i] * hy;
+                }
+                if (gvp) {
+                    scatter_y(&q, g.cW, NULL, gvb, 1);
+                    scatter_y(&q, g.cS, NULL, gvb, -1);
+                }
+                /* pass 3 (vectorised): through the velocity bound */
+                const real ru = (real)(umax > 0 ? 1 / umax : 0), rv = (real)(vmax > 0 ? 1 / vmax : 0);
+                if (gup) {
+#pragma omp simd
+                    for (long i = 0; i < HW; i++) {
+                        real tu = up[i] * ru, r = (real)1 / SQRT((real)1 + tu * tu);
+                        gup[i] = gub[i] * r * r * r;
                     }
-                    if (gdyp) {
-                        real gby = (2 * (g.cN[i] + g.cS[i] - g.a0[i]) - 2 * T) * iL;
-                        gdyp[i] = gby * (real)(dt / (dy * dy)) * dbound_d(dyp[i], dmax);
-                    }
-                    real gdiv = g.a1[i] * (real)(-2 * dt) * iL; /* d a1 / d(u_x + v_y) */
-                    if (gup) {
-                        real gax = (g.cW[i] - g.cE[i]) * iL;
-                        gup[i] += gax * (real)(dt / dx) * dbound_vel(up[i], umax);
-                        real h = gdiv * (real)(0.5 / dx);
-                        if (xe >= 0) gup[y * W + xe] += h * dbound_vel(up[y * W + xe], umax);
-                        if (xw >= 0) gup[y * W + xw] -= h * dbound_vel(up[y * W + xw], umax);
-                    }
-                    if (gvp) {
-                        real gay = (g.cS[i] - g.cN[i]) * iL;
-                        gvp[i] += gay * (real)(dt / dy) * dbound_vel(vp[i], vmax);
-                        real h = gdiv * (real)(0.5 / dy);
-                        if (yn >= 0) gvp[yn * W + x] += h * dbound_vel(vp[yn * W + x], vmax);
-                        if (ys >= 0) gvp[ys * W + x] -= h * dbound_vel(vp[ys * W + x], vmax);
+                }
+                if (gvp) {
+#pragma omp simd
+                    for (long i = 0; i < HW; i++) {
+                        real tv = vp[i] * rv, r = (real)1 / SQRT((real)1 + tv * tv);
+                        gvp[i] = gvb[i] * r * r * r;
                     }
                 }
             }

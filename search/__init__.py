@@ -1,0 +1,37 @@
+"""Budget search for condense: which runs to condense, how many blocks to keep, which layer, which K.
+
+Public API (everything else is private)::
+
+    run_search("timm:resnet18", "cifar10:PATH", macs="1G", trials=40, epochs_per_trial=1, output=DIR)
+                                        -> SearchResult(study, space, trials, front, reference, output, files)
+    SearchConfig                        every option of a search (run_search's keywords)
+    SearchSpace, build_space(found)     the space, declared once; .table() is what --show-space prints
+    open_study(config), study_from_dir(DIR)   the Optuna study (journal file or database), created or resumed
+    recover_stale_trials(study, grace)  journal storage: fail dead RUNNING trials and queue them again
+    trials_frame(study, space), front_frame(...)   every trial / the Pareto front as DataFrames
+    write_csv(df, path), front_table(front)        CSV, rich Table
+    plot_front(trials, "front.png", reference=...) accuracy vs MACs (matplotlib)
+    export_trial(DIR, N, OUT)           a trial's trained model as a directory condense.load reads
+    search_main(argv), export_main(argv)   the `condense search` / `condense export` commands
+
+Objectives: accuracy after a short proxy training (maximise), MACs and parameters (minimise), optionally
+measured latency. Budgets are hard constraints (``trial.set_constraint``): an over-budget plan is counted,
+never trained, and never on the front. Sampler: NSGA-II (or TPE), seeded per trial number.
+"""
+from ._cli import export_main, search_main
+from ._export import ExportResult, export_trial
+from ._objective import Objective, measure_latency
+from ._pareto import front_frame, front_table, trials_frame, write_csv
+from ._plot import plot_front
+from ._space import Param, RunSpace, SearchSpace, build_space
+from ._study import (SearchConfig, SearchResult, load_config, open_study, recover_stale_trials, run_search,
+                     study_from_dir)
+
+__all__ = [
+    "run_search", "SearchConfig", "SearchResult",
+    "SearchSpace", "RunSpace", "Param", "build_space",
+    "open_study", "study_from_dir", "load_config", "recover_stale_trials", "Objective", "measure_latency",
+    "trials_frame", "front_frame", "write_csv", "front_table", "plot_front",
+    "export_trial", "ExportResult",
+    "search_main", "export_main",
+]

@@ -1,0 +1,244 @@
+"""``condense search`` and ``condense export``: parse, call ``run_search`` / ``export_trial``, print.
+
+Both return an exit code: 0 done, 1 a domain error (one line, ``--debug`` for the traceback), 130
+interrupted (the finished trials are kept and the outputs written; the same command resumes).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from condense import CondenseError
+
+__all__ = ["search_main", "export_main", "search_parser", "export_parser"]
+
+SEARCH_EPILOG = """\
+Each trial condenses the model with one plan, counts it, and (if it fits the budgets) trains it briefly on
+the data; the study keeps accuracy, MACs and parameters (and latency with --latency). Over-budget plans are
+recorded but never trained and never enter the front. Re-running the same command resumes the study;
+several workers may share one study with --storage postgresql://... (same --study-name).
+
+examples:
+  condense search timm:resnet18 --data cifar10:data/cifar10.tar.gz --budget 1G --trials 40 --epochs-per-trial 1
+  condense search zoo:resnet32 --data cifar10:PATH --budget 40%% --show-space
+  condense search timm:resnet18 --data cifar10:PATH --budget 1G --storage postgresql://u:p@host/db
+  condense export searches/resnet18 --trial 12 -o out/resnet18-t12
+  optuna-dashboard searches/resnet18/study.journal
+"""
+
+
+def _int_range(text: str) -> tuple[int, int]:
+    lo, sep, hi = text.partition("-")
+    try:
+        return (int(lo), int(hi)) if sep else (int(lo), int(lo))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO-HI, e.g. 1-20, got {text!r}") from None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+def search_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="condense search", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=SEARCH_EPILOG,
+        description="Search condense plans (kept blocks per run, layer type, K, Global layer options) for the "
+                    "best accuracy / MACs / parameter trade-offs under hard budgets (Optuna, NSGA-II).")
+    p.add_argument("model", metavar="MODEL", help="timm:NAME, zoo:NAME or path/to/file.py:factory")
+    p.add_argument("--data", metavar="SPEC", help="training data: cifar10:PATH, cifar100:PATH, mnist:PATH, ...")
+    p.add_argument("--budget", "--macs", dest="macs", metavar="MACS", help="MAC budget (hard), e.g. 1G or 60%%")
+    p.add_argument("--params", metavar="PARAMS", help="parameter budget (hard), e.g. 2.5M or 50%%")
+    p.add_argument("--trials", type=int, default=40, help="finished trials the study should have (default 40)")
+    t = p.add_argument_group("proxy training (each trial)")
+    t.add_argument("--epochs-per-trial", type=int, default=1)
+    t.add_argument("--steps-per-epoch", type=int, default=None, help="at most N steps per epoch")
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--lr", type=float, default=0.05)
+    t.add_argument("--limit-train", type=int, default=None, help="use N training images (a fixed subset)")
+    t.add_argument("--limit-test", type=int, default=None, help="use N validation images")
+    t.add_argument("--input-size", metavar="CxHxW", help="resize the data to this (default: the data's size)")
+    t.add_argument("--checkpoint", metavar="FILE", help="local weights for MODEL (the original)")
+    t.add_argument("--distill", action="store_true", help="distil each trial from the original model")
+    t.add_argument("--latency", action="store_true", help="also minimise measured CPU latency (batch 1)")
+    s = p.add_argument_group("space and sampler")
+    s.add_argument("--layers", type=_names, default=None,
+                   help="layer types to search, comma-separated (default: global,linearmix,explicit_rd,"
+                        "implicit_rd,circulant_rd)")
+    s.add_argument("--K", type=_int_range, default=None, metavar="LO-HI", help="range of K (default 1-20)")
+    s.add_argument("--sampler", choices=("nsgaii", "tpe"), default="nsgaii")
+    s.add_argument("--population", type=int, default=10, help="NSGA-II population size (default 10)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-fit-start", action="store_true",
+                   help="do not start from condense's own plan for the budget (enqueued as the first trial)")
+    s.add_argument("--show-space", action="store_true", help="print the search space and exit")
+    o = p.add_argument_group("study and output")
+    o.add_argument("-o", "--output", metavar="DIR", help="study directory (default searches/<model name>)")
+    o.add_argument("--storage", metavar="URL", help="database for a shared study, e.g. postgresql://user:pw@host/db "
+                   "(default: DIR/study.journal)")
+    o.add_argument("--study-name", help="default condense-<model name>")
+    o.add_argument("--heartbeat-interval", type=int, default=30, help="seconds between a trial's heartbeats")
+    o.add_argument("--grace-period", type=int, default=120,
+                   help="seconds without a heartbeat before a running trial counts as dead and is retried")
+    o.add_argument("--max-retry", type=int, default=3, help="retries of a trial whose worker died")
+    o.add_argument("--no-reference", action="store_true", help="do not proxy-train the original model")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar")
+    o.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def export_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="condense export", description="Save a trial of a search as a "
+                                "condensed-model directory (condense.load reads it).")
+    p.add_argument("study_dir", metavar="STUDY_DIR", help="the output directory of condense search")
+    p.add_argument("--trial", type=int, required=True, metavar="N", help="trial number (see STUDY_DIR/front.csv)")
+    p.add_argument("-o", "--output", metavar="DIR", help="where to save (default STUDY_DIR/export/trial-N)")
+    p.add_argument("--storage", metavar="URL", help="the study's database, if not the one in search.json")
+    p.add_argument("--study-name")
+    p.add_argument("--debug", action="store_true")
+    return p
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 120)
+
+
+def _fail(err: BaseException, debug: bool) -> int:
+    from rich.console import Console
+
+    if debug:
+        raise err
+    err_console = Console(stderr=True, soft_wrap=True)
+    if isinstance(err, CondenseError):
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+        return 1
+    first = str(err).splitlines()[0] if str(err) else ""
+    err_console.print(f"[bold red]error:[/] unexpected {type(err).__name__}: {first} "
+                      "(run with --debug for the traceback)", highlight=False)
+    return 2
+
+
+def _show_space(args, console) -> int:
+    from condense import find_runs
+    from condense._budget import parse_input_size
+    from condense._models import build_model, default_input_size, parse_model_spec
+
+    from ._space import build_space
+
+    spec = parse_model_spec(args.model)
+    model = build_model(spec)
+    if args.input_size:
+        size = parse_input_size(args.input_size)
+    elif args.data:
+        from condense.data import load_data
+        size = tuple(load_data(args.data, limit_train=1, limit_test=1).input_size)
+    elif spec.kind == "zoo":
+        from condense import zoo
+        size = zoo.input_size(spec.name)
+    else:
+        size = default_input_size(model) or (3, 224, 224)
+    with console.status("tracing"):
+        space = build_space(find_runs(model, size), layers=args.layers, K=args.K)
+    console.print(space.table(title=f"search space of {spec} at {'x'.join(map(str, size))}"))
+    console.print(space.summary())
+    console.print("Shared by the whole model: layer, K, init, velocity, diffusion, source (the last three only "
+                  "act on the Global layer). Per run: condense it or not, and m (blocks kept).")
+    return 0
+
+
+def search_main(argv: Sequence[str] | None = None) -> int:
+    """``condense search MODEL --data SPEC [--budget 1G] [--trials 40] ...``; returns the exit code."""
+    args = search_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    console = _console()
+    try:
+        if args.show_space:
+            return _show_space(args, console)
+        if not args.data:
+            raise CondenseError("--data is required for a search", "e.g. --data cifar10:path/to/cifar10.tar.gz")
+        return _search(args, console)
+    except KeyboardInterrupt as err:
+        result = getattr(err, "result", None)
+        if result is not None:
+            _report(result, console, interrupted=True)
+        else:
+            console.print("interrupted")
+        return 130
+    except Exception as err:  # noqa: BLE001 - one line unless --debug
+        return _fail(err, args.debug)
+
+
+def _search(args, console) -> int:
+    from ._study import run_search
+
+    options = dict(macs=args.macs, params=args.params, trials=args.trials, epochs_per_trial=args.epochs_per_trial,
+                   steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, lr=args.lr,
+                   limit_train=args.limit_train, limit_test=args.limit_test, input_size=args.input_size,
+                   checkpoint=args.checkpoint, distill=args.distill, latency=args.latency, sampler=args.sampler,
+                   population=args.population, seed=args.seed, layers=args.layers, K=args.K, storage=args.storage,
+                   study_name=args.study_name, heartbeat_interval=args.heartbeat_interval,
+                   grace_period=args.grace_period, max_retry=args.max_retry, reference=not args.no_reference,
+                   enqueue_fit=not args.no_fit_start)
+    if args.distill and not args.checkpoint:
+        console.print("[yellow]note:[/] --distill without --checkpoint distils from an untrained original")
+    show = not args.no_progress and console.is_terminal
+
+    def line(study, trial) -> None:
+        if show:
+            return
+        values = trial.values or []
+        figures = (f"acc {values[0]:.4f}, {values[1] / 1e6:.2f}M MACs, {values[2] / 1e3:.1f}K params"
+                   if len(values) >= 3 else trial.state.name.lower())
+        console.print(f"trial {trial.number}: {trial.user_attrs.get('status', trial.state.name.lower())} ({figures})",
+                      highlight=False)
+
+    result = run_search(args.model, args.data, output=args.output, progress=show, console=console, on_trial=line,
+                        **options)
+    _report(result, console)
+    return 0
+
+
+def _report(result, console, interrupted: bool = False) -> None:
+    from ._pareto import front_table
+    from ._study import JOURNAL, _safe_url, format_reference
+
+    title = f"Pareto front of {result.study.study_name} ({len(result.front)} of {len(result.trials)} trials)"
+    console.print(front_table(result.front, result.reference, title=title))
+    if result.reference:
+        console.print(format_reference(result.reference), highlight=False)
+    for name, path in result.files.items():
+        console.print(f"{name}: {path}", highlight=False)
+    storage = result.study._storage
+    url = getattr(storage, "url", None)
+    where = _safe_url(url) if url else str(result.output / JOURNAL)
+    console.print(f"dashboard: optuna-dashboard {where}", highlight=False)
+    if len(result.front):
+        n = int(result.front.iloc[0]["trial"])
+        console.print(f"export a trial: condense export {result.output} --trial {n}", highlight=False)
+    if interrupted:
+        console.print("interrupted: finished trials are kept; run the same command again to resume", highlight=False)
+
+
+def export_main(argv: Sequence[str] | None = None) -> int:
+    """``condense export STUDY_DIR --trial N [-o DIR]``; returns the exit code."""
+    from condense._budget import format_count
+
+    from ._export import export_trial
+
+    args = export_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    console = _console()
+    try:
+        res = export_trial(args.study_dir, args.trial, args.output, storage=args.storage, study_name=args.study_name)
+    except Exception as err:  # noqa: BLE001
+        return _fail(err, args.debug)
+    where = "on the Pareto front" if res.on_front else "not on the Pareto front"
+    console.print(f"trial {res.trial} ({where}): accuracy {res.accuracy:.4f}, {format_count(res.macs)} MACs, "
+                  f"{format_count(res.params)} params", highlight=False)
+    console.print(f"saved to {res.path} (load with condense.load({str(res.path)!r}))", highlight=False)
+    return 0
+
+
+if __name__ == "__main__":  # python -m search._cli
+    sys.exit(search_main())

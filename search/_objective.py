@@ -1,0 +1,198 @@
+"""One trial: plan -> condensed model -> count -> (budget check) -> short proxy training -> figures + weights.
+
+In: an Optuna trial, the search space, the original model and its runs, the data, the proxy-training
+config, the budgets. Out: the objective values (accuracy, MACs, params[, latency ms]) and, for a trained
+trial, ``TRIALS_DIR/<number>/`` written with condense's save format (``condense.load`` reads it).
+Never: trains a plan that breaks a budget (it is counted first; the constraint is recorded with
+``trial.set_constraint`` and the trial returns accuracy 0, so it never enters the constrained front).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+import torch
+from torch import nn
+
+from condense import CondenseError, Plan, macs_and_params, rewrite, save
+from condense.train import TrainConfig, train
+
+__all__ = ["Objective", "OBJECTIVES", "objective_names", "measure_latency"]
+
+# name, direction; latency is appended when measured
+OBJECTIVES: tuple[tuple[str, str], ...] = (("accuracy", "maximize"), ("macs", "minimize"), ("params", "minimize"))
+LATENCY = ("latency_ms", "minimize")
+STATUS_TRAINED, STATUS_OVER, STATUS_DIVERGED = "trained", "over budget", "diverged"
+
+
+def objective_names(latency: bool) -> list[str]:
+    return [n for n, _ in OBJECTIVES] + ([LATENCY[0]] if latency else [])
+
+
+def objective_directions(latency: bool) -> list[str]:
+    return [d for _, d in OBJECTIVES] + ([LATENCY[1]] if latency else [])
+
+
+@torch.no_grad()
+def measure_latency(model: nn.Module, input_size, repeats: int = 20, warmup: int = 3) -> float:
+    """Median wall time of one forward pass at batch 1 (eval mode), in milliseconds."""
+    was = model.training
+    model.eval()
+    x = torch.randn(1, *input_size)
+    for _ in range(warmup):
+        model(x)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model(x)
+        times.append(time.perf_counter() - t0)
+    model.train(was)
+    return 1e3 * statistics.median(times)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Row:
+    path: str
+    block_class: str
+    r: int
+    m: int
+    layer: str | None
+    K: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Found:
+    model_class: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _Saved:
+    """What ``condense.save`` reads from a FitResult, for a model trained in a trial."""
+
+    model: nn.Module
+    plan: Plan
+    found: _Found
+    input_size: tuple[int, int, int]
+    macs_before: int
+    params_before: int
+    macs_after: int
+    params_after: int
+    macs_budget: float | None
+    params_budget: float | None
+    rows: tuple[_Row, ...]
+
+
+@dataclasses.dataclass
+class Objective:
+    """The objective of a study (``study.optimize(Objective(...))``); see the module docstring."""
+
+    space: Any                      # SearchSpace
+    model: nn.Module                # the original model (never modified)
+    found: Any                      # condense.FindResult of ``model``
+    data: Any                       # condense.DataBundle
+    train_config: TrainConfig
+    trials_dir: Path
+    macs_before: int
+    params_before: int
+    macs_budget: float | None = None
+    params_budget: float | None = None
+    teacher: nn.Module | None = None
+    latency: bool = False
+    spec: Any = None                # ModelSpec (or None for a model built in Python)
+    model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    checkpoint: str | None = None
+    study_name: str = ""
+    phase: Callable[[str], None] | None = None
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return tuple(self.data.input_size)
+
+    def _say(self, trial, what: str) -> None:
+        if self.phase is not None:
+            self.phase(f"trial {trial.number}: {what}")
+
+    def build(self, plan: Plan) -> nn.Module:
+        """The condensed model of ``plan`` (a fresh copy of the original if the plan changes nothing)."""
+        if not plan.choices:
+            return copy.deepcopy(self.model)
+        return rewrite(self.model, self.found, plan.choices).module
+
+    def constraints(self, macs: int, params: int) -> dict[str, float]:
+        """Budget constraints as Optuna wants them: <= 0 is feasible (relative excess over the budget)."""
+        out = {}
+        if self.macs_budget is not None:
+            out["macs"] = macs / self.macs_budget - 1.0
+        if self.params_budget is not None:
+            out["params"] = params / self.params_budget - 1.0
+        return out
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
+        params = self.space.suggest(trial)
+        plan = self.space.plan(params)
+        trial.set_user_attr("plan", plan.to_dict())
+        self._say(trial, "building and counting")
+        model = self.build(plan)
+        macs, n_params = macs_and_params(model, self.input_size)
+        trial.set_user_attr("macs", int(macs))
+        trial.set_user_attr("params", int(n_params))
+        violations = self.constraints(macs, n_params)
+        for key, value in violations.items():
+            trial.set_constraint(key, value)
+        if any(v > 0 for v in violations.values()):
+            trial.set_user_attr("status", STATUS_OVER)
+            return self._values(0.0, macs, n_params, math.inf)
+        self._say(trial, f"training ({self.train_config.epochs} epoch(s))")
+        t0 = time.perf_counter()
+        try:
+            result = train(model, self.data, self.train_config, teacher=self.teacher, progress=False)
+        except CondenseError as err:  # the loss became NaN/Inf: this configuration diverges
+            trial.set_user_attr("status", STATUS_DIVERGED)
+            trial.set_user_attr("error", str(err))
+            raise optuna.TrialPruned(f"training diverged: {err}") from None
+        seconds = time.perf_counter() - t0
+        accuracy = float(result.metrics["test_acc"])
+        latency = measure_latency(model, self.input_size) if self.latency else math.inf
+        self._say(trial, "saving")
+        directory = self.save_trial(trial, model, plan, macs, n_params, accuracy, latency, seconds)
+        trial.set_user_attr("accuracy", accuracy)
+        trial.set_user_attr("train_seconds", round(seconds, 3))
+        trial.set_user_attr("trial_dir", str(directory))
+        if self.latency:
+            trial.set_user_attr("latency_ms", latency)
+        trial.set_user_attr("status", STATUS_TRAINED)
+        return self._values(accuracy, macs, n_params, latency)
+
+    def _values(self, accuracy: float, macs: int, params: int, latency: float) -> tuple[float, ...]:
+        values = (float(accuracy), float(macs), float(params))
+        return values + ((float(latency),) if self.latency else ())
+
+    def save_trial(self, trial, model: nn.Module, plan: Plan, macs: int, params: int, accuracy: float,
+                   latency: float, seconds: float) -> Path:
+        """Write the trained model of ``trial`` to ``trials_dir/<number>`` (condense's save format)."""
+        rows = []
+        for run in self.space.runs:
+            choice = plan.choices.get(run.path)
+            rows.append(_Row(run.path, run.block_class, run.r, choice.m if choice else run.r,
+                             choice.layer if choice else None,
+                             int(choice.options.get("K")) if choice and "K" in choice.options else None))
+        saved = _Saved(model=model.eval(), plan=plan, found=_Found(self.found.model_class),
+                       input_size=self.input_size, macs_before=self.macs_before, params_before=self.params_before,
+                       macs_after=int(macs), params_after=int(params), macs_budget=self.macs_budget,
+                       params_budget=self.params_budget, rows=tuple(rows))
+        info = {"study": self.study_name, "trial": trial.number, "accuracy": accuracy, "data": self.data.name,
+                "params": {k: v for k, v in trial.params.items()}, "train": self.train_config.to_dict(),
+                "train_seconds": round(seconds, 3), "distilled": self.teacher is not None}
+        if self.latency:
+            info["latency_ms"] = latency
+        directory = self.trials_dir / str(trial.number)
+        save(saved, directory, spec=self.spec, model_kwargs=self.model_kwargs or None, checkpoint=self.checkpoint,
+             extra={"search": json.loads(json.dumps(info, default=str))})
+        return directory

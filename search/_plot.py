@@ -1,0 +1,75 @@
+"""Draw the search: accuracy vs MACs, every trained trial, the Pareto front, the original model, the budget.
+
+In: the trial DataFrame of ``search._pareto.trials_frame`` (the data, computed elsewhere). Out: a PNG.
+Never: touches pyplot's global state (a Figure with its own Agg canvas), or the data.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["plot_front"]
+
+
+def plot_front(trials: pd.DataFrame, path: str | os.PathLike, *, reference: dict[str, Any] | None = None,
+               title: str | None = None, dpi: int = 120) -> Path:
+    """Write accuracy vs MACs to ``path`` (PNG): trained trials (grey), the front (a staircase, labelled
+    with trial numbers), the original model (a star; a dotted line if its accuracy is unknown) and the MAC
+    budget (a dashed line). Needs matplotlib (``pip install condense[plot]``)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    reference = reference or {}
+    fig = Figure(figsize=(7.5, 4.8))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    scale, unit = _unit(trials, reference)
+    if not trials.empty and "status" in trials:
+        trained = trials[(trials["status"] == "trained") & trials["accuracy"].notna()]
+        others = trained[trained["on_front"] != True]  # noqa: E712
+        ax.scatter(others["macs"] / scale, others["accuracy"], s=18, c="0.65", label="trial", zorder=2)
+        front = trained[trained["on_front"] == True].sort_values("macs")  # noqa: E712
+        if not front.empty:
+            ax.step(front["macs"] / scale, front["accuracy"], where="post", c="tab:blue", lw=1, alpha=0.6, zorder=3)
+            ax.scatter(front["macs"] / scale, front["accuracy"], s=34, c="tab:blue", label="Pareto front", zorder=4)
+            for _, row in front.iterrows():
+                ax.annotate(str(int(row["trial"])), (row["macs"] / scale, row["accuracy"]), fontsize=7,
+                            xytext=(3, 3), textcoords="offset points")
+    if reference.get("macs"):
+        x = reference["macs"] / scale
+        acc = reference.get("accuracy")
+        if acc is not None and not math.isnan(acc):
+            ax.scatter([x], [acc], marker="*", s=160, c="tab:red", label="original model", zorder=5)
+        else:
+            ax.axvline(x, c="tab:red", ls=":", lw=1.2, label="original model (MACs)")
+    if reference.get("macs_budget"):
+        ax.axvline(reference["macs_budget"] / scale, c="0.3", ls="--", lw=1, label="MAC budget")
+    ax.set_xlabel(f"MACs ({unit})")
+    ax.set_ylabel("accuracy (proxy training)")
+    ax.grid(True, alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    out = Path(path)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    os.replace(tmp, out)
+    return out
+
+
+def _unit(trials: pd.DataFrame, reference: dict[str, Any]) -> tuple[float, str]:
+    values = [reference.get("macs") or 0]
+    if not trials.empty and "macs" in trials:
+        values += [v for v in trials["macs"].dropna()]
+    top = max(values) if values else 0
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if top >= scale:
+            return scale, unit
+    return 1.0, ""

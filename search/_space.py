@@ -1,0 +1,254 @@
+"""The search space: declared once here, turned into Optuna suggestions and into a condense ``Plan``.
+
+In: the runs ``condense.find_runs`` found in a model, and optional narrowing (layer types, K range).
+Out: a ``SearchSpace`` whose ``params`` list every Optuna parameter (name, distribution, scope, meaning),
+``suggest(trial)`` (asks Optuna for all of them) and ``plan(params)`` (a ``condense.Plan``).
+Never: builds or trains a model.
+
+How choices are shared (keeps the space small; its size grows with the runs, not with the layer options):
+
+* **One value for the whole model** (every condensed run uses it): ``layer`` (the layer type), ``K``
+  (PDE steps, 1..20), ``init`` (initial guess: the kept blocks' output, ``input``, or a copy of the first
+  replaced block, ``block``), and the Global layer's ``velocity``, ``diffusion`` and ``source``.
+* **One value per run**: ``condense[PATH]`` (is the run condensed at all) and ``m[PATH]`` (blocks kept,
+  anchor included, 1..r-1; a run that is not condensed keeps all r blocks).
+
+Every parameter is suggested in every trial, also where it has no effect (``velocity`` when the layer is
+an RD layer, ``m[PATH]`` when the run is off): the space is then the same fixed product for every trial,
+which NSGA-II needs to cross over and mutate all parameters (conditional parameters would fall back to
+random sampling). ``plan`` ignores the ones that do not apply, and the trial table shows them as empty.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable, Mapping, Sequence
+
+from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
+
+from condense import ConfigError, Plan, RunChoice
+from condense.pde import layer_names
+from condense.pde._global_layer import DIFFUSIONS, SOURCES, VELOCITIES
+
+__all__ = ["Param", "RunSpace", "SearchSpace", "build_space", "K_RANGE", "INITS", "GLOBAL_ONLY"]
+
+K_RANGE = (1, 20)
+INITS = ("input", "block")
+GLOBAL_ONLY = ("velocity", "diffusion", "source")  # parameters that only the Global layer has
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """One Optuna parameter: its name, distribution, who shares it, and what it means."""
+
+    name: str
+    distribution: BaseDistribution
+    scope: str
+    meaning: str
+
+    def describe(self) -> str:
+        d = self.distribution
+        if isinstance(d, IntDistribution):
+            return f"int {d.low}..{d.high}"
+        return "{" + ", ".join(str(c) for c in d.choices) + "}"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpace:
+    """A run of the model as the space sees it: path, number of blocks r, channels, shape."""
+
+    path: str
+    r: int
+    channels: int
+    shape: tuple[int, int, int]
+    block_class: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.path or "<root>"
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    """What a trial may choose (see the module docstring for how choices are shared)."""
+
+    runs: tuple[RunSpace, ...]
+    layers: tuple[str, ...] = tuple(layer_names())
+    K: tuple[int, int] = K_RANGE
+    velocities: tuple[str, ...] = VELOCITIES
+    diffusions: tuple[str, ...] = DIFFUSIONS
+    sources: tuple[str, ...] = SOURCES
+    inits: tuple[str, ...] = INITS
+
+    def __post_init__(self) -> None:
+        if not self.runs:
+            raise ConfigError("the model has no runs of repeated same-resolution blocks: nothing to search",
+                              "condense find MODEL lists what condense sees")
+        unknown = [name for name in self.layers if name not in layer_names()]
+        if unknown or not self.layers:
+            raise ConfigError(f"unknown layer type(s) {', '.join(unknown) or '(none given)'}",
+                              f"choose from {', '.join(layer_names())}")
+        lo, hi = self.K
+        if not (isinstance(lo, int) and isinstance(hi, int) and K_RANGE[0] <= lo <= hi <= K_RANGE[1]):
+            raise ConfigError(f"K range {lo}..{hi} is not within {K_RANGE[0]}..{K_RANGE[1]}", "write e.g. 1-20")
+        for field, allowed in (("velocities", VELOCITIES), ("diffusions", DIFFUSIONS), ("sources", SOURCES),
+                               ("inits", INITS)):
+            values = getattr(self, field)
+            if not values or any(v not in allowed for v in values):
+                raise ConfigError(f"bad {field} {values!r}", f"choose from {', '.join(allowed)}")
+        labels = [r.label for r in self.runs]
+        if len(set(labels)) != len(labels):
+            raise ConfigError("two runs share a path")
+
+    # --- the one declaration ---------------------------------------------------------------------------
+    @property
+    def params(self) -> tuple[Param, ...]:
+        """Every Optuna parameter of the space, in suggestion order."""
+        model = "whole model"
+        out = [
+            Param("layer", CategoricalDistribution(self.layers), model, "layer type of every condensed run"),
+            Param("K", IntDistribution(*self.K), model, "PDE steps of the new layers"),
+            Param("init", CategoricalDistribution(self.inits), model,
+                  "initial guess: kept blocks' output (input) or a copy of the first replaced block (block)"),
+            Param("velocity", CategoricalDistribution(self.velocities), model + " (global layer)",
+                  "Global layer velocity field"),
+            Param("diffusion", CategoricalDistribution(self.diffusions), model + " (global layer)",
+                  "Global layer diffusion field"),
+            Param("source", CategoricalDistribution(self.sources), model + " (global layer)",
+                  "Global layer source term f(I)"),
+        ]
+        for run in self.runs:
+            out.append(Param(self.on_name(run), CategoricalDistribution((True, False)), f"run {run.label}",
+                             f"condense this run ({run.block_class} x{run.r} at {'x'.join(map(str, run.shape))})"))
+            out.append(Param(self.m_name(run), IntDistribution(1, max(1, run.r - 1)), f"run {run.label}",
+                             f"blocks kept when condensed (anchor included; r = {run.r})"))
+        return tuple(out)
+
+    @staticmethod
+    def on_name(run: RunSpace) -> str:
+        return f"condense[{run.label}]"
+
+    @staticmethod
+    def m_name(run: RunSpace) -> str:
+        return f"m[{run.label}]"
+
+    def distributions(self) -> dict[str, BaseDistribution]:
+        return {p.name: p.distribution for p in self.params}
+
+    @property
+    def size(self) -> int:
+        """Number of distinct points (parameter combinations) in the space."""
+        n = 1
+        for p in self.params:
+            d = p.distribution
+            n *= (d.high - d.low + 1) if isinstance(d, IntDistribution) else len(d.choices)
+        return n
+
+    # --- trials <-> plans ------------------------------------------------------------------------------
+    def suggest(self, trial) -> dict[str, Any]:
+        """Ask ``trial`` (an ``optuna.Trial``) for every parameter; returns name -> value."""
+        values: dict[str, Any] = {}
+        for p in self.params:
+            d = p.distribution
+            if isinstance(d, IntDistribution):
+                values[p.name] = trial.suggest_int(p.name, d.low, d.high)
+            else:
+                values[p.name] = trial.suggest_categorical(p.name, d.choices)
+        return values
+
+    def effective(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The choices that matter for ``params``: irrelevant ones become None, ``m`` becomes r when off."""
+        missing = [p.name for p in self.params if p.name not in params]
+        if missing:
+            raise ConfigError(f"trial parameters lack {', '.join(missing)}", "was the study made for another space?")
+        any_on = any(bool(params[self.on_name(r)]) for r in self.runs)
+        is_global = params["layer"] == "global"
+        out: dict[str, Any] = {}
+        for name in ("layer", "K", "init"):
+            out[name] = params[name] if any_on else None
+        for name in GLOBAL_ONLY:
+            out[name] = params[name] if any_on and is_global else None
+        for run in self.runs:
+            on = bool(params[self.on_name(run)])
+            out[self.m_name(run)] = min(int(params[self.m_name(run)]), run.r - 1) if on else run.r
+        return out
+
+    def plan(self, params: Mapping[str, Any]) -> Plan:
+        """The condense ``Plan`` of a trial's parameters (runs that are off are left out)."""
+        eff = self.effective(params)
+        options: dict[str, Any] = {"K": eff["K"]}
+        if eff["layer"] == "global":
+            options.update({name: eff[name] for name in GLOBAL_ONLY})
+        choices = {}
+        for run in self.runs:
+            m = eff[self.m_name(run)]
+            if m < run.r:
+                choices[run.path] = RunChoice(m=m, layer=eff["layer"], options=dict(options), init=eff["init"])
+        return Plan(choices)
+
+    def params_of_plan(self, ms: Mapping[str, int], *, layer: str = "global", K: int = 5, init: str = "input",
+                       **options: Any) -> dict[str, Any]:
+        """Trial parameters that give the plan ``ms`` (run path -> m) with these shared choices (to enqueue)."""
+        defaults = {"velocity": "dwconv", "diffusion": "constant", "source": "identity"}
+        out: dict[str, Any] = {"layer": layer, "K": int(min(max(K, self.K[0]), self.K[1])), "init": init}
+        for name in GLOBAL_ONLY:
+            out[name] = options.get(name, defaults[name])
+        for run in self.runs:
+            m = int(ms.get(run.path, run.r))
+            out[self.on_name(run)] = m < run.r
+            out[self.m_name(run)] = min(m, max(1, run.r - 1))
+        for p in self.params:
+            d = p.distribution
+            value = out[p.name]
+            if isinstance(d, CategoricalDistribution) and value not in d.choices:
+                raise ConfigError(f"{p.name}={value!r} is not in the space")
+        return out
+
+    # --- description -----------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "runs": [dataclasses.asdict(r) | {"shape": list(r.shape)} for r in self.runs],
+            "layers": list(self.layers), "K": list(self.K), "velocities": list(self.velocities),
+            "diffusions": list(self.diffusions), "sources": list(self.sources), "inits": list(self.inits),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SearchSpace":
+        runs = tuple(RunSpace(path=r["path"], r=int(r["r"]), channels=int(r["channels"]),
+                              shape=tuple(r["shape"]), block_class=r.get("block_class", "")) for r in data["runs"])
+        return cls(runs=runs, layers=tuple(data["layers"]), K=tuple(data["K"]), velocities=tuple(data["velocities"]),
+                   diffusions=tuple(data["diffusions"]), sources=tuple(data["sources"]), inits=tuple(data["inits"]))
+
+    def table(self, title: str | None = None):
+        """A rich Table of the parameters (what ``--show-space`` prints)."""
+        from rich.markup import escape
+        from rich.table import Table
+
+        table = Table("parameter", "values", "shared by", "meaning", title=title, title_justify="left")
+        for p in self.params:
+            table.add_row(*(escape(x) for x in (p.name, p.describe(), p.scope, p.meaning)))
+        return table
+
+    def summary(self) -> str:
+        n_on = len(self.runs)
+        return (f"{len(self.params)} parameters: 6 shared by the whole model, 2 per run x {n_on} run(s); "
+                f"{self.size:.3g} points")
+
+
+def build_space(found: Any, *, layers: Sequence[str] | None = None, K: Sequence[int] | None = None,
+                velocities: Iterable[str] | None = None, diffusions: Iterable[str] | None = None,
+                sources: Iterable[str] | None = None, inits: Iterable[str] | None = None) -> SearchSpace:
+    """The space for the runs of ``found`` (a ``condense.FindResult``); runs that cannot be rewritten
+    (growing channels, a single block) are left out. Keywords narrow the shared choices."""
+    runs = tuple(RunSpace(path=r.path, r=r.r, channels=r.channels, shape=tuple(r.input_shape),
+                          block_class=r.block_class)
+                 for r in found.runs if r.kind == "repeat" and r.r >= 2)
+    kw: dict[str, Any] = {}
+    if layers is not None:
+        kw["layers"] = tuple(layers)
+    if K is not None:
+        kw["K"] = (int(K[0]), int(K[1]))
+    for name, value in (("velocities", velocities), ("diffusions", diffusions), ("sources", sources),
+                        ("inits", inits)):
+        if value is not None:
+            kw[name] = tuple(value)
+    return SearchSpace(runs=runs, **kw)

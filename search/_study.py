@@ -1,0 +1,741 @@
+"""Run a budget search: the study (storage, sampler, resume, retries), the progress bar, the outputs.
+
+In: a model (spec or nn.Module), data, budgets and proxy-training options (``SearchConfig``).
+Out: ``SearchResult`` (the study, every trial and the Pareto front as DataFrames, the files written).
+Files, in the output directory (``STUDY_DIR``):
+
+    study.journal        the Optuna study (default storage; ``storage=`` a database URL instead)
+    search.json          the configuration, the storage and study name, the original model's figures
+    trials/<N>/          trial N's trained condensed model (``condense.load`` reads it)
+    trials.csv           every trial: plan, figures, state
+    front.csv            the Pareto front (``study.best_trials``: feasible trials only), by MACs
+    front.png            accuracy vs MACs, the front and the original model marked
+
+Never: loses a finished trial. Each trial is written to the storage when it ends; re-running the same
+search resumes the study (same study name, ``load_if_exists``), and ``trials`` counts the study's
+finished trials, so a resumed search runs only the rest. A trial that died mid-way is marked failed and
+retried once more with the same parameters (up to ``max_retry`` times): with a database, by Optuna's
+heartbeat (``heartbeat_interval``/``grace_period``) and ``RetryHeartbeatStaleTrialCallback``; with the
+journal file, which has no heartbeat, by this module: each running trial records its host and process
+and beats every ``heartbeat_interval`` seconds, and a RUNNING trial whose process is gone (same host) or
+whose beat is older than ``grace_period`` is failed and re-enqueued when a worker starts or finishes a
+trial. Ctrl-C (or SIGTERM) during a trial marks it failed and re-enqueues it at once.
+
+Repeatable: the sampler (NSGA-II, or TPE) draws trial N's parameters from a random stream seeded by
+(``seed``, N), so the same seed gives the same parameters, and resumed or parallel workers do not repeat
+each other's draws.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import signal
+import socket
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import optuna
+from optuna.samplers import NSGAIISampler, TPESampler
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+from torch import nn
+
+from condense import CondenseError, ConfigError, find_runs, macs_and_params
+from condense._budget import format_count, parse_budget, parse_input_size
+
+from ._objective import (STATUS_OVER, STATUS_TRAINED, Objective, measure_latency, objective_directions,
+                         objective_names)
+from ._space import SearchSpace, build_space
+
+__all__ = ["SearchConfig", "SearchResult", "run_search", "open_study", "load_config", "recover_stale_trials"]
+
+JOURNAL = "study.journal"
+CONFIG = "search.json"
+TRIALS = "trials"
+SAMPLERS = ("nsgaii", "tpe")
+_WORKER_KEY = "condense:worker"
+_BEAT_KEY = "condense:heartbeat"
+_CONFIG_KEY = "condense:config"
+_SPACE_KEY = "condense:space"
+_REFERENCE_KEY = "condense:reference"
+_MAX_FAILURES = 10  # consecutive failed trials of one worker that stop it
+# the options that define what a trial measures: a study resumed with others would mix incomparable trials
+_IDENTITY = ("model", "checkpoint", "data", "limit_train", "limit_test", "input_size", "macs", "params",
+             "epochs_per_trial", "steps_per_epoch", "batch_size", "lr", "distill", "latency", "sampler",
+             "population", "layers", "K")
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """Everything a search needs; ``run_search`` builds it from its keywords (same names)."""
+
+    model: str | None                      # timm:NAME, zoo:NAME or file.py:factory (None: an nn.Module given)
+    data: str                              # cifar10:PATH, mnist:PATH, ...
+    output: str = "searches/run"
+    macs: str | None = None                # MAC budget: 250M, 60%, ...
+    params: str | None = None              # parameter budget
+    trials: int = 40                       # finished trials the study should have
+    epochs_per_trial: int = 1
+    steps_per_epoch: int | None = None     # cap on the steps of each epoch (None: the whole split)
+    batch_size: int = 128
+    lr: float = 0.05
+    limit_train: int | None = None
+    limit_test: int | None = None
+    input_size: tuple[int, int, int] | None = None   # resize the data to this (default: the data's size)
+    checkpoint: str | None = None          # local weights for the original model
+    distill: bool = False                  # distil each trial from the original model
+    latency: bool = False                  # also minimise measured CPU latency (batch 1)
+    sampler: str = "nsgaii"
+    population: int = 10                   # NSGA-II population size
+    seed: int = 0
+    layers: tuple[str, ...] | None = None  # layer types to search (default: all)
+    K: tuple[int, int] | None = None       # K range (default 1..20)
+    storage: str | None = None             # database URL (default: STUDY_DIR/study.journal)
+    study_name: str | None = None
+    heartbeat_interval: int = 30
+    grace_period: int = 120
+    max_retry: int = 3
+    reference: bool = True                 # proxy-train the original model once, for the plot and table
+    enqueue_fit: bool = True               # first trial: condense.fit's plan for the budget
+
+    def __post_init__(self) -> None:
+        def bad(field: str, why: str) -> None:
+            raise ConfigError(f"search option {field}={getattr(self, field)!r}: {why}")
+
+        for field in ("trials", "epochs_per_trial", "batch_size", "heartbeat_interval", "grace_period"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                bad(field, "must be an integer >= 1")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            bad("steps_per_epoch", "must be >= 1")
+        if not self.lr > 0:
+            bad("lr", "must be > 0")
+        if self.sampler not in SAMPLERS:
+            bad("sampler", f"must be one of {', '.join(SAMPLERS)}")
+        if self.population < 2:
+            bad("population", "must be >= 2")
+        if self.max_retry < 0:
+            bad("max_retry", "must be >= 0")
+        if self.grace_period <= self.heartbeat_interval:
+            bad("grace_period", "must be longer than heartbeat_interval")
+        for field in ("macs", "params"):
+            if getattr(self, field) is not None:
+                parse_budget(getattr(self, field))
+        if self.input_size is not None:
+            object.__setattr__(self, "input_size", tuple(parse_input_size(self.input_size)))
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(self.layers))
+        if self.K is not None:
+            object.__setattr__(self, "K", (int(self.K[0]), int(self.K[1])))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for key in ("input_size", "layers", "K"):
+            if d[key] is not None:
+                d[key] = list(d[key])
+        return d
+
+    def identity(self) -> dict[str, Any]:
+        d = self.to_dict()
+        return {k: d[k] for k in _IDENTITY}
+
+    @property
+    def name(self) -> str:
+        return self.study_name or "condense-" + _model_name(self.model)
+
+
+@dataclasses.dataclass
+class SearchResult:
+    study: optuna.Study
+    space: SearchSpace
+    trials: Any            # pandas DataFrame: every trial
+    front: Any             # pandas DataFrame: the Pareto front
+    reference: dict[str, Any]
+    output: Path
+    files: dict[str, Path]
+    interrupted: bool = False
+
+
+def _model_name(model: str | None) -> str:
+    if not model:
+        return "model"
+    if model.startswith(("timm:", "zoo:")):
+        return model.split(":", 1)[1]
+    path, _, factory = model.rpartition(":")
+    return f"{Path(path).stem}-{factory}" if path.endswith(".py") else model.replace("/", "-")
+
+
+def _seed_of(*parts: Any) -> int:
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little")
+
+
+# --- samplers: one random stream per (seed, trial number) ------------------------------------------------
+
+class _PerTrialSeed:
+    """Mixin: reseed the sampler's random streams from (seed, trial number) before each trial."""
+
+    _condense_seed: int
+
+    def before_trial(self, study, trial):  # type: ignore[override]
+        s = _seed_of(self._condense_seed, trial.number)
+        for holder in (self, getattr(self, "_random_sampler", None)):
+            lazy = getattr(holder, "_rng", None)
+            if lazy is not None and hasattr(lazy, "rng"):
+                lazy.rng.seed(s)
+                s = _seed_of(s, 1)
+        super().before_trial(study, trial)
+
+
+class CondenseNSGAIISampler(_PerTrialSeed, NSGAIISampler):
+    """NSGA-II whose draws for trial N depend only on (seed, N) and the finished trials it sees."""
+
+    def __init__(self, seed: int = 0, **kwargs: Any):
+        super().__init__(seed=seed, **kwargs)
+        self._condense_seed = seed
+
+
+class CondenseTPESampler(_PerTrialSeed, TPESampler):
+    """TPE whose draws for trial N depend only on (seed, N) and the finished trials it sees."""
+
+    def __init__(self, seed: int = 0, **kwargs: Any):
+        super().__init__(seed=seed, **kwargs)
+        self._condense_seed = seed
+
+
+def make_sampler(config: SearchConfig) -> optuna.samplers.BaseSampler:
+    if config.sampler == "tpe":
+        return CondenseTPESampler(seed=config.seed)
+    return CondenseNSGAIISampler(seed=config.seed, population_size=config.population)
+
+
+# --- storage and study -----------------------------------------------------------------------------------
+
+def _is_journal(storage) -> bool:
+    return isinstance(storage, optuna.storages.JournalStorage)
+
+
+def make_storage(config: SearchConfig, output: Path):
+    """The journal file in ``output`` (default) or an RDB storage with heartbeats for a database URL."""
+    if config.storage is None:
+        output.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(output / JOURNAL)))
+    url = config.storage
+    if url.endswith((".journal", ".log")) and "://" not in url:
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        try:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=config.heartbeat_interval,
+                grace_period=config.grace_period,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=config.max_retry))
+        except ImportError as err:
+            raise CondenseError(f"cannot open storage {_safe_url(url)}: {err}",
+                                "install the database driver, e.g. pip install psycopg2-binary") from None
+        except Exception as err:  # sqlalchemy OperationalError etc.: one line
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CondenseError(f"cannot open storage {_safe_url(url)}: {first[:160]}",
+                                "is the database server running and the URL right?") from None
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password."""
+    if "://" in url and "@" in url:
+        scheme, rest = url.split("://", 1)
+        cred, host = rest.rsplit("@", 1)
+        user = cred.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url
+
+
+def open_study(config: SearchConfig, output: str | os.PathLike | None = None) -> optuna.Study:
+    """Create the study, or load it if it exists (same storage and study name)."""
+    out = Path(output if output is not None else config.output)
+    storage = make_storage(config, out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study = optuna.create_study(storage=storage, study_name=config.name, load_if_exists=True,
+                                    directions=objective_directions(config.latency), sampler=make_sampler(config))
+    if len(study.directions) != len(objective_directions(config.latency)):
+        raise CondenseError(f"study {config.name!r} has {len(study.directions)} objectives, this search "
+                            f"{len(objective_directions(config.latency))}",
+                            "use the same --latency setting, or another --study-name / output directory")
+    return study
+
+
+def load_config(output: str | os.PathLike) -> dict[str, Any]:
+    """``STUDY_DIR/search.json`` as written by a search."""
+    path = Path(output) / CONFIG
+    if not path.is_file():
+        raise CondenseError(f"{str(output)!r} is not a search directory (no {CONFIG})",
+                            "pass the output directory of `condense search`")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CondenseError(f"{path} is not readable JSON ({err})") from None
+
+
+def study_from_dir(output: str | os.PathLike, storage: str | None = None,
+                   study_name: str | None = None) -> tuple[optuna.Study, dict[str, Any]]:
+    """The study of a search directory (its journal, or the database named in search.json / ``storage``)."""
+    meta = load_config(output)
+    url = storage or meta["config"].get("storage")
+    if url is None:
+        journal = Path(output) / JOURNAL
+        if not journal.is_file():
+            raise CondenseError(f"{journal} does not exist", "was the search run with --storage? pass it")
+        st = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    else:
+        cfg = SearchConfig(**{**_config_kwargs(meta["config"]), "storage": url})
+        st = make_storage(cfg, Path(output))
+    name = study_name or meta["study_name"]
+    try:
+        study = optuna.load_study(study_name=name, storage=st)
+    except KeyError:
+        raise CondenseError(f"no study {name!r} in the storage", "pass --study-name") from None
+    return study, meta
+
+
+def _config_kwargs(d: dict[str, Any]) -> dict[str, Any]:
+    fields = {f.name for f in dataclasses.fields(SearchConfig)}
+    out = {k: v for k, v in d.items() if k in fields}
+    for key in ("input_size", "layers", "K"):
+        if out.get(key) is not None:
+            out[key] = tuple(out[key])
+    return out
+
+
+# --- stale and interrupted trials ------------------------------------------------------------------------
+
+def _proc_start(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):  # zombie / dead
+        return None
+    return fields[19]  # starttime (field 22 of stat; fields here start at field 3)
+
+
+def _alive(pid: int, start: str | None) -> bool:
+    if Path("/proc").is_dir():
+        now = _proc_start(pid)
+        return now is not None and (start is None or now == start)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _worker_info() -> dict[str, Any]:
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "start": _proc_start(pid)}
+
+
+def _is_stale(trial, grace: float, now: float) -> bool:
+    worker = trial.system_attrs.get(_WORKER_KEY)
+    if worker and worker.get("host") == socket.gethostname() and not _alive(int(worker["pid"]), worker.get("start")):
+        return True
+    beat = trial.system_attrs.get(_BEAT_KEY)
+    if beat is None and trial.datetime_start is not None:
+        beat = trial.datetime_start.timestamp()
+    return beat is not None and now - float(beat) > grace
+
+
+def recover_stale_trials(study: optuna.Study, grace_period: float, max_retry: int | None = 3) -> list[int]:
+    """Journal storage: fail RUNNING trials whose worker is gone and re-enqueue their parameters.
+
+    A trial is stale when its process is gone (same host) or its heartbeat is older than ``grace_period``
+    seconds. Only one worker can fail a trial (the storage refuses a second state change), so each stale
+    trial is retried once. Returns the numbers of the trials failed here. (RDB storages: Optuna does this.)
+    """
+    if not _is_journal(study._storage):
+        return []
+    failed = []
+    now = time.time()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not _is_stale(t, grace_period, now):
+            continue
+        try:
+            if not study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker failed it (and retries it)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry(study, copy.deepcopy(study._storage.get_trial(t._trial_id)))
+        failed.append(t.number)
+    return failed
+
+
+class _Heartbeat:
+    """For the journal storage: record the worker of a trial and beat every ``interval`` seconds."""
+
+    def __init__(self, trial: optuna.Trial, interval: float):
+        self.trial, self.interval = trial, interval
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True, name=f"condense-heartbeat-{trial.number}")
+
+    def _beat(self) -> bool:
+        try:
+            self.trial.storage.set_trial_system_attr(self.trial._trial_id, _BEAT_KEY, time.time())
+            return True
+        except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+            return False
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.interval):
+            if not self._beat():
+                return
+
+    def __enter__(self):
+        self.trial.storage.set_trial_system_attr(self.trial._trial_id, _WORKER_KEY, _worker_info())
+        self._beat()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt (as Ctrl-C does), so the trial under way is failed and retried."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+# --- the search ------------------------------------------------------------------------------------------
+
+def _build_original(config: SearchConfig, model: nn.Module | None, num_classes: int):
+    """(model, spec, model_kwargs): the original model with the data's classes (and local weights)."""
+    from condense._models import build_model, load_checkpoint, parse_model_spec
+
+    if model is not None:
+        net = copy.deepcopy(model)
+        spec, kwargs = None, {}
+    else:
+        spec = parse_model_spec(config.model)
+        if spec.kind == "file":  # load() works from any directory
+            spec = dataclasses.replace(spec, path=str(Path(spec.path).resolve()))
+        kwargs = {"num_classes": num_classes}
+        try:
+            net = build_model(spec, **kwargs)
+        except TypeError:  # a factory without num_classes
+            kwargs = {}
+            net = build_model(spec)
+    if config.checkpoint:
+        load_checkpoint(net, config.checkpoint)
+    return net, spec, kwargs
+
+
+def _train_config(config: SearchConfig):
+    from condense.train import TrainConfig
+
+    return TrainConfig(epochs=config.epochs_per_trial, batch_size=config.batch_size, lr=config.lr,
+                       seed=config.seed, max_steps_per_epoch=config.steps_per_epoch)
+
+
+def _counts(trials) -> dict[str, int]:
+    out = {"done": 0, "over": 0, "failed": 0, "running": 0, "trained": 0}
+    for t in trials:
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            out["done"] += 1
+            status = t.user_attrs.get("status")
+            out["over"] += status == STATUS_OVER
+            out["trained"] += status == STATUS_TRAINED
+        elif t.state == TrialState.FAIL:
+            out["failed"] += 1
+        elif t.state == TrialState.RUNNING:
+            out["running"] += 1
+    return out
+
+
+class _Progress:
+    """The rich progress bar: trials done (all workers), front size, over budget, elapsed, remaining."""
+
+    def __init__(self, total: int, enabled: bool, console=None):
+        self.total, self.enabled = total, enabled
+        self.t0 = time.perf_counter()
+        self.done_at_start: int | None = None
+        self.bar = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("front {task.fields[front]}"), TextColumn("{task.fields[extra]}"),
+                                TimeElapsedColumn(), TextColumn("{task.fields[eta]}"), console=console)
+            self.task = self.bar.add_task("search", total=total, front=0, extra="", eta="")
+
+    def __enter__(self):
+        if self.bar:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar:
+            self.bar.stop()
+
+    def phase(self, text: str) -> None:
+        if self.bar:
+            self.bar.update(self.task, description=text)
+
+    def update(self, study: optuna.Study) -> None:
+        if not self.bar:
+            return
+        trials = study.get_trials(deepcopy=False)
+        c = _counts(trials)
+        if self.done_at_start is None:
+            self.done_at_start = c["done"]
+        front = len(study.best_trials)
+        new = c["done"] - self.done_at_start
+        elapsed = time.perf_counter() - self.t0
+        left = max(self.total - c["done"], 0)
+        eta = f"~{_hms(elapsed / new * left)} left" if new > 0 and left else ""
+        extra = ", ".join(f"{n} {what}" for n, what in ((c["over"], "over budget"), (c["failed"], "failed"),
+                                                         (c["running"], "running")) if n)
+        self.bar.update(self.task, completed=min(c["done"], self.total), front=front, extra=extra, eta=eta)
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    return f"{h}:{rem // 60:02d}:{rem % 60:02d}"
+
+
+def _reference(objective: Objective, config: SearchConfig) -> dict[str, Any]:
+    """The original model's figures (and its accuracy after the same proxy training, if asked)."""
+    from . import _objective
+
+    ref: dict[str, Any] = {"macs": objective.macs_before, "params": objective.params_before, "accuracy": None}
+    if config.reference:
+        model = copy.deepcopy(objective.model)
+        res = _objective.train(model, objective.data, objective.train_config, teacher=objective.teacher,
+                               progress=False)
+        ref["accuracy"] = float(res.metrics["test_acc"])
+        if config.latency:
+            ref["latency_ms"] = measure_latency(model, objective.input_size)
+    return ref
+
+
+def _enqueue_fit(study: optuna.Study, space: SearchSpace, model: nn.Module, config: SearchConfig,
+                 input_size) -> None:
+    """Give the search a feasible start: condense.fit's plan for the budget, as the first trial."""
+    from condense import fit
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = fit(model, macs=config.macs, params=config.params, input_size=input_size)
+    except CondenseError:
+        return
+    ms = {row.path: row.m for row in res.rows}
+    Ks = [c.options.get("K", 5) for c in res.plan.choices.values()]
+    try:
+        params = space.params_of_plan(ms, K=Ks[0] if Ks else 5)
+    except CondenseError:
+        return
+    study.enqueue_trial(params, skip_if_exists=True)
+
+
+def run_search(model: str | nn.Module, data: str, *, output: str | os.PathLike | None = None,
+               progress: bool = True, console=None, on_trial: Callable[[optuna.Study, Any], None] | None = None,
+               **options: Any) -> SearchResult:
+    """Search plans for ``model`` (a spec like ``timm:resnet18`` or an ``nn.Module``) on ``data``.
+
+    Keywords are ``SearchConfig``'s fields: ``macs``/``params`` (budgets, hard constraints), ``trials``
+    (finished trials the study should have), ``epochs_per_trial``, ``steps_per_epoch``, ``batch_size``,
+    ``lr``, ``limit_train``/``limit_test``, ``input_size``, ``checkpoint``, ``distill``, ``latency``,
+    ``sampler`` (nsgaii or tpe), ``population``, ``seed``, ``layers``, ``K`` ((lo, hi)), ``storage`` (a
+    database URL; default: a journal file in ``output``), ``study_name``, ``heartbeat_interval``,
+    ``grace_period``, ``max_retry``, ``reference``, ``enqueue_fit``. Re-running with the same output (or
+    storage and study name) resumes the study. Returns a ``SearchResult``; writes the files listed in the
+    module docstring.
+    """
+    from condense.data import load_data
+
+    spec_text = model if isinstance(model, str) else None
+    out = Path(output) if output is not None else Path("searches") / _model_name(spec_text)
+    config = SearchConfig(model=spec_text, data=str(data), output=str(out), **options)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    bundle = load_data(config.data, limit_train=config.limit_train, limit_test=config.limit_test,
+                       input_size=config.input_size)
+    original, spec, model_kwargs = _build_original(config, None if spec_text else model, bundle.num_classes)
+    size = tuple(bundle.input_size)
+    found = find_runs(original, size)
+    macs0, params0 = found.total_macs, found.total_params
+    if macs0 is None:
+        macs0, params0 = macs_and_params(original, size)
+    macs_b = parse_budget(config.macs).resolve(macs0) if config.macs is not None else None
+    params_b = parse_budget(config.params).resolve(params0) if config.params is not None else None
+    space = build_space(found, layers=config.layers, K=config.K)
+
+    study = open_study(config, out)
+    _check_same_search(study, config, space)
+    (out / TRIALS).mkdir(parents=True, exist_ok=True)
+
+    teacher = copy.deepcopy(original).eval() if config.distill else None
+    objective = Objective(space=space, model=original, found=found, data=bundle, train_config=_train_config(config),
+                          trials_dir=out / TRIALS, macs_before=macs0, params_before=params0, macs_budget=macs_b,
+                          params_budget=params_b, teacher=teacher, latency=config.latency, spec=spec,
+                          model_kwargs=model_kwargs, checkpoint=config.checkpoint, study_name=config.name)
+    journal = _is_journal(study._storage)
+    recover_stale_trials(study, config.grace_period, config.max_retry)
+    if not study.get_trials(deepcopy=False) and config.enqueue_fit and (macs_b is not None or params_b is not None):
+        _enqueue_fit(study, space, original, config, size)
+
+    reference = study.user_attrs.get(_REFERENCE_KEY)
+    bar = _Progress(config.trials, progress, console)
+    interrupted = False
+    with bar, _sigterm_as_interrupt():
+        try:
+            if reference is None:
+                bar.phase("training the original model (reference)" if config.reference else "reference")
+                reference = {**_reference(objective, config), "macs_budget": macs_b, "params_budget": params_b}
+                study.set_user_attr(_REFERENCE_KEY, reference)
+            _write_config(out, config, study, space, reference)
+            objective.phase = bar.phase
+            bar.update(study)
+            _optimize(study, objective, config, journal, bar, on_trial)
+        except KeyboardInterrupt:
+            interrupted = True
+    result = _finish(study, space, reference or {}, out, interrupted)
+    if interrupted:
+        raise _Interrupted(result)
+    return result
+
+
+class _Interrupted(KeyboardInterrupt):
+    """KeyboardInterrupt carrying what was finished (its outputs are written)."""
+
+    def __init__(self, result: SearchResult):
+        super().__init__("search interrupted")
+        self.result = result
+
+
+def _check_same_search(study: optuna.Study, config: SearchConfig, space: SearchSpace) -> None:
+    ident, space_d = config.identity(), space.to_dict()
+    stored = study.user_attrs.get(_CONFIG_KEY)
+    if stored is None:
+        study.set_user_attr(_CONFIG_KEY, ident)
+        study.set_user_attr(_SPACE_KEY, space_d)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(objective_names(config.latency))
+        return
+    diff = [k for k in _IDENTITY if json.dumps(stored.get(k)) != json.dumps(ident.get(k))]
+    if diff:
+        shown = ", ".join(f"{k}: {stored.get(k)!r} -> {ident.get(k)!r}" for k in diff[:3])
+        raise CondenseError(f"study {config.name!r} was started with other options ({shown})",
+                            "resume with the same options, or use another output directory / --study-name")
+    if study.user_attrs.get(_SPACE_KEY) != json.loads(json.dumps(space_d)):
+        raise CondenseError(f"study {config.name!r} has another search space", "use another --study-name")
+
+
+def _write_config(out: Path, config: SearchConfig, study: optuna.Study, space: SearchSpace,
+                  reference: dict[str, Any]) -> None:
+    d = config.to_dict()
+    meta = {"format": "condense-search/1", "study_name": study.study_name, "config": d,
+            "objectives": objective_names(config.latency), "reference": reference, "space": space.to_dict()}
+    tmp = out / (CONFIG + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    os.replace(tmp, out / CONFIG)
+
+
+def _optimize(study: optuna.Study, objective: Objective, config: SearchConfig, journal: bool, bar: _Progress,
+              on_trial) -> None:
+    done_states = (TrialState.COMPLETE, TrialState.PRUNED)
+
+    def n_done() -> int:
+        return len(study.get_trials(deepcopy=False, states=done_states))
+
+    failures: list[Any] = [0, ""]  # consecutive failed trials of this worker, the last error
+
+    def wrapped(trial: optuna.Trial):
+        beat = _Heartbeat(trial, config.heartbeat_interval) if journal else contextlib.nullcontext()
+        with beat:
+            try:
+                return objective(trial)
+            except CondenseError as err:  # this plan cannot be built or counted: recorded, not retried
+                trial.set_user_attr("status", "failed")
+                trial.set_user_attr("error", str(err))
+                raise
+            except KeyboardInterrupt:
+                # the trial is failed by Optuna; queue it again so that a resumed search runs it
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    RetryHeartbeatStaleTrialCallback(max_retry=config.max_retry)(
+                        study, copy.deepcopy(study._storage.get_trial(trial._trial_id)))
+                raise
+
+    def after(study: optuna.Study, trial) -> None:
+        failures[0] = failures[0] + 1 if trial.state == TrialState.FAIL else 0
+        failures[1] = trial.user_attrs.get("error", failures[1])
+        if failures[0] >= _MAX_FAILURES:
+            study.stop()
+        recover_stale_trials(study, config.grace_period, config.max_retry)
+        bar.phase("search")
+        bar.update(study)
+        if on_trial is not None:
+            on_trial(study, trial)
+        if n_done() >= config.trials:
+            study.stop()
+
+    if n_done() >= config.trials:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.optimize(wrapped, callbacks=[after], catch=(CondenseError,), gc_after_trial=False)
+    if failures[0] >= _MAX_FAILURES:
+        raise CondenseError(f"{_MAX_FAILURES} trials in a row failed; the last: {failures[1] or 'see trials.csv'}",
+                            "narrow the space (--layers, --K) or check the model")
+
+
+def _finish(study: optuna.Study, space: SearchSpace, reference: dict[str, Any], out: Path,
+            interrupted: bool) -> SearchResult:
+    from ._pareto import front_frame, trials_frame, write_csv
+    from ._plot import plot_front
+
+    trials = trials_frame(study, space)
+    front = front_frame(study, space, trials)
+    files = {"trials": write_csv(trials, out / "trials.csv"), "front": write_csv(front, out / "front.csv")}
+    try:
+        files["plot"] = plot_front(trials, out / "front.png", reference=reference,
+                                   title=f"{study.study_name}: accuracy vs MACs")
+    except ImportError:
+        pass  # matplotlib is optional (pip install condense[plot])
+    return SearchResult(study=study, space=space, trials=trials, front=front, reference=reference, output=out,
+                        files=files, interrupted=interrupted)
+
+
+def format_reference(reference: dict[str, Any]) -> str:
+    acc = reference.get("accuracy")
+    return (f"original: {format_count(reference.get('macs', 0))} MACs, {format_count(reference.get('params', 0))} "
+            f"params" + (f", proxy accuracy {acc:.4f}" if acc is not None and not math.isnan(acc) else ""))

@@ -1,0 +1,378 @@
+"""condense search: the space, budgets as constraints, seeding, resume and retries, outputs, export, workers.
+
+Everything runs on a tiny CIFAR-style net (a file factory written here, two runs of three blocks) and a
+tiny MNIST-format npz with a learnable signal, so a trained trial takes a fraction of a second.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+import condense
+import search
+import search._objective as objective_module
+from condense.pde import layer_names
+from condense.pde._global_layer import DIFFUSIONS, SOURCES, VELOCITIES
+from search import build_space, export_main, run_search, search_main
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_URL = os.environ.get("CONDENSE_TEST_PG_URL")
+
+NET = '''
+import torch
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self, c, stride=1, cin=None):
+        super().__init__()
+        cin = cin or c
+        self.conv1 = nn.Conv2d(cin, c, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.conv2 = nn.Conv2d(c, c, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+        self.short = None if stride == 1 and cin == c else nn.Sequential(
+            nn.Conv2d(cin, c, 1, stride, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        return torch.relu(out + (x if self.short is None else self.short(x)))
+
+
+class TinyNet(nn.Module):
+    def __init__(self, num_classes=10, widths=(8, 12)):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, widths[0], 3, 2, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU())
+        self.layer1 = nn.Sequential(*[Block(widths[0]) for _ in range(3)])
+        self.layer2 = nn.Sequential(Block(widths[1], 2, widths[0]), Block(widths[1]), Block(widths[1]))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(widths[1], num_classes))
+
+    def forward(self, x):
+        return self.head(self.layer2(self.layer1(self.stem(x))))
+
+
+def tiny(num_classes=10):
+    return TinyNet(num_classes)
+'''
+
+# small and quick: 4 steps of 32 images per trial, 64 validation images
+FAST = dict(batch_size=32, steps_per_epoch=4, limit_test=64, population=4, lr=0.05)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    d = tmp_path_factory.mktemp("search")
+    (d / "tinynet.py").write_text(NET)
+    rng = np.random.default_rng(0)
+
+    def make(n):
+        y = rng.integers(0, 10, n)
+        x = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+        for i, k in enumerate(y):
+            x[i, 2 * k + 4: 2 * k + 6, 4:24] = 255
+        return x, y.astype(np.int64)
+
+    xtr, ytr = make(256)
+    xte, yte = make(128)
+    np.savez(d / "mnist.npz", x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+    return {"model": f"{d / 'tinynet.py'}:tiny", "data": f"mnist:{d / 'mnist.npz'}", "dir": d}
+
+
+def _spy(monkeypatch):
+    """Wrap the objective's train: record (MACs of the model trained, the model) per call."""
+    calls = []
+    real = objective_module.train
+
+    def spy(model, data, config, **kw):
+        macs, _ = condense.macs_and_params(model, data.input_size)
+        res = real(model, data, config, **kw)
+        calls.append({"macs": macs, "model": model})
+        return res
+
+    monkeypatch.setattr(objective_module, "train", spy)
+    return calls
+
+
+def _journal_study(out: Path) -> optuna.Study:
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(out / "study.journal")))
+    name = optuna.get_all_study_names(storage)[0]
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def _worker_cmd(env, out, trials, *extra):
+    code = ("import sys, torch; torch.set_num_threads(1); from search import search_main; "
+            "sys.exit(search_main(sys.argv[1:]))")
+    return [sys.executable, "-c", code, env["model"], "--data", env["data"], "-o", str(out), "--trials", str(trials),
+            "--batch-size", "32", "--steps-per-epoch", "4", "--limit-test", "64", "--population", "4",
+            "--no-reference", "--no-progress", *extra]
+
+
+def _popen(cmd):
+    envvars = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(cmd, cwd=ROOT, env=envvars, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+# --- the space ---------------------------------------------------------------------------------------------
+
+def test_space_covers_layer_K_options_init_m_and_on_off(env, capsys):
+    model = condense.build_model(env["model"])
+    found = condense.find_runs(model, (1, 28, 28))
+    space = build_space(found)
+    dists = space.distributions()
+    assert set(dists["layer"].choices) == set(layer_names())
+    assert (dists["K"].low, dists["K"].high) == (1, 20)
+    assert set(dists["velocity"].choices) == set(VELOCITIES)
+    assert set(dists["diffusion"].choices) == set(DIFFUSIONS)
+    assert set(dists["source"].choices) == set(SOURCES)
+    assert set(dists["init"].choices) == {"input", "block"}
+    assert [r.path for r in space.runs] == ["layer1", "layer2"]
+    for run in space.runs:  # per run: condensed or not, and m in 1..r-1 (m = r is "not condensed")
+        assert set(dists[f"condense[{run.path}]"].choices) == {True, False}
+        assert (dists[f"m[{run.path}]"].low, dists[f"m[{run.path}]"].high) == (1, run.r - 1)
+    assert len(dists) == 6 + 2 * len(space.runs)  # shared choices are one parameter each for the model
+
+    base = dict(layer="global", K=3, init="input", velocity="zero", diffusion="dwconv", source="none")
+    params = {**base, "condense[layer1]": True, "m[layer1]": 2, "condense[layer2]": False, "m[layer2]": 1}
+    plan = space.plan(params)
+    assert list(plan.choices) == ["layer1"]
+    choice = plan.choices["layer1"]
+    assert (choice.m, choice.layer, choice.init) == (2, "global", "input")
+    assert choice.options == {"K": 3, "velocity": "zero", "diffusion": "dwconv", "source": "none"}
+    eff = space.effective({**params, "layer": "implicit_rd"})
+    assert eff["velocity"] is None and eff["m[layer2]"] == 3 and eff["m[layer1]"] == 2
+    assert space.plan({**params, "layer": "implicit_rd"}).choices["layer1"].options == {"K": 3}
+    assert not space.plan({**params, "condense[layer1]": False}).choices  # all off: the original model
+
+    x = torch.randn(2, 1, 28, 28)
+    for layer in layer_names():  # every layer type of the space builds and runs, with both initial guesses
+        for init in ("input", "block"):
+            p = {**params, "layer": layer, "init": init, "condense[layer2]": True}
+            out = condense.rewrite(model, found, space.plan(p).choices).module.eval()(x)
+            assert out.shape == (2, 10) and torch.isfinite(out).all()
+
+    assert search_main([env["model"], "--input-size", "1x28x28", "--show-space"]) == 0
+    shown = capsys.readouterr().out
+    for name in ("layer", "K", "velocity", "diffusion", "source", "init", "condense[layer1]", "m[layer2]"):
+        assert name in shown
+    assert search_main([env["model"], "--budget", "1M"]) == 1  # no --data: one line, exit 1
+    assert "--data is required" in capsys.readouterr().err
+
+
+# --- a search: budgets, outputs, export --------------------------------------------------------------------
+
+def test_budget_constraint_front_outputs_and_export(env, tmp_path, monkeypatch):
+    calls = _spy(monkeypatch)
+    out = tmp_path / "s"
+    res = run_search(env["model"], env["data"], output=out, macs="60%", trials=10, progress=False, **FAST)
+    budget = res.reference["macs_budget"]
+    study = res.study
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == 10
+    over = [t for t in done if t.user_attrs["status"] == "over budget"]
+    trained = [t for t in done if t.user_attrs["status"] == "trained"]
+    assert over and trained, "the tiny space should give both kinds"
+    # over-budget plans were counted and recorded, never trained, never saved, never on the front
+    assert len(calls) == 1 + len(trained)  # the reference (the original, proxy-trained) and the trained trials
+    assert all(c["macs"] <= budget for c in calls[1:])
+    assert calls[0]["macs"] == res.reference["macs"] > budget
+    for t in over:
+        assert t.constraints["macs"] > 0 and t.values[0] == 0.0 and t.user_attrs["macs"] > budget
+        assert not (out / "trials" / str(t.number)).exists()
+    front = {t.number for t in study.best_trials}
+    assert front and front <= {t.number for t in trained}
+    assert all(t.constraints["macs"] <= 0 for t in study.best_trials)
+    assert set(res.front["trial"]) == front and (res.front["macs"] <= budget).all()
+    # the data and the files
+    for name in ("trials.csv", "front.csv", "front.png", "search.json", "study.journal"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0
+    assert (out / "front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import pandas as pd
+    csv = pd.read_csv(out / "front.csv")
+    assert set(csv["trial"]) == front and {"accuracy", "macs", "params", "layer", "K", "m[layer1]", "plan"} <= set(csv)
+    assert len(pd.read_csv(out / "trials.csv")) == 10
+    # the first trial is condense's own plan for the budget (a feasible start)
+    assert done[0].user_attrs["status"] == "trained"
+
+    # export a front trial: condense.load gives what the trained model of that trial gives
+    number = int(res.front.iloc[0]["trial"])
+    trained_model = calls[1 + [t.number for t in trained].index(number)]["model"].eval()
+    dest = tmp_path / "exported"
+    assert export_main([str(out), "--trial", str(number), "-o", str(dest)]) == 0
+    loaded = condense.load(dest)
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), trained_model(x))
+    meta = json.loads((dest / "condensed.json").read_text())
+    assert meta["search"]["trial"] == number and meta["counts"]["macs_after"] <= budget
+    assert export_main([str(out), "--trial", str(over[0].number)]) == 1  # nothing trained to export
+    assert export_main([str(out), "--trial", "999"]) == 1
+
+    # re-running the finished search changes nothing (the study already has its trials)
+    calls.clear()
+    again = run_search(env["model"], env["data"], output=out, macs="60%", trials=10, progress=False, **FAST)
+    assert not calls and len(again.study.trials) == len(study.trials)
+    with pytest.raises(condense.CondenseError, match="other options"):
+        run_search(env["model"], env["data"], output=out, macs="50%", trials=10, progress=False, **FAST)
+
+
+def test_same_seed_same_params(env, tmp_path, monkeypatch):
+    monkeypatch.setattr(objective_module, "train", _fake_train)
+    kw = dict(trials=6, progress=False, reference=False, enqueue_fit=False, **{**FAST, "population": 2})
+    runs = [run_search(env["model"], env["data"], output=tmp_path / name, seed=seed, **kw).study
+            for name, seed in (("a", 7), ("b", 7), ("c", 8))]
+    params = [[t.params for t in s.trials] for s in runs]
+    assert len(params[0]) == 6 and params[0] == params[1]  # NSGA-II's first and later generations
+    assert params[0] != params[2]
+
+
+def _fake_train(model, data, config, **kw):
+    """Deterministic stand-in for training: accuracy from the parameter count (keeps the seeding test fast)."""
+    n = sum(p.numel() for p in model.parameters())
+    return condense.TrainResult(metrics={"test_acc": (n % 97) / 97}, history=[], model=model)
+
+
+# --- interruption, killed workers, several workers -----------------------------------------------------------
+
+def test_ctrl_c_keeps_finished_trials_and_retries_the_interrupted_one(env, tmp_path, monkeypatch):
+    real = objective_module.train
+    n = {"calls": 0}
+
+    def interrupt_third(model, data, config, **kw):
+        n["calls"] += 1
+        if n["calls"] == 3:
+            raise KeyboardInterrupt
+        return real(model, data, config, **kw)
+
+    monkeypatch.setattr(objective_module, "train", interrupt_third)
+    out = tmp_path / "s"
+    kw = dict(output=out, trials=4, progress=False, reference=False, enqueue_fit=False, **FAST)
+    with pytest.raises(KeyboardInterrupt) as info:
+        run_search(env["model"], env["data"], **kw)
+    first = info.value.result.study
+    ended = (TrialState.COMPLETE, TrialState.PRUNED)  # PRUNED: the training of that plan diverged
+    finished = {t.number: t.values for t in first.get_trials(states=ended)}
+    failed = first.get_trials(states=(TrialState.FAIL,))
+    assert len(finished) == 2 and len(failed) == 1 and failed[0].number == 2
+    assert (out / "front.csv").is_file()  # outputs written for what was finished
+
+    res = run_search(env["model"], env["data"], **kw)  # the same call resumes
+    trials = res.study.trials
+    assert {t.number: t.values for t in trials if t.number in finished} == finished
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == failed[0].number]
+    assert len(retry) == 1 and retry[0].state in ended and retry[0].params == failed[0].params
+    assert len(res.study.get_trials(states=ended)) == 4
+
+
+def _two_workers(env, out, trials, *extra, kill_one=False):
+    """Two worker processes on one study; with ``kill_one``, SIGKILL the first in the middle of a trial
+    (after the study has two finished trials). Returns the number of the trial it was killed in."""
+    procs = [_popen(_worker_cmd(env, out, trials, *extra)) for _ in range(2)]
+    killed = None
+    try:
+        deadline = time.time() + 120
+        while kill_one and killed is None and time.time() < deadline and procs[0].poll() is None:
+            time.sleep(0.05)
+            try:
+                study = _journal_study(out)
+            except (IndexError, KeyError, OSError):
+                continue  # the study is not created yet
+            done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+            mine = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                    if t.system_attrs.get("condense:worker", {}).get("pid") == procs[0].pid]
+            if len(done) >= 2 and mine:
+                procs[0].send_signal(signal.SIGKILL)
+                killed = mine[0].number
+        logs = [p.communicate(timeout=150)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    if kill_one:
+        assert killed is not None and procs[0].returncode == -signal.SIGKILL, logs[0][-3000:]
+    for p, log in list(zip(procs, logs))[1 if kill_one else 0:]:
+        assert p.returncode == 0, log[-3000:]
+    return killed
+
+
+def _check_shared(study, trials, out, killed=None):
+    """Every trial was run once and finished (the killed one failed and was retried once, by the other
+    worker); nothing is left running; each finished trial saved its model."""
+    ended = (TrialState.COMPLETE, TrialState.PRUNED)
+    all_trials = study.get_trials(deepcopy=False)
+    assert [t.number for t in all_trials] == list(range(len(all_trials)))
+    done = [t for t in all_trials if t.state in ended]
+    assert trials <= len(done) <= trials + 1  # a worker may finish one trial past the target
+    others = [t for t in all_trials if t.state not in ended]
+    if killed is None:
+        assert not others, [(t.number, t.state) for t in others]
+    else:
+        assert [t.number for t in others] == [killed] and others[0].state == TrialState.FAIL
+        retry = [t for t in all_trials if t.system_attrs.get("failed_trial") == killed]
+        assert len(retry) == 1 and retry[0].state in ended and retry[0].params == others[0].params
+    for t in done:
+        if t.state == TrialState.COMPLETE:
+            assert (out / "trials" / str(t.number) / "condensed.json").is_file()
+    return {t.system_attrs.get("condense:worker", {}).get("pid") for t in all_trials} - {None}
+
+
+def test_two_workers_share_a_journal_study_and_survive_a_killed_one(env, tmp_path):
+    out = tmp_path / "s"
+    killed = _two_workers(env, out, 8, kill_one=True)
+    study = _journal_study(out)
+    pids = _check_shared(study, 8, out, killed)
+    assert len(pids) == 2  # both workers ran trials
+    before = {t.number: (t.state, t.values) for t in study.trials}
+
+    # re-running the same search resumes it: nothing finished is lost, the study grows to the new target
+    res = run_search(env["model"], env["data"], output=out, trials=10, progress=False, reference=False, **FAST)
+    after = {t.number: (t.state, t.values) for t in res.study.trials}
+    assert {n: after[n] for n in before} == before
+    assert len(res.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 10
+    assert not res.study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+
+
+def test_resume_retries_a_trial_left_running_by_a_dead_worker(env, tmp_path):
+    """What SIGKILL leaves behind, made directly: a RUNNING trial whose worker process is gone."""
+    out = tmp_path / "s"
+    kw = dict(output=out, progress=False, reference=False, enqueue_fit=False, **FAST)
+    first = run_search(env["model"], env["data"], trials=2, **kw)
+    study = _journal_study(out)
+    dead = subprocess.Popen(["true"])  # a process that is gone by the time the search resumes
+    dead.wait()
+    trial = study.ask()
+    params = first.space.suggest(trial)  # a worker asks, suggests its parameters, records itself, dies
+    study._storage.set_trial_system_attr(trial._trial_id, "condense:worker",
+                                         {"host": socket.gethostname(), "pid": dead.pid, "start": None})
+    res = run_search(env["model"], env["data"], trials=3, **kw)
+    t = res.study.trials
+    assert t[2].state == TrialState.FAIL and t[3].system_attrs["failed_trial"] == 2 and t[3].params == params
+    assert t[3].state in (TrialState.COMPLETE, TrialState.PRUNED) and len(t) == 4
+
+
+@pytest.mark.skipif(not PG_URL, reason="CONDENSE_TEST_PG_URL is unset (bash .ci/postgres.sh starts a server)")
+def test_two_workers_share_a_postgres_study(env, tmp_path):
+    out = tmp_path / "s"
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    _two_workers(env, out, 8, "--storage", PG_URL, "--study-name", name)
+    study = optuna.load_study(study_name=name, storage=PG_URL)
+    try:
+        _check_shared(study, 8, out)
+        assert json.loads((out / "search.json").read_text())["config"]["storage"] == PG_URL
+        number = study.best_trials[0].number
+        assert export_main([str(out), "--trial", str(number), "-o", str(tmp_path / "e")]) == 0
+        assert condense.load(tmp_path / "e")(torch.randn(1, 1, 28, 28)).shape == (1, 10)
+    finally:
+        optuna.delete_study(study_name=name, storage=PG_URL)
