@@ -186,7 +186,7 @@ def _resolve(budget: str | float | Budget | None, original: int) -> float | None
 
 def fit(model: nn.Module, macs: str | float | Budget | None = None, params: str | float | Budget | None = None,
         input_size: Sequence[int] | None = None, *, layer: str = "global", init: str | None = None,
-        K: int | None = None, preserve: bool = False, progress: Progress | None = None,
+        K: int | None = None, preserve: bool = False, seed: int | None = 0, progress: Progress | None = None,
         **layer_options: Any) -> FitResult:
     """Choose a plan that meets every budget given (MACs and/or parameters) and apply it.
 
@@ -197,8 +197,14 @@ def fit(model: nn.Module, macs: str | float | Budget | None = None, params: str 
     PDE steps (default: 5, adjusted to the budget). ``preserve``: for pretrained weights, start every new
     layer as the identity on its initial guess, a copy of the first replaced block (``init="block"``,
     ``zero_init=True`` and learned diffusion for the Global layer), so the condensed model first computes
-    what the original computed minus the blocks after it. Other keywords are layer options.
+    what the original computed minus the blocks after it. ``seed`` fixes the new layers' initial weights
+    (None: the global random state). Other keywords are layer options.
     """
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return fit(model, macs, params, input_size, layer=layer, init=init, K=K, preserve=preserve, seed=None,
+                       progress=progress, **layer_options)
     say = progress or (lambda _msg: None)
     if preserve:
         init = init or "block"

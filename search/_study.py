@@ -230,6 +230,7 @@ def make_storage(config: SearchConfig, output: Path):
     url = config.storage
     if url.endswith((".journal", ".log")) and "://" not in url:
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url))
+    url = database_url(url)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
@@ -244,6 +245,19 @@ def make_storage(config: SearchConfig, output: Path):
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CondenseError(f"cannot open storage {_safe_url(url)}: {first[:160]}",
                                 "is the database server running and the URL right?") from None
+
+
+def database_url(url: str) -> str:
+    """``postgresql://...`` with the driver that is installed: SQLAlchemy 2.1 means psycopg (3) by default,
+    this project's driver is psycopg2-binary, so the URL names ``postgresql+psycopg2`` when only it is there."""
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("postgresql", "postgres"):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+            return f"postgresql+psycopg2://{rest}"
+        return f"postgresql://{rest}"
+    return url
 
 
 def _safe_url(url: str) -> str:

@@ -367,12 +367,12 @@ def test_two_workers_share_a_postgres_study(env, tmp_path):
     out = tmp_path / "s"
     name = f"test-{uuid.uuid4().hex[:8]}"
     _two_workers(env, out, 8, "--storage", PG_URL, "--study-name", name)
-    study = optuna.load_study(study_name=name, storage=PG_URL)
+    study, meta = search.study_from_dir(out)  # the database URL recorded in search.json
     try:
+        assert meta["config"]["storage"] == PG_URL and study.study_name == name
         _check_shared(study, 8, out)
-        assert json.loads((out / "search.json").read_text())["config"]["storage"] == PG_URL
         number = study.best_trials[0].number
         assert export_main([str(out), "--trial", str(number), "-o", str(tmp_path / "e")]) == 0
         assert condense.load(tmp_path / "e")(torch.randn(1, 1, 28, 28)).shape == (1, 10)
     finally:
-        optuna.delete_study(study_name=name, storage=PG_URL)
+        optuna.delete_study(study_name=name, storage=study._storage)
