@@ -36,6 +36,8 @@ other commands (each has --help):
   condense count MODEL_OR_DIR      MACs and parameters per module
   condense train MODEL_OR_DIR --data SPEC --epochs N [--teacher MODEL]   train / distil
   condense recipe list | footprint [FILE...] | run FILE [--epochs N]      the paper's experiments
+  condense search MODEL --data SPEC --budget B --trials N                Pareto search (Optuna)
+  condense export STUDY_DIR --trial N                                    a searched plan as a model dir
 """
 
 
@@ -392,6 +394,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rich.console import Console
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("search", "export"):  # the Optuna search lives in the top-level search package
+        from search import export_main, search_main
+
+        return (search_main if argv[0] == "search" else export_main)(argv[1:])
     if argv and argv[0] in SUBCOMMANDS:
         args = _sub_parser(argv[0]).parse_args(argv[1:])
         runner = {"find": _run_find, "count": _run_count, "train": _run_train, "recipe": _run_recipe}[argv[0]]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Sequence
 
 from condense import CondenseError
@@ -50,7 +49,9 @@ def search_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="SPEC", help="training data: cifar10:PATH, cifar100:PATH, mnist:PATH, ...")
     p.add_argument("--budget", "--macs", dest="macs", metavar="MACS", help="MAC budget (hard), e.g. 1G or 60%%")
     p.add_argument("--params", metavar="PARAMS", help="parameter budget (hard), e.g. 2.5M or 50%%")
-    p.add_argument("--trials", type=int, default=40, help="finished trials the study should have (default 40)")
+    p.add_argument("--trials", type=int, default=40,
+                   help="plans to evaluate within the budgets (default 40); over-budget plans are recorded but "
+                        "not trained and do not count (at most 10 x N of them)")
     t = p.add_argument_group("proxy training (each trial)")
     t.add_argument("--epochs-per-trial", type=int, default=1)
     t.add_argument("--steps-per-epoch", type=int, default=None, help="at most N steps per epoch")

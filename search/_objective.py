@@ -4,12 +4,15 @@ In: an Optuna trial, the search space, the original model and its runs, the data
 config, the budgets. Out: the objective values (accuracy, MACs, params[, latency ms]) and, for a trained
 trial, ``TRIALS_DIR/<number>/`` written with condense's save format (``condense.load`` reads it).
 Never: trains a plan that breaks a budget (it is counted first; the constraint is recorded with
-``trial.set_constraint`` and the trial returns accuracy 0, so it never enters the constrained front).
+``trial.set_constraint`` and the trial returns accuracy 0, so it never enters the constrained front), or
+a plan the study has already evaluated (the sampler may propose it again, or parameters that do not act,
+such as ``velocity`` of an RD layer, may differ): that trial is pruned as a ``duplicate`` of the first.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import math
 import statistics
@@ -29,7 +32,22 @@ __all__ = ["Objective", "OBJECTIVES", "objective_names", "measure_latency"]
 # name, direction; latency is appended when measured
 OBJECTIVES: tuple[tuple[str, str], ...] = (("accuracy", "maximize"), ("macs", "minimize"), ("params", "minimize"))
 LATENCY = ("latency_ms", "minimize")
-STATUS_TRAINED, STATUS_OVER, STATUS_DIVERGED = "trained", "over budget", "diverged"
+STATUS_TRAINED, STATUS_OVER, STATUS_DIVERGED, STATUS_DUPLICATE = "trained", "over budget", "diverged", "duplicate"
+
+
+def _plan_key(plan: Any) -> str:
+    return json.dumps(plan, sort_keys=True, default=str)
+
+
+def _same_plan(trial: optuna.Trial, plan: Plan) -> int | None:
+    """The number of a finished trial of the study with this very plan, if any (None otherwise)."""
+    key = _plan_key(plan.to_dict())
+    for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
+                                                             optuna.trial.TrialState.PRUNED)):
+        if t.user_attrs.get("status") != STATUS_DUPLICATE and "plan" in t.user_attrs \
+                and _plan_key(t.user_attrs["plan"]) == key:
+            return t.number
+    return None
 
 
 def objective_names(latency: bool) -> list[str]:
@@ -109,6 +127,7 @@ class Objective:
     model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     checkpoint: str | None = None
     study_name: str = ""
+    seed: int = 0
     phase: Callable[[str], None] | None = None
 
     @property
@@ -120,10 +139,15 @@ class Objective:
             self.phase(f"trial {trial.number}: {what}")
 
     def build(self, plan: Plan) -> nn.Module:
-        """The condensed model of ``plan`` (a fresh copy of the original if the plan changes nothing)."""
+        """The condensed model of ``plan`` (a fresh copy of the original if the plan changes nothing). The new
+        layers' initial weights depend only on (``seed``, the plan), so a plan (or its retry) always starts
+        from the same weights, and training (seeded by ``train_config.seed``) repeats its accuracy."""
         if not plan.choices:
             return copy.deepcopy(self.model)
-        return rewrite(self.model, self.found, plan.choices).module
+        key = json.dumps([self.seed, plan.to_dict()], sort_keys=True, default=str).encode()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little") % 2**63)
+            return rewrite(self.model, self.found, plan.choices).module
 
     def constraints(self, macs: int, params: int) -> dict[str, float]:
         """Budget constraints as Optuna wants them: <= 0 is feasible (relative excess over the budget)."""
@@ -138,6 +162,11 @@ class Objective:
         params = self.space.suggest(trial)
         plan = self.space.plan(params)
         trial.set_user_attr("plan", plan.to_dict())
+        same = _same_plan(trial, plan)
+        if same is not None:  # evaluated already (parameters that do not act can differ): nothing new to learn
+            trial.set_user_attr("status", STATUS_DUPLICATE)
+            trial.set_user_attr("duplicate_of", same)
+            raise optuna.TrialPruned(f"the plan of trial {same}")
         self._say(trial, "building and counting")
         model = self.build(plan)
         macs, n_params = macs_and_params(model, self.input_size)

@@ -3,12 +3,12 @@
 In: a study and its search space. Out: DataFrames, CSV files, a rich Table. Never: changes the study.
 
 Columns of ``trials_frame`` (one row per trial, by number): ``trial``, ``state`` (COMPLETE, FAIL, ...),
-``status`` (trained, over budget, diverged, failed, interrupted, running), ``accuracy``, ``macs``,
+``status`` (trained, over budget, duplicate, diverged, failed, interrupted, running), ``accuracy``, ``macs``,
 ``params`` (and ``latency_ms`` when measured), ``feasible`` (every budget met), ``violation_macs`` /
 ``violation_params`` (relative excess over the budget; <= 0 is feasible), ``on_front``, the effective plan
 (``layer``, ``K``, ``init``, ``velocity``, ``diffusion``, ``source``, ``m[PATH]`` per run: blocks kept, r
-when the run is left alone), ``train_seconds``, ``retry_of`` (the trial a retry repeats), ``trial_dir``
-and ``plan`` (the condense plan as JSON). ``front_frame`` has the same columns, for the front only,
+when the run is left alone), ``train_seconds``, ``retry_of`` (the trial a retry repeats), ``duplicate_of``,
+``trial_dir`` and ``plan`` (the condense plan as JSON). ``front_frame`` has the same columns, for the front only,
 sorted by MACs.
 """
 from __future__ import annotations
@@ -66,19 +66,21 @@ def trials_frame(study: optuna.Study, space) -> pd.DataFrame:
             row.update(space.effective(t.params))
         row["train_seconds"] = t.user_attrs.get("train_seconds")
         row["retry_of"] = t.system_attrs.get("failed_trial")
+        row["duplicate_of"] = t.user_attrs.get("duplicate_of")
         row["trial_dir"] = t.user_attrs.get("trial_dir")
         row["plan"] = json.dumps(t.user_attrs["plan"], sort_keys=True) if "plan" in t.user_attrs else None
         row["error"] = t.user_attrs.get("error")
         rows.append(row)
     columns = ["trial", "state", "status", *[n for n in names], "feasible", "violation_macs", "violation_params",
                "on_front", "layer", "K", "init", "velocity", "diffusion", "source",
-               *[space.m_name(r) for r in space.runs], "train_seconds", "retry_of", "trial_dir", "plan", "error"]
+               *[space.m_name(r) for r in space.runs], "train_seconds", "retry_of", "duplicate_of", "trial_dir",
+               "plan", "error"]
     df = pd.DataFrame(rows, columns=list(dict.fromkeys(columns)))
     df = df.dropna(axis=1, how="all") if not df.empty else df
     for keep in ("trial", "state", "status", *names, "on_front"):
         if keep not in df.columns:
             df[keep] = pd.Series(dtype=object)
-    for col in ("macs", "params", "K", "retry_of", *[space.m_name(r) for r in space.runs]):
+    for col in ("macs", "params", "K", "retry_of", "duplicate_of", *[space.m_name(r) for r in space.runs]):
         if col in df.columns:
             df[col] = pd.to_numeric(df[col]).astype("Int64")
     return df.set_index("trial", drop=False).rename_axis(None)
@@ -104,14 +106,15 @@ def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
 
 def front_table(front: pd.DataFrame, reference: dict[str, Any] | None = None, title: str | None = None):
     """A rich Table of the front (and the original model first, when known)."""
+    from rich.markup import escape
     from rich.table import Table
 
     ms = [c for c in front.columns if c.startswith("m[")]
     table = Table(title=title, title_justify="left")
     for col in ("trial", "accuracy", "MACs", "params", *(["latency"] if "latency_ms" in front else []), "layer",
-                "K", "init", "blocks kept"):
-        table.add_column(col, justify="right" if col in ("trial", "accuracy", "MACs", "params", "latency", "K")
-                         else "left")
+                "K", "init", "kept: " + " ".join(c[2:-1] for c in ms)):
+        table.add_column(escape(col), justify="right" if col in ("trial", "accuracy", "MACs", "params", "latency",
+                                                                 "K") else "left")
     lat = "latency_ms" in front
     if reference:
         acc = reference.get("accuracy")

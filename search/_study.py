@@ -13,8 +13,8 @@ Files, in the output directory (``STUDY_DIR``):
 
 Never: loses a finished trial. Each trial is written to the storage when it ends; re-running the same
 search resumes the study (same study name, ``load_if_exists``), and ``trials`` counts the study's
-finished trials, so a resumed search runs only the rest. A trial that died mid-way is marked failed and
-retried once more with the same parameters (up to ``max_retry`` times): with a database, by Optuna's
+evaluated trials (within the budgets), so a resumed search runs only the rest. A trial that died mid-way
+is marked failed and retried with the same parameters (up to ``max_retry`` times): with a database, by Optuna's
 heartbeat (``heartbeat_interval``/``grace_period``) and ``RetryHeartbeatStaleTrialCallback``; with the
 journal file, which has no heartbeat, by this module: each running trial records its host and process
 and beats every ``heartbeat_interval`` seconds, and a RUNNING trial whose process is gone (same host) or
@@ -34,13 +34,14 @@ import hashlib
 import json
 import math
 import os
+import random
 import signal
 import socket
 import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import optuna
 from optuna.samplers import NSGAIISampler, TPESampler
@@ -51,8 +52,8 @@ from torch import nn
 from condense import CondenseError, ConfigError, find_runs, macs_and_params
 from condense._budget import format_count, parse_budget, parse_input_size
 
-from ._objective import (STATUS_OVER, STATUS_TRAINED, Objective, measure_latency, objective_directions,
-                         objective_names)
+from ._objective import (STATUS_DUPLICATE, STATUS_OVER, STATUS_TRAINED, Objective, measure_latency,
+                         objective_directions, objective_names)
 from ._space import SearchSpace, build_space
 
 __all__ = ["SearchConfig", "SearchResult", "run_search", "open_study", "load_config", "recover_stale_trials"]
@@ -64,9 +65,9 @@ SAMPLERS = ("nsgaii", "tpe")
 _WORKER_KEY = "condense:worker"
 _BEAT_KEY = "condense:heartbeat"
 _CONFIG_KEY = "condense:config"
-_SPACE_KEY = "condense:space"
 _REFERENCE_KEY = "condense:reference"
 _MAX_FAILURES = 10  # consecutive failed trials of one worker that stop it
+_OVER_FACTOR = 10   # a search also stops after 10 x trials plans over budget or duplicate (space exhausted)
 # the options that define what a trial measures: a study resumed with others would mix incomparable trials
 _IDENTITY = ("model", "checkpoint", "data", "limit_train", "limit_test", "input_size", "macs", "params",
              "epochs_per_trial", "steps_per_epoch", "batch_size", "lr", "distill", "latency", "sampler",
@@ -82,7 +83,7 @@ class SearchConfig:
     output: str = "searches/run"
     macs: str | None = None                # MAC budget: 250M, 60%, ...
     params: str | None = None              # parameter budget
-    trials: int = 40                       # finished trials the study should have
+    trials: int = 40                       # plans to evaluate within the budgets (over-budget ones are extra)
     epochs_per_trial: int = 1
     steps_per_epoch: int | None = None     # cap on the steps of each epoch (None: the whole split)
     batch_size: int = 128
@@ -144,8 +145,20 @@ class SearchConfig:
         return d
 
     def identity(self) -> dict[str, Any]:
+        """The options that must match to resume (or share) a study. Paths count by file name only, so
+        workers on other hosts may keep the data, the model file and the checkpoint elsewhere."""
         d = self.to_dict()
-        return {k: d[k] for k in _IDENTITY}
+        out = {k: d[k] for k in _IDENTITY}
+        if out["model"]:
+            path, _, factory = out["model"].rpartition(":")
+            if path.endswith(".py"):  # file.py:factory
+                out["model"] = f"{Path(path).name}:{factory}"
+        kind, sep, path = out["data"].partition(":")
+        if sep:
+            out["data"] = f"{kind}:{Path(path).name}"
+        if out["checkpoint"]:
+            out["checkpoint"] = Path(out["checkpoint"]).name
+        return out
 
     @property
     def name(self) -> str:
@@ -231,20 +244,28 @@ def make_storage(config: SearchConfig, output: Path):
     if url.endswith((".journal", ".log")) and "://" not in url:
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url))
     url = database_url(url)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        try:
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=config.heartbeat_interval,
-                grace_period=config.grace_period,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=config.max_retry))
-        except ImportError as err:
-            raise CondenseError(f"cannot open storage {_safe_url(url)}: {err}",
-                                "install the database driver, e.g. pip install psycopg2-binary") from None
-        except Exception as err:  # sqlalchemy OperationalError etc.: one line
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise CondenseError(f"cannot open storage {_safe_url(url)}: {first[:160]}",
-                                "is the database server running and the URL right?") from None
+    for attempt in range(6):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=config.heartbeat_interval,
+                    grace_period=config.grace_period,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=config.max_retry))
+            except ImportError as err:
+                raise CondenseError(f"cannot open storage {_safe_url(url)}: {err}",
+                                    "install the database driver, e.g. pip install psycopg2-binary") from None
+            except Exception as err:  # sqlalchemy errors: one line
+                import sqlalchemy.exc
+
+                # workers that start together on an empty database race to create the tables: try again
+                if isinstance(err, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)) and attempt < 5:
+                    time.sleep(0.2 + 0.3 * attempt + random.random() * 0.3)
+                    continue
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise CondenseError(f"cannot open storage {_safe_url(url)}: {first[:160]}",
+                                    "is the database server running and the URL right?") from None
+    raise AssertionError("unreachable")
 
 
 def database_url(url: str) -> str:
@@ -379,9 +400,6 @@ def recover_stale_trials(study: optuna.Study, grace_period: float, max_retry: in
         return []
     failed = []
     now = time.time()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not _is_stale(t, grace_period, now):
             continue
@@ -390,11 +408,21 @@ def recover_stale_trials(study: optuna.Study, grace_period: float, max_retry: in
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another worker failed it (and retries it)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry(study, copy.deepcopy(study._storage.get_trial(t._trial_id)))
+        _retry(study, t._trial_id, max_retry)
         failed.append(t.number)
     return failed
+
+
+def _retry(study: optuna.Study, trial_id: int, max_retry: int | None) -> None:
+    """Queue a failed trial again (same parameters), as Optuna's RetryHeartbeatStaleTrialCallback does, but
+    without the dead worker's record, its constraints and user attributes (the retry measures them anew)."""
+    frozen = copy.deepcopy(study._storage.get_trial(trial_id))
+    frozen.system_attrs = {k: v for k, v in frozen.system_attrs.items()
+                           if k not in (_WORKER_KEY, _BEAT_KEY) and not k.startswith("constraints:")}
+    frozen.user_attrs = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, frozen)
 
 
 class _Heartbeat:
@@ -477,12 +505,18 @@ def _train_config(config: SearchConfig):
 
 
 def _counts(trials) -> dict[str, int]:
-    out = {"done": 0, "over": 0, "failed": 0, "running": 0, "trained": 0}
+    """``done``: trials evaluated within the budgets (trained, or diverged in training); ``over``: plans
+    over budget (counted, not trained); ``duplicate``: plans evaluated before; ``failed``, ``running``."""
+    out = {"done": 0, "over": 0, "duplicate": 0, "failed": 0, "running": 0, "trained": 0}
     for t in trials:
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
-            out["done"] += 1
             status = t.user_attrs.get("status")
-            out["over"] += status == STATUS_OVER
+            if status == STATUS_OVER:
+                out["over"] += 1
+            elif status == STATUS_DUPLICATE:
+                out["duplicate"] += 1
+            else:
+                out["done"] += 1
             out["trained"] += status == STATUS_TRAINED
         elif t.state == TrialState.FAIL:
             out["failed"] += 1
@@ -503,7 +537,8 @@ class _Progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("front {task.fields[front]}"), TextColumn("{task.fields[extra]}"),
+                                TextColumn("evaluated · front {task.fields[front]}"),
+                                TextColumn("{task.fields[extra]}"),
                                 TimeElapsedColumn(), TextColumn("{task.fields[eta]}"), console=console)
             self.task = self.bar.add_task("search", total=total, front=0, extra="", eta="")
 
@@ -532,8 +567,9 @@ class _Progress:
         elapsed = time.perf_counter() - self.t0
         left = max(self.total - c["done"], 0)
         eta = f"~{_hms(elapsed / new * left)} left" if new > 0 and left else ""
-        extra = ", ".join(f"{n} {what}" for n, what in ((c["over"], "over budget"), (c["failed"], "failed"),
-                                                         (c["running"], "running")) if n)
+        extra = " · ".join(f"{n} {what}" for n, what in ((c["over"], "over budget (not trained)"),
+                                                          (c["duplicate"], "duplicate"), (c["failed"], "failed"),
+                                                          (c["running"], "running")) if n)
         self.bar.update(self.task, completed=min(c["done"], self.total), front=front, extra=extra, eta=eta)
 
 
@@ -575,7 +611,9 @@ def _enqueue_fit(study: optuna.Study, space: SearchSpace, model: nn.Module, conf
         params = space.params_of_plan(ms, K=Ks[0] if Ks else 5)
     except CondenseError:
         return
-    study.enqueue_trial(params, skip_if_exists=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.enqueue_trial(params, skip_if_exists=True)
 
 
 def run_search(model: str | nn.Module, data: str, *, output: str | os.PathLike | None = None,
@@ -584,7 +622,9 @@ def run_search(model: str | nn.Module, data: str, *, output: str | os.PathLike |
     """Search plans for ``model`` (a spec like ``timm:resnet18`` or an ``nn.Module``) on ``data``.
 
     Keywords are ``SearchConfig``'s fields: ``macs``/``params`` (budgets, hard constraints), ``trials``
-    (finished trials the study should have), ``epochs_per_trial``, ``steps_per_epoch``, ``batch_size``,
+    (plans the study should have evaluated within the budgets; over-budget plans are counted and recorded
+    but not trained, and plans seen before are pruned as duplicates: neither counts, and the search stops
+    after 10 x ``trials`` of them), ``epochs_per_trial``, ``steps_per_epoch``, ``batch_size``,
     ``lr``, ``limit_train``/``limit_test``, ``input_size``, ``checkpoint``, ``distill``, ``latency``,
     ``sampler`` (nsgaii or tpe), ``population``, ``seed``, ``layers``, ``K`` ((lo, hi)), ``storage`` (a
     database URL; default: a journal file in ``output``), ``study_name``, ``heartbeat_interval``,
@@ -592,13 +632,22 @@ def run_search(model: str | nn.Module, data: str, *, output: str | os.PathLike |
     storage and study name) resumes the study. Returns a ``SearchResult``; writes the files listed in the
     module docstring.
     """
-    from condense.data import load_data
-
     spec_text = model if isinstance(model, str) else None
     out = Path(output) if output is not None else Path("searches") / _model_name(spec_text)
     config = SearchConfig(model=spec_text, data=str(data), output=str(out), **options)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar says it; restored at the end
+    try:
+        return _run(config, model, spec_text, out, progress, console, on_trial)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
 
+
+def _run(config: SearchConfig, model, spec_text, out: Path, progress: bool, console, on_trial) -> SearchResult:
+    from condense.data import load_data
+
+    study = open_study(config, out)
+    _check_same_search(study, config, None)  # other options: fail before any work
     bundle = load_data(config.data, limit_train=config.limit_train, limit_test=config.limit_test,
                        input_size=config.input_size)
     original, spec, model_kwargs = _build_original(config, None if spec_text else model, bundle.num_classes)
@@ -610,8 +659,6 @@ def run_search(model: str | nn.Module, data: str, *, output: str | os.PathLike |
     macs_b = parse_budget(config.macs).resolve(macs0) if config.macs is not None else None
     params_b = parse_budget(config.params).resolve(params0) if config.params is not None else None
     space = build_space(found, layers=config.layers, K=config.K)
-
-    study = open_study(config, out)
     _check_same_search(study, config, space)
     (out / TRIALS).mkdir(parents=True, exist_ok=True)
 
@@ -619,7 +666,8 @@ def run_search(model: str | nn.Module, data: str, *, output: str | os.PathLike |
     objective = Objective(space=space, model=original, found=found, data=bundle, train_config=_train_config(config),
                           trials_dir=out / TRIALS, macs_before=macs0, params_before=params0, macs_budget=macs_b,
                           params_budget=params_b, teacher=teacher, latency=config.latency, spec=spec,
-                          model_kwargs=model_kwargs, checkpoint=config.checkpoint, study_name=config.name)
+                          model_kwargs=model_kwargs, checkpoint=config.checkpoint, study_name=config.name,
+                          seed=config.seed)
     journal = _is_journal(study._storage)
     recover_stale_trials(study, config.grace_period, config.max_retry)
     if not study.get_trials(deepcopy=False) and config.enqueue_fit and (macs_b is not None or params_b is not None):
@@ -654,22 +702,26 @@ class _Interrupted(KeyboardInterrupt):
         self.result = result
 
 
-def _check_same_search(study: optuna.Study, config: SearchConfig, space: SearchSpace) -> None:
-    ident, space_d = config.identity(), space.to_dict()
+def _check_same_search(study: optuna.Study, config: SearchConfig, space: SearchSpace | None) -> None:
+    """A resumed (or shared) study must have been started with the same options and space; a new one
+    records them (one attribute, written once: workers that start together see all of it or none)."""
+    mine = json.loads(json.dumps({"options": config.identity(), "space": space.to_dict() if space else None}))
     stored = study.user_attrs.get(_CONFIG_KEY)
     if stored is None:
-        study.set_user_attr(_CONFIG_KEY, ident)
-        study.set_user_attr(_SPACE_KEY, space_d)
+        if space is None:
+            return
+        study.set_user_attr(_CONFIG_KEY, mine)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(objective_names(config.latency))
         return
-    diff = [k for k in _IDENTITY if json.dumps(stored.get(k)) != json.dumps(ident.get(k))]
+    old, new = stored.get("options", {}), mine["options"]
+    diff = [k for k in _IDENTITY if json.dumps(old.get(k)) != json.dumps(new.get(k))]
     if diff:
-        shown = ", ".join(f"{k}: {stored.get(k)!r} -> {ident.get(k)!r}" for k in diff[:3])
+        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:3])
         raise CondenseError(f"study {config.name!r} was started with other options ({shown})",
                             "resume with the same options, or use another output directory / --study-name")
-    if study.user_attrs.get(_SPACE_KEY) != json.loads(json.dumps(space_d)):
+    if space is not None and stored.get("space") != mine["space"]:
         raise CondenseError(f"study {config.name!r} has another search space", "use another --study-name")
 
 
@@ -685,10 +737,9 @@ def _write_config(out: Path, config: SearchConfig, study: optuna.Study, space: S
 
 def _optimize(study: optuna.Study, objective: Objective, config: SearchConfig, journal: bool, bar: _Progress,
               on_trial) -> None:
-    done_states = (TrialState.COMPLETE, TrialState.PRUNED)
-
-    def n_done() -> int:
-        return len(study.get_trials(deepcopy=False, states=done_states))
+    def enough() -> bool:
+        c = _counts(study.get_trials(deepcopy=False))
+        return c["done"] >= config.trials or c["over"] + c["duplicate"] >= _OVER_FACTOR * config.trials
 
     failures: list[Any] = [0, ""]  # consecutive failed trials of this worker, the last error
 
@@ -703,10 +754,7 @@ def _optimize(study: optuna.Study, objective: Objective, config: SearchConfig, j
                 raise
             except KeyboardInterrupt:
                 # the trial is failed by Optuna; queue it again so that a resumed search runs it
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    RetryHeartbeatStaleTrialCallback(max_retry=config.max_retry)(
-                        study, copy.deepcopy(study._storage.get_trial(trial._trial_id)))
+                _retry(study, trial._trial_id, config.max_retry)
                 raise
 
     def after(study: optuna.Study, trial) -> None:
@@ -719,10 +767,10 @@ def _optimize(study: optuna.Study, objective: Objective, config: SearchConfig, j
         bar.update(study)
         if on_trial is not None:
             on_trial(study, trial)
-        if n_done() >= config.trials:
+        if enough():
             study.stop()
 
-    if n_done() >= config.trials:
+    if enough():
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

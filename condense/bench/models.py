@@ -194,6 +194,8 @@ def run_bench(target: str, *, against: str | None = None, input_size: Sequence[i
         raise CondenseError("--repeats and --warmup must be at least 1")
     if not batch_sizes or any(b < 1 for b in batch_sizes):
         raise CondenseError(f"bad batch sizes {list(batch_sizes)}", "write e.g. --batch-sizes 1,32")
+    if train_batch is not None and train_batch < 1:
+        raise CondenseError(f"--train-batch {train_batch} must be at least 1")
     n_threads = threads or available_cores()
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(n_threads)
