@@ -215,6 +215,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per model")
     ap.add_argument("--csv", default="coverage.csv")
+    ap.add_argument("--resume", action="store_true", help="keep the rows already in --csv, run the rest")
     args = ap.parse_args(argv)
 
     import pandas as pd
@@ -225,16 +226,30 @@ def main(argv=None) -> int:
 
     console = Console()
     names = list(SAMPLE) if args.sample else candidates(args.max_params, args.limit, args.filter)
+    done: dict[str, dict] = {}
+    if args.resume and os.path.exists(args.csv):
+        done = {r["model"]: r for r in pd.read_csv(args.csv, keep_default_na=False).to_dict("records")}
+    partial = args.csv + ".partial.jsonl"  # every finished model, appended as it finishes
+    if args.resume and os.path.exists(partial):  # an interrupted survey: keep what it finished
+        with open(partial) as fh:
+            done.update({r["model"]: r for r in map(json.loads, fh) if r.get("model")})
+    todo = [n for n in names if n not in done]
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=console) as bar:
-        task = bar.add_task("condensing", total=len(names))
+        task = bar.add_task("condensing", total=len(todo))
 
         def tick(row):
+            with open(partial, "a") as fh:
+                fh.write(json.dumps(row, default=str) + "\n")
             bar.update(task, advance=1, description=f"{row['model'][:28]:<28} {row['status']}")
 
-        rows = survey(names, small=args.size, workers=args.workers, timeout=args.timeout, progress=tick)
+        new_rows = {r["model"]: r for r in survey(todo, small=args.size, workers=args.workers,
+                                                  timeout=args.timeout, progress=tick)}
+    rows = [done.get(n) or new_rows[n] for n in names]
     df = pd.DataFrame(rows)
     df.to_csv(args.csv, index=False)
+    if os.path.exists(partial):
+        os.remove(partial)
     fam, ok, total = summarize(rows)
     table = Table("family", "models", "ok", "no repeats", "fail/error/crash/timeout", title="coverage by family")
     for name in sorted(fam):

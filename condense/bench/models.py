@@ -102,6 +102,9 @@ def resolve_pair(target: str, *, against: str | None = None, input_size: Sequenc
 
     if (Path(target) / META).exists() or Path(target).is_dir():
         meta = read_meta(target)
+        if macs or params:
+            raise CondenseError(f"{target} is already condensed: --budget/--params apply to a model spec",
+                                "drop them, or pass timm:NAME to condense and time it in one go")
         spec_meta = meta.get("model")
         if against:
             progress(f"building {against}")
