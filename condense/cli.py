@@ -38,6 +38,8 @@ other commands (each has --help):
   condense recipe list | footprint [FILE...] | run FILE [--epochs N]      the paper's experiments
   condense search MODEL --data SPEC --budget B --trials N                Pareto search (Optuna)
   condense export STUDY_DIR --trial N                                    a searched plan as a model dir
+  condense bench DIR_OR_MODEL [--against MODEL]                          time condensed vs original
+  condense export-onnx DIR [-o FILE]                                     ONNX, checked under onnxruntime
 """
 
 
@@ -394,6 +396,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rich.console import Console
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bench":
+        from .bench.models import bench_main
+
+        return bench_main(argv[1:])
+    if argv and argv[0] == "export-onnx":
+        from ._export import export_onnx_main
+
+        return export_onnx_main(argv[1:])
     if argv and argv[0] in ("search", "export"):  # the Optuna search lives in the top-level search package
         from search import export_main, search_main
 
