@@ -43,8 +43,10 @@ def _input_size(model, small: int):
     return (c, small, small)
 
 
-def check_model(name: str, small: int = 64) -> dict:
-    """Condense one timm model with the default plan and check it. Never raises: errors are results."""
+def check_model(name: str, small: int = 64, max_params: float | None = None) -> dict:
+    """Condense one timm model with the default plan and check it. Never raises: errors are results.
+
+    With ``max_params``, a model above it (counted on the meta device, no memory) is ``too large``."""
     import timm
     import torch
 
@@ -56,6 +58,12 @@ def check_model(name: str, small: int = 64) -> dict:
                macs_after=None, params_before=None, params_after=None, seconds=0.0, error="")
     t0 = time.perf_counter()
     try:
+        if max_params is not None:
+            with torch.device("meta"):
+                n = sum(p.numel() for p in timm.create_model(name, pretrained=False).parameters())
+            if n > max_params:
+                row["status"], row["params_before"] = "too large", n
+                return row
         try:
             model = timm.create_model(name, pretrained=False, img_size=small)
             size = _input_size(model, small)
@@ -107,7 +115,7 @@ def check_model(name: str, small: int = 64) -> dict:
     return row
 
 
-def _worker(slot, inbox, results, small):
+def _worker(slot, inbox, results, small, max_params=None):
     import torch
 
     torch.set_num_threads(1)
@@ -115,31 +123,10 @@ def _worker(slot, inbox, results, small):
         name = inbox.get()
         if name is None:
             return
-        results.put((slot, check_model(name, small)))
+        results.put((slot, check_model(name, small, max_params)))
 
 
-def candidates(max_params: float, limit: int | None = None, pattern: str | None = None) -> list[str]:
-    """timm model names whose parameter count (built on the meta device) is at most ``max_params``."""
-    import timm
-    import torch
-
-    names = timm.list_models(pattern or "*")
-    keep = []
-    for name in names:
-        try:
-            with torch.device("meta"):
-                m = timm.create_model(name, pretrained=False)
-            n = sum(p.numel() for p in m.parameters())
-        except Exception:  # noqa: BLE001 - a model that cannot be built counts as a crash later
-            n = 0
-        if n <= max_params:
-            keep.append(name)
-        if limit and len(keep) >= limit:
-            break
-    return keep
-
-
-def survey(names, *, small=64, workers=2, timeout=300.0, progress=None):
+def survey(names, *, small=64, workers=2, timeout=300.0, progress=None, max_params=None):
     """Run ``check_model`` over ``names`` in long-lived worker processes, one model at a time each. A
     worker that dies or exceeds ``timeout`` on a model is replaced; the model is a crash or a timeout."""
     import queue
@@ -152,7 +139,7 @@ def survey(names, *, small=64, workers=2, timeout=300.0, progress=None):
 
     def start(i):
         inbox = ctx.Queue()
-        proc = ctx.Process(target=_worker, args=(i, inbox, results, small), daemon=True)
+        proc = ctx.Process(target=_worker, args=(i, inbox, results, small, max_params), daemon=True)
         proc.start()
         return dict(proc=proc, inbox=inbox, current=None, since=0.0)
 
@@ -197,10 +184,11 @@ def survey(names, *, small=64, workers=2, timeout=300.0, progress=None):
 def summarize(rows):
     """Per-family counts and the headline figure: condensed / models with repeats."""
     fam = defaultdict(lambda: defaultdict(int))
+    rows = [r for r in rows if r.get("status") != "too large"]
     for r in rows:
         fam[r["family"]][r["status"]] += 1
         fam[r["family"]]["models"] += 1
-    with_repeats = [r for r in rows if r["status"] != "no repeats"]
+    with_repeats = [r for r in rows if r["status"] not in ("no repeats", "too large")]
     ok = sum(1 for r in with_repeats if r["status"] == "ok")
     return fam, ok, len(with_repeats)
 
@@ -225,7 +213,9 @@ def main(argv=None) -> int:
     from rich.table import Table
 
     console = Console()
-    names = list(SAMPLE) if args.sample else candidates(args.max_params, args.limit, args.filter)
+    import timm
+
+    names = list(SAMPLE) if args.sample else timm.list_models(args.filter or "*")[: args.limit]
     done: dict[str, dict] = {}
     if args.resume and os.path.exists(args.csv):
         done = {r["model"]: r for r in pd.read_csv(args.csv, keep_default_na=False).to_dict("records")}
@@ -244,7 +234,8 @@ def main(argv=None) -> int:
             bar.update(task, advance=1, description=f"{row['model'][:28]:<28} {row['status']}")
 
         new_rows = {r["model"]: r for r in survey(todo, small=args.size, workers=args.workers,
-                                                  timeout=args.timeout, progress=tick)}
+                                                  timeout=args.timeout, progress=tick,
+                                                  max_params=None if args.sample else args.max_params)}
     rows = [done.get(n) or new_rows[n] for n in names]
     df = pd.DataFrame(rows)
     df.to_csv(args.csv, index=False)
