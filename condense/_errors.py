@@ -20,3 +20,31 @@ class ConfigError(CondenseError, ValueError):
 
 class BudgetError(CondenseError, ValueError):
     """A budget string that does not parse, or a budget that cannot be met."""
+
+
+def run_command(fn, *, debug: bool = False) -> int:
+    """Run a command body ``fn() -> int`` the way every ``condense`` command reports failure.
+
+    A ``CondenseError`` prints one line and returns 1; an interrupt returns 130; anything else prints one
+    line naming the exception and returns 2. With ``debug`` the exception propagates (full traceback).
+    """
+    from rich.console import Console
+
+    err_console = Console(stderr=True, soft_wrap=True)
+    try:
+        return fn()
+    except CondenseError as err:
+        if debug:
+            raise
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+        return 1
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+    except Exception as err:  # not a domain error: one line unless --debug
+        if debug:
+            raise
+        text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        err_console.print(f"[bold red]error:[/] unexpected {type(err).__name__}: {text} "
+                          "(run with --debug for the traceback)", highlight=False)
+        return 2

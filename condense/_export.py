@@ -43,7 +43,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ._errors import CondenseError
+from ._errors import CondenseError, run_command
 
 EXPORTERS = ("auto", "torchscript", "dynamo")
 STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
@@ -446,22 +446,7 @@ def export_onnx_main(argv: Sequence[str] | None = None) -> int:
 
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     console = Console(width=None if sys.stdout.isatty() else 120)
-    try:
-        return _run(args, console)
-    except CondenseError as err:
-        if args.debug:
-            raise
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {err}", highlight=False)
-        return 1
-    except KeyboardInterrupt:
-        Console(stderr=True, soft_wrap=True).print("interrupted")
-        return 130
-    except Exception as err:  # noqa: BLE001 - not a domain error: one line unless --debug
-        if args.debug:
-            raise
-        Console(stderr=True, soft_wrap=True).print(
-            f"[bold red]error:[/] unexpected {_first_line(err)} (run with --debug for the traceback)", highlight=False)
-        return 2
+    return run_command(lambda: _run(args, console), debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ._errors import CondenseError
+from ._errors import CondenseError, run_command
 
 SUBCOMMANDS = ("find", "count", "train", "recipe")
 EPILOG = """\
@@ -415,22 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _main_parser().parse_args(argv)
         runner = _run_condense
     console = Console(stderr=bool(getattr(args, "json", False)), width=None if sys.stdout.isatty() else 120)
-    try:
-        return runner(args, console)
-    except CondenseError as err:
-        if args.debug:
-            raise
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {err}", highlight=False)
-        return 1
-    except KeyboardInterrupt:
-        Console(stderr=True, soft_wrap=True).print("interrupted")
-        return 130
-    except Exception as err:  # not a domain error: one line unless --debug
-        if args.debug:
-            raise
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] unexpected {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} "
-                                   "(run with --debug for the traceback)", highlight=False)
-        return 2
+    return run_command(lambda: runner(args, console), debug=args.debug)
 
 
 if __name__ == "__main__":
