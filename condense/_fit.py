@@ -103,7 +103,7 @@ class _Costs:
         key = (path, K)
         if key not in self.cache:
             run = self.runs[path]
-            opts = {"kernel_size": run.kernel_size or 3, **self.options, "K": K}
+            opts = {"kernel_size": run.layer_kernel_size or 3, **self.options, "K": K}
             if "kernel_size" not in layer_class(self.layer).config_cls.__dataclass_fields__:
                 opts.pop("kernel_size")
             block = copy.deepcopy(self.model.get_submodule(run.blocks[1])) if self.init == "block" else None

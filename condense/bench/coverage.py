@@ -75,7 +75,8 @@ def check_model(name: str, small: int = 64, max_params: float | None = None) -> 
         try:
             with torch.no_grad():
                 ref = model(x)
-        except Exception:  # the model does not accept the small input: use its own size
+        except Exception:  # the model does not accept the small input: rebuild it at its own size
+            model = timm.create_model(name, pretrained=False).eval()
             cfg = getattr(model, "pretrained_cfg", {}) or {}
             size = tuple(cfg.get("input_size") or (3, 224, 224))
             x = torch.randn(2, *size)

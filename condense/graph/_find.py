@@ -77,6 +77,12 @@ class Run:
         return self.input_shape[0]
 
     @property
+    def layer_kernel_size(self) -> int | None:
+        """The kernel for a replacement layer: the blocks' own, made odd ('same' padding) if it is even."""
+        k = self.kernel_size
+        return None if k is None else (k if k % 2 else k + 1)
+
+    @property
     def anchor(self) -> str:
         return self.blocks[0]
 

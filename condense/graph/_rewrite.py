@@ -231,8 +231,8 @@ def _build_layer(run: Run, choice: RunChoice, source: nn.Module, factory: LayerF
         if run.layout == "NHWC":
             init_block = ChannelsFirstAdapter(init_block)
     options = dict(choice.options)
-    if run.kernel_size is not None:
-        options.setdefault("kernel_size", run.kernel_size)
+    if run.layer_kernel_size is not None:
+        options.setdefault("kernel_size", run.layer_kernel_size)
     try:
         layer = factory(choice.layer, channels=run.channels, init_block=init_block, **options)
     except CondenseError:
