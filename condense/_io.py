@@ -25,6 +25,27 @@ META = "condensed.json"
 WEIGHTS = "model.safetensors"
 
 
+def write_directory(directory: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
+    """Create (or replace) a condensed-model directory atomically: ``fill(tmp)`` writes the files into a
+    temporary sibling, which then takes the directory's place. A non-empty directory that is not a
+    condensed-model directory is never replaced; on any failure nothing is left behind."""
+    out = Path(directory)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not (out / META).exists():
+        raise CondenseError(f"output {str(out)!r} exists and is not a condensed-model directory",
+                            "choose a new -o DIR or remove it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        fill(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
 def _state_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
     # safetensors refuses shared storage: save each tensor once, contiguous, under every name.
     return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
@@ -40,11 +61,6 @@ def save(result, directory: str | os.PathLike, *, spec: ModelSpec | str | None =
     """
     from safetensors.torch import save_file
 
-    out = Path(directory)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not (out / META).exists():
-            raise CondenseError(f"output {str(out)!r} exists and is not a condensed-model directory",
-                                "choose a new -o DIR or remove it")
     spec_obj = ModelSpec.from_dict(spec.to_dict()) if isinstance(spec, ModelSpec) else (
         None if spec is None else __import__("condense._models", fromlist=["x"]).parse_model_spec(spec))
     meta = {
@@ -63,18 +79,12 @@ def save(result, directory: str | os.PathLike, *, spec: ModelSpec | str | None =
                  for r in result.rows],
         **(extra or {}),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         save_file(_state_for_saving(result.model), str(tmp / WEIGHTS))
         (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    return write_directory(directory, fill)
 
 
 def read_meta(directory: str | os.PathLike) -> dict[str, Any]:

@@ -10,13 +10,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from optuna.trial import TrialState
 
 from condense import CondenseError
-from condense._io import META, read_meta
+from condense._io import META, read_meta, write_directory
 
 from ._study import TRIALS, study_from_dir
 
@@ -58,22 +57,8 @@ def export_trial(study_dir: str | os.PathLike, trial: int, output: str | os.Path
         raise CondenseError(f"{source} holds no saved model", hint)
     read_meta(source)  # a readable condensed-model directory
     out = Path(output) if output is not None else root / "export" / f"trial-{trial}"
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not (out / META).exists():
-            raise CondenseError(f"output {str(out)!r} exists and is not a condensed-model directory",
-                                "choose a new -o DIR or remove it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        for item in source.iterdir():
-            if item.is_file():
-                shutil.copy2(item, tmp / item.name)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    write_directory(out, lambda tmp: [shutil.copy2(item, tmp / item.name)
+                                      for item in source.iterdir() if item.is_file()])
     on_front = trial in {x.number for x in study.best_trials}
     return ExportResult(path=out, trial=trial, on_front=on_front, accuracy=float(t.values[0]),
                         macs=int(t.values[1]), params=int(t.values[2]))
