@@ -29,6 +29,7 @@ from ._budget import Budget, format_count, parse_budget
 from ._count import count_module, macs_and_params
 from ._errors import BudgetError, CondenseError
 from .graph import FindResult, Run, RunChoice, find_runs, rewrite
+from .graph._rewrite import _build_layer, _default_factory
 from .pde import create_layer, layer_class
 
 DEFAULT_K = 5
@@ -92,17 +93,26 @@ class FitResult:
 
 
 class _Costs:
-    """Per-run costs of the replacement layer, counted once per (run, K) on the real layer."""
+    """Per-run costs of the replacement layer, counted once per (run, K) on the real layer (per (run, K, m)
+    for growing runs)."""
 
     def __init__(self, model: nn.Module, runs: Sequence[Run], layer: str, init: str, options: Mapping[str, Any]):
         self.model, self.layer, self.init, self.options = model, layer, init, dict(options)
         self.runs = {r.path: r for r in runs}
-        self.cache: dict[tuple[str, int], tuple[int, int]] = {}
+        self.cache: dict[tuple[str, int, int], tuple[int, int]] = {}
 
-    def layer_cost(self, path: str, K: int) -> tuple[int, int]:
-        key = (path, K)
-        if key not in self.cache:
-            run = self.runs[path]
+    def layer_cost(self, path: str, K: int, m: int = 1) -> tuple[int, int]:
+        """MACs and parameters of the layer replacing ``blocks[m:]`` (``m`` matters for growing runs only:
+        their layer works at the width block m reads, plus a projection to the run's output width)."""
+        run = self.runs[path]
+        key = (path, K, m if run.growing else 1)
+        if key in self.cache:
+            return self.cache[key]
+        if run.growing:
+            choice = RunChoice(m=m, layer=self.layer, options={**self.options, "K": K}, init="input")
+            layer = _build_layer(run, choice, self.model, _default_factory)
+            self.cache[key] = count_module(layer, torch.randn(1, run.channels_at(m), *run.input_shape[1:]))
+        else:
             opts = {"kernel_size": run.layer_kernel_size or 3, **self.options, "K": K}
             if "kernel_size" not in layer_class(self.layer).config_cls.__dataclass_fields__:
                 opts.pop("kernel_size")
@@ -126,7 +136,7 @@ class _Costs:
         for path, m in ms.items():
             run = self.runs[path]
             if m < run.r:
-                lm, lp = self.layer_cost(path, K)
+                lm, lp = self.layer_cost(path, K, m)
                 macs += lm - sum(v or 0 for v in run.macs[m:])
                 params += lp - sum(run.params[m:])
         return macs, params
@@ -222,7 +232,7 @@ def fit(model: nn.Module, macs: str | float | Budget | None = None, params: str 
     if macs0 is None:
         macs0, params0 = macs_and_params(model, size)
     macs_b, params_b = _resolve(macs, macs0), _resolve(params, params0)
-    runs = [r for r in found.runs if r.kind == "repeat"]
+    runs = list(found.runs)
     base = dict(found=found, input_size=size, macs_before=macs0, params_before=params0,
                 macs_budget=macs_b, params_budget=params_b)
 
@@ -256,7 +266,7 @@ def fit(model: nn.Module, macs: str | float | Budget | None = None, params: str 
     rows = []
     for run in runs:
         m = ms[run.path]
-        lc = costs.layer_cost(run.path, chosen_K) if m < run.r else None
+        lc = costs.layer_cost(run.path, chosen_K, m) if m < run.r else None
         rows.append(_row(run, m, layer if lc else None, chosen_K if lc else None, lc))
     n = sum(1 for r in rows if r.m < r.r)
     msg = f"condensed {n} of {len(runs)} run(s), K={chosen_K}"

@@ -553,7 +553,7 @@ def build_models(recipe: Recipe | str | os.PathLike):
                                      "macs_after": res.macs_after, "params_after": res.params_after,
                                      "runs": runs, "message": res.message}
     found = find_runs(original, size)
-    repeats = {run.path: run for run in found.runs if run.kind == "repeat"}
+    repeats = {run.path: run for run in found.runs}
     if isinstance(plan.m, Mapping):
         unknown = [p for p in plan.m if p not in repeats]
         if unknown:

@@ -237,11 +237,11 @@ class SearchSpace:
 def build_space(found: Any, *, layers: Sequence[str] | None = None, K: Sequence[int] | None = None,
                 velocities: Iterable[str] | None = None, diffusions: Iterable[str] | None = None,
                 sources: Iterable[str] | None = None, inits: Iterable[str] | None = None) -> SearchSpace:
-    """The space for the runs of ``found`` (a ``condense.FindResult``); runs that cannot be rewritten
-    (growing channels, a single block) are left out. Keywords narrow the shared choices."""
+    """The space for the runs of ``found`` (a ``condense.FindResult``), growing runs included; a run of a
+    single block cannot be condensed and is left out. Keywords narrow the shared choices."""
     runs = tuple(RunSpace(path=r.path, r=r.r, channels=r.channels, shape=tuple(r.input_shape),
                           block_class=r.block_class)
-                 for r in found.runs if r.kind == "repeat" and r.r >= 2)
+                 for r in found.runs if r.r >= 2)
     kw: dict[str, Any] = {}
     if layers is not None:
         kw["layers"] = tuple(layers)

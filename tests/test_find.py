@@ -142,7 +142,17 @@ def test_densenet_growing_runs():
     f = find_runs(_model("densenet121", block_config=(3, 4), growth_rate=8), (3, 32, 32), count=False)
     assert _runs(f) == [("features.denseblock1", 3), ("features.denseblock2", 4)]
     run = f.run("features.denseblock1")
-    assert run.kind == "growing" and run.input_shape == (16, 8, 8) and run.output_shape == (16 + 3 * 8, 8, 8)
+    assert run.kind == "dense" and run.growing
+    assert run.input_shape == (16, 8, 8) and run.output_shape == (16 + 3 * 8, 8, 8)
+    assert run.block_channels == (16, 24, 32) and run.channels_at(2) == 32
+
+
+def test_rexnet_chain_growing_runs():
+    f = find_runs(_model("rexnet_100"), (3, 64, 64), count=False)
+    assert f.runs and all(r.kind == "growing" for r in f.runs)
+    for run in f.runs:  # each block reads what the one before returned, widening as it goes
+        assert run.block_channels[0] == run.input_shape[0] and list(run.block_channels) == sorted(run.block_channels)
+        assert run.output_shape[0] > run.block_channels[-1]
 
 
 def test_growing_off():

@@ -28,6 +28,9 @@ GAPS = {
     "cifar10_resnet56": "the paper's m=2 Resnet-Global has a 4th stage ResNet-56 lacks",
     "cifar100_resnet56": "as cifar10_resnet56",
     "mnist_resnet": "the paper replaces all 6 blocks (m=0); condense keeps m >= 1",
+    "cifar10_densenet_bc": "the paper's Densenet-Global is another network (8 dense layers + a Global layer after "
+                           "the first two transitions); condense replaces the last 8 layers of each block",
+    "cifar100_densenet_bc": "as cifar10_densenet_bc",
     "imagenet_mobilenetv2": "the paper's Global variants are not specified beyond 'one Global layer per resolution'",
     "imagenet_mobilenetv3": "as imagenet_mobilenetv2",
     "imagenet_efficientnet_b0": "as imagenet_mobilenetv2",

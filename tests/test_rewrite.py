@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from condense._errors import CondenseError, ConfigError
-from condense.graph import (ChannelsLastAdapter, CondensedGraphModule, RewriteResult, RunChoice, Skip, find_runs,
-                            rewrite)
+from condense.graph import (ChannelsLastAdapter, CondensedGraphModule, GrowingTail, RewriteResult, RunChoice, Skip,
+                            find_runs, rewrite)
 from condense.pde._base import PDELayer
 
 SIZE = (3, 64, 64)
@@ -215,12 +215,94 @@ def test_plan_errors(resnet18, resnet18_found):
     assert RunChoice.from_dict(choice.to_dict()) == choice
 
 
-def test_growing_run_cannot_be_rewritten():
-    m = _model("densenet121", block_config=(3, 4), growth_rate=8)
+def _tail_outputs(module: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    seen: dict[str, torch.Tensor] = {}
+    handles = [mod.register_forward_hook(lambda _m, _a, out, name=name: seen.setdefault(name, out))
+               for name, mod in module.named_modules() if isinstance(mod, GrowingTail)]
+    with torch.no_grad():
+        module.eval()(x)
+    for h in handles:
+        h.remove()
+    return seen
+
+
+def test_dense_run_rewrite():
+    m = _model("densenet121", block_config=(3, 4), growth_rate=8).eval()
     f = find_runs(m, (3, 32, 32), count=False)
-    with pytest.raises(CondenseError, match="growing"):
-        rewrite(m, f, {"features.denseblock1": 1}, layer_factory=Factory())
-    assert rewrite(m, f, {"features.denseblock1": 3}, layer_factory=Factory()).records[0].method == "unchanged"
+    factory = Factory()
+    res = rewrite(m, f, {"features.denseblock1": 1, "features.denseblock2": 2}, layer_factory=factory)
+    new = res.module
+    # the layers work at the width block m reads; growing blocks are never an initial guess
+    assert [c["channels"] for c in factory.calls] == [16 + 8, f.run("features.denseblock2").block_channels[2]]
+    assert all(c["init_block"] is None for c in factory.calls)
+    block1 = new.get_submodule("features.denseblock1")
+    assert list(block1._modules) == ["denselayer1", "denselayer2"]  # the third layer is dropped
+    tail = block1.denselayer2
+    assert isinstance(tail, GrowingTail) and tail.in_channels == 24 and tail.new_channels == 16
+    assert [r.method for r in res.records] == ["sequential", "sequential"]
+    assert res.records[0].layer_type == "StandIn" and res.records[0].removed == (
+        "features.denseblock1.denselayer2", "features.denseblock1.denselayer3")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert new.eval()(x).shape == m(x).shape
+    # each tail returns only the new channels (the block concatenates them), and they learn: a zero start
+    # would meet the next BN-ReLU at 0, where no gradient flows
+    outs = _tail_outputs(new, x)
+    assert [tuple(o.shape) for o in outs.values()] == [(2, 16, 8, 8), (2, 16, 4, 4)]
+    new.train()
+    new(x).square().mean().backward()
+    for t in (tail, new.get_submodule("features.denseblock2.denselayer3")):
+        assert t.project[0].weight.grad.abs().sum() > 0 and t.project[1].weight.grad.abs().sum() > 0
+    assert _nparams(new) < _nparams(m)
+    assert rewrite(m, f, {"features.denseblock1": 3}, layer_factory=factory).records[0].method == "unchanged"
+
+
+def test_chain_growing_run_rewrite():
+    m = _model("rexnet_100").eval()
+    f = find_runs(m, SIZE, count=False)
+    run = f.runs[0]
+    res = rewrite(m, f, {run.path: 2}, layer_factory=Factory())
+    tail = res.module.get_submodule(run.blocks[2])
+    assert isinstance(tail, GrowingTail) and tail.growth == "growing"
+    assert tail.in_channels == run.block_channels[2]
+    assert tail.in_channels + tail.new_channels == run.output_shape[0]
+    x = torch.randn(2, *SIZE)
+    with torch.no_grad():
+        assert res.module.eval()(x).shape == m(x).shape
+    res.module.train()
+    res.module(x).square().mean().backward()
+
+
+class _CallsByName(nn.Module):
+    """A dense stage that calls its layers by name, not by looping: dropping layers breaks it."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2, self.l3 = (_DenseLayer(8 + 4 * i) for i in range(3))
+
+    def forward(self, x):
+        a = self.l1([x])
+        b = self.l2([x, a])
+        c = self.l3([x, a, b])
+        return torch.cat([x, a, b, c], 1)
+
+
+class _DenseLayer(nn.Module):
+    def __init__(self, cin: int):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, 4, 3, padding=1)
+
+    def forward(self, feats):
+        return self.conv(torch.cat(feats, 1))
+
+
+def test_dense_run_whose_parent_does_not_loop_is_an_error():
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), _CallsByName(), nn.Conv2d(20, 2, 1)).eval()
+    f = find_runs(m, (3, 8, 8), count=False)
+    (run,) = f.runs
+    assert run.kind == "dense" and run.r == 3
+    with pytest.raises(CondenseError, match="cannot rewrite dense run '1'"):
+        rewrite(m, f, {run.path: 1}, layer_factory=Factory())
 
 
 # --- custom stages: in-place edit, graph fallback -----------------------------------------------------

@@ -2,9 +2,11 @@
 
 ``find_runs(model, (3, 224, 224))`` changes nothing and returns a ``FindResult`` of ``Run`` records;
 ``rewrite(model, found, {"layer3": RunChoice(m=1)})`` returns a new module in which each planned run keeps
-``m`` blocks and ends in one PDE layer (``RewriteResult(module, records)``).
+``m`` blocks and ends in one PDE layer (``RewriteResult(module, records)``; a run that grows its channels
+ends in a ``GrowingTail``: the layer plus a 1x1 projection to the missing channels).
 """
 from ._find import FindResult, Run, find_runs
+from ._grow import GrowingTail
 from ._rewrite import (ChannelsFirstAdapter, ChannelsLastAdapter, CondensedGraphModule, RewriteRecord,
                        RewriteResult, RunChoice, Skip, rewrite)
 from ._trace import CondenseTracer, register_leaf_module, trace
@@ -12,6 +14,6 @@ from ._trace import CondenseTracer, register_leaf_module, trace
 __all__ = [
     "find_runs", "FindResult", "Run",
     "rewrite", "RunChoice", "RewriteResult", "RewriteRecord",
-    "Skip", "ChannelsLastAdapter", "ChannelsFirstAdapter", "CondensedGraphModule",
+    "Skip", "ChannelsLastAdapter", "ChannelsFirstAdapter", "CondensedGraphModule", "GrowingTail",
     "trace", "register_leaf_module", "CondenseTracer",
 ]

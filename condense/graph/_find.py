@@ -19,9 +19,11 @@ readers since it is always kept), else the first repeat itself. Runs are taken a
 level: a run inside a block of another run is dropped (``layer1.1`` is a block, not ``layer1.1.conv1``;
 ``layer1`` is a parent, not a block, because ``layer1 -> layer2`` are no repeats).
 
-Growing runs (``kind="growing"``): same-class compatible blocks chained at one resolution whose channels
-change (RexNet, DPN), and DenseNet-style blocks where block i reads the first block's input and the
-outputs of blocks 0..i-1 (``output_shape`` is then the concatenation). They are reported, not rewritten.
+Growing runs keep the resolution but grow the channels: ``kind="growing"`` for same-class compatible
+blocks chained one after the other (RexNet, DPN), ``kind="dense"`` for DenseNet-style blocks where block i
+reads the first block's input and the outputs of blocks 0..i-1 (``output_shape`` is then the
+concatenation the parent builds). ``Run.block_channels`` gives the channels each block reads, which is
+what a replacement at block m starts from (see ``condense.graph._grow``).
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ from torch import fx, nn
 from .._errors import CondenseError
 from ._trace import _trace, tensor_shape
 
-Kind = Literal["repeat", "growing"]
+Kind = Literal["repeat", "growing", "dense"]
 Layout = Literal["NCHW", "NHWC"]
 
 
@@ -49,9 +51,11 @@ class Run:
     ``layout`` is how the blocks hold the tensor ("NHWC" for e.g. Swin). ``in_sequential``: the blocks are
     consecutive children of a plain ``nn.Sequential`` that runs through its own forward (so a rewrite can
     simply drop children; not when the parent iterates or indexes it). ``macs``/``params`` are per
-    block (``macs`` entries are None when counting was off or unavailable). For ``kind == "growing"``
-    the blocks keep the resolution but change the channels: ``input_shape`` is the first block's input
-    and ``output_shape`` the last block's output.
+    block (``macs`` entries are None when counting was off or unavailable). For growing runs
+    (``kind`` "growing" or "dense") the blocks keep the resolution but change the channels:
+    ``input_shape`` is the first block's input, ``output_shape`` the run's output (for "dense" the
+    concatenation of that input and every block's output) and ``block_channels[i]`` the channels block i
+    reads (for "dense" all its inputs together).
     """
 
     path: str
@@ -66,6 +70,11 @@ class Run:
     layout: Layout = "NCHW"
     parent_class: str = ""
     in_sequential: bool = False
+    block_channels: tuple[int, ...] = ()
+
+    @property
+    def growing(self) -> bool:
+        return self.kind != "repeat"
 
     @property
     def r(self) -> int:
@@ -75,6 +84,11 @@ class Run:
     @property
     def channels(self) -> int:
         return self.input_shape[0]
+
+    def channels_at(self, m: int) -> int:
+        """Channels a layer replacing ``blocks[m:]`` reads: the repeats' width, or for a growing run what
+        block m reads."""
+        return self.block_channels[m] if self.growing and self.block_channels else self.input_shape[0]
 
     @property
     def layer_kernel_size(self) -> int | None:
@@ -461,7 +475,7 @@ def _dense_runs(siblings: list[_Block], mods: dict[str, nn.Module], taken: set[s
         if len(seg) >= 2 and names:
             c_out = tensor_shape(x0)[1] + sum(tensor_shape(s.output)[1] for s in seg)
             s_in = tensor_shape(x0)
-            runs.append(_RawRun(first.parent, seg, "growing", (s_in, (s_in[0], c_out, *hw))))
+            runs.append(_RawRun(first.parent, seg, "dense", (s_in, (s_in[0], c_out, *hw))))
         i += len(seg)
     return runs
 
@@ -504,6 +518,11 @@ def _find_raw(gm: fx.GraphModule, root: nn.Module, growing: bool) -> list[_RawRu
             i = keys.index(names[0])
             r.in_sequential = keys[i:i + len(names)] == names
     return raw
+
+
+def _block_channels(rr: _RawRun) -> tuple[int, ...]:
+    """Channels each block of a growing run reads (NCHW; for a dense run, all its inputs together)."""
+    return tuple(sum(tensor_shape(i)[1] for i in b.inputs) for b in rr.blocks)
 
 
 def _snapshot(value):
@@ -619,6 +638,7 @@ def find_runs(model: nn.Module, input_size=(3, 224, 224), *, example_input: torc
             layout=layout,
             parent_class=type(root.get_submodule(rr.parent)).__name__,
             in_sequential=rr.in_sequential,
+            block_channels=_block_channels(rr) if rr.kind != "repeat" else (),
         ))
     return FindResult(
         runs=tuple(runs),

@@ -21,6 +21,12 @@ m-1's output and feeds whatever read block r-1's output. Three ways to do it, tr
   mode, so timm's drop-path still switches) in which the removed blocks' nodes are replaced by one
   ``call_module`` node of the layer; modules keep their original paths, so keys are as above.
 
+Growing runs (``Run.growing``) get a ``GrowingTail`` (the layer at ``Run.channels_at(m)`` channels plus a
+1x1 projection to the missing ones, ``condense.graph._grow``) edited in the same ways; a dense run's
+tail replaces block m in the parent that loops over the blocks (DenseNet's ``DenseBlock``) and the other
+removed blocks are dropped from it (method ``sequential``), checked by running the result. Growing
+blocks change the width, so they are never the layer's initial guess (``init`` is ignored).
+
 Channels-last runs (``Run.layout == "NHWC"``, e.g. Swin) get the layer wrapped in ``ChannelsLastAdapter``
 (keys ``<first removed block>.layer.*``) and the init block wrapped in ``ChannelsFirstAdapter``.
 
@@ -39,6 +45,7 @@ from torch import fx, nn
 
 from .._errors import CondenseError, ConfigError
 from ._find import FindResult, Run, _analyse, _groups
+from ._grow import GrowingTail
 from ._trace import _trace, module_path_stack
 
 Init = Literal["block", "input"]
@@ -223,10 +230,18 @@ def _default_factory(name: str, channels: int, init_block: nn.Module | None = No
     return create_layer(name, channels, init_block=init_block, **options)
 
 
+def _inner(layer: nn.Module) -> nn.Module:
+    """The PDE layer inside the adapters a rewrite may wrap it in."""
+    while isinstance(layer, (ChannelsLastAdapter, GrowingTail)):
+        layer = layer.layer
+    return layer
+
+
 def _build_layer(run: Run, choice: RunChoice, source: nn.Module, factory: LayerFactory) -> nn.Module:
     block = source.get_submodule(run.blocks[choice.m])
     init_block = None
-    if choice.init == "block":
+    channels = run.channels_at(choice.m)
+    if choice.init == "block" and not run.growing:  # a growing block changes the width: no initial guess
         init_block = copy.deepcopy(block)
         if run.layout == "NHWC":
             init_block = ChannelsFirstAdapter(init_block)
@@ -234,7 +249,7 @@ def _build_layer(run: Run, choice: RunChoice, source: nn.Module, factory: LayerF
     if run.layer_kernel_size is not None:
         options.setdefault("kernel_size", run.layer_kernel_size)
     try:
-        layer = factory(choice.layer, channels=run.channels, init_block=init_block, **options)
+        layer = factory(choice.layer, channels=channels, init_block=init_block, **options)
     except CondenseError:
         raise
     except Exception as err:  # noqa: BLE001
@@ -249,6 +264,10 @@ def _build_layer(run: Run, choice: RunChoice, source: nn.Module, factory: LayerF
             layer = layer.to(dtype=ref.dtype)
     if run.layout == "NHWC":
         layer = ChannelsLastAdapter(layer)
+    if run.growing and run.output_shape[0] > channels:
+        layer = GrowingTail(layer, channels, run.output_shape[0] - channels, run.kind)  # type: ignore[arg-type]
+        if ref is not None:
+            layer = layer.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
     layer.train(block.training)
     return layer
 
@@ -427,10 +446,6 @@ def rewrite(model: nn.Module, runs: FindResult | Iterable[Run], plan: Mapping[st
         if choice.m == run.r:
             records[run.path] = RewriteRecord(run.path, run.r, run.r, run.blocks, (), None, None, "unchanged", 0, 0)
             continue
-        if run.kind != "repeat":
-            raise CondenseError(f"run '{run.path}' grows its channels ({run.input_shape[0]} -> "
-                                f"{run.output_shape[0]}); rewriting growing runs is not supported",
-                                f"keep it: m = r = {run.r}")
         todo.append((run, choice))
 
     new = copy.deepcopy(model)
@@ -441,7 +456,10 @@ def rewrite(model: nn.Module, runs: FindResult | Iterable[Run], plan: Mapping[st
         removed = list(run.blocks[choice.m:])
         parent, _ = _parent_and_name(new, removed[0])
         names = [p.rpartition(".")[2] for p in run.blocks]
-        if run.in_sequential and _is_plain_sequential(parent, names):
+        if run.kind == "dense":  # the parent loops over its children (DenseNet's DenseBlock): drop them
+            _edit_sequential(parent, [p.rpartition(".")[2] for p in removed], layer)
+            method[run.path] = "sequential"
+        elif run.in_sequential and _is_plain_sequential(parent, names):
             _edit_sequential(parent, [p.rpartition(".")[2] for p in removed], layer)
             method[run.path] = "sequential"
         else:
@@ -462,14 +480,64 @@ def rewrite(model: nn.Module, runs: FindResult | Iterable[Run], plan: Mapping[st
                 method[run.path] = "graph"
             result = _graph_rewrite(new, failed, example_input, type(model).__name__)
 
+    dense = [(run, choice, layer) for run, choice, layer in layers if run.kind == "dense"]
+    if dense and check:
+        if example_input is None:
+            raise CondenseError("rewrite needs example_input to check the edits of dense runs",
+                                "pass example_input= or the FindResult itself")
+        _check_dense(model, result, dense, example_input)
+
     for run, choice, layer in layers:
         records[run.path] = RewriteRecord(
             path=run.path, r=run.r, m=choice.m, kept=run.blocks[:choice.m], removed=run.blocks[choice.m:],
-            inserted=run.blocks[choice.m], layer_type=type(layer.layer if isinstance(layer, ChannelsLastAdapter)
-                                                           else layer).__name__,
+            inserted=run.blocks[choice.m], layer_type=type(_inner(layer)).__name__,
             method=method[run.path], params_removed=sum(run.params[choice.m:]),
             params_added=sum(p.numel() for p in layer.parameters()))
     return RewriteResult(result, tuple(records[r.path] for r in run_list))
+
+
+def _check_dense(model: nn.Module, new: nn.Module, items, x: torch.Tensor) -> None:
+    """A dense run's parent must loop over its children: after dropping the removed ones, each tail runs
+    once per forward and the model's output keeps its shape."""
+    calls = {run.path: 0 for run, _, _ in items}
+    handles = []
+    for run, _, layer in items:
+        def hook(mod, args, out, path=run.path):
+            calls[path] += 1
+        handles.append(layer.register_forward_hook(hook))
+    training = (model.training, new.training)
+    model.eval()
+    new.eval()
+    try:
+        with torch.no_grad():
+            ref, out = model(x), new(x)
+        err = None
+    except Exception as exc:  # noqa: BLE001 - reported below with the run's name
+        err, ref, out = exc, None, None
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(training[0])
+        new.train(training[1])
+    for run, choice, _ in items:
+        if err is not None or calls[run.path] != 1 or _shapes(ref) != _shapes(out):
+            why = f"the model fails after the edit ({type(err).__name__}: {err})" if err is not None else \
+                f"the new layer ran {calls[run.path]} time(s) and the output shape changed" \
+                if _shapes(ref) != _shapes(out) else f"the new layer ran {calls[run.path]} time(s), not once"
+            raise CondenseError(f"cannot rewrite dense run '{run.path}' (blocks "
+                                f"{run.blocks[choice.m]}..{run.blocks[-1]} dropped): {why}",
+                                f"keep this run (m = r = {run.r}); dense runs need a parent that loops over "
+                                "its children and concatenates their outputs, as timm's DenseBlock does")
+
+
+def _shapes(out) -> list:
+    if isinstance(out, torch.Tensor):
+        return [tuple(out.shape)]
+    if isinstance(out, (list, tuple)):
+        return [s for o in out for s in _shapes(o)]
+    if isinstance(out, dict):
+        return [s for o in out.values() for s in _shapes(o)]
+    return []
 
 
 def _failed_inplace(model: nn.Module, new: nn.Module, items, x: torch.Tensor):
