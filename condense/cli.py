@@ -38,6 +38,7 @@ other commands (each has --help):
   condense recipe list | footprint [FILE...] | run FILE [--epochs N]      the paper's experiments
   condense search MODEL --data SPEC --budget B --trials N                Pareto search (Optuna)
   condense export STUDY_DIR --trial N                                    a searched plan as a model dir
+  condense compare STUDY_DIR STUDY_DIR [--plot PNG]                      hypervolume of searches' fronts
   condense bench DIR_OR_MODEL [--against MODEL]                          time condensed vs original
   condense export-onnx DIR [-o FILE]                                     ONNX, checked under onnxruntime
 """
@@ -404,10 +405,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._export import export_onnx_main
 
         return export_onnx_main(argv[1:])
-    if argv and argv[0] in ("search", "export"):  # the Optuna search lives in the top-level search package
-        from search import export_main, search_main
+    if argv and argv[0] in ("search", "export", "compare"):  # the Optuna search: the top-level search package
+        from search import compare_main, export_main, search_main
 
-        return (search_main if argv[0] == "search" else export_main)(argv[1:])
+        return {"search": search_main, "export": export_main, "compare": compare_main}[argv[0]](argv[1:])
     if argv and argv[0] in SUBCOMMANDS:
         args = _sub_parser(argv[0]).parse_args(argv[1:])
         runner = {"find": _run_find, "count": _run_count, "train": _run_train, "recipe": _run_recipe}[argv[0]]

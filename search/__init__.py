@@ -11,18 +11,21 @@ Public API (everything else is private)::
     trials_frame(study, space), front_frame(...)   every trial / the Pareto front as DataFrames
     write_csv(df, path), front_table(front)        CSV, rich Table
     plot_front(trials, "front.png", reference=...) accuracy vs MACs (matplotlib)
+    compare_studies([DIR, DIR]), hypervolume(points, ref)   fronts of several searches side by side
+    plot_fronts({name: trials}, "fronts.png")               ... and in one plot
     export_trial(DIR, N, OUT)           a trial's trained model as a directory condense.load reads
-    search_main(argv), export_main(argv)   the `condense search` / `condense export` commands
+    search_main(argv), export_main(argv), compare_main(argv)   `condense search` / `export` / `compare`
 
 Objectives: accuracy after a short proxy training (maximise), MACs and parameters (minimise), optionally
 measured latency. Budgets are hard constraints (``trial.set_constraint``): an over-budget plan is counted,
-never trained, and never on the front. Sampler: NSGA-II (or TPE), seeded per trial number.
+never trained, and never on the front. Sampler: NSGA-II (or TPE, or random as a baseline), seeded per trial number.
 """
-from ._cli import export_main, search_main
+from ._cli import compare_main, export_main, search_main
+from ._compare import compare_studies, hypervolume
 from ._export import ExportResult, export_trial
 from ._objective import Objective, measure_latency
 from ._pareto import front_frame, front_table, trials_frame, write_csv
-from ._plot import plot_front
+from ._plot import plot_front, plot_fronts
 from ._space import Param, RunSpace, SearchSpace, build_space
 from ._study import (SearchConfig, SearchResult, load_config, open_study, recover_stale_trials, run_search,
                      study_from_dir)
@@ -31,7 +34,8 @@ __all__ = [
     "run_search", "SearchConfig", "SearchResult",
     "SearchSpace", "RunSpace", "Param", "build_space",
     "open_study", "study_from_dir", "load_config", "recover_stale_trials", "Objective", "measure_latency",
-    "trials_frame", "front_frame", "write_csv", "front_table", "plot_front",
+    "trials_frame", "front_frame", "write_csv", "front_table", "plot_front", "plot_fronts",
+    "compare_studies", "hypervolume",
     "export_trial", "ExportResult",
-    "search_main", "export_main",
+    "search_main", "export_main", "compare_main",
 ]

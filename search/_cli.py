@@ -11,7 +11,7 @@ from typing import Sequence
 
 from condense import CondenseError
 
-__all__ = ["search_main", "export_main", "search_parser", "export_parser"]
+__all__ = ["search_main", "export_main", "compare_main", "search_parser", "export_parser", "compare_parser"]
 
 SEARCH_EPILOG = """\
 Each trial condenses the model with one plan, counts it, and (if it fits the budgets) trains it briefly on
@@ -24,6 +24,7 @@ examples:
   condense search zoo:resnet32 --data cifar10:PATH --budget 40%% --show-space
   condense search timm:resnet18 --data cifar10:PATH --budget 1G --storage postgresql://u:p@host/db
   condense export searches/resnet18 --trial 12 -o out/resnet18-t12
+  condense compare searches/resnet18 searches/resnet18-random --plot fronts.png
   optuna-dashboard searches/resnet18/study.journal
 """
 
@@ -68,7 +69,8 @@ def search_parser() -> argparse.ArgumentParser:
                    help="layer types to search, comma-separated (default: global,linearmix,explicit_rd,"
                         "implicit_rd,circulant_rd)")
     s.add_argument("--K", type=_int_range, default=None, metavar="LO-HI", help="range of K (default 1-20)")
-    s.add_argument("--sampler", choices=("nsgaii", "tpe"), default="nsgaii")
+    s.add_argument("--sampler", choices=("nsgaii", "tpe", "random"), default="nsgaii",
+                   help="nsgaii (default), tpe, or random (a baseline; compare with condense compare)")
     s.add_argument("--population", type=int, default=10, help="NSGA-II population size (default 10)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-fit-start", action="store_true",
@@ -239,6 +241,62 @@ def export_main(argv: Sequence[str] | None = None) -> int:
                   f"{format_count(res.params)} params", highlight=False)
     console.print(f"saved to {res.path} (load with condense.load({str(res.path)!r}))", highlight=False)
     return 0
+
+
+def compare_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="condense compare", description="Compare searches of one model: hypervolume of each front and how "
+        "much of each other front it dominates (objectives scaled by the original model: 1 - accuracy, "
+        "MACs / original, params / original; reference point (1, 1, 1)).")
+    p.add_argument("study_dirs", nargs="+", metavar="STUDY_DIR", help="output directories of condense search")
+    p.add_argument("--plot", metavar="PNG", help="also draw every study's front in one accuracy-vs-MACs plot")
+    p.add_argument("--csv", metavar="FILE", help="also write the comparison table as CSV")
+    p.add_argument("--debug", action="store_true")
+    return p
+
+
+def compare_main(argv: Sequence[str] | None = None) -> int:
+    """``condense compare DIR DIR ... [--plot PNG] [--csv FILE]``; returns the exit code."""
+    args = compare_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    console = _console()
+    try:
+        _compare(args, console)
+    except Exception as err:  # noqa: BLE001
+        return _fail(err, args.debug)
+    return 0
+
+
+def _compare(args, console) -> None:
+    from pathlib import Path
+
+    import pandas as pd
+    from rich.table import Table
+
+    from ._compare import _load, compare_studies
+    from ._pareto import write_csv
+
+    df = compare_studies(args.study_dirs)
+    covers = [c for c in df.columns if c.startswith("covers[")]
+    table = Table("study", "sampler", "feasible trials", "front", "hypervolume", "best accuracy",
+                  *[f"dominates {c[7:-1]}" for c in covers], title="search comparison", title_justify="left")
+    for _, row in df.iterrows():
+        table.add_row(row["study"], str(row["sampler"]), str(row["trials"]), str(row["front"]),
+                      f"{row['hypervolume']:.4f}", f"{row['best_accuracy']:.4f}",
+                      *["-" if pd.isna(row[c]) else f"{100 * row[c]:.0f}%" for c in covers])
+    console.print(table)
+    console.print("hypervolume: volume dominated in (1 - accuracy, MACs/original, params/original) up to (1, 1, 1); "
+                  "higher is better. dominates X: share of X's front points that this front weakly dominates.",
+                  highlight=False)
+    if args.csv:
+        console.print(f"table: {write_csv(df, args.csv)}", highlight=False)
+    if args.plot:
+        from ._plot import plot_fronts
+
+        loaded = {Path(d).name: _load(Path(d)) for d in args.study_dirs}
+        reference = next(iter(loaded.values()))[0].get("reference")
+        path = plot_fronts({n: t for n, (_, t) in loaded.items()}, args.plot, reference=reference,
+                           title="fronts: accuracy vs MACs")
+        console.print(f"plot: {path}", highlight=False)
 
 
 if __name__ == "__main__":  # python -m search._cli

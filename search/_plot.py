@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["plot_front"]
+__all__ = ["plot_front", "plot_fronts"]
 
 
 def plot_front(trials: pd.DataFrame, path: str | os.PathLike, *, reference: dict[str, Any] | None = None,
@@ -55,6 +55,49 @@ def plot_front(trials: pd.DataFrame, path: str | os.PathLike, *, reference: dict
         ax.set_title(title, fontsize=10)
     handles, labels = ax.get_legend_handles_labels()
     if handles:
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    out = Path(path)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    os.replace(tmp, out)
+    return out
+
+
+def plot_fronts(studies: dict[str, pd.DataFrame], path: str | os.PathLike, *, reference: dict[str, Any] | None = None,
+                title: str | None = None, dpi: int = 120) -> Path:
+    """Several searches of one model in one PNG: each study's trained trials (small, faint) and its front
+    (a staircase), one colour per study, the original model marked. ``studies``: name -> trials frame."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    reference = reference or {}
+    fig = Figure(figsize=(7.5, 4.8))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    every = pd.concat(list(studies.values())) if studies else pd.DataFrame()
+    scale, unit = _unit(every, reference)
+    for i, (name, trials) in enumerate(studies.items()):
+        colour = f"C{i}"
+        trained = trials[(trials["status"] == "trained") & trials["accuracy"].notna()]
+        ax.scatter(trained["macs"] / scale, trained["accuracy"], s=10, c=colour, alpha=0.3, zorder=2)
+        front = trained[trained["on_front"] == True].sort_values("macs")  # noqa: E712
+        if not front.empty:
+            ax.step(front["macs"] / scale, front["accuracy"], where="post", c=colour, lw=1.2, zorder=3)
+            ax.scatter(front["macs"] / scale, front["accuracy"], s=30, c=colour, label=f"{name} front", zorder=4)
+    if reference.get("macs"):
+        acc = reference.get("accuracy")
+        if acc is not None and not math.isnan(acc):
+            ax.scatter([reference["macs"] / scale], [acc], marker="*", s=160, c="tab:red", label="original model",
+                       zorder=5)
+        else:
+            ax.axvline(reference["macs"] / scale, c="tab:red", ls=":", lw=1.2, label="original model (MACs)")
+    ax.set_xlabel(f"MACs ({unit})")
+    ax.set_ylabel("accuracy (proxy training)")
+    ax.grid(True, alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     out = Path(path)

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import optuna
-from optuna.samplers import NSGAIISampler, TPESampler
+from optuna.samplers import NSGAIISampler, RandomSampler, TPESampler
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from torch import nn
@@ -61,7 +61,7 @@ __all__ = ["SearchConfig", "SearchResult", "run_search", "open_study", "load_con
 JOURNAL = "study.journal"
 CONFIG = "search.json"
 TRIALS = "trials"
-SAMPLERS = ("nsgaii", "tpe")
+SAMPLERS = ("nsgaii", "tpe", "random")
 _WORKER_KEY = "condense:worker"
 _BEAT_KEY = "condense:heartbeat"
 _CONFIG_KEY = "condense:config"
@@ -223,9 +223,19 @@ class CondenseTPESampler(_PerTrialSeed, TPESampler):
         self._condense_seed = seed
 
 
+class CondenseRandomSampler(_PerTrialSeed, RandomSampler):
+    """Uniform random search (the baseline a multi-objective sampler has to beat), draws seeded per trial."""
+
+    def __init__(self, seed: int = 0, **kwargs: Any):
+        super().__init__(seed=seed, **kwargs)
+        self._condense_seed = seed
+
+
 def make_sampler(config: SearchConfig) -> optuna.samplers.BaseSampler:
     if config.sampler == "tpe":
         return CondenseTPESampler(seed=config.seed)
+    if config.sampler == "random":
+        return CondenseRandomSampler(seed=config.seed)
     return CondenseNSGAIISampler(seed=config.seed, population_size=config.population)
 
 

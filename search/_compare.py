@@ -1,0 +1,136 @@
+"""Compare the fronts of several searches of one model: hypervolume and mutual dominance (no plotting here).
+
+In: study directories (their ``trials.csv`` and ``search.json``). Out: a DataFrame, one row per study.
+
+The objectives are put on one scale before any figure is computed, so that a study's hypervolume does not
+depend on the units: ``error = 1 - accuracy``, ``macs / macs_original`` and ``params / params_original``
+(all minimised; the original model is the one in the studies' ``search.json``). The hypervolume is the
+volume of that unit-ish box dominated by the study's feasible trials, with the reference point
+``(1, 1, 1)`` = zero accuracy at the original model's cost; it is 0 for a study without a feasible trial
+and grows towards 1 (a perfect model that costs nothing). ``covers[B]`` is the share of B's front points
+weakly dominated by some point of this study's front (Zitzler's C-metric): 1.0 means this front is at
+least as good as B's everywhere B has a point.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from condense import CondenseError
+
+__all__ = ["hypervolume", "pareto_points", "dominated_share", "compare_studies"]
+
+_OBJECTIVES = ("error", "macs_ratio", "params_ratio")
+
+
+def hypervolume(points: Sequence[Sequence[float]], reference: Sequence[float]) -> float:
+    """Exact hypervolume of 2-D or 3-D points (every objective minimised) up to ``reference``.
+
+    Points that do not strictly dominate the reference add nothing. 3-D: slices along the last objective,
+    each the 2-D area of the points at or below it (O(n^2 log n), fine for search-sized fronts)."""
+    pts = np.asarray(points, dtype=float).reshape(-1, len(reference))
+    ref = np.asarray(reference, dtype=float)
+    pts = pts[np.all(pts < ref, axis=1)]
+    if len(pts) == 0:
+        return 0.0
+    if pts.shape[1] == 2:
+        return _hv2_exact(pts, ref)
+    if pts.shape[1] != 3:
+        raise ValueError(f"hypervolume supports 2 or 3 objectives, got {pts.shape[1]}")
+    pts = pts[np.argsort(pts[:, 2], kind="stable")]
+    volume = 0.0
+    for i in range(len(pts)):
+        z_next = pts[i + 1, 2] if i + 1 < len(pts) else ref[2]
+        if z_next > pts[i, 2]:
+            volume += _hv2_exact(pts[: i + 1, :2], ref[:2]) * (z_next - pts[i, 2])
+    return float(volume)
+
+
+def _hv2_exact(points: np.ndarray, ref: np.ndarray) -> float:
+    """Area dominated by 2-D points: sweep by x, each point adds the strip up to the next x."""
+    pts = points[np.lexsort((points[:, 1], points[:, 0]))]
+    area, best_y = 0.0, ref[1]
+    for i in range(len(pts)):
+        best_y = min(best_y, pts[i, 1])
+        x_next = pts[i + 1, 0] if i + 1 < len(pts) else ref[0]
+        area += (x_next - pts[i, 0]) * (ref[1] - best_y)
+    return float(area)
+
+
+def _dominates(a: np.ndarray, b: np.ndarray) -> bool:
+    """``a`` weakly dominates ``b`` (no worse everywhere; all objectives minimised)."""
+    return bool(np.all(a <= b))
+
+
+def pareto_points(points: np.ndarray) -> np.ndarray:
+    """The non-dominated rows of ``points`` (minimised), duplicates kept once."""
+    pts = np.unique(np.asarray(points, dtype=float), axis=0)
+    keep = [i for i, p in enumerate(pts)
+            if not any(j != i and _dominates(q, p) and np.any(q < p) for j, q in enumerate(pts))]
+    return pts[keep]
+
+
+def dominated_share(front: np.ndarray, others: np.ndarray) -> float:
+    """Share of ``others`` weakly dominated by some point of ``front`` (C-metric); nan if ``others`` is empty."""
+    if len(others) == 0:
+        return float("nan")
+    if len(front) == 0:
+        return 0.0
+    return float(np.mean([any(_dominates(f, o) for f in front) for o in others]))
+
+
+def _load(study_dir: Path) -> tuple[dict, pd.DataFrame]:
+    config_path, trials_path = study_dir / "search.json", study_dir / "trials.csv"
+    for p in (config_path, trials_path):
+        if not p.is_file():
+            raise CondenseError(f"{study_dir} has no {p.name}", "pass a study directory written by condense search")
+    try:
+        config = json.loads(config_path.read_text())
+        trials = pd.read_csv(trials_path)
+    except (ValueError, OSError) as err:
+        raise CondenseError(f"cannot read {study_dir}: {err}", "re-run the search to rewrite its files") from err
+    return config, trials
+
+
+def _scaled(trials: pd.DataFrame, ref: dict) -> np.ndarray:
+    ok = trials[(trials["state"] == "COMPLETE") & (trials.get("feasible", True) == True)]  # noqa: E712
+    ok = ok.dropna(subset=["accuracy", "macs", "params"])
+    return np.column_stack([1.0 - ok["accuracy"].to_numpy(float), ok["macs"].to_numpy(float) / ref["macs"],
+                            ok["params"].to_numpy(float) / ref["params"]]) if len(ok) else np.zeros((0, 3))
+
+
+def compare_studies(dirs: Sequence[str | os.PathLike]) -> pd.DataFrame:
+    """One row per study: ``study``, ``sampler``, ``trials`` (complete and feasible), ``front`` (points),
+    ``hypervolume``, ``best_accuracy`` and ``covers[NAME]`` for every other study (see the module docstring).
+    The studies must be of one model (the original's MACs and parameters must agree)."""
+    if len(dirs) < 1:
+        raise CondenseError("no study directory given", "pass one or more study directories")
+    loaded = [(Path(d), *_load(Path(d))) for d in dirs]
+    refs = [(c.get("reference") or {}) for _, c, _ in loaded]
+    ref = refs[0]
+    if not ref.get("macs") or not ref.get("params"):
+        raise CondenseError(f"{loaded[0][0]}/search.json has no original MAC/parameter counts",
+                            "re-run the search with this version of condense")
+    for (d, _, _), r in zip(loaded[1:], refs[1:]):
+        if (r.get("macs"), r.get("params")) != (ref["macs"], ref["params"]):
+            raise CondenseError(f"{d} searched another model ({r.get('macs')} MACs vs {ref['macs']})",
+                                "compare studies of one model")
+    points = {d.name: _scaled(t, ref) for d, _, t in loaded}
+    fronts = {name: pareto_points(p) if len(p) else p for name, p in points.items()}
+    rows = []
+    for d, config, _ in loaded:
+        name = d.name
+        row = {"study": name, "sampler": (config.get("config") or config).get("sampler"),
+               "trials": len(points[name]), "front": len(fronts[name]),
+               "hypervolume": hypervolume(points[name], (1.0, 1.0, 1.0)),
+               "best_accuracy": float(1.0 - points[name][:, 0].min()) if len(points[name]) else float("nan")}
+        for other in fronts:
+            if other != name:
+                row[f"covers[{other}]"] = dominated_share(fronts[name], fronts[other])
+        rows.append(row)
+    return pd.DataFrame(rows)
