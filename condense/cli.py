@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ._errors import CondenseError, run_command
+from ._errors import run_command
 
 SUBCOMMANDS = ("find", "count", "train", "recipe")
 EPILOG = """\
