@@ -10,7 +10,6 @@ epochs of fine-tuning for both. Nothing here asserts: it prints what it measured
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 
 import torch
