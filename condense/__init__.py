@@ -4,6 +4,8 @@ Public API (everything else is private)::
 
     condense(model, macs="40M", input_size=(3, 32, 32))   the condensed nn.Module (default plan without budget)
     fit(model, macs=..., params=...)    the plan, the rewritten model and measured counts (FitResult)
+    fit(model, latency="12ms", latency_setting=LatencySetting(batch=1, mode="compiled"))   a measured budget
+    measure_latency(model, input_size, setting)   median ms of one forward pass on this machine
     save(result, DIR, spec=...), load(DIR)   a condensed model on disk (plan JSON + safetensors)
     find_runs(model, input_size)        the runs of repeated same-resolution blocks (changes nothing)
     load_data("cifar10:PATH"); condense.train.train(model, data, TrainConfig(...), teacher=...)   recover accuracy
@@ -15,10 +17,11 @@ Public API (everything else is private)::
     create_layer(name, channels, ...)   any of them by name
     advection_diffusion(...)            the pure solver behind the Global layer
 """
-from ._budget import Budget, format_count, parse_budget, parse_input_size
+from ._budget import Budget, format_count, format_ms, parse_budget, parse_input_size, parse_latency
 from ._count import count, count_module, macs_and_params
 from ._errors import BudgetError, CondenseError, ConfigError
-from ._fit import FitResult, Plan, condense, fit
+from ._fit import FitResult, LatencyFit, Plan, condense, fit
+from ._latency import LatencySetting, measure_latency
 from ._io import load, save
 from ._models import build_model, load_checkpoint
 from .data import DataBundle, DataSpec, load_data, parse_data_spec
@@ -31,11 +34,11 @@ from .pde import (CirculantRD, CirculantRDConfig, ExplicitRD, ExplicitRDConfig, 
 __version__ = "0.1.0"
 
 __all__ = [
-    "condense", "fit", "FitResult", "Plan", "save", "load", "build_model", "load_checkpoint",
+    "condense", "fit", "FitResult", "LatencyFit", "LatencySetting", "measure_latency", "Plan", "save", "load", "build_model", "load_checkpoint",
     "load_data", "parse_data_spec", "DataBundle", "DataSpec", "TrainConfig", "TrainResult",
     "find_runs", "FindResult", "Run", "RunChoice", "rewrite", "register_leaf_module",
     "count", "count_module", "macs_and_params",
-    "Budget", "parse_budget", "format_count", "parse_input_size",
+    "Budget", "parse_budget", "parse_latency", "format_count", "format_ms", "parse_input_size",
     "CondenseError", "ConfigError", "BudgetError",
     "PDELayer", "GlobalLayer", "GlobalConfig", "LinearMix", "LinearMixConfig", "ExplicitRD", "ExplicitRDConfig",
     "ImplicitRD", "ImplicitRDConfig", "CirculantRD", "CirculantRDConfig",

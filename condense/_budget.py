@@ -1,4 +1,4 @@
-"""Budget strings (``250M``, ``60%``), input sizes (``3x224x224``) and human-readable counts (``385.9M``).
+"""Budget strings (``250M``, ``60%``, latency ``12ms``), input sizes (``3x224x224``) and human-readable counts (``385.9M``).
 
 In: text typed by a user. Out: numbers, or a one-line ``BudgetError``/``CondenseError``. Never: counting.
 Every budget string is parsed here, and only here.
@@ -11,7 +11,7 @@ import re
 
 from ._errors import BudgetError, CondenseError
 
-__all__ = ["Budget", "parse_budget", "format_count", "parse_input_size"]
+__all__ = ["Budget", "parse_budget", "parse_latency", "format_count", "format_ms", "parse_input_size"]
 
 _SCALE = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9}
 _ACCEPTED = "accepted: 250M, 1.2G, 1B, 800K, 2.5e8, 250000000, or a percentage of the original like 60%"
@@ -80,6 +80,45 @@ def parse_budget(text: str | int | float | Budget) -> Budget:
     if value < 1:
         raise _bad(text, "a count must be at least 1 (write a fraction as a percentage, e.g. 50%)")
     return Budget(value, False)
+
+
+_LATENCY_RE = re.compile(rf"{_NUMBER}\s*(?P<unit>ms|s|us|µs|%)?", re.IGNORECASE)
+_LATENCY_UNITS = {"ms": 1.0, "": 1.0, "s": 1e3, "us": 1e-3, "µs": 1e-3}
+_LATENCY_ACCEPTED = "accepted: 12ms, 12 (milliseconds), 0.5s, 800us, or a percentage of the original like 60%"
+
+
+def parse_latency(text: str | int | float | Budget) -> Budget:
+    """A latency budget in milliseconds: ``12ms``, ``12`` (ms), ``0.5s``, ``800us``, or ``60%`` of the
+    original model's measured latency. Returns a ``Budget`` whose ``value`` is in milliseconds (or the
+    percentage); raises ``BudgetError`` for anything else, zero, negative or above 100%."""
+    if isinstance(text, Budget):
+        return text
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        if not math.isfinite(float(text)) or text <= 0:
+            raise BudgetError(f"bad latency budget {text!r}: must be a positive number of milliseconds",
+                              _LATENCY_ACCEPTED)
+        return Budget(float(text), False)
+    match = _LATENCY_RE.fullmatch(text.strip()) if isinstance(text, str) else None
+    if match is None:
+        raise BudgetError(f"bad latency budget {text!r}", _LATENCY_ACCEPTED)
+    value, unit = float(match["num"]), (match["unit"] or "").lower()
+    if not math.isfinite(value) or value <= 0:
+        raise BudgetError(f"bad latency budget {text!r}: must be positive", _LATENCY_ACCEPTED)
+    if unit == "%":
+        if value > 100:
+            raise BudgetError(f"bad latency budget {text!r}: a percentage of the original must be at most 100%",
+                              _LATENCY_ACCEPTED)
+        return Budget(value, True)
+    return Budget(value * _LATENCY_UNITS[unit], False)
+
+
+def format_ms(ms: float) -> str:
+    """A latency for tables: ``12.3 ms``, ``0.85 ms``, ``1.24 s``."""
+    if not math.isfinite(ms):
+        return str(ms)
+    if ms >= 1000:
+        return f"{ms / 1e3:.2f} s"
+    return f"{ms:.2f} ms" if ms < 10 else f"{ms:.1f} ms"
 
 
 _UNITS = (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3))

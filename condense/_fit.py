@@ -15,19 +15,25 @@ How the plan is chosen (``fit``):
    block fits. If K was not fixed, it is then raised (up to 20) while every budget still holds.
 4. The plan is applied and the result counted; if the measured figure breaks a budget (the estimate
    sums block and layer counts), the last block given back is taken away again, and so on.
+5. A latency budget (``latency="12ms"``) is met by measurement, not estimate: plans from steps 3-4 for a
+   series of MAC targets are measured on this machine (``condense._latency``) and the target is moved by
+   the secant between the nearest measured plans below and above the budget; a few candidates (at most
+   6) suffice because latency grows with MACs along these plans (``_fit_latency``).
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from ._budget import Budget, format_count, parse_budget
+from ._budget import Budget, format_count, format_ms, parse_budget, parse_latency
 from ._count import count_module, macs_and_params
 from ._errors import BudgetError, CondenseError
+from ._latency import LatencySetting, measure_latency
 from .graph import FindResult, Run, RunChoice, find_runs, rewrite
 from .graph._rewrite import _build_layer, _default_factory
 from .pde import create_layer, layer_class
@@ -82,6 +88,7 @@ class FitResult:
     params_budget: float | None
     rows: tuple[RunRow, ...]
     message: str
+    latency: "LatencyFit | None" = None
 
     @property
     def mac_ratio(self) -> float:
@@ -190,6 +197,23 @@ def _choose(costs: _Costs, total: tuple[int, int], runs: Sequence[Run], macs_b, 
     return ms, chosen_K, order
 
 
+@dataclasses.dataclass(frozen=True)
+class LatencyFit:
+    """How a latency budget was met: milliseconds measured (``setting``: batch, mode, threads) on the
+    original and on the chosen model, the budget, and every candidate measured on the way as
+    ``(MACs, ms)`` in the order tried."""
+
+    budget_ms: float
+    before_ms: float
+    after_ms: float
+    setting: Mapping[str, Any]
+    candidates: tuple[tuple[int, float], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"budget_ms": self.budget_ms, "before_ms": self.before_ms, "after_ms": self.after_ms,
+                "setting": dict(self.setting), "candidates": [list(c) for c in self.candidates]}
+
+
 def _resolve(budget: str | float | Budget | None, original: int) -> float | None:
     return None if budget is None else parse_budget(budget).resolve(original)
 
@@ -197,6 +221,7 @@ def _resolve(budget: str | float | Budget | None, original: int) -> float | None
 def fit(model: nn.Module, macs: str | float | Budget | None = None, params: str | float | Budget | None = None,
         input_size: Sequence[int] | None = None, *, layer: str = "global", init: str | None = None,
         K: int | None = None, preserve: bool = False, seed: int | None = 0, progress: Progress | None = None,
+        latency: str | float | Budget | None = None, latency_setting: LatencySetting | None = None,
         **layer_options: Any) -> FitResult:
     """Choose a plan that meets every budget given (MACs and/or parameters) and apply it.
 
@@ -208,13 +233,16 @@ def fit(model: nn.Module, macs: str | float | Budget | None = None, params: str 
     layer as the identity on its initial guess, a copy of the first replaced block (``init="block"``,
     ``zero_init=True`` and learned diffusion for the Global layer), so the condensed model first computes
     what the original computed minus the blocks after it. ``seed`` fixes the new layers' initial weights
-    (None: the global random state). Other keywords are layer options.
+    (None: the global random state). ``latency``: a budget for the measured forward time on this machine
+    (``"12ms"``, ``"60%"`` of the original's), measured as ``latency_setting`` says (batch, eager or
+    compiled, threads; default batch 1, eager), met with a few measured candidates (``_fit_latency``);
+    the result's ``latency`` holds the figures. Other keywords are layer options.
     """
     if seed is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return fit(model, macs, params, input_size, layer=layer, init=init, K=K, preserve=preserve, seed=None,
-                       progress=progress, **layer_options)
+                       progress=progress, latency=latency, latency_setting=latency_setting, **layer_options)
     say = progress or (lambda _msg: None)
     if preserve:
         init = init or "block"
@@ -224,6 +252,8 @@ def fit(model: nn.Module, macs: str | float | Budget | None = None, params: str 
     size = tuple(int(s) for s in (input_size or (3, 224, 224)))
     if layer_options.get("K") is not None:
         K = int(layer_options.pop("K"))
+    if latency is not None:
+        parse_latency(latency)  # a malformed budget: error before any work
     layer_class(layer)  # unknown layer type: error before any work
     create_layer(layer, 4, **{k: v for k, v in layer_options.items() if k != "kernel_size"})  # bad options
     say("tracing and finding repeated blocks")
@@ -243,10 +273,26 @@ def fit(model: nn.Module, macs: str | float | Budget | None = None, params: str 
 
     if not runs:
         return unchanged(f"{type(model).__name__} has no repeated same-resolution blocks: nothing to condense")
+    costs = _Costs(model, runs, layer, init, layer_options)
+    # with a latency budget K stays fixed (default 5): extra PDE steps cost few MACs but real time, so a
+    # MAC target filled by raising K would make latency jump along the candidates
+    K_used = (K or DEFAULT_K) if latency is not None else K
+    apply = functools.partial(_apply, model, found, costs, runs, size, base, K_used, layer, init, layer_options, say)
+    if latency is not None:
+        return _fit_latency(apply, unchanged, model, size, costs, (macs0, params0), macs_b, params_b,
+                            parse_latency(latency), latency_setting or LatencySetting(), K_used, say)
     if (macs_b is not None or params_b is not None) and _fits((macs0, params0), macs_b, params_b):
         return unchanged("the model is already within budget "
                          f"({format_count(macs0)} MACs, {format_count(params0)} params): left unchanged")
-    costs = _Costs(model, runs, layer, init, layer_options)
+    return apply(macs_b, params_b)
+
+
+def _apply(model: nn.Module, found: FindResult, costs: _Costs, runs: Sequence[Run], size: tuple[int, ...],
+           base: dict[str, Any], K: int | None, layer: str, init: str, layer_options: Mapping[str, Any],
+           say: Progress, macs_b: float | None, params_b: float | None) -> FitResult:
+    """The plan for these budgets (steps 2-4 of the module docstring), applied and counted."""
+    macs0, params0 = base["macs_before"], base["params_before"]
+    base = {**base, "macs_budget": macs_b, "params_budget": params_b}
     if macs_b is None and params_b is None:
         ms, chosen_K, order = {r.path: 1 for r in runs}, (K or DEFAULT_K), []
     else:
@@ -272,6 +318,76 @@ def fit(model: nn.Module, macs: str | float | Budget | None = None, params: str 
     msg = f"condensed {n} of {len(runs)} run(s), K={chosen_K}"
     return FitResult(model=new, plan=plan, macs_after=macs1, params_after=params1, rows=tuple(rows),
                      message=msg, **base)
+
+
+def _fit_latency(apply: Callable[..., FitResult], unchanged: Callable[[str], FitResult], model: nn.Module,
+                 size: tuple[int, ...], costs: _Costs, total: tuple[int, int], macs_b: float | None,
+                 params_b: float | None, budget: Budget, setting: LatencySetting, K: int | None,
+                 say: Progress, max_candidates: int = 6) -> FitResult:
+    """Meet a latency budget (and any MAC/parameter budgets) with a few measured candidates.
+
+    Latency grows with MACs along the plans ``apply`` makes for a MAC target, so the target is found by
+    measuring: first MACs x (budget / original latency), then the secant between the nearest measured
+    plans below and above the budget (aiming 3% under it, for noise), at most ``max_candidates`` plans.
+    The result is the measured plan with the most MACs whose latency is within the budget; it stops early
+    once one lands within 7% under the budget or a target repeats a plan already measured."""
+    say(f"measuring the original model ({setting.describe()})")
+    before = measure_latency(model, size, setting)
+    budget_ms = budget.resolve(before)
+    if before <= budget_ms and _fits(total, macs_b, params_b):
+        res = unchanged(f"the model is already within budget ({format_ms(before)} measured, "
+                        f"{setting.describe()}): left unchanged")
+        return dataclasses.replace(res, latency=LatencyFit(budget_ms, before, before, setting.to_dict(), ()))
+    ms1 = {r.path: 1 for r in costs.runs.values()}
+    smallest = costs.plan_cost(total, ms1, K or 1)[0]
+    top = min(total[0], macs_b) if macs_b is not None else total[0]
+    points: list[tuple[int, float]] = [(total[0], before)]  # (MACs, ms), the original included
+    tried: list[tuple[FitResult, float]] = []
+    plans: set[str] = set()
+    target = max(smallest, min(top, total[0] * budget_ms / before * 0.97))
+    while len(tried) < max_candidates:
+        try:
+            res = apply(target, params_b)
+        except BudgetError:
+            if target <= smallest * 1.001:
+                raise
+            target = smallest
+            continue
+        key = repr(sorted((p, c.m, dict(c.options).get("K")) for p, c in res.plan.choices.items()))
+        if key in plans:
+            break
+        plans.add(key)
+        say(f"measuring candidate {len(tried) + 1}: {format_count(res.macs_after)} MACs")
+        ms = measure_latency(res.model, size, setting)
+        tried.append((res, ms))
+        points.append((res.macs_after, ms))
+        ok = [(m, t) for m, t in points if t <= budget_ms]
+        if ok and max(ok)[1] >= 0.93 * budget_ms:
+            break
+        over = [(m, t) for m, t in points if t > budget_ms]
+        low = max(ok) if ok else None
+        high = min((p for p in over if low is None or p[0] > low[0]), default=None)
+        aim = 0.97 * budget_ms
+        if low is not None and high is not None:
+            target = low[0] + (aim - low[1]) * (high[0] - low[0]) / (high[1] - low[1])
+        else:  # every plan so far is too slow: follow the slope of the two cheapest down
+            (m_a, t_a), (m_b, t_b) = sorted(points)[:2]
+            slope = (t_b - t_a) / (m_b - m_a) if m_b != m_a else 0.0
+            target = m_a - (t_a - aim) / slope if slope > 0 else m_a * aim / t_a
+            if res.macs_after <= smallest * 1.001 or m_a <= smallest * 1.001:
+                break  # the smallest plan itself is too slow
+        target = max(smallest, min(top, target))
+    feasible = [(r, t) for r, t in tried if t <= budget_ms]
+    if not feasible:
+        fastest = min(t for _, t in tried) if tried else before
+        raise BudgetError(f"latency budget {format_ms(budget_ms)} is below the fastest plan measured, "
+                          f"{format_ms(fastest)} ({setting.describe()}; the original: {format_ms(before)})",
+                          "raise the latency budget, or lower --K")
+    best, after = max(feasible, key=lambda rt: rt[0].macs_after)
+    fit = LatencyFit(budget_ms, before, after, setting.to_dict(), tuple(points[1:]))
+    msg = (f"{best.message}; latency {format_ms(after)} (original {format_ms(before)}, budget "
+           f"{format_ms(budget_ms)}; {setting.describe()}; {len(tried)} candidate(s) measured)")
+    return dataclasses.replace(best, latency=fit, message=msg, macs_budget=macs_b)  # the user's, not the target
 
 
 def _row(run: Run, m: int, layer: str | None, K: int | None, layer_cost: tuple[int, int] | None) -> RunRow:

@@ -29,6 +29,7 @@ examples:
   condense timm:resnet50 --budget 2G --params 15M -o out/resnet50-2g
   condense models.py:resnet32 --input-size 3x32x32 --budget 40%% --layer global --K 3
   condense find timm:mobilenetv2_100
+  condense timm:efficientnet_b0 --latency 12ms --compiled --threads 2
   condense count out/resnet50-2g
 
 other commands (each has --help):
@@ -73,6 +74,13 @@ def _main_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", metavar="PARAMS", help="parameter budget, e.g. 2.5M or 50%%")
     p.add_argument("--num-classes", type=int, default=None, help="classifier size for the model (timm/zoo kwarg)")
     _common(p)
+    t = p.add_argument_group("latency budget (measured on this machine)")
+    t.add_argument("--latency", metavar="TIME", help="forward-pass budget, e.g. 12ms or 60%% of the original's; met "
+                   "by measuring a few candidate plans (K stays fixed, default 5)")
+    t.add_argument("--latency-batch", type=int, default=1, metavar="N", help="batch size it is measured at (default 1)")
+    t.add_argument("--compiled", action="store_true", help="measure torch.compile'd models (default eager)")
+    t.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch threads while measuring (default: torch's current count)")
     g = p.add_argument_group("layer")
     g.add_argument("--layer", default="global",
                    help="layer type: global, linearmix, explicit_rd, implicit_rd, circulant_rd (default global)")
@@ -190,19 +198,29 @@ def _run_condense(args, console) -> int:
     for name in ("velocity", "diffusion", "source", "boundary"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
+    setting = None
+    if args.latency is not None:
+        from ._budget import parse_latency
+        from ._latency import LatencySetting
+
+        parse_latency(args.latency)
+        setting = LatencySetting(batch=args.latency_batch, mode="compiled" if args.compiled else "eager",
+                                 threads=args.threads)
     with console.status("building the model", spinner="dots") as status:
         spec, model, default = _load_model(args.model, args.checkpoint, args.num_classes)
         size = _size(args, default)
         result = fit(model, macs=args.macs, params=args.params, input_size=size, layer=args.layer,
                      init=args.init, K=args.K, progress=lambda msg: status.update(msg),
-                     preserve=args.checkpoint is not None if args.preserve is None else args.preserve, **options)
+                     preserve=args.checkpoint is not None if args.preserve is None else args.preserve,
+                     latency=args.latency, latency_setting=setting, **options)
         out = None
         if not args.dry_run and result.plan.choices:
             name = spec.name if spec.kind == "timm" else Path(spec.path).stem + "-" + spec.factory
             out = Path(args.output or Path("condensed") / name)
             status.update(f"saving to {out}")
             save(result, out, spec=spec, checkpoint=args.checkpoint,
-                 model_kwargs={"num_classes": args.num_classes} if args.num_classes else None)
+                 model_kwargs={"num_classes": args.num_classes} if args.num_classes else None,
+                 extra={"latency": result.latency.to_dict()} if result.latency else None)
     elapsed = time.perf_counter() - t0
     if args.json:
         print(json.dumps({
@@ -210,6 +228,7 @@ def _run_condense(args, console) -> int:
             "macs_before": result.macs_before, "macs_after": result.macs_after,
             "params_before": result.params_before, "params_after": result.params_after,
             "macs_budget": result.macs_budget, "params_budget": result.params_budget,
+            "latency": result.latency.to_dict() if result.latency else None,
             "plan": result.plan.to_dict(), "output": str(out) if out else None, "seconds": round(elapsed, 2),
             "runs": [r.__dict__ | {"shape": list(r.shape)} for r in result.rows]}, indent=2))
         return 0
@@ -233,6 +252,13 @@ def _run_condense(args, console) -> int:
         budgets.append(f"MACs {format_count(result.macs_after)} <= {format_count(result.macs_budget)}")
     if result.params_budget is not None:
         budgets.append(f"params {format_count(result.params_after)} <= {format_count(result.params_budget)}")
+    if result.latency is not None:
+        from ._budget import format_ms
+
+        lat = result.latency
+        budgets.append(f"latency {format_ms(lat.after_ms)} <= {format_ms(lat.budget_ms)}")
+        console.print("latency candidates (MACs -> measured): " + ", ".join(
+            f"{format_count(m)} -> {format_ms(t)}" for m, t in lat.candidates), highlight=False)
     console.print(result.message + (f"; budget met as measured: {', '.join(budgets)}" if budgets else ""))
     if out:
         console.print(f"saved to [bold]{out}[/] (load with condense.load({str(out)!r})) in {elapsed:.1f}s")

@@ -15,7 +15,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -25,6 +24,8 @@ import torch
 from torch import nn
 
 from condense import CondenseError, Plan, macs_and_params, rewrite, save
+from condense._latency import LatencySetting
+from condense._latency import measure_latency as _measure
 from condense.train import TrainConfig, train
 
 __all__ = ["Objective", "OBJECTIVES", "objective_names", "measure_latency"]
@@ -59,20 +60,10 @@ def objective_directions(latency: bool) -> list[str]:
 
 
 @torch.no_grad()
-def measure_latency(model: nn.Module, input_size, repeats: int = 20, warmup: int = 3) -> float:
-    """Median wall time of one forward pass at batch 1 (eval mode), in milliseconds."""
-    was = model.training
-    model.eval()
-    x = torch.randn(1, *input_size)
-    for _ in range(warmup):
-        model(x)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        model(x)
-        times.append(time.perf_counter() - t0)
-    model.train(was)
-    return 1e3 * statistics.median(times)
+def measure_latency(model: nn.Module, input_size, setting: LatencySetting | None = None) -> float:
+    """Median milliseconds of one forward pass (eval mode), as ``condense._latency.measure_latency``
+    measures it: batch 1 eager unless ``setting`` says otherwise."""
+    return _measure(model, input_size, setting or LatencySetting(min_time=0.5))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +114,7 @@ class Objective:
     params_budget: float | None = None
     teacher: nn.Module | None = None
     latency: bool = False
+    latency_setting: LatencySetting | None = None   # batch, eager/compiled, threads (default batch 1 eager)
     spec: Any = None                # ModelSpec (or None for a model built in Python)
     model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     checkpoint: str | None = None
@@ -188,7 +180,7 @@ class Objective:
             raise optuna.TrialPruned(f"training diverged: {err}") from None
         seconds = time.perf_counter() - t0
         accuracy = float(result.metrics["test_acc"])
-        latency = measure_latency(model, self.input_size) if self.latency else math.inf
+        latency = measure_latency(model, self.input_size, self.latency_setting) if self.latency else math.inf
         self._say(trial, "saving")
         directory = self.save_trial(trial, model, plan, macs, n_params, accuracy, latency, seconds)
         trial.set_user_attr("accuracy", accuracy)

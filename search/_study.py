@@ -51,6 +51,7 @@ from torch import nn
 
 from condense import CondenseError, ConfigError, find_runs, macs_and_params
 from condense._budget import format_count, parse_budget, parse_input_size
+from condense._latency import LatencySetting
 
 from ._objective import (STATUS_DUPLICATE, STATUS_OVER, STATUS_TRAINED, Objective, measure_latency,
                          objective_directions, objective_names)
@@ -70,7 +71,8 @@ _MAX_FAILURES = 10  # consecutive failed trials of one worker that stop it
 _OVER_FACTOR = 10   # a search also stops after 10 x trials plans over budget or duplicate (space exhausted)
 # the options that define what a trial measures: a study resumed with others would mix incomparable trials
 _IDENTITY = ("model", "checkpoint", "data", "limit_train", "limit_test", "input_size", "macs", "params",
-             "epochs_per_trial", "steps_per_epoch", "batch_size", "lr", "distill", "latency", "sampler",
+             "epochs_per_trial", "steps_per_epoch", "batch_size", "lr", "distill", "latency", "latency_batch",
+             "latency_compiled", "sampler",
              "population", "layers", "K")
 
 
@@ -93,7 +95,9 @@ class SearchConfig:
     input_size: tuple[int, int, int] | None = None   # resize the data to this (default: the data's size)
     checkpoint: str | None = None          # local weights for the original model
     distill: bool = False                  # distil each trial from the original model
-    latency: bool = False                  # also minimise measured CPU latency (batch 1)
+    latency: bool = False                  # also minimise measured latency on this machine
+    latency_batch: int = 1                 # ... at this batch size
+    latency_compiled: bool = False         # ... of the torch.compile'd model (default eager)
     sampler: str = "nsgaii"
     population: int = 10                   # NSGA-II population size
     seed: int = 0
@@ -121,6 +125,8 @@ class SearchConfig:
             bad("lr", "must be > 0")
         if self.sampler not in SAMPLERS:
             bad("sampler", f"must be one of {', '.join(SAMPLERS)}")
+        if isinstance(self.latency_batch, bool) or not isinstance(self.latency_batch, int) or self.latency_batch < 1:
+            bad("latency_batch", "must be an integer >= 1")
         if self.population < 2:
             bad("population", "must be >= 2")
         if self.max_retry < 0:
@@ -589,6 +595,11 @@ def _hms(seconds: float) -> str:
     return f"{h}:{rem // 60:02d}:{rem % 60:02d}"
 
 
+def _latency_setting(config: SearchConfig) -> LatencySetting:
+    return LatencySetting(batch=config.latency_batch, mode="compiled" if config.latency_compiled else "eager",
+                          min_time=0.5)
+
+
 def _reference(objective: Objective, config: SearchConfig) -> dict[str, Any]:
     """The original model's figures (and its accuracy after the same proxy training, if asked)."""
     from . import _objective
@@ -600,7 +611,7 @@ def _reference(objective: Objective, config: SearchConfig) -> dict[str, Any]:
                                progress=False)
         ref["accuracy"] = float(res.metrics["test_acc"])
         if config.latency:
-            ref["latency_ms"] = measure_latency(model, objective.input_size)
+            ref["latency_ms"] = measure_latency(model, objective.input_size, objective.latency_setting)
     return ref
 
 
@@ -675,7 +686,8 @@ def _run(config: SearchConfig, model, spec_text, out: Path, progress: bool, cons
     teacher = copy.deepcopy(original).eval() if config.distill else None
     objective = Objective(space=space, model=original, found=found, data=bundle, train_config=_train_config(config),
                           trials_dir=out / TRIALS, macs_before=macs0, params_before=params0, macs_budget=macs_b,
-                          params_budget=params_b, teacher=teacher, latency=config.latency, spec=spec,
+                          params_budget=params_b, teacher=teacher, latency=config.latency,
+                          latency_setting=_latency_setting(config), spec=spec,
                           model_kwargs=model_kwargs, checkpoint=config.checkpoint, study_name=config.name,
                           seed=config.seed)
     journal = _is_journal(study._storage)

@@ -90,7 +90,7 @@ static void bound_velocities(const real *restrict u, const real *restrict v, rea
 }
 
 static void compute_coefs(const params *q, const real *f, const real *u, const real *v, const real *Dx,
-                          const real *Dy, coefs c, real *restrict ub, real *restrict vb) {
+                          const real *Dy, coefs c, real *restrict ub, real *restrict vb, const real *zero) {
     const long H = q->H, W = q->W, HW = H * W;
     const double umax = q->courant > 0 ? q->courant * q->dx / q->dt : 0;
     const double vmax = q->courant > 0 ? q->courant * q->dy / q->dt : 0;
@@ -145,34 +145,41 @@ static void compute_coefs(const params *q, const real *f, const real *u, const r
     for (long y = 0; y < H; y++) {
         long yn = nb(y, 1, H, q->boundary), ys = nb(y, -1, H, q->boundary);
         const long o = y * W;
-        const real *un = uu + o, *vn = yn < 0 ? NULL : vv + yn * W, *vs = ys < 0 ? NULL : vv + ys * W;
-        const real *vc = vv + o;
-        for (long x = 0; x < W; x++) {
-            long i = o + x;
-            real ue, uw;
-            if (x > 0 && x < W - 1) {
-                ue = un[x + 1];
-                uw = un[x - 1];
-            } else {
-                long xe = nb(x, 1, W, q->boundary), xw = nb(x, -1, W, q->boundary);
-                ue = xe < 0 ? 0 : un[xe];
-                uw = xw < 0 ? 0 : un[xw];
-            }
-            real div = (ue - uw) * hx + ((vn ? vn[x] : 0) - (vs ? vs[x] : 0)) * hy;
-            real iL = a1[i];
-            a1[i] = m2dt * div * iL;
+        const real *restrict un = uu + o, *restrict vc = vv + o;
+        const real *restrict vn = yn < 0 ? zero : vv + yn * W, *restrict vs = ys < 0 ? zero : vv + ys * W;
+        real *restrict ra1 = a1 + o, *restrict rE = cE + o, *restrict rW = cW + o, *restrict rN = cN + o,
+             *restrict rS = cS + o;
+#pragma omp simd
+        for (long x = 1; x < W - 1; x++) {
+            real div = (un[x + 1] - un[x - 1]) * hx + (vn[x] - vs[x]) * hy;
+            real iL = ra1[x];
+            ra1[x] = m2dt * div * iL;
             real axi = un[x] * ax * iL, ayi = vc[x] * ay * iL;
-            cE[i] -= axi;
-            cW[i] += axi;
-            cN[i] -= ayi;
-            cS[i] += ayi;
+            rE[x] -= axi;
+            rW[x] += axi;
+            rN[x] -= ayi;
+            rS[x] += ayi;
+        }
+        long edges[2] = {0, W - 1};
+        for (int e = 0; e < (W > 1 ? 2 : 1); e++) {
+            long x = edges[e];
+            long xe = nb(x, 1, W, q->boundary), xw = nb(x, -1, W, q->boundary);
+            real ue = xe < 0 ? 0 : un[xe], uw = xw < 0 ? 0 : un[xw];
+            real div = (ue - uw) * hx + (vn[x] - vs[x]) * hy;
+            real iL = ra1[x];
+            ra1[x] = m2dt * div * iL;
+            real axi = un[x] * ax * iL, ayi = vc[x] * ay * iL;
+            rE[x] -= axi;
+            rW[x] += axi;
+            rN[x] -= ayi;
+            rS[x] += ayi;
         }
     }
 }
 
 /* hn = one Du Fort-Frankel step from (hm = H^{k-1}, hc = H^k). */
 static void step(const params *q, coefs c, const real *restrict hm, const real *restrict hc,
-                 real *restrict hn) {
+                 real *restrict hn, const real *restrict zero) {
     const long H = q->H, W = q->W;
     for (long y = 0; y < H; y++) {
         long yn = nb(y, 1, H, q->boundary), ys = nb(y, -1, H, q->boundary);
@@ -183,14 +190,19 @@ static void step(const params *q, coefs c, const real *restrict hm, const real *
         const real *a0 = c.a0 + o, *a1 = c.a1 + o, *cE = c.cE + o, *cW = c.cW + o, *cN = c.cN + o,
                    *cS = c.cS + o, *s = c.s + o, *m = hm + o;
         real *out = hn + o;
+        /* hn never aliases hm / hc (three rotating buffers), so the row loops vectorise (omp simd; without
+         * it the 12 pointers exceed the compiler's alias-check budget and the loop stays scalar) */
         if (rn && rs) {
+#pragma omp simd
             for (long x = 1; x < W - 1; x++)
                 out[x] = s[x] + a0[x] * m[x] + a1[x] * rc[x] + cE[x] * rc[x + 1] + cW[x] * rc[x - 1] +
                          cN[x] * rn[x] + cS[x] * rs[x];
         } else {
+            const real *rnn = rn ? rn : zero, *rss = rs ? rs : zero;
+#pragma omp simd
             for (long x = 1; x < W - 1; x++)
                 out[x] = s[x] + a0[x] * m[x] + a1[x] * rc[x] + cE[x] * rc[x + 1] + cW[x] * rc[x - 1] +
-                         (rn ? cN[x] * rn[x] : 0) + (rs ? cS[x] * rs[x] : 0);
+                         cN[x] * rnn[x] + cS[x] * rss[x];
         }
         long edges[2] = {0, W - 1};
         for (int e = 0; e < (W > 1 ? 2 : 1); e++) {
@@ -211,7 +223,9 @@ void ad_forward(const real *init, long init_sn, long init_sc, field f, field u, 
     const long HW = H * W;
 #pragma omp parallel num_threads(nthreads)
     {
-        real *buf = alloc_real(12 * HW);
+        real *buf = alloc_real(12 * HW + W);
+        real *zero = buf + 12 * HW; /* a row of zeros: the missing neighbour row under a zero boundary */
+        memset(zero, 0, sizeof(real) * W);
         coefs c = {buf, buf + HW, buf + 2 * HW, buf + 3 * HW, buf + 4 * HW, buf + 5 * HW, buf + 6 * HW};
         real *lv[3] = {buf + 7 * HW, buf + 8 * HW, buf + 9 * HW};
         real *ub = buf + 10 * HW, *vb = buf + 11 * HW;
@@ -219,13 +233,13 @@ void ad_forward(const real *init, long init_sn, long init_sc, field f, field u, 
         for (long p = 0; p < P; p++) {
             const real *h0 = init + (p / C) * init_sn + (p % C) * init_sc;
             compute_coefs(&q, plane_of(f, p, C), plane_of(u, p, C), plane_of(v, p, C), plane_of(Dx, p, C),
-                          plane_of(Dy, p, C), c, ub, vb);
+                          plane_of(Dy, p, C), c, ub, vb, zero);
             real *dst = out + p * HW;
             if (K == 0) { memcpy(dst, h0, sizeof(real) * HW); continue; }
             const real *hm = h0, *hc = h0;
             for (int k = 0; k < K; k++) {
                 real *hn = (k == K - 1) ? dst : lv[k % 3];
-                step(&q, c, hm, hc, hn);
+                step(&q, c, hm, hc, hn, zero);
                 hm = hc;
                 hc = hn;
             }
@@ -300,7 +314,9 @@ void ad_backward(const real *gout, const real *init, long init_sn, long init_sc,
 #pragma omp parallel num_threads(nthreads)
     {
         /* 7 coefficient planes, 7 coefficient-gradient planes, K + 1 states, 3 adjoint planes */
-        real *buf = alloc_real((20 + (long)K) * HW);
+        real *buf = alloc_real((20 + (long)K) * HW + W);
+        real *zero = buf + (20 + (long)K) * HW;
+        memset(zero, 0, sizeof(real) * W);
         real *ub = buf + (18 + K) * HW, *vb = buf + (19 + K) * HW;
         coefs c = {buf, buf + HW, buf + 2 * HW, buf + 3 * HW, buf + 4 * HW, buf + 5 * HW, buf + 6 * HW};
         real *gbuf = buf + 7 * HW;
@@ -312,10 +328,10 @@ void ad_backward(const real *gout, const real *init, long init_sn, long init_sc,
             const real *h0 = init + (p / C) * init_sn + (p % C) * init_sc;
             const real *fp = plane_of(f, p, C), *up = plane_of(u, p, C), *vp = plane_of(v, p, C);
             const real *dxp = plane_of(Dx, p, C), *dyp = plane_of(Dy, p, C);
-            compute_coefs(&q, fp, up, vp, dxp, dyp, c, ub, vb);
+            compute_coefs(&q, fp, up, vp, dxp, dyp, c, ub, vb, zero);
             memcpy(states, h0, sizeof(real) * HW);
             for (int k = 0; k < K; k++)
-                step(&q, c, k == 0 ? states : states + (k - 1) * HW, states + k * HW, states + (k + 1) * HW);
+                step(&q, c, k == 0 ? states : states + (k - 1) * HW, states + k * HW, states + (k + 1) * HW, zero);
             memset(gbuf, 0, sizeof(real) * 7 * HW);
             /* adjoints: lam_next = lambda^{k+1}, lam_cur = lambda^k, lam_prev = lambda^{k-1} */
             real *ln = lam[0], *lc = lam[1], *lp = lam[2];
