@@ -59,6 +59,22 @@ def save(result, directory: str | os.PathLike, *, spec: ModelSpec | str | None =
     ``spec`` (``timm:NAME`` or ``file.py:factory``) lets ``load`` rebuild the original model on its own;
     without it (a model built in Python), ``load`` needs the same uncondensed model passed in.
     """
+    counts = {"macs_before": result.macs_before, "macs_after": result.macs_after,
+              "params_before": result.params_before, "params_after": result.params_after,
+              "macs_budget": result.macs_budget, "params_budget": result.params_budget}
+    runs = [dict(path=r.path, block_class=r.block_class, r=r.r, m=r.m, layer=r.layer, K=r.K) for r in result.rows]
+    return write_condensed(directory, result.model, result.plan, model_class=result.found.model_class,
+                           input_size=result.input_size, counts=counts, runs=runs, spec=spec,
+                           model_kwargs=model_kwargs, checkpoint=checkpoint, extra=extra)
+
+
+def write_condensed(directory: str | os.PathLike, model: nn.Module, plan, *, model_class: str, input_size,
+                    counts: dict[str, Any], runs: list[dict[str, Any]], spec: ModelSpec | str | None = None,
+                    model_kwargs: dict[str, Any] | None = None, checkpoint: str | None = None,
+                    extra: dict[str, Any] | None = None) -> Path:
+    """The directory ``save`` writes, from its parts (for callers without a ``FitResult``, e.g. a search
+    trial): ``plan`` a ``Plan``, ``counts`` the measured MACs/params (before/after/budgets), ``runs`` one
+    dict per run (path, block_class, r, m, layer, K)."""
     from safetensors.torch import save_file
 
     spec_obj = ModelSpec.from_dict(spec.to_dict()) if isinstance(spec, ModelSpec) else (
@@ -67,21 +83,17 @@ def save(result, directory: str | os.PathLike, *, spec: ModelSpec | str | None =
         "format": FORMAT,
         "model": spec_obj.to_dict() if spec_obj else None,
         "model_kwargs": model_kwargs or {},
-        "model_class": result.found.model_class,
-        "input_size": list(result.input_size),
-        "plan": result.plan.to_dict(),
+        "model_class": model_class,
+        "input_size": list(input_size),
+        "plan": plan.to_dict(),
         "source_checkpoint": checkpoint,
-        "counts": {"macs_before": result.macs_before, "macs_after": result.macs_after,
-                   "params_before": result.params_before, "params_after": result.params_after,
-                   "macs_budget": result.macs_budget, "params_budget": result.params_budget,
-                   "convention": "one MAC per multiply-add; see the README, 'How MACs are counted'"},
-        "runs": [dict(path=r.path, block_class=r.block_class, r=r.r, m=r.m, layer=r.layer, K=r.K)
-                 for r in result.rows],
+        "counts": {**counts, "convention": "one MAC per multiply-add; see the README, 'How MACs are counted'"},
+        "runs": runs,
         **(extra or {}),
     }
 
     def fill(tmp: Path) -> None:
-        save_file(_state_for_saving(result.model), str(tmp / WEIGHTS))
+        save_file(_state_for_saving(model), str(tmp / WEIGHTS))
         (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
 
     return write_directory(directory, fill)

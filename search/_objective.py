@@ -23,7 +23,8 @@ import optuna
 import torch
 from torch import nn
 
-from condense import CondenseError, Plan, macs_and_params, rewrite, save
+from condense import CondenseError, Plan, macs_and_params, rewrite
+from condense._io import write_condensed
 from condense._latency import LatencySetting
 from condense._latency import measure_latency as _measure
 from condense.train import TrainConfig, train
@@ -64,38 +65,6 @@ def measure_latency(model: nn.Module, input_size, setting: LatencySetting | None
     """Median milliseconds of one forward pass (eval mode), as ``condense._latency.measure_latency``
     measures it: batch 1 eager unless ``setting`` says otherwise."""
     return _measure(model, input_size, setting or LatencySetting(min_time=0.5))
-
-
-@dataclasses.dataclass(frozen=True)
-class _Row:
-    path: str
-    block_class: str
-    r: int
-    m: int
-    layer: str | None
-    K: int | None
-
-
-@dataclasses.dataclass(frozen=True)
-class _Found:
-    model_class: str
-
-
-@dataclasses.dataclass(frozen=True)
-class _Saved:
-    """What ``condense.save`` reads from a FitResult, for a model trained in a trial."""
-
-    model: nn.Module
-    plan: Plan
-    found: _Found
-    input_size: tuple[int, int, int]
-    macs_before: int
-    params_before: int
-    macs_after: int
-    params_after: int
-    macs_budget: float | None
-    params_budget: float | None
-    rows: tuple[_Row, ...]
 
 
 @dataclasses.dataclass
@@ -198,22 +167,21 @@ class Objective:
     def save_trial(self, trial, model: nn.Module, plan: Plan, macs: int, params: int, accuracy: float,
                    latency: float, seconds: float) -> Path:
         """Write the trained model of ``trial`` to ``trials_dir/<number>`` (condense's save format)."""
-        rows = []
+        runs = []
         for run in self.space.runs:
             choice = plan.choices.get(run.path)
-            rows.append(_Row(run.path, run.block_class, run.r, choice.m if choice else run.r,
-                             choice.layer if choice else None,
-                             int(choice.options.get("K")) if choice and "K" in choice.options else None))
-        saved = _Saved(model=model.eval(), plan=plan, found=_Found(self.found.model_class),
-                       input_size=self.input_size, macs_before=self.macs_before, params_before=self.params_before,
-                       macs_after=int(macs), params_after=int(params), macs_budget=self.macs_budget,
-                       params_budget=self.params_budget, rows=tuple(rows))
+            runs.append(dict(path=run.path, block_class=run.block_class, r=run.r, m=choice.m if choice else run.r,
+                             layer=choice.layer if choice else None,
+                             K=int(choice.options["K"]) if choice and "K" in choice.options else None))
+        counts = {"macs_before": self.macs_before, "macs_after": int(macs), "params_before": self.params_before,
+                  "params_after": int(params), "macs_budget": self.macs_budget, "params_budget": self.params_budget}
         info = {"study": self.study_name, "trial": trial.number, "accuracy": accuracy, "data": self.data.name,
                 "params": {k: v for k, v in trial.params.items()}, "train": self.train_config.to_dict(),
                 "train_seconds": round(seconds, 3), "distilled": self.teacher is not None}
         if self.latency:
             info["latency_ms"] = latency
         directory = self.trials_dir / str(trial.number)
-        save(saved, directory, spec=self.spec, model_kwargs=self.model_kwargs or None, checkpoint=self.checkpoint,
-             extra={"search": json.loads(json.dumps(info, default=str))})
+        write_condensed(directory, model.eval(), plan, model_class=self.found.model_class, input_size=self.input_size,
+                        counts=counts, runs=runs, spec=self.spec, model_kwargs=self.model_kwargs or None,
+                        checkpoint=self.checkpoint, extra={"search": json.loads(json.dumps(info, default=str))})
         return directory

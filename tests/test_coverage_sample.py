@@ -17,6 +17,7 @@ FAMILIES = {
     "mixnet": ["mixnet_s"],
     "dla": ["dla34"],
     "hrnet": ["hrnet_w18_small"],
+    "growing channels": ["densenet121", "rexnet_100", "dpn68"],
 }
 
 
