@@ -334,3 +334,61 @@ def test_fused_and_eager_count_the_same_and_match_eager_macs(opts):
     per_step = eager_macs(4 * 8 * 9, 1, source=src, velocity=vel, variable_diffusion=var_d) - \
         eager_macs(4 * 8 * 9, 0, source=src, velocity=vel, variable_diffusion=var_d)
     assert fused.attrs["macs"] - lo == 3 * per_step
+
+
+# --- inference: the velocity convolutions inside the kernel --------------------------------------------
+
+def _trained_bn(layer: GlobalLayer, shape) -> GlobalLayer:
+    """Give the BatchNorms non-trivial statistics and affine weights, then switch to eval."""
+    layer.train()
+    with torch.no_grad():
+        for m in layer.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+        for _ in range(3):
+            layer(3 * torch.randn(*shape, dtype=next(layer.parameters()).dtype))
+    return layer.eval()
+
+
+@pytest.mark.parametrize("opts,shape", [
+    (dict(K=5), (2, 6, 9, 7)),
+    (dict(K=3, kernel_size=5, boundary="zero"), (1, 5, 6, 11)),
+    (dict(K=4, diffusion="dwconv", boundary="replicate", source="none"), (2, 4, 8, 8)),
+    (dict(K=2, kernel_size=7, residual=True), (1, 3, 1, 9)),   # a single row: padding everywhere
+    (dict(K=1, kernel_size=3, norm="none"), (1, 3, 5, 1)),
+])
+def test_inference_path_fuses_the_velocity_convolutions_exactly(opts, shape, monkeypatch):
+    import condense.pde._advection_diffusion as ad
+    import condense.pde._global_layer as gl
+
+    torch.manual_seed(0)
+    layer = _trained_bn(GlobalLayer(shape[1], GlobalConfig(**opts)).double(), shape)
+    x = torch.randn(*shape, dtype=torch.float64)
+    calls = []
+    real = ad.advection_diffusion_dwvel
+    monkeypatch.setattr(gl, "advection_diffusion_dwvel", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.no_grad():
+        fused = layer(x)
+    assert calls == [1]
+    separate = layer(x)  # autograd on: the convolutions run as modules, then the solver
+    assert len(calls) == 1
+    torch.testing.assert_close(fused, separate.detach(), rtol=1e-12, atol=1e-12)
+    # counted the same, whichever path runs (count traces under no_grad, so it sees the fused op)
+    eager = GlobalLayer(shape[1], GlobalConfig(**{**opts, "impl": "eager"}))
+    assert count(layer, shape[1:]).attrs["macs"] == count(eager, shape[1:]).attrs["macs"]
+
+
+def test_inference_path_is_not_used_when_training_or_with_autograd(monkeypatch):
+    import condense.pde._global_layer as gl
+
+    monkeypatch.setattr(gl, "advection_diffusion_dwvel", lambda *a, **k: pytest.fail("fused inference path used"))
+    layer = GlobalLayer(4, GlobalConfig(K=2))
+    x = torch.randn(1, 4, 6, 6, requires_grad=True)
+    layer.train()(x).sum().backward()
+    with torch.no_grad():
+        layer.train()(x)  # training mode: batch statistics, not foldable
+    layer.eval()(x).sum().backward()  # eval but autograd on
+    with torch.no_grad():
+        GlobalLayer(4, GlobalConfig(K=2, impl="eager")).eval()(x)
+        GlobalLayer(4, GlobalConfig(K=2, velocity="separable")).eval()(x)

@@ -212,6 +212,58 @@ def _fused_macs(inputs, outputs) -> int:
                       bounded_velocity=courant > 0)
 
 
+@torch.library.custom_op("condense::advection_diffusion_dwvel", mutates_args=())
+def _fused_dwvel(init: Tensor, source: Optional[Tensor], wu: Tensor, bu: Tensor, wv: Tensor, bv: Tensor,
+                 Dx: Optional[Tensor], Dy: Optional[Tensor], dx_const: float, dy_const: float, K: int, dt: float,
+                 dx: float, dy: float, boundary: int, courant: float, dmax: float) -> Tensor:
+    """Inference only: the solver with u = dwconv(init, wu) + bu and v = dwconv(init, wv) + bv computed
+    inside the kernel (weights (C, k, k), zero padding k // 2, as nn.Conv2d). No autograd."""
+    lib = _native.library(init.dtype)
+    if lib is None:
+        raise RuntimeError(_native.status())
+    ins = [_planar(t) for t in (init, source, Dx, Dy)]
+    w = [t.detach().to(init.dtype).contiguous() for t in (wu, bu, wv, bv)]
+    out = torch.empty(init.shape, dtype=init.dtype, device=init.device)
+    lib.ad_forward_dwvel(ins[0].data_ptr(), ins[0].stride(0), ins[0].stride(1), _field(ins[1]), w[0].data_ptr(),
+                         w[1].data_ptr(), w[2].data_ptr(), w[3].data_ptr(), int(wu.shape[-1]), _field(ins[2]),
+                         _field(ins[3]), out.data_ptr(),
+                         *_scalars(init, K, dt, dx, dy, dx_const, dy_const, boundary, courant, dmax))
+    return out
+
+
+@_fused_dwvel.register_fake
+def _(init, source, wu, bu, wv, bv, Dx, Dy, dx_const, dy_const, K, dt, dx, dy, boundary, courant, dmax):
+    return torch.empty_like(init, memory_format=torch.contiguous_format)
+
+
+@register_op_handle("condense::advection_diffusion_dwvel")
+def _fused_dwvel_macs(inputs, outputs) -> int:
+    """fvcore handle: the two depthwise convolutions as fvcore counts a conv (k*k per output element,
+    bias free) plus the solver as ``eager_macs`` counts it; equal to the unfused path."""
+    shape = outputs[0].type().sizes()
+    ks = inputs[2].type().sizes()[-1]
+    present = [inputs[i].type().kind() != "NoneType" for i in (1, 6)]
+    K, courant = inputs[10].toIValue(), inputs[15].toIValue()
+    numel = 1
+    for n in shape:
+        numel *= n
+    return 2 * ks * ks * numel + eager_macs(numel, K, source=present[0], velocity=True,
+                                            variable_diffusion=present[1], bounded_velocity=courant > 0)
+
+
+def advection_diffusion_dwvel(init: Tensor, source: Optional[Tensor], wu: Tensor, bu: Tensor, wv: Tensor,
+                              bv: Tensor, Dx_raw: Union[Tensor, Scalar], Dy_raw: Union[Tensor, Scalar], *, K: int,
+                              dt: float, dx: float, dy: float, boundary: str, courant: float,
+                              dmax: float) -> Tensor:
+    """``bounded_advection_diffusion`` with the velocities given as depthwise convolutions of ``init``
+    (``(C, k, k)`` weights and ``(C,)`` biases, a BatchNorm folded in), fused into one kernel call.
+    Inference only (no gradient); needs the fused kernel (``fused_available``)."""
+    var_d = isinstance(Dx_raw, Tensor)
+    return _fused_dwvel(init, source, wu, bu, wv, bv, Dx_raw if var_d else None, Dy_raw if var_d else None,
+                        0.0 if var_d else float(Dx_raw), 0.0 if var_d else float(Dy_raw), int(K), float(dt),
+                        float(dx), float(dy), _BOUNDARY_CODE[boundary], float(courant), float(dmax))
+
+
 def fused_available(t: Tensor) -> bool:
     """Whether the fused kernel can run on tensors like ``t`` (CPU, float32/float64, compiler present)."""
     return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) \

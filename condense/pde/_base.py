@@ -140,6 +140,23 @@ class ConvNormAct(nn.Sequential):
         return act(torch.nn.functional.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation,
                                               conv.groups))
 
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Eval mode, no activation: the (weight, bias) of one conv equal to conv -> norm (the same ops as
+        ``forward``); None when that is not one conv (training, an activation, another norm)."""
+        conv, norm, act = self[0], self[1], self[2]
+        if self.training or not isinstance(act, nn.Identity):
+            return None
+        if isinstance(norm, nn.Identity):
+            bias = conv.bias if conv.bias is not None else conv.weight.new_zeros(conv.out_channels)
+            return conv.weight, bias
+        if not isinstance(norm, nn.BatchNorm2d) or not norm.track_running_stats:
+            return None
+        scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+        bias = norm.bias - norm.running_mean * scale
+        if conv.bias is not None:
+            bias = bias + conv.bias * scale
+        return conv.weight * scale.view(-1, 1, 1, 1), bias
+
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int, *, groups: int = 1,
                  norm: str = "batch", act: str = "relu", bias: bool | None = None):
         bias = (norm == "none") if bias is None else bias

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .._errors import ConfigError
-from ._advection_diffusion import bounded_advection_diffusion
+from ._advection_diffusion import advection_diffusion_dwvel, bounded_advection_diffusion, fused_available
 from ._base import (BOUNDARIES, ConvNormAct, LayerConfig, PDELayer, act_names, check_choice, check_range,
                     make_act, make_norm, norm_names)
 
@@ -156,11 +156,24 @@ class GlobalLayer(PDELayer):
             u, v = uv[:, : self.channels], uv[:, self.channels:]
         elif cfg.velocity == "constant":
             u, v = (c.view(1, -1, 1, 1).expand_as(h0) for c in self.velocity_const)
-        if self.diffusion is not None:
-            Dx, Dy = (net(h0) for net in self.diffusion)
-        else:
-            Dx = Dy = cfg.diffusion_value
+        Dx, Dy = self._diffusion(h0)
         return u, v, Dx, Dy
+
+    def _diffusion(self, h0: Tensor):
+        if self.diffusion is not None:
+            return tuple(net(h0) for net in self.diffusion)
+        return self.config.diffusion_value, self.config.diffusion_value
+
+    def _fused_velocity(self, h0: Tensor):
+        """((wu, bu), (wv, bv)) when the velocity convolutions can run inside the kernel: inference (eval
+        mode, no autograd), ``velocity="dwconv"`` with a foldable norm, the fused kernel available, and
+        ``impl`` not "eager"; else None."""
+        cfg: GlobalConfig = self.config
+        if (self.training or torch.is_grad_enabled() or cfg.velocity != "dwconv" or cfg.impl == "eager"
+                or not fused_available(h0)):
+            return None
+        folded = [net.folded() for net in self.velocity]
+        return None if any(f is None for f in folded) else folded
 
     def forward(self, x: Tensor) -> Tensor:
         cfg: GlobalConfig = self.config
@@ -171,6 +184,16 @@ class GlobalLayer(PDELayer):
         f = x if cfg.source == "identity" else (None if cfg.source == "none" else self.source(x))
         if self.source_gate is not None:
             f = f * self.source_gate.view(1, -1, 1, 1)
+        fused = self._fused_velocity(h0)
+        if fused is not None:  # inference: the velocity convolutions run inside the kernel
+            (wu, bu), (wv, bv) = fused
+            Dx, Dy = self._diffusion(h0)
+            out = advection_diffusion_dwvel(h0, f, wu.squeeze(1), bu, wv.squeeze(1), bv, Dx, Dy, K=cfg.K, dt=cfg.dt,
+                                            dx=cfg.dx, dy=cfg.dy, boundary=cfg.boundary, courant=cfg.max_courant,
+                                            dmax=cfg.max_diffusion)
+            if cfg.residual:
+                out = out + x
+            return self.out_act(self.out_norm(out))
         u, v, Dx, Dy = self._fields(h0)
         out = bounded_advection_diffusion(h0, f, u, v, Dx, Dy, K=cfg.K, dt=cfg.dt, dx=cfg.dx, dy=cfg.dy,
                                           boundary=cfg.boundary, courant=cfg.max_courant,

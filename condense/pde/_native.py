@@ -85,6 +85,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.ad_forward.restype = None
     lib.ad_backward.argtypes = [P, P, L, L, F, F, F, F, F, P, P, P, P, P, P] + common
     lib.ad_backward.restype = None
+    lib.ad_forward_dwvel.argtypes = [P, L, L, F, P, P, P, P, I, F, F, P] + common
+    lib.ad_forward_dwvel.restype = None
     return lib
 
 

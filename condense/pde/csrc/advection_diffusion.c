@@ -216,24 +216,69 @@ static void step(const params *q, coefs c, const real *restrict hm, const real *
 
 static real *alloc_real(long n) { return (real *)malloc(sizeof(real) * (size_t)(n > 0 ? n : 1)); }
 
-void ad_forward(const real *init, long init_sn, long init_sc, field f, field u, field v, field Dx, field Dy,
-                real *out, long P, long C, long H, long W, int K, double dt, double dx, double dy, double dxc,
-                double dyc, int boundary, double courant, double dmax, int nthreads) {
+/* ou = bu + wu (*) x and ov = bv + wv (*) x: two depthwise k x k correlations of one plane with zero padding
+ * k / 2 (what nn.Conv2d computes), in one pass. The plane is copied into a zero-padded scratch of row
+ * stride Wp = W + 2r, so every tap is one long branch-free loop over H * Wp points (the Wp - W extra
+ * columns per row are computed and dropped): short rows (7, 14) still vectorise. */
+static void dwconv2_plane(const real *restrict x, const real *restrict wu, real bu, const real *restrict wv,
+                          real bv, int ks, long H, long W, real *restrict pad, real *restrict tu,
+                          real *restrict tv, real *restrict ou, real *restrict ov) {
+    const long r = ks / 2, Wp = W + 2 * r, Hp = H + 2 * r;
+    memset(pad, 0, sizeof(real) * Hp * Wp);
+    for (long y = 0; y < H; y++) memcpy(pad + (y + r) * Wp + r, x + y * W, sizeof(real) * W);
+    const long n = (H - 1) * Wp + W; /* the last output point needed, plus one */
+    for (long i = 0; i < n; i++) {
+        tu[i] = bu;
+        tv[i] = bv;
+    }
+    for (long ky = 0; ky < ks; ky++) {
+        for (long kx = 0; kx < ks; kx++) {
+            const real a = wu[ky * ks + kx], b = wv[ky * ks + kx];
+            const real *restrict src = pad + ky * Wp + kx;
+#pragma omp simd
+            for (long i = 0; i < n; i++) {
+                tu[i] += a * src[i];
+                tv[i] += b * src[i];
+            }
+        }
+    }
+    for (long y = 0; y < H; y++) {
+        memcpy(ou + y * W, tu + y * Wp, sizeof(real) * W);
+        memcpy(ov + y * W, tv + y * Wp, sizeof(real) * W);
+    }
+}
+
+/* The forward pass; with wu != NULL the velocities are not inputs but depthwise convolutions of the
+ * initial state, computed here plane by plane (u = conv(H^0, wu[c]) + bu[c], v likewise), so the
+ * inference path reads H^0 once for the convolutions and the K steps together. */
+static void forward_impl(const real *init, long init_sn, long init_sc, field f, field u, field v, field Dx,
+                         field Dy, const real *wu, const real *bu, const real *wv, const real *bv, int ks,
+                         real *out, long P, long C, long H, long W, int K, double dt, double dx, double dy,
+                         double dxc, double dyc, int boundary, double courant, double dmax, int nthreads) {
     params q = {H, W, C, K, boundary, dt, dx, dy, dxc, dyc, courant, dmax};
     const long HW = H * W;
 #pragma omp parallel num_threads(nthreads)
     {
-        real *buf = alloc_real(12 * HW + W);
-        real *zero = buf + 12 * HW; /* a row of zeros: the missing neighbour row under a zero boundary */
-        memset(zero, 0, sizeof(real) * W);
+        real *buf = alloc_real(14 * HW + W);
         coefs c = {buf, buf + HW, buf + 2 * HW, buf + 3 * HW, buf + 4 * HW, buf + 5 * HW, buf + 6 * HW};
         real *lv[3] = {buf + 7 * HW, buf + 8 * HW, buf + 9 * HW};
-        real *ub = buf + 10 * HW, *vb = buf + 11 * HW;
+        real *ub = buf + 10 * HW, *vb = buf + 11 * HW, *uraw = buf + 12 * HW, *vraw = buf + 13 * HW;
+        real *zero = buf + 14 * HW; /* a row of zeros: the missing neighbour row under a zero boundary */
+        memset(zero, 0, sizeof(real) * W);
+        const long Wp = W + 2 * (ks / 2), Hp = H + 2 * (ks / 2);
+        real *cbuf = wu ? alloc_real(Hp * Wp + 2 * H * Wp) : NULL; /* padded plane, two row-padded outputs */
 #pragma omp for schedule(static)
         for (long p = 0; p < P; p++) {
             const real *h0 = init + (p / C) * init_sn + (p % C) * init_sc;
-            compute_coefs(&q, plane_of(f, p, C), plane_of(u, p, C), plane_of(v, p, C), plane_of(Dx, p, C),
-                          plane_of(Dy, p, C), c, ub, vb, zero);
+            const real *up = plane_of(u, p, C), *vp = plane_of(v, p, C);
+            if (wu) {
+                const long ch = p % C;
+                dwconv2_plane(h0, wu + ch * ks * ks, bu[ch], wv + ch * ks * ks, bv[ch], ks, H, W, cbuf,
+                              cbuf + Hp * Wp, cbuf + Hp * Wp + H * Wp, uraw, vraw);
+                up = uraw;
+                vp = vraw;
+            }
+            compute_coefs(&q, plane_of(f, p, C), up, vp, plane_of(Dx, p, C), plane_of(Dy, p, C), c, ub, vb, zero);
             real *dst = out + p * HW;
             if (K == 0) { memcpy(dst, h0, sizeof(real) * HW); continue; }
             const real *hm = h0, *hc = h0;
@@ -244,8 +289,27 @@ void ad_forward(const real *init, long init_sn, long init_sc, field f, field u, 
                 hc = hn;
             }
         }
+        free(cbuf);
         free(buf);
     }
+}
+
+void ad_forward(const real *init, long init_sn, long init_sc, field f, field u, field v, field Dx, field Dy,
+                real *out, long P, long C, long H, long W, int K, double dt, double dx, double dy, double dxc,
+                double dyc, int boundary, double courant, double dmax, int nthreads) {
+    forward_impl(init, init_sn, init_sc, f, u, v, Dx, Dy, NULL, NULL, NULL, NULL, 0, out, P, C, H, W, K, dt, dx,
+                 dy, dxc, dyc, boundary, courant, dmax, nthreads);
+}
+
+/* Inference only (no backward): velocities from depthwise k x k convolutions of init (weights (C, k*k),
+ * biases (C,); a BatchNorm after the convolution is folded into them by the caller). */
+void ad_forward_dwvel(const real *init, long init_sn, long init_sc, field f, const real *wu, const real *bu,
+                      const real *wv, const real *bv, int ks, field Dx, field Dy, real *out, long P, long C,
+                      long H, long W, int K, double dt, double dx, double dy, double dxc, double dyc,
+                      int boundary, double courant, double dmax, int nthreads) {
+    field none = {NULL, 0, 0};
+    forward_impl(init, init_sn, init_sc, f, none, none, Dx, Dy, wu, bu, wv, bv, ks, out, P, C, H, W, K, dt, dx,
+                 dy, dxc, dyc, boundary, courant, dmax, nthreads);
 }
 
 /* scatter-add of the transposed neighbour maps: lam[nb(p)] += w[p] * g[p] along x (axis 1) or y (axis 0). */
