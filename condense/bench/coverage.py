@@ -250,8 +250,10 @@ def main(argv=None) -> int:
         table.add_row(name, str(f["models"]), str(f["ok"]), str(f["no repeats"]), str(bad))
     console.print(table)
     pct = 100.0 * ok / total if total else 0.0
-    console.print(f"condensed {ok} of {total} models with repeated blocks ({pct:.1f}%); "
-                  f"{len(rows) - total} without repeats; rows in {args.csv}")
+    n_none = sum(1 for r in rows if r["status"] == "no repeats")
+    n_large = sum(1 for r in rows if r["status"] == "too large")
+    console.print(f"condensed {ok} of {total} models with repeated blocks ({pct:.1f}%); {n_none} without "
+                  f"repeats; {n_large} above {args.max_params / 1e6:.0f}M parameters (skipped); rows in {args.csv}")
     for r in rows:
         if r["status"] not in ("ok", "no repeats"):
             console.print(f"  {r['model']}: {r['status']} {r.get('error', '')}", highlight=False)
