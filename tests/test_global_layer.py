@@ -392,3 +392,20 @@ def test_inference_path_is_not_used_when_training_or_with_autograd(monkeypatch):
     with torch.no_grad():
         GlobalLayer(4, GlobalConfig(K=2, impl="eager")).eval()(x)
         GlobalLayer(4, GlobalConfig(K=2, velocity="separable")).eval()(x)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_compiles_without_graph_breaks_even_before_the_first_eager_call(grad, monkeypatch):
+    """torch.compile must see the Global layer as one graph (custom ops inside), also when the kernel
+    library was not loaded yet in this process (loading it takes a lock, which dynamo cannot trace)."""
+    import torch._dynamo
+
+    from condense.pde import _native
+
+    monkeypatch.setattr(_native, "_LIBS", {})  # as in a fresh process
+    torch._dynamo.reset()
+    layer = GlobalLayer(4, GlobalConfig(K=2)).train(grad)
+    x = torch.randn(1, 4, 6, 6)
+    with torch.set_grad_enabled(grad):
+        report = torch._dynamo.explain(layer)(x)
+    assert report.graph_break_count == 0 and report.graph_count == 1, report.break_reasons

@@ -266,8 +266,14 @@ def advection_diffusion_dwvel(init: Tensor, source: Optional[Tensor], wu: Tensor
 
 def fused_available(t: Tensor) -> bool:
     """Whether the fused kernel can run on tensors like ``t`` (CPU, float32/float64, compiler present)."""
-    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) \
-        and _native.library(t.dtype) is not None
+    return _kernel_ready(t.device.type, t.dtype)
+
+
+@torch.compiler.assume_constant_result
+def _kernel_ready(device_type: str, dtype: torch.dtype) -> bool:
+    # torch.compile calls this once while tracing and keeps the answer: loading the library (a lock, ctypes)
+    # would otherwise break the graph at every Global layer of a model compiled before its first eager call
+    return device_type == "cpu" and dtype in (torch.float32, torch.float64) and _native.library(dtype) is not None
 
 
 # ------------------------------------------------------------------------------------------ public
