@@ -75,6 +75,10 @@ def search_parser() -> argparse.ArgumentParser:
                    help="nsgaii (default), tpe, or random (a baseline; compare with condense compare)")
     s.add_argument("--population", type=int, default=10, help="NSGA-II population size (default 10)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--max-proposals", type=int, default=None, metavar="N",
+                   help="stop after N plans over budget or duplicate (default 10 x --trials); plans far over "
+                        "budget by estimate cost about a tenth of a second, so a random search at a tight "
+                        "budget may need many")
     s.add_argument("--no-fit-start", action="store_true",
                    help="do not start from condense's own plan for the budget (enqueued as the first trial)")
     s.add_argument("--show-space", action="store_true", help="print the search space and exit")
@@ -186,7 +190,7 @@ def _search(args, console) -> int:
                    population=args.population, seed=args.seed, layers=args.layers, K=args.K, storage=args.storage,
                    study_name=args.study_name, heartbeat_interval=args.heartbeat_interval,
                    grace_period=args.grace_period, max_retry=args.max_retry, reference=not args.no_reference,
-                   enqueue_fit=not args.no_fit_start)
+                   enqueue_fit=not args.no_fit_start, max_proposals=args.max_proposals)
     if args.distill and not args.checkpoint:
         console.print("[yellow]note:[/] --distill without --checkpoint distils from an untrained original")
     show = not args.no_progress and console.is_terminal

@@ -5,7 +5,8 @@ In: a study and its search space. Out: DataFrames, CSV files, a rich Table. Neve
 Columns of ``trials_frame`` (one row per trial, by number): ``trial``, ``state`` (COMPLETE, FAIL, ...),
 ``status`` (trained, over budget, duplicate, diverged, failed, interrupted, running), ``accuracy``, ``macs``,
 ``params`` (and ``latency_ms`` when measured), ``feasible`` (every budget met), ``violation_macs`` /
-``violation_params`` (relative excess over the budget; <= 0 is feasible), ``on_front``, the effective plan
+``violation_params`` (relative excess over the budget; <= 0 is feasible), ``estimated`` (the counts of a plan
+rejected far over budget by its block-and-layer estimate, not measured), ``on_front``, the effective plan
 (``layer``, ``K``, ``init``, ``velocity``, ``diffusion``, ``source``, ``m[PATH]`` per run: blocks kept, r
 when the run is left alone), ``train_seconds``, ``retry_of`` (the trial a retry repeats), ``duplicate_of``,
 ``trial_dir`` and ``plan`` (the condense plan as JSON). ``front_frame`` has the same columns, for the front only,
@@ -64,6 +65,7 @@ def trials_frame(study: optuna.Study, space) -> pd.DataFrame:
         row["on_front"] = t.number in front
         if len(t.params) == len(space.params):
             row.update(space.effective(t.params))
+        row["estimated"] = bool(t.user_attrs.get("estimated", False))  # counts by estimate (rejected far over)
         row["train_seconds"] = t.user_attrs.get("train_seconds")
         row["retry_of"] = t.system_attrs.get("failed_trial")
         row["duplicate_of"] = t.user_attrs.get("duplicate_of")
@@ -73,7 +75,7 @@ def trials_frame(study: optuna.Study, space) -> pd.DataFrame:
         rows.append(row)
     columns = ["trial", "state", "status", *[n for n in names], "feasible", "violation_macs", "violation_params",
                "on_front", "layer", "K", "init", "velocity", "diffusion", "source",
-               *[space.m_name(r) for r in space.runs], "train_seconds", "retry_of", "duplicate_of", "trial_dir",
+               *[space.m_name(r) for r in space.runs], "estimated", "train_seconds", "retry_of", "duplicate_of", "trial_dir",
                "plan", "error"]
     df = pd.DataFrame(rows, columns=list(dict.fromkeys(columns)))
     df = df.dropna(axis=1, how="all") if not df.empty else df

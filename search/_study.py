@@ -110,6 +110,7 @@ class SearchConfig:
     max_retry: int = 3
     reference: bool = True                 # proxy-train the original model once, for the plot and table
     enqueue_fit: bool = True               # first trial: condense.fit's plan for the budget
+    max_proposals: int | None = None       # stop after this many over-budget/duplicate plans (None: 10 x trials)
 
     def __post_init__(self) -> None:
         def bad(field: str, why: str) -> None:
@@ -127,6 +128,8 @@ class SearchConfig:
             bad("sampler", f"must be one of {', '.join(SAMPLERS)}")
         if isinstance(self.latency_batch, bool) or not isinstance(self.latency_batch, int) or self.latency_batch < 1:
             bad("latency_batch", "must be an integer >= 1")
+        if self.max_proposals is not None and (isinstance(self.max_proposals, bool) or self.max_proposals < 1):
+            bad("max_proposals", "must be an integer >= 1")
         if self.population < 2:
             bad("population", "must be >= 2")
         if self.max_retry < 0:
@@ -761,7 +764,8 @@ def _optimize(study: optuna.Study, objective: Objective, config: SearchConfig, j
               on_trial) -> None:
     def enough() -> bool:
         c = _counts(study.get_trials(deepcopy=False))
-        return c["done"] >= config.trials or c["over"] + c["duplicate"] >= _OVER_FACTOR * config.trials
+        cap = config.max_proposals if config.max_proposals is not None else _OVER_FACTOR * config.trials
+        return c["done"] >= config.trials or c["over"] + c["duplicate"] >= cap
 
     failures: list[Any] = [0, ""]  # consecutive failed trials of this worker, the last error
 
