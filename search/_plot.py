@@ -48,20 +48,7 @@ def plot_front(trials: pd.DataFrame, path: str | os.PathLike, *, reference: dict
             ax.axvline(x, c="tab:red", ls=":", lw=1.2, label="original model (MACs)")
     if reference.get("macs_budget"):
         ax.axvline(reference["macs_budget"] / scale, c="0.3", ls="--", lw=1, label="MAC budget")
-    ax.set_xlabel(f"MACs ({unit})")
-    ax.set_ylabel("accuracy (proxy training)")
-    ax.grid(True, alpha=0.3)
-    if title:
-        ax.set_title(title, fontsize=10)
-    handles, labels = ax.get_legend_handles_labels()
-    if handles:
-        ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    out = Path(path)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    os.replace(tmp, out)
-    return out
+    return _finish(fig, ax, unit, title, path, dpi)
 
 
 def plot_fronts(studies: dict[str, pd.DataFrame], path: str | os.PathLike, *, reference: dict[str, Any] | None = None,
@@ -92,6 +79,11 @@ def plot_fronts(studies: dict[str, pd.DataFrame], path: str | os.PathLike, *, re
                        zorder=5)
         else:
             ax.axvline(reference["macs"] / scale, c="tab:red", ls=":", lw=1.2, label="original model (MACs)")
+    return _finish(fig, ax, unit, title, path, dpi)
+
+
+def _finish(fig, ax, unit: str, title: str | None, path: str | os.PathLike, dpi: int) -> Path:
+    """Axes labels, grid, title and legend; then write the PNG atomically (a finished file or none)."""
     ax.set_xlabel(f"MACs ({unit})")
     ax.set_ylabel("accuracy (proxy training)")
     ax.grid(True, alpha=0.3)
