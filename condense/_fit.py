@@ -384,10 +384,10 @@ def _fit_latency(apply: Callable[..., FitResult], unchanged: Callable[[str], Fit
                           f"{format_ms(fastest)} ({setting.describe()}; the original: {format_ms(before)})",
                           "raise the latency budget, or lower --K")
     best, after = max(feasible, key=lambda rt: rt[0].macs_after)
-    fit = LatencyFit(budget_ms, before, after, setting.to_dict(), tuple(points[1:]))
+    record = LatencyFit(budget_ms, before, after, setting.to_dict(), tuple(points[1:]))
     msg = (f"{best.message}; latency {format_ms(after)} (original {format_ms(before)}, budget "
            f"{format_ms(budget_ms)}; {setting.describe()}; {len(tried)} candidate(s) measured)")
-    return dataclasses.replace(best, latency=fit, message=msg, macs_budget=macs_b)  # the user's, not the target
+    return dataclasses.replace(best, latency=record, message=msg, macs_budget=macs_b)  # the user's, not the target
 
 
 def _row(run: Run, m: int, layer: str | None, K: int | None, layer_cost: tuple[int, int] | None) -> RunRow:
