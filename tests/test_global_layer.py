@@ -426,3 +426,60 @@ def test_compiles_without_graph_breaks_even_before_the_first_eager_call(grad, mo
     with torch.set_grad_enabled(grad):
         report = torch._dynamo.explain(layer)(x)
     assert report.graph_break_count == 0 and report.graph_count == 1, report.break_reasons
+
+
+# --- training: the velocity / diffusion depthwise convolutions as one fused op ------------------------
+
+@pytest.mark.skipif(len(IMPLS) < 2, reason="fused kernel unavailable (checked by its own test)")
+@pytest.mark.parametrize("k,shape", [(3, (2, 3, 6, 5)), (5, (1, 2, 1, 7)), (7, (1, 2, 4, 3)), (1, (2, 2, 3, 3))])
+def test_dwconv_pair_equals_conv2d_forward_and_backward(k, shape):
+    from condense.pde._dwconv import dwconv_pair, fusable_pair
+
+    torch.manual_seed(0)
+    a, b = (nn.Conv2d(shape[1], shape[1], k, padding=k // 2, groups=shape[1], bias=False).double() for _ in "ab")
+    assert fusable_pair(a, b)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    ra, rb = dwconv_pair(x, a, b)
+    torch.testing.assert_close(ra, a(x))
+    torch.testing.assert_close(rb, b(x))
+    # gradients of a loss that weights the two outputs differently, against nn.Conv2d's
+    gy = torch.randn(shape, dtype=torch.float64)
+    grads = torch.autograd.grad((ra * gy).sum() + (rb * gy.flip(-1)).sum(), (x, a.weight, b.weight))
+    want = torch.autograd.grad((a(x) * gy).sum() + (b(x) * gy.flip(-1)).sum(), (x, a.weight, b.weight))
+    for g, w in zip(grads, want):
+        torch.testing.assert_close(g, w)
+    assert torch.autograd.gradcheck(lambda t, wa, wb: torch.cat(torch.ops.condense.dwconv_pair(t, wa, wb)),
+                                    (x, a.weight, b.weight))
+    # a strided view (every other channel) is read as it is
+    wide = torch.randn(shape[0], 2 * shape[1], *shape[2:], dtype=torch.float64)
+    torch.testing.assert_close(dwconv_pair(wide[:, ::2], a, b)[0], a(wide[:, ::2]))
+
+
+def test_fusable_pair_rejects_what_the_op_does_not_compute():
+    from condense.pde._dwconv import fusable_pair
+
+    dw = nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False)
+    assert not fusable_pair(dw, nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=True))
+    assert not fusable_pair(dw, nn.Conv2d(4, 4, 3, padding=1, groups=2, bias=False))
+    assert not fusable_pair(dw, nn.Conv2d(4, 4, 3, padding=1, stride=2, groups=4, bias=False))
+    assert not fusable_pair(dw, nn.Conv2d(4, 4, 5, padding=2, groups=4, bias=False))
+
+
+@pytest.mark.skipif(len(IMPLS) < 2, reason="fused kernel unavailable (checked by its own test)")
+@pytest.mark.parametrize("opts", [dict(), dict(diffusion="dwconv", boundary="zero", kernel_size=5)])
+def test_training_path_equals_eager_in_output_and_gradients(opts):
+    torch.manual_seed(2)
+    fused = GlobalLayer(4, GlobalConfig(K=3, **opts)).double().train()
+    eager = GlobalLayer(4, GlobalConfig(K=3, impl="eager", **opts)).double().train()
+    eager.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 4, 7, 6, dtype=torch.float64)
+    outs = []
+    for layer in (fused, eager):
+        xi = x.clone().requires_grad_()
+        out = layer(xi)
+        out.square().mean().backward()
+        outs.append((out, xi.grad, {n: p.grad for n, p in layer.named_parameters()}))
+    torch.testing.assert_close(outs[0][0], outs[1][0])
+    torch.testing.assert_close(outs[0][1], outs[1][1])
+    for name, g in outs[1][2].items():
+        torch.testing.assert_close(outs[0][2][name], g, msg=name)

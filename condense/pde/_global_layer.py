@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from .._errors import ConfigError
 from ._advection_diffusion import advection_diffusion_dwvel, bounded_advection_diffusion, fused_available
+from ._dwconv import dwconv_pair, fusable_pair
 from ._base import (BOUNDARIES, ConvNormAct, LayerConfig, PDELayer, act_names, check_choice, check_range,
                     make_act, make_norm, norm_names)
 
@@ -150,7 +151,7 @@ class GlobalLayer(PDELayer):
         cfg: GlobalConfig = self.config
         u = v = None
         if cfg.velocity == "dwconv":
-            u, v = (net(h0) for net in self.velocity)
+            u, v = self._pair(h0, self.velocity)
         elif cfg.velocity == "separable":
             uv = self.velocity(h0)
             u, v = uv[:, : self.channels], uv[:, self.channels:]
@@ -161,8 +162,18 @@ class GlobalLayer(PDELayer):
 
     def _diffusion(self, h0: Tensor):
         if self.diffusion is not None:
-            return tuple(net(h0) for net in self.diffusion)
+            return self._pair(h0, self.diffusion)
         return self.config.diffusion_value, self.config.diffusion_value
+
+    def _pair(self, h0: Tensor, nets: nn.ModuleList) -> tuple[Tensor, Tensor]:
+        """Two ConvNormAct fields of h0. In training their depthwise convs run as one fused op (forward
+        and backward; PyTorch's CPU depthwise backward is the slow part of training this layer); in eval
+        each ConvNormAct folds its BatchNorm into its conv instead."""
+        a, b = nets
+        if self.training and self.config.impl != "eager" and fusable_pair(a[0], b[0]):
+            ra, rb = dwconv_pair(h0, a[0], b[0])
+            return a[2](a[1](ra)), b[2](b[1](rb))
+        return a(h0), b(h0)
 
     def _fused_velocity(self, h0: Tensor):
         """((wu, bu), (wv, bv)) when the velocity convolutions can run inside the kernel: inference (eval

@@ -87,6 +87,10 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.ad_backward.restype = None
     lib.ad_forward_dwvel.argtypes = [P, L, L, F, P, P, P, P, I, F, F, P] + common
     lib.ad_forward_dwvel.restype = None
+    lib.dw_pair_forward.argtypes = [P, L, L, P, P, I, P, P, L, L, L, L, I]
+    lib.dw_pair_forward.restype = None
+    lib.dw_pair_backward.argtypes = [P, L, L, P, P, I, P, P, P, P, P, L, L, L, L, I]
+    lib.dw_pair_backward.restype = None
     return lib
 
 

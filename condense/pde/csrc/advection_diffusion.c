@@ -129,60 +129,67 @@ static void zero_halo_cols(const params *q, real *a) {
     for (long y = 0; y < q->H; y++) first[y * q->Wp - 1] = first[y * q->Wp + q->W] = 0;
 }
 
-/* Coefficients of H^{k+1} = a0 H^{k-1} + a1 H^k + cE H[x+1] + cW H[x-1] + cN H[y+1] + cS H[y-1] + s,
- * plus the padded raw inputs and bounded velocities the backward pass reuses. All padded planes. */
+/* Coefficients of H^{k+1} = a0 H^{k-1} + a1 H^k + tx (H[x+1] + H[x-1]) + ty (H[y+1] + H[y-1])
+ *                          - ax (H[x+1] - H[x-1]) - ay (H[y+1] - H[y-1]) + s
+ * (a0 = M / L, tx = 2 Bx / L, ty = 2 By / L, a1 = -2 dt (u_x + v_y) / L, ax = Ax / L, ay = Ay / L,
+ * s = 2 dt f / L), plus the padded raw inputs and bounded velocities the backward pass reuses. All padded
+ * planes. With constant diffusion a0, tx and ty are constants (``consts``), so a step streams 4
+ * coefficient planes instead of 7. */
 typedef struct {
-    real *a0, *a1, *cE, *cW, *cN, *cS, *s;
+    real *a0, *a1, *tx, *ty, *ax, *ay, *s;
     real *f, *u, *v, *Dx, *Dy; /* raw inputs, padded (halo 0) */
     real *ub, *vb;             /* bounded velocities, halo filled */
+    int var_d;                 /* a0, tx, ty are planes (1) or the constants below (0) */
+    real a0c, txc, tyc;
 } coefs;
 #define COEF_PLANES 14
 
 static coefs coefs_at(real *buf, long S) {
     coefs c;
-    real **slots[COEF_PLANES] = {&c.a0, &c.a1, &c.cE, &c.cW, &c.cN, &c.cS, &c.s,
+    real **slots[COEF_PLANES] = {&c.a0, &c.a1, &c.tx, &c.ty, &c.ax, &c.ay, &c.s,
                                  &c.f, &c.u, &c.v, &c.Dx, &c.Dy, &c.ub, &c.vb};
     for (int i = 0; i < COEF_PLANES; i++) *slots[i] = buf + i * S;
+    c.var_d = 0;
+    c.a0c = c.txc = c.tyc = 0;
     return c;
 }
 
 #define SQRT(x) (sizeof(real) == sizeof(float) ? (real)sqrtf((float)(x)) : (real)sqrt((double)(x)))
 #define CLAMP(x, lo, hi) ((x) < (lo) ? (lo) : ((x) > (hi) ? (hi) : (x)))
 
-/* The coefficients of one plane from its padded raw inputs (c.f, c.u, c.v, c.Dx, c.Dy; flags say which
- * are present). The velocity bound u / sqrt(1 + (u / umax)^2) is the identity near 0, |result| < umax,
- * smooth, and cheap to vectorise. Every loop is one flat loop over the plane span. */
-static void compute_coefs(const params *q, coefs c, int has_f, int has_vel, int has_d) {
+/* The coefficients of one plane from its padded raw inputs (c->f, c->u, c->v, c->Dx, c->Dy; flags say
+ * which are present). The velocity bound u / sqrt(1 + (u / umax)^2) is the identity near 0,
+ * |result| < umax, smooth, and cheap to vectorise. Every loop is one flat loop over the plane span; 1/L
+ * is kept in ``iLp`` (a plane, or its constant value). */
+static void compute_coefs(const params *q, coefs *c, int has_f, int has_vel, int has_d) {
     const long o = q->o0, n = q->n, Wp = q->Wp;
     const real kx = (real)(q->dt / (q->dx * q->dx)), ky = (real)(q->dt / (q->dy * q->dy));
     const real two_dt = (real)(2 * q->dt);
-    real *restrict a0 = c.a0 + o, *restrict a1 = c.a1 + o, *restrict cE = c.cE + o, *restrict cW = c.cW + o;
-    real *restrict cN = c.cN + o, *restrict cS = c.cS + o, *restrict s = c.s + o;
+    real *restrict a0 = c->a0 + o, *restrict a1 = c->a1 + o, *restrict tx = c->tx + o, *restrict ty = c->ty + o;
+    real *restrict ax = c->ax + o, *restrict ay = c->ay + o, *restrict s = c->s + o;
+    c->var_d = has_d;
+    /* iL per element: in a1 for now (the advection pass turns it into a1) */
     if (has_d) {
         const real dm = (real)(q->dmax > 0 ? q->dmax : 1e30);
-        const real *restrict Dx = c.Dx + o, *restrict Dy = c.Dy + o;
+        const real *restrict Dx = c->Dx + o, *restrict Dy = c->Dy + o;
 #pragma omp simd
         for (long i = 0; i < n; i++) {
             real bx = CLAMP(Dx[i], (real)0, dm) * kx, by = CLAMP(Dy[i], (real)0, dm) * ky;
             real iL = (real)1 / ((real)1 + 2 * bx + 2 * by);
             a0[i] = ((real)1 - 2 * bx - 2 * by) * iL;
-            a1[i] = iL; /* 1/L for now; the advection pass below turns it into a1 */
-            cE[i] = cW[i] = 2 * bx * iL;
-            cN[i] = cS[i] = 2 * by * iL;
+            a1[i] = iL;
+            tx[i] = 2 * bx * iL;
+            ty[i] = 2 * by * iL;
         }
     } else {
         const real bx = (real)q->dxc * kx, by = (real)q->dyc * ky, iL = (real)1 / ((real)1 + 2 * bx + 2 * by);
-        const real va0 = ((real)1 - 2 * bx - 2 * by) * iL, vx = 2 * bx * iL, vy = 2 * by * iL;
-#pragma omp simd
-        for (long i = 0; i < n; i++) {
-            a0[i] = va0;
-            a1[i] = iL;
-            cE[i] = cW[i] = vx;
-            cN[i] = cS[i] = vy;
-        }
+        c->a0c = ((real)1 - 2 * bx - 2 * by) * iL;
+        c->txc = 2 * bx * iL;
+        c->tyc = 2 * by * iL;
+        for (long i = 0; i < n; i++) a1[i] = iL;
     }
     if (has_f) {
-        const real *restrict f = c.f + o;
+        const real *restrict f = c->f + o;
 #pragma omp simd
         for (long i = 0; i < n; i++) s[i] = two_dt * f[i] * a1[i];
     } else {
@@ -190,13 +197,15 @@ static void compute_coefs(const params *q, coefs c, int has_f, int has_vel, int 
     }
     if (!has_vel) {
         memset(a1, 0, sizeof(real) * n);
+        memset(ax, 0, sizeof(real) * n);
+        memset(ay, 0, sizeof(real) * n);
     } else {
         const double umax = q->courant > 0 ? q->courant * q->dx / q->dt : 0;
         const double vmax = q->courant > 0 ? q->courant * q->dy / q->dt : 0;
         if (umax > 0) {
             const real ru = (real)(1 / umax), rv = (real)(1 / vmax);
-            const real *restrict u = c.u + o, *restrict v = c.v + o;
-            real *restrict ub = c.ub + o, *restrict vb = c.vb + o;
+            const real *restrict u = c->u + o, *restrict v = c->v + o;
+            real *restrict ub = c->ub + o, *restrict vb = c->vb + o;
 #pragma omp simd
             for (long i = 0; i < n; i++) {
                 real tu = u[i] * ru, tv = v[i] * rv;
@@ -204,57 +213,73 @@ static void compute_coefs(const params *q, coefs c, int has_f, int has_vel, int 
                 vb[i] = v[i] / SQRT((real)1 + tv * tv);
             }
         } else {
-            memcpy(c.ub + o, c.u + o, sizeof(real) * n);
-            memcpy(c.vb + o, c.v + o, sizeof(real) * n);
+            memcpy(c->ub + o, c->u + o, sizeof(real) * n);
+            memcpy(c->vb + o, c->v + o, sizeof(real) * n);
         }
-        fill_halo(q, c.ub);
-        fill_halo(q, c.vb);
-        /* a1 = -2 dt (u_x + v_y) / L, cE/cW -= / += Ax / L, cN/cS -= / += Ay / L */
+        fill_halo(q, c->ub);
+        fill_halo(q, c->vb);
         const real hx = (real)(0.5 / q->dx), hy = (real)(0.5 / q->dy);
-        const real ax = (real)(q->dt / q->dx), ay = (real)(q->dt / q->dy), m2dt = (real)(-2 * q->dt);
-        const real *restrict ub = c.ub + o, *restrict vb = c.vb + o;
+        const real kax = (real)(q->dt / q->dx), kay = (real)(q->dt / q->dy), m2dt = (real)(-2 * q->dt);
+        const real *restrict ub = c->ub + o, *restrict vb = c->vb + o;
 #pragma omp simd
         for (long i = 0; i < n; i++) {
             real div = (ub[i + 1] - ub[i - 1]) * hx + (vb[i + Wp] - vb[i - Wp]) * hy;
             real iL = a1[i];
             a1[i] = m2dt * div * iL;
-            real axi = ub[i] * ax * iL, ayi = vb[i] * ay * iL;
-            cE[i] -= axi;
-            cW[i] += axi;
-            cN[i] -= ayi;
-            cS[i] += ayi;
+            ax[i] = ub[i] * kax * iL;
+            ay[i] = vb[i] * kay * iL;
         }
     }
-    real *all[7] = {c.a0, c.a1, c.cE, c.cW, c.cN, c.cS, c.s};
-    for (int i = 0; i < 7; i++) zero_halo_cols(q, all[i]);
+    real *all[7] = {c->a0, c->a1, c->tx, c->ty, c->ax, c->ay, c->s};
+    for (int i = 0; i < 7; i++)
+        if (has_d || (i != 0 && i != 2 && i != 3)) zero_halo_cols(q, all[i]);
 }
 
 /* hn = one Du Fort-Frankel step from (hm = H^{k-1}, hc = H^k, halo filled); fills hn's halo. */
-static void step(const params *q, coefs c, const real *hm, const real *hc, real *hn) {
+static void step(const params *q, const coefs *c, const real *hm, const real *hc, real *hn) {
     const long o = q->o0, n = q->n, Wp = q->Wp;
-    const real *restrict a0 = c.a0 + o, *restrict a1 = c.a1 + o, *restrict cE = c.cE + o, *restrict cW = c.cW + o;
-    const real *restrict cN = c.cN + o, *restrict cS = c.cS + o, *restrict s = c.s + o;
+    const real *restrict a1 = c->a1 + o, *restrict ax = c->ax + o, *restrict ay = c->ay + o, *restrict s = c->s + o;
     const real *restrict m = hm + o, *restrict h = hc + o;
     real *restrict out = hn + o;
+    if (c->var_d) {
+        const real *restrict a0 = c->a0 + o, *restrict tx = c->tx + o, *restrict ty = c->ty + o;
 #pragma omp simd
-    for (long i = 0; i < n; i++)
-        out[i] = s[i] + a0[i] * m[i] + a1[i] * h[i] + cE[i] * h[i + 1] + cW[i] * h[i - 1] + cN[i] * h[i + Wp] +
-                 cS[i] * h[i - Wp];
+        for (long i = 0; i < n; i++) {
+            real e = h[i + 1], w = h[i - 1], nn = h[i + Wp], ss = h[i - Wp];
+            out[i] = s[i] + a0[i] * m[i] + a1[i] * h[i] + tx[i] * (e + w) + ty[i] * (nn + ss) - ax[i] * (e - w) -
+                     ay[i] * (nn - ss);
+        }
+    } else {
+        const real a0 = c->a0c, tx = c->txc, ty = c->tyc;
+#pragma omp simd
+        for (long i = 0; i < n; i++) {
+            real e = h[i + 1], w = h[i - 1], nn = h[i + Wp], ss = h[i - Wp];
+            out[i] = s[i] + a0 * m[i] + a1[i] * h[i] + tx * (e + w) + ty * (nn + ss) - ax[i] * (e - w) -
+                     ay[i] * (nn - ss);
+        }
+    }
     fill_halo(q, hn);
 }
 
 static real *alloc_real(long n) { return (real *)calloc((size_t)(n > 0 ? n : 1), sizeof(real)); }
 
-/* u = bu + wu (*) x and v = bv + wv (*) x into the padded planes du, dv: two depthwise k x k correlations
- * of one plane with zero padding k / 2 (what nn.Conv2d computes), in one pass. The plane is copied into a
- * zero-padded scratch of row stride Wk = W + 2r, so every tap is one long branch-free loop over H * Wk
- * points (the Wk - W extra columns per row are computed and dropped): short rows (7, 14) still vectorise. */
-static void dwconv2_plane(const params *q, const real *restrict x, const real *restrict wu, real bu,
-                          const real *restrict wv, real bv, int ks, real *restrict pad, real *restrict tu,
-                          real *restrict tv, real *restrict du, real *restrict dv) {
-    const long H = q->H, W = q->W, r = ks / 2, Wk = W + 2 * r, Hk = H + 2 * r;
-    memset(pad, 0, sizeof(real) * Hk * Wk);
+/* The zero-padded copy of a plane for a k x k convolution: (H + 2r) x Wk, Wk = W + 2r, r = k / 2. */
+static void conv_pad(const real *restrict x, long H, long W, long r, real *restrict pad) {
+    const long Wk = W + 2 * r;
+    memset(pad, 0, sizeof(real) * (H + 2 * r) * Wk);
     for (long y = 0; y < H; y++) memcpy(pad + (y + r) * Wk + r, x + y * W, sizeof(real) * W);
+}
+
+/* u = bu + wu (*) x and v = bv + wv (*) x: two depthwise k x k correlations of one plane with zero padding
+ * k / 2 (what nn.Conv2d computes), in one pass, written to du / dv with row stride ds. The plane is
+ * copied into a zero-padded scratch of row stride Wk = W + 2r, so every tap is one long branch-free loop
+ * over H * Wk points (the Wk - W extra columns per row are computed and dropped): short rows (7, 14)
+ * still vectorise. */
+static void dwconv2_plane(const real *restrict x, long H, long W, const real *restrict wu, real bu,
+                          const real *restrict wv, real bv, int ks, real *restrict pad, real *restrict tu,
+                          real *restrict tv, real *restrict du, real *restrict dv, long ds) {
+    const long r = ks / 2, Wk = W + 2 * r;
+    conv_pad(x, H, W, r, pad);
     const long n = (H - 1) * Wk + W; /* the last output point needed, plus one */
     for (long i = 0; i < n; i++) {
         tu[i] = bu;
@@ -272,8 +297,81 @@ static void dwconv2_plane(const params *q, const real *restrict x, const real *r
         }
     }
     for (long y = 0; y < H; y++) {
-        memcpy(du + q->o0 + y * q->Wp, tu + y * Wk, sizeof(real) * W);
-        memcpy(dv + q->o0 + y * q->Wp, tv + y * Wk, sizeof(real) * W);
+        memcpy(du + y * ds, tu + y * Wk, sizeof(real) * W);
+        memcpy(dv + y * ds, tv + y * Wk, sizeof(real) * W);
+    }
+}
+
+/* Two depthwise k x k convolutions of x (no bias; weights (C, k*k) each) for the training path: outputs
+ * o1, o2 contiguous (N, C, H, W). */
+void dw_pair_forward(const real *x, long sn, long sc, const real *w1, const real *w2, int ks, real *o1, real *o2,
+                     long P, long C, long H, long W, int nthreads) {
+    const long r = ks / 2, Wk = W + 2 * r, Hk = H + 2 * r, HW = H * W;
+#pragma omp parallel num_threads(nthreads)
+    {
+        real *buf = alloc_real(Hk * Wk + 2 * H * Wk);
+#pragma omp for schedule(static)
+        for (long p = 0; p < P; p++) {
+            const long c = p % C;
+            dwconv2_plane(x + (p / C) * sn + c * sc, H, W, w1 + c * ks * ks, 0, w2 + c * ks * ks, 0, ks, buf,
+                          buf + Hk * Wk, buf + Hk * Wk + H * Wk, o1 + p * HW, o2 + p * HW, W);
+        }
+        free(buf);
+    }
+}
+
+/* Its backward: gx (or NULL) = the transposed convolutions of g1 and g2, summed; gw1, gw2 (or NULL): the
+ * weight gradients of every plane, (P, k*k), which the caller sums over the batch. */
+void dw_pair_backward(const real *x, long sn, long sc, const real *w1, const real *w2, int ks, const real *g1,
+                      const real *g2, real *gx, real *gw1, real *gw2, long P, long C, long H, long W,
+                      int nthreads) {
+    const long r = ks / 2, Wk = W + 2 * r, Hk = H + 2 * r, HW = H * W, n = (H - 1) * Wk + W;
+#pragma omp parallel num_threads(nthreads)
+    {
+        real *buf = alloc_real(3 * Hk * Wk + n);
+        real *xp = buf, *p1 = buf + Hk * Wk, *p2 = buf + 2 * Hk * Wk, *acc = buf + 3 * Hk * Wk;
+#pragma omp for schedule(static)
+        for (long p = 0; p < P; p++) {
+            const long c = p % C;
+            const real *a = w1 + c * ks * ks, *b = w2 + c * ks * ks;
+            conv_pad(g1 + p * HW, H, W, r, p1);
+            conv_pad(g2 + p * HW, H, W, r, p2);
+            if (gx) {
+                /* x[y, x] feeds out[y - ky + r, x - kx + r]: gx[i] = sum of w[ky, kx] g_pad[i + (2r - ky) Wk + 2r - kx] */
+                for (long i = 0; i < n; i++) acc[i] = 0;
+                for (long ky = 0; ky < ks; ky++) {
+                    for (long kx = 0; kx < ks; kx++) {
+                        const real wa = a[ky * ks + kx], wb = b[ky * ks + kx];
+                        const long off = (2 * r - ky) * Wk + 2 * r - kx;
+                        const real *restrict s1 = p1 + off, *restrict s2 = p2 + off;
+#pragma omp simd
+                        for (long i = 0; i < n; i++) acc[i] += wa * s1[i] + wb * s2[i];
+                    }
+                }
+                real *dst = gx + p * HW;
+                for (long y = 0; y < H; y++) memcpy(dst + y * W, acc + y * Wk, sizeof(real) * W);
+            }
+            if (gw1 || gw2) {
+                /* gw[ky, kx] = sum over the plane of g[y, x] x_pad[y + ky, x + kx]; g in row stride Wk with
+                 * zeros beyond column W is p + r Wk + r */
+                conv_pad(x + (p / C) * sn + c * sc, H, W, r, xp);
+                const real *restrict q1 = p1 + r * Wk + r, *restrict q2 = p2 + r * Wk + r;
+                for (long ky = 0; ky < ks; ky++) {
+                    for (long kx = 0; kx < ks; kx++) {
+                        const real *restrict src = xp + ky * Wk + kx;
+                        real s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s1, s2)
+                        for (long i = 0; i < n; i++) {
+                            s1 += q1[i] * src[i];
+                            s2 += q2[i] * src[i];
+                        }
+                        if (gw1) gw1[p * ks * ks + ky * ks + kx] = s1;
+                        if (gw2) gw2[p * ks * ks + ky * ks + kx] = s2;
+                    }
+                }
+            }
+        }
+        free(buf);
     }
 }
 
@@ -314,16 +412,16 @@ static void forward_impl(const real *init, long init_sn, long init_sc, field f, 
             load_plane(&q, c, p, f, u, v, Dx, Dy);
             if (wu) {
                 const long ch = p % C;
-                dwconv2_plane(&q, h0, wu + ch * ks * ks, bu[ch], wv + ch * ks * ks, bv[ch], ks, cbuf,
-                              cbuf + Hk * Wk, cbuf + Hk * Wk + H * Wk, c.u, c.v);
+                dwconv2_plane(h0, H, W, wu + ch * ks * ks, bu[ch], wv + ch * ks * ks, bv[ch], ks, cbuf,
+                              cbuf + Hk * Wk, cbuf + Hk * Wk + H * Wk, c.u + q.o0, c.v + q.o0, q.Wp);
             }
-            compute_coefs(&q, c, f.ptr != NULL, has_vel, Dx.ptr != NULL);
+            compute_coefs(&q, &c, f.ptr != NULL, has_vel, Dx.ptr != NULL);
             pad_in(&q, h0, lv[0]);
             fill_halo(&q, lv[0]);
             real *hm = lv[0], *hc = lv[0];
             for (int k = 0; k < K; k++) {
                 real *hn = (k == 0) ? lv[1] : (hm != lv[0] && hc != lv[0]) ? lv[0] : (hm != lv[1] && hc != lv[1]) ? lv[1] : lv[2];
-                step(&q, c, hm, hc, hn);
+                step(&q, &c, hm, hc, hn);
                 hm = hc;
                 hc = hn;
             }
@@ -353,37 +451,62 @@ void ad_forward_dwvel(const real *init, long init_sn, long init_sc, field f, con
 }
 
 /* One adjoint step. ln = lambda^{k+1} (plane values, halo 0); hk = H^k and hkm = H^{k-1} (halo filled).
- * Accumulates the coefficient gradients g, lp (lambda^{k-1}) += a0 ln, and lc (lambda^k) += the transposed
- * stencil applied to ln (over the wide span, then folded back onto the plane). */
-static void adjoint_step(const params *q, coefs c, coefs g, const real *ln_, const real *hk_, const real *hkm_,
-                         real *lc_, real *lp_) {
+ * Accumulates the coefficient gradients g (a0, tx, ty only with variable diffusion), lp (lambda^{k-1})
+ * += a0 ln, and lc (lambda^k) += the transposed stencil applied to ln (over the wide span, then folded
+ * back onto the plane). */
+static void adjoint_step(const params *q, const coefs *c, const coefs *g, const real *ln_, const real *hk_,
+                         const real *hkm_, real *lc_, real *lp_) {
     const long o = q->o0, n = q->n, Wp = q->Wp;
     {
-        const real *restrict l = ln_ + o, *restrict h = hk_ + o, *restrict hm = hkm_ + o, *restrict a0 = c.a0 + o;
-        real *restrict ga0 = g.a0 + o, *restrict ga1 = g.a1 + o, *restrict gs = g.s + o, *restrict gE = g.cE + o;
-        real *restrict gW = g.cW + o, *restrict gN = g.cN + o, *restrict gS = g.cS + o, *restrict lp = lp_ + o;
+        const real *restrict l = ln_ + o, *restrict h = hk_ + o;
+        real *restrict ga1 = g->a1 + o, *restrict gs = g->s + o, *restrict gax = g->ax + o;
+        real *restrict gay = g->ay + o, *restrict lp = lp_ + o;
+        if (c->var_d) {
+            const real *restrict hm = hkm_ + o, *restrict a0 = c->a0 + o;
+            real *restrict ga0 = g->a0 + o, *restrict gtx = g->tx + o, *restrict gty = g->ty + o;
 #pragma omp simd
-        for (long i = 0; i < n; i++) {
-            const real li = l[i];
-            ga0[i] += li * hm[i];
-            ga1[i] += li * h[i];
-            gs[i] += li;
-            gE[i] += li * h[i + 1];
-            gW[i] += li * h[i - 1];
-            gN[i] += li * h[i + Wp];
-            gS[i] += li * h[i - Wp];
-            lp[i] += a0[i] * li;
+            for (long i = 0; i < n; i++) {
+                const real li = l[i], e = h[i + 1], w = h[i - 1], nn = h[i + Wp], ss = h[i - Wp];
+                ga0[i] += li * hm[i];
+                gtx[i] += li * (e + w);
+                gty[i] += li * (nn + ss);
+                ga1[i] += li * h[i];
+                gs[i] += li;
+                gax[i] += li * (w - e);
+                gay[i] += li * (ss - nn);
+                lp[i] += a0[i] * li;
+            }
+        } else {
+            const real a0 = c->a0c;
+#pragma omp simd
+            for (long i = 0; i < n; i++) {
+                const real li = l[i];
+                ga1[i] += li * h[i];
+                gs[i] += li;
+                gax[i] += li * (h[i - 1] - h[i + 1]);
+                gay[i] += li * (h[i - Wp] - h[i + Wp]);
+                lp[i] += a0 * li;
+            }
         }
     }
     {
+        /* lambda^k[j] += a1 l + sum over the 4 neighbours i of j of (the coefficient at i of H[j]) l[i] */
         const long w = q->ow, nw = q->nw;
-        const real *restrict l = ln_ + w, *restrict a1 = c.a1 + w, *restrict cE = c.cE + w, *restrict cW = c.cW + w;
-        const real *restrict cN = c.cN + w, *restrict cS = c.cS + w;
+        const real *restrict l = ln_ + w, *restrict a1 = c->a1 + w, *restrict ax = c->ax + w, *restrict ay = c->ay + w;
         real *restrict lc = lc_ + w;
+        if (c->var_d) {
+            const real *restrict tx = c->tx + w, *restrict ty = c->ty + w;
 #pragma omp simd
-        for (long i = 0; i < nw; i++)
-            lc[i] += a1[i] * l[i] + cE[i - 1] * l[i - 1] + cW[i + 1] * l[i + 1] + cN[i - Wp] * l[i - Wp] +
-                     cS[i + Wp] * l[i + Wp];
+            for (long i = 0; i < nw; i++)
+                lc[i] += a1[i] * l[i] + (tx[i - 1] - ax[i - 1]) * l[i - 1] + (tx[i + 1] + ax[i + 1]) * l[i + 1] +
+                         (ty[i - Wp] - ay[i - Wp]) * l[i - Wp] + (ty[i + Wp] + ay[i + Wp]) * l[i + Wp];
+        } else {
+            const real tx = c->txc, ty = c->tyc;
+#pragma omp simd
+            for (long i = 0; i < nw; i++)
+                lc[i] += a1[i] * l[i] + tx * (l[i - 1] + l[i + 1]) + ty * (l[i - Wp] + l[i + Wp]) -
+                         ax[i - 1] * l[i - 1] + ax[i + 1] * l[i + 1] - ay[i - Wp] * l[i - Wp] + ay[i + Wp] * l[i + Wp];
+        }
     }
     fold_halo(q, lc_);
 }
@@ -420,18 +543,18 @@ void ad_backward(const real *gout, const real *init, long init_sn, long init_sc,
                 continue;
             }
             load_plane(&q, c, p, f, u, v, Dx, Dy);
-            compute_coefs(&q, c, f.ptr != NULL, has_vel, Dx.ptr != NULL);
+            compute_coefs(&q, &c, f.ptr != NULL, has_vel, Dx.ptr != NULL);
             pad_in(&q, h0, states);
             fill_halo(&q, states);
             for (int k = 0; k < K; k++)
-                step(&q, c, states + (k > 0 ? k - 1 : 0) * S, states + k * S, states + (k + 1) * S);
+                step(&q, &c, states + (k > 0 ? k - 1 : 0) * S, states + k * S, states + (k + 1) * S);
             memset(gbuf, 0, sizeof(real) * 7 * S);
             memset(lam, 0, sizeof(real) * 3 * S);
             /* adjoints: ln = lambda^{k+1}, lc = lambda^k, lp = lambda^{k-1} */
             real *ln = lam, *lc = lam + S, *lp = lam + 2 * S;
             pad_in(&q, go, ln);
             for (int k = K - 1; k >= 0; k--) {
-                adjoint_step(&q, c, g, ln, states + k * S, states + (k > 0 ? k - 1 : 0) * S, lc, lp);
+                adjoint_step(&q, &c, &g, ln, states + k * S, states + (k > 0 ? k - 1 : 0) * S, lc, lp);
                 /* rotate: lambda^{k+1} is done; the next step needs lambda^k (complete) and lambda^{k-1} */
                 real *t = ln;
                 ln = lc;
@@ -445,72 +568,75 @@ void ad_backward(const real *gout, const real *init, long init_sn, long init_sc,
                 for (long y = 0; y < H; y++)
                     for (long x = 0; x < W; x++) gi[y * W + x] = ln[o + y * Wp + x] + lc[o + y * Wp + x];
             }
-            /* chain rule from the coefficients to source, velocity and diffusion. Pass 1 (per element):
-             * afterwards g.a1 holds d/d(u_x + v_y), g.cE d/d(bounded u) and g.cN d/d(bounded v) of the
-             * direct (non-derivative) terms; g.s d/df, g.cW d/dDx, g.cS d/dDy */
+            /* chain rule from the coefficients to source, velocity and diffusion. Every coefficient is
+             * X / L, so d/dBx of it is dX/dBx / L - 2 (coefficient) / L. Pass 1 (per element): afterwards
+             * g.s holds d/df, g.tx d/dDx, g.ty d/dDy, g.a1 d/d(u_x + v_y), g.ax d/d(bounded u) and g.ay
+             * d/d(bounded v) of the direct (non-derivative) terms */
             const real kx = (real)(dt / (dx * dx)), ky = (real)(dt / (dy * dy)), two_dt = (real)(2 * dt);
-            const real dm = (real)(dmax > 0 ? dmax : 1e30), m2dt = (real)(-2 * dt);
-            const real adx = (real)(dt / dx), ady = (real)(dt / dy);
-            const real cdx = (real)dxc, cdy = (real)dyc;
-            const real dmc = Dx.ptr ? dm : (real)1e30; /* a constant diffusion is not clamped */
-            if (Dx.ptr == NULL) { /* constant diffusion: the same loop below reads it from the scratch */
-                for (long i = 0; i < n; i++) {
-                    c.Dx[o + i] = cdx;
-                    c.Dy[o + i] = cdy;
-                }
-            }
+            const real m2dt = (real)(-2 * dt), kax = (real)(dt / dx), kay = (real)(dt / dy);
             {
-                const real *restrict dxp = c.Dx + o, *restrict dyp = c.Dy + o;
-                const real *restrict ca0 = c.a0 + o, *restrict ca1 = c.a1 + o, *restrict cE = c.cE + o;
-                const real *restrict cW = c.cW + o, *restrict cN = c.cN + o, *restrict cS = c.cS + o;
-                const real *restrict cs = c.s + o;
-                real *restrict ga0 = g.a0 + o, *restrict ga1 = g.a1 + o, *restrict gE = g.cE + o;
-                real *restrict gW = g.cW + o, *restrict gN = g.cN + o, *restrict gS = g.cS + o, *restrict gs = g.s + o;
+                real *restrict ga1 = g.a1 + o, *restrict gax = g.ax + o, *restrict gay = g.ay + o;
+                real *restrict gs = g.s + o;
+                if (c.var_d) {
+                    const real dm = (real)(dmax > 0 ? dmax : 1e30);
+                    const real *restrict dxp = c.Dx + o, *restrict dyp = c.Dy + o;
+                    const real *restrict a0 = c.a0 + o, *restrict a1 = c.a1 + o, *restrict tx = c.tx + o;
+                    const real *restrict ty = c.ty + o, *restrict ax = c.ax + o, *restrict ay = c.ay + o;
+                    const real *restrict cs = c.s + o;
+                    real *restrict ga0 = g.a0 + o, *restrict gtx = g.tx + o, *restrict gty = g.ty + o;
 #pragma omp simd
-                for (long i = 0; i < n; i++) {
-                    real dxv = CLAMP(dxp[i], (real)0, dmc), dyv = CLAMP(dyp[i], (real)0, dmc);
-                    real iL = (real)1 / ((real)1 + 2 * dxv * kx + 2 * dyv * ky);
-                    real T = ga0[i] * ca0[i] + ga1[i] * ca1[i] + gE[i] * cE[i] + gW[i] * cW[i] + gN[i] * cN[i] +
-                             gS[i] * cS[i] + gs[i] * cs[i];
-                    real passx = (dxp[i] >= 0 && dxp[i] <= dm) ? (real)1 : (real)0;
-                    real passy = (dyp[i] >= 0 && dyp[i] <= dm) ? (real)1 : (real)0;
-                    real gdx = (2 * (gE[i] + gW[i] - ga0[i]) - 2 * T) * iL * kx * passx;
-                    real gdy = (2 * (gN[i] + gS[i] - ga0[i]) - 2 * T) * iL * ky * passy;
-                    real gdiv = ga1[i] * m2dt * iL;
-                    real gub = (gW[i] - gE[i]) * iL * adx;
-                    real gvb = (gS[i] - gN[i]) * iL * ady;
-                    gs[i] = gs[i] * two_dt * iL;
-                    gW[i] = gdx;
-                    gS[i] = gdy;
-                    ga1[i] = gdiv;
-                    gE[i] = gub;
-                    gN[i] = gvb;
+                    for (long i = 0; i < n; i++) {
+                        real dxv = CLAMP(dxp[i], (real)0, dm), dyv = CLAMP(dyp[i], (real)0, dm);
+                        real iL = (real)1 / ((real)1 + 2 * dxv * kx + 2 * dyv * ky);
+                        real T = ga0[i] * a0[i] + ga1[i] * a1[i] + gtx[i] * tx[i] + gty[i] * ty[i] +
+                                 gax[i] * ax[i] + gay[i] * ay[i] + gs[i] * cs[i];
+                        real passx = (dxp[i] >= 0 && dxp[i] <= dm) ? (real)1 : (real)0;
+                        real passy = (dyp[i] >= 0 && dyp[i] <= dm) ? (real)1 : (real)0;
+                        real gdx = (2 * (gtx[i] - ga0[i]) - 2 * T) * iL * kx * passx;
+                        real gdy = (2 * (gty[i] - ga0[i]) - 2 * T) * iL * ky * passy;
+                        gtx[i] = gdx;
+                        gty[i] = gdy;
+                        gs[i] *= two_dt * iL;
+                        ga1[i] *= m2dt * iL;
+                        gax[i] *= kax * iL;
+                        gay[i] *= kay * iL;
+                    }
+                } else {
+                    const real iL = (real)1 / ((real)1 + 2 * (real)dxc * kx + 2 * (real)dyc * ky);
+                    const real fs = two_dt * iL, fd = m2dt * iL, fx = kax * iL, fy = kay * iL;
+#pragma omp simd
+                    for (long i = 0; i < n; i++) {
+                        gs[i] *= fs;
+                        ga1[i] *= fd;
+                        gax[i] *= fx;
+                        gay[i] *= fy;
+                    }
                 }
             }
             if (gf) pad_out(&q, g.s, gf + p * HW);
-            if (gDx) pad_out(&q, g.cW, gDx + p * HW);
-            if (gDy) pad_out(&q, g.cS, gDy + p * HW);
+            if (gDx) pad_out(&q, g.tx, gDx + p * HW);
+            if (gDy) pad_out(&q, g.ty, gDy + p * HW);
             if (gu || gv) {
                 /* pass 2: the central differences' transposes (div[i] has +u[i+1], -u[i-1], +v[i+Wp],
                  * -v[i-Wp]) over the wide span, folded back onto the plane: d/d(bounded u), d/d(bounded v) */
                 zero_halo_cols(&q, g.a1);
-                zero_halo_cols(&q, g.cE);
-                zero_halo_cols(&q, g.cN);
+                zero_halo_cols(&q, g.ax);
+                zero_halo_cols(&q, g.ay);
                 const real hx = (real)(0.5 / dx), hy = (real)(0.5 / dy);
                 const long w = q.ow, nw = q.nw;
                 const real *restrict gdiv = g.a1 + w;
-                real *restrict gub = g.cE + w, *restrict gvb = g.cN + w;
+                real *restrict gub = g.ax + w, *restrict gvb = g.ay + w;
 #pragma omp simd
                 for (long i = 0; i < nw; i++) {
                     gub[i] += hx * (gdiv[i - 1] - gdiv[i + 1]);
                     gvb[i] += hy * (gdiv[i - Wp] - gdiv[i + Wp]);
                 }
-                fold_halo(&q, g.cE);
-                fold_halo(&q, g.cN);
+                fold_halo(&q, g.ax);
+                fold_halo(&q, g.ay);
                 /* pass 3: through the velocity bound, d bound / du = (1 + (u / umax)^2)^(-3/2) */
                 const real ru = (real)(umax > 0 ? 1 / umax : 0), rv = (real)(vmax > 0 ? 1 / vmax : 0);
                 const real *restrict up = c.u + o, *restrict vp = c.v + o;
-                real *restrict du = g.cE + o, *restrict dv = g.cN + o;
+                real *restrict du = g.ax + o, *restrict dv = g.ay + o;
 #pragma omp simd
                 for (long i = 0; i < n; i++) {
                     real tu = up[i] * ru, r = (real)1 / SQRT((real)1 + tu * tu);
@@ -518,8 +644,8 @@ void ad_backward(const real *gout, const real *init, long init_sn, long init_sc,
                     du[i] *= r * r * r;
                     dv[i] *= s * s * s;
                 }
-                if (gu) pad_out(&q, g.cE, gu + p * HW);
-                if (gv) pad_out(&q, g.cN, gv + p * HW);
+                if (gu) pad_out(&q, g.ax, gu + p * HW);
+                if (gv) pad_out(&q, g.ay, gv + p * HW);
             }
         }
         free(buf);
