@@ -84,7 +84,9 @@ def _main_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("layer")
     g.add_argument("--layer", default="global",
                    help="layer type: global, linearmix, explicit_rd, implicit_rd, circulant_rd (default global)")
-    g.add_argument("--K", type=int, default=None, help="PDE steps (default 5, adjusted to the budget)")
+    g.add_argument("--K", type=int, default=None, help="PDE steps (default 5, lowered if the budget needs it)")
+    g.add_argument("--fill-K", action="store_true", dest="fill_K",
+                   help="raise K (up to 20) to spend MAC budget the blocks leave over (costs time, little accuracy)")
     g.add_argument("--init", choices=("input", "block"), default=None,
                    help="initial guess: the kept blocks' output (input, the paper's; the default) or a copy of "
                         "the first replaced block (block; the default with --preserve)")
@@ -210,7 +212,7 @@ def _run_condense(args, console) -> int:
         spec, model, default = _load_model(args.model, args.checkpoint, args.num_classes)
         size = _size(args, default)
         result = fit(model, macs=args.macs, params=args.params, input_size=size, layer=args.layer,
-                     init=args.init, K=args.K, progress=lambda msg: status.update(msg),
+                     init=args.init, K=args.K, fill_K=args.fill_K, progress=lambda msg: status.update(msg),
                      preserve=args.checkpoint is not None if args.preserve is None else args.preserve,
                      latency=args.latency, latency_setting=setting, **options)
         out = None

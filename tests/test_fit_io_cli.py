@@ -41,6 +41,18 @@ def test_mac_budget_is_met_as_measured_and_used(resnet18, budget):
     assert "already within budget" in smallest.message
 
 
+def test_k_stays_at_five_unless_asked_to_fill_the_budget(resnet18):
+    # resnet18 @64x64 is ~149M MACs; at 120M the blocks leave budget over that only more PDE steps could use
+    plain = condense.fit(resnet18, macs="120M", input_size=SMALL)
+    filled = condense.fit(resnet18, macs="120M", input_size=SMALL, fill_K=True)
+    assert {c.options["K"] for c in plain.plan.choices.values()} == {5}
+    K = {c.options["K"] for c in filled.plan.choices.values()}
+    assert len(K) == 1 and 5 < K.pop() <= 20
+    assert plain.macs_after < filled.macs_after <= 120e6
+    assert condense.count(filled.model, SMALL).attrs["macs"] == filled.macs_after
+    assert [r.m for r in plain.rows] == [r.m for r in filled.rows]
+
+
 def test_param_budget_and_both(resnet18):
     res = condense.fit(resnet18, params="6M", input_size=SMALL)
     assert res.params_after <= 6e6
