@@ -26,9 +26,10 @@ _REAL = {torch.float32: "float", torch.float64: "double"}
 
 
 class Field(ctypes.Structure):
-    """A plane-strided array: plane p = n * C + c starts at ``ptr + n * sn + c * sc``."""
+    """A strided (N, C, H, W) array: element (n, c, y, x) at ``ptr + n * sn + c * sc + y * sy + x * sx``."""
 
-    _fields_ = [("ptr", ctypes.c_void_p), ("sn", ctypes.c_long), ("sc", ctypes.c_long)]
+    _fields_ = [("ptr", ctypes.c_void_p), ("sn", ctypes.c_long), ("sc", ctypes.c_long), ("sy", ctypes.c_long),
+                ("sx", ctypes.c_long)]
 
 
 def cache_dir() -> Path:
@@ -80,12 +81,12 @@ def _compile(real: str) -> Path:
 
 def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     P, L, I, D, F = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_double, Field
-    common = [L, L, L, L, I, D, D, D, D, D, I, D, D, I]  # P C H W K dt dx dy dxc dyc boundary courant dmax nthreads
-    lib.ad_forward.argtypes = [P, L, L, F, F, F, F, F, P] + common
+    common = [L, L, L, L, I, D, D, D, D, D, I, D, D, I]  # N C H W K dt dx dy dxc dyc boundary courant dmax nthreads
+    lib.ad_forward.argtypes = [F] * 7 + common  # init f u v Dx Dy out
     lib.ad_forward.restype = None
-    lib.ad_backward.argtypes = [P, P, L, L, F, F, F, F, F, P, P, P, P, P, P] + common
+    lib.ad_backward.argtypes = [F] * 13 + common  # gout init f u v Dx Dy, then their gradients
     lib.ad_backward.restype = None
-    lib.ad_forward_dwvel.argtypes = [P, L, L, F, P, P, P, P, I, F, F, P] + common
+    lib.ad_forward_dwvel.argtypes = [F, F, P, P, P, P, I, F, F, F] + common
     lib.ad_forward_dwvel.restype = None
     lib.dw_pair_forward.argtypes = [P, L, L, P, P, I, P, P, L, L, L, L, I]
     lib.dw_pair_forward.restype = None

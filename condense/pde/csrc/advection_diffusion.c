@@ -1,23 +1,24 @@
 /* Fused Du Fort-Frankel advection-diffusion solver (Eq. 4 of "Condensing CNNs with PDEs").
  *
- * One plane (one channel of one sample, H x W) at a time: its coefficients and its time levels stay in a
- * per-thread scratch that fits in cache, so the K steps cost one read of the inputs and one write of the
- * output instead of ~7 passes over memory per step. The backward pass recomputes the K states of a plane
- * in scratch (nothing is stored between forward and backward) and runs the adjoint recursion.
- * Compiled twice: -DREAL=float and -DREAL=double.
+ * Work unit: a block of L channels of one sample ("lanes"; L = 1 for large planes, up to 64 bytes of
+ * channels for small ones). Its coefficients and time levels stay in a per-thread scratch that fits in
+ * cache, so the K steps cost one read of the inputs and one write of the output instead of ~7 passes
+ * over memory per step. The backward pass recomputes the K states of a block in scratch (nothing is
+ * stored between forward and backward) and runs the adjoint recursion. Compiled twice: -DREAL=float and
+ * -DREAL=double.
  *
- * Scratch layout ("padded plane"): a plane is held with a one-element halo, row stride Wp = W + 2 and
- * H + 4 rows (the plane's rows 0..H-1 are rows 2..H+1; rows 1 and H+2 are the halo rows, rows 0 and H+3
- * stay zero so that every +-Wp access of a halo element is in bounds). Before a stencil reads a state,
- * its halo is filled from the plane by the boundary rule (periodic: wrapped, replicate: the edge, zero:
- * 0), so every step, and every adjoint step, is ONE branch-free loop over all points from the first to
- * the last plane element (the halo columns in between are computed with zero coefficients and dropped),
- * which vectorises even for 7 x 7 planes. The adjoint of the halo fill ("fold") adds halo values back
- * onto the plane elements they were copied from.
+ * Scratch layout ("padded block"): element (y, x, lane) of the block sits at ((y + 2) Wp + x + 1) L + lane
+ * with Wp = W + 2: a one-element halo around the plane, rows 0 and H + 3 zero so that every +-Wp access of
+ * a halo element is in bounds. Before a stencil reads a state, its halo is filled from the plane by the
+ * boundary rule (periodic: wrapped, replicate: the edge, zero: 0), so every step, and every adjoint step,
+ * is ONE branch-free loop over all points from the first to the last plane element (the halo columns in
+ * between are computed with zero coefficients and dropped), with neighbours at +-L (x) and +-Wp L (y).
+ * That vectorises even for 7 x 7 planes, and lanes make a 7 x 7 plane 16 floats wide. The adjoint of the
+ * halo fill ("fold") adds halo values back onto the plane elements they were copied from.
  *
- * Input layout: every tensor argument is a plane-strided array: plane p = n * C + c starts at
- * n * sn + c * sc and holds H * W contiguous values. A NULL field means: source 0, velocity 0, or
- * constant diffusion (dxc, dyc). Boundary: 0 periodic, 1 replicate, 2 zero.
+ * Tensor arguments are 4-D strided arrays (field: pointer and the strides of N, C, H, W), so contiguous
+ * (NCHW) and channels-last (NHWC) tensors are both read and written in place. A NULL field means: source
+ * 0, velocity 0, or constant diffusion (dxc, dyc). Boundary: 0 periodic, 1 replicate, 2 zero.
  * Bounds: courant > 0 maps u -> u / sqrt(1 + (u / umax)^2) with umax = courant * dx / dt (v likewise, dy);
  * dmax > 0 maps D -> clamp(D, 0, dmax).
  */
@@ -32,101 +33,164 @@ typedef REAL real;
 
 typedef struct {
     const real *ptr;
-    long sn, sc;
+    long sn, sc, sy, sx;
 } field;
-
-static inline const real *plane_of(field f, long p, long C) {
-    return f.ptr ? f.ptr + (p / C) * f.sn + (p % C) * f.sc : NULL;
-}
 
 typedef struct {
     long H, W, C;
     int K, boundary;
     double dt, dx, dy, dxc, dyc, courant, dmax;
-    /* padded geometry: row stride, size, offset and count of the plane span (first to last element),
-     * offset and count of the wide span (first to last halo element) */
-    long Wp, S, o0, n, ow, nw;
+    /* lanes per block, blocks per sample; padded geometry: row stride (in elements and in values), size,
+     * offset and count of the plane span (first to last element), offset and count of the wide span
+     * (first to last halo element), all in values */
+    long L, nb, Wp, dY, S, o0, n, ow, nw;
 } params;
 
+#define MAX_LANES ((long)(64 / sizeof(real)))
+#define BLOCK_VALUES 16384L /* one padded block plane: 64 KB of floats; the forward's 17 stay in L2 */
+
+/* Lanes: channels-last maps (channels contiguous) are read a pixel's channels at a time, up to 64 bytes
+ * and BLOCK_VALUES per padded plane; NCHW maps one plane at a time (rows are contiguous; gathering small
+ * planes into lanes measured slower than the per-plane overhead it removes). */
 static params make_params(long H, long W, long C, int K, int boundary, double dt, double dx, double dy,
-                          double dxc, double dyc, double courant, double dmax) {
-    params q = {H, W, C, K, boundary, dt, dx, dy, dxc, dyc, courant, dmax, 0, 0, 0, 0, 0, 0};
+                          double dxc, double dyc, double courant, double dmax, field layout) {
+    params q = {H, W, C, K, boundary, dt, dx, dy, dxc, dyc, courant, dmax, 1, 0, 0, 0, 0, 0, 0, 0, 0};
+    const long plane = (H + 4) * (W + 2);
+    const int channels_last = layout.sc == 1 && C > 1;
+    if (channels_last)
+        while (q.L * 2 <= MAX_LANES && q.L * 2 <= C && q.L * 2 * plane <= BLOCK_VALUES) q.L *= 2;
+    q.nb = (C + q.L - 1) / q.L;
     q.Wp = W + 2;
-    q.S = (H + 4) * q.Wp;
-    q.o0 = 2 * q.Wp + 1;
-    q.n = (H - 1) * q.Wp + W;
-    q.ow = q.Wp;
-    q.nw = (H + 2) * q.Wp;
+    q.dY = q.Wp * q.L;
+    q.S = plane * q.L;
+    q.o0 = (2 * q.Wp + 1) * q.L;
+    q.n = ((H - 1) * q.Wp + W) * q.L;
+    q.ow = q.Wp * q.L;
+    q.nw = (H + 2) * q.Wp * q.L;
     return q;
 }
 
-/* plane (H x W, contiguous) <-> padded plane interior */
-static void pad_in(const params *q, const real *restrict src, real *restrict dst) {
-    for (long y = 0; y < q->H; y++) memcpy(dst + q->o0 + y * q->Wp, src + y * q->W, sizeof(real) * q->W);
+/* block p = (sample p / nb, channels from (p % nb) L): its first value in a field, and its lane count */
+static inline long block_lanes(const params *q, long p) {
+    const long c0 = (p % q->nb) * q->L;
+    return q->C - c0 < q->L ? q->C - c0 : q->L;
 }
-static void pad_out(const params *q, const real *restrict src, real *restrict dst) {
-    for (long y = 0; y < q->H; y++) memcpy(dst + y * q->W, src + q->o0 + y * q->Wp, sizeof(real) * q->W);
+static inline const real *block_of(field f, const params *q, long p) {
+    return f.ptr ? f.ptr + (p / q->nb) * f.sn + (p % q->nb) * q->L * f.sc : NULL;
 }
 
-/* the halo of a padded plane from its interior, by the boundary rule: columns first, then the two halo
- * rows are copied whole (their corners are never read by the 5-point stencil) */
+static inline void copy_lanes(real *restrict dst, const real *restrict src, long L) {
+    for (long l = 0; l < L; l++) dst[l] = src[l];
+}
+
+/* a block of a strided tensor <-> the padded block's plane (lanes beyond the block's channels: 0) */
+static void pad_in(const params *q, field f, const real *restrict src, long lanes, real *restrict dst) {
+    const long H = q->H, W = q->W, L = q->L;
+    real *first = dst + q->o0;
+    if (L == 1 && f.sx == 1) {
+        for (long y = 0; y < H; y++) memcpy(first + y * q->dY, src + y * f.sy, sizeof(real) * W);
+    } else if (f.sc == 1 && lanes == L) {
+        for (long y = 0; y < H; y++)
+            for (long x = 0; x < W; x++) copy_lanes(first + y * q->dY + x * L, src + y * f.sy + x * f.sx, L);
+    } else {
+        for (long y = 0; y < H; y++)
+            for (long x = 0; x < W; x++) {
+                real *d = first + y * q->dY + x * L;
+                const real *s = src + y * f.sy + x * f.sx;
+                for (long l = 0; l < lanes; l++) d[l] = s[l * f.sc];
+                for (long l = lanes; l < L; l++) d[l] = 0;
+            }
+    }
+}
+static void pad_out(const params *q, const real *restrict src, field f, real *restrict dst, long lanes) {
+    const long H = q->H, W = q->W, L = q->L;
+    const real *first = src + q->o0;
+    if (L == 1 && f.sx == 1) {
+        for (long y = 0; y < H; y++) memcpy(dst + y * f.sy, first + y * q->dY, sizeof(real) * W);
+    } else if (f.sc == 1 && lanes == L) {
+        for (long y = 0; y < H; y++)
+            for (long x = 0; x < W; x++) copy_lanes(dst + y * f.sy + x * f.sx, first + y * q->dY + x * L, L);
+    } else {
+        for (long y = 0; y < H; y++)
+            for (long x = 0; x < W; x++) {
+                real *d = dst + y * f.sy + x * f.sx;
+                const real *s = first + y * q->dY + x * L;
+                for (long l = 0; l < lanes; l++) d[l * f.sc] = s[l];
+            }
+    }
+}
+
+/* the halo of a padded block from its plane, by the boundary rule: columns first, then the two halo rows
+ * are copied whole (their corners are never read by the 5-point stencil) */
 static void fill_halo(const params *q, real *h) {
-    const long H = q->H, W = q->W, Wp = q->Wp;
-    real *first = h + q->o0, *last = first + (H - 1) * Wp;
-    for (long y = 0; y < H; y++) {
-        real *row = first + y * Wp;
-        if (q->boundary == 0) {
-            row[-1] = row[W - 1];
-            row[W] = row[0];
-        } else if (q->boundary == 1) {
-            row[-1] = row[0];
-            row[W] = row[W - 1];
-        } else {
-            row[-1] = row[W] = 0;
+    const long H = q->H, W = q->W, L = q->L, dY = q->dY;
+    real *first = h + q->o0, *last = first + (H - 1) * dY;
+    if (L == 1) { /* the common case (large NCHW planes): plain element copies */
+        for (long y = 0; y < H; y++) {
+            real *row = first + y * dY;
+            row[-1] = q->boundary == 0 ? row[W - 1] : q->boundary == 1 ? row[0] : 0;
+            row[W] = q->boundary == 0 ? row[0] : q->boundary == 1 ? row[W - 1] : 0;
+        }
+    } else {
+        for (long y = 0; y < H; y++) {
+            real *row = first + y * dY;
+            if (q->boundary == 0) {
+                copy_lanes(row - L, row + (W - 1) * L, L);
+                copy_lanes(row + W * L, row, L);
+            } else if (q->boundary == 1) {
+                copy_lanes(row - L, row, L);
+                copy_lanes(row + W * L, row + (W - 1) * L, L);
+            } else {
+                for (long l = 0; l < L; l++) row[l - L] = row[W * L + l] = 0;
+            }
         }
     }
     if (q->boundary == 0) {
-        memcpy(first - Wp - 1, last - 1, sizeof(real) * Wp);
-        memcpy(last + Wp - 1, first - 1, sizeof(real) * Wp);
+        memcpy(first - dY - L, last - L, sizeof(real) * dY);
+        memcpy(last + dY - L, first - L, sizeof(real) * dY);
     } else if (q->boundary == 1) {
-        memcpy(first - Wp - 1, first - 1, sizeof(real) * Wp);
-        memcpy(last + Wp - 1, last - 1, sizeof(real) * Wp);
+        memcpy(first - dY - L, first - L, sizeof(real) * dY);
+        memcpy(last + dY - L, last - L, sizeof(real) * dY);
     } else {
-        memset(first - Wp - 1, 0, sizeof(real) * Wp);
-        memset(last + Wp - 1, 0, sizeof(real) * Wp);
+        memset(first - dY - L, 0, sizeof(real) * dY);
+        memset(last + dY - L, 0, sizeof(real) * dY);
     }
 }
 
 /* the adjoint of fill_halo: add every halo value onto the element it was copied from (rows first, then
  * columns: the reverse order), then zero the halo */
 static void fold_halo(const params *q, real *g) {
-    const long H = q->H, W = q->W, Wp = q->Wp;
-    real *first = g + q->o0, *last = first + (H - 1) * Wp;
-    real *top = first - Wp - 1, *bottom = last + Wp - 1;
+    const long H = q->H, W = q->W, L = q->L, dY = q->dY;
+    real *first = g + q->o0, *last = first + (H - 1) * dY;
+    real *top = first - dY - L, *bottom = last + dY - L;
     if (q->boundary != 2) {
-        real *to_top = q->boundary == 0 ? last - 1 : first - 1, *to_bottom = q->boundary == 0 ? first - 1 : last - 1;
-        for (long x = 0; x < Wp; x++) to_top[x] += top[x];
-        for (long x = 0; x < Wp; x++) to_bottom[x] += bottom[x];
+        real *to_top = q->boundary == 0 ? last - L : first - L, *to_bottom = q->boundary == 0 ? first - L : last - L;
+        for (long x = 0; x < dY; x++) to_top[x] += top[x];
+        for (long x = 0; x < dY; x++) to_bottom[x] += bottom[x];
     }
-    memset(top, 0, sizeof(real) * Wp);
-    memset(bottom, 0, sizeof(real) * Wp);
+    memset(top, 0, sizeof(real) * dY);
+    memset(bottom, 0, sizeof(real) * dY);
     for (long y = 0; y < H; y++) {
-        real *row = first + y * Wp;
-        if (q->boundary == 0) {
-            row[W - 1] += row[-1];
-            row[0] += row[W];
-        } else if (q->boundary == 1) {
-            row[0] += row[-1];
-            row[W - 1] += row[W];
+        real *row = first + y * dY, *left = row - L, *right = row + W * L;
+        real *to_left = q->boundary == 0 ? row + (W - 1) * L : row, *to_right = q->boundary == 0 ? row : row + (W - 1) * L;
+        for (long l = 0; l < L; l++) {
+            if (q->boundary != 2) {
+                to_left[l] += left[l];
+                to_right[l] += right[l];
+            }
+            left[l] = right[l] = 0;
         }
-        row[-1] = row[W] = 0;
     }
 }
 
 /* zero the halo columns inside the plane span (after a flat loop wrote them) */
 static void zero_halo_cols(const params *q, real *a) {
     real *first = a + q->o0;
-    for (long y = 0; y < q->H; y++) first[y * q->Wp - 1] = first[y * q->Wp + q->W] = 0;
+    const long L = q->L, right = q->W * L;
+    for (long y = 0; y < q->H; y++) {
+        real *row = first + y * q->dY;
+        for (long l = 0; l < L; l++) row[l - L] = row[right + l] = 0;
+    }
 }
 
 /* Coefficients of H^{k+1} = a0 H^{k-1} + a1 H^k + tx (H[x+1] + H[x-1]) + ty (H[y+1] + H[y-1])
@@ -162,7 +226,7 @@ static coefs coefs_at(real *buf, long S) {
  * |result| < umax, smooth, and cheap to vectorise. Every loop is one flat loop over the plane span; 1/L
  * is kept in ``iLp`` (a plane, or its constant value). */
 static void compute_coefs(const params *q, coefs *c, int has_f, int has_vel, int has_d) {
-    const long o = q->o0, n = q->n, Wp = q->Wp;
+    const long o = q->o0, n = q->n, L = q->L, dY = q->dY;
     const real kx = (real)(q->dt / (q->dx * q->dx)), ky = (real)(q->dt / (q->dy * q->dy));
     const real two_dt = (real)(2 * q->dt);
     real *restrict a0 = c->a0 + o, *restrict a1 = c->a1 + o, *restrict tx = c->tx + o, *restrict ty = c->ty + o;
@@ -223,7 +287,7 @@ static void compute_coefs(const params *q, coefs *c, int has_f, int has_vel, int
         const real *restrict ub = c->ub + o, *restrict vb = c->vb + o;
 #pragma omp simd
         for (long i = 0; i < n; i++) {
-            real div = (ub[i + 1] - ub[i - 1]) * hx + (vb[i + Wp] - vb[i - Wp]) * hy;
+            real div = (ub[i + L] - ub[i - L]) * hx + (vb[i + dY] - vb[i - dY]) * hy;
             real iL = a1[i];
             a1[i] = m2dt * div * iL;
             ax[i] = ub[i] * kax * iL;
@@ -237,7 +301,7 @@ static void compute_coefs(const params *q, coefs *c, int has_f, int has_vel, int
 
 /* hn = one Du Fort-Frankel step from (hm = H^{k-1}, hc = H^k, halo filled); fills hn's halo. */
 static void step(const params *q, const coefs *c, const real *hm, const real *hc, real *hn) {
-    const long o = q->o0, n = q->n, Wp = q->Wp;
+    const long o = q->o0, n = q->n, L = q->L, dY = q->dY;
     const real *restrict a1 = c->a1 + o, *restrict ax = c->ax + o, *restrict ay = c->ay + o, *restrict s = c->s + o;
     const real *restrict m = hm + o, *restrict h = hc + o;
     real *restrict out = hn + o;
@@ -245,7 +309,7 @@ static void step(const params *q, const coefs *c, const real *hm, const real *hc
         const real *restrict a0 = c->a0 + o, *restrict tx = c->tx + o, *restrict ty = c->ty + o;
 #pragma omp simd
         for (long i = 0; i < n; i++) {
-            real e = h[i + 1], w = h[i - 1], nn = h[i + Wp], ss = h[i - Wp];
+            real e = h[i + L], w = h[i - L], nn = h[i + dY], ss = h[i - dY];
             out[i] = s[i] + a0[i] * m[i] + a1[i] * h[i] + tx[i] * (e + w) + ty[i] * (nn + ss) - ax[i] * (e - w) -
                      ay[i] * (nn - ss);
         }
@@ -253,7 +317,7 @@ static void step(const params *q, const coefs *c, const real *hm, const real *hc
         const real a0 = c->a0c, tx = c->txc, ty = c->tyc;
 #pragma omp simd
         for (long i = 0; i < n; i++) {
-            real e = h[i + 1], w = h[i - 1], nn = h[i + Wp], ss = h[i - Wp];
+            real e = h[i + L], w = h[i - L], nn = h[i + dY], ss = h[i - dY];
             out[i] = s[i] + a0 * m[i] + a1[i] * h[i] + tx * (e + w) + ty * (nn + ss) - ax[i] * (e - w) -
                      ay[i] * (nn - ss);
         }
@@ -375,24 +439,100 @@ void dw_pair_backward(const real *x, long sn, long sc, const real *w1, const rea
     }
 }
 
-/* The padded raw inputs of plane p into the scratch c (velocities only if given as fields). */
-static void load_plane(const params *q, coefs c, long p, field f, field u, field v, field Dx, field Dy) {
-    const real *src[5] = {plane_of(f, p, q->C), plane_of(u, p, q->C), plane_of(v, p, q->C),
-                          plane_of(Dx, p, q->C), plane_of(Dy, p, q->C)};
+/* The padded raw inputs of block p into the scratch c (velocities only if given as fields). */
+static void load_block(const params *q, coefs c, long p, long lanes, field f, field u, field v, field Dx, field Dy) {
+    const field fs[5] = {f, u, v, Dx, Dy};
     real *dst[5] = {c.f, c.u, c.v, c.Dx, c.Dy};
     for (int i = 0; i < 5; i++)
-        if (src[i]) pad_in(q, src[i], dst[i]);
+        if (fs[i].ptr) pad_in(q, fs[i], block_of(fs[i], q, p), lanes, dst[i]);
+}
+
+/* u = bu + wu (*) x and v = bv + wv (*) x for one block (lane l is channel c0 + l: weights wu + (c0 + l) k k,
+ * zero padding k / 2 as nn.Conv2d), written into the padded planes du, dv. The block is copied into a
+ * zero-padded scratch (H + 2r) x Wk x L, Wk = W + 2r, so every tap is one branch-free loop over the
+ * H * Wk points (the extra columns are computed and dropped). */
+static void dwconv2_block(const params *q, field f, const real *x, long lanes, long c0, const real *wu,
+                          const real *bu, const real *wv, const real *bv, int ks, real *restrict pad,
+                          real *restrict tu, real *restrict tv, real *du, real *dv) {
+    const long H = q->H, W = q->W, L = q->L, r = ks / 2, Wk = W + 2 * r, kk = (long)ks * ks;
+    memset(pad, 0, sizeof(real) * (H + 2 * r) * Wk * L);
+    if (L == 1 && f.sx == 1) {
+        for (long y = 0; y < H; y++) memcpy(pad + (y + r) * Wk + r, x + y * f.sy, sizeof(real) * W);
+    } else if (f.sc == 1 && lanes == L) {
+        for (long y = 0; y < H; y++)
+            for (long xx = 0; xx < W; xx++) copy_lanes(pad + ((y + r) * Wk + xx + r) * L, x + y * f.sy + xx * f.sx, L);
+    } else {
+        for (long y = 0; y < H; y++)
+            for (long xx = 0; xx < W; xx++)
+                for (long l = 0; l < lanes; l++) pad[((y + r) * Wk + xx + r) * L + l] = x[y * f.sy + xx * f.sx + l * f.sc];
+    }
+    const long n = (H - 1) * Wk + W; /* the last output point needed, plus one */
+    real wa[64], wb[64];
+    for (long l = 0; l < L; l++) {
+        wa[l] = l < lanes ? bu[c0 + l] : 0;
+        wb[l] = l < lanes ? bv[c0 + l] : 0;
+    }
+    if (L == 1) {
+        for (long i = 0; i < n; i++) {
+            tu[i] = wa[0];
+            tv[i] = wb[0];
+        }
+    } else {
+        for (long i = 0; i < n; i++) {
+            memcpy(tu + i * L, wa, sizeof(real) * L);
+            memcpy(tv + i * L, wb, sizeof(real) * L);
+        }
+    }
+    for (long ky = 0; ky < ks; ky++) {
+        for (long kx = 0; kx < ks; kx++) {
+            const real *restrict src = pad + (ky * Wk + kx) * L;
+            for (long l = 0; l < L; l++) {
+                wa[l] = l < lanes ? wu[(c0 + l) * kk + ky * ks + kx] : 0;
+                wb[l] = l < lanes ? wv[(c0 + l) * kk + ky * ks + kx] : 0;
+            }
+            /* the lane loop at a compile-time width, so it is one or two vector operations per point */
+#define DW_TAP(LL)                                                                                          \
+    for (long i = 0; i < n; i++) {                                                                          \
+        real *restrict ou = tu + i * (LL), *restrict ov = tv + i * (LL);                                    \
+        const real *restrict sp = src + i * (LL);                                                           \
+        _Pragma("omp simd") for (long l = 0; l < (LL); l++) {                                               \
+            ou[l] += wa[l] * sp[l];                                                                         \
+            ov[l] += wb[l] * sp[l];                                                                         \
+        }                                                                                                   \
+    }
+            switch (L) {
+            case 1: {
+                const real a = wa[0], b = wb[0];
+#pragma omp simd
+                for (long i = 0; i < n; i++) {
+                    tu[i] += a * src[i];
+                    tv[i] += b * src[i];
+                }
+                break;
+            }
+            case 2: DW_TAP(2) break;
+            case 4: DW_TAP(4) break;
+            case 8: DW_TAP(8) break;
+            default: DW_TAP(16) break; /* MAX_LANES: 16 floats or 8 doubles (then L is 8 above) */
+            }
+#undef DW_TAP
+        }
+    }
+    for (long y = 0; y < H; y++) {
+        memcpy(du + q->o0 + y * q->dY, tu + y * Wk * L, sizeof(real) * W * L);
+        memcpy(dv + q->o0 + y * q->dY, tv + y * Wk * L, sizeof(real) * W * L);
+    }
 }
 
 /* The forward pass; with wu != NULL the velocities are not inputs but depthwise convolutions of the
- * initial state, computed here plane by plane (u = conv(H^0, wu[c]) + bu[c], v likewise), so the
+ * initial state, computed here block by block (u = conv(H^0, wu[c]) + bu[c], v likewise), so the
  * inference path reads H^0 once for the convolutions and the K steps together. */
-static void forward_impl(const real *init, long init_sn, long init_sc, field f, field u, field v, field Dx,
-                         field Dy, const real *wu, const real *bu, const real *wv, const real *bv, int ks,
-                         real *out, long P, long C, long H, long W, int K, double dt, double dx, double dy,
-                         double dxc, double dyc, int boundary, double courant, double dmax, int nthreads) {
-    const params q = make_params(H, W, C, K, boundary, dt, dx, dy, dxc, dyc, courant, dmax);
-    const long S = q.S, HW = H * W;
+static void forward_impl(field init, field f, field u, field v, field Dx, field Dy, const real *wu,
+                         const real *bu, const real *wv, const real *bv, int ks, field out, long N, long C, long H,
+                         long W, int K, double dt, double dx, double dy, double dxc, double dyc, int boundary,
+                         double courant, double dmax, int nthreads) {
+    const params q = make_params(H, W, C, K, boundary, dt, dx, dy, dxc, dyc, courant, dmax, init);
+    const long S = q.S, L = q.L, P = N * q.nb;
     const int has_vel = u.ptr != NULL || wu != NULL;
 #pragma omp parallel num_threads(nthreads)
     {
@@ -400,24 +540,23 @@ static void forward_impl(const real *init, long init_sn, long init_sc, field f, 
         coefs c = coefs_at(buf, S);
         real *lv[3] = {buf + COEF_PLANES * S, buf + (COEF_PLANES + 1) * S, buf + (COEF_PLANES + 2) * S};
         const long Wk = W + 2 * (ks / 2), Hk = H + 2 * (ks / 2);
-        real *cbuf = wu ? alloc_real(Hk * Wk + 2 * H * Wk) : NULL; /* padded plane, two row-padded outputs */
+        real *cbuf = wu ? alloc_real((Hk * Wk + 2 * H * Wk) * L) : NULL; /* padded block, two outputs */
 #pragma omp for schedule(static)
         for (long p = 0; p < P; p++) {
-            const real *h0 = init + (p / C) * init_sn + (p % C) * init_sc;
-            real *dst = out + p * HW;
+            const long lanes = block_lanes(&q, p);
+            const real *h0 = block_of(init, &q, p);
+            real *dst = (real *)block_of(out, &q, p);
+            pad_in(&q, init, h0, lanes, lv[0]);
             if (K == 0) {
-                memcpy(dst, h0, sizeof(real) * HW);
+                pad_out(&q, lv[0], out, dst, lanes);
                 continue;
             }
-            load_plane(&q, c, p, f, u, v, Dx, Dy);
-            if (wu) {
-                const long ch = p % C;
-                dwconv2_plane(h0, H, W, wu + ch * ks * ks, bu[ch], wv + ch * ks * ks, bv[ch], ks, cbuf,
-                              cbuf + Hk * Wk, cbuf + Hk * Wk + H * Wk, c.u + q.o0, c.v + q.o0, q.Wp);
-            }
-            compute_coefs(&q, &c, f.ptr != NULL, has_vel, Dx.ptr != NULL);
-            pad_in(&q, h0, lv[0]);
             fill_halo(&q, lv[0]);
+            load_block(&q, c, p, lanes, f, u, v, Dx, Dy);
+            if (wu)
+                dwconv2_block(&q, init, h0, lanes, (p % q.nb) * L, wu, bu, wv, bv, ks, cbuf, cbuf + Hk * Wk * L,
+                              cbuf + (Hk * Wk + H * Wk) * L, c.u, c.v);
+            compute_coefs(&q, &c, f.ptr != NULL, has_vel, Dx.ptr != NULL);
             real *hm = lv[0], *hc = lv[0];
             for (int k = 0; k < K; k++) {
                 real *hn = (k == 0) ? lv[1] : (hm != lv[0] && hc != lv[0]) ? lv[0] : (hm != lv[1] && hc != lv[1]) ? lv[1] : lv[2];
@@ -425,29 +564,28 @@ static void forward_impl(const real *init, long init_sn, long init_sc, field f, 
                 hm = hc;
                 hc = hn;
             }
-            pad_out(&q, hc, dst);
+            pad_out(&q, hc, out, dst, lanes);
         }
         free(cbuf);
         free(buf);
     }
 }
 
-void ad_forward(const real *init, long init_sn, long init_sc, field f, field u, field v, field Dx, field Dy,
-                real *out, long P, long C, long H, long W, int K, double dt, double dx, double dy, double dxc,
-                double dyc, int boundary, double courant, double dmax, int nthreads) {
-    forward_impl(init, init_sn, init_sc, f, u, v, Dx, Dy, NULL, NULL, NULL, NULL, 0, out, P, C, H, W, K, dt, dx,
-                 dy, dxc, dyc, boundary, courant, dmax, nthreads);
+void ad_forward(field init, field f, field u, field v, field Dx, field Dy, field out, long N, long C, long H,
+                long W, int K, double dt, double dx, double dy, double dxc, double dyc, int boundary,
+                double courant, double dmax, int nthreads) {
+    forward_impl(init, f, u, v, Dx, Dy, NULL, NULL, NULL, NULL, 0, out, N, C, H, W, K, dt, dx, dy, dxc, dyc,
+                 boundary, courant, dmax, nthreads);
 }
 
 /* Inference only (no backward): velocities from depthwise k x k convolutions of init (weights (C, k*k),
  * biases (C,); a BatchNorm after the convolution is folded into them by the caller). */
-void ad_forward_dwvel(const real *init, long init_sn, long init_sc, field f, const real *wu, const real *bu,
-                      const real *wv, const real *bv, int ks, field Dx, field Dy, real *out, long P, long C,
-                      long H, long W, int K, double dt, double dx, double dy, double dxc, double dyc,
-                      int boundary, double courant, double dmax, int nthreads) {
-    field none = {NULL, 0, 0};
-    forward_impl(init, init_sn, init_sc, f, none, none, Dx, Dy, wu, bu, wv, bv, ks, out, P, C, H, W, K, dt, dx,
-                 dy, dxc, dyc, boundary, courant, dmax, nthreads);
+void ad_forward_dwvel(field init, field f, const real *wu, const real *bu, const real *wv, const real *bv, int ks,
+                      field Dx, field Dy, field out, long N, long C, long H, long W, int K, double dt, double dx,
+                      double dy, double dxc, double dyc, int boundary, double courant, double dmax, int nthreads) {
+    field none = {NULL, 0, 0, 0, 0};
+    forward_impl(init, f, none, none, Dx, Dy, wu, bu, wv, bv, ks, out, N, C, H, W, K, dt, dx, dy, dxc, dyc,
+                 boundary, courant, dmax, nthreads);
 }
 
 /* One adjoint step. ln = lambda^{k+1} (plane values, halo 0); hk = H^k and hkm = H^{k-1} (halo filled).
@@ -456,7 +594,7 @@ void ad_forward_dwvel(const real *init, long init_sn, long init_sc, field f, con
  * back onto the plane). */
 static void adjoint_step(const params *q, const coefs *c, const coefs *g, const real *ln_, const real *hk_,
                          const real *hkm_, real *lc_, real *lp_) {
-    const long o = q->o0, n = q->n, Wp = q->Wp;
+    const long o = q->o0, n = q->n, L = q->L, dY = q->dY;
     {
         const real *restrict l = ln_ + o, *restrict h = hk_ + o;
         real *restrict ga1 = g->a1 + o, *restrict gs = g->s + o, *restrict gax = g->ax + o;
@@ -466,7 +604,7 @@ static void adjoint_step(const params *q, const coefs *c, const coefs *g, const 
             real *restrict ga0 = g->a0 + o, *restrict gtx = g->tx + o, *restrict gty = g->ty + o;
 #pragma omp simd
             for (long i = 0; i < n; i++) {
-                const real li = l[i], e = h[i + 1], w = h[i - 1], nn = h[i + Wp], ss = h[i - Wp];
+                const real li = l[i], e = h[i + L], w = h[i - L], nn = h[i + dY], ss = h[i - dY];
                 ga0[i] += li * hm[i];
                 gtx[i] += li * (e + w);
                 gty[i] += li * (nn + ss);
@@ -483,8 +621,8 @@ static void adjoint_step(const params *q, const coefs *c, const coefs *g, const 
                 const real li = l[i];
                 ga1[i] += li * h[i];
                 gs[i] += li;
-                gax[i] += li * (h[i - 1] - h[i + 1]);
-                gay[i] += li * (h[i - Wp] - h[i + Wp]);
+                gax[i] += li * (h[i - L] - h[i + L]);
+                gay[i] += li * (h[i - dY] - h[i + dY]);
                 lp[i] += a0 * li;
             }
         }
@@ -498,25 +636,25 @@ static void adjoint_step(const params *q, const coefs *c, const coefs *g, const 
             const real *restrict tx = c->tx + w, *restrict ty = c->ty + w;
 #pragma omp simd
             for (long i = 0; i < nw; i++)
-                lc[i] += a1[i] * l[i] + (tx[i - 1] - ax[i - 1]) * l[i - 1] + (tx[i + 1] + ax[i + 1]) * l[i + 1] +
-                         (ty[i - Wp] - ay[i - Wp]) * l[i - Wp] + (ty[i + Wp] + ay[i + Wp]) * l[i + Wp];
+                lc[i] += a1[i] * l[i] + (tx[i - L] - ax[i - L]) * l[i - L] + (tx[i + L] + ax[i + L]) * l[i + L] +
+                         (ty[i - dY] - ay[i - dY]) * l[i - dY] + (ty[i + dY] + ay[i + dY]) * l[i + dY];
         } else {
             const real tx = c->txc, ty = c->tyc;
 #pragma omp simd
             for (long i = 0; i < nw; i++)
-                lc[i] += a1[i] * l[i] + tx * (l[i - 1] + l[i + 1]) + ty * (l[i - Wp] + l[i + Wp]) -
-                         ax[i - 1] * l[i - 1] + ax[i + 1] * l[i + 1] - ay[i - Wp] * l[i - Wp] + ay[i + Wp] * l[i + Wp];
+                lc[i] += a1[i] * l[i] + tx * (l[i - L] + l[i + L]) + ty * (l[i - dY] + l[i + dY]) -
+                         ax[i - L] * l[i - L] + ax[i + L] * l[i + L] - ay[i - dY] * l[i - dY] + ay[i + dY] * l[i + dY];
         }
     }
     fold_halo(q, lc_);
 }
 
-void ad_backward(const real *gout, const real *init, long init_sn, long init_sc, field f, field u, field v,
-                 field Dx, field Dy, real *ginit, real *gf, real *gu, real *gv, real *gDx, real *gDy, long P,
-                 long C, long H, long W, int K, double dt, double dx, double dy, double dxc, double dyc,
-                 int boundary, double courant, double dmax, int nthreads) {
-    const params q = make_params(H, W, C, K, boundary, dt, dx, dy, dxc, dyc, courant, dmax);
-    const long S = q.S, HW = H * W, o = q.o0, n = q.n, Wp = q.Wp;
+void ad_backward(field gout, field init, field f, field u, field v, field Dx, field Dy, field ginit, field gf,
+                 field gu, field gv, field gDx, field gDy, long N, long C, long H, long W, int K, double dt,
+                 double dx, double dy, double dxc, double dyc, int boundary, double courant, double dmax,
+                 int nthreads) {
+    const params q = make_params(H, W, C, K, boundary, dt, dx, dy, dxc, dyc, courant, dmax, init);
+    const long S = q.S, o = q.o0, n = q.n, L = q.L, dY = q.dY, P = N * q.nb;
     const double umax = courant > 0 ? courant * dx / dt : 0;
     const double vmax = courant > 0 ? courant * dy / dt : 0;
     const int has_vel = u.ptr != NULL;
@@ -531,28 +669,26 @@ void ad_backward(const real *gout, const real *init, long init_sn, long init_sc,
         real *lam = states + ((long)K + 1) * S;
 #pragma omp for schedule(static)
         for (long p = 0; p < P; p++) {
-            const real *h0 = init + (p / C) * init_sn + (p % C) * init_sc;
-            const real *go = gout + p * HW;
+            const long lanes = block_lanes(&q, p);
+            memset(lam, 0, sizeof(real) * 3 * S);
+            /* adjoints: ln = lambda^{k+1}, lc = lambda^k, lp = lambda^{k-1} */
+            real *ln = lam, *lc = lam + S, *lp = lam + 2 * S;
+            pad_in(&q, gout, block_of(gout, &q, p), lanes, ln);
             if (K == 0) {
-                if (ginit) memcpy(ginit + p * HW, go, sizeof(real) * HW);
-                if (gf) memset(gf + p * HW, 0, sizeof(real) * HW);
-                if (gu) memset(gu + p * HW, 0, sizeof(real) * HW);
-                if (gv) memset(gv + p * HW, 0, sizeof(real) * HW);
-                if (gDx) memset(gDx + p * HW, 0, sizeof(real) * HW);
-                if (gDy) memset(gDy + p * HW, 0, sizeof(real) * HW);
+                if (ginit.ptr) pad_out(&q, ln, ginit, (real *)block_of(ginit, &q, p), lanes);
+                memset(gbuf, 0, sizeof(real) * S);
+                const field zeros[5] = {gf, gu, gv, gDx, gDy};
+                for (int i = 0; i < 5; i++)
+                    if (zeros[i].ptr) pad_out(&q, gbuf, zeros[i], (real *)block_of(zeros[i], &q, p), lanes);
                 continue;
             }
-            load_plane(&q, c, p, f, u, v, Dx, Dy);
+            load_block(&q, c, p, lanes, f, u, v, Dx, Dy);
             compute_coefs(&q, &c, f.ptr != NULL, has_vel, Dx.ptr != NULL);
-            pad_in(&q, h0, states);
+            pad_in(&q, init, block_of(init, &q, p), lanes, states);
             fill_halo(&q, states);
             for (int k = 0; k < K; k++)
                 step(&q, &c, states + (k > 0 ? k - 1 : 0) * S, states + k * S, states + (k + 1) * S);
             memset(gbuf, 0, sizeof(real) * 7 * S);
-            memset(lam, 0, sizeof(real) * 3 * S);
-            /* adjoints: ln = lambda^{k+1}, lc = lambda^k, lp = lambda^{k-1} */
-            real *ln = lam, *lc = lam + S, *lp = lam + 2 * S;
-            pad_in(&q, go, ln);
             for (int k = K - 1; k >= 0; k--) {
                 adjoint_step(&q, &c, &g, ln, states + k * S, states + (k > 0 ? k - 1 : 0) * S, lc, lp);
                 /* rotate: lambda^{k+1} is done; the next step needs lambda^k (complete) and lambda^{k-1} */
@@ -563,10 +699,9 @@ void ad_backward(const real *gout, const real *init, long init_sn, long init_sc,
                 memset(lp, 0, sizeof(real) * S);
             }
             /* now ln = lambda^0 and lc = lambda^{-1}; H^{-1} = H^0 = init */
-            if (ginit) {
-                real *gi = ginit + p * HW;
-                for (long y = 0; y < H; y++)
-                    for (long x = 0; x < W; x++) gi[y * W + x] = ln[o + y * Wp + x] + lc[o + y * Wp + x];
+            if (ginit.ptr) {
+                for (long i = o; i < o + n; i++) ln[i] += lc[i];
+                pad_out(&q, ln, ginit, (real *)block_of(ginit, &q, p), lanes);
             }
             /* chain rule from the coefficients to source, velocity and diffusion. Every coefficient is
              * X / L, so d/dBx of it is dX/dBx / L - 2 (coefficient) / L. Pass 1 (per element): afterwards
@@ -613,12 +748,12 @@ void ad_backward(const real *gout, const real *init, long init_sn, long init_sc,
                     }
                 }
             }
-            if (gf) pad_out(&q, g.s, gf + p * HW);
-            if (gDx) pad_out(&q, g.tx, gDx + p * HW);
-            if (gDy) pad_out(&q, g.ty, gDy + p * HW);
-            if (gu || gv) {
-                /* pass 2: the central differences' transposes (div[i] has +u[i+1], -u[i-1], +v[i+Wp],
-                 * -v[i-Wp]) over the wide span, folded back onto the plane: d/d(bounded u), d/d(bounded v) */
+            if (gf.ptr) pad_out(&q, g.s, gf, (real *)block_of(gf, &q, p), lanes);
+            if (gDx.ptr) pad_out(&q, g.tx, gDx, (real *)block_of(gDx, &q, p), lanes);
+            if (gDy.ptr) pad_out(&q, g.ty, gDy, (real *)block_of(gDy, &q, p), lanes);
+            if (gu.ptr || gv.ptr) {
+                /* pass 2: the central differences' transposes (div[i] has +u[i+L], -u[i-L], +v[i+dY],
+                 * -v[i-dY]) over the wide span, folded back onto the plane: d/d(bounded u), d/d(bounded v) */
                 zero_halo_cols(&q, g.a1);
                 zero_halo_cols(&q, g.ax);
                 zero_halo_cols(&q, g.ay);
@@ -628,8 +763,8 @@ void ad_backward(const real *gout, const real *init, long init_sn, long init_sc,
                 real *restrict gub = g.ax + w, *restrict gvb = g.ay + w;
 #pragma omp simd
                 for (long i = 0; i < nw; i++) {
-                    gub[i] += hx * (gdiv[i - 1] - gdiv[i + 1]);
-                    gvb[i] += hy * (gdiv[i - Wp] - gdiv[i + Wp]);
+                    gub[i] += hx * (gdiv[i - L] - gdiv[i + L]);
+                    gvb[i] += hy * (gdiv[i - dY] - gdiv[i + dY]);
                 }
                 fold_halo(&q, g.ax);
                 fold_halo(&q, g.ay);
@@ -644,8 +779,8 @@ void ad_backward(const real *gout, const real *init, long init_sn, long init_sc,
                     du[i] *= r * r * r;
                     dv[i] *= s * s * s;
                 }
-                if (gu) pad_out(&q, g.ax, gu + p * HW);
-                if (gv) pad_out(&q, g.ay, gv + p * HW);
+                if (gu.ptr) pad_out(&q, g.ax, gu, (real *)block_of(gu, &q, p), lanes);
+                if (gv.ptr) pad_out(&q, g.ay, gv, (real *)block_of(gv, &q, p), lanes);
             }
         }
         free(buf);
