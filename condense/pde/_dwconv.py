@@ -15,8 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from . import _native
-from ._advection_diffusion import fused_available
+from ._advection_diffusion import _library, fused_available
 
 
 def _weights(w: Tensor, dtype: torch.dtype) -> Tensor:
@@ -25,9 +24,7 @@ def _weights(w: Tensor, dtype: torch.dtype) -> Tensor:
 
 @torch.library.custom_op("condense::dwconv_pair", mutates_args=())
 def _dw_pair(x: Tensor, w1: Tensor, w2: Tensor) -> tuple[Tensor, Tensor]:
-    lib = _native.library(x.dtype)
-    if lib is None:
-        raise RuntimeError(_native.status())
+    lib = _library(x.dtype)
     if x.stride(-1) != 1 or x.stride(-2) != x.shape[-1]:
         x = x.contiguous()
     N, C, H, W = x.shape
@@ -47,9 +44,7 @@ def _(x, w1, w2):
 @torch.library.custom_op("condense::dwconv_pair_backward", mutates_args=())
 def _dw_pair_backward(g1: Tensor, g2: Tensor, x: Tensor, w1: Tensor, w2: Tensor,
                       needs: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
-    lib = _native.library(x.dtype)
-    if lib is None:
-        raise RuntimeError(_native.status())
+    lib = _library(x.dtype)
     if x.stride(-1) != 1 or x.stride(-2) != x.shape[-1]:
         x = x.contiguous()
     g1, g2 = g1.contiguous(), g2.contiguous()

@@ -79,8 +79,16 @@ static inline const real *block_of(field f, const params *q, long p) {
     return f.ptr ? f.ptr + (p / q->nb) * f.sn + (p % q->nb) * q->L * f.sc : NULL;
 }
 
+/* L values (one pixel of a block); constant sizes so the copy is inlined as vector moves, not a call */
 static inline void copy_lanes(real *restrict dst, const real *restrict src, long L) {
-    for (long l = 0; l < L; l++) dst[l] = src[l];
+    switch (L) {
+    case 1: dst[0] = src[0]; break;
+    case 2: memcpy(dst, src, 2 * sizeof(real)); break;
+    case 4: memcpy(dst, src, 4 * sizeof(real)); break;
+    case 8: memcpy(dst, src, 8 * sizeof(real)); break;
+    case 16: memcpy(dst, src, 16 * sizeof(real)); break;
+    default: memcpy(dst, src, (size_t)L * sizeof(real));
+    }
 }
 
 /* a block of a strided tensor <-> the padded block's plane (lanes beyond the block's channels: 0) */
