@@ -14,7 +14,7 @@ How the plan is chosen (``fit``):
    fraction of kept blocks (m / r) among those whose next block still fits every budget, until no
    block fits. K then stays where it is (the paper's 5): leftover MAC budget is not spent on more PDE
    steps, which buy little accuracy (paper Table 6: K 5 -> 20 gives +0.28% on CIFAR-10) and cost real
-   time (each step is a pass over the map; resnet50 @2G at K=20 trains ~1.5x slower than at K=5). With
+   time (each step is a pass over the map; resnet50 @2G at K=20 trains 1.25x slower than at K=5). With
    ``fill_K=True`` K is raised (up to 20) while every budget still holds.
 4. The plan is applied and the result counted; if the measured figure breaks a budget (the estimate
    sums block and layer counts), the last block given back is taken away again, and so on.
