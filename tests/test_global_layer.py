@@ -455,6 +455,30 @@ def test_dwconv_pair_equals_conv2d_forward_and_backward(k, shape):
     torch.testing.assert_close(dwconv_pair(wide[:, ::2], a, b)[0], a(wide[:, ::2]))
 
 
+@pytest.mark.skipif(len(IMPLS) < 2, reason="fused kernel unavailable (checked by its own test)")
+@pytest.mark.parametrize("k,shape", [(3, (2, 20, 6, 5)), (5, (1, 3, 7, 4)), (3, (1, 9, 100, 90))])
+def test_dwconv_pair_on_channels_last_maps(k, shape):
+    """Channels-last maps in blocks of channel lanes (a partial last block; fewer channels than a full
+    block; planes too large for lanes, read one channel at a time), outputs in the input's layout."""
+    from condense.pde._dwconv import dwconv_pair
+
+    torch.manual_seed(0)
+    a, b = (nn.Conv2d(shape[1], shape[1], k, padding=k // 2, groups=shape[1], bias=False).double() for _ in "ab")
+    x = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=torch.channels_last).requires_grad_()
+    ra, rb = dwconv_pair(x, a, b)
+    assert ra.is_contiguous(memory_format=torch.channels_last) and rb.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(ra, a(x))
+    torch.testing.assert_close(rb, b(x))
+    gy = torch.randn(shape, dtype=torch.float64)  # NCHW incoming gradient: mixed layouts
+    grads = torch.autograd.grad((ra * gy).sum() + (rb * gy.flip(-1)).sum(), (x, a.weight, b.weight))
+    want = torch.autograd.grad((a(x) * gy).sum() + (b(x) * gy.flip(-1)).sum(), (x, a.weight, b.weight))
+    for g, w in zip(grads, want):
+        torch.testing.assert_close(g, w)
+    if x.numel() < 1000:
+        assert torch.autograd.gradcheck(lambda t, wa, wb: torch.cat(torch.ops.condense.dwconv_pair(t, wa, wb)),
+                                        (x, a.weight, b.weight))
+
+
 def test_fusable_pair_rejects_what_the_op_does_not_compute():
     from condense.pde._dwconv import fusable_pair
 
@@ -488,11 +512,14 @@ def test_training_path_equals_eager_in_output_and_gradients(opts):
 # --- layouts: the kernels read and write channels-last and strided maps in place ------------------------
 
 @pytest.mark.skipif(len(IMPLS) < 2, reason="fused kernel unavailable (checked by its own test)")
-@pytest.mark.parametrize("shape", [(2, 20, 5, 6), (1, 3, 70, 66)])  # lanes with a partial block; one lane
+# lanes with a partial block; one lane; staged groups of 16 channels (planes too large for 16 lanes), the
+# last group partial
+@pytest.mark.parametrize("shape", [(2, 20, 5, 6), (1, 3, 70, 66), (2, 40, 64, 62)])
 @pytest.mark.parametrize("boundary", BOUNDARIES)
 def test_channels_last_maps_are_solved_in_place_and_match(shape, boundary):
     x, f, u, v, Dx, Dy = fields(shape, dtype=torch.float32)
-    cl = [t.contiguous(memory_format=torch.channels_last) for t in (x, f, u, v, Dx, Dy)]
+    # the source stays NCHW: inputs of mixed layouts are read each by its own strides
+    cl = [t if t is f else t.contiguous(memory_format=torch.channels_last) for t in (x, f, u, v, Dx, Dy)]
     kw = dict(K=3, dt=0.2, dx=1.0, dy=1.0, boundary=boundary, courant=0.5, dmax=1.5)
     want = bounded_advection_diffusion(x, f, u, v, Dx, Dy, impl="eager", **kw)
     got = bounded_advection_diffusion(*cl, impl="fused", **kw)
@@ -505,14 +532,15 @@ def test_channels_last_maps_are_solved_in_place_and_match(shape, boundary):
     bounded_advection_diffusion(*ins, impl="fused", **kw).backward(gy)
     bounded_advection_diffusion(*ref, impl="eager", **kw).backward(gy)
     for a, b in zip(ins, ref):
-        assert a.grad.is_contiguous(memory_format=torch.channels_last)
+        assert a.grad.is_contiguous(memory_format=torch.channels_last) or a.grad.is_contiguous()
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.skipif(len(IMPLS) < 2, reason="fused kernel unavailable (checked by its own test)")
-def test_inference_path_on_channels_last_maps():
-    layer = _trained_bn(GlobalLayer(20, GlobalConfig(K=4, kernel_size=5)).double(), (2, 20, 6, 7))
-    x = torch.randn(2, 20, 6, 7, dtype=torch.float64)
+@pytest.mark.parametrize("shape", [(2, 20, 6, 7), (1, 20, 96, 90)])  # lanes; staged groups of 8 doubles
+def test_inference_path_on_channels_last_maps(shape):
+    layer = _trained_bn(GlobalLayer(shape[1], GlobalConfig(K=4, kernel_size=5)).double(), shape)
+    x = torch.randn(*shape, dtype=torch.float64)
     with torch.no_grad():
         want = layer(x)
         got = layer(x.contiguous(memory_format=torch.channels_last))

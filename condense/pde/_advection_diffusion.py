@@ -120,9 +120,12 @@ def eager_macs(numel: int, K: int, *, source: bool, velocity: bool, variable_dif
 # ------------------------------------------------------------------------------------------ fused
 # The kernels read and write any strided layout in place (contiguous NCHW, channels-last, views): outputs
 # and gradients take the layout of ``init`` (``empty_like``), in the real and the fake (tracing)
-# implementation alike. The ops keep torch.compile's default layout constraint (the strides seen while
-# tracing, NCHW): letting inductor pass its channels-last maps (``Tag.flexible_layout``) measured no
-# faster on resnet50 (the kernel's channels-last path reads 56 x 56 maps a few channels per cache line).
+# implementation alike. The ops are tagged ``flexible_layout``: torch.compile passes its channels-last
+# maps (inductor keeps CPU convolutions channels-last) as they are, instead of converting every map to
+# NCHW and back around each Global layer, forward and backward.
+
+
+_LAYOUT = (torch.Tag.flexible_layout,)
 
 
 def _field(t: Optional[Tensor]) -> _native.Field:
@@ -143,7 +146,7 @@ def _library(dtype: torch.dtype):
     return lib
 
 
-@torch.library.custom_op("condense::advection_diffusion", mutates_args=())
+@torch.library.custom_op("condense::advection_diffusion", mutates_args=(), tags=_LAYOUT)
 def _fused(init: Tensor, source: Optional[Tensor], u: Optional[Tensor], v: Optional[Tensor],
            Dx: Optional[Tensor], Dy: Optional[Tensor], dx_const: float, dy_const: float, K: int, dt: float,
            dx: float, dy: float, boundary: int, courant: float, dmax: float) -> Tensor:
@@ -158,7 +161,7 @@ def _(init, source, u, v, Dx, Dy, dx_const, dy_const, K, dt, dx, dy, boundary, c
     return torch.empty_like(init)
 
 
-@torch.library.custom_op("condense::advection_diffusion_backward", mutates_args=())
+@torch.library.custom_op("condense::advection_diffusion_backward", mutates_args=(), tags=_LAYOUT)
 def _fused_backward(grad: Tensor, init: Tensor, source: Optional[Tensor], u: Optional[Tensor],
                     v: Optional[Tensor], Dx: Optional[Tensor], Dy: Optional[Tensor], dx_const: float,
                     dy_const: float, K: int, dt: float, dx: float, dy: float, boundary: int, courant: float,
@@ -206,7 +209,7 @@ def _fused_macs(inputs, outputs) -> int:
                       bounded_velocity=courant > 0)
 
 
-@torch.library.custom_op("condense::advection_diffusion_dwvel", mutates_args=())
+@torch.library.custom_op("condense::advection_diffusion_dwvel", mutates_args=(), tags=_LAYOUT)
 def _fused_dwvel(init: Tensor, source: Optional[Tensor], wu: Tensor, bu: Tensor, wv: Tensor, bv: Tensor,
                  Dx: Optional[Tensor], Dy: Optional[Tensor], dx_const: float, dy_const: float, K: int, dt: float,
                  dx: float, dy: float, boundary: int, courant: float, dmax: float) -> Tensor:

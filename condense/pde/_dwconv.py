@@ -1,61 +1,56 @@
 """Two depthwise convolutions of one map in one fused pass, with a fused backward (the training path).
 
-In: x (N, C, H, W) and two depthwise weights (C, 1, k, k), odd k, no bias. Out: the two maps of
-``conv2d(x, w, padding=k // 2, groups=C)``. Never: handles stride, dilation or a bias (the caller adds a
-bias, or uses nn.Conv2d).
+In: x (N, C, H, W), any layout (contiguous, channels-last, views), and two depthwise weights (C, 1, k, k),
+odd k, no bias. Out: the two maps of ``conv2d(x, w, padding=k // 2, groups=C)``, in x's layout. Never:
+handles stride, dilation or a bias (the caller adds a bias, or uses nn.Conv2d).
 
 The Global layer computes its velocity (u, v), and a learned diffusion (Dx, Dy), as depthwise 3x3 (or
-k x k) convolutions of the same map. PyTorch's CPU depthwise backward is slow (8 x 256 x 56 x 56: ~78 ms
-for one conv forward + backward on 2 threads); the C kernel does both convolutions plane by plane in
-cache, and both backward products in one pass (``csrc/advection_diffusion.c``: ``dw_pair_*``). Used in
-training only (``condense.count`` counts in eval mode, where each conv has its BatchNorm folded in).
+k x k) convolutions of the same map. PyTorch's CPU depthwise backward is slow (NCHW 8 x 256 x 56 x 56:
+~78 ms for one conv forward + backward on 2 threads; mkldnn's channels-last backward under torch.compile
+~45 ms); the C kernel does both convolutions block by block in cache (NCHW planes, or channels-last
+blocks of channel lanes), and both backward products in one pass (``csrc/advection_diffusion.c``:
+``dw_pair_*``). The ops take any layout (``Tag.flexible_layout``), so torch.compile passes its
+channels-last maps without converting them. Used in training only (``condense.count`` counts in eval
+mode, where each conv has its BatchNorm folded in).
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from ._advection_diffusion import _library, fused_available
+from ._advection_diffusion import _LAYOUT, _field, _library, fused_available
 
 
 def _weights(w: Tensor, dtype: torch.dtype) -> Tensor:
     return w.detach().to(dtype).reshape(w.shape[0], -1).contiguous()
 
 
-@torch.library.custom_op("condense::dwconv_pair", mutates_args=())
+@torch.library.custom_op("condense::dwconv_pair", mutates_args=(), tags=_LAYOUT)
 def _dw_pair(x: Tensor, w1: Tensor, w2: Tensor) -> tuple[Tensor, Tensor]:
-    lib = _library(x.dtype)
-    if x.stride(-1) != 1 or x.stride(-2) != x.shape[-1]:
-        x = x.contiguous()
     N, C, H, W = x.shape
-    o1, o2 = torch.empty(x.shape, dtype=x.dtype), torch.empty(x.shape, dtype=x.dtype)
+    o1, o2 = torch.empty_like(x), torch.empty_like(x)
     a, b = _weights(w1, x.dtype), _weights(w2, x.dtype)
-    lib.dw_pair_forward(x.data_ptr(), x.stride(0), x.stride(1), a.data_ptr(), b.data_ptr(), int(w1.shape[-1]),
-                        o1.data_ptr(), o2.data_ptr(), N * C, C, H, W, torch.get_num_threads())
+    _library(x.dtype).dw_pair_forward(_field(x), a.data_ptr(), b.data_ptr(), int(w1.shape[-1]), _field(o1),
+                                      _field(o2), N, C, H, W, torch.get_num_threads())
     return o1, o2
 
 
 @_dw_pair.register_fake
 def _(x, w1, w2):
-    return (torch.empty_like(x, memory_format=torch.contiguous_format),
-            torch.empty_like(x, memory_format=torch.contiguous_format))
+    return torch.empty_like(x), torch.empty_like(x)
 
 
-@torch.library.custom_op("condense::dwconv_pair_backward", mutates_args=())
+@torch.library.custom_op("condense::dwconv_pair_backward", mutates_args=(), tags=_LAYOUT)
 def _dw_pair_backward(g1: Tensor, g2: Tensor, x: Tensor, w1: Tensor, w2: Tensor,
                       needs: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
-    lib = _library(x.dtype)
-    if x.stride(-1) != 1 or x.stride(-2) != x.shape[-1]:
-        x = x.contiguous()
-    g1, g2 = g1.contiguous(), g2.contiguous()
     N, C, H, W = x.shape
     k = int(w1.shape[-1])
-    gx = torch.empty(x.shape, dtype=x.dtype) if needs[0] else None
+    gx = torch.empty_like(x) if needs[0] else None
     gw = [torch.empty(N, C, k * k, dtype=x.dtype) if need else None for need in needs[1:]]
     a, b = _weights(w1, x.dtype), _weights(w2, x.dtype)
-    ptr = [t.data_ptr() if t is not None else None for t in (gx, *gw)]
-    lib.dw_pair_backward(x.data_ptr(), x.stride(0), x.stride(1), a.data_ptr(), b.data_ptr(), k, g1.data_ptr(),
-                         g2.data_ptr(), *ptr, N * C, C, H, W, torch.get_num_threads())
+    _library(x.dtype).dw_pair_backward(_field(x), a.data_ptr(), b.data_ptr(), k, _field(g1), _field(g2),
+                                       _field(gx), *(t.data_ptr() if t is not None else None for t in gw),
+                                       N, C, H, W, torch.get_num_threads())
     # per-plane weight gradients summed over the batch, in the weights' dtype
     gw = [t.sum(0).view(C, 1, k, k).to(w.dtype) if t is not None else w.new_empty(0)
           for t, w in zip(gw, (w1, w2))]

@@ -166,13 +166,11 @@ class GlobalLayer(PDELayer):
         return self.config.diffusion_value, self.config.diffusion_value
 
     def _pair(self, h0: Tensor, nets: nn.ModuleList) -> tuple[Tensor, Tensor]:
-        """Two ConvNormAct fields of h0. In eager training on NCHW maps their depthwise convs run as one
-        fused op (forward and backward; PyTorch's CPU depthwise backward on NCHW is the slow part of
-        training this layer). Under torch.compile (channels-last convs via mkldnn) and in eval (each
-        ConvNormAct folds its BatchNorm into its conv) the convs stay PyTorch's."""
+        """Two ConvNormAct fields of h0. In training their depthwise convs run as one fused op (forward
+        and backward, any layout, eager or compiled; PyTorch's CPU depthwise backward is the slow part of
+        training this layer). In eval each ConvNormAct folds its BatchNorm into its conv instead."""
         a, b = nets
-        if (self.training and self.config.impl != "eager" and h0.is_contiguous()
-                and not torch.compiler.is_compiling() and fusable_pair(a[0], b[0])):
+        if self.training and self.config.impl != "eager" and fusable_pair(a[0], b[0]):
             ra, rb = dwconv_pair(h0, a[0], b[0])
             return a[2](a[1](ra)), b[2](b[1](rb))
         return a(h0), b(h0)

@@ -79,19 +79,24 @@ def _compile(real: str) -> Path:
     raise RuntimeError(f"compiling {_SRC.name} failed: {errors[0]}")
 
 
+def _check(result: int, func, args):
+    # the kernels return 1 when a thread could not get its scratch (they then leave the output unwritten)
+    if result:
+        raise MemoryError(f"condense fused kernel {func.__name__}: out of memory for its per-thread scratch")
+    return result
+
+
 def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     P, L, I, D, F = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_double, Field
     common = [L, L, L, L, I, D, D, D, D, D, I, D, D, I]  # N C H W K dt dx dy dxc dyc boundary courant dmax nthreads
     lib.ad_forward.argtypes = [F] * 7 + common  # init f u v Dx Dy out
-    lib.ad_forward.restype = None
     lib.ad_backward.argtypes = [F] * 13 + common  # gout init f u v Dx Dy, then their gradients
-    lib.ad_backward.restype = None
     lib.ad_forward_dwvel.argtypes = [F, F, P, P, P, P, I, F, F, F] + common
-    lib.ad_forward_dwvel.restype = None
-    lib.dw_pair_forward.argtypes = [P, L, L, P, P, I, P, P, L, L, L, L, I]
-    lib.dw_pair_forward.restype = None
-    lib.dw_pair_backward.argtypes = [P, L, L, P, P, I, P, P, P, P, P, L, L, L, L, I]
-    lib.dw_pair_backward.restype = None
+    lib.dw_pair_forward.argtypes = [F, P, P, I, F, F, L, L, L, L, I]  # x w1 w2 k o1 o2 N C H W nthreads
+    lib.dw_pair_backward.argtypes = [F, P, P, I, F, F, F, P, P, L, L, L, L, I]  # x w1 w2 k g1 g2 gx gw1 gw2 ...
+    for fn in (lib.ad_forward, lib.ad_backward, lib.ad_forward_dwvel, lib.dw_pair_forward, lib.dw_pair_backward):
+        fn.restype = I
+        fn.errcheck = _check
     return lib
 
 

@@ -44,21 +44,32 @@ typedef struct {
      * offset and count of the plane span (first to last element), offset and count of the wide span
      * (first to last halo element), all in values */
     long L, nb, Wp, dY, S, o0, n, ow, nw;
+    long G; /* > 0: channels-last maps are staged G channels at a time into contiguous planes (L = 1) */
 } params;
 
 #define MAX_LANES ((long)(64 / sizeof(real)))
-#define BLOCK_VALUES 16384L /* one padded block plane: 64 KB of floats; the forward's 17 stay in L2 */
+#define LANE_PLANE_VALUES 65536L /* lanes up to this padded block size: 16 float lanes of 56 x 56 */
 
-/* Lanes: channels-last maps (channels contiguous) are read a pixel's channels at a time, up to 64 bytes
- * and BLOCK_VALUES per padded plane; NCHW maps one plane at a time (rows are contiguous; gathering small
- * planes into lanes measured slower than the per-plane overhead it removes). */
+/* Layouts. NCHW maps are solved one plane at a time (rows are contiguous; gathering small planes into
+ * lanes measured slower than the per-plane overhead it removes). Channels-last maps (channels contiguous)
+ * are solved in blocks of L channel lanes, L the largest power of two <= C up to a cache line (64 bytes),
+ * so every pixel read is a full cache line: fewer lanes per block read each line several times and
+ * measured slower (8 x 256 x 56 x 56, K = 5, forward + backward with source and velocity: 16 lanes
+ * 158 ms, staged groups as below 232 ms, NCHW 104 ms). Planes too large for that many lanes (padded block > LANE_PLANE_VALUES, e.g. 112 x 112) are
+ * staged instead: a group of a cache line of channels is transposed into contiguous planes, solved plane
+ * by plane like NCHW, and transposed back. */
 static params make_params(long H, long W, long C, int K, int boundary, double dt, double dx, double dy,
                           double dxc, double dyc, double courant, double dmax, field layout) {
-    params q = {H, W, C, K, boundary, dt, dx, dy, dxc, dyc, courant, dmax, 1, 0, 0, 0, 0, 0, 0, 0, 0};
+    params q = {H, W, C, K, boundary, dt, dx, dy, dxc, dyc, courant, dmax, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0};
     const long plane = (H + 4) * (W + 2);
-    const int channels_last = layout.sc == 1 && C > 1;
-    if (channels_last)
-        while (q.L * 2 <= MAX_LANES && q.L * 2 <= C && q.L * 2 * plane <= BLOCK_VALUES) q.L *= 2;
+    if (layout.sc == 1 && C > 1) { /* channels-last */
+        long lanes = 1;
+        while (lanes * 2 <= MAX_LANES && lanes * 2 <= C) lanes *= 2;
+        if (lanes * plane <= LANE_PLANE_VALUES)
+            q.L = lanes;
+        else
+            q.G = MAX_LANES;
+    }
     q.nb = (C + q.L - 1) / q.L;
     q.Wp = W + 2;
     q.dY = q.Wp * q.L;
@@ -333,118 +344,25 @@ static void step(const params *q, const coefs *c, const real *hm, const real *hc
     fill_halo(q, hn);
 }
 
-static real *alloc_real(long n) { return (real *)calloc((size_t)(n > 0 ? n : 1), sizeof(real)); }
+/* Per-thread scratch, kept between calls (OpenMP reuses its threads): a fresh calloc of a few MB per call
+ * cost its page faults on every call (~1 ms per call at 56 x 56, more than a K = 1 solve). ``slot`` names
+ * one of the buffers a thread uses at the same time; the buffer comes back zeroed. NULL if out of
+ * memory. */
+#define SCRATCH_SLOTS 2
+#define OUT_OF_MEMORY(flag) _Pragma("omp atomic write") flag = 1
+static _Thread_local real *scratch_buf[SCRATCH_SLOTS];
+static _Thread_local long scratch_len[SCRATCH_SLOTS];
 
-/* The zero-padded copy of a plane for a k x k convolution: (H + 2r) x Wk, Wk = W + 2r, r = k / 2. */
-static void conv_pad(const real *restrict x, long H, long W, long r, real *restrict pad) {
-    const long Wk = W + 2 * r;
-    memset(pad, 0, sizeof(real) * (H + 2 * r) * Wk);
-    for (long y = 0; y < H; y++) memcpy(pad + (y + r) * Wk + r, x + y * W, sizeof(real) * W);
-}
-
-/* u = bu + wu (*) x and v = bv + wv (*) x: two depthwise k x k correlations of one plane with zero padding
- * k / 2 (what nn.Conv2d computes), in one pass, written to du / dv with row stride ds. The plane is
- * copied into a zero-padded scratch of row stride Wk = W + 2r, so every tap is one long branch-free loop
- * over H * Wk points (the Wk - W extra columns per row are computed and dropped): short rows (7, 14)
- * still vectorise. */
-static void dwconv2_plane(const real *restrict x, long H, long W, const real *restrict wu, real bu,
-                          const real *restrict wv, real bv, int ks, real *restrict pad, real *restrict tu,
-                          real *restrict tv, real *restrict du, real *restrict dv, long ds) {
-    const long r = ks / 2, Wk = W + 2 * r;
-    conv_pad(x, H, W, r, pad);
-    const long n = (H - 1) * Wk + W; /* the last output point needed, plus one */
-    for (long i = 0; i < n; i++) {
-        tu[i] = bu;
-        tv[i] = bv;
+static real *scratch(int slot, long n) {
+    if (n < 1) n = 1;
+    if (n > scratch_len[slot]) {
+        free(scratch_buf[slot]);
+        scratch_buf[slot] = (real *)malloc((size_t)n * sizeof(real));
+        scratch_len[slot] = scratch_buf[slot] ? n : 0;
+        if (!scratch_buf[slot]) return NULL;
     }
-    for (long ky = 0; ky < ks; ky++) {
-        for (long kx = 0; kx < ks; kx++) {
-            const real a = wu[ky * ks + kx], b = wv[ky * ks + kx];
-            const real *restrict src = pad + ky * Wk + kx;
-#pragma omp simd
-            for (long i = 0; i < n; i++) {
-                tu[i] += a * src[i];
-                tv[i] += b * src[i];
-            }
-        }
-    }
-    for (long y = 0; y < H; y++) {
-        memcpy(du + y * ds, tu + y * Wk, sizeof(real) * W);
-        memcpy(dv + y * ds, tv + y * Wk, sizeof(real) * W);
-    }
-}
-
-/* Two depthwise k x k convolutions of x (no bias; weights (C, k*k) each) for the training path: outputs
- * o1, o2 contiguous (N, C, H, W). */
-void dw_pair_forward(const real *x, long sn, long sc, const real *w1, const real *w2, int ks, real *o1, real *o2,
-                     long P, long C, long H, long W, int nthreads) {
-    const long r = ks / 2, Wk = W + 2 * r, Hk = H + 2 * r, HW = H * W;
-#pragma omp parallel num_threads(nthreads)
-    {
-        real *buf = alloc_real(Hk * Wk + 2 * H * Wk);
-#pragma omp for schedule(static)
-        for (long p = 0; p < P; p++) {
-            const long c = p % C;
-            dwconv2_plane(x + (p / C) * sn + c * sc, H, W, w1 + c * ks * ks, 0, w2 + c * ks * ks, 0, ks, buf,
-                          buf + Hk * Wk, buf + Hk * Wk + H * Wk, o1 + p * HW, o2 + p * HW, W);
-        }
-        free(buf);
-    }
-}
-
-/* Its backward: gx (or NULL) = the transposed convolutions of g1 and g2, summed; gw1, gw2 (or NULL): the
- * weight gradients of every plane, (P, k*k), which the caller sums over the batch. */
-void dw_pair_backward(const real *x, long sn, long sc, const real *w1, const real *w2, int ks, const real *g1,
-                      const real *g2, real *gx, real *gw1, real *gw2, long P, long C, long H, long W,
-                      int nthreads) {
-    const long r = ks / 2, Wk = W + 2 * r, Hk = H + 2 * r, HW = H * W, n = (H - 1) * Wk + W;
-#pragma omp parallel num_threads(nthreads)
-    {
-        real *buf = alloc_real(3 * Hk * Wk + n);
-        real *xp = buf, *p1 = buf + Hk * Wk, *p2 = buf + 2 * Hk * Wk, *acc = buf + 3 * Hk * Wk;
-#pragma omp for schedule(static)
-        for (long p = 0; p < P; p++) {
-            const long c = p % C;
-            const real *a = w1 + c * ks * ks, *b = w2 + c * ks * ks;
-            conv_pad(g1 + p * HW, H, W, r, p1);
-            conv_pad(g2 + p * HW, H, W, r, p2);
-            if (gx) {
-                /* x[y, x] feeds out[y - ky + r, x - kx + r]: gx[i] = sum of w[ky, kx] g_pad[i + (2r - ky) Wk + 2r - kx] */
-                for (long i = 0; i < n; i++) acc[i] = 0;
-                for (long ky = 0; ky < ks; ky++) {
-                    for (long kx = 0; kx < ks; kx++) {
-                        const real wa = a[ky * ks + kx], wb = b[ky * ks + kx];
-                        const long off = (2 * r - ky) * Wk + 2 * r - kx;
-                        const real *restrict s1 = p1 + off, *restrict s2 = p2 + off;
-#pragma omp simd
-                        for (long i = 0; i < n; i++) acc[i] += wa * s1[i] + wb * s2[i];
-                    }
-                }
-                real *dst = gx + p * HW;
-                for (long y = 0; y < H; y++) memcpy(dst + y * W, acc + y * Wk, sizeof(real) * W);
-            }
-            if (gw1 || gw2) {
-                /* gw[ky, kx] = sum over the plane of g[y, x] x_pad[y + ky, x + kx]; g in row stride Wk with
-                 * zeros beyond column W is p + r Wk + r */
-                conv_pad(x + (p / C) * sn + c * sc, H, W, r, xp);
-                const real *restrict q1 = p1 + r * Wk + r, *restrict q2 = p2 + r * Wk + r;
-                for (long ky = 0; ky < ks; ky++) {
-                    for (long kx = 0; kx < ks; kx++) {
-                        const real *restrict src = xp + ky * Wk + kx;
-                        real s1 = 0, s2 = 0;
-#pragma omp simd reduction(+ : s1, s2)
-                        for (long i = 0; i < n; i++) {
-                            s1 += q1[i] * src[i];
-                            s2 += q2[i] * src[i];
-                        }
-                        if (gw1) gw1[p * ks * ks + ky * ks + kx] = s1;
-                        if (gw2) gw2[p * ks * ks + ky * ks + kx] = s2;
-                    }
-                }
-            }
-        }
-        free(buf);
-    }
+    memset(scratch_buf[slot], 0, (size_t)n * sizeof(real));
+    return scratch_buf[slot];
 }
 
 /* The padded raw inputs of block p into the scratch c (velocities only if given as fields). */
@@ -455,30 +373,63 @@ static void load_block(const params *q, coefs c, long p, long lanes, field f, fi
         if (fs[i].ptr) pad_in(q, fs[i], block_of(fs[i], q, p), lanes, dst[i]);
 }
 
+/* BODY with the lane count LL a compile-time constant (L = 1, 2, 4, 8 or MAX_LANES), so lane loops are
+ * one or two vector operations */
+#define WITH_LANES(L, ...)                                                                                  \
+    switch (L) {                                                                                            \
+    case 1: { const long LL = 1; __VA_ARGS__ } break;                                                       \
+    case 2: { const long LL = 2; __VA_ARGS__ } break;                                                       \
+    case 4: { const long LL = 4; __VA_ARGS__ } break;                                                       \
+    case 8: { const long LL = 8; __VA_ARGS__ } break;                                                       \
+    default: { const long LL = MAX_LANES; __VA_ARGS__ } break;                                              \
+    }
+
+/* A block of a strided tensor (its first value at src) -> the zero-padded scratch of a k x k convolution:
+ * (H + 2r) x Wk x L, Wk = W + 2r, lanes beyond the block's channels 0. */
+static void conv_pad_block(const params *q, field f, const real *src, long lanes, long r, real *restrict pad) {
+    const long H = q->H, W = q->W, L = q->L, Wk = W + 2 * r;
+    memset(pad, 0, sizeof(real) * (H + 2 * r) * Wk * L);
+    if (L == 1 && f.sx == 1) {
+        for (long y = 0; y < H; y++) memcpy(pad + (y + r) * Wk + r, src + y * f.sy, sizeof(real) * W);
+    } else if (f.sc == 1 && lanes == L) {
+        for (long y = 0; y < H; y++)
+            for (long x = 0; x < W; x++) copy_lanes(pad + ((y + r) * Wk + x + r) * L, src + y * f.sy + x * f.sx, L);
+    } else {
+        for (long y = 0; y < H; y++)
+            for (long x = 0; x < W; x++)
+                for (long l = 0; l < lanes; l++) pad[((y + r) * Wk + x + r) * L + l] = src[y * f.sy + x * f.sx + l * f.sc];
+    }
+}
+
+/* Scratch with row stride Wk (x L lanes) -> a block of a strided tensor (its first value at dst). */
+static void conv_unpad_block(const params *q, const real *restrict acc, long Wk, field f, real *dst, long lanes) {
+    const long H = q->H, W = q->W, L = q->L;
+    if (L == 1 && f.sx == 1) {
+        for (long y = 0; y < H; y++) memcpy(dst + y * f.sy, acc + y * Wk, sizeof(real) * W);
+    } else if (f.sc == 1 && lanes == L) {
+        for (long y = 0; y < H; y++)
+            for (long x = 0; x < W; x++) copy_lanes(dst + y * f.sy + x * f.sx, acc + (y * Wk + x) * L, L);
+    } else {
+        for (long y = 0; y < H; y++)
+            for (long x = 0; x < W; x++)
+                for (long l = 0; l < lanes; l++) dst[y * f.sy + x * f.sx + l * f.sc] = acc[(y * Wk + x) * L + l];
+    }
+}
+
 /* u = bu + wu (*) x and v = bv + wv (*) x for one block (lane l is channel c0 + l: weights wu + (c0 + l) k k,
- * zero padding k / 2 as nn.Conv2d), written into the padded planes du, dv. The block is copied into a
- * zero-padded scratch (H + 2r) x Wk x L, Wk = W + 2r, so every tap is one branch-free loop over the
- * H * Wk points (the extra columns are computed and dropped). */
+ * biases NULL = 0, zero padding k / 2 as nn.Conv2d), written into the padded planes du, dv. The block is
+ * copied into a zero-padded scratch (H + 2r) x Wk x L, Wk = W + 2r, so every tap is one branch-free loop
+ * over the H * Wk points (the extra columns are computed and dropped). */
 static void dwconv2_block(const params *q, field f, const real *x, long lanes, long c0, const real *wu,
                           const real *bu, const real *wv, const real *bv, int ks, real *restrict pad,
                           real *restrict tu, real *restrict tv, real *du, real *dv) {
     const long H = q->H, W = q->W, L = q->L, r = ks / 2, Wk = W + 2 * r, kk = (long)ks * ks;
-    memset(pad, 0, sizeof(real) * (H + 2 * r) * Wk * L);
-    if (L == 1 && f.sx == 1) {
-        for (long y = 0; y < H; y++) memcpy(pad + (y + r) * Wk + r, x + y * f.sy, sizeof(real) * W);
-    } else if (f.sc == 1 && lanes == L) {
-        for (long y = 0; y < H; y++)
-            for (long xx = 0; xx < W; xx++) copy_lanes(pad + ((y + r) * Wk + xx + r) * L, x + y * f.sy + xx * f.sx, L);
-    } else {
-        for (long y = 0; y < H; y++)
-            for (long xx = 0; xx < W; xx++)
-                for (long l = 0; l < lanes; l++) pad[((y + r) * Wk + xx + r) * L + l] = x[y * f.sy + xx * f.sx + l * f.sc];
-    }
+    conv_pad_block(q, f, x, lanes, r, pad);
     const long n = (H - 1) * Wk + W; /* the last output point needed, plus one */
     real wa[64], wb[64];
     for (long l = 0; l < L; l++) {
-        wa[l] = l < lanes ? bu[c0 + l] : 0;
-        wb[l] = l < lanes ? bv[c0 + l] : 0;
+        wa[l] = l < lanes && bu ? bu[c0 + l] : 0;
+        wb[l] = l < lanes && bv ? bv[c0 + l] : 0;
     }
     if (L == 1) {
         for (long i = 0; i < n; i++) {
@@ -498,32 +449,23 @@ static void dwconv2_block(const params *q, field f, const real *x, long lanes, l
                 wa[l] = l < lanes ? wu[(c0 + l) * kk + ky * ks + kx] : 0;
                 wb[l] = l < lanes ? wv[(c0 + l) * kk + ky * ks + kx] : 0;
             }
-            /* the lane loop at a compile-time width, so it is one or two vector operations per point */
-#define DW_TAP(LL)                                                                                          \
-    for (long i = 0; i < n; i++) {                                                                          \
-        real *restrict ou = tu + i * (LL), *restrict ov = tv + i * (LL);                                    \
-        const real *restrict sp = src + i * (LL);                                                           \
-        _Pragma("omp simd") for (long l = 0; l < (LL); l++) {                                               \
-            ou[l] += wa[l] * sp[l];                                                                         \
-            ov[l] += wb[l] * sp[l];                                                                         \
-        }                                                                                                   \
-    }
-            switch (L) {
-            case 1: {
+            if (L == 1) {
                 const real a = wa[0], b = wb[0];
 #pragma omp simd
                 for (long i = 0; i < n; i++) {
                     tu[i] += a * src[i];
                     tv[i] += b * src[i];
                 }
-                break;
+            } else {
+                WITH_LANES(L, for (long i = 0; i < n; i++) {
+                    real *restrict ou = tu + i * LL, *restrict ov = tv + i * LL;
+                    const real *restrict sp = src + i * LL;
+                    _Pragma("omp simd") for (long l = 0; l < LL; l++) {
+                        ou[l] += wa[l] * sp[l];
+                        ov[l] += wb[l] * sp[l];
+                    }
+                })
             }
-            case 2: DW_TAP(2) break;
-            case 4: DW_TAP(4) break;
-            case 8: DW_TAP(8) break;
-            default: DW_TAP(16) break; /* MAX_LANES: 16 floats or 8 doubles (then L is 8 above) */
-            }
-#undef DW_TAP
         }
     }
     for (long y = 0; y < H; y++) {
@@ -532,68 +474,318 @@ static void dwconv2_block(const params *q, field f, const real *x, long lanes, l
     }
 }
 
-/* The forward pass; with wu != NULL the velocities are not inputs but depthwise convolutions of the
- * initial state, computed here block by block (u = conv(H^0, wu[c]) + bu[c], v likewise), so the
- * inference path reads H^0 once for the convolutions and the K steps together. */
-static void forward_impl(field init, field f, field u, field v, field Dx, field Dy, const real *wu,
-                         const real *bu, const real *wv, const real *bv, int ks, field out, long N, long C, long H,
-                         long W, int K, double dt, double dx, double dy, double dxc, double dyc, int boundary,
-                         double courant, double dmax, int nthreads) {
-    const params q = make_params(H, W, C, K, boundary, dt, dx, dy, dxc, dyc, courant, dmax, init);
-    const long S = q.S, L = q.L, P = N * q.nb;
-    const int has_vel = u.ptr != NULL || wu != NULL;
-#pragma omp parallel num_threads(nthreads)
-    {
-        real *buf = alloc_real((COEF_PLANES + 3) * S);
-        coefs c = coefs_at(buf, S);
-        real *lv[3] = {buf + COEF_PLANES * S, buf + (COEF_PLANES + 1) * S, buf + (COEF_PLANES + 2) * S};
-        const long Wk = W + 2 * (ks / 2), Hk = H + 2 * (ks / 2);
-        real *cbuf = wu ? alloc_real((Hk * Wk + 2 * H * Wk) * L) : NULL; /* padded block, two outputs */
-#pragma omp for schedule(static)
-        for (long p = 0; p < P; p++) {
-            const long lanes = block_lanes(&q, p);
-            const real *h0 = block_of(init, &q, p);
-            real *dst = (real *)block_of(out, &q, p);
-            pad_in(&q, init, h0, lanes, lv[0]);
-            if (K == 0) {
-                pad_out(&q, lv[0], out, dst, lanes);
-                continue;
+/* Group mode (q->G > 0): channels [c0, c0 + g) of sample n of each present field in fs[0 .. n_in) are
+ * transposed into contiguous (g, H, W) planes of buf (slot i at i G H W); ls gets the fields of the staged
+ * group (all n slots; absent fields stay absent), which a params with C = nb = g addresses block by
+ * block. stage_out copies the staged outputs fs[n_in .. n) back. */
+#define TILE 8
+static void stage_in(const params *q, const field *fs, int n_in, int n_all, long n, long c0, long g, real *buf,
+                     field *ls) {
+    const long H = q->H, W = q->W, HW = H * W, G = q->G;
+    for (int i = 0; i < n_all; i++) {
+        field z = {NULL, 0, 0, 0, 0}, s = {buf + i * G * HW, g * HW, HW, W, 1};
+        ls[i] = fs[i].ptr ? s : z;
+        if (i >= n_in || !fs[i].ptr) continue;
+        const field f = fs[i];
+        const real *src = f.ptr + n * f.sn + c0 * f.sc;
+        real *restrict dst = buf + i * G * HW;
+        if (f.sc == 1) { /* channels-last: one pixel's g channels are one cache line */
+            for (long y = 0; y < H; y++) {
+                long x = 0;
+                if (g == G) /* tiles of TILE pixels x G channels, transposed in registers */
+                    for (; x + TILE <= W; x += TILE) {
+                        real t[MAX_LANES][TILE];
+                        for (long j = 0; j < TILE; j++)
+                            for (long l = 0; l < MAX_LANES; l++) t[l][j] = src[y * f.sy + (x + j) * f.sx + l];
+                        for (long l = 0; l < MAX_LANES; l++)
+                            for (long j = 0; j < TILE; j++) dst[l * HW + y * W + x + j] = t[l][j];
+                    }
+                for (; x < W; x++)
+                    for (long l = 0; l < g; l++) dst[l * HW + y * W + x] = src[y * f.sy + x * f.sx + l];
             }
-            fill_halo(&q, lv[0]);
-            load_block(&q, c, p, lanes, f, u, v, Dx, Dy);
-            if (wu)
-                dwconv2_block(&q, init, h0, lanes, (p % q.nb) * L, wu, bu, wv, bv, ks, cbuf, cbuf + Hk * Wk * L,
-                              cbuf + (Hk * Wk + H * Wk) * L, c.u, c.v);
-            compute_coefs(&q, &c, f.ptr != NULL, has_vel, Dx.ptr != NULL);
-            real *hm = lv[0], *hc = lv[0];
-            for (int k = 0; k < K; k++) {
-                real *hn = (k == 0) ? lv[1] : (hm != lv[0] && hc != lv[0]) ? lv[0] : (hm != lv[1] && hc != lv[1]) ? lv[1] : lv[2];
-                step(&q, &c, hm, hc, hn);
-                hm = hc;
-                hc = hn;
-            }
-            pad_out(&q, hc, out, dst, lanes);
+        } else {
+            for (long l = 0; l < g; l++)
+                for (long y = 0; y < H; y++)
+                    for (long x = 0; x < W; x++) dst[l * HW + y * W + x] = src[l * f.sc + y * f.sy + x * f.sx];
         }
-        free(cbuf);
-        free(buf);
+    }
+}
+static void stage_out(const params *q, const field *ls, const field *fs, int n_in, int n_all, long n, long c0,
+                      long g) {
+    const long H = q->H, W = q->W, HW = H * W;
+    for (int i = n_in; i < n_all; i++) {
+        if (!fs[i].ptr) continue;
+        const field f = fs[i];
+        const real *restrict src = ls[i].ptr;
+        real *dst = (real *)f.ptr + n * f.sn + c0 * f.sc;
+        if (f.sc == 1) {
+            for (long y = 0; y < H; y++) {
+                long x = 0;
+                if (g == q->G)
+                    for (; x + TILE <= W; x += TILE) {
+                        real t[TILE][MAX_LANES];
+                        for (long l = 0; l < MAX_LANES; l++)
+                            for (long j = 0; j < TILE; j++) t[j][l] = src[l * HW + y * W + x + j];
+                        for (long j = 0; j < TILE; j++)
+                            for (long l = 0; l < MAX_LANES; l++) dst[y * f.sy + (x + j) * f.sx + l] = t[j][l];
+                    }
+                for (; x < W; x++)
+                    for (long l = 0; l < g; l++) dst[y * f.sy + x * f.sx + l] = src[l * HW + y * W + x];
+            }
+        } else {
+            for (long l = 0; l < g; l++)
+                for (long y = 0; y < H; y++)
+                    for (long x = 0; x < W; x++) dst[l * f.sc + y * f.sy + x * f.sx] = src[l * HW + y * W + x];
+        }
     }
 }
 
-void ad_forward(field init, field f, field u, field v, field Dx, field Dy, field out, long N, long C, long H,
+/* Two depthwise k x k convolutions of x (no bias; weights (C, k*k) each), the training path's velocity
+ * or diffusion pair: o1 = w1 (*) x, o2 = w2 (*) x, any layouts (channels-last in blocks of lanes; planes too
+ * large for a cache line of lanes are read one channel at a time). */
+int dw_pair_forward(field x, const real *w1, const real *w2, int ks, field o1, field o2, long N, long C, long H,
+                    long W, int nthreads) {
+    params q = make_params(H, W, C, 0, 0, 1, 1, 1, 0, 0, 0, 0, x);
+    const long L = q.L, r = ks / 2, Wk = W + 2 * r, Hk = H + 2 * r, S = q.S, P = N * q.nb;
+    int failed = 0;
+#pragma omp parallel num_threads(nthreads)
+    {
+        real *buf = scratch(0, (Hk * Wk + 2 * H * Wk) * L + 2 * S);
+        if (!buf) OUT_OF_MEMORY(failed);
+#pragma omp for schedule(static)
+        for (long p = 0; p < P; p++) {
+            if (!buf) continue;
+            const long lanes = block_lanes(&q, p), c0 = (p % q.nb) * L;
+            real *pad = buf, *tu = pad + Hk * Wk * L, *tv = tu + H * Wk * L, *du = tv + H * Wk * L, *dv = du + S;
+            dwconv2_block(&q, x, block_of(x, &q, p), lanes, c0, w1, NULL, w2, NULL, ks, pad, tu, tv, du, dv);
+            pad_out(&q, du, o1, (real *)block_of(o1, &q, p), lanes);
+            pad_out(&q, dv, o2, (real *)block_of(o2, &q, p), lanes);
+        }
+    }
+    return failed;
+}
+
+/* Its backward: gx (or absent) = the transposed convolutions of g1 and g2, summed; gw1, gw2 (or NULL): the
+ * weight gradients of every plane, (N C, k*k), which the caller sums over the batch. */
+int dw_pair_backward(field x, const real *w1, const real *w2, int ks, field g1, field g2, field gx, real *gw1,
+                     real *gw2, long N, long C, long H, long W, int nthreads) {
+    params q = make_params(H, W, C, 0, 0, 1, 1, 1, 0, 0, 0, 0, x);
+    const long L = q.L, r = ks / 2, Wk = W + 2 * r, Hk = H + 2 * r, P = N * q.nb, kk = (long)ks * ks;
+    const long n = (H - 1) * Wk + W; /* the last output point needed, plus one */
+    int failed = 0;
+#pragma omp parallel num_threads(nthreads)
+    {
+        real *buf = scratch(0, (3 * Hk * Wk + n) * L);
+        if (!buf) OUT_OF_MEMORY(failed);
+#pragma omp for schedule(static)
+        for (long p = 0; p < P; p++) {
+            if (!buf) continue;
+            const long lanes = block_lanes(&q, p), c0 = (p % q.nb) * L, plane0 = (p / q.nb) * C + c0;
+            real *xp = buf, *p1 = buf + Hk * Wk * L, *p2 = p1 + Hk * Wk * L, *acc = p2 + Hk * Wk * L;
+            real wa[64], wb[64];
+            conv_pad_block(&q, g1, block_of(g1, &q, p), lanes, r, p1);
+            conv_pad_block(&q, g2, block_of(g2, &q, p), lanes, r, p2);
+            if (gx.ptr) {
+                /* x[y, x] feeds out[y - ky + r, x - kx + r]: gx[i] = sum of w[ky, kx] g_pad[i + (2r - ky) Wk + 2r - kx] */
+                memset(acc, 0, sizeof(real) * n * L);
+                for (long ky = 0; ky < ks; ky++) {
+                    for (long kx = 0; kx < ks; kx++) {
+                        for (long l = 0; l < L; l++) {
+                            wa[l] = l < lanes ? w1[(c0 + l) * kk + ky * ks + kx] : 0;
+                            wb[l] = l < lanes ? w2[(c0 + l) * kk + ky * ks + kx] : 0;
+                        }
+                        const long off = ((2 * r - ky) * Wk + 2 * r - kx) * L;
+                        const real *restrict s1 = p1 + off, *restrict s2 = p2 + off;
+                        if (L == 1) {
+                            const real a = wa[0], b = wb[0];
+#pragma omp simd
+                            for (long i = 0; i < n; i++) acc[i] += a * s1[i] + b * s2[i];
+                        } else {
+                            WITH_LANES(L, for (long i = 0; i < n; i++) {
+                                _Pragma("omp simd") for (long l = 0; l < LL; l++)
+                                    acc[i * LL + l] += wa[l] * s1[i * LL + l] + wb[l] * s2[i * LL + l];
+                            })
+                        }
+                    }
+                }
+                conv_unpad_block(&q, acc, Wk, gx, (real *)block_of(gx, &q, p), lanes);
+            }
+            if (gw1 || gw2) {
+                /* gw[ky, kx] = sum over the plane of g[y, x] x_pad[y + ky, x + kx]; g in row stride Wk with
+                 * zeros beyond column W is p + (r Wk + r) L */
+                conv_pad_block(&q, x, block_of(x, &q, p), lanes, r, xp);
+                const real *restrict q1 = p1 + (r * Wk + r) * L, *restrict q2 = p2 + (r * Wk + r) * L;
+                for (long ky = 0; ky < ks; ky++) {
+                    for (long kx = 0; kx < ks; kx++) {
+                        const real *restrict src = xp + (ky * Wk + kx) * L;
+                        real s1[64] = {0}, s2[64] = {0};
+                        if (L == 1) {
+                            real a = 0, b = 0;
+#pragma omp simd reduction(+ : a, b)
+                            for (long i = 0; i < n; i++) {
+                                a += q1[i] * src[i];
+                                b += q2[i] * src[i];
+                            }
+                            s1[0] = a;
+                            s2[0] = b;
+                        } else {
+                            WITH_LANES(L, for (long i = 0; i < n; i++) {
+                                _Pragma("omp simd") for (long l = 0; l < LL; l++) {
+                                    s1[l] += q1[i * LL + l] * src[i * LL + l];
+                                    s2[l] += q2[i * LL + l] * src[i * LL + l];
+                                }
+                            })
+                        }
+                        for (long l = 0; l < lanes; l++) {
+                            if (gw1) gw1[(plane0 + l) * kk + ky * ks + kx] = s1[l];
+                            if (gw2) gw2[(plane0 + l) * kk + ky * ks + kx] = s2[l];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    return failed;
+}
+
+/* Per-thread scratch of the forward and backward passes (pointers into one allocation). */
+typedef struct {
+    coefs c, g;          /* coefficients and their raw inputs; backward: the coefficient gradients (g) */
+    real *lv[3];         /* forward: three time levels */
+    real *states, *lam;  /* backward: H^0 .. H^K, and three adjoint planes */
+    real *cbuf;          /* forward with velocity convolutions: the padded block and two outputs */
+} work;
+
+/* Velocity convolution weights for the inference path (ks = 0: velocities are input fields). */
+typedef struct {
+    const real *wu, *bu, *wv, *bv;
+    int ks;
+} dwweights;
+
+static void forward_block(const params *q, const work *w, long p, const field *fs, long chan, const dwweights *dw);
+static void backward_block(const params *q, work *w, long p, const field *fs);
+
+/* Run the forward (fs = init f u v Dx Dy out) or backward (fs = gout init f u v Dx Dy, then the 6
+ * gradients) pass over every block: directly on the tensors, or in group mode on staged groups of
+ * channels. */
+static int for_each_block(const params *q, const field *fs, int backward, const dwweights *dw, long N,
+                          int nthreads) {
+    const long S = q->S, L = q->L, K = q->K;
+    const int n_in = backward ? 7 : 6, n_all = backward ? 13 : 7;
+    const long Wk = q->W + 2 * (dw->ks / 2), Hk = q->H + 2 * (dw->ks / 2);
+    const long conv = dw->ks ? (Hk * Wk + 2 * q->H * Wk) * L : 0;
+    int failed = 0;
+#pragma omp parallel num_threads(nthreads)
+    {
+        work w = {0};
+        real *buf = scratch(0, backward ? (COEF_PLANES + 7 + K + 1 + 3) * S : (COEF_PLANES + 3) * S + conv);
+        real *sbuf = q->G ? scratch(1, (long)n_all * q->G * q->H * q->W) : NULL;
+        const int ok = buf && (sbuf || !q->G);
+        if (!ok) {
+            OUT_OF_MEMORY(failed);
+            buf = sbuf = NULL; /* every thread still meets the worksharing loop below, without work */
+        }
+        if (ok && backward) {
+            w.c = coefs_at(buf, S);
+            w.g = coefs_at(buf + COEF_PLANES * S, S); /* only its first 7 planes (a0 .. s) are used */
+            w.states = buf + (COEF_PLANES + 7) * S;
+            w.lam = w.states + (K + 1) * S;
+        } else if (ok) {
+            w.c = coefs_at(buf, S);
+            for (int i = 0; i < 3; i++) w.lv[i] = buf + (COEF_PLANES + i) * S;
+            w.cbuf = dw->ks ? buf + (COEF_PLANES + 3) * S : NULL;
+        }
+        if (!q->G) {
+#pragma omp for schedule(static)
+            for (long p = 0; p < N * q->nb; p++) {
+                if (!ok) continue;
+                if (backward)
+                    backward_block(q, &w, p, fs);
+                else
+                    forward_block(q, &w, p, fs, (p % q->nb) * L, dw);
+            }
+        } else {
+            const long G = q->G, ng = (q->C + G - 1) / G;
+            field ls[13];
+#pragma omp for schedule(static)
+            for (long gi = 0; gi < N * ng; gi++) {
+                if (!ok) continue;
+                const long n = gi / ng, c0 = (gi % ng) * G, g = q->C - c0 < G ? q->C - c0 : G;
+                params lq = *q;
+                lq.C = lq.nb = g;
+                lq.G = 0;
+                stage_in(q, fs, n_in, n_all, n, c0, g, sbuf, ls);
+                for (long p = 0; p < g; p++) {
+                    if (backward)
+                        backward_block(&lq, &w, p, ls);
+                    else
+                        forward_block(&lq, &w, p, ls, c0 + p, dw);
+                }
+                stage_out(q, ls, fs, n_in, n_all, n, c0, g);
+            }
+        }
+    }    return failed;
+}
+
+/* One block of the forward pass (fs = init f u v Dx Dy out); with dw->ks the velocities are not inputs
+ * but depthwise convolutions of the initial state (u = conv(H^0, wu[c]) + bu[c], v likewise; ``chan``
+ * is the block's first channel), so the inference path reads H^0 once for the convolutions and the K
+ * steps together. */
+static void forward_block(const params *q, const work *w, long p, const field *fs, long chan, const dwweights *dw) {
+    const field init = fs[0], f = fs[1], u = fs[2], v = fs[3], Dx = fs[4], Dy = fs[5], out = fs[6];
+    const long lanes = block_lanes(q, p), L = q->L, H = q->H, K = q->K;
+    real *const *lv = w->lv;
+    coefs c = w->c;
+    const real *h0 = block_of(init, q, p);
+    real *dst = (real *)block_of(out, q, p);
+    pad_in(q, init, h0, lanes, lv[0]);
+    if (K == 0) {
+        pad_out(q, lv[0], out, dst, lanes);
+        return;
+    }
+    fill_halo(q, lv[0]);
+    load_block(q, c, p, lanes, f, u, v, Dx, Dy);
+    if (dw->ks) {
+        const long Wk = q->W + 2 * (dw->ks / 2), Hk = H + 2 * (dw->ks / 2);
+        dwconv2_block(q, init, h0, lanes, chan, dw->wu, dw->bu, dw->wv, dw->bv, dw->ks, w->cbuf,
+                      w->cbuf + Hk * Wk * L, w->cbuf + (Hk * Wk + H * Wk) * L, c.u, c.v);
+    }
+    compute_coefs(q, &c, f.ptr != NULL, u.ptr != NULL || dw->ks, Dx.ptr != NULL);
+    real *hm = lv[0], *hc = lv[0];
+    for (int k = 0; k < K; k++) {
+        real *hn = (k == 0) ? lv[1] : (hm != lv[0] && hc != lv[0]) ? lv[0] : (hm != lv[1] && hc != lv[1]) ? lv[1] : lv[2];
+        step(q, &c, hm, hc, hn);
+        hm = hc;
+        hc = hn;
+    }
+    pad_out(q, hc, out, dst, lanes);
+}
+
+static int forward_impl(field init, field f, field u, field v, field Dx, field Dy, const dwweights *dw,
+                         field out, long N, long C, long H, long W, int K, double dt, double dx, double dy,
+                         double dxc, double dyc, int boundary, double courant, double dmax, int nthreads) {
+    const params q = make_params(H, W, C, K, boundary, dt, dx, dy, dxc, dyc, courant, dmax, init);
+    const field fs[7] = {init, f, u, v, Dx, Dy, out};
+    return for_each_block(&q, fs, 0, dw, N, nthreads);
+}
+
+int ad_forward(field init, field f, field u, field v, field Dx, field Dy, field out, long N, long C, long H,
                 long W, int K, double dt, double dx, double dy, double dxc, double dyc, int boundary,
                 double courant, double dmax, int nthreads) {
-    forward_impl(init, f, u, v, Dx, Dy, NULL, NULL, NULL, NULL, 0, out, N, C, H, W, K, dt, dx, dy, dxc, dyc,
-                 boundary, courant, dmax, nthreads);
+    const dwweights none = {NULL, NULL, NULL, NULL, 0};
+    return forward_impl(init, f, u, v, Dx, Dy, &none, out, N, C, H, W, K, dt, dx, dy, dxc, dyc, boundary, courant, dmax,
+                 nthreads);
 }
 
 /* Inference only (no backward): velocities from depthwise k x k convolutions of init (weights (C, k*k),
  * biases (C,); a BatchNorm after the convolution is folded into them by the caller). */
-void ad_forward_dwvel(field init, field f, const real *wu, const real *bu, const real *wv, const real *bv, int ks,
+int ad_forward_dwvel(field init, field f, const real *wu, const real *bu, const real *wv, const real *bv, int ks,
                       field Dx, field Dy, field out, long N, long C, long H, long W, int K, double dt, double dx,
                       double dy, double dxc, double dyc, int boundary, double courant, double dmax, int nthreads) {
-    field none = {NULL, 0, 0, 0, 0};
-    forward_impl(init, f, none, none, Dx, Dy, wu, bu, wv, bv, ks, out, N, C, H, W, K, dt, dx, dy, dxc, dyc,
-                 boundary, courant, dmax, nthreads);
+    const field none = {NULL, 0, 0, 0, 0};
+    const dwweights dw = {wu, bu, wv, bv, ks};
+    return forward_impl(init, f, none, none, Dx, Dy, &dw, out, N, C, H, W, K, dt, dx, dy, dxc, dyc, boundary, courant,
+                 dmax, nthreads);
 }
 
 /* One adjoint step. ln = lambda^{k+1} (plane values, halo 0); hk = H^k and hkm = H^{k-1} (halo filled).
@@ -657,140 +849,141 @@ static void adjoint_step(const params *q, const coefs *c, const coefs *g, const 
     fold_halo(q, lc_);
 }
 
-void ad_backward(field gout, field init, field f, field u, field v, field Dx, field Dy, field ginit, field gf,
+/* One block of the backward pass (fs = gout init f u v Dx Dy, then the gradients ginit gf gu gv gDx gDy;
+ * absent fields are not computed). */
+/* One block of the backward pass (fs = gout init f u v Dx Dy, then the gradients ginit gf gu gv gDx gDy;
+ * absent fields are not computed). */
+static void backward_block(const params *q, work *ws, long p, const field *fs) {
+    const field gout = fs[0], init = fs[1], f = fs[2], u = fs[3], v = fs[4], Dx = fs[5], Dy = fs[6];
+    const field ginit = fs[7], gf = fs[8], gu = fs[9], gv = fs[10], gDx = fs[11], gDy = fs[12];
+    const long S = q->S, o = q->o0, n = q->n, L = q->L, dY = q->dY;
+    const int K = q->K, has_vel = u.ptr != NULL;
+    const double dt = q->dt, dx = q->dx, dy = q->dy, dxc = q->dxc, dyc = q->dyc, dmax = q->dmax;
+    const double umax = q->courant > 0 ? q->courant * dx / dt : 0;
+    const double vmax = q->courant > 0 ? q->courant * dy / dt : 0;
+    coefs c = ws->c, g = ws->g;
+    real *gbuf = g.a0, *states = ws->states, *lam = ws->lam; /* states + k S = H^k, k = 0..K */
+    const long lanes = block_lanes(q, p);
+    memset(lam, 0, sizeof(real) * 3 * S);
+    /* adjoints: ln = lambda^{k+1}, lc = lambda^k, lp = lambda^{k-1} */
+    real *ln = lam, *lc = lam + S, *lp = lam + 2 * S;
+    pad_in(q, gout, block_of(gout, q, p), lanes, ln);
+    if (K == 0) {
+        if (ginit.ptr) pad_out(q, ln, ginit, (real *)block_of(ginit, q, p), lanes);
+        memset(gbuf, 0, sizeof(real) * S);
+        const field zeros[5] = {gf, gu, gv, gDx, gDy};
+        for (int i = 0; i < 5; i++)
+            if (zeros[i].ptr) pad_out(q, gbuf, zeros[i], (real *)block_of(zeros[i], q, p), lanes);
+        return;
+    }
+    load_block(q, c, p, lanes, f, u, v, Dx, Dy);
+    compute_coefs(q, &c, f.ptr != NULL, has_vel, Dx.ptr != NULL);
+    pad_in(q, init, block_of(init, q, p), lanes, states);
+    fill_halo(q, states);
+    for (int k = 0; k < K; k++)
+        step(q, &c, states + (k > 0 ? k - 1 : 0) * S, states + k * S, states + (k + 1) * S);
+    memset(gbuf, 0, sizeof(real) * 7 * S);
+    for (int k = K - 1; k >= 0; k--) {
+        adjoint_step(q, &c, &g, ln, states + k * S, states + (k > 0 ? k - 1 : 0) * S, lc, lp);
+        /* rotate: lambda^{k+1} is done; the next step needs lambda^k (complete) and lambda^{k-1} */
+        real *t = ln;
+        ln = lc;
+        lc = lp;
+        lp = t;
+        memset(lp, 0, sizeof(real) * S);
+    }
+    /* now ln = lambda^0 and lc = lambda^{-1}; H^{-1} = H^0 = init */
+    if (ginit.ptr) {
+        for (long i = o; i < o + n; i++) ln[i] += lc[i];
+        pad_out(q, ln, ginit, (real *)block_of(ginit, q, p), lanes);
+    }
+    /* chain rule from the coefficients to source, velocity and diffusion. Every coefficient is
+     * X / L, so d/dBx of it is dX/dBx / L - 2 (coefficient) / L. Pass 1 (per element): afterwards
+     * g.s holds d/df, g.tx d/dDx, g.ty d/dDy, g.a1 d/d(u_x + v_y), g.ax d/d(bounded u) and g.ay
+     * d/d(bounded v) of the direct (non-derivative) terms */
+    const real kx = (real)(dt / (dx * dx)), ky = (real)(dt / (dy * dy)), two_dt = (real)(2 * dt);
+    const real m2dt = (real)(-2 * dt), kax = (real)(dt / dx), kay = (real)(dt / dy);
+    {
+        real *restrict ga1 = g.a1 + o, *restrict gax = g.ax + o, *restrict gay = g.ay + o;
+        real *restrict gs = g.s + o;
+        if (c.var_d) {
+            const real dm = (real)(dmax > 0 ? dmax : 1e30);
+            const real *restrict dxp = c.Dx + o, *restrict dyp = c.Dy + o;
+            const real *restrict a0 = c.a0 + o, *restrict a1 = c.a1 + o, *restrict tx = c.tx + o;
+            const real *restrict ty = c.ty + o, *restrict ax = c.ax + o, *restrict ay = c.ay + o;
+            const real *restrict cs = c.s + o;
+            real *restrict ga0 = g.a0 + o, *restrict gtx = g.tx + o, *restrict gty = g.ty + o;
+#pragma omp simd
+            for (long i = 0; i < n; i++) {
+                real dxv = CLAMP(dxp[i], (real)0, dm), dyv = CLAMP(dyp[i], (real)0, dm);
+                real iL = (real)1 / ((real)1 + 2 * dxv * kx + 2 * dyv * ky);
+                real T = ga0[i] * a0[i] + ga1[i] * a1[i] + gtx[i] * tx[i] + gty[i] * ty[i] +
+                         gax[i] * ax[i] + gay[i] * ay[i] + gs[i] * cs[i];
+                real passx = (dxp[i] >= 0 && dxp[i] <= dm) ? (real)1 : (real)0;
+                real passy = (dyp[i] >= 0 && dyp[i] <= dm) ? (real)1 : (real)0;
+                real gdx = (2 * (gtx[i] - ga0[i]) - 2 * T) * iL * kx * passx;
+                real gdy = (2 * (gty[i] - ga0[i]) - 2 * T) * iL * ky * passy;
+                gtx[i] = gdx;
+                gty[i] = gdy;
+                gs[i] *= two_dt * iL;
+                ga1[i] *= m2dt * iL;
+                gax[i] *= kax * iL;
+                gay[i] *= kay * iL;
+            }
+        } else {
+            const real iL = (real)1 / ((real)1 + 2 * (real)dxc * kx + 2 * (real)dyc * ky);
+            const real fs = two_dt * iL, fd = m2dt * iL, fx = kax * iL, fy = kay * iL;
+#pragma omp simd
+            for (long i = 0; i < n; i++) {
+                gs[i] *= fs;
+                ga1[i] *= fd;
+                gax[i] *= fx;
+                gay[i] *= fy;
+            }
+        }
+    }
+    if (gf.ptr) pad_out(q, g.s, gf, (real *)block_of(gf, q, p), lanes);
+    if (gDx.ptr) pad_out(q, g.tx, gDx, (real *)block_of(gDx, q, p), lanes);
+    if (gDy.ptr) pad_out(q, g.ty, gDy, (real *)block_of(gDy, q, p), lanes);
+    if (gu.ptr || gv.ptr) {
+        /* pass 2: the central differences' transposes (div[i] has +u[i+L], -u[i-L], +v[i+dY],
+         * -v[i-dY]) over the wide span, folded back onto the plane: d/d(bounded u), d/d(bounded v) */
+        zero_halo_cols(q, g.a1);
+        zero_halo_cols(q, g.ax);
+        zero_halo_cols(q, g.ay);
+        const real hx = (real)(0.5 / dx), hy = (real)(0.5 / dy);
+        const long w = q->ow, nw = q->nw;
+        const real *restrict gdiv = g.a1 + w;
+        real *restrict gub = g.ax + w, *restrict gvb = g.ay + w;
+#pragma omp simd
+        for (long i = 0; i < nw; i++) {
+            gub[i] += hx * (gdiv[i - L] - gdiv[i + L]);
+            gvb[i] += hy * (gdiv[i - dY] - gdiv[i + dY]);
+        }
+        fold_halo(q, g.ax);
+        fold_halo(q, g.ay);
+        /* pass 3: through the velocity bound, d bound / du = (1 + (u / umax)^2)^(-3/2) */
+        const real ru = (real)(umax > 0 ? 1 / umax : 0), rv = (real)(vmax > 0 ? 1 / vmax : 0);
+        const real *restrict up = c.u + o, *restrict vp = c.v + o;
+        real *restrict du = g.ax + o, *restrict dv = g.ay + o;
+#pragma omp simd
+        for (long i = 0; i < n; i++) {
+            real tu = up[i] * ru, r = (real)1 / SQRT((real)1 + tu * tu);
+            real tv = vp[i] * rv, s = (real)1 / SQRT((real)1 + tv * tv);
+            du[i] *= r * r * r;
+            dv[i] *= s * s * s;
+        }
+        if (gu.ptr) pad_out(q, g.ax, gu, (real *)block_of(gu, q, p), lanes);
+        if (gv.ptr) pad_out(q, g.ay, gv, (real *)block_of(gv, q, p), lanes);
+    }
+}
+
+int ad_backward(field gout, field init, field f, field u, field v, field Dx, field Dy, field ginit, field gf,
                  field gu, field gv, field gDx, field gDy, long N, long C, long H, long W, int K, double dt,
                  double dx, double dy, double dxc, double dyc, int boundary, double courant, double dmax,
                  int nthreads) {
     const params q = make_params(H, W, C, K, boundary, dt, dx, dy, dxc, dyc, courant, dmax, init);
-    const long S = q.S, o = q.o0, n = q.n, L = q.L, dY = q.dY, P = N * q.nb;
-    const double umax = courant > 0 ? courant * dx / dt : 0;
-    const double vmax = courant > 0 ? courant * dy / dt : 0;
-    const int has_vel = u.ptr != NULL;
-#pragma omp parallel num_threads(nthreads)
-    {
-        /* coefficients and inputs, 7 coefficient-gradient planes, K + 1 states, 3 adjoint planes */
-        real *buf = alloc_real((COEF_PLANES + 7 + (long)K + 1 + 3) * S);
-        coefs c = coefs_at(buf, S);
-        coefs g = coefs_at(buf + COEF_PLANES * S, S); /* only its first 7 planes (a0 .. s) are used */
-        real *gbuf = buf + COEF_PLANES * S;
-        real *states = buf + (COEF_PLANES + 7) * S; /* states + k * S = H^k, k = 0..K */
-        real *lam = states + ((long)K + 1) * S;
-#pragma omp for schedule(static)
-        for (long p = 0; p < P; p++) {
-            const long lanes = block_lanes(&q, p);
-            memset(lam, 0, sizeof(real) * 3 * S);
-            /* adjoints: ln = lambda^{k+1}, lc = lambda^k, lp = lambda^{k-1} */
-            real *ln = lam, *lc = lam + S, *lp = lam + 2 * S;
-            pad_in(&q, gout, block_of(gout, &q, p), lanes, ln);
-            if (K == 0) {
-                if (ginit.ptr) pad_out(&q, ln, ginit, (real *)block_of(ginit, &q, p), lanes);
-                memset(gbuf, 0, sizeof(real) * S);
-                const field zeros[5] = {gf, gu, gv, gDx, gDy};
-                for (int i = 0; i < 5; i++)
-                    if (zeros[i].ptr) pad_out(&q, gbuf, zeros[i], (real *)block_of(zeros[i], &q, p), lanes);
-                continue;
-            }
-            load_block(&q, c, p, lanes, f, u, v, Dx, Dy);
-            compute_coefs(&q, &c, f.ptr != NULL, has_vel, Dx.ptr != NULL);
-            pad_in(&q, init, block_of(init, &q, p), lanes, states);
-            fill_halo(&q, states);
-            for (int k = 0; k < K; k++)
-                step(&q, &c, states + (k > 0 ? k - 1 : 0) * S, states + k * S, states + (k + 1) * S);
-            memset(gbuf, 0, sizeof(real) * 7 * S);
-            for (int k = K - 1; k >= 0; k--) {
-                adjoint_step(&q, &c, &g, ln, states + k * S, states + (k > 0 ? k - 1 : 0) * S, lc, lp);
-                /* rotate: lambda^{k+1} is done; the next step needs lambda^k (complete) and lambda^{k-1} */
-                real *t = ln;
-                ln = lc;
-                lc = lp;
-                lp = t;
-                memset(lp, 0, sizeof(real) * S);
-            }
-            /* now ln = lambda^0 and lc = lambda^{-1}; H^{-1} = H^0 = init */
-            if (ginit.ptr) {
-                for (long i = o; i < o + n; i++) ln[i] += lc[i];
-                pad_out(&q, ln, ginit, (real *)block_of(ginit, &q, p), lanes);
-            }
-            /* chain rule from the coefficients to source, velocity and diffusion. Every coefficient is
-             * X / L, so d/dBx of it is dX/dBx / L - 2 (coefficient) / L. Pass 1 (per element): afterwards
-             * g.s holds d/df, g.tx d/dDx, g.ty d/dDy, g.a1 d/d(u_x + v_y), g.ax d/d(bounded u) and g.ay
-             * d/d(bounded v) of the direct (non-derivative) terms */
-            const real kx = (real)(dt / (dx * dx)), ky = (real)(dt / (dy * dy)), two_dt = (real)(2 * dt);
-            const real m2dt = (real)(-2 * dt), kax = (real)(dt / dx), kay = (real)(dt / dy);
-            {
-                real *restrict ga1 = g.a1 + o, *restrict gax = g.ax + o, *restrict gay = g.ay + o;
-                real *restrict gs = g.s + o;
-                if (c.var_d) {
-                    const real dm = (real)(dmax > 0 ? dmax : 1e30);
-                    const real *restrict dxp = c.Dx + o, *restrict dyp = c.Dy + o;
-                    const real *restrict a0 = c.a0 + o, *restrict a1 = c.a1 + o, *restrict tx = c.tx + o;
-                    const real *restrict ty = c.ty + o, *restrict ax = c.ax + o, *restrict ay = c.ay + o;
-                    const real *restrict cs = c.s + o;
-                    real *restrict ga0 = g.a0 + o, *restrict gtx = g.tx + o, *restrict gty = g.ty + o;
-#pragma omp simd
-                    for (long i = 0; i < n; i++) {
-                        real dxv = CLAMP(dxp[i], (real)0, dm), dyv = CLAMP(dyp[i], (real)0, dm);
-                        real iL = (real)1 / ((real)1 + 2 * dxv * kx + 2 * dyv * ky);
-                        real T = ga0[i] * a0[i] + ga1[i] * a1[i] + gtx[i] * tx[i] + gty[i] * ty[i] +
-                                 gax[i] * ax[i] + gay[i] * ay[i] + gs[i] * cs[i];
-                        real passx = (dxp[i] >= 0 && dxp[i] <= dm) ? (real)1 : (real)0;
-                        real passy = (dyp[i] >= 0 && dyp[i] <= dm) ? (real)1 : (real)0;
-                        real gdx = (2 * (gtx[i] - ga0[i]) - 2 * T) * iL * kx * passx;
-                        real gdy = (2 * (gty[i] - ga0[i]) - 2 * T) * iL * ky * passy;
-                        gtx[i] = gdx;
-                        gty[i] = gdy;
-                        gs[i] *= two_dt * iL;
-                        ga1[i] *= m2dt * iL;
-                        gax[i] *= kax * iL;
-                        gay[i] *= kay * iL;
-                    }
-                } else {
-                    const real iL = (real)1 / ((real)1 + 2 * (real)dxc * kx + 2 * (real)dyc * ky);
-                    const real fs = two_dt * iL, fd = m2dt * iL, fx = kax * iL, fy = kay * iL;
-#pragma omp simd
-                    for (long i = 0; i < n; i++) {
-                        gs[i] *= fs;
-                        ga1[i] *= fd;
-                        gax[i] *= fx;
-                        gay[i] *= fy;
-                    }
-                }
-            }
-            if (gf.ptr) pad_out(&q, g.s, gf, (real *)block_of(gf, &q, p), lanes);
-            if (gDx.ptr) pad_out(&q, g.tx, gDx, (real *)block_of(gDx, &q, p), lanes);
-            if (gDy.ptr) pad_out(&q, g.ty, gDy, (real *)block_of(gDy, &q, p), lanes);
-            if (gu.ptr || gv.ptr) {
-                /* pass 2: the central differences' transposes (div[i] has +u[i+L], -u[i-L], +v[i+dY],
-                 * -v[i-dY]) over the wide span, folded back onto the plane: d/d(bounded u), d/d(bounded v) */
-                zero_halo_cols(&q, g.a1);
-                zero_halo_cols(&q, g.ax);
-                zero_halo_cols(&q, g.ay);
-                const real hx = (real)(0.5 / dx), hy = (real)(0.5 / dy);
-                const long w = q.ow, nw = q.nw;
-                const real *restrict gdiv = g.a1 + w;
-                real *restrict gub = g.ax + w, *restrict gvb = g.ay + w;
-#pragma omp simd
-                for (long i = 0; i < nw; i++) {
-                    gub[i] += hx * (gdiv[i - L] - gdiv[i + L]);
-                    gvb[i] += hy * (gdiv[i - dY] - gdiv[i + dY]);
-                }
-                fold_halo(&q, g.ax);
-                fold_halo(&q, g.ay);
-                /* pass 3: through the velocity bound, d bound / du = (1 + (u / umax)^2)^(-3/2) */
-                const real ru = (real)(umax > 0 ? 1 / umax : 0), rv = (real)(vmax > 0 ? 1 / vmax : 0);
-                const real *restrict up = c.u + o, *restrict vp = c.v + o;
-                real *restrict du = g.ax + o, *restrict dv = g.ay + o;
-#pragma omp simd
-                for (long i = 0; i < n; i++) {
-                    real tu = up[i] * ru, r = (real)1 / SQRT((real)1 + tu * tu);
-                    real tv = vp[i] * rv, s = (real)1 / SQRT((real)1 + tv * tv);
-                    du[i] *= r * r * r;
-                    dv[i] *= s * s * s;
-                }
-                if (gu.ptr) pad_out(&q, g.ax, gu, (real *)block_of(gu, &q, p), lanes);
-                if (gv.ptr) pad_out(&q, g.ay, gv, (real *)block_of(gv, &q, p), lanes);
-            }
-        }
-        free(buf);
-    }
+    const field fs[13] = {gout, init, f, u, v, Dx, Dy, ginit, gf, gu, gv, gDx, gDy};
+    const dwweights none = {NULL, NULL, NULL, NULL, 0};
+    return for_each_block(&q, fs, 1, &none, N, nthreads);
 }
