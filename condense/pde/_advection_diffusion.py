@@ -165,30 +165,39 @@ def _(init, source, u, v, Dx, Dy, dx_const, dy_const, K, dt, dx, dy, boundary, c
 def _fused_backward(grad: Tensor, init: Tensor, source: Optional[Tensor], u: Optional[Tensor],
                     v: Optional[Tensor], Dx: Optional[Tensor], Dy: Optional[Tensor], dx_const: float,
                     dy_const: float, K: int, dt: float, dx: float, dy: float, boundary: int, courant: float,
-                    dmax: float, needs: list[bool]) -> list[Tensor]:
+                    dmax: float, needs: list[bool], source_is_init: bool) -> list[Tensor]:
+    # source_is_init: source and init are one tensor; its whole gradient comes back as init's (the kernel
+    # sums both into one output instead of writing two for autograd to add)
     ins = (init, source, u, v, Dx, Dy)
     outs = [torch.empty_like(init) if (t is not None and need) else None for t, need in zip(ins, needs)]
-    _library(init.dtype).ad_backward(*map(_field, (grad, *ins, *outs)),
+    fields = list(outs)
+    if source_is_init and outs[0] is not None:
+        fields[1], outs[1] = outs[0], None
+    _library(init.dtype).ad_backward(*map(_field, (grad, *ins, *fields)),
                                      *_scalars(init, K, dt, dx, dy, dx_const, dy_const, boundary, courant, dmax))
     return [o if o is not None else init.new_empty(0) for o in outs]
 
 
 @_fused_backward.register_fake
-def _(grad, init, source, u, v, Dx, Dy, dx_const, dy_const, K, dt, dx, dy, boundary, courant, dmax, needs):
-    return [torch.empty_like(init) if (t is not None and n) else init.new_empty(0)
-            for t, n in zip((init, source, u, v, Dx, Dy), needs)]
+def _(grad, init, source, u, v, Dx, Dy, dx_const, dy_const, K, dt, dx, dy, boundary, courant, dmax, needs,
+      source_is_init):
+    return [torch.empty_like(init) if (t is not None and n and not (i == 1 and source_is_init and needs[0]))
+            else init.new_empty(0) for i, (t, n) in enumerate(zip((init, source, u, v, Dx, Dy), needs))]
 
 
 def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs[:6])
     ctx.scalars = inputs[6:]
+    ctx.source_is_init = inputs[1] is inputs[0]  # the Global layer's default: f(I) = I = H^0
 
 
 def _backward(ctx, grad):
     tensors = ctx.saved_tensors
     needs = [bool(n) for n in ctx.needs_input_grad[:6]]
-    grads = _fused_backward(grad, *tensors, *ctx.scalars, needs)
-    return (*(g if (t is not None and n) else None for g, t, n in zip(grads, tensors, needs)),
+    merged = ctx.source_is_init and needs[0]
+    grads = _fused_backward(grad, *tensors, *ctx.scalars, needs, merged)
+    return (*(g if (t is not None and n and not (i == 1 and merged)) else None
+              for i, (g, t, n) in enumerate(zip(grads, tensors, needs))),
             *([None] * len(ctx.scalars)))
 
 
