@@ -149,7 +149,9 @@ def _library(dtype: torch.dtype):
 @torch.library.custom_op("condense::advection_diffusion", mutates_args=(), tags=_LAYOUT)
 def _fused(init: Tensor, source: Optional[Tensor], u: Optional[Tensor], v: Optional[Tensor],
            Dx: Optional[Tensor], Dy: Optional[Tensor], dx_const: float, dy_const: float, K: int, dt: float,
-           dx: float, dy: float, boundary: int, courant: float, dmax: float) -> Tensor:
+           dx: float, dy: float, boundary: int, courant: float, dmax: float, source_is_init: bool) -> Tensor:
+    # source_is_init (source is init, the Global layer's default f(I) = I = H^0) only shapes the backward;
+    # it is an argument so that compiled graphs (and torch.compile's caches) record it
     out = torch.empty_like(init)
     _library(init.dtype).ad_forward(*map(_field, (init, source, u, v, Dx, Dy, out)),
                                     *_scalars(init, K, dt, dx, dy, dx_const, dy_const, boundary, courant, dmax))
@@ -157,7 +159,7 @@ def _fused(init: Tensor, source: Optional[Tensor], u: Optional[Tensor], v: Optio
 
 
 @_fused.register_fake
-def _(init, source, u, v, Dx, Dy, dx_const, dy_const, K, dt, dx, dy, boundary, courant, dmax):
+def _(init, source, u, v, Dx, Dy, dx_const, dy_const, K, dt, dx, dy, boundary, courant, dmax, source_is_init):
     return torch.empty_like(init)
 
 
@@ -187,8 +189,8 @@ def _(grad, init, source, u, v, Dx, Dy, dx_const, dy_const, K, dt, dx, dy, bound
 
 def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs[:6])
-    ctx.scalars = inputs[6:]
-    ctx.source_is_init = inputs[1] is inputs[0]  # the Global layer's default: f(I) = I = H^0
+    ctx.scalars = inputs[6:15]
+    ctx.source_is_init = inputs[15]
 
 
 def _backward(ctx, grad):
@@ -198,7 +200,7 @@ def _backward(ctx, grad):
     grads = _fused_backward(grad, *tensors, *ctx.scalars, needs, merged)
     return (*(g if (t is not None and n and not (i == 1 and merged)) else None
               for i, (g, t, n) in enumerate(zip(grads, tensors, needs))),
-            *([None] * len(ctx.scalars)))
+            *([None] * (len(ctx.scalars) + 1)))
 
 
 _fused.register_autograd(_backward, setup_context=_setup_context)
@@ -305,7 +307,7 @@ def advection_diffusion(init: Tensor, source: Optional[Tensor], u: Optional[Tens
     var_d = isinstance(Dx, Tensor)
     return _fused(init, source, u, v, Dx if var_d else None, Dy if var_d else None,
                   0.0 if var_d else float(Dx), 0.0 if var_d else float(Dy), int(K), float(dt), float(dx),
-                  float(dy), _BOUNDARY_CODE[boundary], 0.0, 0.0)
+                  float(dy), _BOUNDARY_CODE[boundary], 0.0, 0.0, source is init)
 
 
 def bounded_advection_diffusion(init: Tensor, source: Optional[Tensor], u_raw: Optional[Tensor],
@@ -323,4 +325,4 @@ def bounded_advection_diffusion(init: Tensor, source: Optional[Tensor], u_raw: O
         return _eager(init, source, u, v, Dx, Dy, K, dt, dx, dy, boundary)
     return _fused(init, source, u_raw, v_raw, Dx_raw if var_d else None, Dy_raw if var_d else None,
                   0.0 if var_d else float(Dx_raw), 0.0 if var_d else float(Dy_raw), int(K), float(dt),
-                  float(dx), float(dy), _BOUNDARY_CODE[boundary], float(courant), float(dmax))
+                  float(dx), float(dy), _BOUNDARY_CODE[boundary], float(courant), float(dmax), source is init)
