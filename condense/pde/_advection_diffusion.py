@@ -123,6 +123,10 @@ def eager_macs(numel: int, K: int, *, source: bool, velocity: bool, variable_dif
 # implementation alike. The ops are tagged ``flexible_layout``: torch.compile passes its channels-last
 # maps (inductor keeps CPU convolutions channels-last) as they are, instead of converting every map to
 # NCHW and back around each Global layer, forward and backward.
+# torch.compile caches compiled graphs keyed on the forward graph; the backward is traced from
+# ``_backward`` below, whose source is not part of that key. A change to what the backward op takes must
+# therefore also change the forward op's schema (as ``source_is_init`` does), or a cached graph calls the
+# backward op with its old arguments.
 
 
 _LAYOUT = (torch.Tag.flexible_layout,)
