@@ -536,6 +536,31 @@ def test_channels_last_maps_are_solved_in_place_and_match(shape, boundary):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
 
 
+def test_inference_keeps_folded_weights_until_a_weight_or_statistic_changes():
+    from condense.pde._base import fold_batchnorm
+
+    shape = (2, 8, 6, 7)
+    layer = _trained_bn(GlobalLayer(8, GlobalConfig(K=3)).double(), shape)
+    x = torch.randn(*shape, dtype=torch.float64)
+    net = layer.velocity[0]
+    with torch.no_grad():
+        before = layer(x)
+        assert net.folded()[0] is net.folded()[0]  # kept between calls
+        net[1].running_var.mul_(3.0)  # an in-place change of a statistic (load_state_dict does the same)
+        changed = layer(x)
+        torch.testing.assert_close(net.folded()[0], fold_batchnorm(net[0], net[1])[0])
+        net[0].weight.add_(0.5)
+        changed_w = layer(x)
+    assert not torch.allclose(before, changed) and not torch.allclose(changed, changed_w)
+    with torch.enable_grad():  # with autograd nothing is kept: the reference for the kept path
+        torch.testing.assert_close(layer(x).detach(), changed_w)
+    layer.float()  # new storage and dtype: refolded
+    with torch.no_grad():
+        got = layer(x.float())
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, changed_w.float(), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.skipif(len(IMPLS) < 2, reason="fused kernel unavailable (checked by its own test)")
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("shape", [(2, 20, 5, 6), (1, 40, 70, 66)])  # lanes / planes; staged groups

@@ -9,6 +9,7 @@ import dataclasses
 from typing import Any, ClassVar, Literal, get_args
 
 import torch
+import torch.fx
 from torch import nn
 
 from .._errors import ConfigError
@@ -121,24 +122,47 @@ class PDELayer(nn.Module):
         return f"channels={self.channels}, {opts}"
 
 
+_fx_symbolic_tracing = getattr(torch.fx._symbolic_trace, "is_fx_symbolic_tracing", None) or (lambda: False)
+
+
+def fold_batchnorm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of one convolution equal to ``norm(conv(x))`` with the norm's running statistics."""
+    scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+    bias = norm.bias - norm.running_mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    return conv.weight * scale.view(-1, 1, 1, 1), bias
+
+
 class ConvNormAct(nn.Sequential):
     """Conv2d (optionally depthwise / grouped) + norm + activation, 'same' padding, stride 1.
 
     In eval mode a BatchNorm is folded into the convolution on the fly (one pass over the map instead of
-    two); the result equals conv -> norm up to rounding.
+    two); the result equals conv -> norm up to rounding. Without autograd (inference) the folded weights
+    are kept until a weight, statistic or their storage changes, instead of being refolded every call.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv, norm, act = self[0], self[1], self[2]
         if self.training or not isinstance(norm, nn.BatchNorm2d) or not norm.track_running_stats:
             return act(norm(conv(x)))
-        scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-        bias = norm.bias - norm.running_mean * scale
-        if conv.bias is not None:
-            bias = bias + conv.bias * scale
-        weight = conv.weight * scale.view(-1, 1, 1, 1)
+        weight, bias = self._fold(conv, norm)
         return act(torch.nn.functional.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation,
                                               conv.groups))
+
+    def _fold(self, conv: nn.Conv2d, norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+        tracing = (torch.jit.is_tracing() or torch.compiler.is_compiling()
+                   or _fx_symbolic_tracing())
+        if torch.is_grad_enabled() or tracing:  # traced graphs (and counts) keep the folding ops
+            return fold_batchnorm(conv, norm)
+        parts = (conv.weight, conv.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var)
+        key = (norm.eps, *((id(t), t._version, t.data_ptr(), t.dtype, t.device) if t is not None else None
+                           for t in parts))
+        cached = self.__dict__.get("_folded_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, fold_batchnorm(conv, norm))
+            self.__dict__["_folded_cache"] = cached
+        return cached[1]
 
     def folded(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Eval mode, no activation: the (weight, bias) of one conv equal to conv -> norm (the same ops as
@@ -151,11 +175,7 @@ class ConvNormAct(nn.Sequential):
             return conv.weight, bias
         if not isinstance(norm, nn.BatchNorm2d) or not norm.track_running_stats:
             return None
-        scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-        bias = norm.bias - norm.running_mean * scale
-        if conv.bias is not None:
-            bias = bias + conv.bias * scale
-        return conv.weight * scale.view(-1, 1, 1, 1), bias
+        return self._fold(conv, norm)
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int, *, groups: int = 1,
                  norm: str = "batch", act: str = "relu", bias: bool | None = None):
