@@ -513,8 +513,8 @@ def test_training_path_equals_eager_in_output_and_gradients(opts):
 
 @pytest.mark.skipif(len(IMPLS) < 2, reason="fused kernel unavailable (checked by its own test)")
 # lanes with a partial block; one lane; staged groups of 16 channels (planes too large for 16 lanes), the
-# last group partial
-@pytest.mark.parametrize("shape", [(8, 18, 5, 6), (1, 3, 70, 66), (2, 40, 64, 62)])
+# last group partial; whole samples staged block-major (several samples per thread, no partial block)
+@pytest.mark.parametrize("shape", [(8, 18, 5, 6), (1, 3, 70, 66), (2, 40, 64, 62), (8, 32, 10, 12)])
 @pytest.mark.parametrize("boundary", BOUNDARIES)
 def test_channels_last_maps_are_solved_in_place_and_match(shape, boundary):
     x, f, u, v, Dx, Dy = fields(shape, dtype=torch.float32)
@@ -563,7 +563,8 @@ def test_inference_keeps_folded_weights_until_a_weight_or_statistic_changes():
 
 @pytest.mark.skipif(len(IMPLS) < 2, reason="fused kernel unavailable (checked by its own test)")
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-@pytest.mark.parametrize("shape", [(2, 20, 5, 6), (1, 40, 70, 66)])  # lanes / planes; staged groups
+# lanes / planes; staged groups; whole samples staged
+@pytest.mark.parametrize("shape", [(2, 20, 5, 6), (1, 40, 70, 66), (8, 32, 9, 7)])
 @pytest.mark.parametrize("var_d,K", [(False, 3), (True, 3), (False, 0)])
 def test_source_that_is_the_initial_state_is_read_once_and_gets_one_summed_gradient(layout, shape, var_d, K):
     # the Global layer's default f(I) = I = H^0: one tensor passed twice; the kernel reads it once and
@@ -589,7 +590,8 @@ def test_source_that_is_the_initial_state_is_read_once_and_gets_one_summed_gradi
 
 
 @pytest.mark.skipif(len(IMPLS) < 2, reason="fused kernel unavailable (checked by its own test)")
-@pytest.mark.parametrize("shape", [(2, 20, 6, 7), (1, 20, 96, 90)])  # lanes; staged groups of 8 doubles
+# lanes; staged groups of 8 doubles; whole samples staged
+@pytest.mark.parametrize("shape", [(2, 20, 6, 7), (1, 20, 96, 90), (8, 16, 6, 7)])
 def test_inference_path_on_channels_last_maps(shape):
     layer = _trained_bn(GlobalLayer(shape[1], GlobalConfig(K=4, kernel_size=5)).double(), shape)
     x = torch.randn(*shape, dtype=torch.float64)
