@@ -535,20 +535,34 @@ static void dwconv2_block(const params *q, field f, const real *x, long lanes, l
  * transposed into contiguous (g, H, W) planes of buf (slot i at i G H W); ls gets the fields of the staged
  * group (all n slots; absent fields stay absent), which a params with C = nb = g addresses block by
  * block. stage_out copies the staged outputs fs[n_in .. n) back. */
+/* ls[i] for field i of a staging buffer: ``staged`` (its slot), absent, or the slot of an earlier field
+ * that is the same tensor view (a source that is the initial state is staged once). Returns whether
+ * field i is an input to copy in (present, not repeated, i < n_in). */
+static int stage_slot(const field *fs, int i, int n_in, field staged, field *ls) {
+    const field z = {NULL, 0, 0, 0, 0};
+    ls[i] = fs[i].ptr ? staged : z;
+    for (int j = 0; j < i; j++)
+        if (same_field(fs[j], fs[i])) {
+            ls[i] = ls[j];
+            return 0;
+        }
+    return i < n_in && fs[i].ptr;
+}
+
+/* whether output field i (of fs[n_in .. i]) is present and not an earlier output again */
+static int first_output(const field *fs, int n_in, int i) {
+    for (int j = n_in; j < i; j++)
+        if (same_field(fs[j], fs[i])) return 0;
+    return fs[i].ptr != NULL;
+}
+
 #define TILE 8
 static void stage_in(const params *q, const field *fs, int n_in, int n_all, long n, long c0, long g, real *buf,
                      field *ls) {
     const long H = q->H, W = q->W, HW = H * W, G = q->G;
     for (int i = 0; i < n_all; i++) {
-        field z = {NULL, 0, 0, 0, 0}, s = {buf + i * G * HW, g * HW, HW, W, 1};
-        ls[i] = fs[i].ptr ? s : z;
-        int dup = 0; /* a field given twice (a source that is the initial state) is staged once */
-        for (int j = 0; j < i && !dup; j++)
-            if (same_field(fs[j], fs[i])) {
-                ls[i] = ls[j];
-                dup = 1;
-            }
-        if (dup || i >= n_in || !fs[i].ptr) continue;
+        const field s = {buf + i * G * HW, g * HW, HW, W, 1};
+        if (!stage_slot(fs, i, n_in, s, ls)) continue;
         const field f = fs[i];
         const real *src = f.ptr + n * f.sn + c0 * f.sc;
         real *restrict dst = buf + i * G * HW;
@@ -577,9 +591,7 @@ static void stage_out(const params *q, const field *ls, const field *fs, int n_i
                       long g) {
     const long H = q->H, W = q->W, HW = H * W;
     for (int i = n_in; i < n_all; i++) {
-        int dup = 0;
-        for (int j = n_in; j < i; j++) dup |= same_field(fs[j], fs[i]);
-        if (!fs[i].ptr || dup) continue;
+        if (!first_output(fs, n_in, i)) continue;
         const field f = fs[i];
         const real *restrict src = ls[i].ptr;
         real *dst = (real *)f.ptr + n * f.sn + c0 * f.sc;
@@ -721,15 +733,8 @@ int dw_pair_backward(field x, const real *w1, const real *w2, int ks, field g1, 
 static void sample_in(const params *q, const field *fs, int n_in, int n_all, long n, real *buf, field *ls) {
     const long H = q->H, W = q->W, L = q->L, HW = H * W, C = q->C, nb = q->nb;
     for (int i = 0; i < n_all; i++) {
-        field z = {NULL, 0, 0, 0, 0}, s = {buf + i * C * HW, HW * L, 1, W * L, L};
-        ls[i] = fs[i].ptr ? s : z;
-        int dup = 0;
-        for (int j = 0; j < i && !dup; j++)
-            if (same_field(fs[j], fs[i])) {
-                ls[i] = ls[j];
-                dup = 1;
-            }
-        if (dup || i >= n_in || !fs[i].ptr) continue;
+        const field s = {buf + i * C * HW, HW * L, 1, W * L, L};
+        if (!stage_slot(fs, i, n_in, s, ls)) continue;
         const field f = fs[i];
         const real *src = f.ptr + n * f.sn;
         real *restrict dst = buf + i * C * HW;
@@ -747,9 +752,7 @@ static void sample_in(const params *q, const field *fs, int n_in, int n_all, lon
 static void sample_out(const params *q, const field *ls, const field *fs, int n_in, int n_all, long n) {
     const long H = q->H, W = q->W, L = q->L, HW = H * W, C = q->C, nb = q->nb;
     for (int i = n_in; i < n_all; i++) {
-        int dup = 0;
-        for (int j = n_in; j < i; j++) dup |= same_field(fs[j], fs[i]);
-        if (!fs[i].ptr || dup) continue;
+        if (!first_output(fs, n_in, i)) continue;
         const field f = fs[i];
         const real *restrict src = ls[i].ptr;
         real *dst = (real *)f.ptr + n * f.sn;
