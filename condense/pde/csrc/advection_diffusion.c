@@ -405,15 +405,9 @@ static real *scratch_raw(int slot, long n) { /* not zeroed */
 }
 
 static real *scratch(int slot, long n) {
-    if (n < 1) n = 1;
-    if (n > scratch_len[slot]) {
-        free(scratch_buf[slot]);
-        scratch_buf[slot] = (real *)malloc((size_t)n * sizeof(real));
-        scratch_len[slot] = scratch_buf[slot] ? n : 0;
-        if (!scratch_buf[slot]) return NULL;
-    }
-    memset(scratch_buf[slot], 0, (size_t)n * sizeof(real));
-    return scratch_buf[slot];
+    real *buf = scratch_raw(slot, n);
+    if (buf) memset(buf, 0, (size_t)(n < 1 ? 1 : n) * sizeof(real));
+    return buf;
 }
 
 /* The padded raw inputs of block p into the scratch c (velocities only if given as fields); a source that
