@@ -479,6 +479,37 @@ def test_dwconv_pair_on_channels_last_maps(k, shape):
                                         (x, a.weight, b.weight))
 
 
+@pytest.mark.skipif(len(IMPLS) < 2, reason="fused kernel unavailable (checked by its own test)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k,shape", [
+    (3, (2, 40, 6, 5)),    # a channel tail (40 = 2 x 16 + 8 floats, 5 x 8 doubles)
+    (5, (3, 16, 3, 2)),    # a map narrower than the kernel: every pixel is an edge; 3 samples on 2 threads
+    (7, (1, 24, 9, 8)),
+    (1, (2, 32, 4, 4)),
+    (3, (1, 64, 1, 11)),   # a single row
+])
+def test_dwconv_pair_all_channels_last_is_computed_in_place(k, shape, dtype):
+    """Maps, incoming gradients and outputs all channels-last (as in compiled training): the pair is computed
+    pixel-major in one sweep, against nn.Conv2d in float64."""
+    from condense.pde._dwconv import dwconv_pair
+
+    torch.manual_seed(0)
+    a, b = (nn.Conv2d(shape[1], shape[1], k, padding=k // 2, groups=shape[1], bias=False).to(dtype) for _ in "ab")
+    cl = torch.channels_last
+    x = torch.randn(shape, dtype=dtype).contiguous(memory_format=cl).requires_grad_()
+    g1, g2 = (torch.randn(shape, dtype=dtype).contiguous(memory_format=cl) for _ in "12")
+    ra, rb = dwconv_pair(x, a, b)
+    gx, gwa, gwb = torch.autograd.grad((ra, rb), (x, a.weight, b.weight), (g1, g2))
+    assert gx.is_contiguous(memory_format=cl)
+    x64 = x.detach().double().requires_grad_()
+    a64, b64 = a.double(), b.double()
+    wa, wb = a64(x64), b64(x64)
+    want = torch.autograd.grad((wa, wb), (x64, a64.weight, b64.weight), (g1.double(), g2.double()))
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else {}
+    for got, ref in zip((ra, rb, gx, gwa, gwb), (wa, wb, *want)):
+        torch.testing.assert_close(got.double(), ref.detach(), **tol)
+
+
 def test_fusable_pair_rejects_what_the_op_does_not_compute():
     from condense.pde._dwconv import fusable_pair
 

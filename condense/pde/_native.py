@@ -53,14 +53,15 @@ def _compile(real: str) -> Path:
     if not cc:
         raise RuntimeError("no C compiler found (install gcc, or set CC)")
     src = _SRC.read_bytes()
-    key = hashlib.sha256(src + real.encode() + _cpu_tag().encode() + cc.encode()).hexdigest()[:16]
+    attempts = [(["-march=native", "-mprefer-vector-width=512", "-ffp-contract=fast", "-fno-math-errno"], []),
+                (["-march=native", "-fno-math-errno"], []), ([], [])]
+    key = hashlib.sha256(src + real.encode() + _cpu_tag().encode() + cc.encode() + repr(attempts).encode()).hexdigest()[:16]
     out = cache_dir() / f"advection_diffusion_{real}_{key}.so"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     # Compile and link in two steps so that no fast-math startup code (crtfastmath.o, which would set
     # flush-to-zero for the whole process) can be linked in.
-    attempts = [(["-march=native", "-fno-math-errno"], []), ([], [])]
     errors = ["unknown error"]
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         obj, lib = Path(tmp) / "kernel.o", Path(tmp) / out.name
