@@ -36,6 +36,23 @@ typedef struct {
     long sn, sc, sy, sx;
 } field;
 
+/* one 64-byte vector of values (GCC/Clang vector extension: AVX-512 registers where the CPU has them) */
+typedef real vec __attribute__((vector_size(64)));
+typedef real vec_u __attribute__((vector_size(64), aligned(sizeof(real)), may_alias));
+#define VL ((long)(64 / sizeof(real)))
+
+static inline vec vld(const real *p) { return *(const vec_u *)p; }
+static inline void vst(real *p, vec v) { *(vec_u *)p = v; }
+/* the first m < VL values (the channel tail) */
+static inline vec vld_n(const real *p, long m) {
+    vec v = {0};
+    memcpy(&v, p, (size_t)m * sizeof(real));
+    return v;
+}
+static inline void vst_n(real *p, vec v, long m) { memcpy(p, &v, (size_t)m * sizeof(real)); }
+static inline vec vld_m(const real *p, long m) { return m == VL ? vld(p) : vld_n(p, m); }
+
+
 typedef struct {
     long H, W, C;
     int K, boundary;
@@ -469,59 +486,50 @@ static void conv_unpad_block(const params *q, const real *restrict acc, long Wk,
 
 /* u = bu + wu (*) x and v = bv + wv (*) x for one block (lane l is channel c0 + l: weights wu + (c0 + l) k k,
  * biases NULL = 0, zero padding k / 2 as nn.Conv2d), written into the padded planes du, dv. The block is
- * copied into a zero-padded scratch (H + 2r) x Wk x L, Wk = W + 2r, so every tap is one branch-free loop
- * over the H * Wk points (the extra columns are computed and dropped). */
+ * copied into a zero-padded scratch (H + 2r) x Wk x L, Wk = W + 2r (followed by at least VL values of
+ * slack). A row of the output is W L values, computed VL at a time: value j of a row is lane j % L, and L
+ * divides VL, so a tap's weights for any chunk are one vector with the lane pattern repeated; every tap is
+ * accumulated in registers and each output value is stored once. */
 static void dwconv2_block(const params *q, field f, const real *x, long lanes, long c0, const real *wu,
-                          const real *bu, const real *wv, const real *bv, int ks, real *restrict pad,
-                          real *restrict tu, real *restrict tv, real *du, real *dv) {
-    const long H = q->H, W = q->W, L = q->L, r = ks / 2, Wk = W + 2 * r, kk = (long)ks * ks;
+                          const real *bu, const real *wv, const real *bv, int ks, real *restrict pad, real *du,
+                          real *dv) {
+    const long H = q->H, W = q->W, L = q->L, r = ks / 2, Wk = W + 2 * r, kk = (long)ks * ks, WL = W * L;
     conv_pad_block(q, f, x, lanes, r, pad);
-    const long n = (H - 1) * Wk + W; /* the last output point needed, plus one */
-    real wa[64], wb[64];
-    for (long l = 0; l < L; l++) {
-        wa[l] = l < lanes && bu ? bu[c0 + l] : 0;
-        wb[l] = l < lanes && bv ? bv[c0 + l] : 0;
-    }
-    if (L == 1) {
-        for (long i = 0; i < n; i++) {
-            tu[i] = wa[0];
-            tv[i] = wb[0];
-        }
-    } else {
-        for (long i = 0; i < n; i++) {
-            memcpy(tu + i * L, wa, sizeof(real) * L);
-            memcpy(tv + i * L, wb, sizeof(real) * L);
+    vec a[kk], b[kk], ba = {0}, bb = {0}; /* any kernel size (k = 31: 124 KB of stack) */
+    long off[kk];
+    for (long v = 0; v < VL; v++) {
+        const long l = v % L;
+        ba[v] = l < lanes && bu ? bu[c0 + l] : 0;
+        bb[v] = l < lanes && bv ? bv[c0 + l] : 0;
+        for (long t = 0; t < kk; t++) {
+            a[t][v] = l < lanes ? wu[(c0 + l) * kk + t] : 0;
+            b[t][v] = l < lanes ? wv[(c0 + l) * kk + t] : 0;
         }
     }
-    for (long ky = 0; ky < ks; ky++) {
-        for (long kx = 0; kx < ks; kx++) {
-            const real *restrict src = pad + (ky * Wk + kx) * L;
-            for (long l = 0; l < L; l++) {
-                wa[l] = l < lanes ? wu[(c0 + l) * kk + ky * ks + kx] : 0;
-                wb[l] = l < lanes ? wv[(c0 + l) * kk + ky * ks + kx] : 0;
+    for (long t = 0; t < kk; t++) off[t] = ((t / ks) * Wk + t % ks) * L;
+    /* k = 3: the scratch rows have the padded planes' stride, so all rows are one flat span (small planes
+     * are not one short vector per row); the values between rows land in halo columns, which the solver
+     * fills before reading them */
+    const int flat = Wk * L == q->dY;
+    const long rows = flat ? 1 : H, n = flat ? (H - 1) * Wk * L + WL : WL;
+    for (long y = 0; y < rows; y++) {
+        const real *row = pad + y * Wk * L;
+        real *ou = du + q->o0 + y * q->dY, *ov = dv + q->o0 + y * q->dY;
+        for (long j = 0; j < n; j += VL) {
+            vec su = ba, sv = bb;
+            for (long t = 0; t < kk; t++) {
+                const vec s = vld(row + off[t] + j);
+                su += a[t] * s;
+                sv += b[t] * s;
             }
-            if (L == 1) {
-                const real a = wa[0], b = wb[0];
-#pragma omp simd
-                for (long i = 0; i < n; i++) {
-                    tu[i] += a * src[i];
-                    tv[i] += b * src[i];
-                }
+            if (j + VL <= n) {
+                vst(ou + j, su);
+                vst(ov + j, sv);
             } else {
-                WITH_LANES(L, for (long i = 0; i < n; i++) {
-                    real *restrict ou = tu + i * LL, *restrict ov = tv + i * LL;
-                    const real *restrict sp = src + i * LL;
-                    _Pragma("omp simd") for (long l = 0; l < LL; l++) {
-                        ou[l] += wa[l] * sp[l];
-                        ov[l] += wb[l] * sp[l];
-                    }
-                })
+                vst_n(ou + j, su, n - j);
+                vst_n(ov + j, sv, n - j);
             }
         }
-    }
-    for (long y = 0; y < H; y++) {
-        memcpy(du + q->o0 + y * q->dY, tu + y * Wk * L, sizeof(real) * W * L);
-        memcpy(dv + q->o0 + y * q->dY, tv + y * Wk * L, sizeof(real) * W * L);
     }
 }
 
@@ -618,21 +626,7 @@ static void stage_out(const params *q, const field *ls, const field *fs, int n_i
  * blocks above are not: a 16-channel block of a 256-channel map reads and writes one cache line per pixel
  * at a 1 KB stride (8 x 256 x 56 x 56, k = 3: the pair's forward took 25.7 ms that way, mostly in writing
  * its outputs). Weights are transposed to (k*k, C) so a tap's weights for VL channels are one vector. */
-typedef real vec __attribute__((vector_size(64)));
-typedef real vec_u __attribute__((vector_size(64), aligned(sizeof(real)), may_alias));
-#define VL ((long)(64 / sizeof(real)))
-#define DW_MAX_KK 49 /* up to 7 x 7 kernels in registers' reach; larger ones use the block path */
-
-static inline vec vld(const real *p) { return *(const vec_u *)p; }
-static inline void vst(real *p, vec v) { *(vec_u *)p = v; }
-/* the first m < VL values (the channel tail) */
-static inline vec vld_n(const real *p, long m) {
-    vec v = {0};
-    memcpy(&v, p, (size_t)m * sizeof(real));
-    return v;
-}
-static inline void vst_n(real *p, vec v, long m) { memcpy(p, &v, (size_t)m * sizeof(real)); }
-static inline vec vld_m(const real *p, long m) { return m == VL ? vld(p) : vld_n(p, m); }
+#define DW_MAX_KK 49 /* kernels up to 7 x 7; larger ones use the block path */
 
 static int pixel_major(field f, long C) { return !f.ptr || (f.sc == 1 && f.sx == C); }
 
@@ -838,14 +832,14 @@ int dw_pair_forward(field x, const real *w1, const real *w2, int ks, field o1, f
     int failed = 0;
 #pragma omp parallel num_threads(nthreads)
     {
-        real *buf = scratch(0, (Hk * Wk + 2 * H * Wk) * L + 2 * S);
+        real *buf = scratch(0, Hk * Wk * L + VL + 2 * S);
         if (!buf) OUT_OF_MEMORY(failed);
 #pragma omp for schedule(static)
         for (long p = 0; p < P; p++) {
             if (!buf) continue;
             const long lanes = block_lanes(&q, p), c0 = (p % q.nb) * L;
-            real *pad = buf, *tu = pad + Hk * Wk * L, *tv = tu + H * Wk * L, *du = tv + H * Wk * L, *dv = du + S;
-            dwconv2_block(&q, x, block_of(x, &q, p), lanes, c0, w1, NULL, w2, NULL, ks, pad, tu, tv, du, dv);
+            real *pad = buf, *du = pad + Hk * Wk * L + VL, *dv = du + S;
+            dwconv2_block(&q, x, block_of(x, &q, p), lanes, c0, w1, NULL, w2, NULL, ks, pad, du, dv);
             pad_out(&q, du, o1, (real *)block_of(o1, &q, p), lanes);
             pad_out(&q, dv, o2, (real *)block_of(o2, &q, p), lanes);
         }
@@ -1007,7 +1001,7 @@ static int for_each_block(const params *q, const field *fs, int backward, const 
     const long S = q->S, L = q->L, K = q->K;
     const int n_in = backward ? 7 : 6, n_all = backward ? 13 : 7;
     const long Wk = q->W + 2 * (dw->ks / 2), Hk = q->H + 2 * (dw->ks / 2);
-    const long conv = dw->ks ? (Hk * Wk + 2 * q->H * Wk) * L : 0;
+    const long conv = dw->ks ? Hk * Wk * L + VL : 0;
     int failed = 0;
 #pragma omp parallel num_threads(nthreads)
     {
@@ -1086,7 +1080,7 @@ static int for_each_block(const params *q, const field *fs, int backward, const 
  * steps together. */
 static void forward_block(const params *q, const work *w, long p, const field *fs, long chan, const dwweights *dw) {
     const field init = fs[0], f = fs[1], u = fs[2], v = fs[3], Dx = fs[4], Dy = fs[5], out = fs[6];
-    const long lanes = block_lanes(q, p), L = q->L, H = q->H, K = q->K;
+    const long lanes = block_lanes(q, p), L = q->L, K = q->K;
     real *const *lv = w->lv;
     coefs c = w->c;
     const real *h0 = block_of(init, q, p);
@@ -1099,11 +1093,9 @@ static void forward_block(const params *q, const work *w, long p, const field *f
     fill_halo(q, lv[0]);
     load_block(q, c, p, lanes, init, lv[0], f, u, v, Dx, Dy);
     if (dw->ks) {
-        const long Wk = q->W + 2 * (dw->ks / 2), Hk = H + 2 * (dw->ks / 2);
         /* the convolutions read H^0 from its padded block (plane values only), not from the tensor again */
         const field padded = {lv[0] + q->o0, 0, 1, q->dY, L};
-        dwconv2_block(q, padded, padded.ptr, lanes, chan, dw->wu, dw->bu, dw->wv, dw->bv, dw->ks, w->cbuf,
-                      w->cbuf + Hk * Wk * L, w->cbuf + (Hk * Wk + H * Wk) * L, c.u, c.v);
+        dwconv2_block(q, padded, padded.ptr, lanes, chan, dw->wu, dw->bu, dw->wv, dw->bv, dw->ks, w->cbuf, c.u, c.v);
     }
     compute_coefs(q, &c, f.ptr != NULL, u.ptr != NULL || dw->ks, Dx.ptr != NULL);
     real *hm = lv[0], *hc = lv[0];
