@@ -95,3 +95,21 @@ def test_errors_are_one_line(tiny_dir, tmp_path, capsys):
     result = run_bench(str(python_built), against="zoo:resnet_tiny", batch_sizes=(1,), repeats=1, warmup=1,
                        threads=1, compile=False, train=False)
     assert result.rows[0]["ratio"] < 1
+
+
+def test_pde_free_control_replaces_every_pde_layer_and_reports_ratios(tiny_dir, capsys):
+    from condense.bench.pde_free import main, without_pde_layers
+    from condense.pde import PDELayer
+
+    model = condense.load(tiny_dir)
+    n_pde = sum(isinstance(m, PDELayer) for m in model.modules())
+    control, replaced = without_pde_layers(model)
+    assert replaced == n_pde > 0
+    assert not any(isinstance(m, PDELayer) for m in control.modules())
+    assert sum(isinstance(m, PDELayer) for m in model.modules()) == n_pde  # the model itself is untouched
+    x = torch.randn(2, *SIZE)
+    assert control(x).shape == model(x).shape
+    assert main([str(tiny_dir), "--eager", "--repeats", "2"]) == 0
+    text = capsys.readouterr().out
+    assert f"{n_pde} PDE layers replaced" in text and "identity control" in text and "MAC ratio" in text
+    assert main(["timm:not_a_model_xyz", "--budget", "1M"]) == 1
