@@ -630,3 +630,21 @@ def test_inference_path_on_channels_last_maps(shape):
         want = layer(x)
         got = layer(x.contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(got, want)
+
+
+def test_kernel_cache_prunes_stale_builds_only(tmp_path):
+    import os
+    import time
+
+    from condense.pde import _native
+
+    old = time.time() - (_native.STALE_DAYS + 1) * 86400
+    stale, recent, other = (tmp_path / n for n in ("advection_diffusion_float_aaaa.so",
+                                                   "advection_diffusion_double_bbbb.so", "notes.txt"))
+    for f in (stale, recent, other):
+        f.write_bytes(b"x")
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    new = tmp_path / "advection_diffusion_float_cccc.so"
+    _native._prune(new)
+    assert not stale.exists() and recent.exists() and other.exists()

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -48,6 +49,22 @@ def _cpu_tag() -> str:
     return platform.processor()
 
 
+STALE_DAYS = 14
+
+
+def _prune(new: Path) -> None:
+    """Remove cached builds of other source versions (or CPUs, or compilers) unused for STALE_DAYS days:
+    every change of the kernel source makes a new build, and a build in use is touched on each load.
+    Removing a library another process has loaded is safe (the mapping outlives the file)."""
+    cutoff = time.time() - STALE_DAYS * 86400
+    for old in new.parent.glob("advection_diffusion_*.so"):
+        try:
+            if old != new and old.stat().st_mtime < cutoff:
+                old.unlink()
+        except OSError:
+            pass
+
+
 def _compile(real: str) -> Path:
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc") or shutil.which("clang")
     if not cc:
@@ -58,8 +75,13 @@ def _compile(real: str) -> Path:
     key = hashlib.sha256(src + real.encode() + _cpu_tag().encode() + cc.encode() + repr(attempts).encode()).hexdigest()[:16]
     out = cache_dir() / f"advection_diffusion_{real}_{key}.so"
     if out.exists():
+        try:
+            os.utime(out)  # in use: kept by _prune
+        except OSError:
+            pass
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
+    _prune(out)
     # Compile and link in two steps so that no fast-math startup code (crtfastmath.o, which would set
     # flush-to-zero for the whole process) can be linked in.
     errors = ["unknown error"]
