@@ -25,6 +25,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #ifndef REAL
 #define REAL float
@@ -285,6 +288,43 @@ static coefs coefs_at(real *buf, long S) {
 #define SQRT(x) (sizeof(real) == sizeof(float) ? (real)sqrtf((float)(x)) : (real)sqrt((double)(x)))
 #define CLAMP(x, lo, hi) ((x) < (lo) ? (lo) : ((x) > (hi) ? (hi) : (x)))
 
+/* The velocity bound b = u / sqrt(1 + (u r)^2) of n values in place. With AVX-512, a vector at a time
+ * from the 14-bit reciprocal square root estimate refined by Newton steps (one for float: relative error
+ * ~2^-27, below float rounding; two for double, ~2^-53), a fraction of the cost of a square root and a
+ * division (5-18% of a batch-1 inference call). Where 1 + (u r)^2 overflows the result is u / inf = 0,
+ * as the exact expression gives. The tail (fewer than a vector) and other CPUs use the exact form. */
+static void bound_velocity(real *restrict u, long n, real r) {
+    long i = 0;
+#if defined(__AVX512F__)
+    for (; i + VL <= n; i += VL) {
+        const vec t = vld(u + i) * r, x = 1 + t * t;
+        vec y;
+        if (sizeof(real) == sizeof(float)) {
+            __m512 a;
+            memcpy(&a, &x, sizeof a);
+            a = _mm512_rsqrt14_ps(a);
+            memcpy(&y, &a, sizeof y);
+        } else {
+            __m512d a;
+            memcpy(&a, &x, sizeof a);
+            a = _mm512_rsqrt14_pd(a);
+            memcpy(&y, &a, sizeof y);
+        }
+        const vec h = x * (real)0.5;
+        y = y * ((real)1.5 - h * y * y);
+        if (sizeof(real) == sizeof(double)) y = y * ((real)1.5 - h * y * y);
+        const __typeof__(x < x) finite = x < (real)INFINITY; /* all ones where finite, else 0 */
+        y = (vec)((__typeof__(finite))y & finite);
+        vst(u + i, vld(u + i) * y);
+    }
+#endif
+#pragma omp simd
+    for (long j = i; j < n; j++) {
+        const real t = u[j] * r;
+        u[j] = u[j] / SQRT((real)1 + t * t);
+    }
+}
+
 /* The coefficients of one plane from its padded raw inputs (c->f, c->u, c->v, c->Dx, c->Dy; flags say
  * which are present). The velocity bound u / sqrt(1 + (u / umax)^2) is the identity near 0,
  * |result| < umax, smooth, and cheap to vectorise. Every loop is one flat loop over the plane span; 1/L
@@ -332,14 +372,8 @@ static void compute_coefs(const params *q, coefs *c, int has_f, int has_vel, int
         const double umax = q->courant > 0 ? q->courant * q->dx / q->dt : 0;
         const double vmax = q->courant > 0 ? q->courant * q->dy / q->dt : 0;
         if (umax > 0) { /* u and v were loaded into ub and vb: bound them in place */
-            const real ru = (real)(1 / umax), rv = (real)(1 / vmax);
-            real *restrict ub = c->ub + o, *restrict vb = c->vb + o;
-#pragma omp simd
-            for (long i = 0; i < n; i++) {
-                real tu = ub[i] * ru, tv = vb[i] * rv;
-                ub[i] = ub[i] / SQRT((real)1 + tu * tu);
-                vb[i] = vb[i] / SQRT((real)1 + tv * tv);
-            }
+            bound_velocity(c->ub + o, n, (real)(1 / umax));
+            bound_velocity(c->vb + o, n, (real)(1 / vmax));
         }
         fill_halo(q, c->ub);
         fill_halo(q, c->vb);
