@@ -58,9 +58,9 @@ def main(argv=None) -> int:
     parser.add_argument("target", help="a condensed-model directory, or a model spec with --budget")
     parser.add_argument("--against", default=None, help="the original (default: the one recorded in DIR)")
     parser.add_argument("--budget", default=None, help="MAC budget when TARGET is a model spec")
-    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=1, help="batch size of the timed calls (default 1)")
     parser.add_argument("--eager", action="store_true", help="time eager models (default: torch.compile)")
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=30, help="timed calls per model (default 30)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     args = parser.parse_args(argv)
     threads = torch.get_num_threads()
@@ -88,7 +88,8 @@ def _run(args) -> int:
         return 1
     mode = "eager" if args.eager else "compiled"
     console.print(f"[bold]{c_label} vs {o_label}[/], batch {args.batch}, {mode}, {thread_info()}")
-    r = measure(original, condensed, size, batch=args.batch, compiled=not args.eager, repeats=args.repeats)
+    with console.status(f"{'compiling and ' if not args.eager else ''}timing three models ..."):
+        r = measure(original, condensed, size, batch=args.batch, compiled=not args.eager, repeats=args.repeats)
     table = Table("model", "MACs", "median ms", "time / original")
     for name, t in r["times"].items():
         table.add_row(name, f"{r['macs'][name] / 1e6:.1f}M", f"{t * 1e3:.2f}", f"{r['ratios'][name]:.3f}")
