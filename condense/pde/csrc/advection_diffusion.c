@@ -854,11 +854,12 @@ static int dw_cl_backward(field x, const real *w1, const real *w2, int ks, field
 }
 
 /* Two depthwise k x k convolutions of x (no bias; weights (C, k*k) each), the training path's velocity
- * or diffusion pair: o1 = w1 (*) x, o2 = w2 (*) x, any layouts (channels-last in blocks of lanes; planes too
- * large for a cache line of lanes are read one channel at a time). */
+ * or diffusion pair: o1 = w1 (*) x, o2 = w2 (*) x, any layouts. Maps with pixel-contiguous channels (at
+ * least a vector of them) and odd k <= 7 are convolved in place row by row (dw_cl_*); others in blocks of
+ * lanes (planes too large for a cache line of lanes are read one channel at a time). */
 int dw_pair_forward(field x, const real *w1, const real *w2, int ks, field o1, field o2, long N, long C, long H,
                     long W, int nthreads) {
-    if (C >= VL && ks <= 7 && pixel_major(x, C) && pixel_major(o1, C) && pixel_major(o2, C)) {
+    if (C >= VL && ks <= 7 && ks % 2 && pixel_major(x, C) && pixel_major(o1, C) && pixel_major(o2, C)) {
         return dw_cl_forward(x, w1, w2, ks, o1, o2, N, C, H, W, nthreads);
     }
     params q = make_params(H, W, N, C, 0, 0, 1, 1, 1, 0, 0, 0, 0, x, nthreads);
@@ -885,7 +886,8 @@ int dw_pair_forward(field x, const real *w1, const real *w2, int ks, field o1, f
  * weight gradients of every plane, (N C, k*k), which the caller sums over the batch. */
 int dw_pair_backward(field x, const real *w1, const real *w2, int ks, field g1, field g2, field gx, real *gw1,
                      real *gw2, long N, long C, long H, long W, int nthreads) {
-    if (C >= VL && ks <= 7 && pixel_major(x, C) && pixel_major(g1, C) && pixel_major(g2, C) && pixel_major(gx, C)) {
+    if (C >= VL && ks <= 7 && ks % 2 && pixel_major(x, C) && pixel_major(g1, C) && pixel_major(g2, C) &&
+        pixel_major(gx, C)) {
         return dw_cl_backward(x, w1, w2, ks, g1, g2, gx, gw1, gw2, N, C, H, W, nthreads);
     }
     params q = make_params(H, W, N, C, 0, 0, 1, 1, 1, 0, 0, 0, 0, x, nthreads);
