@@ -55,7 +55,6 @@ static inline vec vld_n(const real *p, long m) {
 static inline void vst_n(real *p, vec v, long m) { memcpy(p, &v, (size_t)m * sizeof(real)); }
 static inline vec vld_m(const real *p, long m) { return m == VL ? vld(p) : vld_n(p, m); }
 
-
 typedef struct {
     long H, W, C;
     int K, boundary;
