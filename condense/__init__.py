@@ -6,7 +6,9 @@ Public API (everything else is private)::
     fit(model, macs=..., params=...)    the plan, the rewritten model and measured counts (FitResult)
     fit(model, latency="12ms", latency_setting=LatencySetting(batch=1, mode="compiled"))   a measured budget
     measure_latency(model, input_size, setting)   median ms of one forward pass on this machine
-    save(result, DIR, spec=...), load(DIR)   a condensed model on disk (plan JSON + safetensors)
+    save(result, DIR, spec=...), load(DIR)   a condensed model on disk (plan JSON + safetensors); load never
+                                        imports a file.py model unless trust_code=True or the model is passed
+    resolve_model("timm:NAME" | DIR)    one resolver: a model spec or a saved directory -> Resolved(model, ...)
     find_runs(model, input_size)        the runs of repeated same-resolution blocks (changes nothing)
     load_data("cifar10:PATH"); condense.train.train(model, data, TrainConfig(...), teacher=...)   recover accuracy
 
@@ -24,6 +26,7 @@ from ._fit import FitResult, LatencyFit, Plan, condense, fit
 from ._latency import LatencySetting, measure_latency
 from ._io import load, save
 from ._models import build_model, load_checkpoint
+from ._resolve import Resolved, resolve_model
 from .data import DataBundle, DataSpec, load_data, parse_data_spec
 from .train import TrainConfig, TrainResult
 from .graph import FindResult, Run, RunChoice, find_runs, register_leaf_module, rewrite
@@ -35,6 +38,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "condense", "fit", "FitResult", "LatencyFit", "LatencySetting", "measure_latency", "Plan", "save", "load", "build_model", "load_checkpoint",
+    "resolve_model", "Resolved",
     "load_data", "parse_data_spec", "DataBundle", "DataSpec", "TrainConfig", "TrainResult",
     "find_runs", "FindResult", "Run", "RunChoice", "rewrite", "register_leaf_module",
     "count", "count_module", "macs_and_params",

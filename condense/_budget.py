@@ -70,7 +70,9 @@ def parse_budget(text: str | int | float | Budget) -> Budget:
     if match["exp"] and suffix:
         raise _bad(text, "use either an exponent or a suffix, not both")
     value = float(match["num"])
-    if not math.isfinite(value) or value <= 0:
+    if not math.isfinite(value) or not math.isfinite(value * _SCALE.get(suffix, 1.0)):
+        raise _bad(text, "not a finite number")
+    if value <= 0:
         raise _bad(text, "must be positive")
     if suffix == "%":
         if value > 100:

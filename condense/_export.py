@@ -92,8 +92,8 @@ class ExportReport:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def resolve_model(model_or_dir: nn.Module | str | os.PathLike,
-                  input_size: Sequence[int] | None = None) -> tuple[nn.Module, tuple[int, ...], str]:
+def _module_or_dir(model_or_dir: nn.Module | str | os.PathLike,
+                   input_size: Sequence[int] | None = None, trust_code: bool = False) -> tuple[nn.Module, tuple[int, ...], str]:
     """(model in eval mode, input size, label) from a module or a condensed-model directory.
 
     Any failure to read a directory is a one-line ``CondenseError``.
@@ -116,7 +116,7 @@ def resolve_model(model_or_dir: nn.Module | str | os.PathLike,
                             "pass a directory written by `condense MODEL -o DIR` or condense.save")
     meta = read_meta(directory)
     try:
-        model = load(directory)
+        model = load(directory, trust_code=trust_code)
         size = tuple(int(s) for s in (input_size or meta["input_size"]))
     except CondenseError:
         raise
@@ -297,7 +297,7 @@ def _check_parity(file: Path, model: nn.Module, size, batches, atol, rtol) -> tu
 def export_onnx(model_or_dir: nn.Module | str | os.PathLike, path: str | os.PathLike, *,
                 input_size: Sequence[int] | None = None, opset: int = 17, check: bool = True,
                 atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, batch_size: int = 2,
-                dynamic_batch: bool = True, exporter: str = "auto") -> ExportReport:
+                dynamic_batch: bool = True, exporter: str = "auto", trust_code: bool = False) -> ExportReport:
     """Export ``model_or_dir`` (a condensed-model directory or an ``nn.Module``) to the ONNX file ``path``.
 
     Global layers run the eager path in the export (standard ONNX ops only; no custom domain). With
@@ -306,14 +306,14 @@ def export_onnx(model_or_dir: nn.Module | str | os.PathLike, path: str | os.Path
     ``|onnx - torch| <= atol + rtol * |torch|`` against the model as given. ``exporter``: ``auto``
     (TorchScript, then the dynamo exporter if that fails), ``torchscript`` or ``dynamo``. The file is
     written atomically; on any failure nothing is left behind and a one-line ``CondenseError`` names the
-    operator that failed when the exporter says which.
+    operator that failed when the exporter says which. ``trust_code``: as for ``condense.load``.
     """
     if exporter not in EXPORTERS:
         raise CondenseError(f"exporter={exporter!r} is not one of {', '.join(EXPORTERS)}")
     if not isinstance(opset, int) or not 7 <= opset <= 30:
         raise CondenseError(f"opset {opset!r} is not a usable ONNX opset", "use 17 (the default) or 18+")
     t0 = time.perf_counter()
-    model, size, label = resolve_model(model_or_dir, input_size)
+    model, size, label = _module_or_dir(model_or_dir, input_size, trust_code)
     model = model.eval()
     exportable, n_global = eager_copy(model)
     x = _example(size, batch_size)
@@ -373,7 +373,7 @@ def export_onnx(model_or_dir: nn.Module | str | os.PathLike, path: str | os.Path
 
 # ------------------------------------------------------------------------------------------ torch.export
 def export_program(model_or_dir: nn.Module | str | os.PathLike, input_size: Sequence[int] | None = None, *,
-                   impl: str = "eager", dynamic_batch: bool = True, batch_size: int = 2):
+                   impl: str = "eager", dynamic_batch: bool = True, batch_size: int = 2, trust_code: bool = False):
     """A ``torch.export.ExportedProgram`` of the model (a condensed-model directory or an ``nn.Module``).
 
     ``impl="eager"`` (default) switches every Global layer to the eager path first: the program holds only
@@ -385,7 +385,7 @@ def export_program(model_or_dir: nn.Module | str | os.PathLike, input_size: Sequ
     """
     if impl not in ("eager", "keep"):
         raise CondenseError(f"impl={impl!r} is not one of 'eager', 'keep'")
-    model, size, label = resolve_model(model_or_dir, input_size)
+    model, size, label = _module_or_dir(model_or_dir, input_size, trust_code)
     target = eager_copy(model)[0] if impl == "eager" else copy.deepcopy(model).eval()
     x = _example(size, batch_size)
     shapes = ({0: torch.export.Dim("batch", min=1, max=65536)},) if dynamic_batch else None
@@ -417,6 +417,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"absolute tolerance (default {DEFAULT_ATOL:g})")
     p.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help=f"relative tolerance (default {DEFAULT_RTOL:g})")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
+    p.add_argument("--trust-code", action="store_true", help="let a directory whose model is a file.py:factory "
+                   "import that file (it runs; never done without this flag)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
@@ -428,7 +430,8 @@ def _run(args, console) -> int:
     with console.status(f"exporting {args.model} to ONNX", spinner="dots"):
         report = export_onnx(args.model, out, input_size=args.input_size, opset=args.opset,
                              check=not args.no_check, atol=args.atol, rtol=args.rtol, batch_size=args.batch_size,
-                             dynamic_batch=not args.static_batch, exporter=args.exporter)
+                             dynamic_batch=not args.static_batch, exporter=args.exporter,
+                             trust_code=args.trust_code)
     console.print(f"exported {args.model} -> [bold]{report.path}[/] ({format_count(report.size_bytes)}B, "
                   f"{report.exporter_label}, opset {report.opset}, input {'x'.join(map(str, report.input_size))}"
                   f"{', dynamic batch' if report.dynamic_batch else ''}; {report.global_layers} Global layer(s) on "

@@ -156,6 +156,24 @@ def _fits(cost: tuple[int, int], macs_b: float | None, params_b: float | None) -
     return (macs_b is None or cost[0] <= macs_b) and (params_b is None or cost[1] <= params_b)
 
 
+def _unmet(cost: tuple[int, int], macs_b: float | None, params_b: float | None) -> str:
+    """'MAC budget X is below the smallest reachable Y' for each budget ``cost`` breaks."""
+    parts = []
+    if macs_b is not None and cost[0] > macs_b:
+        parts.append(f"MAC budget {format_count(macs_b)} is below the smallest reachable {format_count(cost[0])}")
+    if params_b is not None and cost[1] > params_b:
+        parts.append(f"parameter budget {format_count(params_b)} is below the smallest reachable "
+                     f"{format_count(cost[1])}")
+    return "; ".join(parts)
+
+
+def _raise_hint(options: Mapping[str, Any]) -> str:
+    if options.get("zero_init"):  # preserve mode (on by default with --checkpoint): learned diffusion
+        return ("raise the budget, or pass --no-preserve: preserving pretrained weights (the default with "
+                "--checkpoint) adds a learned diffusion to every layer")
+    return "raise the budget, or try another --layer / fewer layer options"
+
+
 def _choose(costs: _Costs, total: tuple[int, int], runs: Sequence[Run], macs_b, params_b, K: int | None,
             progress: Progress, fill_K: bool = False) -> tuple[dict[str, int], int, list[str]]:
     """m per run and K by the rule in the module docstring; also the order blocks were given back."""
@@ -176,8 +194,7 @@ def _choose(costs: _Costs, total: tuple[int, int], runs: Sequence[Run], macs_b, 
         if params_b is not None and params > params_b:
             parts.append(f"parameter budget {format_count(params_b)} is below the smallest reachable "
                          f"{format_count(params)}")
-        raise BudgetError("; ".join(parts) + f" (every run condensed to m=1, K={k})",
-                          "raise the budget, or try another --layer / fewer layer options")
+        raise BudgetError("; ".join(parts) + f" (every run condensed to m=1, K={k})", _raise_hint(costs.options))
     order: list[str] = []
     while True:
         best = None
@@ -273,6 +290,9 @@ def fit(model: nn.Module, macs: str | float | Budget | None = None, params: str 
 
     def unchanged(message: str) -> FitResult:
         rows = tuple(_row(r, r.r, None, None, None) for r in runs)
+        if not _fits((macs0, params0), macs_b, params_b):  # nothing to condense, and over budget
+            raise BudgetError(_unmet((macs0, params0), macs_b, params_b) + f": {message}",
+                              "raise the budget, or condense a model with repeated blocks")
         return FitResult(model=copy.deepcopy(model), plan=Plan({}), macs_after=macs0, params_after=params0,
                          rows=rows, message=message, **base)
 
@@ -314,8 +334,8 @@ def _apply(model: nn.Module, found: FindResult, costs: _Costs, runs: Sequence[Ru
             break
         ms[order.pop()] -= 1  # the estimate was optimistic: give the last block back
     if not _fits((macs1, params1), macs_b, params_b):
-        raise BudgetError(f"the smallest plan measures {format_count(macs1)} MACs / {format_count(params1)} params, "
-                          "over budget", "raise the budget")
+        raise BudgetError(_unmet((macs1, params1), macs_b, params_b) + " (the smallest plan, as measured)",
+                          _raise_hint(layer_options))
     rows = []
     for run in runs:
         m = ms[run.path]

@@ -3,46 +3,152 @@
 In: a ``FitResult`` (or model + plan) and where it came from. Out: ``DIR/condensed.json`` (readable:
 model spec, input size, plan, counts) and ``DIR/model.safetensors`` (weights). ``load(DIR)`` rebuilds
 the original model from its spec, re-applies the plan and loads the weights. Never: leaves a partial
-directory behind (files are written to a temporary sibling and moved into place at the end).
+directory behind or loses the directory it replaces (files are written to a temporary sibling, the old
+directory is moved aside, the new one moved in, then the old one deleted; an interrupted swap is finished
+or rolled back the next time), and never runs code named by a directory it reads: a ``file.py:factory``
+model is imported only when the caller says so (``trust_code=True``) or passes the model itself.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 
 from ._errors import CondenseError
-from ._models import ModelSpec, build_model
+from ._models import ModelSpec, build_model, file_digest
 
 FORMAT = "condense/1"
 META = "condensed.json"
 WEIGHTS = "model.safetensors"
+# condensed.json's fields: required, then optional (``extra`` records such as a latency fit or a search trial)
+META_REQUIRED = ("format", "model", "model_kwargs", "model_class", "input_size", "plan", "counts", "runs")
+META_OPTIONAL = ("source_checkpoint", "model_file_sha256", "latency", "search", "trained")
 
 
-def write_directory(directory: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
-    """Create (or replace) a condensed-model directory atomically: ``fill(tmp)`` writes the files into a
-    temporary sibling, which then takes the directory's place. A non-empty directory that is not a
-    condensed-model directory is never replaced; on any failure nothing is left behind."""
+def os_error(err: OSError, where: str | os.PathLike) -> CondenseError:
+    """A one-line error for a failed write: a full disk, a read-only or forbidden folder, or else the reason."""
+    where = str(where)
+    if err.errno == errno.ENOSPC or err.errno == getattr(errno, "EDQUOT", -1):
+        return CondenseError(f"no space left on {where}", "free some space, or write to another -o DIR")
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return CondenseError(f"cannot write {where} ({os.strerror(err.errno).lower()})",
+                             "choose a folder you can write to (-o DIR)")
+    return CondenseError(f"cannot write {where} ({err.strerror or err})", "check the folder and try again")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _respect_umask(root: Path) -> None:
+    """mkdtemp makes 0700 folders: give the tree the modes the user's umask asks for."""
+    mask = _umask()
+    for folder, dirs, files in os.walk(root):
+        os.chmod(folder, 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o666 & ~mask)
+
+
+def _is_within(inner: Path, outer: Path) -> bool:
+    try:
+        inner.relative_to(outer)
+        return True
+    except ValueError:
+        return False
+
+
+def _side_re(name: str) -> re.Pattern:
+    # the tool's own siblings of DIR: .DIR.tmp-XXXXXXXX (being written), .DIR.old-XXXXXXXX (moved aside),
+    # and .DIR.XXXXXXXX (temporary folders of earlier versions)
+    return re.compile(rf"^\.{re.escape(name)}\.(?:(tmp|old)-)?[a-z0-9_]{{8}}$")
+
+
+def recover_directory(directory: str | os.PathLike) -> str | None:
+    """Finish or roll back an interrupted replacement of ``directory`` and remove the tool's orphaned
+    temporary siblings. Returns what was done (``"rolled back"``, ``"finished"``) or None."""
     out = Path(directory)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not (out / META).exists():
-        raise CondenseError(f"output {str(out)!r} exists and is not a condensed-model directory",
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        return None
+    pattern = _side_re(out.name)
+    asides, temps = [], []
+    for item in parent.iterdir():
+        m = pattern.match(item.name)
+        if m and item.is_dir() and not item.is_symlink():
+            (asides if m.group(1) == "old" else temps).append(item)
+    done = None
+    asides.sort(key=lambda p: p.stat().st_mtime)
+    if asides and not out.exists():  # killed between moving the old one aside and moving the new one in
+        os.replace(asides.pop(), out)
+        done = "rolled back"
+    elif asides:  # killed after the swap, before the old one was deleted
+        done = "finished"
+    for item in asides + temps:
+        shutil.rmtree(item, ignore_errors=True)
+    return done
+
+
+def check_output(directory: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
+    """Refuse an output that would delete the current folder or one of the command's inputs."""
+    out = Path(directory)
+    real = out.resolve()
+    if _is_within(Path.cwd().resolve(), real):
+        raise CondenseError(f"output {str(out)!r} contains the current folder; replacing it would delete it",
+                            "choose a new folder, e.g. -o out/NAME")
+    for item in inputs:
+        if item is not None and _is_within(Path(item).resolve(), real):
+            raise CondenseError(f"output {str(out)!r} contains the input {str(item)!r}; replacing it would delete it",
+                                "choose another -o DIR")
+    return out
+
+
+def write_directory(directory: str | os.PathLike, fill: Callable[[Path], None], *,
+                    inputs: Iterable[str | os.PathLike | None] = (), kind: str = "condensed-model",
+                    marker: str = META) -> Path:
+    """Create (or replace) a condensed-model directory atomically: ``fill(tmp)`` writes the files into a
+    temporary sibling; an existing directory is moved aside, the new one moved into its place, and the
+    old one deleted. A non-empty directory without ``marker`` (not one this tool wrote) is never replaced;
+    nor one that holds the current folder or an input. On any failure nothing is left behind and the old
+    directory is untouched."""
+    out = check_output(directory, inputs)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not (out / marker).exists():
+        raise CondenseError(f"output {str(out)!r} exists and is not a {kind} directory",
                             "choose a new -o DIR or remove it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        recover_directory(out)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as err:
+        raise os_error(err, out.parent) from None
+    aside = None
     try:
         fill(tmp)
+        _respect_umask(tmp)
         if out.exists():
-            shutil.rmtree(out)
+            aside = out.with_name(f".{out.name}.old-{secrets.token_hex(4)}")
+            os.replace(out, aside)
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as err:
+        if aside is not None and not out.exists():
+            os.replace(aside, out)
+            aside = None
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError):
+            raise os_error(err, out) from None
         raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
     return out
 
 
@@ -53,8 +159,9 @@ def _state_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save(result, directory: str | os.PathLike, *, spec: ModelSpec | str | None = None,
          model_kwargs: dict[str, Any] | None = None, checkpoint: str | None = None,
-         extra: dict[str, Any] | None = None) -> Path:
-    """Write ``result`` (a ``FitResult``) to ``directory``; returns the directory.
+         extra: dict[str, Any] | None = None, inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
+    """Write ``result`` (a ``FitResult``) to ``directory``; returns the directory. ``inputs`` are files the
+    caller read (a checkpoint, the model's file): a ``directory`` that contains one is refused.
 
     ``spec`` (``timm:NAME`` or ``file.py:factory``) lets ``load`` rebuild the original model on its own;
     without it (a model built in Python), ``load`` needs the same uncondensed model passed in.
@@ -65,20 +172,24 @@ def save(result, directory: str | os.PathLike, *, spec: ModelSpec | str | None =
     runs = [dict(path=r.path, block_class=r.block_class, r=r.r, m=r.m, layer=r.layer, K=r.K) for r in result.rows]
     return write_condensed(directory, result.model, result.plan, model_class=result.found.model_class,
                            input_size=result.input_size, counts=counts, runs=runs, spec=spec,
-                           model_kwargs=model_kwargs, checkpoint=checkpoint, extra=extra)
+                           model_kwargs=model_kwargs, checkpoint=checkpoint, extra=extra, inputs=inputs)
 
 
 def write_condensed(directory: str | os.PathLike, model: nn.Module, plan, *, model_class: str, input_size,
                     counts: dict[str, Any], runs: list[dict[str, Any]], spec: ModelSpec | str | None = None,
                     model_kwargs: dict[str, Any] | None = None, checkpoint: str | None = None,
-                    extra: dict[str, Any] | None = None) -> Path:
+                    extra: dict[str, Any] | None = None, inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
     """The directory ``save`` writes, from its parts (for callers without a ``FitResult``, e.g. a search
     trial): ``plan`` a ``Plan``, ``counts`` the measured MACs/params (before/after/budgets), ``runs`` one
-    dict per run (path, block_class, r, m, layer, K)."""
-    from safetensors.torch import save_file
+    dict per run (path, block_class, r, m, layer, K). A ``file.py:factory`` spec is stored with the file's
+    absolute path and SHA-256, so ``load`` works from any folder and notices a changed file."""
+    from ._models import parse_model_spec
 
-    spec_obj = ModelSpec.from_dict(spec.to_dict()) if isinstance(spec, ModelSpec) else (
-        None if spec is None else __import__("condense._models", fromlist=["x"]).parse_model_spec(spec))
+    spec_obj = spec if isinstance(spec, ModelSpec) else (None if spec is None else parse_model_spec(spec))
+    digest = None
+    if spec_obj is not None and spec_obj.kind == "file":
+        spec_obj = ModelSpec("file", path=str(Path(spec_obj.path).resolve()), factory=spec_obj.factory)
+        digest = file_digest(spec_obj.path)
     meta = {
         "format": FORMAT,
         "model": spec_obj.to_dict() if spec_obj else None,
@@ -89,36 +200,173 @@ def write_condensed(directory: str | os.PathLike, model: nn.Module, plan, *, mod
         "source_checkpoint": checkpoint,
         "counts": {**counts, "convention": "one MAC per multiply-add; see the README, 'How MACs are counted'"},
         "runs": runs,
+        **({"model_file_sha256": digest} if digest else {}),
         **(extra or {}),
     }
+    return write_model_dir(directory, model, meta, inputs=inputs)
+
+
+def write_model_dir(directory: str | os.PathLike, model: nn.Module, meta: dict[str, Any], *,
+                    inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
+    """``meta`` as ``condensed.json`` and ``model``'s weights (with the state dict's version metadata, which
+    some modules' loaders read) as ``model.safetensors``, through ``write_directory``."""
+    from safetensors.torch import save_file
+
+    state = model.state_dict()
+    versions = {k: dict(v) for k, v in getattr(state, "_metadata", {}).items()
+                if isinstance(v, dict) and set(v) == {"version"} and v["version"] is not None}
+    meta = {**meta, **({"state_metadata": versions} if versions else {})}
+    validate_meta(json.loads(json.dumps(meta)), Path(directory) / META)
 
     def fill(tmp: Path) -> None:
         save_file(_state_for_saving(model), str(tmp / WEIGHTS))
         (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
 
-    return write_directory(directory, fill)
+    return write_directory(directory, fill, inputs=inputs)
+
+
+def _bad(path: Path, what: str) -> CondenseError:
+    return CondenseError(f"{path}: {what}", "the file is damaged or was edited by hand: re-create the directory")
+
+
+def validate_meta(meta: Any, path: Path) -> dict[str, Any]:
+    """Check ``condensed.json``'s structure; a one-line error naming the field otherwise."""
+    from ._fit import Plan
+
+    if not isinstance(meta, dict):
+        raise _bad(path, f"expected an object, not {type(meta).__name__}")
+    if meta.get("format") != FORMAT:
+        raise CondenseError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}",
+                            "re-create it with this version of condense")
+    missing = [k for k in META_REQUIRED if k not in meta]
+    if missing:
+        raise _bad(path, f"missing field(s) {', '.join(missing)}")
+    unknown = sorted(set(meta) - set(META_REQUIRED) - set(META_OPTIONAL) - {"state_metadata"})
+    if unknown:
+        raise _bad(path, f"unknown field(s) {', '.join(unknown)}")
+    if meta["model"] is not None:
+        ModelSpec.from_dict(meta["model"], where=f"{path}: field 'model'")
+    kwargs = meta["model_kwargs"]
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) and k.isidentifier() for k in kwargs):
+        raise _bad(path, "field 'model_kwargs' must be an object of keyword arguments")
+    if not isinstance(meta["model_class"], str):
+        raise _bad(path, "field 'model_class' must be a string")
+    size = meta["input_size"]
+    if not (isinstance(size, list) and len(size) == 3 and all(type(v) is int and 0 < v <= 65536 for v in size)):
+        raise _bad(path, f"field 'input_size' must be three positive integers [C, H, W], not {size!r}")
+    if size[0] * size[1] * size[2] > 2**28:
+        raise _bad(path, f"field 'input_size' {size} is too large for one sample")
+    if not isinstance(meta["plan"], dict):
+        raise _bad(path, f"field 'plan' must be an object (run path -> choice), not {type(meta['plan']).__name__}")
+    try:
+        Plan.from_dict(meta["plan"])
+    except (CondenseError, TypeError) as err:
+        raise _bad(path, f"field 'plan': {err}") from None
+    if not isinstance(meta["counts"], dict) or not isinstance(meta["runs"], list) or \
+            not all(isinstance(r, dict) for r in meta["runs"]):
+        raise _bad(path, "fields 'counts' (an object) and 'runs' (a list of objects) are malformed")
+    digest = meta.get("model_file_sha256")
+    if digest is not None and not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+        raise _bad(path, "field 'model_file_sha256' must be a SHA-256 hex digest")
+    versions = meta.get("state_metadata", {})
+    if not isinstance(versions, dict) or not all(isinstance(v, dict) and set(v) == {"version"} and
+                                                 type(v["version"]) is int for v in versions.values()):
+        raise _bad(path, "field 'state_metadata' must map module prefixes to {\"version\": N}")
+    return meta
 
 
 def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
+    """``DIR/condensed.json``, checked (``validate_meta``)."""
     path = Path(directory) / META
     if not path.is_file():
         raise CondenseError(f"{str(directory)!r} is not a condensed-model directory (no {META})",
                             "pass a directory written by `condense ... -o DIR` or condense.save")
     try:
         meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CondenseError(f"{path} is not readable JSON ({err})", "re-create the directory") from err
-    if meta.get("format") != FORMAT:
-        raise CondenseError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}",
-                            "re-create it with this version of condense")
-    return meta
+    return validate_meta(meta, path)
 
 
-def load(directory: str | os.PathLike, model: nn.Module | Callable[[], nn.Module] | None = None) -> nn.Module:
+def original_from_meta(meta: dict[str, Any], directory: str | os.PathLike, *, trust_code: bool = False) -> nn.Module:
+    """The uncondensed model named in ``meta`` (read from ``directory``), freshly built.
+
+    timm and zoo models are built from this library's code. A ``file.py:factory`` model would import and
+    run that file, which came with the directory, not from the caller: it is built only with
+    ``trust_code=True``, and only if the file still has the SHA-256 recorded when the directory was saved.
+    """
+    if not meta.get("model"):
+        raise CondenseError(f"{directory} was saved from a model built in Python",
+                            "pass it: condense.load(DIR, model=build_my_model())")
+    spec = ModelSpec.from_dict(meta["model"], where=f"{Path(directory) / META}: field 'model'")
+    if spec.kind == "file":
+        if not trust_code:
+            raise CondenseError(f"{directory} names model code in {spec.path}:{spec.factory}; loading it would run "
+                                "that file", "if you trust it, pass trust_code=True (--trust-code); else pass the "
+                                "uncondensed model: condense.load(DIR, model=...)")
+        recorded = meta.get("model_file_sha256")
+        if recorded is not None and Path(spec.path).is_file() and file_digest(spec.path) != recorded:
+            raise CondenseError(f"{spec.path} changed since {directory} was saved (SHA-256 differs)",
+                                "restore that version of the file, or pass the model: condense.load(DIR, model=...)")
+    return build_model(spec, **meta.get("model_kwargs", {}))
+
+
+def _non_finite(state: dict[str, torch.Tensor]) -> list[str]:
+    return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def check_finite(state: dict[str, torch.Tensor], where: str | os.PathLike) -> None:
+    """A one-line error if any floating tensor of ``state`` holds NaN or infinity."""
+    bad = _non_finite(state)
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise CondenseError(f"{where} holds NaN or infinite weights ({', '.join(bad[:3])}{more})",
+                            "the training that wrote it diverged: use an earlier checkpoint")
+
+
+def fit_state(model: nn.Module, state: dict[str, torch.Tensor], where: str | os.PathLike,
+              hint: str = "was the model (or its factory) changed since saving?") -> None:
+    """Load ``state`` into ``model`` strictly; a one-line error listing missing, unexpected and
+    differently shaped keys (a few of each, with shapes) otherwise."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        def few(keys, show=lambda k: k):
+            return ", ".join(show(k) for k in keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing: {few(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected: {few(unexpected)}")
+        if shapes:
+            parts.append(f"{len(shapes)} of other shapes: " +
+                         few(shapes, lambda k: f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"))
+        raise CondenseError(f"weights in {where} do not fit {type(model).__name__} ({'; '.join(parts)})", hint)
+    model.load_state_dict(state)
+
+
+def _check_runs(meta: dict[str, Any], found, directory) -> None:
+    """The runs the tracer finds now must include the recorded ones (same path, block count)."""
+    now = {r.path: r for r in found.runs}
+    for rec in meta["runs"]:
+        path, r = rec.get("path"), rec.get("r")
+        if path in meta["plan"] and (path not in now or now[path].r != r):
+            seen = f"{now[path].r} blocks" if path in now else "not found"
+            raise CondenseError(f"{directory}: run {path!r} was saved with {r} blocks, the model traced now has "
+                                f"{seen}", "the model's code (timm or your factory) changed since saving: "
+                                "install the version it was saved with, or re-create the directory")
+
+
+def load(directory: str | os.PathLike, model: nn.Module | Callable[[], nn.Module] | None = None, *,
+         trust_code: bool = False) -> nn.Module:
     """The condensed model saved in ``directory``, in eval mode, with the saved weights.
 
-    For timm models and ``file.py:factory`` models nothing else is needed. For a model built in Python,
-    pass ``model``: the same uncondensed model (an instance, or a function that builds one).
+    timm and zoo models are rebuilt on their own. A model built in Python: pass ``model``, the same
+    uncondensed model (an instance, or a function that builds one). A ``file.py:factory`` model: pass
+    ``model``, or ``trust_code=True`` to let ``load`` import the recorded file (never done otherwise: a
+    directory is data someone may have handed you, and importing a file runs it).
     """
     from safetensors.torch import load_file
 
@@ -127,16 +375,17 @@ def load(directory: str | os.PathLike, model: nn.Module | Callable[[], nn.Module
 
     meta = read_meta(directory)
     if model is None:
-        if not meta.get("model"):
-            raise CondenseError(f"{directory} was saved from a model built in Python",
-                                "pass it: condense.load(DIR, model=build_my_model())")
-        original = build_model(ModelSpec.from_dict(meta["model"]), **meta.get("model_kwargs", {}))
+        original = original_from_meta(meta, directory, trust_code=trust_code)
     else:
         original = model() if callable(model) and not isinstance(model, nn.Module) else model
+        if not isinstance(original, nn.Module):
+            raise CondenseError(f"model= gave a {type(original).__name__}, not an nn.Module",
+                                "pass the uncondensed model or a function that builds it")
     plan = Plan.from_dict(meta["plan"])
     size = tuple(meta["input_size"])
     if plan.choices:
         found = find_runs(original, size, count=False)
+        _check_runs(meta, found, directory)
         new = rewrite(original, found, plan.choices).module
     else:
         new = original
@@ -144,11 +393,14 @@ def load(directory: str | os.PathLike, model: nn.Module | Callable[[], nn.Module
     try:
         state = load_file(str(weights))
     except Exception as err:
-        raise CondenseError(f"{weights} is not readable ({str(err).splitlines()[0][:100]})",
-                            "the directory is damaged: re-create it") from err
-    missing, unexpected = new.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CondenseError(f"weights in {weights.name} do not fit the rebuilt model "
-                            f"({len(missing)} missing, {len(unexpected)} unexpected)",
-                            "was the model (or its factory) changed since saving?")
+        text = str(err).strip().splitlines()[0][:100] if str(err).strip() else type(err).__name__
+        raise CondenseError(f"{weights} is not readable ({text})", "the directory is damaged: re-create it") from err
+    check_finite(state, weights)
+    versions = meta.get("state_metadata")
+    if versions:
+        from collections import OrderedDict
+
+        state = OrderedDict(state)
+        state._metadata = OrderedDict((k, dict(v)) for k, v in versions.items())  # type: ignore[attr-defined]
+    fit_state(new, state, weights)
     return new.eval()

@@ -37,8 +37,37 @@ class ModelSpec:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
-        return cls(**data)
+    def from_dict(cls, data: Any, where: str = "model spec") -> "ModelSpec":
+        """The spec recorded in a file (``where`` names it in errors); unknown kinds and fields are errors."""
+        if not isinstance(data, dict):
+            raise CondenseError(f"{where} must be an object, not {type(data).__name__}",
+                                "re-create the directory with condense")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - fields)
+        if unknown:
+            raise CondenseError(f"{where} has unknown field(s) {', '.join(map(repr, unknown))}",
+                                f"the fields are {', '.join(sorted(fields))}")
+        if not all(isinstance(v, str) for v in data.values()):
+            raise CondenseError(f"{where}: every field must be a string", "re-create the directory with condense")
+        kind = data.get("kind")
+        if kind not in MODEL_KINDS:
+            raise CondenseError(f"{where} has unknown kind {kind!r}", f"kinds: {', '.join(MODEL_KINDS)}")
+        spec = cls(**data)
+        if kind in ("timm", "zoo") and not spec.name:
+            raise CondenseError(f"{where}: a {kind} spec needs a name")
+        if kind == "file" and (not spec.path.endswith(".py") or not spec.factory.isidentifier()):
+            raise CondenseError(f"{where}: a file spec needs a .py path and a factory name")
+        return spec
+
+
+MODEL_KINDS = ("timm", "zoo", "file")
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a model file (recorded beside a file spec so a changed file is noticed on load)."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def parse_model_spec(text: str) -> ModelSpec:
@@ -72,7 +101,8 @@ def _timm_model(name: str, **kwargs: Any) -> nn.Module:
     return timm.create_model(name, pretrained=False, **kwargs)
 
 
-def _file_model(path: str, factory: str, **kwargs: Any) -> nn.Module:
+def _file_factory(path: str, factory: str):
+    """The callable ``factory`` of the Python file ``path`` (imported: the file runs)."""
     file = Path(path)
     if not file.is_file():
         raise CondenseError(f"model file {path!r} does not exist", "give the path of a .py file with a factory")
@@ -80,16 +110,28 @@ def _file_model(path: str, factory: str, **kwargs: Any) -> nn.Module:
     spec = importlib.util.spec_from_file_location(mod_name, file)
     module = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = module
+    folder = str(file.resolve().parent)
+    added = folder not in sys.path
+    if added:  # the factory's file may import its sibling modules
+        sys.path.insert(0, folder)
     try:
         spec.loader.exec_module(module)
     except Exception as err:  # the user's code: report it in one line
+        sys.modules.pop(mod_name, None)
         raise CondenseError(f"importing {path} failed: {type(err).__name__}: {err}",
                             "fix the file, or run with --debug for the traceback") from err
+    finally:
+        if added and folder in sys.path:
+            sys.path.remove(folder)
     fn = getattr(module, factory, None)
     if not callable(fn):
         names = [n for n in dir(module) if callable(getattr(module, n)) and not n.startswith("_")]
         raise CondenseError(f"{path} has no callable {factory!r}", f"callables there: {', '.join(names) or 'none'}")
-    model = fn(**kwargs)
+    return fn
+
+
+def _file_model(path: str, factory: str, **kwargs: Any) -> nn.Module:
+    model = _file_factory(path, factory)(**kwargs)
     if not isinstance(model, nn.Module):
         raise CondenseError(f"{path}:{factory}() returned {type(model).__name__}, not an nn.Module",
                             "the factory must return the model")
@@ -150,22 +192,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load local weights into ``model`` (strict); one-line error naming the mismatch otherwise."""
+    """Load local weights into ``model`` (strict); a one-line error listing the mismatching keys and shapes,
+    or naming the tensors that hold NaN/infinity, otherwise."""
+    from ._io import check_finite, fit_state
+
     state = read_state_dict(path)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shape = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shape:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        if shape:
-            k = shape[0]
-            parts.append(f"{len(shape)} with other shapes (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})")
-        raise CondenseError(f"checkpoint {Path(path).name!r} does not fit {type(model).__name__}: " + "; ".join(parts),
-                            "is it the weights of this exact model (same name and num_classes)?")
-    model.load_state_dict(state)
+    check_finite(state, f"checkpoint {Path(path).name!r}")
+    fit_state(model, state, f"checkpoint {Path(path).name!r}",
+              "is it the weights of this exact model (same name and num_classes)?")
     return model

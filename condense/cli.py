@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ._errors import run_command
+from ._errors import CondenseError, run_command
 
 SUBCOMMANDS = ("find", "count", "train", "recipe")
 EPILOG = """\
@@ -126,7 +127,16 @@ def _sub_parser(name: str) -> argparse.ArgumentParser:
         run.add_argument("--variant", choices=("condensed", "baseline"), default="condensed")
         run.add_argument("--limit-train", type=int, default=None)
         run.add_argument("--data", default=None, help="replace the recipe's data spec")
-        run.add_argument("-o", "--output", metavar="DIR", help="default runs/<recipe>-<variant>")
+        run.add_argument("-o", "--output", metavar="DIR", help="default runs/<recipe>-<variant>; with --seed or "
+                         "--seeds each seed's run goes in DIR/seed<S>")
+        seeds = run.add_mutually_exclusive_group()
+        seeds.add_argument("--seed", type=_seed, default=None, metavar="S",
+                           help="random seed (default: the recipe's)")
+        seeds.add_argument("--seeds", type=_seed_list, default=None, metavar="S1,S2,...",
+                           help="run these seeds in turn and print mean ± std (and a measured: block for the recipe)")
+        run.add_argument("--skip-done", action="store_true", help="reuse a seed whose DIR/seed<S>/metrics.json was "
+                         "written with the same recipe, variant and training options, instead of training it again")
+        run.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads for training")
         for q in (p, fp, run):
             q.add_argument("--debug", action="store_true", help="show tracebacks")
         return p
@@ -151,6 +161,10 @@ def _sub_parser(name: str) -> argparse.ArgumentParser:
         p.add_argument("--warmup-epochs", type=int, default=0)
         p.add_argument("--label-smoothing", type=float, default=0.0)
         p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
+        p.add_argument("--clip-grad", type=float, default=None, metavar="NORM",
+                       help="clip the gradients' total 2-norm to NORM before every step (default: no clipping)")
+        p.add_argument("--decay-norm-and-bias", action="store_true",
+                       help="weight decay on norm weights and biases too (default: on conv/linear weights only)")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--no-augment", action="store_true")
         p.add_argument("--teacher", metavar="MODEL_OR_DIR", help="distil from this model (e.g. the original)")
@@ -161,6 +175,9 @@ def _sub_parser(name: str) -> argparse.ArgumentParser:
         p.add_argument("--limit-test", type=int, default=None)
         p.add_argument("--max-steps", type=int, default=None, help="at most N steps per epoch")
         p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+        p.add_argument("--overwrite", action="store_true", help="start again in an OUT that holds a run (its "
+                       "last.pt is replaced)")
+        _trust(p)
         p.add_argument("-o", "--output", metavar="DIR", help="output directory (default runs/<name>)")
     else:
         p = argparse.ArgumentParser(prog="condense count", description="MACs and parameters of a model or "
@@ -168,17 +185,32 @@ def _sub_parser(name: str) -> argparse.ArgumentParser:
         p.add_argument("model", metavar="MODEL_OR_DIR")
         p.add_argument("--depth", type=int, default=2, help="module depth of the per-module table")
         p.add_argument("--json", action="store_true")
+        _trust(p)
     _common(p)
     return p
 
 
-def _load_model(text: str, checkpoint: str | None, num_classes: int | None = None):
-    from ._models import build_model, default_input_size, load_checkpoint, parse_model_spec
+def _trust(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-code", action="store_true", help="let a directory whose model is a file.py:factory "
+                   "import that file (it runs; never done without this flag)")
 
-    spec = parse_model_spec(text)
-    model = build_model(spec, **({"num_classes": num_classes} if num_classes else {}))
+
+def _load_model(text: str, checkpoint: str | None, num_classes: int | None = None):
+    from ._models import build_model, load_checkpoint, parse_model_spec
+    from ._resolve import is_model_dir, resolve_model
+
+    if is_model_dir(text):
+        raise CondenseError(f"{text!r} is a directory; this command takes a model spec",
+                            "write timm:NAME, zoo:NAME or path/to/file.py:factory")
+    if num_classes is None:
+        r = resolve_model(text, checkpoint=checkpoint)
+        return r.spec, r.model, r.input_size
+    spec = parse_model_spec(text)  # --num-classes: asked for explicitly, passed as given
+    model = build_model(spec, num_classes=num_classes)
     if checkpoint:
         load_checkpoint(model, checkpoint)
+    from ._models import default_input_size
+
     return spec, model, default_input_size(model)
 
 
@@ -208,6 +240,11 @@ def _run_condense(args, console) -> int:
         parse_latency(args.latency)
         setting = LatencySetting(batch=args.latency_batch, mode="compiled" if args.compiled else "eager",
                                  threads=args.threads)
+    inputs = [args.checkpoint, args.model.rpartition(":")[0] if ".py:" in args.model else None]
+    if args.output and not args.dry_run:
+        from ._io import check_output
+
+        check_output(args.output, inputs)  # before any work: an output that would delete the input or cwd
     with console.status("building the model", spinner="dots") as status:
         spec, model, default = _load_model(args.model, args.checkpoint, args.num_classes)
         size = _size(args, default)
@@ -220,7 +257,7 @@ def _run_condense(args, console) -> int:
             name = spec.name if spec.kind == "timm" else Path(spec.path).stem + "-" + spec.factory
             out = Path(args.output or Path("condensed") / name)
             status.update(f"saving to {out}")
-            save(result, out, spec=spec, checkpoint=args.checkpoint,
+            save(result, out, spec=spec, checkpoint=args.checkpoint, inputs=inputs,
                  model_kwargs={"num_classes": args.num_classes} if args.num_classes else None,
                  extra={"latency": result.latency.to_dict()} if result.latency else None)
     elapsed = time.perf_counter() - t0
@@ -263,7 +300,8 @@ def _run_condense(args, console) -> int:
             f"{format_count(m)} -> {format_ms(t)}" for m, t in lat.candidates), highlight=False)
     console.print(result.message + (f"; budget met as measured: {', '.join(budgets)}" if budgets else ""))
     if out:
-        console.print(f"saved to [bold]{out}[/] (load with condense.load({str(out)!r})) in {elapsed:.1f}s")
+        trust = ", trust_code=True" if spec.kind == "file" else ""
+        console.print(f"saved to [bold]{out}[/] (load with condense.load({str(out)!r}{trust})) in {elapsed:.1f}s")
     else:
         console.print(f"nothing saved ({'dry run' if args.dry_run else 'no change'}) in {elapsed:.1f}s")
     return 0
@@ -289,14 +327,10 @@ def _run_count(args, console) -> int:
 
     from ._budget import format_count
     from ._count import count
-    from ._io import META, load, read_meta
+    from ._resolve import resolve_model
 
-    if (Path(args.model) / META).exists():
-        meta = read_meta(args.model)
-        model, default, label = load(args.model), tuple(meta["input_size"]), args.model
-    else:
-        spec, model, default = _load_model(args.model, args.checkpoint)
-        label = str(spec)
+    r = resolve_model(args.model, checkpoint=args.checkpoint, trust_code=args.trust_code)
+    model, default, label = r.model, r.input_size, (r.label if r.is_directory else str(r.spec))
     size = _size(args, default)
     with console.status("counting"):
         df = count(model, size)
@@ -313,53 +347,48 @@ def _run_count(args, console) -> int:
     return 0
 
 
-def _model_or_dir(text: str, checkpoint: str | None, num_classes: int | None):
-    """A condensed-model directory (loaded with its weights) or a model spec (built, optional weights)."""
-    from ._io import META, load, read_meta
-    from ._models import build_model, load_checkpoint, parse_model_spec
-
-    if (Path(text) / META).exists():
-        meta = read_meta(text)
-        return load(text), Path(text).name, meta
-    spec = parse_model_spec(text)
-    kwargs = {"num_classes": num_classes} if num_classes else {}
-    model = build_model(spec, **kwargs)
-    if checkpoint:
-        load_checkpoint(model, checkpoint)
-    return model, (spec.name or Path(spec.path).stem), None
+def _milestones(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(m) for m in text.split(",") if m.strip()) if text else ()
+    except ValueError:
+        raise CondenseError(f"--milestones {text!r} is not a list of epochs", "write e.g. --milestones 150,225") from None
 
 
 def _run_train(args, console) -> int:
-    from ._budget import format_count
-    from .data import load_data
-    from .train import TrainConfig, train
+    import torch
 
-    milestones = tuple(int(m) for m in args.milestones.split(",") if m.strip()) if args.milestones else ()
+    from ._budget import format_count
+    from ._io import check_output, write_model_dir
+    from ._resolve import resolve_model
+    from .data import load_data
+    from .train import TrainConfig, _atomic_save, train
+
+    milestones = _milestones(args.milestones)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                          weight_decay=args.weight_decay, optimizer=args.optimizer, schedule=args.schedule,
                          milestones=milestones, gamma=args.gamma, warmup_epochs=args.warmup_epochs,
                          label_smoothing=args.label_smoothing, amp=args.amp, seed=args.seed,
+                         clip_grad_norm=args.clip_grad, decay_norm_and_bias=args.decay_norm_and_bias,
                          augment=not args.no_augment, kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature,
                          max_steps_per_epoch=args.max_steps)
     with console.status("loading data"):
         bundle = load_data(args.data, limit_train=args.limit_train, limit_test=args.limit_test)
-    model, name, meta = _model_or_dir(args.model, args.checkpoint, bundle.num_classes)
+    torch.manual_seed(args.seed)  # a model built here starts from the seed's weights: one seed, one result
+    student = resolve_model(args.model, checkpoint=args.checkpoint, num_classes=bundle.num_classes,
+                            trust_code=args.trust_code)
+    model, name, meta = student.model, Path(student.label).name, student.meta
     teacher = None
     if args.teacher:
-        teacher, _, _ = _model_or_dir(args.teacher, args.teacher_checkpoint, bundle.num_classes)
-    out = Path(args.output or Path("runs") / name)
+        teacher = resolve_model(args.teacher, checkpoint=args.teacher_checkpoint, num_classes=bundle.num_classes,
+                                trust_code=args.trust_code).model
+    out = check_output(args.output or Path("runs") / name, [args.model, args.checkpoint, args.teacher,
+                                                             args.teacher_checkpoint])
     result = train(model, bundle, config, out_dir=out, teacher=teacher, resume=args.resume,
-                   extra_metrics={"model": args.model, "teacher_model": args.teacher})
+                   overwrite=args.overwrite, extra_metrics={"model": args.model, "teacher_model": args.teacher})
     if meta is not None:  # a condensed model stays a loadable directory, now with trained weights
-        from safetensors.torch import save_file
-
-        from ._io import META, WEIGHTS, _state_for_saving
-        (out / "model").mkdir(exist_ok=True)
-        (out / "model" / META).write_text(json.dumps(meta, indent=2) + "\n")
-        save_file(_state_for_saving(model), str(out / "model" / WEIGHTS))
+        write_model_dir(out / "model", model, {**meta, "trained": {"data": bundle.name, "epochs": config.epochs}})
     else:
-        torch_save = __import__("torch").save
-        torch_save(model.state_dict(), out / "model.pth")
+        _atomic_save(model.state_dict(), out / "model.pth")
     m = result.metrics
     console.print(f"test accuracy {m['test_acc']:.4f} (best {m['best_test_acc']:.4f}) after {m['epochs']} epochs; "
                   f"{format_count(m['macs'])} MACs, {format_count(m['params'])} params; metrics in {out / 'metrics.json'}")
@@ -376,18 +405,38 @@ def _cnt(x) -> str:
     return "-" if x is None else format_count(x)
 
 
+def _seed(text: str) -> int:
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed (an integer >= 0)")
+    return int(text)
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of distinct seeds >= 0, e.g. 0,1,2")
+    return seeds
+
+
 def _run_recipe(args, console) -> int:
     from rich.table import Table
 
-    from ._recipes import footprint, list_recipes, load_recipe, run_recipe
+    from ._recipes import footprint, list_recipes, load_recipe
 
     if args.action == "list":
-        table = Table("recipe", "model", "data", "plan", "paper acc", "paper params", "paper MACs",
-                      title="recipes (paper figures: condensed model, else baseline)", title_justify="left")
+        table = Table("recipe", "model", "data", "plan", "paper acc", "measured acc", "paper params", "paper MACs",
+                      title="recipes (paper figures: condensed model, else baseline; measured: our runs, "
+                            "mean ± std of the final test accuracy)", title_justify="left")
         for r in list_recipes():
             fig = r.paper.condensed or r.paper.baseline
+            meas = r.measured.describe() if r.measured else "-"
+            if r.measured and r.plan.kind != "none" and r.measured.variant == "baseline":
+                meas += " baseline"
             table.add_row(r.name, r.model.spec, r.dataset, r.plan.describe(), _pct(fig.accuracy if fig else None),
-                          _cnt(fig.params if fig else None), _cnt(fig.macs if fig else None))
+                          meas, _cnt(fig.params if fig else None), _cnt(fig.macs if fig else None))
         console.print(table)
         return 0
     if args.action == "footprint":
@@ -405,26 +454,100 @@ def _run_recipe(args, console) -> int:
                               _cnt(f["paper_macs_condensed"]))
         console.print(table)
         return 0
-    r = load_recipe(args.file)
-    out = Path(args.output or Path("runs") / f"{r.name}-{args.variant}")
-    result = run_recipe(r, epochs=args.epochs, out_dir=out, limit_train=args.limit_train, variant=args.variant,
-                        data=args.data)
-    m = result.metrics
-    fig = (r.paper.condensed if args.variant == "condensed" else r.paper.baseline) or None
-    table = Table("", "measured", "paper", title=f"{r.name} ({args.variant}), {m['epochs']} epoch(s) "
-                  f"of the paper's {r.train.epochs}", title_justify="left")
-    table.add_row("test accuracy", _pct(100 * m["test_acc"]), _pct(fig.accuracy if fig else None))
-    table.add_row("params", _cnt(m["params"]), _cnt(fig.params if fig else None))
-    table.add_row("MACs", _cnt(m["macs"]), _cnt(fig.macs if fig else None))
+    return _run_recipe_seeds(args, console, load_recipe(args.file))
+
+
+def _run_recipe_seeds(args, console, r) -> int:
+    """``condense recipe run``: one run (the recipe's seed, or --seed) or several (--seeds), then a table."""
+    import torch
+    from rich.table import Table
+
+    from ._recipes import MeasuredEntry, run_recipe, train_config
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CondenseError(f"--threads {args.threads} must be >= 1")
+        torch.set_num_threads(args.threads)
+    seeds = args.seeds or ([args.seed] if args.seed is not None else None)
+    base = Path(args.output or Path("runs") / f"{r.name}-{args.variant}")
+    runs = []  # (seed, metrics, out dir, reused)
+    for seed in (seeds or [None]):
+        out = base if seed is None else base / f"seed{seed}"
+        done = out / "metrics.json"
+        if args.skip_done and seed is not None and done.is_file():
+            m = json.loads(done.read_text())
+            if (m.get("recipe"), m.get("variant"), m.get("config")) == (
+                    r.name, args.variant, train_config(r, epochs=args.epochs, seed=seed).to_dict()):
+                console.print(f"seed {seed}: reusing {done}")
+                runs.append((seed, m, out, True))
+                continue
+        if seeds:
+            console.print(f"seed {seed} ({len(runs) + 1} of {len(seeds)}) -> {out}")
+        m = run_recipe(r, epochs=args.epochs, out_dir=out, limit_train=args.limit_train, variant=args.variant,
+                       data=args.data, seed=seed).metrics
+        runs.append((m["seed"], m, out, False))
+    # plan: none trains the model as is: its figures are the paper's baseline ones
+    fig = (r.paper.condensed if args.variant == "condensed" and r.plan.kind != "none" else r.paper.baseline) or None
+    m = runs[-1][1]
+    title = f"{r.name} ({args.variant}), {m['epochs']} epoch(s) of the paper's {r.train.epochs}"
+    if len(runs) == 1:
+        table = Table("", "measured", "paper", title=f"{title}, seed {m['seed']}", title_justify="left")
+        table.add_row("test accuracy", _pct(100 * m["test_acc"]), _pct(fig.accuracy if fig else None))
+        table.add_row("params", _cnt(m["params"]), _cnt(fig.params if fig else None))
+        table.add_row("MACs", _cnt(m["macs"]), _cnt(fig.macs if fig else None))
+        console.print(table)
+        console.print(f"metrics in {runs[0][2] / 'metrics.json'}")
+        return 0
+    command = f"condense recipe run {args.file} --seeds {','.join(str(s) for s, *_ in runs)}" + "".join(
+        f" {flag} {value}" for flag, value in (("--epochs", args.epochs), ("--variant", args.variant),
+                                               ("--limit-train", args.limit_train), ("--threads", args.threads))
+        if value is not None and not (flag == "--variant" and value == "condensed"))
+    minutes = [mm["train_seconds_this_run"] / 60 for _, mm, _, reused in runs if "train_seconds_this_run" in mm]
+    measured = MeasuredEntry(command=command, epochs=m["epochs"], seeds=tuple(s for s, *_ in runs),
+                             accuracy=tuple(round(100 * mm["test_acc"], 2) for _, mm, _, _ in runs),
+                             variant=args.variant,
+                             wall_minutes=round(sum(minutes) / len(minutes), 1) if minutes else None)
+    table = Table("seed", "test accuracy", "best epoch's", "minutes", title=title, title_justify="left")
+    for (seed, mm, _, reused), acc in zip(runs, measured.accuracy):
+        wall = mm.get("train_seconds_this_run")
+        table.add_row(str(seed), _pct(acc), _pct(100 * mm["best_test_acc"]),
+                      ("-" if wall is None else f"{wall / 60:.1f}") + (" (reused)" if reused else ""))
+    table.add_row("mean ± std", f"{measured.mean:.2f} ± {measured.std:.2f}%", "",
+                  f"paper: {_pct(fig.accuracy if fig else None)}")
     console.print(table)
-    console.print(f"metrics in {out / 'metrics.json'}")
+    summary = dataclasses.asdict(measured) | {"mean": measured.mean, "std": measured.std, "recipe": r.name,
+                                              "runs": [str(out) for *_, out, _ in runs]}
+    (base / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    console.print(f"summary in {base / 'summary.json'}; for the recipe file:")
+    console.print("measured:\n" + "".join(
+        f"  {k}: {json.dumps(list(v) if isinstance(v, tuple) else v)}\n"
+        for k, v in dataclasses.asdict(measured).items() if v not in (None, "")), markup=False, highlight=False)
     return 0
+
+
+_VALUE_OPTIONS = ("--budget", "--macs", "--params", "--latency")
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """``--budget -5M`` -> ``--budget=-5M``, so a negative budget reaches the budget parser (and its error)
+    instead of argparse's usage message."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in _VALUE_OPTIONS and i + 1 < len(argv) and argv[i + 1][:1] == "-" and \
+                argv[i + 1][1:2] in "0123456789.":
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from rich.console import Console
 
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _join_negative_values(list(sys.argv[1:] if argv is None else argv))
     if argv and argv[0] == "bench":
         from .bench.models import bench_main
 

@@ -37,7 +37,9 @@ SCHEDULES = ("cosine", "step", "constant")
 class TrainConfig:
     """How to train. ``milestones`` are epochs (step schedule, lr *= gamma at each). ``optimizer`` is
     ``sgd`` (momentum, optional Nesterov) or any timm optimizer name (e.g. ``adamw``, ``rmsproptf``).
-    With a teacher, the loss is ``kd_alpha * T^2 * KL(teacher/T || student/T) + (1 - kd_alpha) * CE``."""
+    With a teacher, the loss is ``kd_alpha * T^2 * KL(teacher/T || student/T) + (1 - kd_alpha) * CE``.
+    ``clip_grad_norm``: the gradients' total 2-norm is clipped to it before every step (None: no clipping).
+    ``decay_norm_and_bias``: weight decay also on 1-d parameters (norm weights, biases; default: not)."""
 
     epochs: int = 10
     batch_size: int = 128
@@ -57,6 +59,8 @@ class TrainConfig:
     kd_alpha: float = 0.5
     kd_temperature: float = 4.0
     max_steps_per_epoch: int | None = None
+    clip_grad_norm: float | None = None
+    decay_norm_and_bias: bool = False
 
     def __post_init__(self):
         def bad(field, why):
@@ -87,6 +91,12 @@ class TrainConfig:
             bad("warmup_epochs", "must be in [0, epochs)")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
             bad("max_steps_per_epoch", "must be >= 1")
+        if self.clip_grad_norm is not None and (isinstance(self.clip_grad_norm, bool)
+                                                or not isinstance(self.clip_grad_norm, (int, float))
+                                                or not 0 < self.clip_grad_norm < math.inf):
+            bad("clip_grad_norm", "must be a number > 0 (or None: no clipping)")
+        if not isinstance(self.decay_norm_and_bias, bool):
+            bad("decay_norm_and_bias", "must be true or false")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -126,14 +136,14 @@ def _make_optimizer(model: nn.Module, config: TrainConfig):
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
+            (no_decay if p.ndim <= 1 and not config.decay_norm_and_bias else decay).append(p)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
     try:
         from timm.optim import create_optimizer_v2
         return create_optimizer_v2(model, opt=config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
-                                   momentum=config.momentum)
+                                   momentum=config.momentum, filter_bias_and_bn=not config.decay_norm_and_bias)
     except (ValueError, AssertionError) as err:
         raise ConfigError(f"unknown optimizer {config.optimizer!r}", "use sgd or a timm optimizer name") from err
 
@@ -150,19 +160,100 @@ def _dist():
     return dist.get_rank(), dist.get_world_size(), True
 
 
-def _rng_state():
-    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+def _rng_state() -> dict[str, torch.Tensor]:
+    """The random states as tensors (so a checkpoint loads with ``weights_only=True``)."""
+    version, words, gauss = random.getstate()
+    return {"torch": torch.get_rng_state(), "python": torch.tensor([version, *words], dtype=torch.int64),
+            "python_gauss": torch.tensor([] if gauss is None else [gauss], dtype=torch.float64)}
 
 
-def _set_rng_state(state):
+def _set_rng_state(state) -> None:
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
+    py = [int(v) for v in state["python"].tolist()]
+    gauss = state["python_gauss"].tolist()
+    random.setstate((py[0], tuple(py[1:]), gauss[0] if gauss else None))
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` to a temporary sibling, flushed, then renamed into place (a kill leaves the old file)."""
+    from ._io import os_error
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise os_error(err, path.parent) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary sibling, then rename it into place."""
+    from ._io import os_error
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise os_error(err, path.parent) from None
+
+
+def load_checkpoint_state(path: Path) -> dict[str, Any]:
+    """A training checkpoint (``last.pt``), unpickled with ``weights_only=True``: tensors, numbers, strings
+    and containers only, so a file planted in a run folder cannot run code."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        first = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        raise CondenseError(f"{path} is not a training checkpoint this version reads safely ({first})",
+                            "start again with --overwrite (or a new -o DIR)") from None
+    need = ("model", "optimizer", "epoch", "history", "rng", "config")
+    if not isinstance(state, dict) or any(k not in state for k in need):
+        raise CondenseError(f"{path} is not a condense training checkpoint", "start again with --overwrite")
+    return state
+
+
+def _outputs_of(model: nn.Module, bundle) -> int:
+    """The number of outputs ``model`` gives for one test image (its class count)."""
+    x, _ = next(iter(bundle.loader("test", 1, shuffle=False, augment=False)))
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    model.train(was)
+    if out.ndim != 2:
+        raise CondenseError(f"{type(model).__name__} gives outputs of shape {tuple(out.shape)}, not (batch, classes)",
+                            "train a classifier")
+    return int(out.shape[1])
+
+
+def check_trainable(model: nn.Module, bundle, config: "TrainConfig", world_size: int = 1) -> int:
+    """Checks before anything is written: the data has two classes or more, the model has an output for
+    each, and an epoch has at least one step. Returns the steps per epoch (per process)."""
+    if bundle.num_classes < 2:
+        raise CondenseError(f"the data {bundle.name!r} has {bundle.num_classes} class(es): nothing to learn",
+                            "give a data set with two classes or more")
+    outputs = _outputs_of(model, bundle)
+    if outputs < bundle.num_classes:
+        raise CondenseError(f"the model has {outputs} outputs but the data {bundle.name!r} has {bundle.num_classes} "
+                            "classes", "build the model with num_classes equal to the data's (--num-classes)")
+    per_rank = bundle.train_size // world_size
+    steps = per_rank // config.batch_size
+    if config.max_steps_per_epoch is not None:
+        steps = min(steps, config.max_steps_per_epoch)
+    if steps < 1:
+        raise CondenseError(f"{bundle.train_size} training image(s) make no full batch of {config.batch_size}"
+                            + (f" per process ({world_size} processes)" if world_size > 1 else ""),
+                            "lower --batch-size or raise --limit-train")
+    return steps
 
 
 @torch.no_grad()
@@ -191,16 +282,46 @@ def evaluate(model: nn.Module, data, batch_size: int = 256, *, rank: int = 0, wo
 
 def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir: str | os.PathLike | None = None,
           teacher: nn.Module | None = None, resume: bool = False, progress: bool = True,
-          extra_metrics: dict[str, Any] | None = None) -> TrainResult:
-    """Train ``model`` in place on ``data`` (a spec string or a DataBundle) and return the result."""
+          extra_metrics: dict[str, Any] | None = None, overwrite: bool = False) -> TrainResult:
+    """Train ``model`` in place on ``data`` (a spec string or a DataBundle) and return the result.
+
+    ``out_dir`` holding a checkpoint is continued with ``resume=True``, started again with ``overwrite=True``,
+    and refused otherwise. Bad setups (one class, more classes than outputs, no full batch, an unreadable
+    or unsafe checkpoint) are one-line errors raised before anything is written."""
     from .data import load_data
 
     config = config or TrainConfig()
     bundle = load_data(data) if isinstance(data, str) else data
     rank, world, distributed = _dist()
     out = Path(out_dir) if out_dir is not None else None
+    check_trainable(model, bundle, config, world)
+    if out is not None and out.exists() and not out.is_dir():
+        raise CondenseError(f"output {str(out)!r} is a file", "choose a folder for -o")
+    if out is not None and (out / "last.pt").exists() and not resume and not overwrite:
+        raise CondenseError(f"{out} already holds a run (last.pt)",
+                            "continue it with --resume, start again with --overwrite, or choose another -o DIR")
+    if resume and overwrite:
+        raise CondenseError("--resume and --overwrite contradict each other", "give one of them")
+    resumed = None
+    if resume:
+        ckpt = out / "last.pt" if out is not None else None
+        if ckpt is None or not ckpt.exists():
+            raise CondenseError(f"nothing to resume: {ckpt or 'no output directory'} does not exist",
+                                "run without --resume first, with the same -o DIR")
+        resumed = load_checkpoint_state(ckpt)
+        if resumed.get("config") != config.to_dict():
+            raise CondenseError(f"{ckpt} was written with other training options",
+                                "resume with the same options, or start a new -o DIR")
+        from ._io import check_finite
+
+        check_finite(resumed["model"], ckpt)
     if out is not None and rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+        from ._io import os_error
+
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise os_error(err, out) from None
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     net: nn.Module = model
@@ -214,14 +335,8 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
     history: list[dict[str, Any]] = []
     start_epoch = 0
     ckpt_path = out / "last.pt" if out is not None else None
-    if resume:
-        if ckpt_path is None or not ckpt_path.exists():
-            raise CondenseError(f"nothing to resume: {ckpt_path or 'no output directory'} does not exist",
-                                "run without --resume first, with the same -o DIR")
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if state.get("config") != config.to_dict():
-            raise CondenseError(f"{ckpt_path} was written with other training options",
-                                "resume with the same options, or start a new -o DIR")
+    if resumed is not None:
+        state = resumed
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         history = state["history"]
@@ -266,6 +381,8 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
                                         "lower the learning rate (--lr)")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if config.clip_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
                 optimizer.step()
                 loss_sum += float(loss.detach()) * len(y)
                 correct += int((logits.argmax(1) == y).sum())
@@ -304,5 +421,5 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
         metrics.update({"macs": macs, "params": params, "input_size": list(bundle.input_size)})
         metrics.update(extra_metrics or {})
         if out is not None:
-            (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+            write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
     return TrainResult(metrics=metrics, history=history, model=model)

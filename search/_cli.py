@@ -246,7 +246,8 @@ def export_main(argv: Sequence[str] | None = None) -> int:
     where = "on the Pareto front" if res.on_front else "not on the Pareto front"
     console.print(f"trial {res.trial} ({where}): accuracy {res.accuracy:.4f}, {format_count(res.macs)} MACs, "
                   f"{format_count(res.params)} params", highlight=False)
-    console.print(f"saved to {res.path} (load with condense.load({str(res.path)!r}))", highlight=False)
+    trust = ", trust_code=True" if '"kind": "file"' in (res.path / "condensed.json").read_text() else ""
+    console.print(f"saved to {res.path} (load with condense.load({str(res.path)!r}{trust}))", highlight=False)
     return 0
 
 

@@ -47,6 +47,7 @@ import optuna
 from optuna.samplers import NSGAIISampler, RandomSampler, TPESampler
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
+import torch
 from torch import nn
 
 from condense import CondenseError, ConfigError, find_runs, macs_and_params
@@ -254,14 +255,75 @@ def _is_journal(storage) -> bool:
     return isinstance(storage, optuna.storages.JournalStorage)
 
 
+def repair_journal(path: str | os.PathLike) -> int:
+    """Cut a torn last record (a write cut short by a full disk or a kill) off a journal file, keeping every
+    complete record, so that appending to it again cannot make the study unreadable. Holds the journal's
+    own lock while it checks. Returns the number of bytes removed (0 for a sound journal). A damaged record
+    that is not the last one is an error: nothing is cut."""
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return 0
+    lock = JournalFileSymlinkLock(str(path))
+    while not lock.acquire():
+        time.sleep(0.05)
+    try:
+        data = path.read_bytes()
+        good = 0  # end of the last complete, readable record
+        lines = data.split(b"\n")
+        for number, line in enumerate(lines):
+            last = number == len(lines) - 1
+            if last and not line:
+                break
+            try:
+                json.loads(line)
+                ok = not last  # a last piece without its newline was cut short, even if it parses
+            except ValueError:
+                ok = False
+            if not ok:
+                if not last:
+                    raise CondenseError(f"{path}: record {number + 1} is damaged and is not the last one",
+                                        "the journal was edited or corrupted: restore it from a copy")
+                break
+            good += len(line) + 1
+        cut = len(data) - good
+        if cut:
+            from condense._io import os_error
+
+            try:
+                with open(path, "r+b") as f:
+                    f.truncate(good)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as err:
+                raise os_error(err, path) from None
+        return cut
+    finally:
+        lock.release()
+
+
+def _journal_storage(path: Path):
+    cut = repair_journal(path)
+    if cut:
+        warnings.warn(f"{path}: removed a torn last record ({cut} bytes; every complete record kept)", stacklevel=3)
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
 def make_storage(config: SearchConfig, output: Path):
-    """The journal file in ``output`` (default) or an RDB storage with heartbeats for a database URL."""
+    """The journal file in ``output`` (default; a torn last record is repaired first) or an RDB storage
+    with heartbeats for a database URL."""
     if config.storage is None:
-        output.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(output / JOURNAL)))
+        from condense._io import os_error
+
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise os_error(err, output) from None
+        return _journal_storage(output / JOURNAL)
     url = config.storage
     if url.endswith((".journal", ".log")) and "://" not in url:
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url))
+        return _journal_storage(Path(url))
     url = database_url(url)
     for attempt in range(6):
         with warnings.catch_warnings():
@@ -346,7 +408,7 @@ def study_from_dir(output: str | os.PathLike, storage: str | None = None,
         journal = Path(output) / JOURNAL
         if not journal.is_file():
             raise CondenseError(f"{journal} does not exist", "was the search run with --storage? pass it")
-        st = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+        st = _journal_storage(journal)
     else:
         cfg = SearchConfig(**{**_config_kwargs(meta["config"]), "storage": url})
         st = make_storage(cfg, Path(output))
@@ -495,25 +557,25 @@ def _sigterm_as_interrupt():
 # --- the search ------------------------------------------------------------------------------------------
 
 def _build_original(config: SearchConfig, model: nn.Module | None, num_classes: int):
-    """(model, spec, model_kwargs): the original model with the data's classes (and local weights)."""
-    from condense._models import build_model, load_checkpoint, parse_model_spec
+    """(model, spec, model_kwargs): the original model with the data's classes (and local weights). A model
+    built here starts from the study seed's weights, so every worker and every resumed run trains the same
+    plan from the same weights."""
+    from condense import resolve_model
 
     if model is not None:
         net = copy.deepcopy(model)
-        spec, kwargs = None, {}
-    else:
-        spec = parse_model_spec(config.model)
-        if spec.kind == "file":  # load() works from any directory
-            spec = dataclasses.replace(spec, path=str(Path(spec.path).resolve()))
-        kwargs = {"num_classes": num_classes}
-        try:
-            net = build_model(spec, **kwargs)
-        except TypeError:  # a factory without num_classes
-            kwargs = {}
-            net = build_model(spec)
-    if config.checkpoint:
-        load_checkpoint(net, config.checkpoint)
-    return net, spec, kwargs
+        if config.checkpoint:
+            from condense import load_checkpoint
+
+            load_checkpoint(net, config.checkpoint)
+        return net, None, {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        r = resolve_model(config.model, checkpoint=config.checkpoint, num_classes=num_classes)
+    if r.is_directory:
+        raise CondenseError(f"{config.model!r} is a condensed-model directory; search starts from a model spec",
+                            "pass the original model, e.g. timm:NAME or zoo:NAME")
+    return r.model, r.spec, r.model_kwargs
 
 
 def _train_config(config: SearchConfig):
@@ -670,8 +732,7 @@ def run_search(model: str | nn.Module, data: str, *, output: str | os.PathLike |
 def _run(config: SearchConfig, model, spec_text, out: Path, progress: bool, console, on_trial) -> SearchResult:
     from condense.data import load_data
 
-    study = open_study(config, out)
-    _check_same_search(study, config, None)  # other options: fail before any work
+    # everything that can be checked is checked before the study (and the output folder) is created
     bundle = load_data(config.data, limit_train=config.limit_train, limit_test=config.limit_test,
                        input_size=config.input_size)
     original, spec, model_kwargs = _build_original(config, None if spec_text else model, bundle.num_classes)
@@ -683,6 +744,8 @@ def _run(config: SearchConfig, model, spec_text, out: Path, progress: bool, cons
     macs_b = parse_budget(config.macs).resolve(macs0) if config.macs is not None else None
     params_b = parse_budget(config.params).resolve(params0) if config.params is not None else None
     space = build_space(found, layers=config.layers, K=config.K)
+    study = open_study(config, out)
+    _check_same_search(study, config, None)
     _check_same_search(study, config, space)
     (out / TRIALS).mkdir(parents=True, exist_ok=True)
 

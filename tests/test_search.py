@@ -216,7 +216,9 @@ def test_budget_constraint_front_outputs_and_export(env, tmp_path, monkeypatch):
     trained_model = calls[1 + [t.number for t in trained].index(number)]["model"].eval()
     dest = tmp_path / "exported"
     assert export_main([str(out), "--trial", str(number), "-o", str(dest)]) == 0
-    loaded = condense.load(dest)
+    with pytest.raises(condense.CondenseError, match="loading it would run that file"):
+        condense.load(dest)  # the factory file is not imported from a directory without trust_code
+    loaded = condense.load(dest, trust_code=True)
     x = torch.randn(3, 1, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), trained_model(x))
@@ -386,6 +388,6 @@ def test_two_workers_share_a_postgres_study(env, tmp_path):
         _check_shared(study, 6, out)
         number = study.best_trials[0].number
         assert export_main([str(out), "--trial", str(number), "-o", str(tmp_path / "e")]) == 0
-        assert condense.load(tmp_path / "e")(torch.randn(1, 1, 28, 28)).shape == (1, 10)
+        assert condense.load(tmp_path / "e", trust_code=True)(torch.randn(1, 1, 28, 28)).shape == (1, 10)
     finally:
         optuna.delete_study(study_name=name, storage=study._storage)

@@ -63,24 +63,18 @@ def _first_line(err: BaseException) -> str:
 
 
 # ------------------------------------------------------------------------------------------ models
-def _build(text: str, checkpoint: str | None = None, model_kwargs: dict | None = None) -> tuple[nn.Module, str, Any]:
+def _build(text: str, checkpoint: str | None = None, model_kwargs: dict | None = None,
+           trust_code: bool = False) -> tuple[nn.Module, str, Any]:
     """A model spec or a condensed-model directory -> (model, label, meta or None)."""
-    from .._io import META, load, read_meta
-    from .._models import build_model, load_checkpoint, parse_model_spec
+    from .._resolve import resolve_model
 
-    if (Path(text) / META).exists() or Path(text).is_dir():
-        meta = read_meta(text)
-        return _load_dir(text, load), text, meta
-    spec = parse_model_spec(text)
-    model = build_model(spec, **(model_kwargs or {}))
-    if checkpoint:
-        load_checkpoint(model, checkpoint)
-    return model, str(spec), None
+    r = resolve_model(text, checkpoint=checkpoint, model_kwargs=model_kwargs, trust_code=trust_code)
+    return r.model, (r.label if r.is_directory else str(r.spec)), r.meta
 
 
-def _load_dir(directory, load, model=None) -> nn.Module:
+def _load_dir(directory, load, model=None, trust_code: bool = False) -> nn.Module:
     try:
-        return load(directory, model=model)
+        return load(directory, model=model, trust_code=trust_code)
     except CondenseError:
         raise
     except Exception as err:  # a damaged directory: one line
@@ -90,17 +84,18 @@ def _load_dir(directory, load, model=None) -> nn.Module:
 
 def resolve_pair(target: str, *, against: str | None = None, input_size: Sequence[int] | None = None,
                  checkpoint: str | None = None, macs: str | None = None, params: str | None = None,
-                 progress: Callable[[str], None] = lambda _m: None):
+                 progress: Callable[[str], None] = lambda _m: None, trust_code: bool = False):
     """(original, condensed, original label, condensed label, input size).
 
     ``target`` is a condensed-model directory (the original defaults to the model recorded in it, rebuilt
     with ``build_model``) or a model spec (condensed here with the paper's default plan, or to
     ``macs``/``params`` budgets).
     """
-    from .._io import META, load, read_meta
-    from .._models import ModelSpec, build_model, default_input_size
+    from .._io import load, original_from_meta, read_meta
+    from .._models import default_input_size
+    from .._resolve import is_model_dir
 
-    if (Path(target) / META).exists() or Path(target).is_dir():
+    if is_model_dir(target):
         meta = read_meta(target)
         if macs or params:
             raise CondenseError(f"{target} is already condensed: --budget/--params apply to a model spec",
@@ -108,16 +103,16 @@ def resolve_pair(target: str, *, against: str | None = None, input_size: Sequenc
         spec_meta = meta.get("model")
         if against:
             progress(f"building {against}")
-            original, original_label, _ = _build(against)
+            original, original_label, _ = _build(against, trust_code=trust_code)
         elif spec_meta:
-            spec = ModelSpec.from_dict(spec_meta)
-            progress(f"building {spec}")
-            original, original_label = build_model(spec, **meta.get("model_kwargs", {})), str(spec)
+            progress(f"building {spec_meta.get('name') or spec_meta.get('path')}")
+            original = original_from_meta(meta, target, trust_code=trust_code)
+            original_label = spec_meta.get("name") or f"{spec_meta['path']}:{spec_meta['factory']}"
         else:
             raise CondenseError(f"{target} was saved from a model built in Python: no original to compare with",
                                 "pass --against MODEL (a timm:NAME or file.py:factory spec)")
         progress(f"loading {target}")
-        condensed = _load_dir(target, load, None if spec_meta else copy.deepcopy(original))
+        condensed = _load_dir(target, load, None if spec_meta else copy.deepcopy(original), trust_code)
         size = tuple(input_size or meta["input_size"])
         return original, condensed, original_label, str(target), size
     from .._fit import fit
@@ -188,7 +183,7 @@ def run_bench(target: str, *, against: str | None = None, input_size: Sequence[i
               batch_sizes: Sequence[int] = (1, 32), repeats: int = 10, warmup: int = 2, compile: bool = True,
               train: bool = True, train_batch: int | None = None, threads: int | None = None,
               checkpoint: str | None = None, macs: str | None = None, params: str | None = None,
-              progress: Callable[[str], None] = lambda _m: None) -> BenchResult:
+              progress: Callable[[str], None] = lambda _m: None, trust_code: bool = False) -> BenchResult:
     """Measure ``target`` (a condensed-model directory or a model spec) against its original; see the module doc.
 
     ``threads`` (default: all cores available) is set for the run and restored afterwards.
@@ -206,7 +201,7 @@ def run_bench(target: str, *, against: str | None = None, input_size: Sequence[i
     try:
         return _bench(target, against=against, input_size=input_size, batch_sizes=batch_sizes, repeats=repeats,
                       warmup=warmup, compile=compile, train=train, train_batch=train_batch, n_threads=n_threads,
-                      checkpoint=checkpoint, macs=macs, params=params, progress=progress)
+                      checkpoint=checkpoint, macs=macs, params=params, progress=progress, trust_code=trust_code)
     finally:
         torch.set_num_threads(saved_threads)
         _raise_recompile_limit(limit, force=True)
@@ -227,12 +222,12 @@ def _raise_recompile_limit(value: int, force: bool = False) -> int | None:
 
 
 def _bench(target, *, against, input_size, batch_sizes, repeats, warmup, compile, train, train_batch, n_threads,
-           checkpoint, macs, params, progress) -> BenchResult:
+           checkpoint, macs, params, progress, trust_code=False) -> BenchResult:
     from .._count import macs_and_params
 
     original, condensed, original_label, condensed_label, size = resolve_pair(
         target, against=against, input_size=input_size, checkpoint=checkpoint, macs=macs, params=params,
-        progress=progress)
+        progress=progress, trust_code=trust_code)
     models = {"original": original.eval(), "condensed": condensed.eval()}
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
@@ -408,6 +403,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="when MODEL is a spec: condense it to this MAC budget (else the default plan)")
     p.add_argument("--params", metavar="PARAMS", help="when MODEL is a spec: a parameter budget")
     p.add_argument("--checkpoint", metavar="FILE", help="local weights when MODEL is a spec")
+    p.add_argument("--trust-code", action="store_true", help="let a directory whose model is a file.py:factory "
+                   "import that file (it runs; never done without this flag)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
@@ -421,7 +418,7 @@ def _run(args, console) -> int:
                            repeats=args.repeats, warmup=args.warmup, compile=not args.no_compile,
                            train=not args.no_train, train_batch=args.train_batch, threads=args.threads,
                            checkpoint=args.checkpoint, macs=args.macs, params=args.params,
-                           progress=lambda msg: status.update(msg))
+                           progress=lambda msg: status.update(msg), trust_code=args.trust_code)
     print_result(result, console)
     if args.csv:
         console.print(f"figures written to {write_csv(result.rows, args.csv)}")
