@@ -169,8 +169,8 @@ def _unmet(cost: tuple[int, int], macs_b: float | None, params_b: float | None) 
 
 def _raise_hint(options: Mapping[str, Any]) -> str:
     if options.get("zero_init"):  # preserve mode (on by default with --checkpoint): learned diffusion
-        return ("raise the budget, or pass --no-preserve: preserving pretrained weights (the default with "
-                "--checkpoint) adds a learned diffusion to every layer")
+        return ("raise the budget, or pass --no-preserve (preserve=False): preserving pretrained weights, the "
+                "default with --checkpoint, keeps a copy of each run's first replaced block as the layer's start")
     return "raise the budget, or try another --layer / fewer layer options"
 
 

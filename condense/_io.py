@@ -45,6 +45,15 @@ def os_error(err: OSError, where: str | os.PathLike) -> CondenseError:
     return CondenseError(f"cannot write {where} ({err.strerror or err})", "check the folder and try again")
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` and flush it to disk; failures are real ``OSError``s (a full disk is
+    ENOSPC), not a serializer's wrapped message."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -210,7 +219,7 @@ def write_model_dir(directory: str | os.PathLike, model: nn.Module, meta: dict[s
                     inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
     """``meta`` as ``condensed.json`` and ``model``'s weights (with the state dict's version metadata, which
     some modules' loaders read) as ``model.safetensors``, through ``write_directory``."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     state = model.state_dict()
     versions = {k: dict(v) for k, v in getattr(state, "_metadata", {}).items()
@@ -219,8 +228,8 @@ def write_model_dir(directory: str | os.PathLike, model: nn.Module, meta: dict[s
     validate_meta(json.loads(json.dumps(meta)), Path(directory) / META)
 
     def fill(tmp: Path) -> None:
-        save_file(_state_for_saving(model), str(tmp / WEIGHTS))
-        (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
+        write_bytes(tmp / WEIGHTS, save(_state_for_saving(model)))
+        write_bytes(tmp / META, (json.dumps(meta, indent=2) + "\n").encode())
 
     return write_directory(directory, fill, inputs=inputs)
 
@@ -278,6 +287,11 @@ def validate_meta(meta: Any, path: Path) -> dict[str, Any]:
 def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
     """``DIR/condensed.json``, checked (``validate_meta``)."""
     path = Path(directory) / META
+    if not path.is_file() and not Path(directory).exists():
+        try:  # a replacement of this directory was killed after moving the old one aside: put it back
+            recover_directory(directory)
+        except OSError:
+            pass
     if not path.is_file():
         raise CondenseError(f"{str(directory)!r} is not a condensed-model directory (no {META})",
                             "pass a directory written by `condense ... -o DIR` or condense.save")

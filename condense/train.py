@@ -39,7 +39,9 @@ class TrainConfig:
     ``sgd`` (momentum, optional Nesterov) or any timm optimizer name (e.g. ``adamw``, ``rmsproptf``).
     With a teacher, the loss is ``kd_alpha * T^2 * KL(teacher/T || student/T) + (1 - kd_alpha) * CE``.
     ``clip_grad_norm``: the gradients' total 2-norm is clipped to it before every step (None: no clipping).
-    ``decay_norm_and_bias``: weight decay also on 1-d parameters (norm weights, biases; default: not)."""
+    ``decay_norm_and_bias``: weight decay also on 1-d parameters (norm weights, biases; default: not).
+    ``augment``: True (the data's default augmentation, ``DataBundle.augment``), False (none) or one of
+    ``condense.data.AUGMENTS`` (``none``, ``crop-flip``, ``timm``)."""
 
     epochs: int = 10
     batch_size: int = 128
@@ -55,7 +57,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     amp: bool = False
     seed: int = 0
-    augment: bool = True
+    augment: bool | str = True
     kd_alpha: float = 0.5
     kd_temperature: float = 4.0
     max_steps_per_epoch: int | None = None
@@ -91,6 +93,10 @@ class TrainConfig:
             bad("warmup_epochs", "must be in [0, epochs)")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
             bad("max_steps_per_epoch", "must be >= 1")
+        from .data import AUGMENTS
+
+        if not isinstance(self.augment, bool) and self.augment not in AUGMENTS:
+            bad("augment", f"must be true (the data's default), false, or one of {', '.join(AUGMENTS)}")
         if self.clip_grad_norm is not None and (isinstance(self.clip_grad_norm, bool)
                                                 or not isinstance(self.clip_grad_norm, (int, float))
                                                 or not 0 < self.clip_grad_norm < math.inf):
@@ -178,12 +184,15 @@ def _atomic_save(obj, path: Path) -> None:
     """``torch.save`` to a temporary sibling, flushed, then renamed into place (a kill leaves the old file)."""
     from ._io import os_error
 
+    import io
+
+    from ._io import write_bytes
+
     tmp = path.with_name(f".{path.name}.tmp")
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)  # serialised in memory: a full disk is then a plain ENOSPC from the write below
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+        write_bytes(tmp, buffer.getvalue())
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
@@ -235,11 +244,27 @@ def _outputs_of(model: nn.Module, bundle) -> int:
     return int(out.shape[1])
 
 
+def _classes_present(bundle) -> int | None:
+    """How many distinct labels the training split holds (None where the source cannot say cheaply)."""
+    source = bundle._source
+    y = getattr(source, "y", None)
+    if isinstance(y, dict) and "train" in y:
+        return int(torch.as_tensor(y["train"]).unique().numel())
+    split = (getattr(source, "data", None) or {}).get("train")
+    targets = getattr(getattr(split, "base", None), "targets", None)
+    indices = getattr(split, "indices", None)
+    if targets is not None and indices is not None:
+        return len({int(targets[i]) for i in indices})
+    return None
+
+
 def check_trainable(model: nn.Module, bundle, config: "TrainConfig", world_size: int = 1) -> int:
     """Checks before anything is written: the data has two classes or more, the model has an output for
     each, and an epoch has at least one step. Returns the steps per epoch (per process)."""
-    if bundle.num_classes < 2:
-        raise CondenseError(f"the data {bundle.name!r} has {bundle.num_classes} class(es): nothing to learn",
+    present = _classes_present(bundle)
+    if bundle.num_classes < 2 or (present is not None and present < 2):
+        n = present if present is not None else bundle.num_classes
+        raise CondenseError(f"the training data {bundle.name!r} has {n} class(es): nothing to learn",
                             "give a data set with two classes or more")
     outputs = _outputs_of(model, bundle)
     if outputs < bundle.num_classes:
@@ -280,6 +305,29 @@ def evaluate(model: nn.Module, data, batch_size: int = 256, *, rank: int = 0, wo
     return {"test_loss": loss_sum / max(seen, 1), "test_acc": correct / max(seen, 1), "test_images": seen}
 
 
+def with_augmentation(bundle, config: TrainConfig):
+    """``(bundle, kind)``: the data as ``config`` trains on it and the augmentation its training batches
+    get (``config.augment``: True keeps the data's default, False is none, a name picks that one)."""
+    if config.augment is False:
+        return bundle, "none"
+    if config.augment is True:
+        return bundle, bundle.augment
+    return bundle.with_augment(config.augment), config.augment
+
+
+def _plain_progress(progress: bool) -> bool:
+    """Progress as one plain line per epoch: asked for, but the output is not a terminal (a log file)."""
+    import sys
+
+    return progress and not sys.stdout.isatty()
+
+
+def _epoch_line(record: dict[str, Any], epochs: int, lr: float) -> str:
+    return (f"epoch {record['epoch']}/{epochs}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}"
+            f" | test loss {record['test_loss']:.4f} acc {record['test_acc']:.4f} | "
+            f"{record['images_per_s']:.0f} img/s, {record['epoch_seconds']:.1f} s, lr {lr:.4g}")
+
+
 def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir: str | os.PathLike | None = None,
           teacher: nn.Module | None = None, resume: bool = False, progress: bool = True,
           extra_metrics: dict[str, Any] | None = None, overwrite: bool = False) -> TrainResult:
@@ -292,6 +340,7 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
 
     config = config or TrainConfig()
     bundle = load_data(data) if isinstance(data, str) else data
+    bundle, augment = with_augmentation(bundle, config)
     rank, world, distributed = _dist()
     out = Path(out_dir) if out_dir is not None else None
     check_trainable(model, bundle, config, world)
@@ -346,7 +395,8 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
     t_start = time.perf_counter()
     images_total = 0
     bar = None
-    if progress and rank == 0:
+    lines = rank == 0 and _plain_progress(progress)  # not a terminal: a rich bar would show nothing until the end
+    if progress and rank == 0 and not lines:
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                    TimeRemainingColumn)
         bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -354,7 +404,7 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
         bar.start()
     try:
         for epoch in range(start_epoch, config.epochs):
-            loader = bundle.loader("train", config.batch_size, shuffle=True, augment=config.augment,
+            loader = bundle.loader("train", config.batch_size, shuffle=True, augment=augment != "none",
                                    seed=config.seed, epoch=epoch, drop_last=True, rank=rank, world_size=world)
             steps_per_epoch = len(loader) if config.max_steps_per_epoch is None else \
                 min(len(loader), config.max_steps_per_epoch)
@@ -400,6 +450,8 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
             if bar:
                 bar.update(task, stats=f"loss {record['train_loss']:.3f} acc {record['train_acc']:.3f} | "
                                        f"test acc {ev['test_acc']:.4f}")
+            if lines:
+                print(_epoch_line(record, config.epochs, lr_at(config, epoch)), flush=True)
             if ckpt_path is not None and rank == 0:
                 _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
                               "history": history, "rng": _rng_state(), "config": config.to_dict()}, ckpt_path)
@@ -410,6 +462,8 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
     metrics.update({
         "best_test_acc": max((h["test_acc"] for h in history), default=None),
         "epochs": config.epochs, "world_size": world, "config": config.to_dict(), "data": bundle.name,
+        "num_classes": bundle.num_classes, "data_spec": str(bundle.spec) if bundle.spec is not None else None,
+        "augment": augment,
         "teacher": type(teacher).__name__ if teacher is not None else None,
         "train_seconds_this_run": time.perf_counter() - t_start,
     })

@@ -578,6 +578,24 @@ def _build_original(config: SearchConfig, model: nn.Module | None, num_classes: 
     return r.model, r.spec, r.model_kwargs
 
 
+def _check_reachable(original: nn.Module, size, space: SearchSpace, config: SearchConfig) -> None:
+    """A budget no plan of the space can meet is an error with the smallest reachable figure, before the
+    study exists: the smallest plan of each layer type (every run at m = 1, the lowest K), measured."""
+    from condense import BudgetError, fit
+
+    errors = []
+    for layer in space.layers:
+        try:
+            fit(original, macs=config.macs, params=config.params, input_size=size, layer=layer, K=space.K[0])
+            return
+        except BudgetError as err:
+            errors.append(err)
+    first = errors[0]
+    raise BudgetError(f"no plan in the search space meets the budget: {first.message}"
+                      + (f" with {space.layers[0]}" if len(space.layers) > 1 else ""),
+                      "raise the budget (--budget/--params), or widen the space (--layers, --K)")
+
+
 def _train_config(config: SearchConfig):
     from condense.train import TrainConfig
 
@@ -607,13 +625,22 @@ def _counts(trials) -> dict[str, int]:
 
 
 class _Progress:
-    """The rich progress bar: trials done (all workers), front size, over budget, elapsed, remaining."""
+    """The rich progress bar: trials done (all workers), front size, over budget, elapsed, remaining. When
+    the output is not a terminal (a log file), one plain line per evaluated trial instead."""
 
     def __init__(self, total: int, enabled: bool, console=None):
         self.total, self.enabled = total, enabled
         self.t0 = time.perf_counter()
         self.done_at_start: int | None = None
         self.bar = None
+        self.lines = None  # the console plain lines go to; the last count printed
+        self.printed = -1
+        if enabled and console is None:
+            from rich.console import Console
+
+            console = Console()
+        if enabled and not console.is_terminal:
+            self.lines, enabled = console, False
         if enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -637,7 +664,7 @@ class _Progress:
             self.bar.update(self.task, description=text)
 
     def update(self, study: optuna.Study) -> None:
-        if not self.bar:
+        if not self.bar and not self.lines:
             return
         trials = study.get_trials(deepcopy=False)
         c = _counts(trials)
@@ -651,6 +678,13 @@ class _Progress:
         extra = " · ".join(f"{n} {what}" for n, what in ((c["over"], "over budget (not trained)"),
                                                           (c["duplicate"], "duplicate"), (c["failed"], "failed"),
                                                           (c["running"], "running")) if n)
+        if self.lines is not None:
+            if c["done"] != self.printed:
+                self.printed = c["done"]
+                self.lines.print(f"search: {c['done']}/{self.total} evaluated, front {front}"
+                                 + "".join(f", {x}" for x in (extra.replace(" · ", ", "), eta) if x),
+                                 highlight=False, soft_wrap=True)
+            return
         self.bar.update(self.task, completed=min(c["done"], self.total), front=front, extra=extra, eta=eta)
 
 
@@ -744,6 +778,8 @@ def _run(config: SearchConfig, model, spec_text, out: Path, progress: bool, cons
     macs_b = parse_budget(config.macs).resolve(macs0) if config.macs is not None else None
     params_b = parse_budget(config.params).resolve(params0) if config.params is not None else None
     space = build_space(found, layers=config.layers, K=config.K)
+    if macs_b is not None or params_b is not None:
+        _check_reachable(original, size, space, config)
     study = open_study(config, out)
     _check_same_search(study, config, None)
     _check_same_search(study, config, space)

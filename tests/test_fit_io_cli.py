@@ -238,3 +238,41 @@ def test_preserve_keeps_the_pretrained_function_of_the_kept_path(resnet18):
     plain.model.eval()
     with torch.no_grad():
         assert (plain.model(x) - resnet18(x)).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--budget", "-5M"], "bad budget '-5M': must be positive"),
+    (["--budget", "1e400"], "bad budget '1e400': not a finite number"),
+    (["--params", "-1"], "bad budget '-1': must be positive"),
+])
+def test_budget_errors_are_one_line_exit_1_and_write_nothing(tmp_path, capsys, argv, needle):
+    out = tmp_path / "out"
+    assert main(["timm:resnet18", "--input-size", "3x32x32", "-o", str(out)] + argv) == 1
+    err = capsys.readouterr().err
+    assert needle in err and "usage:" not in err and not out.exists()
+
+
+def test_a_budget_the_model_cannot_meet_is_an_error_not_a_claim(tmp_path, capsys):
+    src = tmp_path / "flat.py"
+    src.write_text("import torch.nn as nn\n"
+                   "def net():\n"
+                   "    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2))\n")
+    out = tmp_path / "out"
+    assert main([f"{src}:net", "--input-size", "3x16x16", "--budget", "10%", "-o", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "below the smallest reachable" in captured.err and "budget met" not in captured.out
+    assert not out.exists()
+
+
+def test_preserve_infeasibility_names_no_preserve(tmp_path, capsys):
+    src = _write_factory(tmp_path)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import nets
+    finally:
+        sys.path.pop(0)
+    torch.save(nets.net().state_dict(), tmp_path / "w.pth")
+    argv = [f"{src}:net", "--input-size", "3x16x16", "--budget", "50%", "--dry-run"]
+    assert main(argv + ["--checkpoint", str(tmp_path / "w.pth")]) == 1
+    assert "--no-preserve" in capsys.readouterr().err
+    assert main(argv + ["--checkpoint", str(tmp_path / "w.pth"), "--no-preserve"]) == 0

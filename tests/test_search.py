@@ -3,6 +3,7 @@
 Everything runs on a tiny CIFAR-style net (a file factory written here, two runs of three blocks) and a
 tiny MNIST-format npz with a learnable signal, so a trained trial takes a fraction of a second.
 """
+import contextlib
 import json
 import os
 import signal
@@ -391,3 +392,93 @@ def test_two_workers_share_a_postgres_study(env, tmp_path):
         assert condense.load(tmp_path / "e", trust_code=True)(torch.randn(1, 1, 28, 28)).shape == (1, 10)
     finally:
         optuna.delete_study(study_name=name, storage=study._storage)
+
+
+# --- a torn journal (a full disk or a kill mid-write) is repaired, keeping every complete record ------------
+
+def _small_journal(path: Path) -> int:
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    study = optuna.create_study(study_name="s", storage=storage, directions=["maximize", "minimize"])
+    for i in range(3):
+        study.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_int("m", 1, 4)), n_trials=1)
+    return len(study.trials)
+
+
+def test_a_journal_torn_at_every_byte_of_its_last_record_is_repaired_and_resumes(tmp_path):
+    from search._study import SearchConfig, make_storage, repair_journal
+
+    whole = tmp_path / "whole.journal"
+    n = _small_journal(whole)
+    data = whole.read_bytes()
+    last_start = data.rstrip(b"\n").rfind(b"\n") + 1
+    config = SearchConfig(model="zoo:mnist_resnet_small", data="mnist:x.npz", output=str(tmp_path))
+    for cut in range(last_start, len(data)):
+        out = tmp_path / f"cut{cut}"
+        out.mkdir()
+        (out / "study.journal").write_bytes(data[:cut])
+        with pytest.warns(UserWarning, match="removed a torn last record") if cut > last_start else \
+                contextlib.nullcontext():
+            storage = make_storage(config, out)
+        assert (out / "study.journal").read_bytes() == data[:last_start]  # every complete record kept
+        study = optuna.load_study(study_name="s", storage=storage)
+        study.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_int("m", 1, 4)), n_trials=1)
+        again = optuna.load_study(study_name="s", storage=storage)
+        assert len(again.trials) >= n and again.trials[-1].state == TrialState.COMPLETE
+    assert repair_journal(whole) == 0 and whole.read_bytes() == data
+
+
+def test_a_damaged_record_in_the_middle_is_an_error_not_a_cut(tmp_path):
+    from search._study import repair_journal
+
+    path = tmp_path / "study.journal"
+    _small_journal(path)
+    lines = path.read_bytes().split(b"\n")
+    lines[1] = lines[1][:5]
+    path.write_bytes(b"\n".join(lines))
+    before = path.read_bytes()
+    with pytest.raises(condense.CondenseError, match="record 2 is damaged and is not the last one"):
+        repair_journal(path)
+    assert path.read_bytes() == before
+
+
+def test_the_original_model_is_seeded_so_workers_train_the_same_plan_from_the_same_weights(env, tmp_path):
+    from search._study import SearchConfig, _build_original
+
+    config = SearchConfig(model=env["model"], data=env["data"], output=str(tmp_path), seed=3)
+    torch.manual_seed(1)
+    a, _, _ = _build_original(config, None, 10)
+    torch.manual_seed(2)
+    b, _, _ = _build_original(config, None, 10)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_bad_budget_creates_no_study_and_no_folder(env, tmp_path, capsys):
+    out = tmp_path / "never"
+    code = search_main([env["model"], "--data", env["data"], "--budget", "1K", "--trials", "2", "-o", str(out)])
+    assert code == 1 and not out.exists()
+
+
+def test_progress_is_one_plain_line_per_evaluated_trial_when_not_a_terminal():
+    import io
+
+    from rich.console import Console
+
+    from search._study import _Progress
+
+    out = io.StringIO()
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    bar = _Progress(3, True, Console(file=out, force_terminal=False))
+    assert bar.bar is None  # no rich bar: it would show nothing in a log until the run ends
+    with bar:
+        bar.update(study)
+        for i, status in enumerate(("trained", "over budget", "trained")):
+            trial = optuna.trial.create_trial(values=[0.5 + i / 10, 1e6, 1e3], user_attrs={"status": status})
+            study.add_trial(trial)
+            bar.update(study)
+    lines = out.getvalue().splitlines()
+    assert [line.split(",")[0] for line in lines] == ["search: 0/3 evaluated", "search: 1/3 evaluated",
+                                                      "search: 2/3 evaluated"]
+    assert "1 over budget (not trained)" in lines[-1]
+    quiet = io.StringIO()
+    _Progress(3, False, Console(file=quiet)).update(study)
+    assert quiet.getvalue() == ""

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import condense
+from condense import CondenseError
 from condense.cli import main
 from condense.data import load_data
 from condense.train import TrainConfig, distillation_loss, lr_at, train
@@ -216,3 +217,154 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert result["world"] == 2 and result["same"]  # DDP kept both replicas identical
     assert result["images"] == 128  # the test split, summed over the two ranks' shards
     assert (tmp_path / "out" / "last.pt").exists()
+
+
+# --- trust: checkpoints load without unpickling code; runs are not overwritten by accident; seeds fix results
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_resume_never_unpickles_code_planted_in_last_pt(tmp_path, data, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    config = TrainConfig(epochs=2, batch_size=64, lr=0.05, max_steps_per_epoch=1)
+    train(small_net(), data, TrainConfig(epochs=1, batch_size=64, lr=0.05, max_steps_per_epoch=1), out_dir=out,
+          progress=False)
+    good = torch.load(out / "last.pt", weights_only=True)  # the checkpoint itself is weights-only
+    assert isinstance(good["rng"]["python"], torch.Tensor)
+    torch.save({"model": _Payload()}, out / "last.pt")
+    with pytest.raises(CondenseError, match="not a training checkpoint this version reads safely"):
+        train(small_net(), data, config, out_dir=out, resume=True, progress=False)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_an_existing_run_needs_resume_or_overwrite(tmp_path, data):
+    out = tmp_path / "run"
+    config = TrainConfig(epochs=1, batch_size=64, lr=0.05, max_steps_per_epoch=1)
+    train(small_net(), data, config, out_dir=out, progress=False)
+    before = (out / "last.pt").read_bytes()
+    with pytest.raises(CondenseError, match=r"already holds a run .*--resume.*--overwrite"):
+        train(small_net(), data, config, out_dir=out, progress=False)
+    assert (out / "last.pt").read_bytes() == before
+    train(small_net(), data, config, out_dir=out, progress=False, overwrite=True)
+
+
+def test_cli_same_seed_same_result_from_a_model_spec(tmp_path):
+    npz = tiny_mnist(tmp_path / "m.npz")
+    states = []
+    for run in ("a", "b"):
+        torch.manual_seed(1234 if run == "a" else 99)  # whatever state the process is in
+        assert main(["train", "zoo:mnist_resnet_small", "--data", f"mnist:{npz}", "--epochs", "1", "--batch-size",
+                     "64", "--max-steps", "2", "--seed", "0", "-o", str(tmp_path / run)]) == 0
+        states.append(torch.load(tmp_path / run / "model.pth", weights_only=True))
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert main(["train", "zoo:mnist_resnet_small", "--data", f"mnist:{npz}", "--epochs", "1", "--batch-size", "64",
+                 "--max-steps", "2", "--seed", "1", "-o", str(tmp_path / "c")]) == 0
+    other = torch.load(tmp_path / "c" / "model.pth", weights_only=True)
+    assert not all(torch.equal(states[0][k], other[k]) for k in other)
+
+
+def _one_class_npz(path):
+    x = np.zeros((64, 28, 28), np.uint8)
+    y = np.zeros(64, np.int64)
+    np.savez(path, x_train=x, y_train=y, x_test=x[:16], y_test=y[:16])
+    return path
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("no-steps", "make no full batch of 64"),
+    ("one-class", "training data .* has 1 class"),
+    ("classes", "the model has 4 outputs but the data"),
+])
+def test_setups_that_cannot_train_are_errors_before_anything_is_written(tmp_path, data, case, needle):
+    out = tmp_path / "run"
+    model = small_net()
+    if case == "no-steps":
+        from condense.data import load_data
+        data = load_data(f"mnist:{tiny_mnist(tmp_path / 'm.npz')}", limit_train=16)
+    elif case == "one-class":
+        from condense.data import load_data
+        data = load_data(f"mnist:{_one_class_npz(tmp_path / 'one.npz')}")
+    else:
+        model[-1] = nn.Linear(8 * 28, 4)
+    with pytest.raises(CondenseError, match=needle):
+        train(model, data, TrainConfig(epochs=1, batch_size=64), out_dir=out, progress=False)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--milestones", "5,x", "--schedule", "step"], "--milestones '5,x' is not a list of epochs"),
+    (["--limit-train", "16", "--batch-size", "64"], "make no full batch"),
+])
+def test_cli_train_bad_input_is_one_line_exit_1(tmp_path, capsys, argv, needle):
+    npz = tiny_mnist(tmp_path / "m.npz")
+    out = tmp_path / "run"
+    assert main(["train", "zoo:mnist_resnet_small", "--data", f"mnist:{npz}", "--epochs", "6", "-o", str(out)] + argv) == 1
+    err = capsys.readouterr().err
+    assert needle in err and "unexpected" not in err and not out.exists()
+
+
+# --- the data at its own size, a choice of augmentation, threads, progress in a log ------------------------
+
+LETTER_NET = """import torch.nn as nn
+def net(num_classes=3):
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, num_classes))
+"""
+
+
+def _letters(root: Path) -> Path:
+    """A 3-class tree of 28x28 grey PNGs, train/ and val/ (like a letters set)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    for split in ("train", "val"):
+        for c in "abc":
+            (root / split / c).mkdir(parents=True)
+            for k in range(4):
+                Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8), mode="L").save(
+                    root / split / c / f"{k}.png")
+    return root
+
+
+@pytest.mark.parametrize("flags,augment,size", [
+    ([], "none", [3, 28, 28]),                                   # grey letters: their own size, no flips
+    (["--augment", "crop-flip", "--input-size", "3x20x20"], "crop-flip", [3, 20, 20]),
+    (["--no-augment"], "none", [3, 28, 28]),
+])
+def test_cli_train_imagefolder_at_the_models_size_with_the_chosen_augmentation(tmp_path, capsys, flags, augment,
+                                                                                size):
+    data_dir = _letters(tmp_path / "letters")
+    (tmp_path / "nets.py").write_text(LETTER_NET)
+    out = tmp_path / "run"
+    assert main(["train", f"{tmp_path / 'nets.py'}:net", "--data", f"imagefolder:{data_dir}", "--epochs", "1",
+                 "--batch-size", "4", "--threads", "1", "-o", str(out), *flags]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"augmentation: {augment}" in text and "torch threads: 1" in text and "x".join(map(str, size)) in text
+    assert "epoch 1/1: train loss" in text  # not a terminal: one plain line per epoch
+    m = json.loads((out / "metrics.json").read_text())
+    assert (m["data"], m["num_classes"], m["augment"], m["input_size"]) == ("letters", 3, augment, size)
+    assert m["data_spec"] == f"imagefolder:{data_dir}"
+
+
+def test_train_prints_one_plain_line_per_epoch_when_not_a_terminal(data, capsys):
+    train(small_net(), data, TrainConfig(epochs=2, batch_size=64, lr=0.05, max_steps_per_epoch=1))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+    assert all("test loss" in line and "img/s" in line for line in lines)
+    train(small_net(), data, TrainConfig(epochs=1, batch_size=64, max_steps_per_epoch=1), progress=False)
+    assert capsys.readouterr().out == ""
+
+
+def test_augment_option_is_checked_and_recorded(data):
+    with pytest.raises(condense.ConfigError, match="augment='flip'"):
+        TrainConfig(augment="flip")
+    with pytest.raises(CondenseError, match="augment='timm' works on image files"):
+        train(small_net(), data, TrainConfig(epochs=1, augment="timm"), progress=False)
+    res = train(small_net(), data, TrainConfig(epochs=1, batch_size=64, max_steps_per_epoch=1, augment="crop-flip"),
+                progress=False)
+    assert res.metrics["augment"] == "crop-flip" and res.metrics["config"]["augment"] == "crop-flip"
+    res = train(small_net(), data, TrainConfig(epochs=1, batch_size=64, max_steps_per_epoch=1), progress=False)
+    assert (res.metrics["augment"], res.metrics["data"], res.metrics["num_classes"]) == ("none", "mnist", 10)
