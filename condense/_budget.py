@@ -163,4 +163,10 @@ def parse_input_size(text: str | tuple[int, ...] | list[int]) -> tuple[int, int,
         parts = [3, *parts]
     if len(parts) != 3 or any(p < 1 for p in parts):
         raise CondenseError(f"bad input size {text!r}", hint)
+    if parts[0] * parts[1] * parts[2] > MAX_INPUT_ELEMENTS:
+        raise CondenseError(f"input size {text!r} is too large ({parts[0] * parts[1] * parts[2]:,} values per "
+                            f"image; at most {MAX_INPUT_ELEMENTS:,})", "image models take e.g. 3x224x224")
     return (parts[0], parts[1], parts[2])
+
+
+MAX_INPUT_ELEMENTS = 2**26  # 3 x 4729 x 4729: far above any classifier's input, far below memory limits
