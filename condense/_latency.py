@@ -1,8 +1,9 @@
 """Measured latency: one forward pass of a model on this machine, the way a latency budget is checked.
 
-In: a model, an input size and a ``LatencySetting`` (batch, eager or compiled, threads). Out: the median
-milliseconds of one forward pass. Never: changes the model (it is measured in eval mode under
-``torch.no_grad`` and put back in its mode).
+In: a model, an input size and a ``LatencySetting`` (batch, eager or compiled, threads, device). Out: the
+median milliseconds of one forward pass. Never: changes the model (it is measured in eval mode under
+``torch.no_grad`` and put back in its mode; on another device than its own, a copy is measured), or reads
+the clock while the device still has queued work (CUDA is synchronised around every timed call).
 
 A measurement warms up first (for ``compiled``, the first calls compile: that time is not counted), then
 times single calls until both ``repeats`` calls and ``min_time`` seconds are done, and reports the median.
@@ -11,6 +12,7 @@ Threads: ``threads`` pins ``torch.set_num_threads`` for the measurement (None ke
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import statistics
 import time
@@ -30,7 +32,8 @@ Mode = Literal["eager", "compiled"]
 class LatencySetting:
     """How latency is measured: ``batch`` images per forward, ``mode`` eager or ``compiled``
     (torch.compile), ``threads`` (None: torch's current count), at least ``repeats`` timed calls and
-    ``min_time`` seconds after ``warmup`` calls."""
+    ``min_time`` seconds after ``warmup`` calls, on ``device`` (``auto``: CUDA when available, else CPU;
+    see ``condense._device``)."""
 
     batch: int = 1
     mode: Mode = "eager"
@@ -38,6 +41,7 @@ class LatencySetting:
     repeats: int = 20
     warmup: int = 3
     min_time: float = 1.0
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("batch", "repeats"):
@@ -50,13 +54,22 @@ class LatencySetting:
             raise ConfigError(f"latency threads={self.threads!r} must be an integer >= 1 or None")
         if self.warmup < 1 or self.min_time < 0:
             raise ConfigError("latency warmup must be >= 1 and min_time >= 0")
+        from ._device import resolve_device
+
+        object.__setattr__(self, "device", str(resolve_device(self.device)))  # checked now, recorded resolved
 
     def describe(self) -> str:
+        from ._device import describe_device
+
         threads = self.threads or torch.get_num_threads()
-        return f"batch {self.batch}, {self.mode}, {threads} thread(s)"
+        where = describe_device(torch.device(self.device)) if self.device != "cpu" else "cpu"
+        return f"batch {self.batch}, {self.mode}, {threads} thread(s), {where}"
 
     def to_dict(self) -> dict:
-        return {"batch": self.batch, "mode": self.mode, "threads": self.threads or torch.get_num_threads()}
+        from ._device import device_record
+
+        return {"batch": self.batch, "mode": self.mode, "threads": self.threads or torch.get_num_threads(),
+                **device_record(torch.device(self.device))}
 
 
 @contextlib.contextmanager
@@ -72,11 +85,16 @@ def _threads(n: int | None):
 
 def measure_latency(model: nn.Module, input_size: Sequence[int], setting: LatencySetting | None = None) -> float:
     """Median milliseconds of one forward pass of ``model`` on a random (batch, *input_size) input."""
+    from ._device import synchronize
+
     setting = setting or LatencySetting()
+    device = torch.device(setting.device)
     p = next(iter(model.parameters()), None)
+    if p is not None and p.device != device:
+        model = copy.deepcopy(model).to(device)  # the caller's model stays where it is
+        p = next(iter(model.parameters()))
     x = torch.randn(setting.batch, *input_size, generator=torch.Generator().manual_seed(0))
-    if p is not None and p.is_floating_point():
-        x = x.to(p.device, p.dtype)
+    x = x.to(device, p.dtype if p is not None and p.is_floating_point() else x.dtype)
     was = model.training
     model.eval()
     fn = torch.compile(model) if setting.mode == "compiled" else model
@@ -85,10 +103,12 @@ def measure_latency(model: nn.Module, input_size: Sequence[int], setting: Latenc
         with _threads(setting.threads), torch.no_grad():
             for _ in range(setting.warmup + (2 if setting.mode == "compiled" else 0)):
                 fn(x)
+            synchronize(device)
             start = time.perf_counter()
             while len(times) < setting.repeats or time.perf_counter() - start < setting.min_time:
                 t0 = time.perf_counter()
                 fn(x)
+                synchronize(device)
                 times.append(time.perf_counter() - t0)
     finally:
         model.train(was)

@@ -4,7 +4,7 @@
     condense find MODEL                                          list the runs of repeated blocks
     condense count MODEL_OR_DIR                                  MACs and parameters
     condense train MODEL_OR_DIR --data cifar10:PATH --epochs N   train or fine-tune (optionally distil)
-    condense recipe list | footprint | run FILE                  the paper's experiments (recipes/*.yaml)
+    condense recipe list | footprint | run FILE [--seeds 0,1,2]  the paper's experiments (recipes/*.yaml)
 """
 from __future__ import annotations
 
@@ -18,17 +18,19 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ._errors import CondenseError, run_command
+from ._help import HelpFormatter  # public here: search's commands use it too
 
 SUBCOMMANDS = ("find", "count", "train", "recipe")
+AUGMENTS = ("none", "crop-flip", "timm")  # condense.data.AUGMENTS (not imported here: the CLI starts without torch)
 EPILOG = """\
 MODEL is timm:NAME (e.g. timm:efficientnet_b0) or path/to/file.py:factory (a function returning an
-nn.Module). Budgets: 250M, 1.2G, 2.5e8, 800K, or 60%% of the original. MACs count one per multiply-add
+nn.Module). Budgets: 250M, 1.2G, 2.5e8, 800K, or 60% of the original. MACs count one per multiply-add
 and include the PDE iterations (see the README).
 
 examples:
   condense timm:efficientnet_b0 --budget 250M
   condense timm:resnet50 --budget 2G --params 15M -o out/resnet50-2g
-  condense models.py:resnet32 --input-size 3x32x32 --budget 40%% --layer global --K 3
+  condense models.py:resnet32 --input-size 3x32x32 --budget 40% --layer global --K 3
   condense find timm:mobilenetv2_100
   condense timm:efficientnet_b0 --latency 12ms --compiled --threads 2
   condense count out/resnet50-2g
@@ -37,7 +39,7 @@ other commands (each has --help):
   condense find MODEL              list the runs of repeated blocks
   condense count MODEL_OR_DIR      MACs and parameters per module
   condense train MODEL_OR_DIR --data SPEC --epochs N [--teacher MODEL]   train / distil
-  condense recipe list | footprint [FILE...] | run FILE [--epochs N]      the paper's experiments
+  condense recipe list | footprint [FILE...] | run FILE [--seeds 0,1,2]  the paper's experiments
   condense search MODEL --data SPEC --budget B --trials N                Pareto search (Optuna)
   condense export STUDY_DIR --trial N                                    a searched plan as a model dir
   condense compare STUDY_DIR STUDY_DIR [--plot PNG]                      hypervolume of searches' fronts
@@ -57,16 +59,16 @@ def _option_value(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input-size", metavar="CxHxW", help="input size, e.g. 3x224x224 (default: the timm "
-                   "model's pretrained config, else 3x224x224)")
+def _common(p: argparse.ArgumentParser, input_size_help: str | None = None) -> None:
+    p.add_argument("--input-size", metavar="CxHxW", help=input_size_help or "input size, e.g. 3x224x224 (default: "
+                   "the timm model's pretrained config, else 3x224x224)")
     p.add_argument("--checkpoint", metavar="FILE", help="local weights (.pth or .safetensors) for MODEL")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def _main_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="condense", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        prog="condense", formatter_class=HelpFormatter, epilog=EPILOG,
         description="Condense a CNN: replace repeated same-resolution blocks by PDE-based Global layers "
                     "to fit a MAC and/or parameter budget, and save a model that loads back.")
     p.add_argument("model", metavar="MODEL", help="timm:NAME, zoo:NAME (the paper's CIFAR/MNIST models) or "
@@ -82,6 +84,8 @@ def _main_parser() -> argparse.ArgumentParser:
     t.add_argument("--compiled", action="store_true", help="measure torch.compile'd models (default eager)")
     t.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch threads while measuring (default: torch's current count)")
+    t.add_argument("--device", default="auto", metavar="DEV", help="device the latency is measured on: auto (CUDA "
+                   "when available, else CPU), cpu, cuda, cuda:N, mps (default auto)")
     g = p.add_argument_group("layer")
     g.add_argument("--layer", default="global",
                    help="layer type: global, linearmix, explicit_rd, implicit_rd, circulant_rd (default global)")
@@ -110,22 +114,27 @@ def _main_parser() -> argparse.ArgumentParser:
 def _sub_parser(name: str) -> argparse.ArgumentParser:
     if name == "find":
         p = argparse.ArgumentParser(prog="condense find", description="List the runs of repeated "
-                                    "same-resolution blocks (changes nothing).")
+                                    "same-resolution blocks (changes nothing).", formatter_class=HelpFormatter)
         p.add_argument("model", metavar="MODEL")
-        p.add_argument("--json", action="store_true")
+        p.add_argument("--json", action="store_true", help="print the runs as JSON")
     elif name == "recipe":
         p = argparse.ArgumentParser(prog="condense recipe", description="The paper's experiments as recipes "
-                                    "(recipes/*.yaml): list them, measure their footprints, or run one.")
+                                    "(recipes/*.yaml, shipped with the package): list them, measure their "
+                                    "footprints, or run one. FILE is a recipe file or a recipe's name.",
+                                    formatter_class=HelpFormatter)
         sub = p.add_subparsers(dest="action", required=True)
-        sub.add_parser("list", help="the recipes and the paper's figures")
-        fp = sub.add_parser("footprint", help="dry run: MACs and params, measured against the paper's")
-        fp.add_argument("files", nargs="*", metavar="FILE")
-        run = sub.add_parser("run", help="train a recipe and print measured against reported figures")
-        run.add_argument("file", metavar="FILE")
+        sub.add_parser("list", help="the recipes and the paper's figures", formatter_class=HelpFormatter)
+        fp = sub.add_parser("footprint", help="dry run: MACs and params, measured against the paper's",
+                            formatter_class=HelpFormatter)
+        fp.add_argument("files", nargs="*", metavar="FILE", help="recipe files or names (default: all)")
+        run = sub.add_parser("run", help="train a recipe and print measured against reported figures",
+                             formatter_class=HelpFormatter)
+        run.add_argument("file", metavar="FILE", help="a recipe file or name, e.g. mnist_fig2_cnn")
         run.add_argument("--epochs", type=int, default=None, help="override the schedule's length "
                          "(milestones scale along)")
-        run.add_argument("--variant", choices=("condensed", "baseline"), default="condensed")
-        run.add_argument("--limit-train", type=int, default=None)
+        run.add_argument("--variant", choices=("condensed", "baseline"), default="condensed",
+                         help="train the model the plan makes, or the original")
+        run.add_argument("--limit-train", type=int, default=None, metavar="N", help="use N training images")
         run.add_argument("--data", default=None, help="replace the recipe's data spec")
         run.add_argument("-o", "--output", metavar="DIR", help="default runs/<recipe>-<variant>; with --seed or "
                          "--seeds each seed's run goes in DIR/seed<S>")
@@ -144,35 +153,51 @@ def _sub_parser(name: str) -> argparse.ArgumentParser:
         p = argparse.ArgumentParser(
             prog="condense train", description="Train a model or a condensed-model directory on local data, "
             "optionally distilling from the original (--teacher). Checkpoints every epoch; --resume continues.",
+            formatter_class=HelpFormatter,
             epilog="data specs: mnist:PATH (.npz or idx dir), cifar10:PATH / cifar100:PATH (pickle batches, an "
                    "ImageFolder tree or its .tar.gz), imagefolder:PATH. Multi-process: torchrun --nproc_per_node=N "
                    "$(which condense) train ...")
         p.add_argument("model", metavar="MODEL_OR_DIR")
-        p.add_argument("--data", required=True, metavar="SPEC")
-        p.add_argument("--epochs", type=int, required=True)
-        p.add_argument("--batch-size", type=int, default=128)
-        p.add_argument("--lr", type=float, default=0.1)
-        p.add_argument("--momentum", type=float, default=0.9)
-        p.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=5e-4)
+        p.add_argument("--data", required=True, metavar="SPEC", help="the data set (see below)")
+        p.add_argument("--epochs", type=int, required=True, help="epochs to train")
+        p.add_argument("--batch-size", type=int, default=128, help="images per step")
+        p.add_argument("--lr", type=float, default=0.1, help="peak learning rate")
+        p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+        p.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=5e-4, help="weight decay")
         p.add_argument("--optimizer", default="sgd", help="sgd or a timm optimizer name (adamw, rmsproptf, ...)")
-        p.add_argument("--schedule", choices=("cosine", "step", "constant"), default="cosine")
+        p.add_argument("--schedule", choices=("cosine", "step", "constant"), default="cosine",
+                       help="learning-rate schedule")
         p.add_argument("--milestones", default="", help="epochs for the step schedule, e.g. 150,225")
-        p.add_argument("--gamma", type=float, default=0.1)
-        p.add_argument("--warmup-epochs", type=int, default=0)
-        p.add_argument("--label-smoothing", type=float, default=0.0)
-        p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
+        p.add_argument("--gamma", type=float, default=0.1, help="learning-rate factor at each milestone")
+        p.add_argument("--warmup-epochs", type=int, default=0, help="epochs of linear learning-rate warm-up")
+        p.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing of the loss")
+        p.add_argument("--amp", nargs="?", const="bf16", default=None, choices=("bf16", "fp16"),
+                       help="autocast: bf16 (also --amp alone) or fp16 (with a gradient scaler) (default: off)")
+        p.add_argument("--device", default="auto", metavar="DEV",
+                       help="auto (CUDA when available, else CPU), cpu, cuda, cuda:N or mps")
+        p.add_argument("--channels-last", action="store_true", help="channels-last memory format for model and batches")
+        p.add_argument("--compile", action="store_true", help="torch.compile the model for training")
         p.add_argument("--clip-grad", type=float, default=None, metavar="NORM",
                        help="clip the gradients' total 2-norm to NORM before every step (default: no clipping)")
         p.add_argument("--decay-norm-and-bias", action="store_true",
                        help="weight decay on norm weights and biases too (default: on conv/linear weights only)")
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--no-augment", action="store_true")
+        p.add_argument("--seed", type=int, default=0, help="random seed (initial weights, data order, augmentation)")
+        p.add_argument("--augment", choices=AUGMENTS, default=None,
+                       help="training augmentation: none; crop-flip (a random crop of the padded image and a "
+                            "horizontal flip, as for CIFAR); timm (timm's transform, imagefolder: data only). "
+                            "Default: the data's: none for grey images (digits, letters), timm for photos of "
+                            "128 pixels or more, else crop-flip")
+        p.add_argument("--no-augment", dest="augment", action="store_const", const="none",
+                       help="the same as --augment none")
+        p.add_argument("--threads", type=int, default=None, metavar="N",
+                       help="torch threads for training (default: torch's current count; one per core, "
+                            "fewer on a shared machine)")
         p.add_argument("--teacher", metavar="MODEL_OR_DIR", help="distil from this model (e.g. the original)")
         p.add_argument("--teacher-checkpoint", metavar="FILE", help="local weights for --teacher")
-        p.add_argument("--kd-alpha", type=float, default=0.5)
-        p.add_argument("--kd-temperature", type=float, default=4.0)
-        p.add_argument("--limit-train", type=int, default=None, help="use the first N training images")
-        p.add_argument("--limit-test", type=int, default=None)
+        p.add_argument("--kd-alpha", type=float, default=0.5, help="weight of the distillation term")
+        p.add_argument("--kd-temperature", type=float, default=4.0, help="distillation temperature")
+        p.add_argument("--limit-train", type=int, default=None, metavar="N", help="use N training images")
+        p.add_argument("--limit-test", type=int, default=None, metavar="N", help="use N test images")
         p.add_argument("--max-steps", type=int, default=None, help="at most N steps per epoch")
         p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
         p.add_argument("--overwrite", action="store_true", help="start again in an OUT that holds a run (its "
@@ -181,12 +206,14 @@ def _sub_parser(name: str) -> argparse.ArgumentParser:
         p.add_argument("-o", "--output", metavar="DIR", help="output directory (default runs/<name>)")
     else:
         p = argparse.ArgumentParser(prog="condense count", description="MACs and parameters of a model or "
-                                    "of a condensed-model directory.")
+                                    "of a condensed-model directory.", formatter_class=HelpFormatter)
         p.add_argument("model", metavar="MODEL_OR_DIR")
         p.add_argument("--depth", type=int, default=2, help="module depth of the per-module table")
-        p.add_argument("--json", action="store_true")
+        p.add_argument("--json", action="store_true", help="print the totals as JSON")
         _trust(p)
-    _common(p)
+    _common(p, "input size the data is read at, e.g. 3x32x32 (default: the size a condensed directory was "
+               "made for, else the data's own: MNIST and CIFAR as stored, imagefolder: small images at "
+               "their size, photos at 224x224)" if name == "train" else None)
     return p
 
 
@@ -239,7 +266,7 @@ def _run_condense(args, console) -> int:
 
         parse_latency(args.latency)
         setting = LatencySetting(batch=args.latency_batch, mode="compiled" if args.compiled else "eager",
-                                 threads=args.threads)
+                                 threads=args.threads, device=args.device)
     inputs = [args.checkpoint, args.model.rpartition(":")[0] if ".py:" in args.model else None]
     if args.output and not args.dry_run:
         from ._io import check_output
@@ -351,7 +378,8 @@ def _milestones(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(m) for m in text.split(",") if m.strip()) if text else ()
     except ValueError:
-        raise CondenseError(f"--milestones {text!r} is not a list of epochs", "write e.g. --milestones 150,225") from None
+        raise CondenseError(f"--milestones {text!r} is not a list of epochs",
+                            "write e.g. --milestones 150,225") from None
 
 
 def _run_train(args, console) -> int:
@@ -363,16 +391,24 @@ def _run_train(args, console) -> int:
     from .data import load_data
     from .train import TrainConfig, _atomic_save, train
 
+    from ._device import describe_device, resolve_device
+
     milestones = _milestones(args.milestones)
+    device = resolve_device(args.device)  # a device that is not here: an error before anything is read or written
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CondenseError(f"--threads {args.threads} must be >= 1")
+        torch.set_num_threads(args.threads)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                          weight_decay=args.weight_decay, optimizer=args.optimizer, schedule=args.schedule,
                          milestones=milestones, gamma=args.gamma, warmup_epochs=args.warmup_epochs,
                          label_smoothing=args.label_smoothing, amp=args.amp, seed=args.seed,
-                         clip_grad_norm=args.clip_grad, decay_norm_and_bias=args.decay_norm_and_bias,
-                         augment=not args.no_augment, kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature,
+                         channels_last=args.channels_last, compile=args.compile, clip_grad_norm=args.clip_grad, decay_norm_and_bias=args.decay_norm_and_bias,
+                         augment=args.augment or True, kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature,
                          max_steps_per_epoch=args.max_steps)
     with console.status("loading data"):
-        bundle = load_data(args.data, limit_train=args.limit_train, limit_test=args.limit_test)
+        bundle = load_data(args.data, limit_train=args.limit_train, limit_test=args.limit_test,
+                           input_size=_train_input_size(args), augment=args.augment)
     torch.manual_seed(args.seed)  # a model built here starts from the seed's weights: one seed, one result
     student = resolve_model(args.model, checkpoint=args.checkpoint, num_classes=bundle.num_classes,
                             trust_code=args.trust_code)
@@ -383,7 +419,12 @@ def _run_train(args, console) -> int:
                                 trust_code=args.trust_code).model
     out = check_output(args.output or Path("runs") / name, [args.model, args.checkpoint, args.teacher,
                                                              args.teacher_checkpoint])
-    result = train(model, bundle, config, out_dir=out, teacher=teacher, resume=args.resume,
+    console.print(f"training on {bundle.name} ({bundle.num_classes} classes, {bundle.train_size} training images) at "
+                  f"{'x'.join(map(str, bundle.input_size))}; augmentation: {bundle.augment}"
+                  f"{' (the data default)' if args.augment is None else ''}; torch threads: {torch.get_num_threads()}"
+                  f"{'' if args.threads else ' (torch default)'}; device: {describe_device(device)}"
+                  f"{'; amp ' + config.amp if config.amp else ''}", highlight=False)
+    result = train(model, bundle, config, out_dir=out, teacher=teacher, resume=args.resume, device=device,
                    overwrite=args.overwrite, extra_metrics={"model": args.model, "teacher_model": args.teacher})
     if meta is not None:  # a condensed model stays a loadable directory, now with trained weights
         write_model_dir(out / "model", model, {**meta, "trained": {"data": bundle.name, "epochs": config.epochs}})
@@ -391,8 +432,24 @@ def _run_train(args, console) -> int:
         _atomic_save(model.state_dict(), out / "model.pth")
     m = result.metrics
     console.print(f"test accuracy {m['test_acc']:.4f} (best {m['best_test_acc']:.4f}) after {m['epochs']} epochs; "
-                  f"{format_count(m['macs'])} MACs, {format_count(m['params'])} params; metrics in {out / 'metrics.json'}")
+                  f"{format_count(m['macs'])} MACs, {format_count(m['params'])} params; "
+                  f"metrics in {out / 'metrics.json'}")
     return 0
+
+
+def _train_input_size(args) -> tuple[int, int, int] | None:
+    """--input-size, else the size a condensed directory was made for, else None (the data's own size)."""
+    from ._budget import parse_input_size
+    from ._resolve import is_model_dir
+
+    if args.input_size:
+        return parse_input_size(args.input_size)
+    if is_model_dir(args.model):
+        from ._io import read_meta
+
+        size = read_meta(args.model).get("input_size")
+        return tuple(size) if size else None
+    return None
 
 
 def _pct(x) -> str:

@@ -15,6 +15,7 @@ rank; rank 0 alone writes files and shows progress, and test accuracy is summed 
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -31,6 +32,7 @@ from torch import nn
 from ._errors import ConfigError, CondenseError
 
 SCHEDULES = ("cosine", "step", "constant")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +57,7 @@ class TrainConfig:
     gamma: float = 0.1
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
-    amp: bool = False
+    amp: bool | str | None = False
     seed: int = 0
     augment: bool | str = True
     kd_alpha: float = 0.5
@@ -63,10 +65,18 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None
     clip_grad_norm: float | None = None
     decay_norm_and_bias: bool = False
+    channels_last: bool = False
+    compile: bool = False
 
     def __post_init__(self):
         def bad(field, why):
             raise ConfigError(f"train option {field}={getattr(self, field)!r}: {why}")
+
+        amp = {True: "bf16", False: None, None: None}.get(self.amp, self.amp) if isinstance(self.amp, (bool, type(None))) \
+            else str(self.amp).lower()
+        if amp not in AMP_DTYPES and amp is not None:
+            bad("amp", f"must be one of {', '.join(AMP_DTYPES)} (or off)")
+        object.__setattr__(self, "amp", amp)
 
         if not isinstance(self.epochs, int) or self.epochs < 1:
             bad("epochs", "must be an integer >= 1")
@@ -140,7 +150,7 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, target: torc
 
 def _make_optimizer(model: nn.Module, config: TrainConfig):
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 and not config.decay_norm_and_bias else decay).append(p)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -154,27 +164,51 @@ def _make_optimizer(model: nn.Module, config: TrainConfig):
         raise ConfigError(f"unknown optimizer {config.optimizer!r}", "use sgd or a timm optimizer name") from err
 
 
-def _dist():
-    """(rank, world_size, is_distributed); joins the process group under torchrun."""
+def _dist(device: torch.device):
+    """(rank, world_size, is_distributed); joins the process group under torchrun: NCCL for CUDA devices
+    (one process per GPU, ``LOCAL_RANK`` picks it), gloo on the CPU."""
     import torch.distributed as dist
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1, False
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size(), True
 
 
-def _rng_state() -> dict[str, torch.Tensor]:
-    """The random states as tensors (so a checkpoint loads with ``weights_only=True``)."""
+def _to(x: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    """A batch on ``device``: pinned and copied without blocking for CUDA; channels-last 4-d maps if asked."""
+    if x.device != device:
+        if device.type == "cuda" and not x.is_pinned():
+            x = x.pin_memory()
+        x = x.to(device, non_blocking=device.type == "cuda")
+    if channels_last and x.ndim == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def _autocast(device: torch.device, amp: str | None):
+    return torch.autocast(device.type, dtype=AMP_DTYPES.get(amp or "bf16"), enabled=amp is not None)
+
+
+def _rng_state() -> dict[str, Any]:
+    """The random states as tensors (so a checkpoint loads with ``weights_only=True``), CUDA's where used."""
     version, words, gauss = random.getstate()
-    return {"torch": torch.get_rng_state(), "python": torch.tensor([version, *words], dtype=torch.int64),
-            "python_gauss": torch.tensor([] if gauss is None else [gauss], dtype=torch.float64)}
+    out: dict[str, Any] = {"torch": torch.get_rng_state(),
+                           "python": torch.tensor([version, *words], dtype=torch.int64),
+                           "python_gauss": torch.tensor([] if gauss is None else [gauss], dtype=torch.float64)}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
+    return out
 
 
 def _set_rng_state(state) -> None:
     torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])  # a run resumed on another machine keeps CPU order only
     py = [int(v) for v in state["python"].tolist()]
     gauss = state["python_gauss"].tolist()
     random.setstate((py[0], tuple(py[1:]), gauss[0] if gauss else None))
@@ -200,6 +234,17 @@ def _atomic_save(obj, path: Path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _cpu(obj: Any) -> Any:
+    """``obj`` with every tensor on the CPU (a checkpoint that loads on any device)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu(v) for v in obj)
+    return obj
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -235,8 +280,9 @@ def _outputs_of(model: nn.Module, bundle) -> int:
     x, _ = next(iter(bundle.loader("test", 1, shuffle=False, augment=False)))
     was = model.training
     model.eval()
+    param = next(iter(model.parameters()), None)
     with torch.no_grad():
-        out = model(x)
+        out = model(x.to(param.device) if param is not None else x)
     model.train(was)
     if out.ndim != 2:
         raise CondenseError(f"{type(model).__name__} gives outputs of shape {tuple(out.shape)}, not (batch, classes)",
@@ -283,22 +329,33 @@ def check_trainable(model: nn.Module, bundle, config: "TrainConfig", world_size:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data, batch_size: int = 256, *, rank: int = 0, world_size: int = 1,
-             amp: bool = False) -> dict[str, float]:
-    """Test loss and top-1 accuracy of ``model`` on the test split (summed over ranks when distributed)."""
+             amp: bool | str | None = False, device: torch.device | str | None = None,
+             channels_last: bool = False) -> dict[str, float]:
+    """Test loss and top-1 accuracy of ``model`` on the test split (summed over ranks when distributed),
+    on ``device`` (default: where the model's parameters are)."""
     was_training = model.training
     model.eval()
-    loss_sum, correct, seen = 0.0, 0, 0
+    param = next(iter(model.parameters()), None)
+    device = torch.device(device) if device is not None else (param.device if param is not None else torch.device("cpu"))
+    amp = {True: "bf16", False: None}.get(amp, amp) if isinstance(amp, bool) else amp
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
     loader = data.loader("test", batch_size, shuffle=False, augment=False, rank=rank, world_size=world_size)
-    for x, y in loader:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            out = model(x)
-        out = out.float()
-        loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
-        correct += int((out.argmax(1) == y).sum())
-        seen += len(y)
+    with torch.no_grad():
+        for x, y in loader:
+            x, y = _to(x, device, channels_last), _to(y, device)
+            with _autocast(device, amp):
+                out = model(x)
+            out = out.float()
+            loss_sum += F.cross_entropy(out, y, reduction="sum").double()
+            correct += (out.argmax(1) == y).sum()
+            seen += len(y)
+    loss_sum, correct = float(loss_sum), int(correct)  # one device sync per evaluation, not per batch
     if world_size > 1:
         import torch.distributed as dist
-        t = torch.tensor([loss_sum, correct, seen], dtype=torch.float64)
+        t = torch.tensor([loss_sum, correct, seen], dtype=torch.float64,
+                         device=device if dist.get_backend() == "nccl" else "cpu")
         dist.all_reduce(t)
         loss_sum, correct, seen = float(t[0]), int(t[1]), int(t[2])
     model.train(was_training)
@@ -330,8 +387,14 @@ def _epoch_line(record: dict[str, Any], epochs: int, lr: float) -> str:
 
 def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir: str | os.PathLike | None = None,
           teacher: nn.Module | None = None, resume: bool = False, progress: bool = True,
-          extra_metrics: dict[str, Any] | None = None, overwrite: bool = False) -> TrainResult:
+          extra_metrics: dict[str, Any] | None = None, overwrite: bool = False,
+          device: str | torch.device | None = "auto") -> TrainResult:
     """Train ``model`` in place on ``data`` (a spec string or a DataBundle) and return the result.
+
+    ``device``: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; the
+    model (and teacher) are moved there, batches are copied there (pinned, without blocking on CUDA),
+    autocast runs on its type (``config.amp``: ``bf16`` or ``fp16``, the latter with a gradient scaler).
+    Checkpoints hold CPU tensors, so a run resumes on another device.
 
     ``out_dir`` holding a checkpoint is continued with ``resume=True``, started again with ``overwrite=True``,
     and refused otherwise. Bad setups (one class, more classes than outputs, no full batch, an unreadable
@@ -341,7 +404,10 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
     config = config or TrainConfig()
     bundle = load_data(data) if isinstance(data, str) else data
     bundle, augment = with_augmentation(bundle, config)
-    rank, world, distributed = _dist()
+    from ._device import device_record, resolve_device
+
+    device = resolve_device(device)
+    rank, world, distributed = _dist(device)
     out = Path(out_dir) if out_dir is not None else None
     check_trainable(model, bundle, config, world)
     if out is not None and out.exists() and not out.is_dir():
@@ -373,12 +439,18 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
             raise os_error(err, out) from None
     torch.manual_seed(config.seed)
     random.seed(config.seed)
+    fmt = torch.channels_last if config.channels_last else torch.preserve_format
+    model.to(device=device, memory_format=fmt)
     net: nn.Module = model
     if distributed:
-        net = nn.parallel.DistributedDataParallel(model)
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile:
+        net = torch.compile(net)
     optimizer = _make_optimizer(model, config)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
     if teacher is not None:
         teacher.eval()
+        teacher.to(device=device, memory_format=fmt)
         for p in teacher.parameters():
             p.requires_grad_(False)
     history: list[dict[str, Any]] = []
@@ -388,6 +460,8 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
         state = resumed
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         history = state["history"]
         start_epoch = state["epoch"]
         _set_rng_state(state["rng"])
@@ -410,14 +484,18 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
                 min(len(loader), config.max_steps_per_epoch)
             task = bar.add_task(f"epoch {epoch + 1}/{config.epochs}", total=steps_per_epoch, stats="") if bar else None
             net.train()
-            loss_sum, correct, seen, t0 = 0.0, 0, 0, time.perf_counter()
+            loss_acc = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no sync a step
+            correct_acc = torch.zeros((), dtype=torch.int64, device=device)
+            seen, t0 = 0, time.perf_counter()
+            every = 1 if device.type == "cpu" else 20  # read the device's figures (a sync) this often
             for step, (x, y) in enumerate(loader):
                 if step >= steps_per_epoch:
                     break
                 lr = lr_at(config, epoch + step / steps_per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.amp):
+                x, y = _to(x, device, config.channels_last), _to(y, device)
+                with _autocast(device, config.amp):
                     logits = net(x)
                     if teacher is not None:
                         with torch.no_grad():
@@ -426,24 +504,30 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
                                                  config.kd_temperature, config.label_smoothing)
                     else:
                         loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
-                if not torch.isfinite(loss):
+                if step % every == 0 and not torch.isfinite(loss):
                     raise CondenseError(f"the loss became {float(loss)} at epoch {epoch + 1}, step {step + 1}",
                                         "lower the learning rate (--lr)")
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                scaler.scale(loss).backward()
                 if config.clip_grad_norm is not None:
+                    scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
-                optimizer.step()
-                loss_sum += float(loss.detach()) * len(y)
-                correct += int((logits.argmax(1) == y).sum())
+                scaler.step(optimizer)
+                scaler.update()
+                loss_acc += loss.detach().double() * len(y)
+                correct_acc += (logits.argmax(1) == y).sum()
                 seen += len(y)
-                if bar:
+                if bar and (step % every == 0 or step + 1 == steps_per_epoch):
                     rate = seen * world / max(time.perf_counter() - t0, 1e-9)
-                    bar.update(task, advance=1, stats=f"loss {loss_sum / seen:.3f} acc {correct / seen:.3f} "
-                                                      f"{rate:.0f} img/s lr {lr:.4f}")
+                    bar.update(task, completed=step + 1, stats=f"loss {float(loss_acc) / seen:.3f} acc "
+                                                               f"{int(correct_acc) / seen:.3f} {rate:.0f} img/s lr {lr:.4f}")
+            loss_sum, correct = float(loss_acc), int(correct_acc)
+            if not math.isfinite(loss_sum):
+                raise CondenseError(f"the loss became {loss_sum} in epoch {epoch + 1}", "lower the learning rate (--lr)")
             images_total += seen * world
             epoch_time = time.perf_counter() - t0
-            ev = evaluate(model, bundle, rank=rank, world_size=world, amp=config.amp)
+            ev = evaluate(model, bundle, rank=rank, world_size=world, amp=config.amp, device=device,
+                          channels_last=config.channels_last)
             record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                       "images_per_s": seen * world / max(epoch_time, 1e-9), "epoch_seconds": epoch_time, **ev}
             history.append(record)
@@ -453,8 +537,10 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
             if lines:
                 print(_epoch_line(record, config.epochs, lr_at(config, epoch)), flush=True)
             if ckpt_path is not None and rank == 0:
-                _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                              "history": history, "rng": _rng_state(), "config": config.to_dict()}, ckpt_path)
+                _atomic_save({"model": _cpu(model.state_dict()), "optimizer": _cpu(optimizer.state_dict()),
+                              "epoch": epoch + 1, "history": history, "rng": _rng_state(),
+                              "config": config.to_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+                              "device": str(device)}, ckpt_path)
     finally:
         if bar:
             bar.stop()
@@ -463,14 +549,15 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
         "best_test_acc": max((h["test_acc"] for h in history), default=None),
         "epochs": config.epochs, "world_size": world, "config": config.to_dict(), "data": bundle.name,
         "num_classes": bundle.num_classes, "data_spec": str(bundle.spec) if bundle.spec is not None else None,
-        "augment": augment,
+        "augment": augment, **device_record(device),
         "teacher": type(teacher).__name__ if teacher is not None else None,
         "train_seconds_this_run": time.perf_counter() - t_start,
     })
     if rank == 0:
         from ._count import macs_and_params
         was = model.training
-        macs, params = macs_and_params(model, bundle.input_size)
+        counted = model if device.type == "cpu" else copy.deepcopy(model).cpu()
+        macs, params = macs_and_params(counted, bundle.input_size)
         model.train(was)
         metrics.update({"macs": macs, "params": params, "input_size": list(bundle.input_size)})
         metrics.update(extra_metrics or {})

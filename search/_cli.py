@@ -10,6 +10,7 @@ import sys
 from typing import Sequence
 
 from condense import CondenseError
+from condense.cli import HelpFormatter
 
 __all__ = ["search_main", "export_main", "compare_main", "search_parser", "export_parser", "compare_parser"]
 
@@ -43,7 +44,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 def search_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="condense search", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=SEARCH_EPILOG,
+        prog="condense search", formatter_class=HelpFormatter, epilog=SEARCH_EPILOG,
         description="Search condense plans (kept blocks per run, layer type, K, Global layer options) for the "
                     "best accuracy / MACs / parameter trade-offs under hard budgets (Optuna, NSGA-II).")
     p.add_argument("model", metavar="MODEL", help="timm:NAME, zoo:NAME or path/to/file.py:factory")
@@ -54,10 +55,10 @@ def search_parser() -> argparse.ArgumentParser:
                    help="plans to evaluate within the budgets (default 40); over-budget plans are recorded but "
                         "not trained and do not count (at most 10 x N of them)")
     t = p.add_argument_group("proxy training (each trial)")
-    t.add_argument("--epochs-per-trial", type=int, default=1)
+    t.add_argument("--epochs-per-trial", type=int, default=1, help="training epochs of each trial")
     t.add_argument("--steps-per-epoch", type=int, default=None, help="at most N steps per epoch")
-    t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--lr", type=float, default=0.05)
+    t.add_argument("--batch-size", type=int, default=128, help="images per step")
+    t.add_argument("--lr", type=float, default=0.05, help="learning rate of each trial's training")
     t.add_argument("--limit-train", type=int, default=None, help="use N training images (a fixed subset)")
     t.add_argument("--limit-test", type=int, default=None, help="use N validation images")
     t.add_argument("--input-size", metavar="CxHxW", help="resize the data to this (default: the data's size)")
@@ -74,7 +75,9 @@ def search_parser() -> argparse.ArgumentParser:
     s.add_argument("--sampler", choices=("nsgaii", "tpe", "random"), default="nsgaii",
                    help="nsgaii (default), tpe, or random (a baseline; compare with condense compare)")
     s.add_argument("--population", type=int, default=10, help="NSGA-II population size (default 10)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="seed of the sampler and of every trial's training")
+    s.add_argument("--device", default="auto", metavar="DEV", help="where trials train and latency is measured: "
+                   "auto (CUDA when available, else CPU), cpu, cuda, cuda:N, mps")
     s.add_argument("--max-proposals", type=int, default=None, metavar="N",
                    help="stop after N plans over budget or duplicate (default 10 x --trials); plans far over "
                         "budget by estimate cost about a tenth of a second, so a random search at a tight "
@@ -99,13 +102,13 @@ def search_parser() -> argparse.ArgumentParser:
 
 def export_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="condense export", description="Save a trial of a search as a "
-                                "condensed-model directory (condense.load reads it).")
+                                "condensed-model directory (condense.load reads it).", formatter_class=HelpFormatter)
     p.add_argument("study_dir", metavar="STUDY_DIR", help="the output directory of condense search")
     p.add_argument("--trial", type=int, required=True, metavar="N", help="trial number (see STUDY_DIR/front.csv)")
     p.add_argument("-o", "--output", metavar="DIR", help="where to save (default STUDY_DIR/export/trial-N)")
     p.add_argument("--storage", metavar="URL", help="the study's database, if not the one in search.json")
-    p.add_argument("--study-name")
-    p.add_argument("--debug", action="store_true")
+    p.add_argument("--study-name", help="the study's name, if not the one in search.json")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
 
@@ -187,7 +190,8 @@ def _search(args, console) -> int:
                    limit_train=args.limit_train, limit_test=args.limit_test, input_size=args.input_size,
                    checkpoint=args.checkpoint, distill=args.distill, latency=args.latency,
                    latency_batch=args.latency_batch, latency_compiled=args.latency_compiled, sampler=args.sampler,
-                   population=args.population, seed=args.seed, layers=args.layers, K=args.K, storage=args.storage,
+                   population=args.population, seed=args.seed, device=args.device, layers=args.layers, K=args.K,
+                   storage=args.storage,
                    study_name=args.study_name, heartbeat_interval=args.heartbeat_interval,
                    grace_period=args.grace_period, max_retry=args.max_retry, reference=not args.no_reference,
                    enqueue_fit=not args.no_fit_start, max_proposals=args.max_proposals)
@@ -253,13 +257,14 @@ def export_main(argv: Sequence[str] | None = None) -> int:
 
 def compare_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="condense compare", description="Compare searches of one model: hypervolume of each front and how "
+        prog="condense compare", formatter_class=HelpFormatter,
+        description="Compare searches of one model: hypervolume of each front and how "
         "much of each other front it dominates (objectives scaled by the original model: 1 - accuracy, "
         "MACs / original, params / original; reference point (1, 1, 1)).")
     p.add_argument("study_dirs", nargs="+", metavar="STUDY_DIR", help="output directories of condense search")
     p.add_argument("--plot", metavar="PNG", help="also draw every study's front in one accuracy-vs-MACs plot")
     p.add_argument("--csv", metavar="FILE", help="also write the comparison table as CSV")
-    p.add_argument("--debug", action="store_true")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
 

@@ -65,11 +65,7 @@ def objective_directions(latency: bool) -> list[str]:
     return [d for _, d in OBJECTIVES] + ([LATENCY[1]] if latency else [])
 
 
-@torch.no_grad()
-def measure_latency(model: nn.Module, input_size, setting: LatencySetting | None = None) -> float:
-    """Median milliseconds of one forward pass (eval mode), as ``condense._latency.measure_latency``
-    measures it: batch 1 eager unless ``setting`` says otherwise."""
-    return _measure(model, input_size, setting or LatencySetting(min_time=0.5))
+measure_latency = _measure  # one measurer: the search's latency objective is the latency budget's
 
 
 @dataclasses.dataclass
@@ -94,6 +90,7 @@ class Objective:
     checkpoint: str | None = None
     study_name: str = ""
     seed: int = 0
+    device: str = "auto"            # where trials train (latency: ``latency_setting.device``)
     phase: Callable[[str], None] | None = None
     screen: bool = True             # reject plans far over budget by estimate (see ``estimate``)
     _layer_costs: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict, repr=False)
@@ -181,7 +178,10 @@ class Objective:
         self._say(trial, f"training ({self.train_config.epochs} epoch(s))")
         t0 = time.perf_counter()
         try:
-            result = train(model, self.data, self.train_config, teacher=self.teacher, progress=False)
+            result = train(model, self.data, self.train_config, teacher=self.teacher, progress=False,
+                           device=self.device)
+            model = model.cpu()  # saved and counted from the CPU; recorded with the device it trained on
+            trial.set_user_attr("device", str(result.metrics.get("device")))
         except CondenseError as err:  # the loss became NaN/Inf: this configuration diverges
             trial.set_user_attr("status", STATUS_DIVERGED)
             trial.set_user_attr("error", str(err))

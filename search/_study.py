@@ -99,6 +99,7 @@ class SearchConfig:
     latency: bool = False                  # also minimise measured latency on this machine
     latency_batch: int = 1                 # ... at this batch size
     latency_compiled: bool = False         # ... of the torch.compile'd model (default eager)
+    device: str = "auto"                   # where trials train and latency is measured (auto: CUDA if any)
     sampler: str = "nsgaii"
     population: int = 10                   # NSGA-II population size
     seed: int = 0
@@ -696,7 +697,7 @@ def _hms(seconds: float) -> str:
 
 def _latency_setting(config: SearchConfig) -> LatencySetting:
     return LatencySetting(batch=config.latency_batch, mode="compiled" if config.latency_compiled else "eager",
-                          min_time=0.5)
+                          min_time=0.5, device=config.device)
 
 
 def _reference(objective: Objective, config: SearchConfig) -> dict[str, Any]:
@@ -767,6 +768,9 @@ def _run(config: SearchConfig, model, spec_text, out: Path, progress: bool, cons
     from condense.data import load_data
 
     # everything that can be checked is checked before the study (and the output folder) is created
+    from condense._device import resolve_device
+
+    resolve_device(config.device)
     bundle = load_data(config.data, limit_train=config.limit_train, limit_test=config.limit_test,
                        input_size=config.input_size)
     original, spec, model_kwargs = _build_original(config, None if spec_text else model, bundle.num_classes)
@@ -791,7 +795,7 @@ def _run(config: SearchConfig, model, spec_text, out: Path, progress: bool, cons
                           params_budget=params_b, teacher=teacher, latency=config.latency,
                           latency_setting=_latency_setting(config), spec=spec,
                           model_kwargs=model_kwargs, checkpoint=config.checkpoint, study_name=config.name,
-                          seed=config.seed)
+                          seed=config.seed, device=config.device)
     journal = _is_journal(study._storage)
     recover_stale_trials(study, config.grace_period, config.max_retry)
     if not study.get_trials(deepcopy=False) and config.enqueue_fit and (macs_b is not None or params_b is not None):

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .._errors import CondenseError, run_command
+from .._help import HelpFormatter
 from ._timing import interleaved_medians
 
 SIDES = ("original", "condensed")
@@ -47,6 +48,7 @@ class BenchResult:
     warmup: int
     rows: list[dict[str, Any]]
     notes: list[str]
+    device: str = "cpu"
 
 
 def available_cores() -> int:
@@ -105,9 +107,11 @@ def resolve_pair(target: str, *, against: str | None = None, input_size: Sequenc
             progress(f"building {against}")
             original, original_label, _ = _build(against, trust_code=trust_code)
         elif spec_meta:
-            progress(f"building {spec_meta.get('name') or spec_meta.get('path')}")
+            from .._models import ModelSpec
+
+            original_label = str(ModelSpec.from_dict(spec_meta))
+            progress(f"building {original_label}")
             original = original_from_meta(meta, target, trust_code=trust_code)
-            original_label = spec_meta.get("name") or f"{spec_meta['path']}:{spec_meta['factory']}"
         else:
             raise CondenseError(f"{target} was saved from a model built in Python: no original to compare with",
                                 "pass --against MODEL (a timm:NAME or file.py:factory spec)")
@@ -138,7 +142,8 @@ def _loss(out: Any, target: torch.Tensor) -> torch.Tensor:
     return out.float().square().mean()
 
 
-def _time_pair(fns: dict[str, Callable[[], object]], repeats: int, warmup: int) -> tuple[dict[str, float], dict[str, str], dict[str, float]]:
+def _time_pair(fns: dict[str, Callable[[], object]], repeats: int,
+               warmup: int) -> tuple[dict[str, float], dict[str, str], dict[str, float]]:
     """Warm each up (catching failures, e.g. of torch.compile), then interleaved medians of the rest.
 
     Returns (median seconds, failure notes, first-call seconds).
@@ -183,11 +188,16 @@ def run_bench(target: str, *, against: str | None = None, input_size: Sequence[i
               batch_sizes: Sequence[int] = (1, 32), repeats: int = 10, warmup: int = 2, compile: bool = True,
               train: bool = True, train_batch: int | None = None, threads: int | None = None,
               checkpoint: str | None = None, macs: str | None = None, params: str | None = None,
-              progress: Callable[[str], None] = lambda _m: None, trust_code: bool = False) -> BenchResult:
+              progress: Callable[[str], None] = lambda _m: None, trust_code: bool = False,
+              device: str = "auto") -> BenchResult:
     """Measure ``target`` (a condensed-model directory or a model spec) against its original; see the module doc.
 
-    ``threads`` (default: all cores available) is set for the run and restored afterwards.
+    ``threads`` (default: all cores available) is set for the run and restored afterwards. ``device``
+    (``auto``: CUDA when available): where both models run; every timed call ends with a device sync.
     """
+    from .._device import resolve_device
+
+    dev = resolve_device(device)
     if repeats < 1 or warmup < 1:
         raise CondenseError("--repeats and --warmup must be at least 1")
     if not batch_sizes or any(b < 1 for b in batch_sizes):
@@ -201,7 +211,8 @@ def run_bench(target: str, *, against: str | None = None, input_size: Sequence[i
     try:
         return _bench(target, against=against, input_size=input_size, batch_sizes=batch_sizes, repeats=repeats,
                       warmup=warmup, compile=compile, train=train, train_batch=train_batch, n_threads=n_threads,
-                      checkpoint=checkpoint, macs=macs, params=params, progress=progress, trust_code=trust_code)
+                      checkpoint=checkpoint, macs=macs, params=params, progress=progress, trust_code=trust_code,
+                      device=dev)
     finally:
         torch.set_num_threads(saved_threads)
         _raise_recompile_limit(limit, force=True)
@@ -222,8 +233,9 @@ def _raise_recompile_limit(value: int, force: bool = False) -> int | None:
 
 
 def _bench(target, *, against, input_size, batch_sizes, repeats, warmup, compile, train, train_batch, n_threads,
-           checkpoint, macs, params, progress, trust_code=False) -> BenchResult:
+           checkpoint, macs, params, progress, trust_code=False, device=torch.device("cpu")) -> BenchResult:
     from .._count import macs_and_params
+    from .._device import describe_device, synchronize
 
     original, condensed, original_label, condensed_label, size = resolve_pair(
         target, against=against, input_size=input_size, checkpoint=checkpoint, macs=macs, params=params,
@@ -246,20 +258,22 @@ def _bench(target, *, against, input_size, batch_sizes, repeats, warmup, compile
                              condensed=c, ratio=c / o if o else None, speedup=None, original_ms=None,
                              condensed_ms=None, repeats="", threads=n_threads, note=""))
 
+    models = {side: model.to(device) for side, model in models.items()}
     modes = ["eager"] + (["compiled"] if compile else [])
     compiled: dict[str, Any] = {}
     for mode in modes:
         for batch in batch_sizes:
-            x = torch.randn(batch, *size)
+            x = torch.randn(batch, *size, device=device)
             fns = {}
             for side, model in models.items():
                 if mode == "compiled":
                     compiled.setdefault(side, torch.compile(model, dynamic=False))
                     model = compiled[side]
 
-                def call(m=model):
+                def call(m=model, x=x):
                     with torch.no_grad():
                         m(x)
+                    synchronize(device)
                 fns[side] = call
             task = "latency" if batch == 1 else "throughput"
             progress(f"timing {mode} inference at batch {batch}" + (" (compiling first)" if mode == "compiled" else ""))
@@ -272,8 +286,8 @@ def _bench(target, *, against, input_size, batch_sizes, repeats, warmup, compile
 
     if train:
         tb = train_batch or max(batch_sizes)
-        x = torch.randn(tb, *size)
-        target_labels = torch.randint(0, 1 << 30, (tb,))
+        x = torch.randn(tb, *size, device=device)
+        target_labels = torch.randint(0, 1 << 30, (tb,), device=device)
         for mode in modes:
             fns = {}
             for side, model in models.items():
@@ -285,15 +299,18 @@ def _bench(target, *, against, input_size, batch_sizes, repeats, warmup, compile
                     opt.zero_grad(set_to_none=True)
                     _loss(run(x), target_labels).backward()
                     opt.step()
+                    synchronize(device)
                 fns[side] = step
-            progress(f"timing {mode} training steps at batch {tb}" + (" (compiling first)" if mode == "compiled" else ""))
+            progress(f"timing {mode} training steps at batch {tb}"
+                     + (" (compiling first)" if mode == "compiled" else ""))
             times, failed, first = _time_pair(fns, repeats, warmup)
             note = ""
             if mode == "compiled" and first:
                 note = "first call (compile) " + ", ".join(f"{s} {first[s]:.1f}s" for s in SIDES if s in first)
             rows.append(_row("train", mode, tb, "ms/step", times, failed, repeats, n_threads, note))
     return BenchResult(condensed_label=condensed_label, original_label=original_label, input_size=tuple(size),
-                       threads=n_threads, repeats=repeats, warmup=warmup, rows=rows, notes=notes)
+                       threads=n_threads, repeats=repeats, warmup=warmup, rows=rows, notes=notes,
+                       device=describe_device(device))
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
@@ -357,8 +374,10 @@ def print_result(result: BenchResult, console) -> None:
                       speed, note)
     console.print(table)
     console.print(f"medians of {result.repeats} interleaved repeats after {result.warmup} warm-up call(s); "
-                  f"torch threads={result.threads}, interop={torch.get_num_interop_threads()}; {native_status()}. speed-up = original time / condensed time "
-                  "(> 1: the condensed model is faster); ms: lower is better, img/s: higher is better.", highlight=False)
+                  f"device {result.device}; "
+                  f"torch threads={result.threads}, interop={torch.get_num_interop_threads()}; {native_status()}. "
+                  "speed-up = original time / condensed time (> 1: the condensed model is faster); ms: lower is "
+                  "better, img/s: higher is better.", highlight=False)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
 
@@ -376,7 +395,7 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="condense bench", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="condense bench", formatter_class=HelpFormatter,
         description="Time a condensed model against its original, side by side in one run: latency (batch 1) "
                     "and throughput (larger batches), eager and torch.compile, and a training step; medians of "
                     "interleaved repeats; ratios condensed / original.",
@@ -403,6 +422,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="when MODEL is a spec: condense it to this MAC budget (else the default plan)")
     p.add_argument("--params", metavar="PARAMS", help="when MODEL is a spec: a parameter budget")
     p.add_argument("--checkpoint", metavar="FILE", help="local weights when MODEL is a spec")
+    p.add_argument("--device", default="auto", metavar="DEV", help="where both models run: auto (CUDA when "
+                   "available, else CPU), cpu, cuda, cuda:N, mps (default auto)")
     p.add_argument("--trust-code", action="store_true", help="let a directory whose model is a file.py:factory "
                    "import that file (it runs; never done without this flag)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -418,7 +439,8 @@ def _run(args, console) -> int:
                            repeats=args.repeats, warmup=args.warmup, compile=not args.no_compile,
                            train=not args.no_train, train_batch=args.train_batch, threads=args.threads,
                            checkpoint=args.checkpoint, macs=args.macs, params=args.params,
-                           progress=lambda msg: status.update(msg), trust_code=args.trust_code)
+                           progress=lambda msg: status.update(msg), trust_code=args.trust_code,
+                           device=args.device)
     print_result(result, console)
     if args.csv:
         console.print(f"figures written to {write_csv(result.rows, args.csv)}")
