@@ -37,7 +37,8 @@ from .pde import (CirculantRD, CirculantRDConfig, ExplicitRD, ExplicitRDConfig, 
 __version__ = "0.1.0"
 
 __all__ = [
-    "condense", "fit", "FitResult", "LatencyFit", "LatencySetting", "measure_latency", "Plan", "save", "load", "build_model", "load_checkpoint",
+    "condense", "fit", "FitResult", "LatencyFit", "LatencySetting", "measure_latency", "Plan", "save", "load",
+    "build_model", "load_checkpoint",
     "resolve_model", "Resolved",
     "load_data", "parse_data_spec", "DataBundle", "DataSpec", "TrainConfig", "TrainResult",
     "find_runs", "FindResult", "Run", "RunChoice", "rewrite", "register_leaf_module",

@@ -1,4 +1,5 @@
-"""Budget strings (``250M``, ``60%``, latency ``12ms``), input sizes (``3x224x224``) and human-readable counts (``385.9M``).
+"""Budget strings (``250M``, ``60%``, latency ``12ms``), input sizes (``3x224x224``) and human-readable counts
+(``385.9M``).
 
 In: text typed by a user. Out: numbers, or a one-line ``BudgetError``/``CondenseError``. Never: counting.
 Every budget string is parsed here, and only here.

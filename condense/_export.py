@@ -87,13 +87,15 @@ class ExportReport:
             return "not checked (--no-check)"
         rel = self.max_abs_diff / self.reference_max_abs if self.reference_max_abs else 0.0
         return (f"onnxruntime vs PyTorch: max |diff| {self.max_abs_diff:.2e} (outputs up to "
-                f"{self.reference_max_abs:.3g}, so {rel:.1e} of their range) at batch {'/'.join(map(str, self.batches))}; tolerance "
+                f"{self.reference_max_abs:.3g}, so {rel:.1e} of their range) at batch "
+                f"{'/'.join(map(str, self.batches))}; tolerance "
                 f"{self.atol:g} abs + {self.rtol:g} rel: OK")
 
 
 # ------------------------------------------------------------------------------------------ helpers
 def _module_or_dir(model_or_dir: nn.Module | str | os.PathLike,
-                   input_size: Sequence[int] | None = None, trust_code: bool = False) -> tuple[nn.Module, tuple[int, ...], str]:
+                   input_size: Sequence[int] | None = None,
+                   trust_code: bool = False) -> tuple[nn.Module, tuple[int, ...], str]:
     """(model in eval mode, input size, label) from a module or a condensed-model directory.
 
     Any failure to read a directory is a one-line ``CondenseError``.
@@ -401,8 +403,10 @@ def export_program(model_or_dir: nn.Module | str | os.PathLike, input_size: Sequ
 
 # ------------------------------------------------------------------------------------------ CLI
 def _parser() -> argparse.ArgumentParser:
+    from ._help import HelpFormatter
+
     p = argparse.ArgumentParser(
-        prog="condense export-onnx",
+        prog="condense export-onnx", formatter_class=HelpFormatter,
         description="Export a condensed-model directory to ONNX (standard ops only: the Global layers use their "
                     "eager path) and check it under onnxruntime against PyTorch.")
     p.add_argument("model", metavar="DIR", help="a condensed-model directory (condense MODEL -o DIR)")

@@ -63,7 +63,7 @@ def _umask() -> int:
 def _respect_umask(root: Path) -> None:
     """mkdtemp makes 0700 folders: give the tree the modes the user's umask asks for."""
     mask = _umask()
-    for folder, dirs, files in os.walk(root):
+    for folder, _dirs, files in os.walk(root):
         os.chmod(folder, 0o777 & ~mask)
         for name in files:
             os.chmod(os.path.join(folder, name), 0o666 & ~mask)

@@ -26,15 +26,32 @@ A recipe file::
       schedule: step              # step | cosine | constant
       milestones: [150, 225]      # or decay_every: 2.4 (a step every 2.4 epochs)
       gamma: 0.1
+      clip_grad_norm: 5.0         # optional; also nesterov, warmup_epochs, label_smoothing, augment, seed,
+                                  # decay_norm_and_bias (weight decay on norm weights and biases too)
     distill: {teacher: baseline, checkpoint: PATH, alpha: 0.5, temperature: 4}   # optional
     paper:
       source: Table 1, Table 3
       baseline: {accuracy: 92.49, params: 460K, macs: 70M}
       condensed: {accuracy: 91.93, params: 162K, macs: 15M}
     notes: free text (assumptions, known gaps)
+    measured:                     # optional: what our own runs gave (shown by ``condense recipe list``)
+      command: condense recipe run recipes/x.yaml --seeds 0,1,2 --threads 1
+      variant: condensed          # or baseline
+      epochs: 300
+      seeds: [0, 1, 2]
+      accuracy: [91.2, 91.5, 91.0]   # final test top-1 in percent, one per seed
+      wall_minutes: 30            # per seed (optional)
+      notes: free text (optional)
 
-Every key is checked; an unknown key or a bad value is a one-line ``CondenseError`` naming the file and
-the key. The repo root is the directory that contains ``recipes/`` (for a file elsewhere: its directory).
+Every key is checked, and every training setting is applied: a key ``condense.train`` has no option for is
+rejected (there is no bag of "recorded, not applied" settings; write those in ``notes``). An unknown key or
+a bad value is a one-line ``CondenseError`` naming the file and the key. The repo root is the directory
+that contains ``recipes/`` (for a file elsewhere: its directory; for the recipes installed with the
+package, which has no repository: the current directory).
+
+The recipes ship with the package (``condense/recipes/``, copied from the repository's ``recipes/`` when
+a wheel is built), so ``condense recipe list|footprint|run`` work from any folder after ``pip install``;
+in a source checkout ``recipes/`` itself is read. A recipe may be named without its path and ``.yaml``.
 """
 from __future__ import annotations
 
@@ -49,8 +66,8 @@ from ._budget import Budget, parse_budget, parse_input_size
 from ._errors import CondenseError
 
 __all__ = ["Recipe", "ModelEntry", "PlanEntry", "TrainEntry", "DistillEntry", "Figures", "PaperEntry",
-           "load_recipe", "list_recipes", "footprint", "footprint_table", "run_recipe", "recipes_dir",
-           "build_models"]
+           "MeasuredEntry", "load_recipe", "list_recipes", "footprint", "footprint_table", "run_recipe",
+           "recipes_dir", "build_models", "train_config", "TRAIN_KEYS"]
 
 DATA_KINDS = ("mnist", "cifar10", "cifar100", "imagefolder")
 SCHEDULES = ("step", "cosine", "constant")
@@ -58,8 +75,13 @@ INITS = ("input", "block")
 
 
 def recipes_dir() -> Path:
-    """The repository's ``recipes/`` directory (next to the ``condense`` package)."""
-    return Path(__file__).resolve().parent.parent / "recipes"
+    """The recipes: the repository's ``recipes/`` in a source checkout (the files to edit), else the copy
+    installed with the package (``condense/recipes``, made from ``recipes/`` when the wheel is built)."""
+    package = Path(__file__).resolve().parent
+    checkout = package.parent / "recipes"
+    if (package.parent / "pyproject.toml").is_file() and checkout.is_dir():
+        return checkout
+    return package / "recipes"
 
 
 # --- the records ------------------------------------------------------------------------------------
@@ -113,8 +135,8 @@ class PlanEntry:
 
 @dataclasses.dataclass(frozen=True)
 class TrainEntry:
-    """The schedule (what ``condense.train.TrainConfig`` gets). ``extra``: the paper's settings that
-    ``condense.train`` has no option for (e.g. EMA, RandAugment); recorded, not applied."""
+    """The schedule: every field goes to ``condense.train.TrainConfig`` (``train_config``; ``TRAIN_KEYS``
+    says which file key sets which option). Settings it has no option for are rejected when loading."""
 
     optimizer: str = "sgd"
     lr: float = 0.1
@@ -130,7 +152,8 @@ class TrainEntry:
     label_smoothing: float = 0.0
     augment: bool = True
     seed: int = 0
-    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    clip_grad_norm: float | None = None
+    decay_norm_and_bias: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,6 +184,32 @@ class PaperEntry:
 
 
 @dataclasses.dataclass(frozen=True)
+class MeasuredEntry:
+    """Our own measurement of the recipe: final test top-1 (percent) per seed, from ``command``."""
+
+    command: str
+    epochs: int
+    seeds: tuple[int, ...]
+    accuracy: tuple[float, ...]
+    variant: str = "condensed"
+    wall_minutes: float | None = None
+    notes: str = ""
+
+    @property
+    def mean(self) -> float:
+        return sum(self.accuracy) / len(self.accuracy)
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation (n - 1); 0 for one seed."""
+        n = len(self.accuracy)
+        return 0.0 if n < 2 else math.sqrt(sum((a - self.mean) ** 2 for a in self.accuracy) / (n - 1))
+
+    def describe(self) -> str:
+        return f"{self.mean:.2f} ± {self.std:.2f}% ({len(self.seeds)} seeds, {self.epochs} ep)"
+
+
+@dataclasses.dataclass(frozen=True)
 class Recipe:
     """One experiment of the paper, as loaded from ``path`` (see the module docstring for the file)."""
 
@@ -174,10 +223,14 @@ class Recipe:
     paper: PaperEntry
     distill: DistillEntry | None = None
     notes: str = ""
+    measured: MeasuredEntry | None = None
 
     @property
     def root(self) -> Path:
-        """The repo root: the directory that contains ``recipes/`` (else the file's directory)."""
+        """The repo root: the directory that contains ``recipes/`` (else the file's directory); for the
+        recipes installed with the package (no repository): the current directory."""
+        if self.path.resolve().parent == Path(__file__).resolve().parent / "recipes":
+            return Path.cwd()
         for parent in self.path.resolve().parents:
             if parent.name == "recipes":
                 return parent.parent
@@ -278,11 +331,15 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-_TOP = ("title", "model", "plan", "data", "train", "distill", "paper", "notes")
+_TOP = ("title", "model", "plan", "data", "train", "distill", "paper", "notes", "measured")
 _MODEL = ("spec", "num_classes", "input_size", "kwargs")
 _PLAN = ("m", "K", "layer", "init", "options", "macs", "params")
 _TRAIN = ("optimizer", "lr", "momentum", "nesterov", "weight_decay", "batch_size", "epochs", "schedule",
-          "milestones", "decay_every", "gamma", "warmup_epochs", "label_smoothing", "augment", "seed", "extra")
+          "milestones", "decay_every", "gamma", "warmup_epochs", "label_smoothing", "augment", "seed",
+          "clip_grad_norm", "decay_norm_and_bias")
+# file key under train: -> the TrainConfig option it sets (run_recipe applies every one; test_recipes checks)
+TRAIN_KEYS: dict[str, str] = {k: k for k in _TRAIN if k != "decay_every"} | {"decay_every": "milestones"}
+_MEASURED = ("command", "variant", "epochs", "seeds", "accuracy", "wall_minutes", "notes")
 _DISTILL = ("teacher", "checkpoint", "alpha", "temperature")
 _PAPER = ("source", "baseline", "condensed")
 _FIGURES = ("accuracy", "params", "macs")
@@ -293,6 +350,9 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     import yaml
 
     file = Path(path)
+    named = recipes_dir() / f"{file.name}.yaml"
+    if not file.is_file() and file.suffix == "" and len(file.parts) == 1 and named.is_file():
+        file = named  # a recipe's name, e.g. mnist_fig2_cnn
     if not file.is_file():
         raise CondenseError(f"recipe {str(path)!r} does not exist", f"recipes are in {recipes_dir()}")
     c = _Checker(file)
@@ -302,7 +362,8 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or type(err).__name__
-        raise CondenseError(f"{file.name}: not valid YAML{where} ({problem})", "check the indentation and quoting") from err
+        raise CondenseError(f"{file.name}: not valid YAML{where} ({problem})",
+                            "check the indentation and quoting") from err
     except (OSError, UnicodeDecodeError) as err:
         raise CondenseError(f"{file.name}: cannot read ({err})") from err
     top = c.mapping(raw if raw is not None else {}, "", _TOP, required=("model", "data", "train"))
@@ -312,6 +373,7 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     train = _train(c, top["train"])
     distill = None if top.get("distill") is None else _distill(c, top["distill"])
     paper = _paper(c, top.get("paper") or {})
+    measured = None if top.get("measured") is None else _measured(c, top["measured"])
     title = c.string(top["title"], "title") if "title" in top else file.stem
     notes = top.get("notes") or ""
     if not isinstance(notes, str):
@@ -320,7 +382,7 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
         raise c.fail("distill.teacher", "'baseline' needs a plan that condenses the model",
                      "name a teacher model spec, or set a plan")
     return Recipe(name=file.stem, path=file, title=title, model=model, plan=plan, data=data, train=train,
-                  paper=paper, distill=distill, notes=" ".join(notes.split()))
+                  paper=paper, distill=distill, notes=" ".join(notes.split()), measured=measured)
 
 
 def _model(c: _Checker, raw: Any) -> ModelEntry:
@@ -425,11 +487,15 @@ def _data(c: _Checker, raw: Any) -> str:
     text = c.string(raw, "data")
     kind, sep, path = text.partition(":")
     if not sep or kind.strip().lower() not in DATA_KINDS or not path.strip():
-        raise c.fail("data", f"{text!r} is not a data spec", f"write KIND:PATH with KIND one of {', '.join(DATA_KINDS)}")
+        raise c.fail("data", f"{text!r} is not a data spec",
+                     f"write KIND:PATH with KIND one of {', '.join(DATA_KINDS)}")
     return f"{kind.strip().lower()}:{path.strip()}"
 
 
 def _train(c: _Checker, raw: Any) -> TrainEntry:
+    if isinstance(raw, Mapping) and "extra" in raw:
+        raise c.fail("train.extra", "condense.train applies no extra settings",
+                     "use a train option (clip_grad_norm, ...) or model.kwargs, or describe it in notes")
     d = c.mapping(raw, "train", _TRAIN)
     epochs = c.integer(d.get("epochs", 300), "train.epochs", 1)
     schedule = c.choice(d.get("schedule", "step"), "train.schedule", SCHEDULES)
@@ -450,9 +516,7 @@ def _train(c: _Checker, raw: Any) -> TrainEntry:
     if schedule == "step" and not milestones:
         raise c.fail("train.milestones", "a step schedule needs milestones (or decay_every)")
     optimizer = c.string(d.get("optimizer", "sgd"), "train.optimizer").lower()
-    extra = d.get("extra") or {}
-    if not isinstance(extra, Mapping):
-        raise c.fail("train.extra", f"must be a mapping, got {_show(extra)}")
+    clip = d.get("clip_grad_norm")
     warmup = c.integer(d.get("warmup_epochs", 0), "train.warmup_epochs", 0, epochs - 1)
     return TrainEntry(
         optimizer=optimizer,
@@ -467,7 +531,30 @@ def _train(c: _Checker, raw: Any) -> TrainEntry:
         label_smoothing=c.number(d.get("label_smoothing", 0.0), "train.label_smoothing", 0.0, 0.999),
         augment=c.boolean(d.get("augment", True), "train.augment"),
         seed=c.integer(d.get("seed", 0), "train.seed", 0),
-        extra=dict(extra),
+        clip_grad_norm=None if clip is None else c.number(clip, "train.clip_grad_norm", 0.0, 1e6, open_lo=True),
+        decay_norm_and_bias=c.boolean(d.get("decay_norm_and_bias", False), "train.decay_norm_and_bias"),
+    )
+
+
+def _measured(c: _Checker, raw: Any) -> MeasuredEntry:
+    d = c.mapping(raw, "measured", _MEASURED, required=("command", "epochs", "seeds", "accuracy"))
+    seeds, acc = d["seeds"], d["accuracy"]
+    if not isinstance(seeds, (list, tuple)) or not seeds:
+        raise c.fail("measured.seeds", f"must be a non-empty list of seeds, got {_show(seeds)}")
+    if not isinstance(acc, (list, tuple)) or len(acc) != len(seeds):
+        raise c.fail("measured.accuracy", f"must be a list of {len(seeds)} accuracies (one per seed), got {_show(acc)}")
+    notes = d.get("notes") or ""
+    if not isinstance(notes, str):
+        raise c.fail("measured.notes", f"must be text, got {_show(notes)}")
+    wall = d.get("wall_minutes")
+    return MeasuredEntry(
+        command=c.string(d["command"], "measured.command"),
+        epochs=c.integer(d["epochs"], "measured.epochs", 1),
+        seeds=tuple(c.integer(s, "measured.seeds", 0) for s in seeds),
+        accuracy=tuple(c.number(a, "measured.accuracy", 0.0, 100.0) for a in acc),
+        variant=c.choice(d.get("variant", "condensed"), "measured.variant", ("condensed", "baseline")),
+        wall_minutes=None if wall is None else c.number(wall, "measured.wall_minutes", 0.0),
+        notes=" ".join(notes.split()),
     )
 
 
@@ -624,40 +711,53 @@ def _scaled_milestones(milestones: Sequence[int], epochs: int, new_epochs: int) 
     return tuple(m for m in scaled if m < new_epochs)
 
 
+def train_config(recipe: Recipe | str | os.PathLike, *, epochs: int | None = None, seed: int | None = None):
+    """The ``condense.train.TrainConfig`` of the recipe: every ``train:`` setting (``TRAIN_KEYS``) and the
+    distillation weights. ``epochs`` shortens (or lengthens) the run, milestones scaled to the same
+    fractions; ``seed`` replaces the recipe's seed."""
+    from .train import TrainConfig
+
+    r = _as_recipe(recipe)
+    t = r.train
+    n_epochs = t.epochs if epochs is None else int(epochs)
+    if n_epochs < 1:
+        raise CondenseError(f"epochs={epochs!r} must be >= 1")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise CondenseError(f"seed={seed!r} must be an integer >= 0")
+    milestones = _scaled_milestones(t.milestones, t.epochs, n_epochs)
+    schedule = t.schedule if (t.schedule != "step" or milestones) else "constant"
+    return TrainConfig(
+        epochs=n_epochs, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+        nesterov=t.nesterov, optimizer=t.optimizer, schedule=schedule, milestones=milestones, gamma=t.gamma,
+        warmup_epochs=min(t.warmup_epochs, n_epochs - 1), label_smoothing=t.label_smoothing,
+        seed=t.seed if seed is None else seed, augment=t.augment, clip_grad_norm=t.clip_grad_norm,
+        decay_norm_and_bias=t.decay_norm_and_bias,
+        **({"kd_alpha": r.distill.alpha, "kd_temperature": r.distill.temperature} if r.distill else {}))
+
+
 def run_recipe(recipe: Recipe | str | os.PathLike, *, epochs: int | None = None,
                out_dir: str | os.PathLike, limit_train: int | None = None, variant: str = "condensed",
-               data: str | None = None, progress: bool = True):
+               data: str | None = None, progress: bool = True, seed: int | None = None):
     """Train the recipe's model with its schedule through ``condense.train`` and return the result.
 
     ``variant``: ``condensed`` (the model the plan makes; the model as is for ``plan: none``) or
     ``baseline`` (the uncondensed model). ``epochs`` shortens (or lengthens) the run, milestones scaled
     to the same fractions; ``limit_train`` keeps that many training images; ``data`` replaces the
-    recipe's data spec (e.g. where your ImageNet is). Writes into ``out_dir`` what ``condense.train``
-    writes, plus ``recipe.json`` (the recipe and the measured footprint).
+    recipe's data spec (e.g. where your ImageNet is); ``seed`` replaces the recipe's seed. Writes into
+    ``out_dir`` what ``condense.train`` writes, plus ``recipe.json`` (the recipe, the measured footprint
+    and the seed); ``metrics.json`` records the seed and the recipe's name too.
     """
     import json
-    import warnings
 
     from .data import load_data
-    from .train import TrainConfig, train
+    from .train import train
 
     r = _as_recipe(recipe)
     if variant not in ("condensed", "baseline"):
         raise CondenseError(f"variant={variant!r} is not 'condensed' or 'baseline'")
     original, condensed, info = build_models(r)
     model = original if (variant == "baseline" or condensed is None) else condensed
-    t = r.train
-    n_epochs = t.epochs if epochs is None else int(epochs)
-    if n_epochs < 1:
-        raise CondenseError(f"epochs={epochs!r} must be >= 1")
-    milestones = _scaled_milestones(t.milestones, t.epochs, n_epochs)
-    schedule = t.schedule if (t.schedule != "step" or milestones) else "constant"
-    config = TrainConfig(
-        epochs=n_epochs, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
-        nesterov=t.nesterov, optimizer=t.optimizer, schedule=schedule, milestones=milestones, gamma=t.gamma,
-        warmup_epochs=min(t.warmup_epochs, n_epochs - 1), label_smoothing=t.label_smoothing, seed=t.seed,
-        augment=t.augment,
-        **({"kd_alpha": r.distill.alpha, "kd_temperature": r.distill.temperature} if r.distill else {}))
+    config = train_config(r, epochs=epochs, seed=seed)
     teacher = None
     if r.distill is not None:
         from ._models import build_model, load_checkpoint
@@ -675,10 +775,11 @@ def run_recipe(recipe: Recipe | str | os.PathLike, *, epochs: int | None = None,
     out.mkdir(parents=True, exist_ok=True)
     fp = {"params": info["params_before"], "macs": info["macs_before"], "params_condensed": info["params_after"],
           "macs_condensed": info["macs_after"], "runs": info["runs"], "variant": variant}
-    (out / "recipe.json").write_text(json.dumps({"recipe": r.to_dict(), "footprint": fp, "train": config.to_dict()},
-                                                indent=2, default=str) + "\n")
-    if t.extra:
-        warnings.warn(f"{r.name}: not applied by condense.train: {', '.join(f'{k}={v}' for k, v in t.extra.items())}",
-                      stacklevel=2)
+    (out / "recipe.json").write_text(json.dumps({"recipe": r.to_dict(), "footprint": fp, "seed": config.seed,
+                                                 "train": config.to_dict()}, indent=2, default=str) + "\n")
+    if data is None and not Path(r.data_spec.partition(":")[2]).exists():
+        raise CondenseError(f"{r.name}: its data {r.data_spec} does not exist (read, never downloaded)",
+                            "pass --data KIND:PATH (data= in Python) where your copy is")
     bundle = load_data(data or r.data_spec, limit_train=limit_train, input_size=r.model.input_size)
-    return train(model, bundle, config, out_dir=out, teacher=teacher, progress=progress)
+    return train(model, bundle, config, out_dir=out, teacher=teacher, progress=progress,
+                 extra_metrics={"recipe": r.name, "variant": variant, "seed": config.seed})

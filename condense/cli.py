@@ -403,7 +403,8 @@ def _run_train(args, console) -> int:
                          weight_decay=args.weight_decay, optimizer=args.optimizer, schedule=args.schedule,
                          milestones=milestones, gamma=args.gamma, warmup_epochs=args.warmup_epochs,
                          label_smoothing=args.label_smoothing, amp=args.amp, seed=args.seed,
-                         channels_last=args.channels_last, compile=args.compile, clip_grad_norm=args.clip_grad, decay_norm_and_bias=args.decay_norm_and_bias,
+                         channels_last=args.channels_last, compile=args.compile, clip_grad_norm=args.clip_grad,
+                         decay_norm_and_bias=args.decay_norm_and_bias,
                          augment=args.augment or True, kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature,
                          max_steps_per_epoch=args.max_steps)
     with console.status("loading data"):

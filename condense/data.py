@@ -1,16 +1,24 @@
 """Offline image-classification data: parse a spec, load it once, iterate normalized batches.
 
 In: a spec ``KIND:PATH`` (``mnist``, ``cifar10``, ``cifar100``, ``imagefolder``) naming files already on disk.
-Out: a ``DataBundle`` (sizes, classes, normalization) whose ``loader()`` yields ``(x, y)`` batches, float32
-NCHW normalized by the train split's per-channel mean/std and int64 labels, shuffled by ``seed + epoch`` and
-sharded by ``rank / world_size`` like torch's ``DistributedSampler``.
+Out: a ``DataBundle`` (name, sizes, classes, normalization, augmentation) whose ``loader()`` yields ``(x, y)``
+batches, float32 NCHW normalized by the train split's per-channel mean/std and int64 labels, shuffled by
+``seed + epoch`` and sharded by ``rank / world_size`` like torch's ``DistributedSampler``.
 Never: downloads, prints, or does work at import time; leaves a half-written cache behind.
 
-Small-image sets (MNIST, CIFAR) are held in memory as uint8 tensors; batches are gathered, augmented (CIFAR:
-random crop with 4-pixel zero padding + horizontal flip) and normalized with tensor ops. Image trees (a
-directory or a tar of ``train/<class>/*.jpg``) are decoded once into uint8 arrays kept in a cache directory
-(``$CONDENSE_CACHE/data`` or ``~/.cache/condense/data``). ``imagefolder:`` trees (ImageNet-style, any size)
-are read lazily through torchvision's ``ImageFolder`` with timm's transforms and a 2-worker DataLoader.
+Small-image sets (MNIST, CIFAR) are held in memory as uint8 tensors; batches are gathered, augmented and
+normalized with tensor ops. Image trees (a directory or a tar of ``train/<class>/*.jpg``) are decoded once
+into uint8 arrays kept in a cache directory (``$CONDENSE_CACHE/data`` or ``~/.cache/condense/data``).
+``imagefolder:`` trees (any size) are read lazily through torchvision's ``ImageFolder`` and a 2-worker
+DataLoader, at the input size asked for, else at the images' own size when they are small (the first
+training image under 128 pixels a side), else at 224x224.
+
+Augmentation (``augment=``, what ``loader(augment=True)`` applies; ``AUGMENTS``): ``none``; ``crop-flip``
+(a random crop of the image zero-padded by an eighth of its side, 4 pixels at 32, and a horizontal flip);
+``timm`` (timm's training transform: random resized crop, flip, colour jitter; ``imagefolder:`` only). The
+default suits the data (``default_augment``): none for grey images (digits, letters: a flip changes their
+meaning), timm's for photos of 128 pixels or more, crop-flip otherwise (CIFAR-like). Test batches are
+never augmented.
 """
 from __future__ import annotations
 
@@ -27,7 +35,7 @@ import struct
 import tempfile
 import warnings
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator
 
@@ -38,7 +46,8 @@ import torch.nn.functional as F
 from ._budget import parse_input_size
 from ._errors import CondenseError
 
-__all__ = ["DataSpec", "DataBundle", "BatchLoader", "parse_data_spec", "load_data", "default_cache_dir"]
+__all__ = ["DataSpec", "DataBundle", "BatchLoader", "parse_data_spec", "load_data", "default_cache_dir",
+           "AUGMENTS", "default_augment"]
 
 _FORMS = "mnist:PATH, cifar10:PATH, cifar100:PATH or imagefolder:PATH"
 _KINDS = ("mnist", "cifar10", "cifar100", "imagefolder")
@@ -46,7 +55,9 @@ _CACHE_VERSION = 1
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 _TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")
 _CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-_CIFAR_PAD = 4
+AUGMENTS = ("none", "crop-flip", "timm")
+_PHOTO_SIDE = 128  # images at least this large (both sides) are photos: timm's augmentation, timm's eval crop
+_GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 _FOLDER_WORKERS = 2
 _MNIST_FILES = {
     "x_train": ("train-images-idx3-ubyte", "train-images.idx3-ubyte"),
@@ -105,7 +116,15 @@ class DataBundle:
     train_size: int
     test_size: int
     spec: DataSpec | None = None
+    augment: str = "none"
     _source: Any = field(default=None, repr=False, compare=False)
+
+    def with_augment(self, augment: str) -> DataBundle:
+        """The same data with another augmentation (one of ``AUGMENTS``); the images are shared."""
+        kind = _check_augment(augment, self.spec)
+        if kind == self.augment:
+            return self
+        return replace(self, augment=kind, _source=self._source.with_augment(kind, self.spec))
 
     def loader(self, split: str, batch_size: int, *, shuffle: bool, augment: bool, seed: int = 0,
                epoch: int = 0, drop_last: bool = False, rank: int = 0, world_size: int = 1,
@@ -123,6 +142,28 @@ class DataBundle:
         return BatchLoader(self._source, split, batch_size, shuffle=bool(shuffle), augment=bool(augment),
                            seed=seed, epoch=epoch, drop_last=bool(drop_last), rank=rank, world_size=world_size,
                            start_batch=start_batch)
+
+
+def _check_augment(augment: str, spec: DataSpec | None) -> str:
+    if augment not in AUGMENTS:
+        raise CondenseError(f"unknown augmentation {augment!r}", f"use one of {', '.join(AUGMENTS)}")
+    if augment == "timm" and spec is not None and spec.kind != "imagefolder":
+        raise CondenseError(f"{spec}: augment='timm' works on image files (imagefolder: data) only",
+                            "use crop-flip or none for data held in memory")
+    return augment
+
+
+def default_augment(channels: int, size: tuple[int, int], grey: bool) -> str:
+    """The augmentation that suits images of ``channels`` and ``size`` (H, W) as trained: none for grey
+    images (digits, letters), timm's for photos of 128 pixels or more a side, crop-flip otherwise."""
+    if channels == 1 or grey:
+        return "none"
+    return "timm" if min(size) >= _PHOTO_SIDE else "crop-flip"
+
+
+def _crop_pad(side: int) -> int:
+    """Zero padding of the random crop: an eighth of the side (CIFAR's 4 pixels at 32)."""
+    return max(1, round(side / 8))
 
 
 def _check_split(split: str) -> str:
@@ -211,11 +252,16 @@ class _TensorSource:
     def __init__(self, x: dict[str, torch.Tensor], y: dict[str, torch.Tensor], mean: tuple[float, ...],
                  std: tuple[float, ...], out_size: tuple[int, int, int], crop_flip: bool):
         self.x, self.y, self.crop_flip = x, y, crop_flip
+        self.mean, self.std = mean, std
         channels = next(iter(x.values())).shape[1]
         m = torch.tensor(mean, dtype=torch.float32).view(1, channels, 1, 1)
         s = torch.tensor(std, dtype=torch.float32).view(1, channels, 1, 1)
         self.scale, self.shift = 1.0 / (255.0 * s), m / s
         self.out_size = out_size
+        self.pad = _crop_pad(min(next(iter(x.values())).shape[-2:]))
+
+    def with_augment(self, augment: str, spec: DataSpec | None) -> _TensorSource:
+        return _TensorSource(self.x, self.y, self.mean, self.std, self.out_size, crop_flip=augment == "crop-flip")
 
     def size(self, split: str) -> int:
         return int(self.y[split].shape[0])
@@ -227,14 +273,14 @@ class _TensorSource:
         if ld.augment and self.crop_flip:
             g = torch.Generator()
             g.manual_seed(_mixed_seed(ld.seed, ld.epoch, ld.rank))
-            offsets = torch.randint(0, 2 * _CIFAR_PAD + 1, (len(order), 2), generator=g)
+            offsets = torch.randint(0, 2 * self.pad + 1, (len(order), 2), generator=g)
             flips = torch.randint(0, 2, (len(order),), generator=g).bool()
         for b in range(ld.start_batch, ld._epoch_batches()):
             sl = slice(b * ld.batch_size, (b + 1) * ld.batch_size)
             ids = order[sl]
             xb = x_all[ids]
             if offsets is not None:
-                xb = _crop_flip(xb, offsets[sl, 0], offsets[sl, 1], flips[sl], _CIFAR_PAD)
+                xb = _crop_flip(xb, offsets[sl, 0], offsets[sl, 1], flips[sl], self.pad)
             yield self._finish(xb), y_all[ids]
 
     def _finish(self, xb: torch.Tensor) -> torch.Tensor:
@@ -283,10 +329,37 @@ def _subset(n: int, limit: int | None) -> np.ndarray | None:
     return np.sort(pick)
 
 
+def _is_grey(x: np.ndarray) -> bool:
+    """Whether uint8 NCHW images are grey: one channel, or three equal ones (in the first 256 images)."""
+    if x.shape[1] == 1:
+        return True
+    head = x[:256]
+    return x.shape[1] == 3 and bool((head[:, 0] == head[:, 1]).all() and (head[:, 1] == head[:, 2]).all())
+
+
+def _tree_stem(path: Path) -> str:
+    name = path.resolve().name
+    for suffix in _TAR_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _data_name(spec: DataSpec, classes: tuple[str, ...]) -> str:
+    """The data set's name for records: the kind for MNIST and the real CIFAR sets, else (another image
+    tree read as cifar10:/cifar100:) the tree's own name, e.g. ``letters`` for ``cifar10:letters.tar.gz``."""
+    if spec.kind == "mnist" or (spec.kind == "cifar10" and classes == _CIFAR10_NAMES) or \
+            (spec.kind == "cifar100" and len(classes) == 100):
+        return spec.kind
+    return _tree_stem(spec.path)
+
+
 def _in_memory_bundle(spec: DataSpec, arrays: _Arrays, cache: Path, limits: tuple[int | None, int | None],
-                      input_size: tuple[int, int, int] | None, crop_flip: bool) -> DataBundle:
+                      input_size: tuple[int, int, int] | None, augment: str | None) -> DataBundle:
     native = tuple(int(d) for d in arrays.x_train.shape[1:])
     size = input_size or native
+    kind = default_augment(native[0], native[1:], _is_grey(arrays.x_train)) if augment is None else \
+        _check_augment(augment, spec)
     if size[0] != native[0] and native[0] != 1:
         raise CondenseError(f"{spec}: cannot make {size[0]}-channel inputs from {native[0]}-channel images",
                             f"use input_size with {native[0]} channels")
@@ -304,10 +377,10 @@ def _in_memory_bundle(spec: DataSpec, arrays: _Arrays, cache: Path, limits: tupl
         x[split] = torch.from_numpy(np.ascontiguousarray(xs))
         y[split] = torch.from_numpy(np.ascontiguousarray(ys, dtype=np.int64))
     src_mean, src_std = mean[:native[0]], std[:native[0]]
-    source = _TensorSource(x, y, src_mean, src_std, size, crop_flip)
-    return DataBundle(name=spec.kind, num_classes=len(arrays.classes), input_size=size, mean=mean, std=std,
-                      classes=arrays.classes, train_size=source.size("train"), test_size=source.size("test"),
-                      spec=spec, _source=source)
+    source = _TensorSource(x, y, src_mean, src_std, size, crop_flip=kind == "crop-flip")
+    return DataBundle(name=_data_name(spec, arrays.classes), num_classes=len(arrays.classes), input_size=size,
+                      mean=mean, std=std, classes=arrays.classes, train_size=source.size("train"),
+                      test_size=source.size("test"), spec=spec, augment=kind, _source=source)
 
 
 def _check_arrays(spec: DataSpec, arrays: _Arrays) -> _Arrays:
@@ -591,7 +664,8 @@ def _decode_image(data: bytes, name: str) -> np.ndarray:
                             "the file is damaged; remove it or copy the data set again") from None
 
 
-def _tree_entries(spec: DataSpec, names: list[str], where: str) -> tuple[tuple[str, ...], dict[str, list[tuple[int, str]]]]:
+def _tree_entries(spec: DataSpec, names: list[str],
+                  where: str) -> tuple[tuple[str, ...], dict[str, list[tuple[int, str]]]]:
     """Sort image paths ``[PREFIX/]split/class/file`` into classes (sorted, like ImageFolder) and splits."""
     found: dict[str, dict[str, list[str]]] = {}
     prefixes = set()
@@ -805,8 +879,8 @@ def _load_cifar_tar(spec: DataSpec, cache: Path) -> _Arrays:
 
 
 class _FolderDataset(torch.utils.data.Dataset):
-    def __init__(self, base: Any, indices: np.ndarray | None, transform: Any):
-        self.base, self.indices, self.transform = base, indices, transform
+    def __init__(self, base: Any, indices: np.ndarray | None, transform: Any, mode: str = "RGB"):
+        self.base, self.indices, self.transform, self.mode = base, indices, transform, mode
 
     def __len__(self) -> int:
         return len(self.indices) if self.indices is not None else len(self.base.samples)
@@ -814,21 +888,50 @@ class _FolderDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         j = int(self.indices[i]) if self.indices is not None else i
         path, target = self.base.samples[j]
-        return self.transform(self.base.loader(path)), target
+        image = self.base.loader(path)
+        return self.transform(image if image.mode == self.mode else image.convert(self.mode)), target
+
+
+def _folder_transforms(size: tuple[int, int, int], augment: str, mean: tuple[float, ...],
+                       std: tuple[float, ...]) -> dict[bool, Any]:
+    """{augment: transform} for PIL images: the test transform (timm's resize and centre crop for photos
+    of 128 pixels or more, else a plain resize to H x W) and the training one (``augment``)."""
+    from timm.data import create_transform
+    from torchvision import transforms as T
+
+    hw = size[1:]
+    finish = [T.ToTensor(), T.Normalize(mean, std)]
+    photo = min(hw) >= _PHOTO_SIDE
+    test = create_transform(size, is_training=False, mean=mean, std=std) if photo else \
+        T.Compose([T.Resize(hw), *finish])
+    if augment == "timm":
+        train = create_transform(size, is_training=True, mean=mean, std=std)
+    elif augment == "crop-flip":
+        train = T.Compose([T.Resize(hw), T.RandomCrop(hw, padding=_crop_pad(min(hw))), T.RandomHorizontalFlip(),
+                           *finish])
+    else:
+        train = test
+    return {True: train, False: test}
 
 
 class _FolderSource:
-    """Lazily read image files through a torch DataLoader with timm's transforms."""
+    """Lazily read image files through a torch DataLoader with torchvision/timm transforms."""
 
-    def __init__(self, data: dict[str, _FolderDataset], transforms: dict[bool, Any]):
+    def __init__(self, data: dict[str, _FolderDataset], transforms: dict[bool, Any], size: tuple[int, int, int],
+                 mean: tuple[float, ...], std: tuple[float, ...]):
         self.data, self.transforms = data, transforms
+        self.size_, self.mean, self.std = size, mean, std
+
+    def with_augment(self, augment: str, spec: DataSpec | None) -> _FolderSource:
+        return _FolderSource(self.data, _folder_transforms(self.size_, augment, self.mean, self.std), self.size_,
+                             self.mean, self.std)
 
     def size(self, split: str) -> int:
         return len(self.data[split])
 
     def batches(self, ld: BatchLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         base = self.data[ld.split]
-        ds = _FolderDataset(base.base, base.indices, self.transforms[ld.augment])
+        ds = _FolderDataset(base.base, base.indices, self.transforms[ld.augment], base.mode)
         order = ld.indices()[ld.start_batch * ld.batch_size:].tolist()
         g = torch.Generator()
         g.manual_seed(_mixed_seed(ld.seed, ld.epoch, ld.rank))
@@ -843,9 +946,27 @@ def _class_dirs(d: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(d) if e.is_dir())
 
 
+def _first_image(spec: DataSpec, base: Any) -> tuple[tuple[int, int], bool]:
+    """(H, W) of the first training image and whether it is grey: what the tree's images are like."""
+    from PIL import Image
+
+    path = base.samples[0][0]
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            grey = im.mode in _GREY_MODES
+            if not grey and im.mode in ("RGB", "RGBA", "P"):
+                rgb = np.asarray(im.convert("RGB"))
+                grey = bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+    except Exception as err:  # noqa: BLE001 - PIL raises many types for damaged files
+        raise CondenseError(f"{spec}: cannot decode {path} ({_reason(err)})",
+                            "the file is damaged; remove it or copy the data set again") from None
+    return (h, w), grey
+
+
 def _load_imagefolder(spec: DataSpec, limits: tuple[int | None, int | None],
-                      input_size: tuple[int, int, int] | None) -> DataBundle:
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+                      input_size: tuple[int, int, int] | None, augment: str | None) -> DataBundle:
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
     from torchvision.datasets import ImageFolder
 
     root = spec.path
@@ -862,24 +983,27 @@ def _load_imagefolder(spec: DataSpec, limits: tuple[int | None, int | None],
         raise CondenseError(f"{spec}: class folders differ between train/ and {test_dir.name}/ "
                             f"({len(diff)} not in both, e.g. {', '.join(diff[:3])})",
                             "give both splits the same class folders")
-    size = input_size or (3, 224, 224)
-    if size[0] != 3:
-        raise CondenseError(f"{spec}: imagefolder data gives 3-channel inputs, not {size[0]}",
-                            "use an input size like 3x224x224")
+    if input_size is not None and input_size[0] not in (1, 3):
+        raise CondenseError(f"{spec}: imagefolder data gives 1- or 3-channel inputs, not {input_size[0]}",
+                            "use an input size like 3x224x224 (or 1x28x28 for grey images)")
     bases = {}
     for split, d in (("train", root / "train"), ("test", test_dir)):
         try:
             bases[split] = ImageFolder(str(d))
         except (FileNotFoundError, OSError) as err:
             raise CondenseError(f"{spec}: {_reason(err)}", "every class folder needs at least one image") from None
+    first, grey = _first_image(spec, bases["train"])
+    size = input_size or ((3, *first) if max(first) < _PHOTO_SIDE else (3, 224, 224))
+    kind = default_augment(size[0], size[1:], grey) if augment is None else _check_augment(augment, spec)
     mean, std = tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
-    transforms = {aug: create_transform(size, is_training=aug, mean=mean, std=std) for aug in (True, False)}
-    data = {s: _FolderDataset(bases[s], _subset(len(bases[s].samples), lim), None)
+    if size[0] == 1:  # grey: the luma of ImageNet's statistics
+        mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+    data = {s: _FolderDataset(bases[s], _subset(len(bases[s].samples), lim), None, "L" if size[0] == 1 else "RGB")
             for s, lim in zip(("train", "test"), limits)}
-    source = _FolderSource(data, transforms)
+    source = _FolderSource(data, _folder_transforms(size, kind, mean, std), size, mean, std)
     return DataBundle(name=root.resolve().name, num_classes=len(train_cls), input_size=size, mean=mean, std=std,
                       classes=tuple(bases["train"].classes), train_size=source.size("train"),
-                      test_size=source.size("test"), spec=spec, _source=source)
+                      test_size=source.size("test"), spec=spec, augment=kind, _source=source)
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -891,12 +1015,15 @@ def _reason(err: BaseException) -> str:
 
 
 def load_data(spec: str | DataSpec, *, cache_dir: str | os.PathLike | None = None, limit_train: int | None = None,
-              limit_test: int | None = None, input_size: tuple | str | None = None) -> DataBundle:
+              limit_test: int | None = None, input_size: tuple | str | None = None,
+              augment: str | None = None) -> DataBundle:
     """Load a data set named by ``spec`` (see ``parse_data_spec``) from disk.
 
     ``limit_train`` / ``limit_test`` keep a fixed pseudo-random subset of that many images (normalization
     still comes from the whole train split). ``input_size`` (C, H, W) resizes small images on the fly (and
-    repeats a grey channel for 3-channel models); for ``imagefolder`` it is the crop size (default 3x224x224).
+    repeats a grey channel for 3-channel models); for ``imagefolder`` it is the size images are read at
+    (default: the images' own size when small, else 3x224x224). ``augment``: one of ``AUGMENTS``, applied
+    by ``loader(augment=True)``; None picks the data's default (see the module docstring).
     """
     spec = parse_data_spec(spec)
     if not spec.path.exists():
@@ -905,10 +1032,11 @@ def load_data(spec: str | DataSpec, *, cache_dir: str | os.PathLike | None = Non
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise CondenseError(f"bad {name} {value!r}", "use a positive number of images, or None for all")
     size = parse_input_size(input_size) if input_size is not None else None
+    if augment is not None:
+        _check_augment(augment, spec)
     limits = (limit_train, limit_test)
     if spec.kind == "imagefolder":
-        return _load_imagefolder(spec, limits, size)
+        return _load_imagefolder(spec, limits, size, augment)
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    if spec.kind == "mnist":
-        return _in_memory_bundle(spec, _load_mnist(spec, cache), cache, limits, size, crop_flip=False)
-    return _in_memory_bundle(spec, _load_cifar(spec, cache), cache, limits, size, crop_flip=True)
+    arrays = _load_mnist(spec, cache) if spec.kind == "mnist" else _load_cifar(spec, cache)
+    return _in_memory_bundle(spec, arrays, cache, limits, size, augment)

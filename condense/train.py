@@ -72,8 +72,8 @@ class TrainConfig:
         def bad(field, why):
             raise ConfigError(f"train option {field}={getattr(self, field)!r}: {why}")
 
-        amp = {True: "bf16", False: None, None: None}.get(self.amp, self.amp) if isinstance(self.amp, (bool, type(None))) \
-            else str(self.amp).lower()
+        amp = self.amp
+        amp = ("bf16" if amp else None) if isinstance(amp, bool) or amp is None else str(amp).lower()
         if amp not in AMP_DTYPES and amp is not None:
             bad("amp", f"must be one of {', '.join(AMP_DTYPES)} (or off)")
         object.__setattr__(self, "amp", amp)
@@ -336,7 +336,9 @@ def evaluate(model: nn.Module, data, batch_size: int = 256, *, rank: int = 0, wo
     was_training = model.training
     model.eval()
     param = next(iter(model.parameters()), None)
-    device = torch.device(device) if device is not None else (param.device if param is not None else torch.device("cpu"))
+    if device is None:
+        device = param.device if param is not None else "cpu"
+    device = torch.device(device)
     amp = {True: "bf16", False: None}.get(amp, amp) if isinstance(amp, bool) else amp
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -519,11 +521,12 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
                 seen += len(y)
                 if bar and (step % every == 0 or step + 1 == steps_per_epoch):
                     rate = seen * world / max(time.perf_counter() - t0, 1e-9)
-                    bar.update(task, completed=step + 1, stats=f"loss {float(loss_acc) / seen:.3f} acc "
-                                                               f"{int(correct_acc) / seen:.3f} {rate:.0f} img/s lr {lr:.4f}")
+                    stats = f"loss {float(loss_acc) / seen:.3f} acc {int(correct_acc) / seen:.3f} {rate:.0f} img/s"
+                    bar.update(task, completed=step + 1, stats=f"{stats} lr {lr:.4f}")
             loss_sum, correct = float(loss_acc), int(correct_acc)
             if not math.isfinite(loss_sum):
-                raise CondenseError(f"the loss became {loss_sum} in epoch {epoch + 1}", "lower the learning rate (--lr)")
+                raise CondenseError(f"the loss became {loss_sum} in epoch {epoch + 1}",
+                                    "lower the learning rate (--lr)")
             images_total += seen * world
             epoch_time = time.perf_counter() - t0
             ev = evaluate(model, bundle, rank=rank, world_size=world, amp=config.amp, device=device,

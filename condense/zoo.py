@@ -33,9 +33,11 @@ name                        architecture                                        
 ``mnist_resnet``            Table 2 Resnet [3, 8] (Neural-ODE paper's): 2 downsamplings  600K/30M
                             to 64x6x6, 6 pre-activation GroupNorm residual blocks
 ``mnist_resnet_small``      Table 2 budget Resnet: 1 downsampling to 16x13x13, 6 blocks  33.3K/5.7M
-``mnist_cnn_net``, ...      Fig. 2: one feature map, avg pool 4, linear 49 -> 10         524 params
-``mnist_residual_net``,
-``mnist_pde_net``
+``mnist_cnn_net``, ...      Fig. 2, as the authors' script builds them: a feature conv   524 params
+``mnist_residual_net``,     f = conv3x3(BN-ReLU(x)), then a CNN, residual or PDE layer
+``mnist_pde_net``           on the one map (``Fig2Feature``), ReLU, avg pool 4, linear
+                            49 -> 10 (``mnist_pde_net_image``: condense's earlier
+                            variant, a Global layer on the raw image, also 524)
 ==========================  ===========================================================  ===============
 
 Shortcuts: the CIFAR ResNets use option B (a 1x1 conv + BN projection where the shape changes, identity
@@ -57,14 +59,17 @@ from torch import Tensor, nn
 
 from ._errors import CondenseError
 from .pde import GlobalLayer, GlobalConfig
+from .graph import register_leaf_module
+from .pde._advection_diffusion import advection_diffusion, bounded_advection_diffusion
 
 __all__ = [
     "BasicBlock", "PreActBlock", "CifarResNet", "WideResNet", "DenseLayer", "DenseBlock", "DenseNet",
-    "MnistResBlock", "MnistResNet", "FeatureNet",
+    "MnistResBlock", "MnistResNet", "FeatureNet", "Fig2Feature",
     "resnet_cifar", "resnet32", "resnet56", "wide_resnet", "wrn_40_4", "wrn_40_7", "densenet_bc",
     "densenet_bc_100_12", "resnet_tiny", "resnet_tiny_global", "wrn_tiny", "wrn_tiny_global",
-    "resnet32_global_base", "resnet56_global_base", "resnet56_x2_global_base", "mnist_resnet", "mnist_resnet_small", "mnist_cnn_net", "mnist_residual_net",
-    "mnist_pde_net", "MODELS", "names", "build", "input_size",
+    "resnet32_global_base", "resnet56_global_base", "resnet56_x2_global_base", "mnist_resnet", "mnist_resnet_small",
+    "mnist_cnn_net", "mnist_residual_net",
+    "mnist_pde_net", "mnist_pde_net_image", "MODELS", "names", "build", "input_size",
 ]
 
 
@@ -311,22 +316,56 @@ class MnistResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-class _ConvFeature(nn.Module):
-    """Fig. 2 CNN feature layer (one map): BN-ReLU-conv3x3, BN-ReLU-conv3x3, BN-ReLU. 24 parameters."""
+FIG2_KINDS = ("cnn", "residual", "pde")
 
-    def __init__(self, residual: bool = False):
+
+@register_leaf_module  # the solver's argument checks are control flow fx cannot trace; a PDE layer is a leaf too
+class Fig2Feature(nn.Module):
+    """The feature layer of the authors' Fig. 2 illustration (``train_mnist_illustrative_example.py``): one
+    feature map, 24 parameters, the same five modules for the three nets::
+
+        f = conv_f(relu(bn_f(x)))                                   # the feature conv, 1 -> 1 channel
+        cnn:      conv_g(relu(bn_g(f)))                             # no BN-ReLU after it
+        residual: relu(bn_out(f + conv_g(relu(bn_g(f)))))           # K = 1
+        pde:      relu(bn_out(H^K)), H^-1 = H^0 = f, source f, u = v = -conv_g(relu(bn_g(f)))
+
+    The PDE is Eq. 4 (``advection_diffusion``) with constant diffusion 1, dt = 0.2, dx = dy = 1, periodic
+    boundary and K = 5, with ONE velocity field for both directions and no bound on it - the authors' loop
+    exactly (their u acts along H and v along W with the opposite sign of ours; with u = v that is ours
+    at velocity -g, see ``test_zoo``). ``max_courant`` (e.g. 0.5, the Global layer's default) bounds the
+    velocity as ``GlobalLayer`` does, to measure what the bound changes. In the CNN ``bn_out`` is
+    registered but unused, as in the authors' code (it counts in their 524 parameters; 522 are used)."""
+
+    def __init__(self, kind: str = "pde", K: int = 5, max_courant: float | None = None):
         super().__init__()
-        self.residual = residual
-        self.bn_in = nn.BatchNorm2d(1)
+        if kind not in FIG2_KINDS:
+            raise CondenseError(f"Fig. 2 feature kind={kind!r} is not one of {', '.join(FIG2_KINDS)}")
+        if not isinstance(K, int) or isinstance(K, bool) or not 1 <= K <= 100:
+            raise CondenseError(f"K={K!r} must be an integer in [1, 100]")
+        if max_courant is not None and not 0 < max_courant <= 1:
+            raise CondenseError(f"max_courant={max_courant!r} must be in (0, 1] or None (unbounded)")
+        self.kind, self.K, self.max_courant = kind, K, max_courant
+        self.bn_f = nn.BatchNorm2d(1)
         self.conv_f = _conv3x3(1, 1)
         self.bn_g = nn.BatchNorm2d(1)
         self.conv_g = _conv3x3(1, 1)
         self.bn_out = nn.BatchNorm2d(1)
 
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}" + (f", K={self.K}, max_courant={self.max_courant}" if self.kind == "pde" else "")
+
     def forward(self, x: Tensor) -> Tensor:
-        h = self.conv_f(F.relu(self.bn_in(x)))
-        g = self.conv_g(F.relu(self.bn_g(h)))
-        h = h + g if self.residual else g
+        f = self.conv_f(F.relu(self.bn_f(x)))
+        g = self.conv_g(F.relu(self.bn_g(f)))
+        if self.kind == "cnn":
+            return g
+        if self.kind == "residual":
+            h = f + g
+        elif self.max_courant is None:
+            h = advection_diffusion(f, f, -g, -g, 1.0, 1.0, K=self.K, dt=0.2, dx=1.0, dy=1.0, boundary="periodic")
+        else:
+            h = bounded_advection_diffusion(f, f, -g, -g, 1.0, 1.0, K=self.K, dt=0.2, dx=1.0, dy=1.0,
+                                            boundary="periodic", courant=self.max_courant, dmax=10.0)
         return F.relu(self.bn_out(h))
 
 
@@ -482,19 +521,27 @@ def mnist_resnet_small(num_classes: int = 10, **kw: Any) -> MnistResNet:
 
 
 def mnist_cnn_net(num_classes: int = 10) -> FeatureNet:
-    """Fig. 2 CNN-Net (524 params): BN-ReLU-conv3x3 -> BN-ReLU-conv3x3 -> BN-ReLU on one map, avg pool 4,
-    linear 49 -> 10 (the authors' illustration code)."""
-    return FeatureNet(_ConvFeature(residual=False), num_classes)
+    """Fig. 2 CNN-Net (524 params, as the authors count): f = conv(BN-ReLU(x)), then conv(BN-ReLU(f)) with no
+    BN-ReLU after it (``Fig2Feature``); ReLU, avg pool 4, linear 49 -> 10."""
+    return FeatureNet(Fig2Feature("cnn"), num_classes)
 
 
 def mnist_residual_net(num_classes: int = 10) -> FeatureNet:
-    """Fig. 2 Residual-Net (524 params): as CNN-Net with h + conv(BN-ReLU(h)) as the second layer."""
-    return FeatureNet(_ConvFeature(residual=True), num_classes)
+    """Fig. 2 Residual-Net (524 params): f = conv(BN-ReLU(x)), then BN-ReLU(f + conv(BN-ReLU(f))) (K=1)."""
+    return FeatureNet(Fig2Feature("residual"), num_classes)
 
 
-def mnist_pde_net(num_classes: int = 10, K: int = 5) -> FeatureNet:
-    """Fig. 2 PDE-Net (524 params): one Global layer on the image (one map; velocity from two depthwise
-    3x3 convs + BN = 22 params, constant diffusion 1, K=5, dt=0.2, source = the image, BN-ReLU out = 2)."""
+def mnist_pde_net(num_classes: int = 10, K: int = 5, max_courant: float | None = None) -> FeatureNet:
+    """Fig. 2 PDE-Net (524 params), the authors' net: f = conv(BN-ReLU(x)) is the initial state and the
+    source; one velocity field conv(BN-ReLU(f)) for u and v, unbounded; diffusion 1, K=5, dt=0.2, periodic;
+    BN-ReLU out. ``max_courant`` bounds the velocity as the Global layer does (not the authors')."""
+    return FeatureNet(Fig2Feature("pde", K=K, max_courant=max_courant), num_classes)
+
+
+def mnist_pde_net_image(num_classes: int = 10, K: int = 5) -> FeatureNet:
+    """A 524-param variant (condense's earlier Fig. 2 PDE-Net, not the authors'): one ``GlobalLayer`` on the
+    raw image (H^0 and source = the image; u, v from two depthwise 3x3 convs + BN = 22 params, bounded;
+    constant diffusion 1, K=5, dt=0.2; BN-ReLU out = 2)."""
     layer = GlobalLayer(1, GlobalConfig(K=K, velocity="dwconv", diffusion="constant", out_norm="batch",
                                         out_act="relu"))
     return FeatureNet(layer, num_classes)
@@ -523,9 +570,11 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "mnist_cnn_net": mnist_cnn_net,
     "mnist_residual_net": mnist_residual_net,
     "mnist_pde_net": mnist_pde_net,
+    "mnist_pde_net_image": mnist_pde_net_image,
 }
 
-_MNIST = {"mnist_resnet", "mnist_resnet_small", "mnist_cnn_net", "mnist_residual_net", "mnist_pde_net"}
+_MNIST = {"mnist_resnet", "mnist_resnet_small", "mnist_cnn_net", "mnist_residual_net", "mnist_pde_net",
+          "mnist_pde_net_image"}
 
 
 def names() -> list[str]:

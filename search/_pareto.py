@@ -75,7 +75,8 @@ def trials_frame(study: optuna.Study, space) -> pd.DataFrame:
         rows.append(row)
     columns = ["trial", "state", "status", *[n for n in names], "feasible", "violation_macs", "violation_params",
                "on_front", "layer", "K", "init", "velocity", "diffusion", "source",
-               *[space.m_name(r) for r in space.runs], "estimated", "train_seconds", "retry_of", "duplicate_of", "trial_dir",
+               *[space.m_name(r) for r in space.runs], "estimated", "train_seconds", "retry_of", "duplicate_of",
+               "trial_dir",
                "plan", "error"]
     df = pd.DataFrame(rows, columns=list(dict.fromkeys(columns)))
     df = df.dropna(axis=1, how="all") if not df.empty else df

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from condense._budget import Budget, format_count, parse_budget, parse_input_size
@@ -58,7 +60,7 @@ def test_resolve():
 
 def test_budget_is_frozen_and_passthrough():
     budget = parse_budget("1G")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         budget.value = 2.0
     assert parse_budget(budget) is budget
     assert parse_budget(250_000_000) == Budget(250e6, False)

@@ -2,9 +2,11 @@ import math
 import warnings
 
 import pytest
+import timm
 import torch
 from torch import nn
 
+import condense.pde
 from condense._count import count, count_module, macs_and_params, unsupported_ops_in_pde_layers
 from condense.pde._base import PDELayer
 
@@ -84,7 +86,6 @@ class Net(nn.Module):
     ("mobilenetv3_small_100", 64),
 ])
 def test_plain_timm_models_match_fvcore(name, size):
-    timm = pytest.importorskip("timm")
     model = timm.create_model(name, pretrained=False)
     df = count(model, (3, size, size))
     assert df.attrs["macs"] == fvcore_total(model, torch.randn(1, 3, size, size))
@@ -96,7 +97,6 @@ def test_plain_timm_models_match_fvcore(name, size):
 
 
 def test_resnet18_per_module_rows_add_up():
-    timm = pytest.importorskip("timm")
     model = timm.create_model("resnet18", pretrained=False)
     df = count(model, (3, 64, 64))
     assert list(df.columns[:4]) == ["type", "depth", "macs", "params"]
@@ -365,13 +365,6 @@ def test_quiet(caplog):
 
 # --- the real layers (condense.pde) ----------------------------------------------------------------------
 
-def _pde():
-    pde = pytest.importorskip("condense.pde")
-    if not hasattr(pde, "create_layer"):
-        pytest.skip("condense.pde.create_layer not available yet")
-    return pde
-
-
 REAL_LAYERS = [
     ("global", {}),
     ("global", {"impl": "eager", "diffusion": "dwconv", "boundary": "replicate"}),
@@ -385,7 +378,7 @@ REAL_LAYERS = [
 
 @pytest.mark.parametrize("name, options", REAL_LAYERS)
 def test_no_op_in_the_pde_layers_is_left_unsupported(name, options):
-    pde = _pde()
+    pde = condense.pde
     if name not in pde.layer_names():
         pytest.skip(f"layer {name} not available")
     net = Net(pde.create_layer(name, 4, **options))
@@ -404,7 +397,7 @@ def test_no_op_in_the_pde_layers_is_left_unsupported(name, options):
     {"velocity": "separable", "source": "residual"},
 ])
 def test_global_layer_fused_counts_like_eager(options):
-    pde = _pde()
+    pde = condense.pde
     x = torch.randn(2, 4, 9, 7)
     if not pde.fused_available(x):
         pytest.skip("fused kernel unavailable")
@@ -415,7 +408,7 @@ def test_global_layer_fused_counts_like_eager(options):
 
 
 def test_global_layer_steps_are_affine_in_k():
-    pde = _pde()
+    pde = condense.pde
     x = torch.randn(1, 4, 8, 8)
     counts = [count_module(pde.create_layer("global", 4, K=k, impl="eager"), x)[0] for k in range(1, 5)]
     slopes = {b - a for a, b in zip(counts, counts[1:])}

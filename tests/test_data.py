@@ -9,13 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 import condense.data as data
 from condense import CondenseError
 from condense.data import DataSpec, load_data, parse_data_spec
+from conftest import real_data
 
-REAL_MNIST = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "mnist.npz"
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
@@ -157,9 +159,7 @@ def test_mnist_npz_and_idx_agree_no_augmentation_and_resize(tmp_path):
 
 
 def test_mnist_real_npz(tmp_path):
-    if not REAL_MNIST.is_file():
-        pytest.skip(f"the offline MNIST file is absent: {REAL_MNIST}")
-    b = load_data(f"mnist:{REAL_MNIST}", cache_dir=tmp_path)
+    b = load_data(f"mnist:{real_data('mnist.npz')}", cache_dir=tmp_path)
     assert (b.train_size, b.test_size, b.num_classes, b.input_size) == (60000, 10000, 10, (1, 28, 28))
     assert b.mean[0] == pytest.approx(0.1307, abs=1e-4) and b.std[0] == pytest.approx(0.3081, abs=1e-4)
     ld = b.loader("test", 1000, shuffle=False, augment=False)
@@ -402,3 +402,94 @@ def test_pickles_that_run_code_are_refused(tmp_path):
     with pytest.raises(CondenseError, match="refusing to load os.system") as err:
         load_data(f"cifar10:{d}", cache_dir=tmp_path)
     one_line(err)
+
+
+# ------------------------------------------------------------------------------- sizes and augmentation
+
+
+def write_grey_tree(root: Path, n_per_class: int = 2, classes=("a", "b", "c"), side: int = 28) -> None:
+    """A letters-like tree: grey PNGs of ``side`` pixels, train/ and val/."""
+    rng = np.random.default_rng(7)
+    for split in ("train", "val"):
+        for c in classes:
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for k in range(n_per_class):
+                Image.fromarray(rng.integers(0, 256, (side, side), dtype=np.uint8), mode="L").save(
+                    root / split / c / f"{k}.png")
+
+
+def test_imagefolder_of_small_grey_images_is_read_at_their_size_without_augmentation(tmp_path):
+    write_grey_tree(tmp_path / "letters")
+    b = load_data(f"imagefolder:{tmp_path / 'letters'}")
+    assert (b.name, b.num_classes, b.input_size, b.augment) == ("letters", 3, (3, 28, 28), "none")
+    x, _ = next(iter(b.loader("train", 6, shuffle=False, augment=True)))
+    assert x.shape == (6, 3, 28, 28)
+    plain = next(iter(b.loader("train", 6, shuffle=False, augment=False)))[0]
+    assert torch.equal(x, plain)  # "none": the training batches are the test transform's
+    grey = load_data(f"imagefolder:{tmp_path / 'letters'}", input_size=(1, 28, 28))
+    xg, _ = next(iter(grey.loader("val", 6, shuffle=False, augment=False)))
+    assert xg.shape == (6, 1, 28, 28) and len(grey.mean) == 1
+    small = load_data(f"imagefolder:{tmp_path / 'letters'}", input_size="3x20x20", augment="crop-flip")
+    xs, _ = next(iter(small.loader("train", 6, shuffle=True, augment=True)))
+    assert xs.shape == (6, 3, 20, 20) and small.augment == "crop-flip"
+
+
+def test_imagefolder_defaults_crop_flip_for_small_colour_and_timm_for_photos(tmp_path):
+    x, y = cifar_images(1, 2, seed=8)
+    write_tree(tmp_path / "small", {"train": (x, y), "val": (x, y)}, ("p", "q"))
+    b = load_data(f"imagefolder:{tmp_path / 'small'}")
+    assert (b.input_size, b.augment) == ((3, 32, 32), "crop-flip")
+    big = np.random.default_rng(9).integers(0, 256, (2, 3, 150, 160), dtype=np.uint8)
+    write_tree(tmp_path / "photos", {"train": (big, [0, 1]), "val": (big, [0, 1])}, ("p", "q"), ext=".jpg")
+    p = load_data(f"imagefolder:{tmp_path / 'photos'}")
+    assert (p.input_size, p.augment) == ((3, 224, 224), "timm")
+    assert next(iter(p.loader("train", 2, shuffle=False, augment=True)))[0].shape == (2, 3, 224, 224)
+    none = p.with_augment("none")
+    a, c = (next(iter(none.loader("train", 2, shuffle=False, augment=aug)))[0] for aug in (True, False))
+    assert none.augment == "none" and torch.equal(a, c) and p.augment == "timm"
+
+
+def test_in_memory_defaults_and_choices(cifar_sets, tmp_path):
+    write_mnist_idx(tmp_path / "m")
+    assert load_data(f"mnist:{tmp_path / 'm'}", cache_dir=tmp_path / "c").augment == "none"
+    b = load_data(f"cifar10:{cifar_sets[0] / 'pickles'}", cache_dir=tmp_path)
+    assert (b.name, b.augment) == ("cifar10", "crop-flip")
+    plain = b.with_augment("none")
+    kw = dict(shuffle=True, seed=5)
+    assert torch.equal(torch.cat([x for x, _ in plain.loader("train", 8, augment=True, **kw)]),
+                       torch.cat([x for x, _ in b.loader("train", 8, augment=False, **kw)]))
+    for bad, needle in (("timm", "works on image files"), ("flip", "unknown augmentation 'flip'")):
+        with pytest.raises(CondenseError, match=needle) as err:
+            load_data(f"cifar10:{cifar_sets[0] / 'pickles'}", cache_dir=tmp_path, augment=bad)
+        one_line(err)
+        with pytest.raises(CondenseError, match=needle):
+            b.with_augment(bad)
+
+
+def test_a_tree_read_as_cifar10_is_named_after_itself_and_grey_trees_are_not_flipped(tmp_path):
+    write_grey_tree(tmp_path / "letters", classes=tuple("abcd"))
+    (tmp_path / "letters" / "val").rename(tmp_path / "letters" / "test")
+    b = load_data(f"cifar10:{tmp_path / 'letters'}", cache_dir=tmp_path / "c")
+    assert (b.name, b.num_classes, b.input_size, b.augment) == ("letters", 4, (3, 28, 28), "none")
+    with tarfile.open(tmp_path / "letters.tar.gz", "w:gz") as tf:
+        for split in ("train", "test"):
+            tf.add(tmp_path / "letters" / split, arcname=split)
+    assert load_data(f"cifar10:{tmp_path / 'letters.tar.gz'}", cache_dir=tmp_path / "c").name == "letters"
+
+
+@settings(max_examples=60, deadline=None, database=None)  # no .hypothesis/ folder in the tree
+@given(n=st.integers(0, 70), world=st.integers(1, 6), seed=st.integers(0, 2**31 - 1), epoch=st.integers(0, 50),
+       shuffle=st.booleans())
+def test_every_epoch_is_a_distributed_samplers_shards(n, world, seed, epoch, shuffle):
+    """For any size, world size, seed and epoch: each rank's order is what torch's DistributedSampler gives,
+    every rank gets ceil(n / world) samples and together they cover the split."""
+    shards = [data._shard_order(n, shuffle=shuffle, seed=seed, epoch=epoch, rank=r, world_size=world)
+              for r in range(world)]
+    for rank, order in enumerate(shards):
+        if n:
+            sampler = torch.utils.data.DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=shuffle,
+                                                          seed=seed)
+            sampler.set_epoch(epoch)
+            assert order.tolist() == list(sampler)
+        assert len(order) == (-(-n // world) if n else 0)
+    assert set(torch.cat(shards).tolist()) == set(range(n))

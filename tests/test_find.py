@@ -8,6 +8,7 @@ import timm
 import torch
 from torch import nn
 
+from condense._count import count_module
 from condense._errors import CondenseError
 from condense.graph import FindResult, Run, find_runs, register_leaf_module, trace
 
@@ -48,7 +49,6 @@ def test_resnet18_runs(resnet18_found):
 
 
 def test_resnet18_counts(resnet18, resnet18_found):
-    count_module = pytest.importorskip("condense._count").count_module
     f = resnet18_found
     ref_macs, ref_params = count_module(resnet18, torch.randn(1, *SIZE))
     assert f.total_macs == ref_macs and f.total_params == ref_params

@@ -202,7 +202,8 @@ def test_checkpoint_is_loaded_and_saved_weights_follow(tmp_path):
     fresh = timm.create_model("resnet18", pretrained=False, num_classes=10)
     condense.load_checkpoint(fresh, tmp_path / "w.safetensors")
     assert torch.equal(fresh.conv1.weight, model.conv1.weight)
-    with pytest.raises(CondenseError, match=r"do not fit ResNet \(2 of other shapes: fc.weight \(10, 512\) vs \(1000, 512\)"):
+    with pytest.raises(CondenseError,
+                       match=r"do not fit ResNet \(2 of other shapes: fc.weight \(10, 512\) vs \(1000, 512\)"):
         condense.load_checkpoint(timm.create_model("resnet18", pretrained=False), tmp_path / "w.safetensors")
 
 
@@ -256,7 +257,8 @@ def test_a_budget_the_model_cannot_meet_is_an_error_not_a_claim(tmp_path, capsys
     src = tmp_path / "flat.py"
     src.write_text("import torch.nn as nn\n"
                    "def net():\n"
-                   "    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2))\n")
+                   "    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), "
+                   "nn.Conv2d(8, 16, 3, stride=2))\n")
     out = tmp_path / "out"
     assert main([f"{src}:net", "--input-size", "3x16x16", "--budget", "10%", "-o", str(out)]) == 1
     captured = capsys.readouterr()
@@ -276,3 +278,33 @@ def test_preserve_infeasibility_names_no_preserve(tmp_path, capsys):
     assert main(argv + ["--checkpoint", str(tmp_path / "w.pth")]) == 1
     assert "--no-preserve" in capsys.readouterr().err
     assert main(argv + ["--checkpoint", str(tmp_path / "w.pth"), "--no-preserve"]) == 0
+
+
+def test_every_help_shows_the_defaults():
+    """Each option of every command whose default means something says it in --help."""
+    import argparse
+
+    from condense._export import _parser as onnx_parser
+    from condense._help import HelpFormatter
+    from condense.bench.models import _parser as bench_parser
+    from condense.cli import _main_parser, _sub_parser
+    from search._cli import compare_parser, export_parser, search_parser
+
+    parsers = [_main_parser(), *(_sub_parser(n) for n in ("find", "count", "train", "recipe")), search_parser(),
+               export_parser(), compare_parser(), bench_parser(), onnx_parser()]
+    parsers += [a.choices[n] for a in parsers[4]._actions if isinstance(a, argparse._SubParsersAction)
+                for n in a.choices]  # recipe list / footprint / run
+    checked = 0
+    for parser in parsers:
+        assert parser.formatter_class is HelpFormatter, parser.prog
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            quiet = action.default in (None, False, "", [], (), argparse.SUPPRESS)
+            if not action.option_strings or quiet or isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, f"{parser.prog} {action.option_strings[0]} has no help"
+            assert "default" in formatter._get_help_string(action).lower(), (parser.prog, action.option_strings)
+            checked += 1
+    assert checked >= 30
+    text = " ".join(_sub_parser("train").format_help().split())
+    assert "images per step (default: 128)" in text and "--no-augment the same as --augment none" in text

@@ -69,7 +69,8 @@ def test_load_with_the_model_passed_needs_no_trust(file_dir):
 
 
 @pytest.mark.parametrize("argv", [["count", "{d}"], ["export-onnx", "{d}", "-o", "{t}/m.onnx", "--no-check"],
-                                  ["bench", "{d}", "--batch-sizes", "1", "--repeats", "1", "--no-compile", "--no-train"],
+                                  ["bench", "{d}", "--batch-sizes", "1", "--repeats", "1", "--no-compile",
+                                   "--no-train"],
                                   ["train", "{d}", "--data", "mnist:/nonexistent.npz", "--epochs", "1"]])
 def test_every_command_refuses_the_recorded_file_without_trust_code(file_dir, tmp_path, argv, capsys):
     argv = [a.format(d=file_dir, t=tmp_path) for a in argv]

@@ -131,7 +131,8 @@ def test_cli_latency_budget_real_clock(tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     lat = data["latency"]
     assert lat["after_ms"] <= lat["budget_ms"] == pytest.approx(0.7 * lat["before_ms"])
-    assert lat["setting"] == {"batch": 1, "mode": "eager", "threads": 1, "device": "cpu", "device_name": "cpu (1 threads)"}
+    assert lat["setting"] == {"batch": 1, "mode": "eager", "threads": 1, "device": "cpu",
+                              "device_name": "cpu (1 threads)"}
     saved = json.loads((out / "condensed.json").read_text())
     assert saved["latency"]["after_ms"] == lat["after_ms"]
     assert main([f"{src}:net", "--input-size", "3x32x32", "--latency", "later"]) == 1

@@ -263,7 +263,7 @@ def test_unshared_weights_are_per_step(layer_cls, cfg_cls):
     n_unshared = sum(p.numel() for p in unshared.parameters())
     assert n_unshared == 3 * n_shared
     with torch.no_grad():  # copy the shared weights into every step: same function
-        for (name, p_s), (_, p_u) in zip(shared.named_parameters(), unshared.named_parameters()):
+        for (_, p_s), (_, p_u) in zip(shared.named_parameters(), unshared.named_parameters()):
             p_u.copy_(p_s.expand_as(p_u))
     x = torch.randn(2, 4, 6, 6, dtype=D)
     torch.testing.assert_close(unshared(x), shared(x))

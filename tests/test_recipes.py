@@ -8,14 +8,18 @@ small models are inferred). Known gaps are listed in GAPS and checked only for d
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from condense import CondenseError
-from condense._recipes import (Recipe, footprint, footprint_table, list_recipes, load_recipe, recipes_dir,
-                               run_recipe)
+from condense._recipes import (TRAIN_KEYS, Recipe, footprint, footprint_table, list_recipes, load_recipe,
+                               recipes_dir, run_recipe, train_config)
+from conftest import real_data
 
 RECIPES = sorted(recipes_dir().glob("*.yaml"))
 BASE_TOL = 0.05
@@ -67,8 +71,6 @@ def test_every_recipe_loads_and_validates(path):
     assert (c, h, w) == {"mnist": (1, 28, 28), "imagefolder": (3, 224, 224)}.get(r.dataset, (3, 32, 32))
     assert r.model.num_classes == {"mnist": 10, "cifar10": 10, "cifar100": 100, "imagefolder": 1000}[r.dataset]
     assert all(0 < m <= r.train.epochs for m in r.train.milestones)
-    if r.dataset in ("mnist", "cifar10"):  # shipped with the project: ../shared/data from the repo root
-        assert Path(r.data_spec.partition(":")[2]).is_file(), r.data_spec
     if r.dataset.startswith("cifar"):
         assert (r.train.epochs, r.train.milestones, r.train.lr, r.train.optimizer) == (300, (150, 225), 0.1, "sgd")
 
@@ -108,12 +110,121 @@ def test_relative_data_paths_resolve_against_the_directory_that_contains_recipes
     assert r.data_spec == f"mnist:{(tmp_path / '../shared/data/mnist.npz').resolve()}"
 
 
-def test_run_recipe_trains_through_condense_train(tmp_path):
-    with pytest.warns(UserWarning, match="not applied by condense.train: grad_clip_norm=5.0"):
+@pytest.mark.parametrize("name", ["mnist.npz", "cifar10-jpeg.tar.gz"])
+def test_the_recipes_point_at_the_real_data_beside_the_repository(name):
+    """The MNIST and CIFAR-10 recipes name ../shared/data/NAME (from the repo root): there where it is."""
+    beside = recipes_dir().parent.parent / "shared" / "data"
+    if real_data(name).parent.resolve() != beside.resolve():
+        pytest.skip(f"the real data is in {real_data(name).parent}, not beside the repository")
+    users = [r for r in list_recipes() if Path(r.data_spec.partition(":")[2]).name == name]
+    assert users
+    for r in users:
+        assert Path(r.data_spec.partition(":")[2]).is_file(), r.data_spec
+
+
+def _mnist_like(path: Path) -> Path:
+    """A small MNIST-format .npz (random digits): what the recipes' training tests run on."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (320, 28, 28), dtype=np.uint8)
+    y = np.arange(320) % 10
+    np.savez(path, x_train=x[:256], y_train=y[:256], x_test=x[256:], y_test=y[256:])
+    return path
+
+
+def test_run_recipe_trains_through_condense_train_and_records_the_seed(tmp_path):
+    import json
+    import warnings
+
+    data = f"mnist:{_mnist_like(tmp_path / 'mnist.npz')}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is "recorded, not applied" any more
         res = run_recipe(recipes_dir() / "mnist_fig2_cnn.yaml", epochs=1, out_dir=tmp_path, limit_train=256,
-                         progress=False)
+                         progress=False, seed=3, data=data)
     assert 0 <= res.metrics["test_acc"] <= 1 and res.metrics["params"] == 524
-    assert (tmp_path / "recipe.json").is_file()
+    assert res.metrics["seed"] == 3 and res.metrics["config"]["seed"] == 3
+    assert res.metrics["config"]["clip_grad_norm"] == 5.0 and res.metrics["config"]["decay_norm_and_bias"] is True
+    assert json.loads((tmp_path / "recipe.json").read_text())["seed"] == 3
+    assert json.loads((tmp_path / "metrics.json").read_text())["seed"] == 3
+    assert train_config(recipes_dir() / "mnist_fig2_cnn.yaml").seed == 0  # the recipe's own seed
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_every_train_key_of_every_recipe_is_applied_by_the_trainer(path):
+    import yaml
+
+    from condense.train import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(TRAIN_KEYS.values()) <= fields
+    raw = yaml.safe_load(path.read_text())["train"]
+    r = load_recipe(path)
+    config = train_config(r)
+    for key, value in raw.items():
+        assert key in TRAIN_KEYS, key  # anything else is rejected when loading (next tests)
+        got = getattr(config, TRAIN_KEYS[key])
+        if key == "decay_every":
+            assert got == r.train.milestones and len(got) == int(r.train.epochs / value)
+        elif key == "milestones":
+            assert got == tuple(value)
+        elif key == "optimizer":
+            assert got == value.lower()
+        else:
+            assert got == value, (key, got, value)
+    for field in dataclasses.fields(r.train):  # and every setting the recipe holds reaches the trainer
+        if field.name != "milestones" or r.train.schedule == "step":
+            assert getattr(config, field.name) == getattr(r.train, field.name), field.name
+
+
+def test_train_settings_the_trainer_lacks_are_rejected(tmp_path):
+    f = _write(tmp_path, GOOD.replace("lr: 0.1", "lr: 0.1, extra: {model_ema_decay: 0.999}", 1))
+    with pytest.raises(CondenseError, match=r"^bad.yaml: train.extra: condense.train applies no extra settings"):
+        load_recipe(f)
+    f = _write(tmp_path, GOOD.replace("lr: 0.1", "lr: 0.1, grad_clip_norm: 5", 1))
+    with pytest.raises(CondenseError, match=r"train.grad_clip_norm: unknown key .*did you mean 'clip_grad_norm'"):
+        load_recipe(f)
+
+
+def test_measured_block_gives_mean_and_std(tmp_path):
+    block = ("measured: {command: 'condense recipe run x.yaml --seeds 0,1,2', epochs: 30, seeds: [0, 1, 2], "
+             "accuracy: [91.0, 92.0, 93.0], wall_minutes: 4}\n")
+    r = load_recipe(_write(tmp_path, GOOD + block, "good.yaml"))
+    assert r.measured.seeds == (0, 1, 2) and r.measured.mean == pytest.approx(92.0)
+    assert r.measured.std == pytest.approx(1.0) and r.measured.describe() == "92.00 ± 1.00% (3 seeds, 30 ep)"
+    bad = block.replace("accuracy: [91.0, 92.0, 93.0]", "accuracy: [91.0]")
+    with pytest.raises(CondenseError, match="measured.accuracy: must be a list of 3 accuracies"):
+        load_recipe(_write(tmp_path, GOOD + bad))
+
+
+def test_cli_recipe_run_seeds_prints_mean_and_std_and_reuses_finished_seeds(tmp_path, capsys):
+    import json
+
+    from condense.cli import main
+
+    argv = ["recipe", "run", str(recipes_dir() / "mnist_fig2_cnn.yaml"), "--seeds", "0,1", "--epochs", "1",
+            "--limit-train", "256", "-o", str(tmp_path), "--threads", "1",
+            "--data", f"mnist:{_mnist_like(tmp_path / 'mnist.npz')}"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "mean ± std" in out and "measured:" in out and "seeds: [0, 1]" in out and "92.01%" in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1] and len(summary["accuracy"]) == 2
+    for seed in (0, 1):
+        assert json.loads((tmp_path / f"seed{seed}" / "metrics.json").read_text())["seed"] == seed
+    assert main(argv + ["--skip-done"]) == 0
+    assert capsys.readouterr().out.count("reusing") == 2
+    with pytest.raises(SystemExit):  # --seed takes one seed (argparse's usage error)
+        main(["recipe", "run", "x.yaml", "--seed", "1,2"])
+
+
+def test_cli_recipe_list_shows_measured_beside_the_papers_figures(capsys):
+    from condense.cli import main
+
+    assert main(["recipe", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "measured acc" in out and "paper acc" in out
+    for r in list_recipes():
+        if r.measured is not None:
+            assert f"{r.measured.mean:.2f} ± {r.measured.std:.2f}%" in out, r.name
 
 
 # --- invalid files --------------------------------------------------------------------------------------
@@ -190,3 +301,74 @@ def test_missing_file_and_unknown_run_path(tmp_path):
     f = _write(tmp_path, GOOD.replace("plan: default", "plan: {m: {layer9: 1}}"))
     with pytest.raises(CondenseError, match=r"bad.yaml: plan.m: no run at 'layer9' \(runs of zoo:resnet_tiny: layer1"):
         footprint(f)
+
+
+# --- the recipes ship with the package -----------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_the_package_list_in_pyproject_covers_every_package():
+    """pyproject.toml lists the packages (to map recipes/ into condense/recipes): a new one must be added."""
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.10 has no tomllib")
+    import setuptools
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = set(setuptools.find_packages(str(REPO), include=["condense*", "search*"]))
+    assert listed == found | {"condense.recipes"}
+
+
+def test_a_recipe_can_be_named_without_its_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_recipe("mnist_fig2_cnn").path == recipes_dir() / "mnist_fig2_cnn.yaml"
+    with pytest.raises(CondenseError, match="recipe 'mnist_fig2_cnnn' does not exist"):
+        load_recipe("mnist_fig2_cnnn")
+
+
+@pytest.mark.slow
+def test_a_wheel_ships_the_recipes_and_finds_them_from_any_folder(tmp_path):
+    """Build a wheel, install it (without dependencies) into a folder of its own, and run the recipe commands
+    from an unrelated folder: the recipes come from the installed package, not from this checkout."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    src = tmp_path / "src"
+    for part in ("condense", "search", "recipes"):
+        shutil.copytree(REPO / part, src / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for part in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / part, src / part)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)],
+                   check=True, capture_output=True, timeout=300)
+    wheel = next((tmp_path / "dist").glob("condense-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"condense/recipes/{p.name}" for p in RECIPES} <= names
+    assert "condense/pde/csrc/advection_diffusion.c" in names
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)], check=True,
+                   capture_output=True, timeout=300)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    probe = ("import json, condense, condense._recipes as r; "
+             "print(json.dumps([condense.__file__, str(r.recipes_dir()), len(r.list_recipes()), "
+             "r.load_recipe('mnist_fig2_cnn').data_spec]))")
+    got = subprocess.run([sys.executable, "-c", probe], cwd=elsewhere, env=env, capture_output=True, text=True,
+                         timeout=300, check=True)
+    module, folder, count, data = json.loads(got.stdout.strip().splitlines()[-1])
+    assert module.startswith(str(tmp_path / "site")) and folder == str(tmp_path / "site" / "condense" / "recipes")
+    assert count == len(RECIPES)
+    assert data == f"mnist:{(elsewhere / '../shared/data/mnist.npz').resolve()}"  # relative to where it runs
+    listed = subprocess.run([sys.executable, "-m", "condense.cli", "recipe", "list"], cwd=elsewhere, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert listed.returncode == 0, listed.stderr
+    assert "recipes (paper figures" in listed.stdout and "mnist" in listed.stdout and "imagenet" in listed.stdout
+
+
+def test_missing_recipe_data_says_how_to_give_it(tmp_path):
+    src = (recipes_dir() / "mnist_fig2_cnn.yaml").read_text().replace("../shared/data/mnist.npz", "nowhere/mnist.npz")
+    f = tmp_path / "x.yaml"
+    f.write_text(src)
+    with pytest.raises(CondenseError, match=r"x: its data mnist:.*nowhere/mnist.npz does not exist.*--data KIND:PATH"):
+        run_recipe(f, epochs=1, out_dir=tmp_path / "out", progress=False)

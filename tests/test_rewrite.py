@@ -171,7 +171,6 @@ def test_rewrite_is_deterministic_and_reloadable(resnet18, resnet18_found):
 
 
 def test_default_factory_builds_global_layer(resnet18, resnet18_found):
-    pytest.importorskip("condense.pde._factory")
     res = rewrite(resnet18, resnet18_found, {"layer4": RunChoice(m=1, options={"K": 2})})
     layer = res.module.layer4[1]
     assert isinstance(layer, PDELayer) and type(layer).__name__ == res.records[3].layer_type

@@ -399,7 +399,7 @@ def test_two_workers_share_a_postgres_study(env, tmp_path):
 def _small_journal(path: Path) -> int:
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
     study = optuna.create_study(study_name="s", storage=storage, directions=["maximize", "minimize"])
-    for i in range(3):
+    for _ in range(3):
         study.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_int("m", 1, 4)), n_trials=1)
     return len(study.trials)
 

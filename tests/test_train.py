@@ -1,6 +1,5 @@
 """Training: schedules, distillation loss, checkpoints and exact resume, metrics, torchrun/gloo with 2 ranks."""
 import json
-import math
 import os
 import subprocess
 import sys
@@ -167,7 +166,8 @@ def test_cli_train_condensed_dir_with_teacher(tmp_path, capsys):
     src = tmp_path / "nets.py"
     src.write_text("import torch.nn as nn\n"
                    "def net(num_classes=10):\n"
-                   "    blocks = [nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()) for _ in range(3)]\n"
+                   "    blocks = [nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())\n"
+                   "              for _ in range(3)]\n"
                    "    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), *blocks, nn.AdaptiveAvgPool2d(1),\n"
                    "                         nn.Flatten(), nn.Linear(8, num_classes))\n")
     npz = tiny_mnist(tmp_path / "m.npz")
@@ -212,7 +212,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
                            str(script), str(npz), str(tmp_path / "out"), str(Path(__file__).parent)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    line = [l for l in proc.stdout.splitlines() if l.startswith("{")][-1]
+    line = [text for text in proc.stdout.splitlines() if text.startswith("{")][-1]
     result = json.loads(line)
     assert result["world"] == 2 and result["same"]  # DDP kept both replicas identical
     assert result["images"] == 128  # the test split, summed over the two ranks' shards
@@ -301,7 +301,8 @@ def test_setups_that_cannot_train_are_errors_before_anything_is_written(tmp_path
 def test_cli_train_bad_input_is_one_line_exit_1(tmp_path, capsys, argv, needle):
     npz = tiny_mnist(tmp_path / "m.npz")
     out = tmp_path / "run"
-    assert main(["train", "zoo:mnist_resnet_small", "--data", f"mnist:{npz}", "--epochs", "6", "-o", str(out)] + argv) == 1
+    assert main(["train", "zoo:mnist_resnet_small", "--data", f"mnist:{npz}", "--epochs", "6", "-o", str(out),
+                 *argv]) == 1
     err = capsys.readouterr().err
     assert needle in err and "unexpected" not in err and not out.exists()
 

@@ -45,6 +45,7 @@ PAPER = {
     "mnist_cnn_net": (524, None),
     "mnist_residual_net": (524, None),
     "mnist_pde_net": (524, None),
+    "mnist_pde_net_image": (524, None),
 }
 
 # name -> expected runs (path, r, kind)
@@ -74,6 +75,7 @@ RUNS = {
     "mnist_cnn_net": [],
     "mnist_residual_net": [],
     "mnist_pde_net": [],
+    "mnist_pde_net_image": [],
 }
 
 
@@ -153,12 +155,91 @@ def test_resnet32_default_condense_matches_the_papers_macs_not_its_params():
 
 
 def test_fig2_nets_have_524_parameters_and_one_feature_map():
-    for name in ("mnist_cnn_net", "mnist_residual_net", "mnist_pde_net"):
+    for name in ("mnist_cnn_net", "mnist_residual_net", "mnist_pde_net", "mnist_pde_net_image"):
         model = zoo.build(name).eval()
         assert sum(p.numel() for p in model.parameters()) == 524
         feat = model.feature(torch.randn(1, 1, 28, 28))
         assert feat.shape == (1, 1, 28, 28)
-    assert isinstance(zoo.mnist_pde_net().feature, condense.GlobalLayer)
+    assert isinstance(zoo.mnist_pde_net_image().feature, condense.GlobalLayer)
+
+
+# --- Fig. 2 as the authors' train_mnist_illustrative_example.py builds it ----------------------------------
+# Their ConvBlock(1, 1): f (conv3x3, no bias), g (conv3x3, no bias), bn_out, bn_f1, bn_g - 24 parameters in
+# all three nets; NetworkMNIST adds fc = Linear(49, 10): 524. Ours, module for module (their name -> ours):
+FIG2_LAYERS = [  # (our parameter, shape, their module)
+    ("feature.bn_f.weight", (1,), "bn_f1"), ("feature.bn_f.bias", (1,), "bn_f1"),
+    ("feature.conv_f.weight", (1, 1, 3, 3), "f"),
+    ("feature.bn_g.weight", (1,), "bn_g"), ("feature.bn_g.bias", (1,), "bn_g"),
+    ("feature.conv_g.weight", (1, 1, 3, 3), "g"),
+    ("feature.bn_out.weight", (1,), "bn_out"), ("feature.bn_out.bias", (1,), "bn_out"),
+    ("fc.weight", (10, 49), "fc"), ("fc.bias", (10,), "fc"),
+]
+
+
+def _authors_forward(m, x, kind, K=5):
+    """Their ConvBlock.forward and NetworkMNIST.forward, transcribed with our module names (logits, not
+    log-softmax): H along dim 2 carries u (= g), W along dim 3 carries v (= g); torch.roll boundaries."""
+    from torch.nn import functional as F
+
+    feat = m.feature
+    f = feat.conv_f(F.relu(feat.bn_f(x)))
+    if kind == "cnn":
+        h = feat.conv_g(F.relu(feat.bn_g(f)))
+    elif kind == "residual":
+        h = F.relu(feat.bn_out(f + feat.conv_g(F.relu(feat.bn_g(f)))))
+    else:
+        g = feat.conv_g(F.relu(feat.bn_g(f)))
+        dt, B = 0.2, 0.2  # dx = dy = 1, Dx = Dy = 1
+        ux = 0.5 * (torch.roll(g, 1, dims=2) - torch.roll(g, -1, dims=2))
+        vy = 0.5 * (torch.roll(g, 1, dims=3) - torch.roll(g, -1, dims=3))
+        A, E, D = g * dt, (ux + vy) * dt, 1.0 / (1 + 4 * B)
+        h_old, h = f, f
+        for _ in range(K):
+            h, h_old = D * ((1 - 4 * B) * h_old - 2 * E * h
+                            + (-A + 2 * B) * torch.roll(h, 1, dims=2) + (A + 2 * B) * torch.roll(h, -1, dims=2)
+                            + (-A + 2 * B) * torch.roll(h, 1, dims=3) + (A + 2 * B) * torch.roll(h, -1, dims=3)
+                            + 2 * dt * f), h
+        h = F.relu(feat.bn_out(h))
+    return m.fc(torch.flatten(F.avg_pool2d(F.relu(h), 4), 1))
+
+
+@pytest.mark.parametrize("name, kind", [("mnist_cnn_net", "cnn"), ("mnist_residual_net", "residual"),
+                                        ("mnist_pde_net", "pde")])
+def test_fig2_nets_are_the_authors_layer_by_layer(name, kind):
+    torch.manual_seed(0)
+    model = zoo.build(name).double()
+    assert [(n, tuple(p.shape)) for n, p in model.named_parameters()] == [(n, s) for n, s, _ in FIG2_LAYERS]
+    assert sum(p.numel() for p in model.parameters()) == 524
+    assert [type(m).__name__ for m in model.feature.children()] == ["BatchNorm2d", "Conv2d"] * 2 + ["BatchNorm2d"]
+    assert all(m.bias is None for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert isinstance(model.pool, torch.nn.AvgPool2d) and model.pool.kernel_size == 4
+    with torch.no_grad():  # random affine BN parameters, so that every module matters
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(4, 1, 28, 28, dtype=torch.float64)
+    for train in (True, False):
+        model.train(train)
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), _authors_forward(model, x, kind), rtol=1e-10, atol=1e-10)
+    model.train()
+    model(x).sum().backward()
+    unused = {n for n, p in model.named_parameters() if p.grad is None}
+    assert unused == ({"feature.bn_out.weight", "feature.bn_out.bias"} if kind == "cnn" else set())
+
+
+def test_fig2_pde_net_bounded_velocity_is_an_option():
+    torch.manual_seed(0)
+    free, bounded = zoo.mnist_pde_net(), zoo.mnist_pde_net(max_courant=0.5)
+    bounded.load_state_dict(free.state_dict())
+    with torch.no_grad():
+        free.feature.conv_g.weight.mul_(50)  # a fast velocity: |u| dt/dx well above 0.5
+        bounded.feature.conv_g.weight.mul_(50)
+        x = torch.randn(2, 1, 28, 28)
+        assert not torch.allclose(free(x), bounded(x))
+    with pytest.raises(CondenseError, match="max_courant"):
+        zoo.mnist_pde_net(max_courant=2.0)
+    with pytest.raises(CondenseError, match="kind"):
+        zoo.Fig2Feature("ode")
 
 
 def test_zoo_model_spec_round_trip_and_build_model():

@@ -23,6 +23,8 @@ import time
 import traceback
 from collections import defaultdict
 
+from .._help import HelpFormatter
+
 SAMPLE = (
     "resnet18", "resnet50", "resnet26", "efficientnet_b0", "efficientnet_lite0", "mobilenetv2_100",
     "mobilenetv3_large_100", "mobilenetv3_small_100", "convnext_atto", "convnext_nano", "regnetx_002",
@@ -195,15 +197,16 @@ def summarize(rows):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m condense.bench.coverage", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m condense.bench.coverage", description=__doc__.splitlines()[0],
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--sample", action="store_true", help="a few models per major family only")
-    ap.add_argument("--max-params", type=float, default=120e6)
+    ap.add_argument("--max-params", type=float, default=120e6, help="skip larger models")
     ap.add_argument("--filter", default=None, help="timm name pattern, e.g. 'resnet*'")
-    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--limit", type=int, default=None, help="at most N models")
     ap.add_argument("--size", type=int, default=64, help="input height/width (default 64)")
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2, help="models checked in parallel")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per model")
-    ap.add_argument("--csv", default="coverage.csv")
+    ap.add_argument("--csv", default="coverage.csv", help="where the rows go")
     ap.add_argument("--resume", action="store_true", help="keep the rows already in --csv, run the rest")
     args = ap.parse_args(argv)
 

@@ -14,6 +14,7 @@ import sys
 
 import torch
 
+from .._help import HelpFormatter
 from ._timing import interleaved_medians, thread_info
 
 SHAPES = (  # (stage, block index, label)
@@ -47,7 +48,7 @@ def measure(batches=(1, 32), repeats: int = 15, train: bool = False, K: int = 5)
                     for m in mods.values():
                         m.eval()
 
-                    def run(m=None):
+                    def run(m=None, x=x):
                         with torch.inference_mode():
                             m(x)
                 else:
@@ -55,7 +56,7 @@ def measure(batches=(1, 32), repeats: int = 15, train: bool = False, K: int = 5)
                         m.train()
                     xg = x.clone().requires_grad_()
 
-                    def run(m=None):
+                    def run(m=None, xg=xg):
                         m(xg).sum().backward()
                 fns = {name: (lambda m=m: run(m)) for name, m in mods.items()}
                 n = repeats if batch == 1 else max(5, repeats // 3)
@@ -67,10 +68,11 @@ def measure(batches=(1, 32), repeats: int = 15, train: bool = False, K: int = 5)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m condense.bench.layer", description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=15)
+    parser = argparse.ArgumentParser(prog="python -m condense.bench.layer", description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--repeats", type=int, default=15, help="timed calls per case")
     parser.add_argument("--train", action="store_true", help="also time forward + backward")
-    parser.add_argument("--K", type=int, default=5)
+    parser.add_argument("--K", type=int, default=5, help="PDE steps")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--csv", default=None, help="also write the rows to this CSV file")
     args = parser.parse_args(argv)

@@ -233,9 +233,11 @@ def _raise_recompile_limit(value: int, force: bool = False) -> int | None:
 
 
 def _bench(target, *, against, input_size, batch_sizes, repeats, warmup, compile, train, train_batch, n_threads,
-           checkpoint, macs, params, progress, trust_code=False, device=torch.device("cpu")) -> BenchResult:
+           checkpoint, macs, params, progress, trust_code=False, device=None) -> BenchResult:
     from .._count import macs_and_params
     from .._device import describe_device, synchronize
+
+    device = device if device is not None else torch.device("cpu")
 
     original, condensed, original_label, condensed_label, size = resolve_pair(
         target, against=against, input_size=input_size, checkpoint=checkpoint, macs=macs, params=params,

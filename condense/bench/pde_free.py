@@ -16,6 +16,7 @@ import sys
 import torch
 from torch import nn
 
+from .._help import HelpFormatter
 from ._timing import interleaved_medians, thread_info
 
 
@@ -54,7 +55,8 @@ def measure(original: nn.Module, condensed: nn.Module, input_size, *, batch: int
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m condense.bench.pde_free", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m condense.bench.pde_free", description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter)
     parser.add_argument("target", help="a condensed-model directory, or a model spec with --budget")
     parser.add_argument("--against", default=None, help="the original (default: the one recorded in DIR)")
     parser.add_argument("--budget", default=None, help="MAC budget when TARGET is a model spec")

@@ -14,6 +14,8 @@ import sys
 
 import torch
 
+from .._help import HelpFormatter
+
 
 @torch.no_grad()
 def compare(original, other, bundle, batch_size=500):
@@ -31,14 +33,15 @@ def compare(original, other, bundle, batch_size=500):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m condense.bench.preserve", description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="zoo:resnet32")
-    ap.add_argument("--data", default="cifar10:../shared/data/cifar10-jpeg.tar.gz")
+    ap = argparse.ArgumentParser(prog="python -m condense.bench.preserve", description=__doc__.splitlines()[0],
+                                 formatter_class=HelpFormatter)
+    ap.add_argument("--model", default="zoo:resnet32", help="the original model")
+    ap.add_argument("--data", default="cifar10:../shared/data/cifar10-jpeg.tar.gz", help="training data")
     ap.add_argument("--checkpoint", default=None, help="trained weights of the original (skips training)")
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--finetune", type=int, default=0)
-    ap.add_argument("--lr", type=float, default=0.05)
-    ap.add_argument("--limit-train", type=int, default=None)
+    ap.add_argument("--epochs", type=int, default=3, help="epochs training the original")
+    ap.add_argument("--finetune", type=int, default=0, help="epochs fine-tuning each condensed model")
+    ap.add_argument("--lr", type=float, default=0.05, help="learning rate")
+    ap.add_argument("--limit-train", type=int, default=None, metavar="N", help="use N training images")
     ap.add_argument("--save-checkpoint", default=None, help="save the trained original here")
     args = ap.parse_args(argv)
 

@@ -474,7 +474,7 @@ def rewrite(model: nn.Module, runs: FindResult | Iterable[Run], plan: Mapping[st
                                 "pass example_input= or the FindResult itself")
         failed = _failed_inplace(model, new, inplace, example_input)
         if failed:
-            for run, choice, layer in failed:
+            for run, _choice, _layer in failed:
                 parent, old = undo[run.path]
                 parent._modules.update(old)
                 method[run.path] = "graph"

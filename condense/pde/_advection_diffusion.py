@@ -11,9 +11,20 @@ Scheme (x is the last axis W, y the one before it H; boundaries periodic by defa
 with L = 1 + 2Bx + 2By, M = 1 - 2Bx - 2By, Ax = u dt/dx, Ay = v dt/dy, Bx = Dx dt/dx^2, By = Dy dt/dy^2,
 u_x = (u[x+1] - u[x-1]) / 2dx, v_y = (v[y+1] - v[y-1]) / 2dy, and H^{-1} = H^0.
 
+The authors' loops (``train_mnist_illustrative_example.py``, ``global_layer.py``) run the same update
+with their u along H (dim 2) and v along W (dim 3), and the neighbour terms the other way round (their
+``(-Ax + 2Bx)`` multiplies ``roll(h, 1, dims=2)``, i.e. H[y-1]): theirs at (u, v) is this scheme at
+(u, v) = (-v_theirs, -u_theirs), the same update for a learned, sign-free velocity. Fig. 2's net
+(``zoo.Fig2Feature``, one field for both) is this solver at u = v = -g exactly (``test_zoo`` compares
+with their loop). Both wrap around (``torch.roll``, ``boundary="periodic"``). The Fig. 2 loop does not
+bound the velocity; their Global layer passes u, v and D through a ReLU (>= 0, unbounded above) and
+starts from H^{-1} = its input, H^0 = the init block's output. ``GlobalLayer`` bounds |u| and |v|
+(``bounded_advection_diffusion``, either sign) and starts from H^{-1} = H^0; this function bounds nothing.
+
 The coefficients are computed once per call. The fused path (a C kernel run plane by plane in cache,
 exposed as the custom op ``condense::advection_diffusion`` with its own backward) is used where it is
-available (CPU, float32/float64); the eager PyTorch path is the fallback and the reference.
+available (CPU, float32/float64); the eager PyTorch path is the fallback and the reference. ``impl="fused"``
+where the kernel cannot run (another dtype or device, no compiler) is a ``ConfigError`` saying why.
 """
 from __future__ import annotations
 
@@ -22,6 +33,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
+from .._errors import ConfigError
 from . import _native
 from ._base import BOUNDARIES, neighbor, register_op_handle
 
@@ -146,8 +158,20 @@ def _scalars(init, K, dt, dx, dy, dx_const, dy_const, boundary, courant, dmax):
 def _library(dtype: torch.dtype):
     lib = _native.library(dtype)
     if lib is None:
-        raise RuntimeError(_native.status())
+        raise RuntimeError(_native.status(dtype))
     return lib
+
+
+def _check_fused(t: Tensor) -> None:
+    """``impl="fused"`` on tensors the kernel cannot take: say what is wrong, before the op runs."""
+    if _kernel_ready(t.device.type, t.dtype):  # the common case, constant under torch.compile (no lock traced)
+        return
+    if t.device.type != "cpu" or not _native.supports(t.dtype):
+        dtype = str(t.dtype).replace("torch.", "")
+        raise ConfigError(f"impl='fused' cannot run {dtype} tensors on {t.device.type}: the fused C kernel "
+                          "takes float32 and float64 tensors on the CPU",
+                          "use impl='auto', which runs other dtypes and devices eagerly, or convert to float32")
+    raise ConfigError(f"impl='fused': {_native.status(t.dtype)}", "use impl='auto' to fall back to eager")
 
 
 @torch.library.custom_op("condense::advection_diffusion", mutates_args=(), tags=_LAYOUT)
@@ -308,6 +332,8 @@ def advection_diffusion(init: Tensor, source: Optional[Tensor], u: Optional[Tens
         raise ValueError(f"impl={impl!r} is not one of 'auto', 'fused', 'eager'")
     if impl == "eager" or (impl == "auto" and not fused_available(init)):
         return _eager(init, source, u, v, Dx, Dy, K, dt, dx, dy, boundary)
+    if impl == "fused":
+        _check_fused(init)
     var_d = isinstance(Dx, Tensor)
     return _fused(init, source, u, v, Dx if var_d else None, Dy if var_d else None,
                   0.0 if var_d else float(Dx), 0.0 if var_d else float(Dy), int(K), float(dt), float(dx),
@@ -327,6 +353,8 @@ def bounded_advection_diffusion(init: Tensor, source: Optional[Tensor], u_raw: O
             u, v = bound_velocity(u_raw, courant * dx / dt), bound_velocity(v_raw, courant * dy / dt)
         Dx, Dy = (bound_diffusion(Dx_raw, dmax), bound_diffusion(Dy_raw, dmax)) if var_d else (Dx_raw, Dy_raw)
         return _eager(init, source, u, v, Dx, Dy, K, dt, dx, dy, boundary)
+    if impl == "fused":
+        _check_fused(init)
     return _fused(init, source, u_raw, v_raw, Dx_raw if var_d else None, Dy_raw if var_d else None,
                   0.0 if var_d else float(Dx_raw), 0.0 if var_d else float(Dy_raw), int(K), float(dt),
                   float(dx), float(dy), _BOUNDARY_CODE[boundary], float(courant), float(dmax), source is init)

@@ -1,4 +1,5 @@
-"""Reaction-diffusion layers (LinearMix, explicit / implicit / circulant RD): (N, C, H, W) in, the same shape out; never changes channels or resolution.
+"""Reaction-diffusion layers (LinearMix, explicit / implicit / circulant RD): (N, C, H, W) in, the same shape
+out; never changes channels or resolution.
 
 The four layers of "Low-cost parameterizations of deep convolutional neural networks" (Sec. 3.1-3.2.3,
 Eq. 5-12). Each runs ``K`` steps of size ``h`` starting from ``y_0 = init_block(x)`` (or ``x``):
