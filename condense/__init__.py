@@ -9,6 +9,9 @@ Public API (everything else is private)::
     save(result, DIR, spec=...), load(DIR)   a condensed model on disk (plan JSON + safetensors); load never
                                         imports a file.py model unless trust_code=True or the model is passed
     resolve_model("timm:NAME" | DIR)    one resolver: a model spec or a saved directory -> Resolved(model, ...)
+    resolve_device("auto")              one resolver for devices (auto, cpu, cuda, cuda:N, mps)
+    PlanCosts(model, found)             the cost model fit and the search share (estimates, never reported)
+    write_condensed, write_directory, read_meta   the directory format, written atomically
     find_runs(model, input_size)        the runs of repeated same-resolution blocks (changes nothing)
     load_data("cifar10:PATH"); condense.train.train(model, data, TrainConfig(...), teacher=...)   recover accuracy
 
@@ -24,8 +27,10 @@ from ._count import count, count_module, macs_and_params
 from ._errors import BudgetError, CondenseError, ConfigError
 from ._fit import FitResult, LatencyFit, Plan, condense, fit
 from ._latency import LatencySetting, measure_latency
-from ._io import load, save
-from ._models import build_model, load_checkpoint
+from ._costs import PlanCosts
+from ._device import resolve_device
+from ._io import META, load, os_error, read_meta, save, write_condensed, write_directory
+from ._models import build_model, default_input_size, load_checkpoint, parse_model_spec
 from ._resolve import Resolved, resolve_model
 from .data import DataBundle, DataSpec, load_data, parse_data_spec
 from .train import TrainConfig, TrainResult
@@ -39,7 +44,8 @@ __version__ = "0.1.0"
 __all__ = [
     "condense", "fit", "FitResult", "LatencyFit", "LatencySetting", "measure_latency", "Plan", "save", "load",
     "build_model", "load_checkpoint",
-    "resolve_model", "Resolved",
+    "resolve_model", "Resolved", "parse_model_spec", "default_input_size", "resolve_device", "PlanCosts",
+    "write_condensed", "write_directory", "read_meta", "os_error", "META",
     "load_data", "parse_data_spec", "DataBundle", "DataSpec", "TrainConfig", "TrainResult",
     "find_runs", "FindResult", "Run", "RunChoice", "rewrite", "register_leaf_module",
     "count", "count_module", "macs_and_params",

@@ -34,11 +34,11 @@ import torch
 from torch import nn
 
 from ._budget import Budget, format_count, format_ms, parse_budget, parse_latency
-from ._count import count_module, macs_and_params
-from ._errors import BudgetError, CondenseError
+from ._costs import PlanCosts
+from ._count import macs_and_params
+from ._errors import BudgetError
 from ._latency import LatencySetting, measure_latency
 from .graph import FindResult, Run, RunChoice, find_runs, rewrite
-from .graph._rewrite import _build_layer, _default_factory
 from .pde import create_layer, layer_class
 
 DEFAULT_K = 5
@@ -103,43 +103,19 @@ class FitResult:
 
 
 class _Costs:
-    """Per-run costs of the replacement layer, counted once per (run, K) on the real layer (per (run, K, m)
-    for growing runs)."""
+    """fit's view of the one cost model (``PlanCosts``): the same layer type, options and initial guess in
+    every run, with K and m varying."""
 
     def __init__(self, model: nn.Module, runs: Sequence[Run], layer: str, init: str, options: Mapping[str, Any]):
-        self.model, self.layer, self.init, self.options = model, layer, init, dict(options)
+        self.layer, self.init, self.options = layer, init, dict(options)
         self.runs = {r.path: r for r in runs}
-        self.cache: dict[tuple[str, int, int], tuple[int, int]] = {}
+        self.model_costs = PlanCosts(model, runs=self.runs)
 
     def layer_cost(self, path: str, K: int, m: int = 1) -> tuple[int, int]:
         """MACs and parameters of the layer replacing ``blocks[m:]`` (``m`` matters for growing runs only:
         their layer works at the width block m reads, plus a projection to the run's output width)."""
-        run = self.runs[path]
-        key = (path, K, m if run.growing else 1)
-        if key in self.cache:
-            return self.cache[key]
-        if run.growing:
-            choice = RunChoice(m=m, layer=self.layer, options={**self.options, "K": K}, init="input")
-            layer = _build_layer(run, choice, self.model, _default_factory)
-            self.cache[key] = count_module(layer, torch.randn(1, run.channels_at(m), *run.input_shape[1:]))
-        else:
-            opts = {"kernel_size": run.layer_kernel_size or 3, **self.options, "K": K}
-            if "kernel_size" not in layer_class(self.layer).config_cls.__dataclass_fields__:
-                opts.pop("kernel_size")
-            block = copy.deepcopy(self.model.get_submodule(run.blocks[1])) if self.init == "block" else None
-            layer = create_layer(self.layer, run.channels, init_block=block, **opts)
-            c, h, w = run.input_shape
-            x = torch.randn(1, c, h, w)
-            if block is not None and run.layout == "NHWC":
-                block_macs = run.macs[1] or 0
-                layer_nchw = create_layer(self.layer, run.channels, **opts)
-                macs, params = count_module(layer_nchw, x)
-                self.cache[key] = (macs + block_macs, params + sum(p.numel() for p in block.parameters()))
-            else:
-                if block is not None and run.layout != "NCHW":
-                    raise CondenseError(f"run '{path}' has layout {run.layout}", "use init='input'")
-                self.cache[key] = count_module(layer, x)
-        return self.cache[key]
+        choice = RunChoice(m=m, layer=self.layer, options={**self.options, "K": K}, init=self.init)
+        return self.model_costs.layer_cost(path, choice)
 
     def plan_cost(self, total: tuple[int, int], ms: Mapping[str, int], K: int) -> tuple[int, int]:
         macs, params = total

@@ -135,8 +135,8 @@ def _fail(err: BaseException, debug: bool) -> int:
 
 def _show_space(args, console) -> int:
     from condense import find_runs
-    from condense._budget import parse_input_size
-    from condense._models import build_model, default_input_size, parse_model_spec
+    from condense import parse_input_size
+    from condense import build_model, default_input_size, parse_model_spec
 
     from ._space import build_space
 
@@ -237,7 +237,7 @@ def _report(result, console, interrupted: bool = False) -> None:
 
 def export_main(argv: Sequence[str] | None = None) -> int:
     """``condense export STUDY_DIR --trial N [-o DIR]``; returns the exit code."""
-    from condense._budget import format_count
+    from condense import format_count
 
     from ._export import export_trial
 

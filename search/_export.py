@@ -15,7 +15,7 @@ from pathlib import Path
 from optuna.trial import TrialState
 
 from condense import CondenseError
-from condense._io import META, read_meta, write_directory
+from condense import META, read_meta, write_directory
 
 from ._study import TRIALS, study_from_dir
 

@@ -23,12 +23,8 @@ import optuna
 import torch
 from torch import nn
 
-from condense import CondenseError, Plan, macs_and_params, rewrite
-from condense._count import count_module
-from condense.graph._rewrite import _build_layer, _default_factory
-from condense._io import write_condensed
-from condense._latency import LatencySetting
-from condense._latency import measure_latency as _measure
+from condense import CondenseError, LatencySetting, Plan, PlanCosts, macs_and_params, rewrite, write_condensed
+from condense import measure_latency as _measure
 from condense.train import TrainConfig, train
 
 __all__ = ["Objective", "OBJECTIVES", "objective_names", "measure_latency"]
@@ -93,7 +89,7 @@ class Objective:
     device: str = "auto"            # where trials train (latency: ``latency_setting.device``)
     phase: Callable[[str], None] | None = None
     screen: bool = True             # reject plans far over budget by estimate (see ``estimate``)
-    _layer_costs: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict, repr=False)
+    _costs: PlanCosts | None = dataclasses.field(default=None, repr=False)
 
     @property
     def input_size(self) -> tuple[int, int, int]:
@@ -115,26 +111,13 @@ class Objective:
             return rewrite(self.model, self.found, plan.choices).module
 
     def estimate(self, plan: Plan) -> tuple[int, int] | None:
-        """MACs and parameters of ``plan``'s model from counts already made: the original's totals minus the
-        replaced blocks (``find_runs`` counted each) plus each new layer, counted alone once per (run,
-        choice). None when a count is missing (e.g. a channels-last run). Used only to reject plans far over
-        budget without building and counting them; a plan near or within budget is always measured."""
-        macs, params = self.macs_before, self.params_before
-        runs = {r.path: r for r in self.found.runs}
-        for path, choice in plan.choices.items():
-            run = runs[path]
-            removed = run.macs[choice.m:]
-            if run.layout != "NCHW" or any(v is None for v in removed):
-                return None
-            key = json.dumps([path, choice.to_dict()], sort_keys=True, default=str)
-            if key not in self._layer_costs:
-                layer = _build_layer(run, choice, self.model, _default_factory).eval()
-                x = torch.randn(1, run.channels_at(choice.m), *run.input_shape[1:])
-                self._layer_costs[key] = count_module(layer, x)
-            lm, lp = self._layer_costs[key]
-            macs += lm - sum(removed)
-            params += lp - sum(run.params[choice.m:])
-        return int(macs), int(params)
+        """MACs and parameters of ``plan``'s model from counts already made (``condense.PlanCosts``, the
+        cost model ``fit`` uses): the original's totals minus the replaced blocks plus each new layer,
+        counted alone once per (run, choice). None when a count is missing. Used only to reject plans far
+        over budget without building and counting them; a plan near or within budget is always measured."""
+        if self._costs is None:
+            self._costs = PlanCosts(self.model, self.found)
+        return self._costs.estimate((self.macs_before, self.params_before), plan.choices)
 
     def constraints(self, macs: int, params: int) -> dict[str, float]:
         """Budget constraints as Optuna wants them: <= 0 is feasible (relative excess over the budget)."""

@@ -24,7 +24,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from condense._budget import format_count
+from condense import format_count
 
 __all__ = ["trials_frame", "front_frame", "write_csv", "front_table"]
 

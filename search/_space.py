@@ -27,7 +27,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, IntD
 
 from condense import ConfigError, Plan, RunChoice
 from condense.pde import layer_names
-from condense.pde._global_layer import DIFFUSIONS, SOURCES, VELOCITIES
+from condense.pde import DIFFUSIONS, SOURCES, VELOCITIES
 
 __all__ = ["Param", "RunSpace", "SearchSpace", "build_space", "K_RANGE", "INITS", "GLOBAL_ONLY"]
 

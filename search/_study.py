@@ -51,8 +51,7 @@ import torch
 from torch import nn
 
 from condense import CondenseError, ConfigError, find_runs, macs_and_params
-from condense._budget import format_count, parse_budget, parse_input_size
-from condense._latency import LatencySetting
+from condense import LatencySetting, format_count, parse_budget, parse_input_size
 
 from ._objective import (STATUS_DUPLICATE, STATUS_OVER, STATUS_TRAINED, Objective, measure_latency,
                          objective_directions, objective_names)
@@ -209,12 +208,20 @@ class _PerTrialSeed:
     _condense_seed: int
 
     def before_trial(self, study, trial):  # type: ignore[override]
+        # Optuna has no public way to seed a sampler per trial (``reseed_rng`` draws a fresh random seed):
+        # this relies on its samplers keeping a ``_LazyRandomState`` as ``_rng`` (and NSGA-II/TPE a random
+        # sampler as ``_random_sampler``), pinned in pyproject.toml (optuna < 6) and checked by
+        # tests/test_search.py; if a version moves them, this fails loudly instead of silently unseeding.
         s = _seed_of(self._condense_seed, trial.number)
         for holder in (self, getattr(self, "_random_sampler", None)):
+            if holder is None:
+                continue
             lazy = getattr(holder, "_rng", None)
-            if lazy is not None and hasattr(lazy, "rng"):
-                lazy.rng.seed(s)
-                s = _seed_of(s, 1)
+            if lazy is None or not hasattr(lazy, "rng"):
+                raise ConfigError(f"optuna {optuna.__version__}: {type(holder).__name__} keeps no _rng.rng, which "
+                                  "per-trial seeding needs", "install optuna 5 (pip install 'optuna>=5,<6')")
+            lazy.rng.seed(s)
+            s = _seed_of(s, 1)
         super().before_trial(study, trial)
 
 
@@ -290,7 +297,7 @@ def repair_journal(path: str | os.PathLike) -> int:
             good += len(line) + 1
         cut = len(data) - good
         if cut:
-            from condense._io import os_error
+            from condense import os_error
 
             try:
                 with open(path, "r+b") as f:
@@ -315,7 +322,7 @@ def make_storage(config: SearchConfig, output: Path):
     """The journal file in ``output`` (default; a torn last record is repaired first) or an RDB storage
     with heartbeats for a database URL."""
     if config.storage is None:
-        from condense._io import os_error
+        from condense import os_error
 
         try:
             output.mkdir(parents=True, exist_ok=True)
@@ -768,7 +775,7 @@ def _run(config: SearchConfig, model, spec_text, out: Path, progress: bool, cons
     from condense.data import load_data
 
     # everything that can be checked is checked before the study (and the output folder) is created
-    from condense._device import resolve_device
+    from condense import resolve_device
 
     resolve_device(config.device)
     bundle = load_data(config.data, limit_train=config.limit_train, limit_test=config.limit_test,

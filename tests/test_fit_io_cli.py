@@ -268,11 +268,11 @@ def test_a_budget_the_model_cannot_meet_is_an_error_not_a_claim(tmp_path, capsys
 
 def test_preserve_infeasibility_names_no_preserve(tmp_path, capsys):
     src = _write_factory(tmp_path)
-    sys.path.insert(0, str(tmp_path))
-    try:
-        import nets
-    finally:
-        sys.path.pop(0)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"nets_{id(tmp_path)}", src)
+    nets = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nets)
     torch.save(nets.net().state_dict(), tmp_path / "w.pth")
     argv = [f"{src}:net", "--input-size", "3x16x16", "--budget", "50%", "--dry-run"]
     assert main(argv + ["--checkpoint", str(tmp_path / "w.pth")]) == 1

@@ -58,11 +58,11 @@ def test_load_refuses_to_import_the_recorded_file_without_trust_code(file_dir):
 
 
 def test_load_with_the_model_passed_needs_no_trust(file_dir):
-    sys.path.insert(0, str(file_dir.parent))
-    try:
-        import nets
-    finally:
-        sys.path.pop(0)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"nets_{id(file_dir)}", file_dir.parent / "nets.py")
+    nets = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nets)  # the caller imports its own model code
     (file_dir.parent / "RAN").unlink()
     model = condense.load(file_dir, model=nets.net)
     assert model(torch.randn(2, 1, 16, 16)).shape == (2, 10)

@@ -482,3 +482,29 @@ def test_progress_is_one_plain_line_per_evaluated_trial_when_not_a_terminal():
     quiet = io.StringIO()
     _Progress(3, False, Console(file=quiet)).update(study)
     assert quiet.getvalue() == ""
+
+
+@pytest.mark.parametrize("sampler", ["nsgaii", "tpe", "random"])
+def test_per_trial_seeding_relies_on_what_this_optuna_has(sampler, tmp_path):
+    """The samplers are reseeded per trial through Optuna's private ``_rng`` (no public way exists): the
+    attributes must be there, and trial N's parameters must depend only on (seed, N)."""
+    from search._study import SearchConfig, make_sampler
+
+    def draws(order):
+        config = SearchConfig(model="zoo:x", data="mnist:x", output=str(tmp_path), sampler=sampler, seed=5)
+        s = make_sampler(config)
+        holders = [s] + ([s._random_sampler] if hasattr(s, "_random_sampler") else [])
+        assert all(hasattr(h._rng, "rng") for h in holders)
+        study = optuna.create_study(sampler=s, directions=["maximize", "minimize"])
+        out = {}
+        for n in order:
+            while len(study.trials) < n:  # trials before n, drawn in another order of reads
+                study.enqueue_trial({"x": 0.5})
+                study.optimize(lambda t: (t.suggest_float("x", 0, 1), 0.0), n_trials=1)
+            t = study.ask()
+            out[t.number] = t.suggest_float("x", 0, 1)
+            study.tell(t, (0.0, 0.0))
+        return out
+
+    a, b = draws([0, 1, 2]), draws([0, 1, 2])
+    assert a == b
