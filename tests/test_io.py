@@ -330,3 +330,22 @@ def test_sigkill_of_a_cli_run_leaves_no_half_directory(tmp_path, file_dir):
         condense.load(file_dir, trust_code=True)  # whole either way
         assert meta["counts"]["macs_after"] > 0
         assert not [p for p in file_dir.parent.iterdir() if p.name.startswith(".small.")]
+
+
+# --- round trips of torchvision models (state-dict versions kept: mnasnet's loader needs its version) -------
+
+@pytest.mark.parametrize("name", ["mnasnet1_0", "mobilenet_v2", "resnet18", "shufflenet_v2_x0_5"])
+def test_torchvision_models_round_trip(tmp_path, name):
+    src = tmp_path / "tv.py"
+    src.write_text(f"import torchvision\ndef net(num_classes=10):\n"
+                   f"    return torchvision.models.{name}(weights=None, num_classes=num_classes)\n")
+    out = tmp_path / name
+    assert main([f"{src}:net", "--input-size", "3x64x64", "--budget", "80%", "-o", str(out)]) == 0
+    again = condense.load(out, trust_code=True)
+    from safetensors.torch import load_file
+
+    saved = load_file(str(out / WEIGHTS))
+    assert all(torch.equal(saved[k], v) for k, v in again.state_dict().items())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.isfinite(again(x)).all()
