@@ -8,7 +8,7 @@ from condense import CondenseError, LatencySetting
 from condense._device import available_devices, describe_device, resolve_device
 from condense.cli import main
 from condense.train import TrainConfig, train
-from test_train import small_net, tiny_mnist
+from conftest import small_net, tiny_mnist
 
 NO_CUDA = not torch.cuda.is_available()
 

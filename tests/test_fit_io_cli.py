@@ -9,6 +9,8 @@ import timm
 import torch
 from torch import nn
 
+from conftest import ConvStage
+
 import condense
 from condense import BudgetError, CondenseError
 from condense.cli import main
@@ -89,16 +91,7 @@ def test_fit_does_not_touch_the_input(resnet18):
     assert all(torch.equal(v, resnet18.state_dict()[k]) for k, v in before.items())
 
 
-class Stage(nn.Module):
-    def __init__(self, c, n):
-        super().__init__()
-        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
-                                    for _ in range(n))
-
-    def forward(self, x):
-        for b in self.blocks:
-            x = b(x)
-        return x
+Stage = ConvStage
 
 
 class UserNet(nn.Module):

@@ -75,7 +75,7 @@ def test_load_with_the_model_passed_needs_no_trust(file_dir):
 def test_every_command_refuses_the_recorded_file_without_trust_code(file_dir, tmp_path, argv, capsys):
     argv = [a.format(d=file_dir, t=tmp_path) for a in argv]
     if argv[0] == "train":  # data are read first: give real ones
-        from test_train import tiny_mnist
+        from conftest import tiny_mnist
 
         argv[3] = f"mnist:{tiny_mnist(tmp_path / 'm.npz')}"
     assert main(argv) == 1
@@ -299,7 +299,7 @@ def test_read_only_folder_is_cannot_write(tmp_path, capsys):
 
 
 def test_train_on_a_full_disk_is_no_space_left(tmp_path, capsys):
-    from test_train import tiny_mnist
+    from conftest import tiny_mnist
 
     npz = tiny_mnist(tmp_path / "m.npz")
     with _tmpfs(tmp_path / "fs", "64k") as fs:

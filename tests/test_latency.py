@@ -5,22 +5,15 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import ConvStage
+
 import condense
 import condense._fit as fit_module
 from condense import BudgetError, ConfigError, LatencySetting, measure_latency, parse_latency
 from condense.cli import main
 
 
-class Stage(nn.Module):
-    def __init__(self, c, n):
-        super().__init__()
-        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
-                                    for _ in range(n))
-
-    def forward(self, x):
-        for b in self.blocks:
-            x = b(x)
-        return x
+Stage = ConvStage
 
 
 class Net(nn.Module):

@@ -14,7 +14,6 @@ import time
 import uuid
 from pathlib import Path
 
-import numpy as np
 import optuna
 import pytest
 import torch
@@ -22,6 +21,7 @@ from optuna.trial import TrialState
 
 import condense
 import search
+from conftest import tiny_mnist
 import search._objective as objective_module
 from condense.pde import layer_names
 from condense.pde._global_layer import DIFFUSIONS, SOURCES, VELOCITIES
@@ -75,18 +75,7 @@ FAST = dict(batch_size=32, steps_per_epoch=4, limit_test=64, population=4, lr=0.
 def env(tmp_path_factory):
     d = tmp_path_factory.mktemp("search")
     (d / "tinynet.py").write_text(NET)
-    rng = np.random.default_rng(0)
-
-    def make(n):
-        y = rng.integers(0, 10, n)
-        x = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
-        for i, k in enumerate(y):
-            x[i, 2 * k + 4: 2 * k + 6, 4:24] = 255
-        return x, y.astype(np.int64)
-
-    xtr, ytr = make(256)
-    xte, yte = make(128)
-    np.savez(d / "mnist.npz", x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+    tiny_mnist(d / "mnist.npz")
     return {"model": f"{d / 'tinynet.py'}:tiny", "data": f"mnist:{d / 'mnist.npz'}", "dir": d}
 
 

@@ -17,28 +17,9 @@ from condense.data import load_data
 from condense.train import TrainConfig, distillation_loss, lr_at, train
 
 
-def tiny_mnist(path: Path, n_train=256, n_test=128, seed=0) -> Path:
-    """An MNIST-format .npz with a learnable signal: class k lights up row band k."""
-    rng = np.random.default_rng(seed)
+from conftest import small_net, tiny_mnist  # noqa: E402  (the DDP script imports them from here)
 
-    def make(n):
-        y = rng.integers(0, 10, n)
-        x = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
-        for i, k in enumerate(y):
-            x[i, 2 * k + 4: 2 * k + 6, 4:24] = 255
-        return x, y.astype(np.int64)
-
-    xtr, ytr = make(n_train)
-    xte, yte = make(n_test)
-    np.savez(path, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
-    return path
-
-
-def small_net():
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()),
-                         nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()),
-                         nn.AdaptiveAvgPool2d((28, 1)), nn.Flatten(), nn.Linear(8 * 28, 10))
+__all__ = ["small_net", "tiny_mnist"]
 
 
 @pytest.fixture()
