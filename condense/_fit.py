@@ -36,7 +36,7 @@ from torch import nn
 from ._budget import Budget, format_count, format_ms, parse_budget, parse_latency
 from ._costs import PlanCosts
 from ._count import macs_and_params
-from ._errors import BudgetError
+from ._errors import BudgetError, ConfigError
 from ._latency import LatencySetting, measure_latency
 from .graph import FindResult, Run, RunChoice, find_runs, rewrite
 from .pde import create_layer, layer_class
@@ -250,6 +250,8 @@ def fit(model: nn.Module, macs: str | float | Budget | None = None, params: str 
     size = tuple(int(s) for s in (input_size or (3, 224, 224)))
     if layer_options.get("K") is not None:
         K = int(layer_options.pop("K"))
+    if K is not None and (isinstance(K, bool) or not isinstance(K, int) or K < 1):
+        raise ConfigError(f"K={K!r}: the number of PDE steps must be an integer >= 1", "write e.g. --K 5 (the paper's)")
     if latency is not None:
         parse_latency(latency)  # a malformed budget: error before any work
     layer_class(layer)  # unknown layer type: error before any work

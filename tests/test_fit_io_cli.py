@@ -301,3 +301,8 @@ def test_every_help_shows_the_defaults():
     assert checked >= 30
     text = " ".join(_sub_parser("train").format_help().split())
     assert "images per step (default: 128)" in text and "--no-augment the same as --augment none" in text
+
+
+def test_zero_pde_steps_is_an_error(capsys):
+    assert main(["timm:resnet18", "--input-size", "3x32x32", "--K", "0", "--dry-run"]) == 1
+    assert "K=0: the number of PDE steps must be an integer >= 1" in capsys.readouterr().err
