@@ -174,7 +174,7 @@ def _check_fused(t: Tensor) -> None:
     raise ConfigError(f"impl='fused': {_native.status(t.dtype)}", "use impl='auto' to fall back to eager")
 
 
-@torch.library.custom_op("condense::advection_diffusion", mutates_args=(), tags=_LAYOUT)
+@torch.library.custom_op("condense::advection_diffusion", mutates_args=(), tags=_LAYOUT, device_types="cpu")
 def _fused(init: Tensor, source: Optional[Tensor], u: Optional[Tensor], v: Optional[Tensor],
            Dx: Optional[Tensor], Dy: Optional[Tensor], dx_const: float, dy_const: float, K: int, dt: float,
            dx: float, dy: float, boundary: int, courant: float, dmax: float, source_is_init: bool) -> Tensor:
@@ -191,7 +191,7 @@ def _(init, source, u, v, Dx, Dy, dx_const, dy_const, K, dt, dx, dy, boundary, c
     return torch.empty_like(init)
 
 
-@torch.library.custom_op("condense::advection_diffusion_backward", mutates_args=(), tags=_LAYOUT)
+@torch.library.custom_op("condense::advection_diffusion_backward", mutates_args=(), tags=_LAYOUT, device_types="cpu")
 def _fused_backward(grad: Tensor, init: Tensor, source: Optional[Tensor], u: Optional[Tensor],
                     v: Optional[Tensor], Dx: Optional[Tensor], Dy: Optional[Tensor], dx_const: float,
                     dy_const: float, K: int, dt: float, dx: float, dy: float, boundary: int, courant: float,
@@ -248,7 +248,7 @@ def _fused_macs(inputs, outputs) -> int:
                       bounded_velocity=courant > 0)
 
 
-@torch.library.custom_op("condense::advection_diffusion_dwvel", mutates_args=(), tags=_LAYOUT)
+@torch.library.custom_op("condense::advection_diffusion_dwvel", mutates_args=(), tags=_LAYOUT, device_types="cpu")
 def _fused_dwvel(init: Tensor, source: Optional[Tensor], wu: Tensor, bu: Tensor, wv: Tensor, bv: Tensor,
                  Dx: Optional[Tensor], Dy: Optional[Tensor], dx_const: float, dy_const: float, K: int, dt: float,
                  dx: float, dy: float, boundary: int, courant: float, dmax: float) -> Tensor:
@@ -308,6 +308,48 @@ def _kernel_ready(device_type: str, dtype: torch.dtype) -> bool:
     return device_type == "cpu" and dtype in (torch.float32, torch.float64) and _native.library(dtype) is not None
 
 
+# ------------------------------------------------------------------------------------------ triton
+IMPLS = ("auto", "fused", "triton", "eager")
+
+
+def _choose(impl: str, init: Tensor, others: tuple) -> str:
+    """The path ``impl`` runs: "auto" is the C kernel on the CPU (where it builds), Triton on CUDA (where
+    triton imports), else eager; "fused" or "triton" on tensors that kernel cannot take is a ConfigError
+    saying why. Only CPU tensors ever reach the C kernel."""
+    tensors = [init, *(t for t in others if isinstance(t, Tensor))]
+    on_cpu = all(t.device.type == "cpu" for t in tensors)
+    if impl == "auto":
+        if on_cpu:
+            return "fused" if fused_available(init) else "eager"
+        from . import _triton  # imports triton: only where it may run
+
+        return "triton" if _triton.triton_ready(init.device.type) and not _triton.unsupported(*tensors) else "eager"
+    if impl == "fused":
+        if not on_cpu:
+            dev = next(t.device.type for t in tensors if t.device.type != "cpu")
+            raise ConfigError(f"impl='fused' cannot run tensors on {dev}: the fused C kernel runs on CPU tensors",
+                              "use impl='triton' or 'auto' on CUDA")
+        _check_fused(init)
+    elif impl == "triton":
+        from . import _triton
+
+        reason = _triton.unsupported(*tensors)
+        if reason:
+            raise ConfigError(f"impl='triton' cannot run here: {reason}",
+                              "use impl='auto': the C kernel on the CPU, else eager where Triton cannot run")
+    return impl
+
+
+def _triton_op():
+    from ._triton import triton_advection_diffusion
+
+    return triton_advection_diffusion
+
+
+# counted as the fused op (same schema), registered here so that counting needs no triton import
+register_op_handle("condense::advection_diffusion_triton")(_fused_macs)
+
+
 # ------------------------------------------------------------------------------------------ public
 def advection_diffusion(init: Tensor, source: Optional[Tensor], u: Optional[Tensor], v: Optional[Tensor],
                         Dx: Union[Tensor, Scalar], Dy: Union[Tensor, Scalar], *, K: int = 5, dt: float = 0.2,
@@ -317,7 +359,8 @@ def advection_diffusion(init: Tensor, source: Optional[Tensor], u: Optional[Tens
 
     All tensors are (N, C, H, W). ``source``, ``u`` and ``v`` may be None (zero); ``u`` and ``v`` go
     together. ``Dx`` and ``Dy`` are tensors or floats (constant diffusion). ``impl`` is ``"auto"``
-    (fused C kernel where available, else eager), ``"fused"`` or ``"eager"``.
+    (fused C kernel on the CPU where available, Triton on CUDA, else eager), ``"fused"``, ``"triton"``
+    (``condense.pde._triton``; CPU tensors only under ``TRITON_INTERPRET=1``) or ``"eager"``.
     """
     if (u is None) != (v is None):
         raise ValueError("u and v must both be tensors or both be None")
@@ -328,16 +371,16 @@ def advection_diffusion(init: Tensor, source: Optional[Tensor], u: Optional[Tens
     for name, t in (("source", source), ("u", u), ("v", v), ("Dx", Dx), ("Dy", Dy)):
         if isinstance(t, Tensor) and t.shape != init.shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(init.shape)} like init")
-    if impl not in ("auto", "fused", "eager"):
-        raise ValueError(f"impl={impl!r} is not one of 'auto', 'fused', 'eager'")
-    if impl == "eager" or (impl == "auto" and not fused_available(init)):
+    if impl not in IMPLS:
+        raise ValueError(f"impl={impl!r} is not one of {', '.join(map(repr, IMPLS))}")
+    path = _choose(impl, init, (source, u, v, Dx, Dy))
+    if path == "eager":
         return _eager(init, source, u, v, Dx, Dy, K, dt, dx, dy, boundary)
-    if impl == "fused":
-        _check_fused(init)
     var_d = isinstance(Dx, Tensor)
-    return _fused(init, source, u, v, Dx if var_d else None, Dy if var_d else None,
-                  0.0 if var_d else float(Dx), 0.0 if var_d else float(Dy), int(K), float(dt), float(dx),
-                  float(dy), _BOUNDARY_CODE[boundary], 0.0, 0.0, source is init)
+    op = _fused if path == "fused" else _triton_op()
+    return op(init, source, u, v, Dx if var_d else None, Dy if var_d else None,
+              0.0 if var_d else float(Dx), 0.0 if var_d else float(Dy), int(K), float(dt), float(dx),
+              float(dy), _BOUNDARY_CODE[boundary], 0.0, 0.0, source is init)
 
 
 def bounded_advection_diffusion(init: Tensor, source: Optional[Tensor], u_raw: Optional[Tensor],
@@ -347,14 +390,14 @@ def bounded_advection_diffusion(init: Tensor, source: Optional[Tensor], u_raw: O
     """The solver on bounded fields: u -> u / sqrt(1 + (u / umax)^2) with umax = courant dx / dt (v likewise),
     and tensor D -> clamp(D, 0, dmax). The fused path applies the bounds inside the kernel."""
     var_d = isinstance(Dx_raw, Tensor)
-    if impl == "eager" or (impl == "auto" and not fused_available(init)):
+    path = _choose(impl, init, (source, u_raw, v_raw, Dx_raw, Dy_raw))
+    if path == "eager":
         u = v = None
         if u_raw is not None:
             u, v = bound_velocity(u_raw, courant * dx / dt), bound_velocity(v_raw, courant * dy / dt)
         Dx, Dy = (bound_diffusion(Dx_raw, dmax), bound_diffusion(Dy_raw, dmax)) if var_d else (Dx_raw, Dy_raw)
         return _eager(init, source, u, v, Dx, Dy, K, dt, dx, dy, boundary)
-    if impl == "fused":
-        _check_fused(init)
-    return _fused(init, source, u_raw, v_raw, Dx_raw if var_d else None, Dy_raw if var_d else None,
-                  0.0 if var_d else float(Dx_raw), 0.0 if var_d else float(Dy_raw), int(K), float(dt),
-                  float(dx), float(dy), _BOUNDARY_CODE[boundary], float(courant), float(dmax), source is init)
+    op = _fused if path == "fused" else _triton_op()
+    return op(init, source, u_raw, v_raw, Dx_raw if var_d else None, Dy_raw if var_d else None,
+              0.0 if var_d else float(Dx_raw), 0.0 if var_d else float(Dy_raw), int(K), float(dt),
+              float(dx), float(dy), _BOUNDARY_CODE[boundary], float(courant), float(dmax), source is init)

@@ -25,7 +25,7 @@ def _weights(w: Tensor, dtype: torch.dtype) -> Tensor:
     return w.detach().to(dtype).reshape(w.shape[0], -1).contiguous()
 
 
-@torch.library.custom_op("condense::dwconv_pair", mutates_args=(), tags=_LAYOUT)
+@torch.library.custom_op("condense::dwconv_pair", mutates_args=(), tags=_LAYOUT, device_types="cpu")
 def _dw_pair(x: Tensor, w1: Tensor, w2: Tensor) -> tuple[Tensor, Tensor]:
     N, C, H, W = x.shape
     o1, o2 = torch.empty_like(x), torch.empty_like(x)
@@ -40,7 +40,7 @@ def _(x, w1, w2):
     return torch.empty_like(x), torch.empty_like(x)
 
 
-@torch.library.custom_op("condense::dwconv_pair_backward", mutates_args=(), tags=_LAYOUT)
+@torch.library.custom_op("condense::dwconv_pair_backward", mutates_args=(), tags=_LAYOUT, device_types="cpu")
 def _dw_pair_backward(g1: Tensor, g2: Tensor, x: Tensor, w1: Tensor, w2: Tensor,
                       needs: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
     N, C, H, W = x.shape

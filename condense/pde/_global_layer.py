@@ -25,7 +25,7 @@ VELOCITIES = ("dwconv", "separable", "constant", "zero")
 DIFFUSIONS = ("constant", "dwconv")
 SOURCES = ("identity", "none", "residual")
 INITS = ("input", "block")
-IMPLS = ("auto", "fused", "eager")
+IMPLS = ("auto", "fused", "triton", "eager")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,7 +180,7 @@ class GlobalLayer(PDELayer):
         mode, no autograd), ``velocity="dwconv"`` with a foldable norm, the fused kernel available, and
         ``impl`` not "eager"; else None."""
         cfg: GlobalConfig = self.config
-        if (self.training or torch.is_grad_enabled() or cfg.velocity != "dwconv" or cfg.impl == "eager"
+        if (self.training or torch.is_grad_enabled() or cfg.velocity != "dwconv" or cfg.impl in ("eager", "triton")
                 or not fused_available(h0)):
             return None
         folded = [net.folded() for net in self.velocity]
