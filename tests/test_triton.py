@@ -178,12 +178,20 @@ def test_gpu_bench_runs_end_to_end_on_the_cpu(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "condense.bench.gpu", "--device", "cpu", "--quick", "--csv", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "fwd+bwd ms" in proc.stdout
+    assert "fwd+bwd ms" in proc.stdout and "two training steps under torchrun" in proc.stdout
     import csv
 
     rows = list(csv.DictReader(out.open()))
-    assert {r["impl"] for r in rows} >= {"eager"} and len(rows) % 4 == 0 and len(rows) >= 4
-    assert all(float(r["err_out"]) < 1e-4 and float(r["err_grad"]) < 1e-4 and float(r["fwd_ms"]) > 0 for r in rows)
+    parts = {p: [r for r in rows if r["part"] == p] for p in ("kernels", "layer", "models", "ddp")}
+    kernels = parts["kernels"]
+    assert {r["impl"] for r in kernels} >= {"eager"} and len(kernels) % 4 == 0 and len(kernels) >= 4
+    assert all(float(r["err_out"]) < 1e-4 and float(r["err_grad"]) < 1e-4 and float(r["fwd_ms"]) > 0
+               for r in kernels)
+    assert len(parts["layer"]) == 12 and all(float(r["global_ms"]) > 0 for r in parts["layer"])
+    assert {r["task"] for r in parts["models"]} == {"macs", "params", "latency", "throughput", "train"}
+    macs = next(r for r in parts["models"] if r["task"] == "macs")
+    assert float(macs["ratio"]) <= 0.7  # the budget the quick run condenses to, as measured
+    assert [r["rank"] for r in parts["ddp"]] == ["0", "1"] and all(r["ok"] == "True" for r in parts["ddp"])
 
 
 # ------------------------------------------------------------------------------------------- errors

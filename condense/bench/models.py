@@ -189,12 +189,15 @@ def run_bench(target: str, *, against: str | None = None, input_size: Sequence[i
               train: bool = True, train_batch: int | None = None, threads: int | None = None,
               checkpoint: str | None = None, macs: str | None = None, params: str | None = None,
               progress: Callable[[str], None] = lambda _m: None, trust_code: bool = False,
-              device: str = "auto") -> BenchResult:
+              device: str = "auto", amp: str | None = None) -> BenchResult:
     """Measure ``target`` (a condensed-model directory or a model spec) against its original; see the module doc.
 
     ``threads`` (default: all cores available) is set for the run and restored afterwards. ``device``
     (``auto``: CUDA when available): where both models run; every timed call ends with a device sync.
+    ``amp`` (``bf16``/``fp16``): the training step runs under autocast of that type.
     """
+    if amp not in (None, "bf16", "fp16"):
+        raise CondenseError(f"amp={amp!r} is not bf16 or fp16")
     from .._device import resolve_device
 
     dev = resolve_device(device)
@@ -212,7 +215,7 @@ def run_bench(target: str, *, against: str | None = None, input_size: Sequence[i
         return _bench(target, against=against, input_size=input_size, batch_sizes=batch_sizes, repeats=repeats,
                       warmup=warmup, compile=compile, train=train, train_batch=train_batch, n_threads=n_threads,
                       checkpoint=checkpoint, macs=macs, params=params, progress=progress, trust_code=trust_code,
-                      device=dev)
+                      device=dev, amp=amp)
     finally:
         torch.set_num_threads(saved_threads)
         _raise_recompile_limit(limit, force=True)
@@ -233,7 +236,7 @@ def _raise_recompile_limit(value: int, force: bool = False) -> int | None:
 
 
 def _bench(target, *, against, input_size, batch_sizes, repeats, warmup, compile, train, train_batch, n_threads,
-           checkpoint, macs, params, progress, trust_code=False, device=None) -> BenchResult:
+           checkpoint, macs, params, progress, trust_code=False, device=None, amp=None) -> BenchResult:
     from .._count import macs_and_params
     from .._device import describe_device, synchronize
 
@@ -299,7 +302,10 @@ def _bench(target, *, against, input_size, batch_sizes, repeats, warmup, compile
 
                 def step(run=run, opt=opt):
                     opt.zero_grad(set_to_none=True)
-                    _loss(run(x), target_labels).backward()
+                    with torch.autocast(device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16,
+                                        enabled=amp is not None):
+                        out = run(x)
+                    _loss(out.float() if isinstance(out, torch.Tensor) else out, target_labels).backward()
                     opt.step()
                     synchronize(device)
                 fns[side] = step
@@ -309,7 +315,8 @@ def _bench(target, *, against, input_size, batch_sizes, repeats, warmup, compile
             note = ""
             if mode == "compiled" and first:
                 note = "first call (compile) " + ", ".join(f"{s} {first[s]:.1f}s" for s in SIDES if s in first)
-            rows.append(_row("train", mode, tb, "ms/step", times, failed, repeats, n_threads, note))
+            rows.append(_row("train", mode, tb, "ms/step", times, failed, repeats, n_threads,
+                             note + (f"{'; ' if note else ''}autocast {amp}" if amp else "")))
     return BenchResult(condensed_label=condensed_label, original_label=original_label, input_size=tuple(size),
                        threads=n_threads, repeats=repeats, warmup=warmup, rows=rows, notes=notes,
                        device=describe_device(device))
