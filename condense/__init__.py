@@ -13,6 +13,8 @@ Public API (everything else is private)::
     PlanCosts(model, found)             the cost model fit and the search share (estimates, never reported)
     write_condensed, write_directory, read_meta   the directory format, written atomically
     find_runs(model, input_size)        the runs of repeated same-resolution blocks (changes nothing)
+    supernet(model, input_size=..., space=...)   every plan of the search space in one weight-sharing
+                                        module: select(plan), extract(plan); train_supernet (sandwich rule)
     load_data("cifar10:PATH"); condense.train.train(model, data, TrainConfig(...), teacher=...)   recover accuracy
 
     count(model, input_size)            MACs and parameters, total and per module (pandas DataFrame)
@@ -35,6 +37,7 @@ from ._resolve import Resolved, resolve_model
 from .data import DataBundle, DataSpec, load_data, parse_data_spec
 from .train import TrainConfig, TrainResult
 from .graph import FindResult, Run, RunChoice, find_runs, register_leaf_module, rewrite
+from ._supernet import SandwichConfig, Supernet, recalibrate_bn, supernet, train_supernet
 from .pde import (CirculantRD, CirculantRDConfig, ExplicitRD, ExplicitRDConfig, GlobalConfig, GlobalLayer,
                   ImplicitRD, ImplicitRDConfig, LinearMix, LinearMixConfig, PDELayer, advection_diffusion,
                   create_layer, layer_names)
@@ -48,6 +51,7 @@ __all__ = [
     "write_condensed", "write_directory", "read_meta", "os_error", "META",
     "load_data", "parse_data_spec", "DataBundle", "DataSpec", "TrainConfig", "TrainResult",
     "find_runs", "FindResult", "Run", "RunChoice", "rewrite", "register_leaf_module",
+    "supernet", "Supernet", "SandwichConfig", "train_supernet", "recalibrate_bn",
     "count", "count_module", "macs_and_params",
     "Budget", "parse_budget", "parse_latency", "format_count", "format_ms", "parse_input_size",
     "CondenseError", "ConfigError", "BudgetError",

@@ -507,7 +507,7 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
                     else:
                         loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
                 if step % every == 0 and not torch.isfinite(loss):
-                    raise CondenseError(f"the loss became {float(loss)} at epoch {epoch + 1}, step {step + 1}",
+                    raise CondenseError(f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}",
                                         "lower the learning rate (--lr)")
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()

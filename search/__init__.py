@@ -13,6 +13,7 @@ Public API (everything else is private)::
     plot_front(trials, "front.png", reference=...) accuracy vs MACs (matplotlib)
     compare_studies([DIR, DIR]), hypervolume(points, ref)   fronts of several searches side by side
     plot_fronts({name: trials}, "fronts.png")               ... and in one plot
+    run_supernet_search(MODEL, DATA, supernet=SupernetOptions(epochs=5), ...)   train one supernet, score plans
     export_trial(DIR, N, OUT)           a trial's trained model as a directory condense.load reads
     search_main(argv), export_main(argv), compare_main(argv)   `condense search` / `export` / `compare`
 
@@ -29,9 +30,11 @@ from ._plot import plot_front, plot_fronts
 from ._space import Param, RunSpace, SearchSpace, build_space
 from ._study import (SearchConfig, SearchResult, load_config, open_study, recover_stale_trials, run_search,
                      study_from_dir)
+from ._supernet import SupernetObjective, SupernetOptions, run_supernet_search
 
 __all__ = [
     "run_search", "SearchConfig", "SearchResult",
+    "run_supernet_search", "SupernetOptions", "SupernetObjective",
     "SearchSpace", "RunSpace", "Param", "build_space",
     "open_study", "study_from_dir", "load_config", "recover_stale_trials", "Objective", "measure_latency",
     "trials_frame", "front_frame", "write_csv", "front_table", "plot_front", "plot_fronts",

@@ -85,6 +85,15 @@ def search_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-fit-start", action="store_true",
                    help="do not start from condense's own plan for the budget (enqueued as the first trial)")
     s.add_argument("--show-space", action="store_true", help="print the search space and exit")
+    w = p.add_argument_group("strategy")
+    w.add_argument("--strategy", choices=("trials", "supernet"), default="trials",
+                   help="trials: train each plan briefly (default); supernet: train one weight-sharing supernet "
+                        "(in DIR/supernet, resumed) and score each plan with its weights")
+    w.add_argument("--supernet-epochs", type=int, default=5, metavar="E", help="supernet training epochs")
+    w.add_argument("--random-plans", type=int, default=2, metavar="N",
+                   help="random plans per supernet step besides the largest and the smallest (default 2)")
+    w.add_argument("--calib-images", type=int, default=256, metavar="N",
+                   help="training images for each scored plan's BatchNorm statistics (default 256)")
     o = p.add_argument_group("study and output")
     o.add_argument("-o", "--output", metavar="DIR", help="study directory (default searches/<model name>)")
     o.add_argument("--storage", metavar="URL", help="database for a shared study, e.g. postgresql://user:pw@host/db "
@@ -208,6 +217,15 @@ def _search(args, console) -> int:
         console.print(f"trial {trial.number}: {trial.user_attrs.get('status', trial.state.name.lower())} ({figures})",
                       highlight=False)
 
+    if args.strategy == "supernet":
+        from ._supernet import SupernetOptions, run_supernet_search
+
+        sn = SupernetOptions(epochs=args.supernet_epochs, random_plans=args.random_plans,
+                             calib_images=args.calib_images)
+        result = run_supernet_search(args.model, args.data, output=args.output, supernet=sn, progress=show,
+                                     console=console, on_trial=line, **options)
+        _report(result, console)
+        return 0
     result = run_search(args.model, args.data, output=args.output, progress=show, console=console, on_trial=line,
                         **options)
     _report(result, console)

@@ -1,0 +1,249 @@
+"""The supernet strategy of the search: train one weight-sharing supernet, then score plans instead of training them.
+
+In: the same model, data, budgets and study options as the per-trial search (``SearchConfig``), plus
+``SupernetOptions`` (supernet epochs, random plans per step, BatchNorm calibration images).
+Out: ``SearchResult`` as ``run_search`` gives it, and in ``STUDY_DIR``: ``supernet/last.pt`` (the trained
+supernet, ``condense.train``'s checkpoint format, resumed when the command is run again) and
+``supernet/metrics.json``, ``trials/<N>/`` (the plan's standalone model with the supernet's weights and its
+own BatchNorm statistics: what ``condense export STUDY_DIR --trial N`` copies), ``trials.csv``,
+``front.csv``, ``front.png``, ``study.journal``, ``search.json`` as for the per-trial search.
+Never: trains a plan (a trial takes seconds: extract, count, re-estimate BatchNorm, evaluate), scores a
+plan that breaks a budget (counted first, as in the per-trial search), or resumes a study started by the
+other strategy or with other supernet options.
+
+A trial is recorded with status ``trained`` (it has weights: the supernet's) and ``strategy`` ``supernet``,
+so the front, the plot, ``condense compare`` and ``condense export`` treat it as any evaluated trial.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+import torch
+from torch import nn
+
+from condense import CondenseError, ConfigError, find_runs, macs_and_params, parse_budget
+from condense._supernet import (SandwichConfig, Supernet, calibration_batches, recalibrate_bn, score_plan,
+                                train_supernet)
+from condense.train import TrainConfig, evaluate
+
+from ._objective import STATUS_DUPLICATE, STATUS_OVER, STATUS_TRAINED, Objective, _same_plan
+from ._space import build_space
+from ._study import SearchConfig, SearchResult
+
+__all__ = ["SupernetOptions", "SupernetObjective", "run_supernet_search", "SUPERNET_DIR"]
+
+SUPERNET_DIR = "supernet"
+_SUPERNET_KEY = "condense:supernet"
+
+
+@dataclasses.dataclass(frozen=True)
+class SupernetOptions:
+    """The supernet strategy's own options: ``epochs`` of sandwich training, ``random_plans`` per step
+    (besides the largest and the smallest), ``calib_images`` for each plan's BatchNorm statistics."""
+
+    epochs: int = 5
+    random_plans: int = 2
+    calib_images: int = 256
+    calib_batch: int = 64
+
+    def __post_init__(self) -> None:
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ConfigError(f"supernet option epochs={self.epochs!r}: must be an integer >= 1")
+        self.sandwich()  # checks the others
+
+    def sandwich(self) -> SandwichConfig:
+        return SandwichConfig(random_plans=self.random_plans, calib_images=self.calib_images,
+                              calib_batch=self.calib_batch)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class SupernetObjective(Objective):
+    """The objective of a supernet study: plan -> standalone model with inherited weights -> count ->
+    (budget check) -> BatchNorm re-estimated on ``calib`` -> accuracy on the held-out split."""
+
+    supernet: Supernet | None = None
+    calib: list = dataclasses.field(default_factory=list)
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
+        params = self.space.suggest(trial)
+        plan = self.space.plan(params)
+        trial.set_user_attr("plan", plan.to_dict())
+        trial.set_user_attr("strategy", "supernet")
+        same = _same_plan(trial, plan)
+        if same is not None:
+            trial.set_user_attr("status", STATUS_DUPLICATE)
+            trial.set_user_attr("duplicate_of", same)
+            raise optuna.TrialPruned(f"the plan of trial {same}")
+        guess = self.estimate(plan) if self.screen else None
+        if guess is not None and any(v > 0.05 for v in self.constraints(*guess).values()):
+            trial.set_user_attr("macs", guess[0])
+            trial.set_user_attr("params", guess[1])
+            trial.set_user_attr("estimated", True)
+            for key, value in self.constraints(*guess).items():
+                trial.set_constraint(key, value)
+            trial.set_user_attr("status", STATUS_OVER)
+            return self._values(0.0, guess[0], guess[1], math.inf)
+        self._say(trial, "extracting and counting")
+        t0 = time.perf_counter()
+        model = self.supernet.extract(plan)
+        counted = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
+        macs, n_params = macs_and_params(counted, self.input_size)
+        trial.set_user_attr("macs", int(macs))
+        trial.set_user_attr("params", int(n_params))
+        violations = self.constraints(macs, n_params)
+        for key, value in violations.items():
+            trial.set_constraint(key, value)
+        if any(v > 0 for v in violations.values()):
+            trial.set_user_attr("status", STATUS_OVER)
+            return self._values(0.0, macs, n_params, math.inf)
+        self._say(trial, "scoring with the supernet's weights")
+        recalibrate_bn(model, self.calib)
+        accuracy = float(evaluate(model, self.data)["test_acc"])
+        seconds = time.perf_counter() - t0
+        model = model.cpu().eval()
+        latency = self.measure(model) if self.latency else math.inf
+        directory = self.save_trial(trial, model, plan, macs, n_params, accuracy, latency, seconds)
+        trial.set_user_attr("accuracy", accuracy)
+        trial.set_user_attr("score_seconds", round(seconds, 3))
+        trial.set_user_attr("trial_dir", str(directory))
+        if self.latency:
+            trial.set_user_attr("latency_ms", latency)
+        trial.set_user_attr("status", STATUS_TRAINED)
+        return self._values(accuracy, macs, n_params, latency)
+
+    def measure(self, model: nn.Module) -> float:
+        from ._objective import measure_latency
+
+        return measure_latency(model, self.input_size, self.latency_setting)
+
+
+def _check_strategy(study: optuna.Study, options: SupernetOptions) -> None:
+    mine = options.to_dict()
+    stored = study.user_attrs.get(_SUPERNET_KEY)
+    if stored is None:
+        if study.get_trials(deepcopy=False):
+            raise CondenseError(f"study {study.study_name!r} was started by the per-trial search",
+                                "use another output directory / --study-name for --strategy supernet")
+        study.set_user_attr(_SUPERNET_KEY, mine)
+    elif stored != mine:
+        diff = ", ".join(f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in mine.items() if stored.get(k) != v)
+        raise CondenseError(f"study {study.study_name!r} was started with other supernet options ({diff})",
+                            "resume with the same options, or use another output directory")
+
+
+def supernet_train_config(config: SearchConfig, options: SupernetOptions) -> TrainConfig:
+    """The supernet's training: the search's batch size, lr, seed and steps per epoch, ``options.epochs``
+    epochs, cosine schedule, gradients clipped to norm 5 (a drawn plan with many unstable steps, e.g. an
+    RD layer at K = 20, otherwise sends the shared blocks' gradients to NaN at lr 0.1 within an epoch)."""
+    return TrainConfig(epochs=options.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
+                       max_steps_per_epoch=config.steps_per_epoch, clip_grad_norm=5.0)
+
+
+def run_supernet_search(model: str | nn.Module, data: str, *, output=None, supernet: SupernetOptions | None = None,
+                        progress: bool = True, console=None, on_trial: Callable | None = None,
+                        **options: Any) -> SearchResult:
+    """``run_search`` with the supernet strategy: keywords are ``SearchConfig``'s (``epochs_per_trial`` is
+    not used) plus ``supernet`` (``SupernetOptions``). Re-running with the same output resumes the
+    supernet's training (if unfinished) and then the study."""
+    from . import _study
+
+    spec_text = model if isinstance(model, str) else None
+    out = Path(output) if output is not None else Path("searches") / _study._model_name(spec_text)
+    config = SearchConfig(model=spec_text, data=str(data), output=str(out), **options)
+    sn_options = supernet or SupernetOptions()
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return _run(config, sn_options, model, spec_text, out, progress, console, on_trial)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
+def _run(config: SearchConfig, sn_options: SupernetOptions, model, spec_text, out: Path, progress: bool, console,
+         on_trial) -> SearchResult:
+    from condense import resolve_device
+    from condense.data import load_data
+
+    from . import _study
+
+    device = resolve_device(config.device)
+    bundle = load_data(config.data, limit_train=config.limit_train, limit_test=config.limit_test,
+                       input_size=config.input_size)
+    original, spec, model_kwargs = _study._build_original(config, None if spec_text else model, bundle.num_classes)
+    size = tuple(bundle.input_size)
+    found = find_runs(original, size)
+    macs0, params0 = found.total_macs, found.total_params
+    if macs0 is None:
+        macs0, params0 = macs_and_params(original, size)
+    macs_b = parse_budget(config.macs).resolve(macs0) if config.macs is not None else None
+    params_b = parse_budget(config.params).resolve(params0) if config.params is not None else None
+    space = build_space(found, layers=config.layers, K=config.K)
+    if macs_b is not None or params_b is not None:
+        _study._check_reachable(original, size, space, config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)  # the candidate layers' initial weights depend on the seed only
+        net = Supernet(original, found, space)
+    study = _study.open_study(config, out)
+    _check_strategy(study, sn_options)
+    _study._check_same_search(study, config, None)
+    _study._check_same_search(study, config, space)
+    (out / _study.TRIALS).mkdir(parents=True, exist_ok=True)
+
+    teacher = copy.deepcopy(original).eval() if config.distill else None
+    train_cfg = supernet_train_config(config, sn_options)
+    sn_dir = out / SUPERNET_DIR
+    if console is not None:
+        console.print(f"training the supernet ({sn_options.epochs} epoch(s), sandwich: largest + smallest + "
+                          f"{sn_options.random_plans} random plan(s) per step) in {sn_dir}", highlight=False)
+    t0 = time.perf_counter()
+    result = train_supernet(net, bundle, train_cfg, sn_options.sandwich(), out_dir=sn_dir, teacher=teacher,
+                            resume=(sn_dir / "last.pt").exists(), progress=console is not None, device=device)
+    train_seconds = time.perf_counter() - t0
+    net.eval()
+    calib = calibration_batches(bundle, sn_options.calib_images, sn_options.calib_batch, config.seed)
+
+    objective = SupernetObjective(space=space, model=original, found=found, data=bundle, train_config=train_cfg,
+                                  trials_dir=out / _study.TRIALS, macs_before=macs0, params_before=params0,
+                                  macs_budget=macs_b, params_budget=params_b, teacher=teacher,
+                                  latency=config.latency, latency_setting=_study._latency_setting(config), spec=spec,
+                                  model_kwargs=model_kwargs, checkpoint=config.checkpoint, study_name=config.name,
+                                  seed=config.seed, device=config.device, supernet=net, calib=calib)
+    journal = _study._is_journal(study._storage)
+    _study.recover_stale_trials(study, config.grace_period, config.max_retry)
+    if not study.get_trials(deepcopy=False) and config.enqueue_fit and (macs_b is not None or params_b is not None):
+        _study._enqueue_fit(study, space, original, config, size)
+    reference = study.user_attrs.get(_study._REFERENCE_KEY)
+    bar = _study._Progress(config.trials, progress, console)
+    interrupted = False
+    with bar, _study._sigterm_as_interrupt():
+        try:
+            if reference is None:
+                bar.phase("reference (the original, scored in the supernet)")
+                acc = score_plan(net, net.largest_plan(), bundle, calib, device=device) if config.reference else None
+                reference = {"macs": macs0, "params": params0, "accuracy": acc, "macs_budget": macs_b,
+                             "params_budget": params_b, "strategy": "supernet",
+                             "supernet": {**sn_options.to_dict(), **net.memory(),
+                                          "train_seconds": round(train_seconds, 3),
+                                          "final": {k: v for k, v in result.metrics.items()
+                                                    if k in ("largest_acc", "smallest_acc", "train_loss")}}}
+                study.set_user_attr(_study._REFERENCE_KEY, json.loads(json.dumps(reference, default=str)))
+            _study._write_config(out, config, study, space, reference)
+            objective.phase = bar.phase
+            bar.update(study)
+            _study._optimize(study, objective, config, journal, bar, on_trial)
+        except KeyboardInterrupt:
+            interrupted = True
+    res = _study._finish(study, space, reference or {}, out, interrupted)
+    if interrupted:
+        raise _study._Interrupted(res)
+    return res

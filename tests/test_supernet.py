@@ -1,0 +1,236 @@
+"""The weight-sharing supernet: a selected path computes what the exported model computes, sandwich training
+trains every sampled path (and nothing else), export/load round trip, resume equals an uninterrupted run,
+and ``condense search --strategy supernet`` end to end (train, score, front, export, resume).
+
+Everything runs on ``zoo:resnet_tiny`` at 3x16x16 and a tiny MNIST-format npz (resized, grey repeated).
+"""
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import condense
+import condense.train as train_module
+from condense import Plan, RunChoice, TrainConfig
+from condense._supernet import (SandwichConfig, export_plan, recalibrate_bn, step_plans,
+                                train_supernet)
+from condense.data import load_data
+from condense.pde import DIFFUSIONS, SOURCES, VELOCITIES, layer_names
+
+SIZE = (3, 16, 16)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("supernet")
+    rng = np.random.default_rng(0)
+
+    def make(n):
+        y = rng.integers(0, 10, n)
+        x = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+        for i, k in enumerate(y):
+            x[i, 2 * k + 4: 2 * k + 6, 4:24] = 255
+        return x, y.astype(np.int64)
+
+    xtr, ytr = make(128)
+    xte, yte = make(64)
+    np.savez(d / "mnist.npz", x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+    return {"spec": f"mnist:{d / 'mnist.npz'}", "dir": d}
+
+
+def _net(seed=0):
+    torch.manual_seed(seed)
+    model = condense.build_model("zoo:resnet_tiny")
+    return model, condense.supernet(model, input_size=SIZE)
+
+
+@pytest.fixture(scope="module")
+def built():
+    return _net()
+
+
+def _plans(net):
+    """Plans covering every layer type, every Global option value, both inits, several K and m."""
+    runs = [r.path for r in net.runs]
+    plans = [net.largest_plan(), net.smallest_plan(random.Random(0))]
+    for i, layer in enumerate(layer_names()):
+        plans.append(Plan({runs[i % len(runs)]: RunChoice(m=1 + i % 2, layer=layer, options={"K": 1 + 4 * i},
+                                                          init=("block", "input")[i % 2])}))
+    for i, (v, d, s) in enumerate(zip(VELOCITIES, DIFFUSIONS * 2, SOURCES + SOURCES[:1])):
+        plans.append(Plan({p: RunChoice(m=2 - i % 2, layer="global", init=("input", "block")[i % 2],
+                                        options={"K": 20 - i, "velocity": v, "diffusion": d, "source": s})
+                           for p in runs[i % 2::2]}))
+    rng = random.Random(3)
+    plans += [net.random_plan(rng) for _ in range(4)]
+    return plans
+
+
+def test_selected_path_computes_exactly_what_the_exported_model_computes(built):
+    model, net = built
+    net = __import__("copy").deepcopy(net)
+    with torch.no_grad():  # weights unlike their initialisation (zero fields would hide mistakes)
+        g = torch.Generator().manual_seed(1)
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    x = torch.randn(4, *SIZE, generator=torch.Generator().manual_seed(2))
+    calib = [torch.randn(8, *SIZE, generator=torch.Generator().manual_seed(3 + i)) for i in range(2)]
+    for plan in _plans(net):
+        net.select(plan)
+        recalibrate_bn(net, calib)
+        with torch.no_grad():
+            a = net(x)
+        standalone = net.extract(plan).eval()
+        with torch.no_grad():
+            b = standalone(x)
+        assert torch.equal(a, b), plan
+        # the standalone model's own re-estimated statistics are the same: scoring may use either
+        recalibrate_bn(standalone, calib)
+        with torch.no_grad():
+            assert torch.equal(standalone(x), a), plan
+    # the largest plan is the original model
+    net.select(net.largest_plan()).eval()
+    with net.unwrapped() as base:
+        ref = __import__("copy").deepcopy(base).eval()
+    with torch.no_grad():
+        assert torch.equal(net(x), ref(x))
+
+
+def test_candidate_layers_are_shared_and_K_is_elastic(built):
+    model, net = built
+    cands = net.candidates["run0"]
+    a, b = cands["global-dwconv-constant-identity"], cands["global-dwconv-dwconv-residual"]
+    assert a.velocity is b.velocity                      # one velocity net per kind, shared
+    assert cands["global-separable-dwconv-none"].diffusion is b.diffusion
+    assert cands["global-zero-constant-residual"].source is b.source
+    assert len({id(p) for p in net.parameters()}) == sum(1 for _ in net.parameters())
+    plan = Plan({"layer1": RunChoice(m=1, layer="explicit_rd", options={"K": 3}, init="input")})
+    layer = net.extract(plan).get_submodule("layer1.1")
+    assert layer.config.K == 3 and len(layer.norms) == 3 and len(cands["explicit_rd"].norms) == net.K_max
+    mem = net.memory()
+    assert mem["supernet_bytes"] > mem["original_bytes"] > 0
+    with pytest.raises(condense.CondenseError, match="K=21"):
+        net.select(Plan({"layer1": RunChoice(m=1, layer="global", options={"K": 21})}))
+    with pytest.raises(condense.CondenseError, match="dt"):
+        net.select(Plan({"layer1": RunChoice(m=1, layer="global", options={"K": 2, "dt": 0.1})}))
+
+
+def _snapshot(net):
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def test_sandwich_step_trains_every_sampled_path_and_nothing_else(data):
+    model, net = _net()
+    bundle = load_data(data["spec"], input_size="3x16x16", limit_test=32)
+    cfg = TrainConfig(epochs=1, batch_size=32, lr=0.1, max_steps_per_epoch=1, weight_decay=0.0)
+    sandwich = SandwichConfig(random_plans=2, eval_each_epoch=False)
+    plans = step_plans(net, sandwich, cfg.seed, 0, 0)
+    before = {id(p): p.detach().clone() for p in net.parameters()}
+    train_supernet(net, bundle, cfg, sandwich, progress=False, device="cpu")
+    changed = {id(p) for p in net.parameters() if not torch.equal(p, before[id(p)])}
+    used = set()
+    for plan in plans:
+        net.select(plan)
+        path_params = set()
+        for i, run in enumerate(net.runs):
+            state = net._states[i]
+            if state.layer is not None:
+                ids = {id(p) for p in state.layer.parameters()}
+                assert ids & changed, (run.path, plan)            # the sampled layer was trained
+                path_params |= ids
+        used |= path_params
+        # the path's kept blocks (and everything outside the runs) were trained as well
+        assert {id(p) for p in net.net.parameters()} & changed
+    unused = {id(p) for p in net.candidates.parameters()} - used
+    assert unused and not (unused & changed)                       # candidates no plan used: untouched
+    assert len(plans) == 4 and not plans[0].choices                # largest (the original), smallest, 2 random
+    assert all(c.m == 1 for c in plans[1].choices.values()) and len(plans[1].choices) == len(net.runs)
+
+
+def test_export_and_load_round_trip(tmp_path, built):
+    model, net = built
+    plan = Plan({"layer2": RunChoice(m=1, layer="global", options={"K": 4, "velocity": "dwconv",
+                                                                      "diffusion": "dwconv", "source": "identity"},
+                                     init="block"),
+                 "layer3": RunChoice(m=2, layer="implicit_rd", options={"K": 2}, init="input")})
+    net.select(plan)
+    recalibrate_bn(net, [torch.randn(8, *SIZE)])
+    standalone = net.extract(plan).eval()
+    out = export_plan(net, plan, tmp_path / "exported", spec="zoo:resnet_tiny", model=standalone)
+    again = condense.load(out)
+    x = torch.randn(2, *SIZE)
+    with torch.no_grad():
+        assert torch.equal(again(x), standalone(x))
+    meta = condense.read_meta(out)
+    assert meta["plan"] == plan.to_dict()
+    assert meta["counts"]["macs_after"] < meta["counts"]["macs_before"]
+
+
+def _run(out, bundle, interrupt=False, monkeypatch=None):
+    model, net = _net()
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=0.05, max_steps_per_epoch=2, clip_grad_norm=5.0)
+    sandwich = SandwichConfig(random_plans=1, calib_images=16, calib_batch=16)
+    if interrupt:
+        real = train_module._atomic_save
+
+        def save_then_die(obj, path):
+            real(obj, path)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(train_module, "_atomic_save", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            train_supernet(net, bundle, cfg, sandwich, out_dir=out, progress=False, device="cpu")
+        monkeypatch.setattr(train_module, "_atomic_save", real)
+        model, net = _net(seed=5)  # a fresh process: other initial weights, all replaced by the checkpoint
+        torch.manual_seed(123)     # ... and another global random state, restored from the checkpoint
+        res = train_supernet(net, bundle, cfg, sandwich, out_dir=out, resume=True, progress=False, device="cpu")
+    else:
+        res = train_supernet(net, bundle, cfg, sandwich, out_dir=out, progress=False, device="cpu")
+    return net, res
+
+
+def test_resume_of_an_interrupted_training_equals_an_uninterrupted_one(tmp_path, data, monkeypatch):
+    bundle = load_data(data["spec"], input_size="3x16x16", limit_test=32)
+    full, res_full = _run(tmp_path / "full", bundle)
+    again, res_again = _run(tmp_path / "cut", bundle, interrupt=True, monkeypatch=monkeypatch)
+    a, b = full.state_dict(), again.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["train_loss"] for h in res_full.history] == [h["train_loss"] for h in res_again.history]
+    state = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert state["epoch"] == 2
+    with pytest.raises(condense.CondenseError, match="already holds"):
+        train_supernet(_net()[1], bundle, TrainConfig(epochs=2, batch_size=16, max_steps_per_epoch=2),
+                       out_dir=tmp_path / "full", progress=False, device="cpu")
+
+
+def test_search_strategy_supernet_end_to_end(tmp_path, data, capsys):
+    from search import export_main, search_main
+    from search._study import study_from_dir
+
+    out = tmp_path / "study"
+    argv = ["zoo:resnet_tiny", "--data", data["spec"], "--input-size", "3x16x16", "--strategy", "supernet",
+            "--supernet-epochs", "1", "--steps-per-epoch", "2", "--batch-size", "16", "--limit-test", "32",
+            "--calib-images", "16", "--random-plans", "1", "--trials", "3", "--population", "4", "--budget", "80%",
+            "--no-progress", "-o", str(out)]
+    assert search_main(argv) == 0
+    assert (out / "supernet" / "last.pt").is_file() and (out / "front.csv").is_file()
+    study, _ = study_from_dir(out)
+    scored = [t for t in study.trials if t.user_attrs.get("status") == "trained"]
+    assert len(scored) >= 3 and all(t.user_attrs["strategy"] == "supernet" for t in scored)
+    assert all(t.user_attrs["macs"] <= 0.8 * study.user_attrs["condense:reference"]["macs"] * 1.0000001
+               for t in scored)
+    n = scored[0].number
+    assert export_main([str(out), "--trial", str(n), "-o", str(tmp_path / "t")]) == 0
+    loaded = condense.load(tmp_path / "t")
+    x = torch.randn(2, *SIZE)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), condense.load(out / "trials" / str(n))(x))
+    # the same command again: the supernet is not retrained, the study is already complete
+    mtime = (out / "supernet" / "last.pt").stat().st_mtime_ns
+    assert search_main(argv) == 0
+    assert (out / "supernet" / "last.pt").stat().st_mtime_ns == mtime
+    assert len([t for t in study_from_dir(out)[0].trials if t.user_attrs.get("status") == "trained"]) == len(scored)
+    # other supernet options on the same study are refused
+    assert search_main(argv[:-2] + ["--random-plans", "2", "-o", str(out)]) == 1
+    assert "other supernet options" in capsys.readouterr().err
