@@ -42,7 +42,7 @@ def test_bench_writes_the_csv_with_positive_ratios(tiny_dir, tmp_path, capsys):
     out = tmp_path / "bench.csv"
     threads = torch.get_num_threads()
     code = bench_main([str(tiny_dir), "--no-compile", "--repeats", "2", "--batch-sizes", "1,4", "--threads", "1",
-                       "--csv", str(out)])
+                       "--csv", str(out), "--device", "cpu"])
     assert code == 0
     assert torch.get_num_threads() == threads  # restored after the run
     text = capsys.readouterr().out

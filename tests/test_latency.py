@@ -119,7 +119,7 @@ def test_cli_latency_budget_real_clock(tmp_path, capsys):
     src.write_text("import sys\nsys.path.insert(0, %r)\nfrom test_latency import Net\n"
                    "def net():\n    return Net()\n" % str(__import__("pathlib").Path(__file__).parent))
     out = tmp_path / "out"
-    assert main([f"{src}:net", "--input-size", "3x32x32", "--latency", "70%", "--threads", "1",
+    assert main([f"{src}:net", "--input-size", "3x32x32", "--latency", "70%", "--threads", "1", "--device", "cpu",
                  "-o", str(out), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     lat = data["latency"]

@@ -105,7 +105,7 @@ def _worker_cmd(env, out, trials, *extra):
             "sys.exit(search_main(sys.argv[1:]))")
     return [sys.executable, "-c", code, env["model"], "--data", env["data"], "-o", str(out), "--trials", str(trials),
             "--batch-size", "32", "--steps-per-epoch", "4", "--limit-test", "64", "--population", "4",
-            "--no-reference", "--no-progress", *extra]
+            "--no-reference", "--no-progress", "--device", "cpu", *extra]
 
 
 def _popen(cmd):

@@ -155,8 +155,9 @@ def test_cli_train_condensed_dir_with_teacher(tmp_path, capsys):
     assert main([f"{src}:net", "--input-size", "1x28x28", "-o", str(tmp_path / "small")]) == 0
     out = tmp_path / "run"
     assert main(["train", str(tmp_path / "small"), "--data", f"mnist:{npz}", "--epochs", "1", "--batch-size", "32",
-                 "--teacher", f"{src}:net", "-o", str(out), "--trust-code"]) == 0
+                 "--teacher", f"{src}:net", "-o", str(out), "--trust-code", "--device", "cpu"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["device"] == "cpu"
     assert metrics["teacher_model"] == f"{src}:net"
     reloaded = condense.load(out / "model", trust_code=True)
     assert isinstance(reloaded, nn.Module)
