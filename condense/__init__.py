@@ -26,7 +26,7 @@ Public API (everything else is private)::
 """
 from ._budget import Budget, format_count, format_ms, parse_budget, parse_input_size, parse_latency
 from ._count import count, count_module, macs_and_params
-from ._errors import BudgetError, CondenseError, ConfigError
+from ._errors import BudgetError, CondenseError, ConfigError, report as report_error
 from ._fit import FitResult, LatencyFit, Plan, condense, fit
 from ._latency import LatencySetting, measure_latency
 from ._costs import PlanCosts
@@ -54,7 +54,7 @@ __all__ = [
     "supernet", "Supernet", "SandwichConfig", "train_supernet", "recalibrate_bn",
     "count", "count_module", "macs_and_params",
     "Budget", "parse_budget", "parse_latency", "format_count", "format_ms", "parse_input_size",
-    "CondenseError", "ConfigError", "BudgetError",
+    "CondenseError", "ConfigError", "BudgetError", "report_error",
     "PDELayer", "GlobalLayer", "GlobalConfig", "LinearMix", "LinearMixConfig", "ExplicitRD", "ExplicitRDConfig",
     "ImplicitRD", "ImplicitRDConfig", "CirculantRD", "CirculantRDConfig",
     "advection_diffusion", "create_layer", "layer_names",

@@ -23,42 +23,61 @@ class BudgetError(CondenseError, ValueError):
 
 
 _OOM_TEXTS = ("can't allocate memory", "not enough memory", "out of memory")
+_OOM = CondenseError("out of memory", "use a smaller --input-size or --batch-size, or a machine with more memory")
 
 
-def run_command(fn, *, debug: bool = False) -> int:
-    """Run a command body ``fn() -> int`` the way every ``condense`` command reports failure.
+def as_domain_error(err: BaseException) -> CondenseError | None:
+    """``err`` as a one-line domain error where its cause is the user's to fix: running out of memory, or a
+    write that failed on a full disk or a read-only / forbidden folder. None for anything else."""
+    seen = 0
+    while err is not None and seen < 10:  # an error raised while handling one of these: report the cause
+        found = _domain(err)
+        if found is not None:
+            return found
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return None
 
-    A ``CondenseError`` or running out of memory prints one line and returns 1; an interrupt returns 130;
-    anything else prints one
-    line naming the exception and returns 2. With ``debug`` the exception propagates (full traceback).
-    """
+
+def _domain(err: BaseException) -> CondenseError | None:
+    if isinstance(err, CondenseError):
+        return err
+    if isinstance(err, MemoryError) or (isinstance(err, RuntimeError) and any(k in str(err) for k in _OOM_TEXTS)):
+        return _OOM
+    if isinstance(err, OSError):
+        import errno
+
+        if err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1), errno.EACCES, errno.EPERM, errno.EROFS):
+            from ._io import os_error
+
+            return os_error(err, err.filename or "the output folder")
+    return None
+
+
+def report(err: BaseException, *, debug: bool = False) -> int:
+    """Print ``err`` as every ``condense`` command does and return the exit code: 1 and one line for a
+    domain error (``as_domain_error``), 130 for an interrupt, 2 and one line naming anything else. With
+    ``debug`` the exception propagates (full traceback)."""
     from rich.console import Console
 
     err_console = Console(stderr=True, soft_wrap=True)
-    try:
-        return fn()
-    except CondenseError as err:
-        if debug:
-            raise
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False)
-        return 1
-    except KeyboardInterrupt:
+    if isinstance(err, KeyboardInterrupt):
         err_console.print("interrupted")
         return 130
-    except MemoryError:
-        if debug:
-            raise
-        err_console.print("[bold red]error:[/] out of memory (use a smaller --input-size or --batch-size, or a "
-                          "machine with more memory)", highlight=False)
+    if debug:
+        raise err
+    domain = as_domain_error(err)
+    if domain is not None:
+        err_console.print(f"[bold red]error:[/] {domain}", highlight=False)
         return 1
-    except Exception as err:  # not a domain error: one line unless --debug
-        if debug:
-            raise
-        if isinstance(err, RuntimeError) and any(k in str(err) for k in _OOM_TEXTS):
-            err_console.print("[bold red]error:[/] out of memory (use a smaller --input-size or --batch-size, or a "
-                              "machine with more memory)", highlight=False)
-            return 1
-        text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        err_console.print(f"[bold red]error:[/] unexpected {type(err).__name__}: {text} "
-                          "(run with --debug for the traceback)", highlight=False)
-        return 2
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    err_console.print(f"[bold red]error:[/] unexpected {type(err).__name__}: {text} "
+                      "(run with --debug for the traceback)", highlight=False)
+    return 2
+
+
+def run_command(fn, *, debug: bool = False) -> int:
+    """Run a command body ``fn() -> int`` and report a failure as ``report`` does."""
+    try:
+        return fn()
+    except (Exception, KeyboardInterrupt) as err:  # noqa: BLE001 - every failure is reported in one line
+        return report(err, debug=debug)

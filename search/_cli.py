@@ -128,18 +128,9 @@ def _console():
 
 
 def _fail(err: BaseException, debug: bool) -> int:
-    from rich.console import Console
+    from condense import report_error
 
-    if debug:
-        raise err
-    err_console = Console(stderr=True, soft_wrap=True)
-    if isinstance(err, CondenseError):
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False)
-        return 1
-    first = str(err).splitlines()[0] if str(err) else ""
-    err_console.print(f"[bold red]error:[/] unexpected {type(err).__name__}: {first} "
-                      "(run with --debug for the traceback)", highlight=False)
-    return 2
+    return report_error(err, debug=debug)
 
 
 def _show_space(args, console) -> int:

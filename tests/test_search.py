@@ -497,3 +497,30 @@ def test_per_trial_seeding_relies_on_what_this_optuna_has(sampler, tmp_path):
 
     a, b = draws([0, 1, 2]), draws([0, 1, 2])
     assert a == b
+
+
+def test_a_full_disk_during_a_search_is_one_line_and_the_journal_stays_readable(env, tmp_path, capsys):
+    """A search writing its journal and trials onto a full disk: exit 1, "no space left on", and the journal
+    it leaves resumes (its torn record, if any, is repaired)."""
+    import subprocess as sp
+
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    if sp.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(fs)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        (fs / "filler").write_bytes(b"x" * 60_000)
+        out = fs / "s"
+        code = search_main([env["model"], "--data", env["data"], "--budget", "60%", "--trials", "4", "-o", str(out),
+                            "--batch-size", "32", "--steps-per-epoch", "2", "--limit-test", "64", "--no-reference",
+                            "--no-progress", "--device", "cpu"])
+        err = capsys.readouterr().err
+        assert code == 1 and "no space left on" in err and "unexpected" not in err, err
+        (fs / "filler").unlink()
+        from search._study import repair_journal
+
+        repair_journal(out / "study.journal")
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(out / "study.journal")))
+        assert optuna.get_all_study_names(storage)  # readable after the failure
+    finally:
+        sp.run(["umount", "-l", str(fs)], capture_output=True)
