@@ -414,6 +414,13 @@ def _run_train(args, console) -> int:
     student = resolve_model(args.model, checkpoint=args.checkpoint, num_classes=bundle.num_classes,
                             trust_code=args.trust_code)
     model, name, meta = student.model, Path(student.label).name, student.meta
+    channels = (student.input_size or (None,))[0] or _input_channels(model)
+    if not args.input_size and channels and bundle.input_size[0] != channels:
+        # the model takes other channels than the data's default (grey letters for a colour net, or the
+        # other way round): read the data as the model takes it
+        with console.status("loading data"):
+            bundle = load_data(args.data, limit_train=args.limit_train, limit_test=args.limit_test,
+                               input_size=(channels, *bundle.input_size[1:]), augment=args.augment)
     teacher = None
     if args.teacher:
         teacher = resolve_model(args.teacher, checkpoint=args.teacher_checkpoint, num_classes=bundle.num_classes,
@@ -436,6 +443,14 @@ def _run_train(args, console) -> int:
                   f"{format_count(m['macs'])} MACs, {format_count(m['params'])} params; "
                   f"metrics in {out / 'metrics.json'}")
     return 0
+
+
+def _input_channels(model) -> int | None:
+    """The channels the model's first convolution takes (None if it has none)."""
+    import torch.nn as nn
+
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return first.in_channels if first is not None else None
 
 
 def _train_input_size(args) -> tuple[int, int, int] | None:
@@ -570,8 +585,8 @@ def _run_recipe_seeds(args, console, r) -> int:
         wall = mm.get("train_seconds_this_run")
         table.add_row(str(seed), _pct(acc), _pct(100 * mm["best_test_acc"]),
                       ("-" if wall is None else f"{wall / 60:.1f}") + (" (reused)" if reused else ""))
-    table.add_row("mean ± std", f"{measured.mean:.2f} ± {measured.std:.2f}%", "",
-                  f"paper: {_pct(fig.accuracy if fig else None)}")
+    table.add_row("mean ± std", f"{measured.mean:.2f} ± {measured.std:.2f}%", "", "")
+    table.add_row("paper", _pct(fig.accuracy if fig else None), "", "")
     console.print(table)
     summary = dataclasses.asdict(measured) | {"mean": measured.mean, "std": measured.std, "recipe": r.name,
                                               "runs": [str(out) for *_, out, _ in runs]}

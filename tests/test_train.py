@@ -351,3 +351,25 @@ def test_augment_option_is_checked_and_recorded(data):
     assert res.metrics["augment"] == "crop-flip" and res.metrics["config"]["augment"] == "crop-flip"
     res = train(small_net(), data, TrainConfig(epochs=1, batch_size=64, max_steps_per_epoch=1), progress=False)
     assert (res.metrics["augment"], res.metrics["data"], res.metrics["num_classes"]) == ("none", "mnist", 10)
+
+
+def test_cli_train_reads_an_image_tree_with_the_models_channels_at_its_own_size(tmp_path, capsys):
+    """26 classes of grey 28x28 PNGs: a 1-channel model trains at 1x28x28 (not 3x224x224) and the metrics
+    name the data set and its class count."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4), ("val", 1)):
+        for c in range(26):
+            d = tmp_path / "letters" / split / chr(65 + c)
+            d.mkdir(parents=True)
+            for i in range(n):
+                a = rng.integers(0, 50, (28, 28)).astype(np.uint8)
+                a[c, 2:26] = 255
+                Image.fromarray(a, "L").save(d / f"{i}.png")
+    out = tmp_path / "run"
+    assert main(["train", "zoo:mnist_resnet_small", "--data", f"imagefolder:{tmp_path / 'letters'}", "--epochs", "1",
+                 "--batch-size", "32", "--device", "cpu", "-o", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert (m["data"], m["num_classes"], m["input_size"], m["augment"]) == ("letters", 26, [1, 28, 28], "none")
+    assert "at 1x28x28" in capsys.readouterr().out
