@@ -737,7 +737,8 @@ def train_config(recipe: Recipe | str | os.PathLike, *, epochs: int | None = Non
 
 def run_recipe(recipe: Recipe | str | os.PathLike, *, epochs: int | None = None,
                out_dir: str | os.PathLike, limit_train: int | None = None, variant: str = "condensed",
-               data: str | None = None, progress: bool = True, seed: int | None = None):
+               data: str | None = None, progress: bool = True, seed: int | None = None,
+               device: str = "auto", overwrite: bool = False):
     """Train the recipe's model with its schedule through ``condense.train`` and return the result.
 
     ``variant``: ``condensed`` (the model the plan makes; the model as is for ``plan: none``) or
@@ -745,7 +746,9 @@ def run_recipe(recipe: Recipe | str | os.PathLike, *, epochs: int | None = None,
     to the same fractions; ``limit_train`` keeps that many training images; ``data`` replaces the
     recipe's data spec (e.g. where your ImageNet is); ``seed`` replaces the recipe's seed. Writes into
     ``out_dir`` what ``condense.train`` writes, plus ``recipe.json`` (the recipe, the measured footprint
-    and the seed); ``metrics.json`` records the seed and the recipe's name too.
+    and the seed); ``metrics.json`` records the seed and the recipe's name too. ``device``: where to train
+    (``auto``: CUDA when available). ``overwrite``: start again in an ``out_dir`` that holds a run.
+    The models are built from the seed, so one seed gives one result on one machine and thread count.
     """
     import json
 
@@ -755,9 +758,15 @@ def run_recipe(recipe: Recipe | str | os.PathLike, *, epochs: int | None = None,
     r = _as_recipe(recipe)
     if variant not in ("condensed", "baseline"):
         raise CondenseError(f"variant={variant!r} is not 'condensed' or 'baseline'")
+    config = train_config(r, epochs=epochs, seed=seed)
+    from ._device import resolve_device
+
+    device = resolve_device(device)  # a missing device: an error before anything is built or written
+    if data is None and not Path(r.data_spec.partition(":")[2]).exists():
+        raise CondenseError(f"{r.name}: its data {r.data_spec} does not exist (read, never downloaded)",
+                            "pass --data KIND:PATH (data= in Python) where your copy is")
     original, condensed, info = build_models(r)
     model = original if (variant == "baseline" or condensed is None) else condensed
-    config = train_config(r, epochs=epochs, seed=seed)
     teacher = None
     if r.distill is not None:
         from ._models import build_model, load_checkpoint
@@ -772,14 +781,15 @@ def run_recipe(recipe: Recipe | str | os.PathLike, *, epochs: int | None = None,
         ckpt = Path(os.path.expanduser(r.distill.checkpoint))
         load_checkpoint(teacher, ckpt if ckpt.is_absolute() else r.root / ckpt)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     fp = {"params": info["params_before"], "macs": info["macs_before"], "params_condensed": info["params_after"],
           "macs_condensed": info["macs_after"], "runs": info["runs"], "variant": variant}
-    (out / "recipe.json").write_text(json.dumps({"recipe": r.to_dict(), "footprint": fp, "seed": config.seed,
-                                                 "train": config.to_dict()}, indent=2, default=str) + "\n")
-    if data is None and not Path(r.data_spec.partition(":")[2]).exists():
-        raise CondenseError(f"{r.name}: its data {r.data_spec} does not exist (read, never downloaded)",
-                            "pass --data KIND:PATH (data= in Python) where your copy is")
     bundle = load_data(data or r.data_spec, limit_train=limit_train, input_size=r.model.input_size)
-    return train(model, bundle, config, out_dir=out, teacher=teacher, progress=progress,
-                 extra_metrics={"recipe": r.name, "variant": variant, "seed": config.seed})
+    if (out / "last.pt").exists() and not overwrite:
+        raise CondenseError(f"{out} already holds a run (last.pt)", "pass --overwrite, or choose another -o DIR")
+    from .train import write_text_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "recipe.json", json.dumps({"recipe": r.to_dict(), "footprint": fp, "seed": config.seed,
+                                                       "train": config.to_dict()}, indent=2, default=str) + "\n")
+    return train(model, bundle, config, out_dir=out, teacher=teacher, progress=progress, device=device,
+                 overwrite=overwrite, extra_metrics={"recipe": r.name, "variant": variant, "seed": config.seed})

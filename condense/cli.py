@@ -146,6 +146,9 @@ def _sub_parser(name: str) -> argparse.ArgumentParser:
         run.add_argument("--skip-done", action="store_true", help="reuse a seed whose DIR/seed<S>/metrics.json was "
                          "written with the same recipe, variant and training options, instead of training it again")
         run.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads for training")
+        run.add_argument("--device", default="auto", metavar="DEV",
+                         help="auto (CUDA when available, else CPU), cpu, cuda, cuda:N or mps")
+        run.add_argument("--overwrite", action="store_true", help="start again in an output that holds a run")
         for q in (p, fp, run):
             q.add_argument("--debug", action="store_true", help="show tracebacks")
         return p
@@ -557,7 +560,7 @@ def _run_recipe_seeds(args, console, r) -> int:
         if seeds:
             console.print(f"seed {seed} ({len(runs) + 1} of {len(seeds)}) -> {out}")
         m = run_recipe(r, epochs=args.epochs, out_dir=out, limit_train=args.limit_train, variant=args.variant,
-                       data=args.data, seed=seed).metrics
+                       data=args.data, seed=seed, device=args.device, overwrite=args.overwrite).metrics
         runs.append((m["seed"], m, out, False))
     # plan: none trains the model as is: its figures are the paper's baseline ones
     fig = (r.paper.condensed if args.variant == "condensed" and r.plan.kind != "none" else r.paper.baseline) or None
