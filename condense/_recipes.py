@@ -748,7 +748,6 @@ def run_recipe(recipe: Recipe | str | os.PathLike, *, epochs: int | None = None,
     ``out_dir`` what ``condense.train`` writes, plus ``recipe.json`` (the recipe, the measured footprint
     and the seed); ``metrics.json`` records the seed and the recipe's name too. ``device``: where to train
     (``auto``: CUDA when available). ``overwrite``: start again in an ``out_dir`` that holds a run.
-    The models are built from the seed, so one seed gives one result on one machine and thread count.
     """
     import json
 
