@@ -748,6 +748,7 @@ def run_recipe(recipe: Recipe | str | os.PathLike, *, epochs: int | None = None,
     ``out_dir`` what ``condense.train`` writes, plus ``recipe.json`` (the recipe, the measured footprint
     and the seed); ``metrics.json`` records the seed and the recipe's name too. ``device``: where to train
     (``auto``: CUDA when available). ``overwrite``: start again in an ``out_dir`` that holds a run.
+    The models are built from the seed, so one seed gives one result on one machine and thread count.
     """
     import json
 
@@ -764,7 +765,11 @@ def run_recipe(recipe: Recipe | str | os.PathLike, *, epochs: int | None = None,
     if data is None and not Path(r.data_spec.partition(":")[2]).exists():
         raise CondenseError(f"{r.name}: its data {r.data_spec} does not exist (read, never downloaded)",
                             "pass --data KIND:PATH (data= in Python) where your copy is")
-    original, condensed, info = build_models(r)
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)  # the initial weights follow the seed: one seed, one result
+        original, condensed, info = build_models(r)
     model = original if (variant == "baseline" or condensed is None) else condensed
     teacher = None
     if r.distill is not None:
