@@ -37,7 +37,8 @@ from ._resolve import Resolved, resolve_model
 from .data import DataBundle, DataSpec, load_data, parse_data_spec
 from .train import TrainConfig, TrainResult
 from .graph import FindResult, Run, RunChoice, find_runs, register_leaf_module, rewrite
-from ._supernet import SandwichConfig, Supernet, recalibrate_bn, supernet, train_supernet
+from ._supernet import (SandwichConfig, Supernet, calibration_batches, recalibrate_bn, score_plan, supernet,
+                        train_supernet)
 from .pde import (CirculantRD, CirculantRDConfig, ExplicitRD, ExplicitRDConfig, GlobalConfig, GlobalLayer,
                   ImplicitRD, ImplicitRDConfig, LinearMix, LinearMixConfig, PDELayer, advection_diffusion,
                   create_layer, layer_names)
@@ -51,7 +52,7 @@ __all__ = [
     "write_condensed", "write_directory", "read_meta", "os_error", "META",
     "load_data", "parse_data_spec", "DataBundle", "DataSpec", "TrainConfig", "TrainResult",
     "find_runs", "FindResult", "Run", "RunChoice", "rewrite", "register_leaf_module",
-    "supernet", "Supernet", "SandwichConfig", "train_supernet", "recalibrate_bn",
+    "supernet", "Supernet", "SandwichConfig", "train_supernet", "recalibrate_bn", "calibration_batches", "score_plan",
     "count", "count_module", "macs_and_params",
     "Budget", "parse_budget", "parse_latency", "format_count", "format_ms", "parse_input_size",
     "CondenseError", "ConfigError", "BudgetError", "report_error",

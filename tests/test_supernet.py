@@ -4,6 +4,7 @@ and ``condense search --strategy supernet`` end to end (train, score, front, exp
 
 Everything runs on ``zoo:resnet_tiny`` at 3x16x16 and a tiny MNIST-format npz (resized, grey repeated).
 """
+import math
 import random
 
 import numpy as np
@@ -234,3 +235,64 @@ def test_search_strategy_supernet_end_to_end(tmp_path, data, capsys):
     # other supernet options on the same study are refused
     assert search_main(argv[:-2] + ["--random-plans", "2", "-o", str(out)]) == 1
     assert "other supernet options" in capsys.readouterr().err
+
+
+def _rd_paths(net):
+    """Every explicit RD path at the largest K (m = 1 in every run), both initial guesses."""
+    runs = [r.path for r in net.runs]
+    return [Plan({p: RunChoice(m=1, layer=layer, options={"K": net.K_max}, init=init) for p in runs})
+            for layer in ("explicit_rd", "circulant_rd") for init in ("input", "block")]
+
+
+def test_sandwich_training_keeps_explicit_rd_paths_stable(data):
+    """Explicit RD steps are stable only for h * lambda_max(K^T K) <= 2; unbounded, a few summed sandwich
+    steps grew the stencils until K = 20 steps multiplied the map by 1e5..1e20 (distillation losses of
+    1e9-1e21 on CIFAR-10). Training keeps every stencil inside and every path's loss finite and small."""
+    from condense._supernet import STABLE_H_LAMBDA, _soft_ce, _symbol_max2
+
+    torch.manual_seed(0)
+    model = condense.build_model("zoo:resnet_tiny")
+    net = condense.supernet(model, input_size=SIZE, layers=("explicit_rd", "circulant_rd"), K=(18, 20))
+    bundle = load_data(data["spec"], input_size="3x16x16", limit_test=32)
+    with torch.no_grad():  # start outside the stability region, as trained stencils end up
+        for cands in net.candidates.values():
+            for layer in cands.values():
+                layer.diffusion.mul_(6.0)
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.2, max_steps_per_epoch=3, clip_grad_norm=5.0)
+    res = train_supernet(net, bundle, cfg, SandwichConfig(random_plans=2, eval_each_epoch=False),
+                         progress=False, device="cpu")
+    assert all(h["skipped"] == 0 for h in res.history)           # stable paths: nothing had to be skipped
+    assert all(math.isfinite(h["distill_loss"]) and h["distill_loss"] < 10 for h in res.history)
+    for cands in net.candidates.values():
+        for layer in cands.values():
+            w = layer.diffusion if layer.diffusion.dim() == 4 else layer.diffusion[:, :, 0]
+            lam = _symbol_max2(w, layer.diffusion.dim() == 4) * layer.config.h
+            assert float(lam.max()) <= STABLE_H_LAMBDA * (1 + 1e-5)
+    x = next(iter(bundle.loader("train", 32, shuffle=False, augment=False)))[0]
+    net.train()
+    with torch.no_grad():
+        target = net.select(net.largest_plan())(x)
+        for plan in _rd_paths(net):
+            logits = net.select(plan)(x)
+            loss = float(_soft_ce(logits, target, 1.0))
+            assert math.isfinite(loss) and loss < 10 * math.log(10), (plan, loss)
+            assert float(logits.abs().max()) < 1e3, plan
+
+
+def test_blown_up_plans_are_skipped_and_the_small_plans_are_averaged(data):
+    """A drawn plan whose distillation loss is above skip_loss x ln(classes) gets no gradient; with every
+    drawn plan skipped only the largest plan (the original) trains and no candidate layer moves."""
+    model, net = _net()
+    bundle = load_data(data["spec"], input_size="3x16x16", limit_test=32)
+    before = {k: v.detach().clone() for k, v in net.candidates.named_parameters()}
+    cfg = TrainConfig(epochs=1, batch_size=32, lr=0.1, max_steps_per_epoch=2, clip_grad_norm=5.0)
+    res = train_supernet(net, bundle, cfg, SandwichConfig(random_plans=2, eval_each_epoch=False, skip_loss=1e-6),
+                         progress=False, device="cpu")
+    assert res.history[0]["skipped"] == 2 * 3 and sum(res.history[0]["skipped_plans"].values()) == 6
+    after = dict(net.candidates.named_parameters())
+    assert all(torch.equal(before[k], after[k]) for k in before)   # (their BatchNorm statistics may move)
+    # no random draw is the largest plan again (it would distil the largest plan into itself)
+    sandwich = SandwichConfig(random_plans=8)
+    assert all(p.choices for e in range(3) for s in range(20) for p in step_plans(net, sandwich, 0, e, s)[1:])
+    with pytest.raises(condense.ConfigError, match="distill_weight"):
+        SandwichConfig(distill_weight=0)
