@@ -199,8 +199,9 @@ for step in range(2):
     times.append(time.perf_counter() - t0)
 first = [p for p in model.parameters()][0].detach().float().sum()
 dist.all_reduce(first)
-print(json.dumps({"rank": rank, "world": world, "device": str(device), "step_ms": [1e3 * t for t in times],
-                  "loss": float(loss), "synced": bool(torch.isfinite(first))}), flush=True)
+with open(os.path.join(sys.argv[5], f"rank{rank}.json"), "w") as fh:  # one file a rank: no interleaved lines
+    json.dump({"rank": rank, "world": world, "device": str(device), "step_ms": [1e3 * t for t in times],
+               "loss": float(loss), "synced": bool(torch.isfinite(first))}, fh)
 dist.destroy_process_group()
 """
 
@@ -215,25 +216,25 @@ def ddp(device: torch.device, quick: bool, batch: int) -> list[dict]:
         with open(script, "w") as fh:
             fh.write(_DDP_STEPS)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", script,
-               "cuda" if device.type == "cuda" else "cpu", spec, size, str(batch)]
+               "cuda" if device.type == "cuda" else "cpu", spec, size, str(batch), tmp]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
         wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return [dict(part="ddp", model=spec, processes=n, device=str(device), ok=False, wall_s=wall,
-                     note=" | ".join(tail)[:300])]
-    import json
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            return [dict(part="ddp", model=spec, processes=n, device=str(device), ok=False, wall_s=wall,
+                         note=" | ".join(tail)[:300])]
+        import json
 
-    rows = []
-    for line in proc.stdout.splitlines():
-        if line.startswith("{"):
-            r = json.loads(line)
+        rows = []
+        for rank in range(n):
+            with open(os.path.join(tmp, f"rank{rank}.json")) as fh:
+                r = json.load(fh)
             rows.append(dict(part="ddp", model=spec, processes=r["world"], rank=r["rank"], device=r["device"],
                              ok=r["synced"], step1_ms=r["step_ms"][0], step2_ms=r["step_ms"][1], loss=r["loss"],
                              wall_s=wall))
-    return sorted(rows, key=lambda r: r["rank"])  # the ranks print in any order
+    return rows
 
 
 def main(argv=None) -> int:
