@@ -149,14 +149,8 @@ class Objective:
             return self._values(0.0, guess[0], guess[1], math.inf)
         self._say(trial, "building and counting")
         model = self.build(plan)
-        macs, n_params = macs_and_params(model, self.input_size)
-        trial.set_user_attr("macs", int(macs))
-        trial.set_user_attr("params", int(n_params))
-        violations = self.constraints(macs, n_params)
-        for key, value in violations.items():
-            trial.set_constraint(key, value)
-        if any(v > 0 for v in violations.values()):
-            trial.set_user_attr("status", STATUS_OVER)
+        macs, n_params, over = self.count_and_constrain(trial, model)
+        if over:
             return self._values(0.0, macs, n_params, math.inf)
         self._say(trial, f"training ({self.train_config.epochs} epoch(s))")
         t0 = time.perf_counter()
@@ -181,6 +175,21 @@ class Objective:
             trial.set_user_attr("latency_ms", latency)
         trial.set_user_attr("status", STATUS_TRAINED)
         return self._values(accuracy, macs, n_params, latency)
+
+    def count_and_constrain(self, trial, model: nn.Module) -> tuple[int, int, bool]:
+        """Count ``model`` (on the CPU), record its MACs, parameters and budget constraints on ``trial``;
+        returns (MACs, params, over budget), marking the trial over budget when it is."""
+        counted = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
+        macs, n_params = macs_and_params(counted, self.input_size)
+        trial.set_user_attr("macs", int(macs))
+        trial.set_user_attr("params", int(n_params))
+        violations = self.constraints(macs, n_params)
+        for key, value in violations.items():
+            trial.set_constraint(key, value)
+        over = any(v > 0 for v in violations.values())
+        if over:
+            trial.set_user_attr("status", STATUS_OVER)
+        return int(macs), int(n_params), over
 
     def _values(self, accuracy: float, macs: int, params: int, latency: float) -> tuple[float, ...]:
         values = (float(accuracy), float(macs), float(params))

@@ -771,11 +771,29 @@ def run_search(model: str | nn.Module, data: str, *, output: str | os.PathLike |
         optuna.logging.set_verbosity(verbosity)
 
 
-def _run(config: SearchConfig, model, spec_text, out: Path, progress: bool, console, on_trial) -> SearchResult:
-    from condense.data import load_data
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """What every search strategy starts from: the data, the original model, its runs, counts, budgets and
+    the search space."""
 
-    # everything that can be checked is checked before the study (and the output folder) is created
+    bundle: Any
+    original: nn.Module
+    spec: Any
+    model_kwargs: dict[str, Any]
+    size: tuple[int, ...]
+    found: Any
+    macs0: int
+    params0: int
+    macs_b: float | None
+    params_b: float | None
+    space: SearchSpace
+
+
+def prepare(config: SearchConfig, model, spec_text) -> Prepared:
+    """Everything that can be checked, checked before the study (and the output folder) is created: the
+    device, the data, the model, the budgets (reachable by some plan of the space)."""
     from condense import resolve_device
+    from condense.data import load_data
 
     resolve_device(config.device)
     bundle = load_data(config.data, limit_train=config.limit_train, limit_test=config.limit_test,
@@ -791,6 +809,13 @@ def _run(config: SearchConfig, model, spec_text, out: Path, progress: bool, cons
     space = build_space(found, layers=config.layers, K=config.K)
     if macs_b is not None or params_b is not None:
         _check_reachable(original, size, space, config)
+    return Prepared(bundle, original, spec, model_kwargs, size, found, macs0, params0, macs_b, params_b, space)
+
+
+def _run(config: SearchConfig, model, spec_text, out: Path, progress: bool, console, on_trial) -> SearchResult:
+    p = prepare(config, model, spec_text)
+    bundle, original, spec, model_kwargs, size, found = p.bundle, p.original, p.spec, p.model_kwargs, p.size, p.found
+    macs0, params0, macs_b, params_b, space = p.macs0, p.params0, p.macs_b, p.params_b, p.space
     study = open_study(config, out)
     _check_same_search(study, config, None)
     _check_same_search(study, config, space)

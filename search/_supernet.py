@@ -28,13 +28,12 @@ import optuna
 import torch
 from torch import nn
 
-from condense import CondenseError, ConfigError, find_runs, macs_and_params, parse_budget
+from condense import CondenseError, ConfigError
 from condense import (SandwichConfig, Supernet, calibration_batches, recalibrate_bn, score_plan,
                       train_supernet)
 from condense.train import TrainConfig, evaluate
 
 from ._objective import STATUS_DUPLICATE, STATUS_OVER, STATUS_TRAINED, Objective, _same_plan
-from ._space import build_space
 from ._study import SearchConfig, SearchResult
 
 __all__ = ["SupernetOptions", "SupernetObjective", "run_supernet_search", "SUPERNET_DIR"]
@@ -96,15 +95,8 @@ class SupernetObjective(Objective):
         self._say(trial, "extracting and counting")
         t0 = time.perf_counter()
         model = self.supernet.extract(plan)
-        counted = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
-        macs, n_params = macs_and_params(counted, self.input_size)
-        trial.set_user_attr("macs", int(macs))
-        trial.set_user_attr("params", int(n_params))
-        violations = self.constraints(macs, n_params)
-        for key, value in violations.items():
-            trial.set_constraint(key, value)
-        if any(v > 0 for v in violations.values()):
-            trial.set_user_attr("status", STATUS_OVER)
+        macs, n_params, over = self.count_and_constrain(trial, model)
+        if over:
             return self._values(0.0, macs, n_params, math.inf)
         self._say(trial, "scoring with the supernet's weights")
         recalibrate_bn(model, self.calib)
@@ -173,24 +165,13 @@ def run_supernet_search(model: str | nn.Module, data: str, *, output=None, super
 def _run(config: SearchConfig, sn_options: SupernetOptions, model, spec_text, out: Path, progress: bool, console,
          on_trial) -> SearchResult:
     from condense import resolve_device
-    from condense.data import load_data
 
     from . import _study
 
     device = resolve_device(config.device)
-    bundle = load_data(config.data, limit_train=config.limit_train, limit_test=config.limit_test,
-                       input_size=config.input_size)
-    original, spec, model_kwargs = _study._build_original(config, None if spec_text else model, bundle.num_classes)
-    size = tuple(bundle.input_size)
-    found = find_runs(original, size)
-    macs0, params0 = found.total_macs, found.total_params
-    if macs0 is None:
-        macs0, params0 = macs_and_params(original, size)
-    macs_b = parse_budget(config.macs).resolve(macs0) if config.macs is not None else None
-    params_b = parse_budget(config.params).resolve(params0) if config.params is not None else None
-    space = build_space(found, layers=config.layers, K=config.K)
-    if macs_b is not None or params_b is not None:
-        _study._check_reachable(original, size, space, config)
+    p = _study.prepare(config, model, spec_text)
+    bundle, original, spec, model_kwargs, size, found = p.bundle, p.original, p.spec, p.model_kwargs, p.size, p.found
+    macs0, params0, macs_b, params_b, space = p.macs0, p.params0, p.macs_b, p.params_b, p.space
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # the candidate layers' initial weights depend on the seed only
         net = Supernet(original, found, space)

@@ -7,7 +7,6 @@ Everything runs on ``zoo:resnet_tiny`` at 3x16x16 and a tiny MNIST-format npz (r
 import math
 import random
 
-import numpy as np
 import pytest
 import torch
 
@@ -17,6 +16,7 @@ from condense import Plan, RunChoice, TrainConfig
 from condense._supernet import (SandwichConfig, export_plan, recalibrate_bn, step_plans,
                                 train_supernet)
 from condense.data import load_data
+from conftest import tiny_mnist
 from condense.pde import DIFFUSIONS, SOURCES, VELOCITIES, layer_names
 
 SIZE = (3, 16, 16)
@@ -25,18 +25,7 @@ SIZE = (3, 16, 16)
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("supernet")
-    rng = np.random.default_rng(0)
-
-    def make(n):
-        y = rng.integers(0, 10, n)
-        x = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
-        for i, k in enumerate(y):
-            x[i, 2 * k + 4: 2 * k + 6, 4:24] = 255
-        return x, y.astype(np.int64)
-
-    xtr, ytr = make(128)
-    xte, yte = make(64)
-    np.savez(d / "mnist.npz", x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+    tiny_mnist(d / "mnist.npz", n_train=128, n_test=64)
     return {"spec": f"mnist:{d / 'mnist.npz'}", "dir": d}
 
 
