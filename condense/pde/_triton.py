@@ -780,12 +780,6 @@ def _backward_op(grad: Tensor, init: Tensor, source: Optional[Tensor], u: Option
     return [g if g is not None else init.new_empty(0) for g in grads]
 
 
-def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:6])
-    ctx.scalars = inputs[6:15]
-    ctx.source_is_init = inputs[15]
-
-
 def _autograd(ctx, grad):
     tensors = ctx.saved_tensors
     needs = [bool(n) for n in ctx.needs_input_grad[:6]]
@@ -795,6 +789,8 @@ def _autograd(ctx, grad):
               for i, (g, t, n) in enumerate(zip(grads, tensors, needs))),
             *([None] * (len(ctx.scalars) + 1)))
 
+
+from ._advection_diffusion import _setup_context  # noqa: E402  (the C op's: the same inputs, same layout)
 
 triton_advection_diffusion.register_autograd(_autograd, setup_context=_setup_context)
 
