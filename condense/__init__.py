@@ -11,7 +11,7 @@ Public API (everything else is private)::
     resolve_model("timm:NAME" | DIR)    one resolver: a model spec or a saved directory -> Resolved(model, ...)
     resolve_device("auto")              one resolver for devices (auto, cpu, cuda, cuda:N, mps)
     PlanCosts(model, found)             the cost model fit and the search share (estimates, never reported)
-    write_condensed, write_directory, read_meta   the directory format, written atomically
+    write_condensed, write_model_dir, write_directory, read_meta   the directory format, written atomically
     find_runs(model, input_size)        the runs of repeated same-resolution blocks (changes nothing)
     supernet(model, input_size=..., space=...)   every plan of the search space in one weight-sharing
                                         module: select(plan), extract(plan); train_supernet (sandwich rule)
@@ -31,7 +31,7 @@ from ._fit import FitResult, LatencyFit, Plan, condense, fit
 from ._latency import LatencySetting, measure_latency
 from ._costs import PlanCosts
 from ._device import resolve_device
-from ._io import META, load, os_error, read_meta, save, write_condensed, write_directory
+from ._io import META, load, os_error, read_meta, save, write_condensed, write_directory, write_model_dir
 from ._models import build_model, default_input_size, load_checkpoint, parse_model_spec
 from ._resolve import Resolved, resolve_model
 from .data import DataBundle, DataSpec, load_data, parse_data_spec
@@ -49,7 +49,7 @@ __all__ = [
     "condense", "fit", "FitResult", "LatencyFit", "LatencySetting", "measure_latency", "Plan", "save", "load",
     "build_model", "load_checkpoint",
     "resolve_model", "Resolved", "parse_model_spec", "default_input_size", "resolve_device", "PlanCosts",
-    "write_condensed", "write_directory", "read_meta", "os_error", "META",
+    "write_condensed", "write_model_dir", "write_directory", "read_meta", "os_error", "META",
     "load_data", "parse_data_spec", "DataBundle", "DataSpec", "TrainConfig", "TrainResult",
     "find_runs", "FindResult", "Run", "RunChoice", "rewrite", "register_leaf_module",
     "supernet", "Supernet", "SandwichConfig", "train_supernet", "recalibrate_bn", "calibration_batches", "score_plan",

@@ -14,6 +14,8 @@ Public API (everything else is private)::
     compare_studies([DIR, DIR]), hypervolume(points, ref)   fronts of several searches side by side
     plot_fronts({name: trials}, "fronts.png")               ... and in one plot
     run_supernet_search(MODEL, DATA, supernet=SupernetOptions(epochs=5), ...)   train one supernet, score plans
+    run_search(..., finish=FinishConfig(top=3, epochs=10))   fine-tune 3 front members -> result.finished
+    kendall_tau(a, b)                   rank agreement (the search's scores vs the finished accuracies)
     export_trial(DIR, N, OUT)           a trial's trained model as a directory condense.load reads
     search_main(argv), export_main(argv), compare_main(argv)   `condense search` / `export` / `compare`
 
@@ -24,6 +26,7 @@ never trained, and never on the front. Sampler: NSGA-II (or TPE, or random as a 
 from ._cli import compare_main, export_main, search_main
 from ._compare import compare_studies, hypervolume
 from ._export import ExportResult, export_trial
+from ._finish import FinishConfig, FinishResult, finish_front, kendall_tau
 from ._objective import Objective, measure_latency
 from ._pareto import front_frame, front_table, trials_frame, write_csv
 from ._plot import plot_front, plot_fronts
@@ -40,5 +43,6 @@ __all__ = [
     "trials_frame", "front_frame", "write_csv", "front_table", "plot_front", "plot_fronts",
     "compare_studies", "hypervolume",
     "export_trial", "ExportResult",
+    "FinishConfig", "FinishResult", "finish_front", "kendall_tau",
     "search_main", "export_main", "compare_main",
 ]

@@ -94,6 +94,14 @@ def search_parser() -> argparse.ArgumentParser:
                    help="random plans per supernet step besides the largest and the smallest (default 2)")
     w.add_argument("--calib-images", type=int, default=256, metavar="N",
                    help="training images for each scored plan's BatchNorm statistics (default 256)")
+    f = p.add_argument_group("finish (after the search)")
+    f.add_argument("--finish", type=int, default=None, metavar="N",
+                   help="fine-tune N members of the Pareto front (spread over its MACs, the most accurate always "
+                        "included) from the search's weights and report their final accuracies beside the search's "
+                        "scores (DIR/finished.csv, DIR/finished/<trial>/model); resumed like the search")
+    f.add_argument("--finish-epochs", type=int, default=10, metavar="E", help="fine-tuning epochs of each member")
+    f.add_argument("--finish-lr", type=float, default=None, metavar="LR",
+                   help="fine-tuning learning rate (default: --lr), cosine schedule")
     o = p.add_argument_group("study and output")
     o.add_argument("-o", "--output", metavar="DIR", help="study directory (default searches/<model name>)")
     o.add_argument("--storage", metavar="URL", help="database for a shared study, e.g. postgresql://user:pw@host/db "
@@ -198,6 +206,11 @@ def _search(args, console) -> int:
     if args.distill and not args.checkpoint:
         console.print("[yellow]note:[/] --distill without --checkpoint distils from an untrained original")
     show = not args.no_progress and console.is_terminal
+    finish = None
+    if args.finish is not None:
+        from ._finish import FinishConfig
+
+        finish = FinishConfig(top=args.finish, epochs=args.finish_epochs, lr=args.finish_lr)
 
     def line(study, trial) -> None:
         if show:
@@ -214,11 +227,11 @@ def _search(args, console) -> int:
         sn = SupernetOptions(epochs=args.supernet_epochs, random_plans=args.random_plans,
                              calib_images=args.calib_images)
         result = run_supernet_search(args.model, args.data, output=args.output, supernet=sn, progress=show,
-                                     console=console, on_trial=line, **options)
+                                     console=console, on_trial=line, finish=finish, **options)
         _report(result, console)
         return 0
     result = run_search(args.model, args.data, output=args.output, progress=show, console=console, on_trial=line,
-                        **options)
+                        finish=finish, **options)
     _report(result, console)
     return 0
 
@@ -240,6 +253,16 @@ def _report(result, console, interrupted: bool = False) -> None:
     if len(result.front):
         n = int(result.front.iloc[0]["trial"])
         console.print(f"export a trial: condense export {result.output} --trial {n}", highlight=False)
+    if result.finished is not None:
+        from ._finish import finish_table
+
+        fin = result.finished
+        console.print(finish_table(fin))
+        if len(fin.table) >= 3:
+            console.print(f"rank agreement of the search's scores with the final accuracies: Kendall tau "
+                          f"{fin.tau:.2f} over {len(fin.table)} members", highlight=False)
+        console.print(f"fine-tuned models: {result.output}/finished/<trial>/model (condense.load reads them); "
+                      f"compare finished fronts with condense compare --finished", highlight=False)
     if interrupted:
         console.print("interrupted: finished trials are kept; run the same command again to resume", highlight=False)
 
@@ -273,6 +296,9 @@ def compare_parser() -> argparse.ArgumentParser:
     p.add_argument("study_dirs", nargs="+", metavar="STUDY_DIR", help="output directories of condense search")
     p.add_argument("--plot", metavar="PNG", help="also draw every study's front in one accuracy-vs-MACs plot")
     p.add_argument("--csv", metavar="FILE", help="also write the comparison table as CSV")
+    p.add_argument("--finished", action="store_true",
+                   help="compare the fine-tuned front members (finished.csv of condense search --finish) instead "
+                        "of the search's own scores")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
@@ -297,7 +323,7 @@ def _compare(args, console) -> None:
     from ._compare import _load, compare_studies
     from ._pareto import write_csv
 
-    df = compare_studies(args.study_dirs)
+    df = compare_studies(args.study_dirs, finished=args.finished)
     covers = [c for c in df.columns if c.startswith("covers[")]
     table = Table("study", "sampler", "feasible trials", "front", "hypervolume", "best accuracy",
                   *[f"dominates {c[7:-1]}" for c in covers], title="search comparison", title_justify="left")
@@ -314,10 +340,10 @@ def _compare(args, console) -> None:
     if args.plot:
         from ._plot import plot_fronts
 
-        loaded = {Path(d).name: _load(Path(d)) for d in args.study_dirs}
+        loaded = {Path(d).name: _load(Path(d), args.finished) for d in args.study_dirs}
         reference = next(iter(loaded.values()))[0].get("reference")
         path = plot_fronts({n: t for n, (_, t) in loaded.items()}, args.plot, reference=reference,
-                           title="fronts: accuracy vs MACs")
+                           title="finished fronts: accuracy vs MACs" if args.finished else "fronts: accuracy vs MACs")
         console.print(f"plot: {path}", highlight=False)
 
 

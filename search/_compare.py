@@ -84,17 +84,22 @@ def dominated_share(front: np.ndarray, others: np.ndarray) -> float:
     return float(np.mean([any(_dominates(f, o) for f in front) for o in others]))
 
 
-def _load(study_dir: Path) -> tuple[dict, pd.DataFrame]:
-    config_path, trials_path = study_dir / "search.json", study_dir / "trials.csv"
+def _load(study_dir: Path, finished: bool = False) -> tuple[dict, pd.DataFrame]:
+    """``search.json`` and ``trials.csv`` (``finished``: ``finished.csv``, shaped like trials.csv)."""
+    from ._finish import FINISHED_CSV, _as_trials
+
+    config_path, trials_path = study_dir / "search.json", study_dir / ("trials.csv" if not finished else FINISHED_CSV)
     for p in (config_path, trials_path):
         if not p.is_file():
-            raise CondenseError(f"{study_dir} has no {p.name}", "pass a study directory written by condense search")
+            hint = "run the search again with --finish N (it resumes, then fine-tunes N front members)" \
+                if finished and p == trials_path else "pass a study directory written by condense search"
+            raise CondenseError(f"{study_dir} has no {p.name}", hint)
     try:
         config = json.loads(config_path.read_text())
         trials = pd.read_csv(trials_path)
     except (ValueError, OSError) as err:
         raise CondenseError(f"cannot read {study_dir}: {err}", "re-run the search to rewrite its files") from err
-    return config, trials
+    return config, _as_trials(trials) if finished else trials
 
 
 def _scaled(trials: pd.DataFrame, ref: dict) -> np.ndarray:
@@ -104,13 +109,14 @@ def _scaled(trials: pd.DataFrame, ref: dict) -> np.ndarray:
                             ok["params"].to_numpy(float) / ref["params"]]) if len(ok) else np.zeros((0, 3))
 
 
-def compare_studies(dirs: Sequence[str | os.PathLike]) -> pd.DataFrame:
+def compare_studies(dirs: Sequence[str | os.PathLike], *, finished: bool = False) -> pd.DataFrame:
     """One row per study: ``study``, ``sampler``, ``trials`` (complete and feasible), ``front`` (points),
     ``hypervolume``, ``best_accuracy`` and ``covers[NAME]`` for every other study (see the module docstring).
-    The studies must be of one model (the original's MACs and parameters must agree)."""
+    The studies must be of one model (the original's MACs and parameters must agree). ``finished``: the
+    fine-tuned front members of ``condense search --finish`` (``finished.csv``) instead of the search's scores."""
     if len(dirs) < 1:
         raise CondenseError("no study directory given", "pass one or more study directories")
-    loaded = [(Path(d), *_load(Path(d))) for d in dirs]
+    loaded = [(Path(d), *_load(Path(d), finished)) for d in dirs]
     refs = [(c.get("reference") or {}) for _, c, _ in loaded]
     ref = refs[0]
     if not ref.get("macs") or not ref.get("params"):

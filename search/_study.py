@@ -185,6 +185,7 @@ class SearchResult:
     output: Path
     files: dict[str, Path]
     interrupted: bool = False
+    finished: Any = None   # FinishResult of --finish (fine-tuned front members), or None
 
 
 def _model_name(model: str | None) -> str:
@@ -746,7 +747,7 @@ def _enqueue_fit(study: optuna.Study, space: SearchSpace, model: nn.Module, conf
 
 def run_search(model: str | nn.Module, data: str, *, output: str | os.PathLike | None = None,
                progress: bool = True, console=None, on_trial: Callable[[optuna.Study, Any], None] | None = None,
-               **options: Any) -> SearchResult:
+               finish: Any = None, **options: Any) -> SearchResult:
     """Search plans for ``model`` (a spec like ``timm:resnet18`` or an ``nn.Module``) on ``data``.
 
     Keywords are ``SearchConfig``'s fields: ``macs``/``params`` (budgets, hard constraints), ``trials``
@@ -757,8 +758,9 @@ def run_search(model: str | nn.Module, data: str, *, output: str | os.PathLike |
     ``sampler`` (nsgaii or tpe), ``population``, ``seed``, ``layers``, ``K`` ((lo, hi)), ``storage`` (a
     database URL; default: a journal file in ``output``), ``study_name``, ``heartbeat_interval``,
     ``grace_period``, ``max_retry``, ``reference``, ``enqueue_fit``. Re-running with the same output (or
-    storage and study name) resumes the study. Returns a ``SearchResult``; writes the files listed in the
-    module docstring.
+    storage and study name) resumes the study. ``finish`` (a ``FinishConfig``): afterwards, fine-tune that
+    many front members and report their final accuracies (``search._finish``; ``SearchResult.finished``).
+    Returns a ``SearchResult``; writes the files listed in the module docstring.
     """
     spec_text = model if isinstance(model, str) else None
     out = Path(output) if output is not None else Path("searches") / _model_name(spec_text)
@@ -766,7 +768,7 @@ def run_search(model: str | nn.Module, data: str, *, output: str | os.PathLike |
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar says it; restored at the end
     try:
-        return _run(config, model, spec_text, out, progress, console, on_trial)
+        return _run(config, model, spec_text, out, progress, console, on_trial, finish)
     finally:
         optuna.logging.set_verbosity(verbosity)
 
@@ -812,7 +814,8 @@ def prepare(config: SearchConfig, model, spec_text) -> Prepared:
     return Prepared(bundle, original, spec, model_kwargs, size, found, macs0, params0, macs_b, params_b, space)
 
 
-def _run(config: SearchConfig, model, spec_text, out: Path, progress: bool, console, on_trial) -> SearchResult:
+def _run(config: SearchConfig, model, spec_text, out: Path, progress: bool, console, on_trial,
+         finish=None) -> SearchResult:
     p = prepare(config, model, spec_text)
     bundle, original, spec, model_kwargs, size, found = p.bundle, p.original, p.spec, p.model_kwargs, p.size, p.found
     macs0, params0, macs_b, params_b, space = p.macs0, p.params0, p.macs_b, p.params_b, p.space
@@ -851,6 +854,27 @@ def _run(config: SearchConfig, model, spec_text, out: Path, progress: bool, cons
     result = _finish(study, space, reference or {}, out, interrupted)
     if interrupted:
         raise _Interrupted(result)
+    return finish_members(result, finish, p, config, teacher, console, progress)
+
+
+def finish_members(result: SearchResult, finish, p: Prepared, config: SearchConfig, teacher, console,
+                   progress: bool) -> SearchResult:
+    """``--finish``: fine-tune ``finish.top`` front members (``search._finish``) into ``result.finished``; an
+    interrupt keeps the members already finished (the same command resumes) and reports the front."""
+    if finish is None:
+        return result
+    from ._finish import finish_front
+
+    try:
+        with _sigterm_as_interrupt():
+            result.finished = finish_front(result.front, result.output, p.original, p.bundle, finish,
+                                           batch_size=config.batch_size, lr=config.lr, seed=config.seed,
+                                           teacher=teacher, device=config.device, console=console,
+                                           progress=progress or console is not None)
+    except KeyboardInterrupt:
+        result.interrupted = True
+        raise _Interrupted(result) from None
+    result.files.update(result.finished.files)
     return result
 
 

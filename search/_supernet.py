@@ -144,9 +144,10 @@ def supernet_train_config(config: SearchConfig, options: SupernetOptions) -> Tra
 
 def run_supernet_search(model: str | nn.Module, data: str, *, output=None, supernet: SupernetOptions | None = None,
                         progress: bool = True, console=None, on_trial: Callable | None = None,
-                        **options: Any) -> SearchResult:
+                        finish: Any = None, **options: Any) -> SearchResult:
     """``run_search`` with the supernet strategy: keywords are ``SearchConfig``'s (``epochs_per_trial`` is
-    not used) plus ``supernet`` (``SupernetOptions``). Re-running with the same output resumes the
+    not used) plus ``supernet`` (``SupernetOptions``) and ``finish`` (``FinishConfig``: fine-tune that many front
+    members afterwards, from the supernet's weights). Re-running with the same output resumes the
     supernet's training (if unfinished) and then the study."""
     from . import _study
 
@@ -157,13 +158,13 @@ def run_supernet_search(model: str | nn.Module, data: str, *, output=None, super
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        return _run(config, sn_options, model, spec_text, out, progress, console, on_trial)
+        return _run(config, sn_options, model, spec_text, out, progress, console, on_trial, finish)
     finally:
         optuna.logging.set_verbosity(verbosity)
 
 
 def _run(config: SearchConfig, sn_options: SupernetOptions, model, spec_text, out: Path, progress: bool, console,
-         on_trial) -> SearchResult:
+         on_trial, finish=None) -> SearchResult:
     from condense import resolve_device
 
     from . import _study
@@ -228,4 +229,4 @@ def _run(config: SearchConfig, sn_options: SupernetOptions, model, spec_text, ou
     res = _study._finish(study, space, reference or {}, out, interrupted)
     if interrupted:
         raise _study._Interrupted(res)
-    return res
+    return _study.finish_members(res, finish, p, config, teacher, console, progress)

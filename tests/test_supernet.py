@@ -7,6 +7,7 @@ Everything runs on ``zoo:resnet_tiny`` at 3x16x16 and a tiny MNIST-format npz (r
 import math
 import random
 
+import pandas as pd
 import pytest
 import torch
 
@@ -202,9 +203,13 @@ def test_search_strategy_supernet_end_to_end(tmp_path, data, capsys):
     argv = ["zoo:resnet_tiny", "--data", data["spec"], "--input-size", "3x16x16", "--strategy", "supernet",
             "--supernet-epochs", "1", "--steps-per-epoch", "2", "--batch-size", "16", "--limit-test", "32",
             "--calib-images", "16", "--random-plans", "1", "--trials", "3", "--population", "4", "--budget", "80%",
-            "--no-progress", "-o", str(out)]
+            "--finish", "1", "--finish-epochs", "1", "--no-progress", "-o", str(out)]
     assert search_main(argv) == 0
     assert (out / "supernet" / "last.pt").is_file() and (out / "front.csv").is_file()
+    finished = pd.read_csv(out / "finished.csv")  # the most accurate member, fine-tuned from the supernet's weights
+    front = pd.read_csv(out / "front.csv")
+    assert list(finished["trial"]) == [int(front.loc[front["accuracy"].idxmax(), "trial"])]
+    assert condense.load(out / "finished" / str(finished["trial"][0]) / "model") is not None
     study, _ = study_from_dir(out)
     scored = [t for t in study.trials if t.user_attrs.get("status") == "trained"]
     assert len(scored) >= 3 and all(t.user_attrs["strategy"] == "supernet" for t in scored)
@@ -285,3 +290,143 @@ def test_blown_up_plans_are_skipped_and_the_small_plans_are_averaged(data):
     assert all(p.choices for e in range(3) for s in range(20) for p in step_plans(net, sandwich, 0, e, s)[1:])
     with pytest.raises(condense.ConfigError, match="distill_weight"):
         SandwichConfig(distill_weight=0)
+
+
+# --- torchrun: gradients averaged by hand over 2 gloo ranks -------------------------------------------------
+
+DDP_CFG = TrainConfig(epochs=2, batch_size=16, lr=0.05, max_steps_per_epoch=2, clip_grad_norm=5.0)
+DDP_SANDWICH = SandwichConfig(random_plans=1, calib_images=16, calib_batch=16)
+
+
+def _ddp_net(seed):
+    torch.manual_seed(seed)
+    return condense.supernet(condense.build_model("zoo:resnet_tiny"), input_size=SIZE,
+                             layers=("linearmix", "implicit_rd"), K=(1, 4))
+
+
+DDP_SCRIPT = r"""
+import copy, json, os, sys, torch, torch.distributed as dist
+torch.set_num_threads(1)
+sys.path.insert(0, sys.argv[3])
+from test_supernet import DDP_CFG, DDP_SANDWICH, _ddp_net
+import condense._supernet as sn, condense.train as train_module
+from condense import TrainConfig
+from condense._supernet import SandwichConfig, train_supernet
+from condense.data import load_data
+
+dist.init_process_group("gloo")
+rank, out = dist.get_rank(), sys.argv[2]
+bundle = load_data(sys.argv[1], input_size="3x16x16", limit_test=32)
+
+def vec(net, params_only=False):
+    tensors = net.parameters() if params_only else net.state_dict().values()
+    return torch.cat([t.detach().double().flatten() for t in tensors])
+
+def gather(t):
+    out = [torch.zeros_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, t)
+    return out
+
+def gather_object(obj):
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+report = {}
+# 1. one step from other initial weights on each rank (rank 0's broadcast), SGD without weight decay: the
+# update is -lr x the ranks' mean gradient, i.e. the mean of the updates of a control run whose all-reduce
+# is switched off (each rank steps on its own shard's gradient, and the replicas drift apart)
+cfg1, sw1 = TrainConfig(epochs=1, batch_size=16, lr=0.05, max_steps_per_epoch=1, clip_grad_norm=5.0,
+                        weight_decay=0.0), SandwichConfig(random_plans=1, eval_each_epoch=False)
+net = _ddp_net(seed=10 + rank)
+init = gather(vec(net, True))
+twin = copy.deepcopy(net)
+train_supernet(net, bundle, cfg1, sw1, progress=False, device="cpu")
+averaged = gather(vec(net, True))
+real = sn._all_reduce_grads
+sn._all_reduce_grads = lambda params, world_size, failed=False: failed
+train_supernet(twin, bundle, cfg1, sw1, progress=False, device="cpu")
+sn._all_reduce_grads = real
+alone = gather(vec(twin, True))
+step, mean_alone = averaged[0] - init[0], (alone[0] + alone[1]) / 2 - init[0]
+report.update(start_differs=not torch.equal(init[0], init[1]), same=torch.equal(averaged[0], averaged[1]),
+              moved=float(step.abs().max()), control_drift=float((alone[0] - alone[1]).abs().max()),
+              vs_mean=float((step - mean_alone).abs().max()))
+
+# 2. two epochs with files, scores, progress lines; rank 1 writes nothing
+writes = []
+for name in ("_atomic_save", "write_text_atomic"):
+    def wrap(obj, path, _real=getattr(train_module, name)):
+        writes.append(os.path.basename(path))
+        return _real(obj, path)
+    setattr(train_module, name, wrap)
+net = _ddp_net(seed=0)
+start = vec(net)
+res = train_supernet(net, bundle, DDP_CFG, DDP_SANDWICH, out_dir=out + "/full", progress=True, device="cpu")
+full = vec(net)
+report.update(full_same=torch.equal(*gather(full)), full_moved=not torch.equal(full, start),
+              writes=gather_object(writes), world=res.metrics["world_size"],
+              histories_same=all(h == res.history for h in gather_object(res.history)), history=res.history)
+
+# 3. interrupted after epoch 1 (in both ranks), resumed by every rank from rank 0's last.pt
+real_lr = train_module.lr_at
+def lr_then_die(config, epoch):
+    if epoch >= 1:
+        raise KeyboardInterrupt
+    return real_lr(config, epoch)
+train_module.lr_at = lr_then_die
+try:
+    train_supernet(_ddp_net(seed=0), bundle, DDP_CFG, DDP_SANDWICH, out_dir=out + "/cut", progress=False, device="cpu")
+except KeyboardInterrupt:
+    pass
+train_module.lr_at = real_lr
+dist.barrier()  # rank 0 has written last.pt
+net = _ddp_net(seed=5 + rank)
+res = train_supernet(net, bundle, DDP_CFG, DDP_SANDWICH, out_dir=out + "/cut", resume=True, progress=False,
+                     device="cpu")
+report.update(resumed_equal=all(gather_object(torch.equal(vec(net), full))),
+              resumed_history=[h["train_loss"] for h in res.history])
+if rank == 0:
+    print("RESULT " + json.dumps(report))
+dist.destroy_process_group()
+"""
+
+
+def test_torchrun_two_processes_average_the_gradients_by_hand(tmp_path, data):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), data["spec"], str(tmp_path), str(Path(__file__).parent)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads([t for t in proc.stdout.splitlines() if t.startswith("RESULT ")][-1][len("RESULT "):])
+    # rank 0's initial weights broadcast, then identical averaged gradients: identical replicas
+    assert r["start_differs"] and r["same"] and r["moved"] > 1e-4
+    # the step is the mean of the two ranks' own steps (to rounding); without the all-reduce it would be one
+    # rank's own step, which differs from that mean by half the control run's drift
+    assert r["control_drift"] > 1e-3 and r["vs_mean"] < 1e-6 < r["control_drift"] / 1000, r
+    # two epochs: replicas identical (weights and BatchNorm statistics), only rank 0 wrote and printed
+    assert r["full_same"] and r["full_moved"] and r["world"] == 2 and r["histories_same"]
+    assert r["writes"] == [["last.pt", "last.pt", "metrics.json"], []]
+    assert proc.stdout.count("supernet epoch 1/2") == 1 and proc.stdout.count("supernet epoch 2/2") == 1
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["last.pt", "metrics.json"]
+    metrics = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and len(metrics["history"]) == 2
+    h = r["history"][-1]
+    assert h["images_per_s"] > 0 and 0 <= h["largest_acc"] <= 1 and 0 <= h["smallest_acc"] <= 1
+    assert torch.load(tmp_path / "full" / "last.pt", weights_only=True)["world_size"] == 2
+    # resumed by both ranks after an interruption: the uninterrupted run's weights and history
+    assert r["resumed_equal"] and r["resumed_history"] == [x["train_loss"] for x in r["history"]]
+    # the 2-process checkpoint is not resumed by one process: the data order depends on the process count
+    bundle = load_data(data["spec"], input_size="3x16x16", limit_test=32)
+    with pytest.raises(condense.CondenseError, match=r"2 process\(es\), this one has 1") as err:
+        train_supernet(_ddp_net(seed=0), bundle, DDP_CFG, DDP_SANDWICH, out_dir=tmp_path / "full", resume=True,
+                       progress=False, device="cpu")
+    assert "--nproc_per_node=2" in err.value.hint
