@@ -10,6 +10,7 @@ Files, in the output directory (``STUDY_DIR``):
     trials.csv           every trial: plan, figures, state
     front.csv            the Pareto front (``study.best_trials``: feasible trials only), by MACs
     front.png            accuracy vs MACs, the front and the original model marked
+    finished/<N>/, finished.csv, finished.png   with ``finish=``: fine-tuned front members (``search._finish``)
 
 Never: loses a finished trial. Each trial is written to the storage when it ends; re-running the same
 search resumes the study (same study name, ``load_if_exists``), and ``trials`` counts the study's
