@@ -5,10 +5,10 @@ range, the Global layer's velocity/diffusion/source choices, init). Out: ``Super
 in which each run holds all its blocks plus its candidate layers; ``select(plan)`` picks one path, and
 ``extract(plan)`` gives the standalone condensed model of that path with the shared weights (the very
 ``condense.rewrite`` result, weights loaded), which computes exactly what the selected path computes.
-``train_supernet`` trains it (sandwich rule, checkpoints, resume); ``recalibrate_bn`` re-estimates the
-BatchNorm statistics of one path. Never: modifies the model it was given, or holds a second copy of a
-block (a plan that keeps block i and one whose layer starts from block i, ``init="block"``, use the same
-block).
+``train_supernet`` trains it (sandwich rule, checkpoints, resume, one process or several under torchrun);
+``recalibrate_bn`` re-estimates the BatchNorm statistics of one path. Never: modifies the model it was
+given, or holds a second copy of a block (a plan that keeps block i and one whose layer starts from block i,
+``init="block"``, use the same block).
 
 How a path is selected. Every block after a run's anchor is wrapped in a gate: for a plan with m kept
 blocks, gates 1..m-1 run their block, gate m runs the candidate layer on block m-1's output (the rewrite's
@@ -40,6 +40,14 @@ computes). The Global layer with a learned velocity field (``dwconv``,
 ``separable``) is not bounded this way: its ``-2 dt (u_x + v_y) H`` term grows the map like rho^K (at
 initial weights, K = 20 multiplies it by about 10, or 5e3 with ``diffusion=dwconv``); such paths are the
 ones ``skip_loss`` leaves out.
+
+Multi-process training (``torchrun --nproc_per_node=N``): the process group is joined as ``train.train``
+joins it (gloo on the CPU, NCCL on CUDA) and every epoch's data is sharded by rank, but the supernet is not
+wrapped in DistributedDataParallel: a step runs several paths and leaves most candidate layers unused.
+Instead rank 0's weights are broadcast at the start, every rank draws the same plans (they depend on
+(seed, epoch, step) only), and each step's gradients are averaged over the ranks by hand, in one flattened
+all-reduce (a parameter no rank touched keeps no gradient, so the optimizer leaves it alone): identical
+gradients keep the replicas identical. Only rank 0 writes files and prints.
 """
 from __future__ import annotations
 
@@ -585,13 +593,88 @@ def plan_label(plan: Any) -> str:
 
 
 def score_plan(net: Supernet, plan: Any, bundle, calib: list[torch.Tensor], *, device=None,
-               batch_size: int = 256) -> float:
-    """Accuracy of ``plan`` with inherited weights: select, re-estimate BatchNorm on ``calib``, evaluate."""
+               batch_size: int = 256, rank: int = 0, world_size: int = 1) -> float:
+    """Accuracy of ``plan`` with inherited weights: select, re-estimate BatchNorm on ``calib``, evaluate.
+    Under torchrun (``world_size`` > 1) every rank re-estimates on the same ``calib`` (the same statistics)
+    and evaluates its shard of the test split; the accuracy is summed over the ranks (``train.evaluate``)."""
     from .train import evaluate
 
     net.select(plan)
     recalibrate_bn(net, calib, device)
-    return float(evaluate(net, bundle, batch_size=batch_size, device=device)["test_acc"])
+    return float(evaluate(net, bundle, batch_size=batch_size, device=device, rank=rank,
+                          world_size=world_size)["test_acc"])
+
+
+def _comm_device(device: torch.device) -> torch.device:
+    """Where a collective's tensors live: the device under NCCL, the CPU under gloo."""
+    import torch.distributed as dist
+
+    return device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def _broadcast_(tensors: Sequence[torch.Tensor], src: int = 0) -> None:
+    """Overwrite ``tensors`` on every rank with rank ``src``'s, in place: one flattened broadcast per dtype."""
+    import torch.distributed as dist
+
+    groups: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault(t.dtype, []).append(t)
+    for group in groups.values():
+        home = group[0].device
+        flat = torch.cat([t.detach().reshape(-1) for t in group]).to(_comm_device(home))
+        dist.broadcast(flat, src)
+        flat, offset = flat.to(home), 0
+        with torch.no_grad():
+            for t in group:
+                t.copy_(flat[offset: offset + t.numel()].view_as(t))
+                offset += t.numel()
+
+
+def _all_reduce_grads(params: Sequence[torch.Tensor], world_size: int, failed: bool = False) -> bool:
+    """Average the gradients of ``params`` over the ``world_size`` ranks in place: DistributedDataParallel's
+    all-reduce, by hand (a sandwich step runs several paths and leaves most candidate layers unused, which
+    DDP's bucketing handles only with ``find_unused_parameters``). A missing gradient counts as zeros; a
+    parameter no rank gave a gradient keeps ``grad = None`` (so weight decay and momentum leave it alone,
+    as in one process). One flattened all-reduce per dtype (one in practice), which also carries a 0/1
+    "has a gradient" flag per parameter and this rank's ``failed``; returns whether any rank failed."""
+    import torch.distributed as dist
+
+    groups: dict[torch.dtype, list[torch.Tensor]] = {}
+    for p in params:
+        groups.setdefault(p.dtype, []).append(p)
+    any_failed = failed
+    for n, group in enumerate(groups.values()):
+        home = group[0].device
+        flags = [float(p.grad is not None) for p in group] + ([float(failed)] if n == 0 else [])
+        flat = torch.cat([p.grad.reshape(-1) if p.grad is not None else p.new_zeros(p.numel()) for p in group]
+                         + [torch.tensor(flags, dtype=group[0].dtype, device=home)]).to(_comm_device(home))
+        dist.all_reduce(flat)  # SUM
+        flat = flat.to(home)
+        total = sum(p.numel() for p in group)
+        summed = flat[total:].tolist()  # how many ranks gave each parameter a gradient (one sync)
+        if n == 0:
+            any_failed = summed.pop() > 0
+        grads = flat[:total].div_(world_size)
+        offset = 0
+        for p, count in zip(group, summed):
+            g = grads[offset: offset + p.numel()].view_as(p)
+            offset += p.numel()
+            if count == 0:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.copy_(g)
+            else:
+                p.grad = g.clone()
+    return any_failed
+
+
+def _all_sum(values: Sequence[float], device: torch.device) -> list[float]:
+    """``values`` summed over the ranks (one all-reduce, float64)."""
+    import torch.distributed as dist
+
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_comm_device(device))
+    dist.all_reduce(t)
+    return t.tolist()
 
 
 def train_supernet(net: Supernet, data, config=None, sandwich: SandwichConfig | None = None, *,
@@ -604,26 +687,36 @@ def train_supernet(net: Supernet, data, config=None, sandwich: SandwichConfig | 
     step).
 
     ``out_dir`` gets ``last.pt`` every epoch (tensors, numbers and strings: ``torch.load(weights_only=True)``),
-    resumed with ``resume=True`` to the same weights as an uninterrupted run (same thread count), and
-    ``metrics.json``. One process (DistributedDataParallel is not supported). Returns the ``TrainResult``."""
+    resumed with ``resume=True`` to the same weights as an uninterrupted run (same thread count, same number
+    of processes), and ``metrics.json``.
+
+    Under ``torchrun --nproc_per_node=N`` it joins the process group (``train._dist``: gloo on the CPU, NCCL
+    on CUDA) and each rank trains on its shard of every epoch (``config.batch_size`` images per rank and
+    step). Not DistributedDataParallel: rank 0's weights and buffers are broadcast at the start, every rank
+    draws the same plans (``step_plans`` depends on (seed, epoch, step) only), and after each step's
+    backward passes (and per-plan clipping) the gradients are averaged over the ranks by hand
+    (``_all_reduce_grads``; a parameter no rank touched keeps no gradient), so the replicas stay identical.
+    A blown-up plan (``skip_loss``) is skipped by the rank whose loss blew up, which then adds zeros for
+    it to the average. BatchNorm running statistics are rank 0's after every epoch; the history's figures
+    and scores are over all ranks. Only rank 0 writes files and prints; resuming takes the same number of
+    processes (the data order depends on it). Returns the ``TrainResult`` (the same on every rank)."""
     from ._device import device_record, resolve_device
     from .data import load_data
-    from .train import (TrainConfig, TrainResult, _atomic_save, _autocast, _cpu, _make_optimizer, _rng_state,
-                        _set_rng_state, _to, check_trainable, distillation_loss, load_checkpoint_state, lr_at,
-                        with_augmentation, write_text_atomic)
+    from .train import (TrainConfig, TrainResult, _atomic_save, _autocast, _cpu, _dist, _make_optimizer,
+                        _rng_state, _set_rng_state, _to, check_trainable, distillation_loss, load_checkpoint_state,
+                        lr_at, with_augmentation, write_text_atomic)
 
     config = config or TrainConfig()
     sandwich = sandwich or SandwichConfig()
     if config.clip_grad_norm is not None and config.amp == "fp16":
         raise ConfigError("supernet training clips each plan's gradient: not with fp16 autocast", "use --amp bf16")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise CondenseError("supernet training runs in one process", "run it without torchrun")
     bundle = load_data(data) if isinstance(data, str) else data
     bundle, augment = with_augmentation(bundle, config)
     device = resolve_device(device)
+    rank, world, distributed = _dist(device)
     out = Path(out_dir) if out_dir is not None else None
     net.select(net.largest_plan())
-    check_trainable(net, bundle, config)
+    check_trainable(net, bundle, config, world)
     if out is not None and out.exists() and not out.is_dir():
         raise CondenseError(f"output {str(out)!r} is a file", "choose a folder for -o")
     ckpt_path = out / "last.pt" if out is not None else None
@@ -643,7 +736,13 @@ def train_supernet(net: Supernet, data, config=None, sandwich: SandwichConfig | 
         if resumed.get("config") != identity:
             raise CondenseError(f"{ckpt_path} was written with other supernet or training options",
                                 "resume with the same options, or start a new -o DIR")
-    if out is not None:
+        saved_world = int(resumed.get("world_size", 1))  # written before multi-process training: one process
+        if saved_world != world:
+            raise CondenseError(f"{ckpt_path} was written by a run of {saved_world} process(es), this one has "
+                                f"{world} (each rank's share of the data depends on it)",
+                                f"resume with {saved_world} process(es) (torchrun --nproc_per_node={saved_world}"
+                                " or none for 1), or start a new -o DIR")
+    if out is not None and rank == 0:
         from ._io import os_error
 
         try:
@@ -671,17 +770,19 @@ def train_supernet(net: Supernet, data, config=None, sandwich: SandwichConfig | 
         _set_rng_state(resumed["rng"])
     calib = calibration_batches(bundle, sandwich.calib_images, sandwich.calib_batch, config.seed) \
         if sandwich.eval_each_epoch else []
+    if distributed:  # replicas start from rank 0's weights and buffers, as DistributedDataParallel's do
+        _broadcast_(list(net.parameters()) + list(net.buffers()))
     params = [p for p in net.parameters() if p.requires_grad]
     accum = [torch.zeros_like(p) for p in params] if config.clip_grad_norm is not None else []
     touched = [False] * len(accum)
-    lines = progress
+    lines = progress and rank == 0
     skip_bound = sandwich.skip_loss * math.log(max(bundle.num_classes, 2)) * sandwich.temperature ** 2
     if resumed is None:
         net.stabilize_()  # the initial stencils are well inside; a given checkpoint's may not be
     t_start = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
         loader = bundle.loader("train", config.batch_size, shuffle=True, augment=augment != "none",
-                               seed=config.seed, epoch=epoch, drop_last=True)
+                               seed=config.seed, epoch=epoch, drop_last=True, rank=rank, world_size=world)
         steps = len(loader) if config.max_steps_per_epoch is None else min(len(loader), config.max_steps_per_epoch)
         net.train()
         loss_sum, small_sum, small_n, correct, seen, t0 = 0.0, 0.0, 0, 0, 0, time.perf_counter()
@@ -698,7 +799,7 @@ def train_supernet(net: Supernet, data, config=None, sandwich: SandwichConfig | 
             plans = step_plans(net, sandwich, config.seed, epoch, step)
             with torch.no_grad():
                 t_logits = teacher(x).float() if teacher is not None else None
-            target = None
+            target, blown = None, None
             # the largest plan's loss at weight 1, the smaller plans' averaged, times distill_weight
             small_weight = sandwich.distill_weight / max(len(plans) - 1, 1)
             for k, plan in enumerate(plans):
@@ -711,9 +812,9 @@ def train_supernet(net: Supernet, data, config=None, sandwich: SandwichConfig | 
                                                config.label_smoothing)
                     target = (t_logits if t_logits is not None else logits).detach()
                     correct += int((logits.argmax(1) == y).sum())
-                    if not torch.isfinite(loss):
-                        raise CondenseError(f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step "
-                                            f"{step + 1} (largest plan)", "lower the learning rate (--lr)")
+                    if not torch.isfinite(loss):  # raised after the all-reduce: every rank stops, none waits
+                        blown = float(loss.detach())
+                        break
                 else:
                     loss = _soft_ce(logits, target, sandwich.temperature)
                     value = float(loss.detach())
@@ -739,11 +840,30 @@ def train_supernet(net: Supernet, data, config=None, sandwich: SandwichConfig | 
                     p.grad = acc.clone() if touched[i] else None
                     acc.zero_()
                     touched[i] = False
+            failed = _all_reduce_grads(params, world, blown is not None) if distributed else blown is not None
+            if failed:
+                where = f"at epoch {epoch + 1}, step {step + 1} (largest plan)"
+                raise CondenseError(f"the loss became {blown} {where}" if blown is not None else
+                                    f"the loss was not finite in another process {where}",
+                                    "lower the learning rate (--lr)")
             scaler.step(optimizer)
             scaler.update()
             rescaled += net.stabilize_()  # explicit RD stencils back inside their stability region
             seen += len(y)
         epoch_time = time.perf_counter() - t0
+        if distributed:  # the epoch's figures over all ranks; every rank holds rank 0's BatchNorm statistics
+            import torch.distributed as dist
+
+            loss_sum, correct, seen, small_sum, small_n = _all_sum([loss_sum, correct, seen, small_sum, small_n],
+                                                                   device)
+            correct, seen, small_n = int(correct), int(seen), int(small_n)
+            gathered: list[Any] = [None] * world
+            dist.all_gather_object(gathered, skipped)
+            skipped = {}
+            for part in gathered:
+                for label, count in part.items():
+                    skipped[label] = skipped.get(label, 0) + count
+            _broadcast_(list(net.buffers()))
         record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1),
                                   "train_acc": correct / max(seen, 1), "distill_loss": small_sum / max(small_n, 1),
                                   "skipped": sum(skipped.values()), "skipped_plans": dict(sorted(skipped.items())),
@@ -751,8 +871,10 @@ def train_supernet(net: Supernet, data, config=None, sandwich: SandwichConfig | 
                                   "images_per_s": seen / max(epoch_time, 1e-9), "epoch_seconds": epoch_time}
         if sandwich.eval_each_epoch:
             with torch.random.fork_rng(devices=[]):
-                record["largest_acc"] = score_plan(net, net.largest_plan(), bundle, calib, device=device)
-                record["smallest_acc"] = score_plan(net, net.smallest_plan(), bundle, calib, device=device)
+                record["largest_acc"] = score_plan(net, net.largest_plan(), bundle, calib, device=device, rank=rank,
+                                                   world_size=world)
+                record["smallest_acc"] = score_plan(net, net.smallest_plan(), bundle, calib, device=device,
+                                                    rank=rank, world_size=world)
             net.train()
         history.append(record)
         if lines:
@@ -762,16 +884,16 @@ def train_supernet(net: Supernet, data, config=None, sandwich: SandwichConfig | 
             print(f"supernet epoch {epoch + 1}/{config.epochs}: loss {record['train_loss']:.4f} distill "
                   f"{record['distill_loss']:.4f}{extra}{skips} | {record['images_per_s']:.0f} img/s, "
                   f"{epoch_time:.1f} s", flush=True)
-        if ckpt_path is not None:
+        if ckpt_path is not None and rank == 0:
             _atomic_save({"model": _cpu(net.state_dict()), "optimizer": _cpu(optimizer.state_dict()),
                           "epoch": epoch + 1, "history": history, "rng": _rng_state(), "config": identity,
-                          "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "device": str(device)},
-                          ckpt_path)
+                          "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "device": str(device),
+                          "world_size": world}, ckpt_path)
     metrics = dict(history[-1]) if history else {}
-    metrics.update({"epochs": config.epochs, "config": config.to_dict(), "sandwich": sandwich.to_dict(),
-                    "data": bundle.name, "augment": augment, **device_record(device),
+    metrics.update({"epochs": config.epochs, "world_size": world, "config": config.to_dict(),
+                    "sandwich": sandwich.to_dict(), "data": bundle.name, "augment": augment, **device_record(device),
                     "train_seconds_this_run": time.perf_counter() - t_start, **net.memory()})
-    if out is not None:
+    if out is not None and rank == 0:
         write_text_atomic(out / "metrics.json", json.dumps({**metrics, "history": history}, indent=2,
                                                            default=str) + "\n")
     net.select(net.largest_plan())

@@ -189,7 +189,7 @@ def test_resume_of_an_interrupted_training_equals_an_uninterrupted_one(tmp_path,
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [h["train_loss"] for h in res_full.history] == [h["train_loss"] for h in res_again.history]
     state = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
-    assert state["epoch"] == 2
+    assert state["epoch"] == 2 and state["world_size"] == 1
     with pytest.raises(condense.CondenseError, match="already holds"):
         train_supernet(_net()[1], bundle, TrainConfig(epochs=2, batch_size=16, max_steps_per_epoch=2),
                        out_dir=tmp_path / "full", progress=False, device="cpu")
@@ -305,11 +305,11 @@ def _ddp_net(seed):
 
 
 DDP_SCRIPT = r"""
-import copy, json, os, sys, torch, torch.distributed as dist
+import copy, json, math, os, sys, types, torch, torch.distributed as dist
 torch.set_num_threads(1)
 sys.path.insert(0, sys.argv[3])
 from test_supernet import DDP_CFG, DDP_SANDWICH, _ddp_net
-import condense._supernet as sn, condense.train as train_module
+import condense, condense._supernet as sn, condense.train as train_module
 from condense import TrainConfig
 from condense._supernet import SandwichConfig, train_supernet
 from condense.data import load_data
@@ -327,6 +327,9 @@ def gather(t):
     dist.all_gather(out, t)
     return out
 
+def figures(history):  # the history without the timings (each rank's own clock)
+    return [{k: v for k, v in h.items() if k not in ("epoch_seconds", "images_per_s")} for h in history]
+
 def gather_object(obj):
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
@@ -343,6 +346,7 @@ init = gather(vec(net, True))
 twin = copy.deepcopy(net)
 train_supernet(net, bundle, cfg1, sw1, progress=False, device="cpu")
 averaged = gather(vec(net, True))
+buffers_same = torch.equal(*gather(vec(net)))  # BatchNorm statistics: rank 0's after the epoch (no scoring here)
 real = sn._all_reduce_grads
 sn._all_reduce_grads = lambda params, world_size, failed=False: failed
 train_supernet(twin, bundle, cfg1, sw1, progress=False, device="cpu")
@@ -350,15 +354,16 @@ sn._all_reduce_grads = real
 alone = gather(vec(twin, True))
 step, mean_alone = averaged[0] - init[0], (alone[0] + alone[1]) / 2 - init[0]
 report.update(start_differs=not torch.equal(init[0], init[1]), same=torch.equal(averaged[0], averaged[1]),
+              buffers_same=buffers_same,
               moved=float(step.abs().max()), control_drift=float((alone[0] - alone[1]).abs().max()),
               vs_mean=float((step - mean_alone).abs().max()))
 
 # 2. two epochs with files, scores, progress lines; rank 1 writes nothing
 writes = []
-for name in ("_atomic_save", "write_text_atomic"):
-    def wrap(obj, path, _real=getattr(train_module, name)):
-        writes.append(os.path.basename(path))
-        return _real(obj, path)
+for name in ("_atomic_save", "write_text_atomic"):  # (obj, path) and (path, text)
+    def wrap(a, b, _real=getattr(train_module, name)):
+        writes.append(os.path.basename(b if isinstance(b, os.PathLike) else a))
+        return _real(a, b)
     setattr(train_module, name, wrap)
 net = _ddp_net(seed=0)
 start = vec(net)
@@ -366,7 +371,8 @@ res = train_supernet(net, bundle, DDP_CFG, DDP_SANDWICH, out_dir=out + "/full", 
 full = vec(net)
 report.update(full_same=torch.equal(*gather(full)), full_moved=not torch.equal(full, start),
               writes=gather_object(writes), world=res.metrics["world_size"],
-              histories_same=all(h == res.history for h in gather_object(res.history)), history=res.history)
+              histories_same=all(h == figures(res.history) for h in gather_object(figures(res.history))),
+              history=res.history)
 
 # 3. interrupted after epoch 1 (in both ranks), resumed by every rank from rank 0's last.pt
 real_lr = train_module.lr_at
@@ -386,6 +392,17 @@ res = train_supernet(net, bundle, DDP_CFG, DDP_SANDWICH, out_dir=out + "/cut", r
                      device="cpu")
 report.update(resumed_equal=all(gather_object(torch.equal(vec(net), full))),
               resumed_history=[h["train_loss"] for h in res.history])
+
+# 4. the largest plan's loss not finite in rank 1 only: both ranks stop with the error (none waits forever)
+if rank == 1:
+    F = sn.F
+    sn.F = types.SimpleNamespace(**{**vars(F), "cross_entropy": lambda *a, **k: F.cross_entropy(*a, **k) * math.nan})
+try:
+    train_supernet(_ddp_net(seed=0), bundle, cfg1, sw1, progress=False, device="cpu")
+    failure = None
+except condense.CondenseError as err:
+    failure = str(err)
+report.update(failures=gather_object(failure))
 if rank == 0:
     print("RESULT " + json.dumps(report))
 dist.destroy_process_group()
@@ -408,7 +425,7 @@ def test_torchrun_two_processes_average_the_gradients_by_hand(tmp_path, data):
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads([t for t in proc.stdout.splitlines() if t.startswith("RESULT ")][-1][len("RESULT "):])
     # rank 0's initial weights broadcast, then identical averaged gradients: identical replicas
-    assert r["start_differs"] and r["same"] and r["moved"] > 1e-4
+    assert r["start_differs"] and r["same"] and r["buffers_same"] and r["moved"] > 1e-4
     # the step is the mean of the two ranks' own steps (to rounding); without the all-reduce it would be one
     # rank's own step, which differs from that mean by half the control run's drift
     assert r["control_drift"] > 1e-3 and r["vs_mean"] < 1e-6 < r["control_drift"] / 1000, r
@@ -424,6 +441,8 @@ def test_torchrun_two_processes_average_the_gradients_by_hand(tmp_path, data):
     assert torch.load(tmp_path / "full" / "last.pt", weights_only=True)["world_size"] == 2
     # resumed by both ranks after an interruption: the uninterrupted run's weights and history
     assert r["resumed_equal"] and r["resumed_history"] == [x["train_loss"] for x in r["history"]]
+    # a non-finite loss in one rank stops both (after the step's all-reduce), with the error
+    assert "not finite in another process" in r["failures"][0] and "the loss became nan" in r["failures"][1]
     # the 2-process checkpoint is not resumed by one process: the data order depends on the process count
     bundle = load_data(data["spec"], input_size="3x16x16", limit_test=32)
     with pytest.raises(condense.CondenseError, match=r"2 process\(es\), this one has 1") as err:
