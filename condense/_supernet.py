@@ -690,8 +690,8 @@ def train_supernet(net: Supernet, data, config=None, sandwich: SandwichConfig | 
     resumed with ``resume=True`` to the same weights as an uninterrupted run (same thread count, same number
     of processes), and ``metrics.json``.
 
-    Under ``torchrun --nproc_per_node=N`` it joins the process group (``train._dist``: gloo on the CPU, NCCL
-    on CUDA) and each rank trains on its shard of every epoch (``config.batch_size`` images per rank and
+    Under ``torchrun --nproc_per_node=N`` it joins the process group (``train.join_process_group``: gloo on
+    the CPU, NCCL on CUDA) and each rank trains on its shard of every epoch (``config.batch_size`` images per rank and
     step). Not DistributedDataParallel: rank 0's weights and buffers are broadcast at the start, every rank
     draws the same plans (``step_plans`` depends on (seed, epoch, step) only), and after each step's
     backward passes (and per-plan clipping) the gradients are averaged over the ranks by hand
@@ -702,7 +702,7 @@ def train_supernet(net: Supernet, data, config=None, sandwich: SandwichConfig | 
     processes (the data order depends on it). Returns the ``TrainResult`` (the same on every rank)."""
     from ._device import device_record, resolve_device
     from .data import load_data
-    from .train import (TrainConfig, TrainResult, _atomic_save, _autocast, _cpu, _dist, _make_optimizer,
+    from .train import (TrainConfig, TrainResult, _atomic_save, _autocast, _cpu, _make_optimizer, join_process_group,
                         _rng_state, _set_rng_state, _to, check_trainable, distillation_loss, load_checkpoint_state,
                         lr_at, with_augmentation, write_text_atomic)
 
@@ -713,7 +713,7 @@ def train_supernet(net: Supernet, data, config=None, sandwich: SandwichConfig | 
     bundle = load_data(data) if isinstance(data, str) else data
     bundle, augment = with_augmentation(bundle, config)
     device = resolve_device(device)
-    rank, world, distributed = _dist(device)
+    rank, world, distributed = join_process_group(device)
     out = Path(out_dir) if out_dir is not None else None
     net.select(net.largest_plan())
     check_trainable(net, bundle, config, world)

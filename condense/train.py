@@ -164,7 +164,7 @@ def _make_optimizer(model: nn.Module, config: TrainConfig):
         raise ConfigError(f"unknown optimizer {config.optimizer!r}", "use sgd or a timm optimizer name") from err
 
 
-def _dist(device: torch.device):
+def join_process_group(device: torch.device):
     """(rank, world_size, is_distributed); joins the process group under torchrun: NCCL for CUDA devices
     (one process per GPU, ``LOCAL_RANK`` picks it), gloo on the CPU."""
     import torch.distributed as dist
@@ -409,7 +409,7 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
     from ._device import device_record, resolve_device
 
     device = resolve_device(device)
-    rank, world, distributed = _dist(device)
+    rank, world, distributed = join_process_group(device)
     out = Path(out_dir) if out_dir is not None else None
     check_trainable(model, bundle, config, world)
     if out is not None and out.exists() and not out.is_dir():

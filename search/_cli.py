@@ -228,7 +228,8 @@ def _search(args, console) -> int:
                              calib_images=args.calib_images)
         result = run_supernet_search(args.model, args.data, output=args.output, supernet=sn, progress=show,
                                      console=console, on_trial=line, finish=finish, **options)
-        _report(result, console)
+        if result is not None:  # None: a torchrun rank other than 0, done after the supernet's training
+            _report(result, console)
         return 0
     result = run_search(args.model, args.data, output=args.output, progress=show, console=console, on_trial=line,
                         finish=finish, **options)

@@ -763,6 +763,9 @@ def run_search(model: str | nn.Module, data: str, *, output: str | os.PathLike |
     many front members and report their final accuracies (``search._finish``; ``SearchResult.finished``).
     Returns a ``SearchResult``; writes the files listed in the module docstring.
     """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise CondenseError("the per-trial search does not run under torchrun",
+                            "start several workers that share one --storage, or use --strategy supernet")
     spec_text = model if isinstance(model, str) else None
     out = Path(output) if output is not None else Path("searches") / _model_name(spec_text)
     config = SearchConfig(model=spec_text, data=str(data), output=str(out), **options)

@@ -20,6 +20,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -31,7 +32,7 @@ from torch import nn
 from condense import CondenseError, ConfigError
 from condense import (SandwichConfig, Supernet, calibration_batches, recalibrate_bn, score_plan,
                       train_supernet)
-from condense.train import TrainConfig, evaluate
+from condense.train import TrainConfig, evaluate, join_process_group
 
 from ._objective import STATUS_DUPLICATE, STATUS_OVER, STATUS_TRAINED, Objective, _same_plan
 from ._study import SearchConfig, SearchResult
@@ -119,6 +120,23 @@ class SupernetObjective(Objective):
         return measure_latency(model, self.input_size, self.latency_setting)
 
 
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _agree(failure: BaseException | None) -> None:
+    """Under torchrun: rank 0's ``failure`` (or None) reaches every rank; rank 0 re-raises it, the others raise
+    a one-line error saying why rank 0 stopped (instead of waiting for it in the first collective)."""
+    import torch.distributed as dist
+
+    box = [None if failure is None else f"{type(failure).__name__}: {failure}"]
+    dist.broadcast_object_list(box, src=0)
+    if failure is not None:
+        raise failure
+    if box[0] is not None:
+        raise CondenseError(f"rank 0 stopped before training: {box[0]}", "see rank 0's message")
+
+
 def _check_strategy(study: optuna.Study, options: SupernetOptions) -> None:
     mine = options.to_dict()
     stored = study.user_attrs.get(_SUPERNET_KEY)
@@ -144,11 +162,14 @@ def supernet_train_config(config: SearchConfig, options: SupernetOptions) -> Tra
 
 def run_supernet_search(model: str | nn.Module, data: str, *, output=None, supernet: SupernetOptions | None = None,
                         progress: bool = True, console=None, on_trial: Callable | None = None,
-                        finish: Any = None, **options: Any) -> SearchResult:
+                        finish: Any = None, **options: Any) -> SearchResult | None:
     """``run_search`` with the supernet strategy: keywords are ``SearchConfig``'s (``epochs_per_trial`` is
     not used) plus ``supernet`` (``SupernetOptions``) and ``finish`` (``FinishConfig``: fine-tune that many front
     members afterwards, from the supernet's weights). Re-running with the same output resumes the
-    supernet's training (if unfinished) and then the study."""
+    supernet's training (if unfinished) and then the study.
+
+    Under ``torchrun --nproc_per_node=N`` the supernet trains on N processes (``train_supernet``); rank 0
+    then scores the plans alone and returns the result, the other ranks return None after training."""
     from . import _study
 
     spec_text = model if isinstance(model, str) else None
@@ -170,28 +191,43 @@ def _run(config: SearchConfig, sn_options: SupernetOptions, model, spec_text, ou
     from . import _study
 
     device = resolve_device(config.device)
+    if finish is not None and _world_size() > 1:
+        raise CondenseError("--finish does not run under torchrun (the supernet's training does)",
+                            "train and score under torchrun, then run the same command with --finish without it")
     p = _study.prepare(config, model, spec_text)
     bundle, original, spec, model_kwargs, size, found = p.bundle, p.original, p.spec, p.model_kwargs, p.size, p.found
     macs0, params0, macs_b, params_b, space = p.macs0, p.params0, p.macs_b, p.params_b, p.space
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # the candidate layers' initial weights depend on the seed only
         net = Supernet(original, found, space)
-    study = _study.open_study(config, out)
-    _check_strategy(study, sn_options)
-    _study._check_same_search(study, config, None)
-    _study._check_same_search(study, config, space)
-    (out / _study.TRIALS).mkdir(parents=True, exist_ok=True)
+    rank, _, distributed = join_process_group(device)
+    study, failure = None, None
+    if rank == 0:  # the study and its checks: one process; the others learn whether to go on
+        try:
+            study = _study.open_study(config, out)
+            _check_strategy(study, sn_options)
+            _study._check_same_search(study, config, None)
+            _study._check_same_search(study, config, space)
+            (out / _study.TRIALS).mkdir(parents=True, exist_ok=True)
+        except Exception as err:  # noqa: BLE001 - re-raised below, after the other ranks are told
+            failure = err
+    if distributed:
+        _agree(failure)
+    elif failure is not None:
+        raise failure
 
     teacher = copy.deepcopy(original).eval() if config.distill else None
     train_cfg = supernet_train_config(config, sn_options)
     sn_dir = out / SUPERNET_DIR
-    if console is not None:
+    if console is not None and rank == 0:
         console.print(f"training the supernet ({sn_options.epochs} epoch(s), sandwich: largest + smallest + "
                           f"{sn_options.random_plans} random plan(s) per step) in {sn_dir}", highlight=False)
     t0 = time.perf_counter()
     result = train_supernet(net, bundle, train_cfg, sn_options.sandwich(), out_dir=sn_dir, teacher=teacher,
                             resume=(sn_dir / "last.pt").exists(), progress=console is not None, device=device)
     train_seconds = time.perf_counter() - t0
+    if rank != 0:
+        return None  # under torchrun, rank 0 alone scores the plans (in seconds each) and writes the study
     net.eval()
     calib = calibration_batches(bundle, sn_options.calib_images, sn_options.calib_batch, config.seed)
 

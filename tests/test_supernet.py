@@ -449,3 +449,42 @@ def test_torchrun_two_processes_average_the_gradients_by_hand(tmp_path, data):
         train_supernet(_ddp_net(seed=0), bundle, DDP_CFG, DDP_SANDWICH, out_dir=tmp_path / "full", resume=True,
                        progress=False, device="cpu")
     assert "--nproc_per_node=2" in err.value.hint
+
+
+def test_search_strategy_supernet_under_torchrun(tmp_path, data):
+    """``torchrun -m condense search --strategy supernet``: the supernet trains on 2 ranks, rank 0 alone scores
+    and writes the study, and both processes exit 0."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "study"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    script = tmp_path / "launch_search.py"
+    script.write_text("import sys\nfrom search import search_main\nsys.exit(search_main(sys.argv[1:]))\n")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), "zoo:resnet_tiny", "--data", data["spec"], "--input-size", "3x16x16",
+                           "--strategy", "supernet", "--supernet-epochs", "1", "--steps-per-epoch", "2",
+                           "--batch-size", "16", "--limit-test", "32", "--calib-images", "16", "--random-plans", "1",
+                           "--trials", "2", "--population", "4", "--budget", "80%", "--device", "cpu",
+                           "--no-progress", "-o", str(out)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "supernet" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    assert proc.stdout.count("Pareto front of") == 1 and proc.stdout.count("training the supernet") == 1
+    assert (out / "front.csv").is_file() and len(pd.read_csv(out / "trials.csv")) >= 2
+
+
+def test_torchrun_refusals(tmp_path, data, monkeypatch):
+    """Under torchrun the per-trial search and --finish are refused before anything is joined or written."""
+    from search import FinishConfig, run_search, run_supernet_search
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(condense.CondenseError, match="per-trial search does not run under torchrun"):
+        run_search("zoo:resnet_tiny", data["spec"], output=tmp_path / "a", trials=1)
+    with pytest.raises(condense.CondenseError, match="--finish does not run under torchrun"):
+        run_supernet_search("zoo:resnet_tiny", data["spec"], output=tmp_path / "b", trials=1, device="cpu",
+                            finish=FinishConfig(top=1))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
