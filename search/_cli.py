@@ -64,6 +64,8 @@ def search_parser() -> argparse.ArgumentParser:
     t.add_argument("--input-size", metavar="CxHxW", help="resize the data to this (default: the data's size)")
     t.add_argument("--checkpoint", metavar="FILE", help="local weights for MODEL (the original)")
     t.add_argument("--distill", action="store_true", help="distil each trial from the original model")
+    t.add_argument("--teacher", metavar="SPEC", help="distil from this model instead (timm:NAME, zoo:NAME, file.py:f)")
+    t.add_argument("--teacher-checkpoint", metavar="FILE", help="local weights for --teacher")
     t.add_argument("--latency", action="store_true", help="also minimise latency measured on this machine")
     t.add_argument("--latency-batch", type=int, default=1, metavar="N", help="batch size for --latency (default 1)")
     t.add_argument("--latency-compiled", action="store_true", help="measure --latency on torch.compile'd models")
@@ -196,7 +198,8 @@ def _search(args, console) -> int:
     options = dict(macs=args.macs, params=args.params, trials=args.trials, epochs_per_trial=args.epochs_per_trial,
                    steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, lr=args.lr,
                    limit_train=args.limit_train, limit_test=args.limit_test, input_size=args.input_size,
-                   checkpoint=args.checkpoint, distill=args.distill, latency=args.latency,
+                   checkpoint=args.checkpoint, distill=args.distill, teacher=args.teacher,
+                   teacher_checkpoint=args.teacher_checkpoint, latency=args.latency,
                    latency_batch=args.latency_batch, latency_compiled=args.latency_compiled, sampler=args.sampler,
                    population=args.population, seed=args.seed, device=args.device, layers=args.layers, K=args.K,
                    storage=args.storage,

@@ -72,9 +72,14 @@ _MAX_FAILURES = 10  # consecutive failed trials of one worker that stop it
 _OVER_FACTOR = 10   # a search also stops after 10 x trials plans over budget or duplicate (space exhausted)
 # the options that define what a trial measures: a study resumed with others would mix incomparable trials
 _IDENTITY = ("model", "checkpoint", "data", "limit_train", "limit_test", "input_size", "macs", "params",
-             "epochs_per_trial", "steps_per_epoch", "batch_size", "lr", "distill", "latency", "latency_batch",
-             "latency_compiled", "sampler",
-             "population", "layers", "K")
+             "epochs_per_trial", "steps_per_epoch", "batch_size", "lr", "distill", "teacher", "teacher_checkpoint",
+             "latency", "latency_batch", "latency_compiled", "sampler", "population", "layers", "K")
+
+
+def _spec_identity(spec: str) -> str:
+    """A model spec as a study's identity holds it: ``file.py:factory`` by file name only."""
+    path, _, factory = spec.rpartition(":")
+    return f"{Path(path).name}:{factory}" if path.endswith(".py") else spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +101,8 @@ class SearchConfig:
     input_size: tuple[int, int, int] | None = None   # resize the data to this (default: the data's size)
     checkpoint: str | None = None          # local weights for the original model
     distill: bool = False                  # distil each trial from the original model
+    teacher: str | None = None             # ... or from this model (a spec; implies distillation)
+    teacher_checkpoint: str | None = None  # local weights for the teacher
     latency: bool = False                  # also minimise measured latency on this machine
     latency_batch: int = 1                 # ... at this batch size
     latency_compiled: bool = False         # ... of the torch.compile'd model (default eager)
@@ -141,6 +148,8 @@ class SearchConfig:
         for field in ("macs", "params"):
             if getattr(self, field) is not None:
                 parse_budget(getattr(self, field))
+        if self.teacher_checkpoint is not None and self.teacher is None:
+            bad("teacher_checkpoint", "needs a teacher model (--teacher SPEC)")
         if self.input_size is not None:
             object.__setattr__(self, "input_size", tuple(parse_input_size(self.input_size)))
         if self.layers is not None:
@@ -161,14 +170,16 @@ class SearchConfig:
         d = self.to_dict()
         out = {k: d[k] for k in _IDENTITY}
         if out["model"]:
-            path, _, factory = out["model"].rpartition(":")
-            if path.endswith(".py"):  # file.py:factory
-                out["model"] = f"{Path(path).name}:{factory}"
+            out["model"] = _spec_identity(out["model"])
         kind, sep, path = out["data"].partition(":")
         if sep:
             out["data"] = f"{kind}:{Path(path).name}"
         if out["checkpoint"]:
             out["checkpoint"] = Path(out["checkpoint"]).name
+        if out["teacher"]:  # a study stored before these options reads None for them: it still resumes
+            out["teacher"] = _spec_identity(out["teacher"])
+        if out["teacher_checkpoint"]:
+            out["teacher_checkpoint"] = Path(out["teacher_checkpoint"]).name
         return out
 
     @property
@@ -795,6 +806,19 @@ class Prepared:
     space: SearchSpace
 
 
+def make_teacher(config: SearchConfig, p: Prepared) -> nn.Module | None:
+    """The model trials (and the supernet's plans) are distilled from: ``--teacher`` (with its checkpoint and
+    the data's classes, built under the study seed), else the original with ``--distill``, else None."""
+    if config.teacher is None:
+        return copy.deepcopy(p.original).eval() if config.distill else None
+    from condense import resolve_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        r = resolve_model(config.teacher, checkpoint=config.teacher_checkpoint, num_classes=p.bundle.num_classes)
+    return r.model.eval()
+
+
 def prepare(config: SearchConfig, model, spec_text) -> Prepared:
     """Everything that can be checked, checked before the study (and the output folder) is created: the
     device, the data, the model, the budgets (reachable by some plan of the space)."""
@@ -828,7 +852,7 @@ def _run(config: SearchConfig, model, spec_text, out: Path, progress: bool, cons
     _check_same_search(study, config, space)
     (out / TRIALS).mkdir(parents=True, exist_ok=True)
 
-    teacher = copy.deepcopy(original).eval() if config.distill else None
+    teacher = make_teacher(config, p)
     objective = Objective(space=space, model=original, found=found, data=bundle, train_config=_train_config(config),
                           trials_dir=out / TRIALS, macs_before=macs0, params_before=params0, macs_budget=macs_b,
                           params_budget=params_b, teacher=teacher, latency=config.latency,

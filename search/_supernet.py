@@ -16,7 +16,6 @@ so the front, the plot, ``condense compare`` and ``condense export`` treat it as
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
@@ -216,7 +215,7 @@ def _run(config: SearchConfig, sn_options: SupernetOptions, model, spec_text, ou
     elif failure is not None:
         raise failure
 
-    teacher = copy.deepcopy(original).eval() if config.distill else None
+    teacher = _study.make_teacher(config, p)
     train_cfg = supernet_train_config(config, sn_options)
     sn_dir = out / SUPERNET_DIR
     if console is not None and rank == 0:

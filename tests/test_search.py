@@ -524,3 +524,32 @@ def test_a_full_disk_during_a_search_is_one_line_and_the_journal_stays_readable(
         assert optuna.get_all_study_names(storage)  # readable after the failure
     finally:
         sp.run(["umount", "-l", str(fs)], capture_output=True)
+
+
+def test_teacher_is_built_from_its_spec_and_is_part_of_the_study(env, tmp_path, monkeypatch, capsys):
+    """--teacher SPEC: every trial is distilled from that model (with its checkpoint); a resume with another
+    teacher is refused; --teacher-checkpoint alone is an error."""
+    seen = []
+    real = objective_module.train
+
+    def spy(model, data, config, teacher=None, **kw):
+        seen.append(teacher)
+        return real(model, data, config, teacher=teacher, **kw)
+
+    monkeypatch.setattr(objective_module, "train", spy)
+    torch.manual_seed(5)
+    teacher = condense.build_model(env["model"], num_classes=10)
+    torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
+    kw = dict(trials=1, progress=False, reference=False, enqueue_fit=False, **{**FAST, "population": 3})
+    out = tmp_path / "s"
+    run_search(env["model"], env["data"], output=out, teacher=env["model"],
+               teacher_checkpoint=str(tmp_path / "teacher.pt"), **kw)
+    assert seen and all(t is not None for t in seen)
+    for a, b in zip(seen[0].state_dict().values(), teacher.state_dict().values()):
+        assert torch.equal(a, b)  # the teacher's own weights, not the original's
+    info = json.loads((out / "trials" / "0" / "condensed.json").read_text())["search"]
+    assert info["distilled"] is True
+    with pytest.raises(condense.CondenseError, match="teacher"):
+        run_search(env["model"], env["data"], output=out, **kw)  # same study, no teacher
+    with pytest.raises(condense.ConfigError, match="teacher_checkpoint"):
+        run_search(env["model"], env["data"], output=tmp_path / "t", teacher_checkpoint="x.pt", **kw)
