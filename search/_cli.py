@@ -327,6 +327,10 @@ def _compare(args, console) -> None:
     from ._compare import _load, compare_studies
     from ._pareto import write_csv
 
+    for given in (args.plot, args.csv):  # a bad output path: an error before anything is computed or written
+        if given and not Path(given).resolve().parent.is_dir():
+            raise CondenseError(f"{given}: the folder {str(Path(given).parent)!r} does not exist",
+                                "create it, or write the file elsewhere")
     df = compare_studies(args.study_dirs, finished=args.finished)
     covers = [c for c in df.columns if c.startswith("covers[")]
     table = Table("study", "sampler", "feasible trials", "front", "hypervolume", "best accuracy",
@@ -345,9 +349,12 @@ def _compare(args, console) -> None:
         from ._plot import plot_fronts
 
         loaded = {Path(d).name: _load(Path(d), args.finished) for d in args.study_dirs}
-        reference = next(iter(loaded.values()))[0].get("reference")
+        reference = dict(next(iter(loaded.values()))[0].get("reference") or {})
+        if args.finished:  # the original's search score is not comparable with fine-tuned accuracies
+            reference.pop("accuracy", None)
         path = plot_fronts({n: t for n, (_, t) in loaded.items()}, args.plot, reference=reference,
-                           title="finished fronts: accuracy vs MACs" if args.finished else "fronts: accuracy vs MACs")
+                           title="finished fronts: accuracy vs MACs" if args.finished else "fronts: accuracy vs MACs",
+                           ylabel="accuracy (fine-tuned)" if args.finished else "accuracy (search score)")
         console.print(f"plot: {path}", highlight=False)
 
 

@@ -187,7 +187,8 @@ def finish_front(front: pd.DataFrame, study_dir: str | Path, original: nn.Module
             if (root / "search.json").is_file() else None
         files["finished plot"] = plot_front(table.assign(status="trained"), root / "finished.png",
                                             reference={k: v for k, v in (reference or {}).items() if k != "accuracy"},
-                                            title=f"finished front members ({train_cfg.epochs} epochs each)")
+                                            title=f"finished front members ({train_cfg.epochs} epochs each)",
+                                            ylabel="accuracy (fine-tuned)")
     except ImportError:
         pass
     return FinishResult(table=table, tau=tau, files=files)

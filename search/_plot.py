@@ -16,7 +16,7 @@ __all__ = ["plot_front", "plot_fronts"]
 
 
 def plot_front(trials: pd.DataFrame, path: str | os.PathLike, *, reference: dict[str, Any] | None = None,
-               title: str | None = None, dpi: int = 120) -> Path:
+               title: str | None = None, dpi: int = 120, ylabel: str = "accuracy (search score)") -> Path:
     """Write accuracy vs MACs to ``path`` (PNG): trained trials (grey), the front (a staircase, labelled
     with trial numbers), the original model (a star; a dotted line if its accuracy is unknown) and the MAC
     budget (a dashed line). Needs matplotlib (``pip install condense[plot]``)."""
@@ -48,11 +48,11 @@ def plot_front(trials: pd.DataFrame, path: str | os.PathLike, *, reference: dict
             ax.axvline(x, c="tab:red", ls=":", lw=1.2, label="original model (MACs)")
     if reference.get("macs_budget"):
         ax.axvline(reference["macs_budget"] / scale, c="0.3", ls="--", lw=1, label="MAC budget")
-    return _finish(fig, ax, unit, title, path, dpi)
+    return _finish(fig, ax, unit, title, path, dpi, ylabel)
 
 
 def plot_fronts(studies: dict[str, pd.DataFrame], path: str | os.PathLike, *, reference: dict[str, Any] | None = None,
-                title: str | None = None, dpi: int = 120) -> Path:
+                title: str | None = None, dpi: int = 120, ylabel: str = "accuracy (search score)") -> Path:
     """Several searches of one model in one PNG: each study's trained trials (small, faint) and its front
     (a staircase), one colour per study, the original model marked. ``studies``: name -> trials frame."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -79,13 +79,13 @@ def plot_fronts(studies: dict[str, pd.DataFrame], path: str | os.PathLike, *, re
                        zorder=5)
         else:
             ax.axvline(reference["macs"] / scale, c="tab:red", ls=":", lw=1.2, label="original model (MACs)")
-    return _finish(fig, ax, unit, title, path, dpi)
+    return _finish(fig, ax, unit, title, path, dpi, ylabel)
 
 
-def _finish(fig, ax, unit: str, title: str | None, path: str | os.PathLike, dpi: int) -> Path:
+def _finish(fig, ax, unit: str, title: str | None, path: str | os.PathLike, dpi: int, ylabel: str) -> Path:
     """Axes labels, grid, title and legend; then write the PNG atomically (a finished file or none)."""
     ax.set_xlabel(f"MACs ({unit})")
-    ax.set_ylabel("accuracy (proxy training)")
+    ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     if title:
         ax.set_title(title, fontsize=10)
@@ -94,8 +94,14 @@ def _finish(fig, ax, unit: str, title: str | None, path: str | os.PathLike, dpi:
     fig.tight_layout()
     out = Path(path)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    os.replace(tmp, out)
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, out)
+    except OSError as err:
+        from condense import os_error
+
+        tmp.unlink(missing_ok=True)
+        raise os_error(err, out) from None
     return out
 
 

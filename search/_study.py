@@ -804,18 +804,19 @@ class Prepared:
     macs_b: float | None
     params_b: float | None
     space: SearchSpace
+    teacher: nn.Module | None = None
 
 
-def make_teacher(config: SearchConfig, p: Prepared) -> nn.Module | None:
+def make_teacher(config: SearchConfig, original: nn.Module, num_classes: int) -> nn.Module | None:
     """The model trials (and the supernet's plans) are distilled from: ``--teacher`` (with its checkpoint and
     the data's classes, built under the study seed), else the original with ``--distill``, else None."""
     if config.teacher is None:
-        return copy.deepcopy(p.original).eval() if config.distill else None
+        return copy.deepcopy(original).eval() if config.distill else None
     from condense import resolve_model
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        r = resolve_model(config.teacher, checkpoint=config.teacher_checkpoint, num_classes=p.bundle.num_classes)
+        r = resolve_model(config.teacher, checkpoint=config.teacher_checkpoint, num_classes=num_classes)
     return r.model.eval()
 
 
@@ -829,6 +830,7 @@ def prepare(config: SearchConfig, model, spec_text) -> Prepared:
     bundle = load_data(config.data, limit_train=config.limit_train, limit_test=config.limit_test,
                        input_size=config.input_size)
     original, spec, model_kwargs = _build_original(config, None if spec_text else model, bundle.num_classes)
+    teacher = make_teacher(config, original, bundle.num_classes)
     size = tuple(bundle.input_size)
     found = find_runs(original, size)
     macs0, params0 = found.total_macs, found.total_params
@@ -839,7 +841,8 @@ def prepare(config: SearchConfig, model, spec_text) -> Prepared:
     space = build_space(found, layers=config.layers, K=config.K)
     if macs_b is not None or params_b is not None:
         _check_reachable(original, size, space, config)
-    return Prepared(bundle, original, spec, model_kwargs, size, found, macs0, params0, macs_b, params_b, space)
+    return Prepared(bundle, original, spec, model_kwargs, size, found, macs0, params0, macs_b, params_b, space,
+                    teacher)
 
 
 def _run(config: SearchConfig, model, spec_text, out: Path, progress: bool, console, on_trial,
@@ -852,7 +855,7 @@ def _run(config: SearchConfig, model, spec_text, out: Path, progress: bool, cons
     _check_same_search(study, config, space)
     (out / TRIALS).mkdir(parents=True, exist_ok=True)
 
-    teacher = make_teacher(config, p)
+    teacher = p.teacher
     objective = Objective(space=space, model=original, found=found, data=bundle, train_config=_train_config(config),
                           trials_dir=out / TRIALS, macs_before=macs0, params_before=params0, macs_budget=macs_b,
                           params_budget=params_b, teacher=teacher, latency=config.latency,

@@ -215,7 +215,7 @@ def _run(config: SearchConfig, sn_options: SupernetOptions, model, spec_text, ou
     elif failure is not None:
         raise failure
 
-    teacher = _study.make_teacher(config, p)
+    teacher = p.teacher
     train_cfg = supernet_train_config(config, sn_options)
     sn_dir = out / SUPERNET_DIR
     if console is not None and rank == 0:

@@ -125,3 +125,52 @@ def test_compare_finished(study, tmp_path, capsys):
     capsys.readouterr()
     assert compare_main([str(other), "--finished"]) == 1
     assert "--finish N" in capsys.readouterr().err
+
+
+def test_an_interrupted_finish_keeps_finished_members_and_resumes(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while the second member fine-tunes: exit 130, the front is reported, the first member's files are
+    complete; the same command then fine-tunes only the second one."""
+    import search._finish as finish_module
+
+    tiny_mnist(tmp_path / "mnist.npz", n_train=128, n_test=64)
+    argv = ["zoo:resnet_tiny", "--data", f"mnist:{tmp_path / 'mnist.npz'}", "--input-size", "3x16x16",
+            "--epochs-per-trial", "1", "--steps-per-epoch", "2", "--batch-size", "16", "--limit-test", "32",
+            "--trials", "6", "--population", "4", "--budget", "80%", "--no-progress", "-o", str(tmp_path / "st"),
+            "--finish", "2", "--finish-epochs", "1"]
+    real, calls = finish_module.train, []
+
+    def interrupted_second(model, data, config, **kw):
+        calls.append(kw["out_dir"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(model, data, config, **kw)
+
+    monkeypatch.setattr(finish_module, "train", interrupted_second)
+    assert search_main(argv) == 130
+    out = capsys.readouterr().out
+    assert "Pareto front of" in out and "interrupted" in out
+    members = pick_members(pd.read_csv(tmp_path / "st" / "front.csv"), 2)
+    if len(members) < 2:
+        pytest.skip("this tiny search's front has one member")  # not expected with these seeds
+    first = tmp_path / "st" / "finished" / str(members[0])
+    assert (first / "model" / "condensed.json").is_file() and not (tmp_path / "st" / "finished.csv").exists()
+    mtime = (first / "metrics.json").stat().st_mtime_ns
+    calls.clear()
+    monkeypatch.setattr(finish_module, "train", lambda *a, **kw: (calls.append(kw["out_dir"]), real(*a, **kw))[1])
+    assert search_main(argv) == 0
+    assert calls == [tmp_path / "st" / "finished" / str(members[1])]  # only the unfinished member trained
+    assert (first / "metrics.json").stat().st_mtime_ns == mtime
+    assert list(pd.read_csv(tmp_path / "st" / "finished.csv")["trial"]) == members
+
+
+def test_bad_teacher_or_plot_path_leaves_nothing_behind(tmp_path, capsys):
+    tiny_mnist(tmp_path / "mnist.npz", n_train=64, n_test=32)
+    base = ["zoo:resnet_tiny", "--data", f"mnist:{tmp_path / 'mnist.npz'}", "--input-size", "3x16x16",
+            "--trials", "1", "--no-progress", "-o", str(tmp_path / "st")]
+    assert search_main(base + ["--teacher", "zoo:no_such_model"]) == 1
+    assert search_main(base + ["--teacher", "zoo:resnet_tiny", "--teacher-checkpoint", str(tmp_path / "no.pt")]) == 1
+    assert not (tmp_path / "st").exists()
+    err = capsys.readouterr().err
+    assert err.count("error:") == 2 and "Traceback" not in err
+    assert compare_main([str(tmp_path), "--plot", str(tmp_path / "missing" / "x.png")]) == 1
+    assert "does not exist" in capsys.readouterr().err
