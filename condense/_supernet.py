@@ -227,7 +227,8 @@ class Supernet(nn.Module):
         dense = [r.path for r in self.runs if r.kind == "dense"]
         if dense:
             raise CondenseError(f"run(s) {', '.join(map(repr, dense))} concatenate their blocks' outputs "
-                                "(DenseNet): the supernet cannot pass them through", "use the per-trial search")
+                                "(DenseNet): the supernet cannot pass them through",
+                                "use the per-trial search (--strategy trials)")
         x = torch.randn((1, *self.input_size), generator=torch.Generator().manual_seed(0))
         p = next(iter(model.parameters()), None)
         if p is not None and p.is_floating_point():

@@ -606,6 +606,9 @@ def test_channels_last_maps_are_solved_in_place_and_match(shape, boundary):
 
 
 def test_inference_keeps_folded_weights_until_a_weight_or_statistic_changes():
+    """Kept between calls, refolded after any change: in place, of the storage, or by a train-mode forward
+    (which moves the running statistics without bumping their version counters, only
+    ``num_batches_tracked``'s)."""
     from condense.pde._base import fold_batchnorm
 
     shape = (2, 8, 6, 7)
@@ -620,14 +623,17 @@ def test_inference_keeps_folded_weights_until_a_weight_or_statistic_changes():
         torch.testing.assert_close(net.folded()[0], fold_batchnorm(net[0], net[1])[0])
         net[0].weight.add_(0.5)
         changed_w = layer(x)
+        layer.train()(3 * torch.randn(*shape, dtype=torch.float64))  # moves the statistics, versions unbumped
+        moved = layer.eval()(x)
     assert not torch.allclose(before, changed) and not torch.allclose(changed, changed_w)
+    assert not torch.allclose(changed_w, moved)
     with torch.enable_grad():  # with autograd nothing is kept: the reference for the kept path
-        torch.testing.assert_close(layer(x).detach(), changed_w)
+        torch.testing.assert_close(layer(x).detach(), moved)
     layer.float()  # new storage and dtype: refolded
     with torch.no_grad():
         got = layer(x.float())
     assert got.dtype == torch.float32
-    torch.testing.assert_close(got, changed_w.float(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got, moved.float(), rtol=1e-4, atol=1e-4)
 
 
 @needs_kernel

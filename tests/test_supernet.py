@@ -87,6 +87,50 @@ def test_selected_path_computes_exactly_what_the_exported_model_computes(built):
         assert torch.equal(net(x), ref(x))
 
 
+TIMM = [("mobilenetv2_100", {}, (3, 32, 32)),                           # inverted residuals
+         ("rexnet_100", {}, (3, 32, 32)),                                # growing runs (GrowingTail)
+         ("swin_tiny_patch4_window7_224", dict(img_size=64, window_size=4, embed_dim=16, depths=(2, 4, 2),
+                                               num_heads=(1, 2, 4)), (3, 64, 64))]  # channels-last (NHWC) runs
+
+
+@pytest.mark.parametrize("name,kwargs,size", TIMM, ids=[t[0].split("_")[0] for t in TIMM])
+def test_timm_selected_path_computes_exactly_what_the_exported_model_computes(name, kwargs, size):
+    """As above on timm models, with a train-mode forward between two eval-mode ones, as sandwich training
+    between scorings: a BatchNorm folded into its conv in eval mode (``ConvNormAct``: the Global layer's
+    velocity and diffusion nets, a growing tail's projection) was cached past the running statistics the
+    train-mode forward moved (BatchNorm does not bump their version counters), so the path computed with
+    stale statistics and its standalone model with the current ones."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    net = condense.supernet(timm.create_model(name, pretrained=False, num_classes=10, **kwargs), input_size=size,
+                            K=(1, 4))
+    with torch.no_grad():  # candidate layers unlike their (partly zero) initialisation
+        g = torch.Generator().manual_seed(1)
+        for p in net.candidates.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    x, xt = (torch.randn(n, *size, generator=torch.Generator().manual_seed(n)) for n in (2, 4))
+    runs = [r.path for r in net.runs]
+    plans = [net.smallest_plan(random.Random(0)), net.random_plan(random.Random(1)),
+             Plan({p: RunChoice(m=1, layer="global", init="block", options={"K": 3, "velocity": "separable",
+                                                                           "diffusion": "dwconv", "source": "residual"})
+                   for p in runs}),
+             Plan({p: RunChoice(m=r.r - 1, layer="implicit_rd", init="input", options={"K": 2})
+                   for p, r in zip(runs, net.runs)})]
+    for plan in plans:
+        net.select(plan).eval()
+        with torch.no_grad():
+            net(x)
+            net.train()(xt)  # moves this path's BatchNorm statistics
+            a = net.eval()(x)
+            standalone = net.extract(plan).eval()
+            assert torch.equal(a, standalone(x)), plan
+            with torch.random.fork_rng(devices=[]):  # train mode too (drop-path draws the same numbers)
+                torch.manual_seed(7)
+                a = net.train()(xt)
+                torch.manual_seed(7)
+                assert torch.equal(a, standalone.train()(xt)), plan
+
+
 def test_candidate_layers_are_shared_and_K_is_elastic(built):
     model, net = built
     cands = net.candidates["run0"]

@@ -139,7 +139,9 @@ class ConvNormAct(nn.Sequential):
 
     In eval mode a BatchNorm is folded into the convolution on the fly (one pass over the map instead of
     two); the result equals conv -> norm up to rounding. Without autograd (inference) the folded weights
-    are kept until a weight, statistic or their storage changes, instead of being refolded every call.
+    are kept until a weight, statistic or their storage changes, instead of being refolded every call (a
+    train-mode forward updates the running statistics without bumping their version counters, but it
+    bumps ``num_batches_tracked``'s, so that is part of the key).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -155,7 +157,8 @@ class ConvNormAct(nn.Sequential):
                    or _fx_symbolic_tracing())
         if torch.is_grad_enabled() or tracing:  # traced graphs (and counts) keep the folding ops
             return fold_batchnorm(conv, norm)
-        parts = (conv.weight, conv.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var)
+        parts = (conv.weight, conv.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var,
+                 norm.num_batches_tracked)
         key = (norm.eps, *((id(t), t._version, t.data_ptr(), t.dtype, t.device) if t is not None else None
                            for t in parts))
         cached = self.__dict__.get("_folded_cache")
