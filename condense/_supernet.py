@@ -22,7 +22,7 @@ one residual source per run, whatever the other choices. ``init="block"``: the l
 block m itself (its shared weights), as the rewrite's copy of block m is.
 
 Sandwich rule (Yu et al., BigNAS): every step trains the largest plan (the original) on the labels (or
-distilled from ``teacher``), the smallest plan (m = 1 in every run, the lowest K, the other choices
+distilled from ``teacher``), the smallest plan (m = 1 in every run, the lowest K, init="input", the other choices
 drawn) and ``random_plans`` random plans of the space, distilled in place from the largest plan's outputs
 (or from the teacher); the plans of a step depend only on (seed, epoch, step), so a resumed run draws the
 same ones. The largest plan's loss counts once and the smaller plans' losses are averaged (summed, the 3
@@ -376,10 +376,13 @@ class Supernet(nn.Module):
         if smallest:
             for run in self.space.runs:
                 params[self.space.on_name(run)] = True
+            if "input" in getattr(self.space, "inits", ()):  # init=block would still run block m
+                params["init"] = "input"
         return self.space.plan(params)
 
     def smallest_plan(self, rng: random.Random | None = None):
-        """m = 1 in every run, the lowest K; layer type and options drawn from ``rng`` (default seed 0)."""
+        """m = 1 in every run, the lowest K, ``init="input"`` (``block`` would still run block m); layer type
+        and options drawn from ``rng`` (default seed 0), so every layer type is trained at its smallest."""
         return self._draw(rng or random.Random(0), smallest=True)
 
     def random_plan(self, rng: random.Random):

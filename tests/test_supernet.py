@@ -180,6 +180,9 @@ def test_sandwich_step_trains_every_sampled_path_and_nothing_else(data):
     assert unused and not (unused & changed)                       # candidates no plan used: untouched
     assert len(plans) == 4 and not plans[0].choices                # largest (the original), smallest, 2 random
     assert all(c.m == 1 for c in plans[1].choices.values()) and len(plans[1].choices) == len(net.runs)
+    # the smallest plan starts its layers from the input (init=block would still run block m), at the lowest K
+    smallest = [net.smallest_plan(random.Random(s)) for s in range(6)]
+    assert all(c.init == "input" and c.options["K"] == net.space.K[0] for p in smallest for c in p.choices.values())
 
 
 def test_export_and_load_round_trip(tmp_path, built):
