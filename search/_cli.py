@@ -209,8 +209,8 @@ def _search(args, console) -> int:
     if args.distill and not args.checkpoint:
         console.print("[yellow]note:[/] --distill without --checkpoint distils from an untrained original")
     if args.strategy == "supernet" and not args.checkpoint:
-        console.print("[yellow]note:[/] the supernet starts from an untrained original; started from trained weights "
-                      "(--checkpoint) it ranked plans better (README, supernet strategy)", highlight=False)
+        console.print("[yellow]note:[/] the supernet starts from an untrained original; give its trained weights "
+                      "with --checkpoint (the largest plan is the original)", highlight=False)
     show = not args.no_progress and console.is_terminal
     finish = None
     if args.finish is not None:
