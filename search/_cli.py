@@ -22,8 +22,9 @@ several workers may share one study with --storage postgresql://... (same --stud
 
 examples:
   condense search timm:resnet18 --data cifar10:data/cifar10.tar.gz --budget 1G --trials 40 --epochs-per-trial 1
-  condense search zoo:resnet32 --data cifar10:PATH --budget 40%% --show-space
+  condense search zoo:resnet32 --data cifar10:PATH --budget 40% --show-space
   condense search timm:resnet18 --data cifar10:PATH --budget 1G --storage postgresql://u:p@host/db
+  condense search zoo:resnet32 --data cifar10:PATH --budget 40% --strategy supernet --checkpoint r32.pth --finish 3
   condense export searches/resnet18 --trial 12 -o out/resnet18-t12
   condense compare searches/resnet18 searches/resnet18-random --plot fronts.png
   optuna-dashboard searches/resnet18/study.journal
