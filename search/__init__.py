@@ -27,7 +27,7 @@ from ._cli import compare_main, export_main, search_main
 from ._compare import compare_studies, hypervolume
 from ._export import ExportResult, export_trial
 from ._finish import FinishConfig, FinishResult, finish_front, kendall_tau
-from ._objective import Objective, measure_latency
+from ._objective import Objective, build_plan, measure_latency
 from ._pareto import front_frame, front_table, trials_frame, write_csv
 from ._plot import plot_front, plot_fronts
 from ._space import Param, RunSpace, SearchSpace, build_space
@@ -39,7 +39,7 @@ __all__ = [
     "run_search", "SearchConfig", "SearchResult",
     "run_supernet_search", "SupernetOptions", "SupernetObjective",
     "SearchSpace", "RunSpace", "Param", "build_space",
-    "open_study", "study_from_dir", "load_config", "recover_stale_trials", "Objective", "measure_latency",
+    "open_study", "study_from_dir", "load_config", "recover_stale_trials", "Objective", "build_plan", "measure_latency",
     "trials_frame", "front_frame", "write_csv", "front_table", "plot_front", "plot_fronts",
     "compare_studies", "hypervolume",
     "export_trial", "ExportResult",

@@ -130,10 +130,11 @@ def _done(directory: Path, config: TrainConfig) -> dict[str, Any] | None:
 
 def finish_front(front: pd.DataFrame, study_dir: str | Path, original: nn.Module, data, config: FinishConfig, *,
                  batch_size: int, lr: float, seed: int, teacher: nn.Module | None = None, device: Any = "auto",
-                 console=None, progress: bool = True) -> FinishResult:
+                 reference: dict[str, Any] | None = None, console=None, progress: bool = True) -> FinishResult:
     """Fine-tune ``config.top`` members of ``front`` (a ``front_frame``) from their saved models in
     ``study_dir/trials/<N>/`` and write the files named in the module docstring. ``original``: the search's
-    uncondensed model (the saved directories are rebuilt on it, so no file is imported from them)."""
+    uncondensed model (the saved directories are rebuilt on it, so no file is imported from them).
+    ``reference``: the search's figures of the original (its MACs and the budget are marked in the plot)."""
     from ._pareto import write_csv
 
     root = Path(study_dir)
@@ -183,8 +184,6 @@ def finish_front(front: pd.DataFrame, study_dir: str | Path, original: nn.Module
     try:
         from ._plot import plot_front
 
-        reference = json.loads((root / "search.json").read_text()).get("reference") \
-            if (root / "search.json").is_file() else None
         files["finished plot"] = plot_front(table.assign(status="trained"), root / "finished.png",
                                             reference={k: v for k, v in (reference or {}).items() if k != "accuracy"},
                                             title=f"finished front members ({train_cfg.epochs} epochs each)",

@@ -27,7 +27,7 @@ from condense import CondenseError, LatencySetting, Plan, PlanCosts, macs_and_pa
 from condense import measure_latency as _measure
 from condense.train import TrainConfig, train
 
-__all__ = ["Objective", "OBJECTIVES", "objective_names", "measure_latency"]
+__all__ = ["Objective", "OBJECTIVES", "objective_names", "measure_latency", "build_plan"]
 
 # name, direction; latency is appended when measured
 OBJECTIVES: tuple[tuple[str, str], ...] = (("accuracy", "maximize"), ("macs", "minimize"), ("params", "minimize"))
@@ -62,6 +62,18 @@ def objective_directions(latency: bool) -> list[str]:
 
 
 measure_latency = _measure  # one measurer: the search's latency objective is the latency budget's
+
+
+def build_plan(model: nn.Module, found, plan: Plan, seed: int) -> nn.Module:
+    """The condensed model of ``plan`` as a search trial builds it (a fresh copy of ``model`` if the plan changes
+    nothing). The new layers' initial weights depend only on (``seed``, the plan), so a plan (or its retry)
+    always starts from the same weights, and training (seeded) repeats its accuracy."""
+    if not plan.choices:
+        return copy.deepcopy(model)
+    key = json.dumps([seed, plan.to_dict()], sort_keys=True, default=str).encode()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little") % 2**63)
+        return rewrite(model, found, plan.choices).module
 
 
 @dataclasses.dataclass
@@ -100,15 +112,8 @@ class Objective:
             self.phase(f"trial {trial.number}: {what}")
 
     def build(self, plan: Plan) -> nn.Module:
-        """The condensed model of ``plan`` (a fresh copy of the original if the plan changes nothing). The new
-        layers' initial weights depend only on (``seed``, the plan), so a plan (or its retry) always starts
-        from the same weights, and training (seeded by ``train_config.seed``) repeats its accuracy."""
-        if not plan.choices:
-            return copy.deepcopy(self.model)
-        key = json.dumps([self.seed, plan.to_dict()], sort_keys=True, default=str).encode()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little") % 2**63)
-            return rewrite(self.model, self.found, plan.choices).module
+        """The condensed model of ``plan`` (``build_plan`` with the study's seed)."""
+        return build_plan(self.model, self.found, plan, self.seed)
 
     def estimate(self, plan: Plan) -> tuple[int, int] | None:
         """MACs and parameters of ``plan``'s model from counts already made (``condense.PlanCosts``, the

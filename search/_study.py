@@ -76,6 +76,11 @@ _IDENTITY = ("model", "checkpoint", "data", "limit_train", "limit_test", "input_
              "latency", "latency_batch", "latency_compiled", "sampler", "population", "layers", "K")
 
 
+def world_size() -> int:
+    """Processes of this run (``torchrun`` sets WORLD_SIZE; 1 otherwise)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def _spec_identity(spec: str) -> str:
     """A model spec as a study's identity holds it: ``file.py:factory`` by file name only."""
     path, _, factory = spec.rpartition(":")
@@ -774,7 +779,7 @@ def run_search(model: str | nn.Module, data: str, *, output: str | os.PathLike |
     many front members and report their final accuracies (``search._finish``; ``SearchResult.finished``).
     Returns a ``SearchResult``; writes the files listed in the module docstring.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if world_size() > 1:
         raise CondenseError("the per-trial search does not run under torchrun",
                             "start several workers that share one --storage, or use --strategy supernet")
     spec_text = model if isinstance(model, str) else None
@@ -900,7 +905,8 @@ def finish_members(result: SearchResult, finish, p: Prepared, config: SearchConf
         with _sigterm_as_interrupt():
             result.finished = finish_front(result.front, result.output, p.original, p.bundle, finish,
                                            batch_size=config.batch_size, lr=config.lr, seed=config.seed,
-                                           teacher=teacher, device=config.device, console=console,
+                                           teacher=teacher, device=config.device, reference=result.reference,
+                                           console=console,
                                            progress=progress or console is not None)
     except KeyboardInterrupt:
         result.interrupted = True

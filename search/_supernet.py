@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -119,10 +118,6 @@ class SupernetObjective(Objective):
         return measure_latency(model, self.input_size, self.latency_setting)
 
 
-def _world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def _agree(failure: BaseException | None) -> None:
     """Under torchrun: rank 0's ``failure`` (or None) reaches every rank; rank 0 re-raises it, the others raise
     a one-line error saying why rank 0 stopped (instead of waiting for it in the first collective)."""
@@ -190,7 +185,7 @@ def _run(config: SearchConfig, sn_options: SupernetOptions, model, spec_text, ou
     from . import _study
 
     device = resolve_device(config.device)
-    if finish is not None and _world_size() > 1:
+    if finish is not None and _study.world_size() > 1:
         raise CondenseError("--finish does not run under torchrun (the supernet's training does)",
                             "train and score under torchrun, then run the same command with --finish without it")
     p = _study.prepare(config, model, spec_text)

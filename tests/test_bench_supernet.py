@@ -8,6 +8,7 @@ import torch
 import condense
 from condense.bench import supernet as bench
 from conftest import tiny_mnist
+from search import build_plan
 
 
 def test_rank_benchmark_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
@@ -29,7 +30,7 @@ def test_rank_benchmark_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
     original = condense.build_model("zoo:resnet_tiny", num_classes=10)
     found = condense.find_runs(original, (3, 16, 16))
     plan = condense.Plan.from_dict(plans[0]["plan"])
-    model = bench._seeded_build(original, found, plan, 1)
+    model = build_plan(original, found, plan, 1)
     acc = condense.train.train(model, bundle, condense.TrainConfig(epochs=1, batch_size=16, lr=0.05, seed=1,
                                                                    max_steps_per_epoch=2), progress=False,
                                device="cpu").metrics["test_acc"]
@@ -37,7 +38,7 @@ def test_rank_benchmark_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
     # every plan fits the budget as measured
     macs0 = condense.macs_and_params(original, (3, 16, 16))[0]
     for p in plans:
-        m = bench._seeded_build(original, found, condense.Plan.from_dict(p["plan"]), 0)
+        m = build_plan(original, found, condense.Plan.from_dict(p["plan"]), 0)
         assert condense.macs_and_params(m, (3, 16, 16))[0] <= 0.9 * macs0
     # run again: nothing is trained, the same figures come back
     monkeypatch.setattr(condense.train, "train", lambda *a, **k: pytest.fail("trained again"))

@@ -100,7 +100,8 @@ def test_timm_selected_path_computes_exactly_what_the_exported_model_computes(na
     velocity and diffusion nets, a growing tail's projection) was cached past the running statistics the
     train-mode forward moved (BatchNorm does not bump their version counters), so the path computed with
     stale statistics and its standalone model with the current ones."""
-    timm = pytest.importorskip("timm")
+    import timm
+
     torch.manual_seed(0)
     net = condense.supernet(timm.create_model(name, pretrained=False, num_classes=10, **kwargs), input_size=size,
                             K=(1, 4))

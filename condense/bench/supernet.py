@@ -20,7 +20,6 @@ continues where it stopped. Nothing here asserts: it prints what it measured. On
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import random
@@ -35,19 +34,11 @@ import torch
 from .._help import HelpFormatter
 
 
-def _seeded_build(original, found, plan, seed: int):
-    """The plan's model as a search trial builds it: new layers seeded by (seed, plan)."""
-    from .. import rewrite
-
-    key = json.dumps([seed, plan.to_dict()], sort_keys=True, default=str).encode()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little") % 2**63)
-        return rewrite(original, found, plan.choices).module
-
-
 def pick_plans(net, original, found, size, n: int, macs_budget: float, seed: int = 0) -> list:
     """``n`` distinct plans of ``net``'s space within ``macs_budget``, evenly spread over the MACs of a pool
     of up to 3n random feasible plans (seeded; ``_draw``)."""
+    from search import build_plan
+
     from .. import PlanCosts, macs_and_params
 
     costs, totals = PlanCosts(original, found), macs_and_params(original, size)
@@ -63,7 +54,7 @@ def pick_plans(net, original, found, size, n: int, macs_budget: float, seed: int
         guess = costs.estimate(totals, plan.choices)
         if guess is not None and guess[0] > 1.05 * macs_budget:  # far over by the estimate: not built
             continue
-        macs = macs_and_params(_seeded_build(original, found, plan, 0), size)[0]
+        macs = macs_and_params(build_plan(original, found, plan, 0), size)[0]
         if macs <= macs_budget:
             pool.append((macs, key, plan))
     pool.sort(key=lambda t: (t[0], t[1]))
@@ -98,7 +89,7 @@ def _label(plan) -> str:
 
 
 def run(args) -> dict[str, Any]:
-    from search import build_space, kendall_tau
+    from search import build_plan, build_space, kendall_tau
 
     from .. import (SandwichConfig, Supernet, TrainConfig, calibration_batches, find_runs, load_data, macs_and_params,
                     parse_budget, recalibrate_bn, resolve_model, train_supernet)
@@ -153,7 +144,7 @@ def run(args) -> dict[str, Any]:
         return row[key]
 
     def fit(plan, original, epochs: int, seed: int) -> float:
-        model = _seeded_build(original, found, plan, seed)
+        model = build_plan(original, found, plan, seed)
         cfg = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, seed=seed,
                           max_steps_per_epoch=args.steps_per_epoch)
         return train(model, bundle, cfg, progress=False, device="cpu").metrics["test_acc"]
