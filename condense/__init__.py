@@ -12,10 +12,14 @@ Public API (everything else is private)::
     resolve_device("auto")              one resolver for devices (auto, cpu, cuda, cuda:N, mps)
     PlanCosts(model, found)             the cost model fit and the search share (estimates, never reported)
     write_condensed, write_model_dir, write_directory, read_meta   the directory format, written atomically
+    atomic_write, atomic_write_json, read_json, claim_folder, output_lock   every file the tool writes, one way:
+                                        atomic, flushed, owned (a folder's manifest), one writer at a time
     find_runs(model, input_size)        the runs of repeated same-resolution blocks (changes nothing)
     supernet(model, input_size=..., space=...)   every plan of the search space in one weight-sharing
                                         module: select(plan), extract(plan); train_supernet (sandwich rule)
     load_data("cifar10:PATH"); condense.train.train(model, data, TrainConfig(...), teacher=...)   recover accuracy
+    calibrate(result, original, "cifar10:PATH")   distil a FitResult's model from its original (run outputs and
+                                        logits, labels unused), BatchNorm re-estimated -> Calibration record
 
     count(model, input_size)            MACs and parameters, total and per module (pandas DataFrame)
     parse_budget("250M"), format_count  budget strings, one parser
@@ -31,15 +35,17 @@ from ._fit import FitResult, LatencyFit, Plan, condense, fit
 from ._latency import LatencySetting, measure_latency
 from ._costs import PlanCosts
 from ._device import resolve_device
+from ._write import atomic_write, atomic_write_json, claim_folder, output_lock, read_json
 from ._io import META, load, os_error, read_meta, save, write_condensed, write_directory, write_model_dir
 from ._models import build_model, default_input_size, load_checkpoint, parse_model_spec
 from ._resolve import Resolved, resolve_model
 from .data import DataBundle, DataSpec, load_data, parse_data_spec
 from .train import TrainConfig, TrainResult
 from .graph import FindResult, Run, RunChoice, find_runs, register_leaf_module, rewrite
+from ._calibrate import CalibrateConfig, Calibration, FeaturePair, calibrate, feature_pairs
 from ._supernet import (SandwichConfig, Supernet, calibration_batches, recalibrate_bn, score_plan, supernet,
                         train_supernet)
-from .pde import (CirculantRD, CirculantRDConfig, ExplicitRD, ExplicitRDConfig, GlobalConfig, GlobalLayer,
+from .pde import (CirculantRD, CirculantRDConfig, DropLayer, ExplicitRD, ExplicitRDConfig, GlobalConfig, GlobalLayer,
                   ImplicitRD, ImplicitRDConfig, LinearMix, LinearMixConfig, PDELayer, advection_diffusion,
                   create_layer, layer_names)
 
@@ -50,13 +56,15 @@ __all__ = [
     "build_model", "load_checkpoint",
     "resolve_model", "Resolved", "parse_model_spec", "default_input_size", "resolve_device", "PlanCosts",
     "write_condensed", "write_model_dir", "write_directory", "read_meta", "os_error", "META",
+    "atomic_write", "atomic_write_json", "read_json", "claim_folder", "output_lock",
     "load_data", "parse_data_spec", "DataBundle", "DataSpec", "TrainConfig", "TrainResult",
     "find_runs", "FindResult", "Run", "RunChoice", "rewrite", "register_leaf_module",
+    "calibrate", "Calibration", "CalibrateConfig", "feature_pairs", "FeaturePair",
     "supernet", "Supernet", "SandwichConfig", "train_supernet", "recalibrate_bn", "calibration_batches", "score_plan",
     "count", "count_module", "macs_and_params",
     "Budget", "parse_budget", "parse_latency", "format_count", "format_ms", "parse_input_size",
     "CondenseError", "ConfigError", "BudgetError", "report_error",
     "PDELayer", "GlobalLayer", "GlobalConfig", "LinearMix", "LinearMixConfig", "ExplicitRD", "ExplicitRDConfig",
-    "ImplicitRD", "ImplicitRDConfig", "CirculantRD", "CirculantRDConfig",
+    "ImplicitRD", "ImplicitRDConfig", "CirculantRD", "CirculantRDConfig", "DropLayer",
     "advection_diffusion", "create_layer", "layer_names",
 ]

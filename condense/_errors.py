@@ -4,6 +4,9 @@ The command line prints ``CondenseError`` as a single line and exits 1; only ``-
 """
 from __future__ import annotations
 
+import errno
+import os
+
 
 class CondenseError(Exception):
     """An error the user can fix. ``str(err)`` is one line: the problem, then a hint."""
@@ -44,13 +47,20 @@ def _domain(err: BaseException) -> CondenseError | None:
     if isinstance(err, MemoryError) or (isinstance(err, RuntimeError) and any(k in str(err) for k in _OOM_TEXTS)):
         return _OOM
     if isinstance(err, OSError):
-        import errno
-
         if err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1), errno.EACCES, errno.EPERM, errno.EROFS):
-            from ._io import os_error
-
             return os_error(err, err.filename or "the output folder")
     return None
+
+
+def os_error(err: OSError, where: str | os.PathLike) -> CondenseError:
+    """A one-line error for a failed write: a full disk, a read-only or forbidden folder, or else the reason."""
+    where = str(where)
+    if err.errno == errno.ENOSPC or err.errno == getattr(errno, "EDQUOT", -1):
+        return CondenseError(f"no space left on {where}", "free some space, or write to another -o DIR")
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return CondenseError(f"cannot write {where} ({os.strerror(err.errno).lower()})",
+                             "choose a folder you can write to (-o DIR)")
+    return CondenseError(f"cannot write {where} ({err.strerror or err})", "check the folder and try again")
 
 
 def report(err: BaseException, *, debug: bool = False) -> int:
@@ -58,6 +68,7 @@ def report(err: BaseException, *, debug: bool = False) -> int:
     domain error (``as_domain_error``), 130 for an interrupt, 2 and one line naming anything else. With
     ``debug`` the exception propagates (full traceback)."""
     from rich.console import Console
+    from rich.markup import escape  # a message's own brackets (pip install "condense[versus]") are text, not markup
 
     err_console = Console(stderr=True, soft_wrap=True)
     if isinstance(err, KeyboardInterrupt):
@@ -67,10 +78,10 @@ def report(err: BaseException, *, debug: bool = False) -> int:
         raise err
     domain = as_domain_error(err)
     if domain is not None:
-        err_console.print(f"[bold red]error:[/] {domain}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(domain))}", highlight=False)
         return 1
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    err_console.print(f"[bold red]error:[/] unexpected {type(err).__name__}: {text} "
+    err_console.print(f"[bold red]error:[/] unexpected {type(err).__name__}: {escape(text)} "
                       "(run with --debug for the traceback)", highlight=False)
     return 2
 

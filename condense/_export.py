@@ -343,6 +343,7 @@ def export_onnx(model_or_dir: nn.Module | str | os.PathLike, path: str | os.Path
             except Exception as err:  # noqa: BLE001 - try the next exporter, report all in one line
                 errors.append((name, err))
         if used is None:
+            _raise_if_write_failed(errors, out)
             op = next((failing_op(e) for _, e in errors if failing_op(e)), None)
             tried = "; ".join(f"{n}: {_first_line(e)}" for n, e in errors)
             raise CondenseError(f"ONNX export of {label} failed" + (f" at operator {op}" if op else "")
@@ -371,6 +372,22 @@ def export_onnx(model_or_dir: nn.Module | str | os.PathLike, path: str | os.Path
                         checked=check, max_abs_diff=worst, reference_max_abs=scale, atol=atol, rtol=rtol,
                         batches=batches if check else (), size_bytes=out.stat().st_size,
                         seconds=time.perf_counter() - t0, fallback_reason=fallback)
+
+
+def _raise_if_write_failed(errors, out: Path) -> None:
+    """An exporter that failed because the file could not be written (a full disk, a read-only folder) is
+    reported as that, not as a missing operator mapping; exporters wrap the OSError, or only its text."""
+    import errno
+
+    from ._errors import as_domain_error, os_error
+
+    for _, err in errors:
+        found = as_domain_error(err)
+        if found is not None:
+            raise found from None
+        text = str(err)
+        if "No space left on device" in text or "[Errno 28]" in text:
+            raise os_error(OSError(errno.ENOSPC, "No space left on device"), out.parent) from None
 
 
 # ------------------------------------------------------------------------------------------ torch.export

@@ -39,7 +39,7 @@ from ._count import macs_and_params
 from ._errors import BudgetError, ConfigError
 from ._latency import LatencySetting, measure_latency
 from .graph import FindResult, Run, RunChoice, find_runs, rewrite
-from .pde import create_layer, layer_class
+from .pde import DROP, create_layer, layer_class, layer_has_option
 
 DEFAULT_K = 5
 K_MAX = 20
@@ -104,17 +104,22 @@ class FitResult:
 
 class _Costs:
     """fit's view of the one cost model (``PlanCosts``): the same layer type, options and initial guess in
-    every run, with K and m varying."""
+    every run, with K and m varying (K only for layers that have steps: ``drop`` has none)."""
 
     def __init__(self, model: nn.Module, runs: Sequence[Run], layer: str, init: str, options: Mapping[str, Any]):
         self.layer, self.init, self.options = layer, init, dict(options)
+        self.steps = layer_has_option(layer, "K")
         self.runs = {r.path: r for r in runs}
         self.model_costs = PlanCosts(model, runs=self.runs)
+
+    def options_at(self, K: int | None) -> dict[str, Any]:
+        """The layer options of every new layer at ``K`` steps (no K for a layer without steps)."""
+        return {**self.options, "K": K} if self.steps else dict(self.options)
 
     def layer_cost(self, path: str, K: int, m: int = 1) -> tuple[int, int]:
         """MACs and parameters of the layer replacing ``blocks[m:]`` (``m`` matters for growing runs only:
         their layer works at the width block m reads, plus a projection to the run's output width)."""
-        choice = RunChoice(m=m, layer=self.layer, options={**self.options, "K": K}, init=self.init)
+        choice = RunChoice(m=m, layer=self.layer, options=self.options_at(K), init=self.init)
         return self.model_costs.layer_cost(path, choice)
 
     def plan_cost(self, total: tuple[int, int], ms: Mapping[str, int], K: int) -> tuple[int, int]:
@@ -126,6 +131,16 @@ class _Costs:
                 macs += lm - sum(v or 0 for v in run.macs[m:])
                 params += lp - sum(run.params[m:])
         return macs, params
+
+
+def _check_drop(K: int | None, fill_K: bool, init: str | None, options: Mapping[str, Any]) -> None:
+    """``layer="drop"`` has nothing to configure: K, fill_K, init="block" or a layer option is an error."""
+    given = [*(["K"] if K is not None or "K" in options else []), *(["fill_K"] if fill_K else []),
+             *(["init='block'"] if init == "block" else []), *sorted(k for k in options if k != "K")]
+    if given:
+        raise ConfigError(f"layer 'drop' deletes the removed blocks and takes no options, got {', '.join(given)}",
+                          "leave out --K, --fill-K, --init and the layer options, or choose a PDE layer "
+                          "(e.g. --layer global)")
 
 
 def _fits(cost: tuple[int, int], macs_b: float | None, params_b: float | None) -> bool:
@@ -154,7 +169,7 @@ def _choose(costs: _Costs, total: tuple[int, int], runs: Sequence[Run], macs_b, 
             progress: Progress, fill_K: bool = False) -> tuple[dict[str, int], int, list[str]]:
     """m per run and K by the rule in the module docstring; also the order blocks were given back."""
     ms = {r.path: 1 for r in runs}
-    Ks = [K] if K is not None else list(range(DEFAULT_K, 0, -1))
+    Ks = [K] if K is not None else list(range(DEFAULT_K, 0, -1)) if costs.steps else [DEFAULT_K]
     chosen_K = None
     for k in Ks:
         progress(f"trying the smallest plan at K={k}")
@@ -170,7 +185,8 @@ def _choose(costs: _Costs, total: tuple[int, int], runs: Sequence[Run], macs_b, 
         if params_b is not None and params > params_b:
             parts.append(f"parameter budget {format_count(params_b)} is below the smallest reachable "
                          f"{format_count(params)}")
-        raise BudgetError("; ".join(parts) + f" (every run condensed to m=1, K={k})", _raise_hint(costs.options))
+        at = f"m=1, K={k}" if costs.steps else f"m=1, layer {costs.layer!r}"
+        raise BudgetError("; ".join(parts) + f" (every run condensed to {at})", _raise_hint(costs.options))
     order: list[str] = []
     while True:
         best = None
@@ -214,6 +230,9 @@ def _resolve(budget: str | float | Budget | None, original: int) -> float | None
     return None if budget is None else parse_budget(budget).resolve(original)
 
 
+MAX_K = 100  # the layers' own limit (GlobalConfig.K); 0 steps would be no layer at all
+
+
 def fit(model: nn.Module, macs: str | float | Budget | None = None, params: str | float | Budget | None = None,
         input_size: Sequence[int] | None = None, *, layer: str = "global", init: str | None = None,
         K: int | None = None, fill_K: bool = False, preserve: bool = False, seed: int | None = 0,
@@ -223,17 +242,20 @@ def fit(model: nn.Module, macs: str | float | Budget | None = None, params: str 
 
     ``macs``/``params``: ``"250M"``, ``"60%"`` (of the original), a number, or None. ``input_size``:
     (C, H, W), default (3, 224, 224). ``layer``: a layer type (``global``, ``linearmix``, ``explicit_rd``,
-    ``implicit_rd``, ``circulant_rd``); ``init``: ``input`` (the kept blocks' output starts the PDE, the
+    ``implicit_rd``, ``circulant_rd``, ``drop``); ``init``: ``input`` (the kept blocks' output starts the PDE, the
     paper's) or ``block`` (a copy of the first replaced block, with its weights); ``K``: fix the number of
     PDE steps (default: 5, lowered if even the smallest plan misses the budget); ``fill_K``: raise K (up to
     20) to spend MAC budget the blocks left over. ``preserve``: for pretrained weights, start every new
     layer as the identity on its initial guess, a copy of the first replaced block (``init="block"``,
     ``zero_init=True`` and learned diffusion for the Global layer), so the condensed model first computes
     what the original computed minus the blocks after it. ``seed`` fixes the new layers' initial weights
-    (None: the global random state). ``latency``: a budget for the measured forward time on this machine
-    (``"12ms"``, ``"60%"`` of the original's), measured as ``latency_setting`` says (batch, eager or
-    compiled, threads; default batch 1, eager), met with a few measured candidates (``_fit_latency``);
-    the result's ``latency`` holds the figures. Other keywords are layer options.
+    (None: the global random state). ``layer="drop"`` deletes the removed blocks and puts nothing in their
+    place (block dropping; growing runs keep a 1x1 projection to their width): 0 MACs and 0 parameters per
+    run, and no K, ``fill_K``, ``init="block"`` or layer options (each an error). ``latency``: a budget for
+    the measured forward time on this machine (``"12ms"``, ``"60%"`` of the original's), measured as
+    ``latency_setting`` says (batch, eager or compiled, threads; default batch 1, eager), met with a few
+    measured candidates (``_fit_latency``); the result's ``latency`` holds the figures. Other keywords are
+    layer options.
     """
     if seed is not None:
         with torch.random.fork_rng(devices=[]):
@@ -242,6 +264,9 @@ def fit(model: nn.Module, macs: str | float | Budget | None = None, params: str 
                        preserve=preserve, seed=None, progress=progress, latency=latency,
                        latency_setting=latency_setting, **layer_options)
     say = progress or (lambda _msg: None)
+    if layer == DROP:
+        _check_drop(K, fill_K, init, layer_options)
+        init, preserve = "input", False  # nothing to preserve or start from: the blocks are gone
     if preserve:
         init = init or "block"
         if layer == "global":
@@ -249,9 +274,10 @@ def fit(model: nn.Module, macs: str | float | Budget | None = None, params: str 
     init = init or "input"
     size = tuple(int(s) for s in (input_size or (3, 224, 224)))
     if layer_options.get("K") is not None:
-        K = int(layer_options.pop("K"))
-    if K is not None and (isinstance(K, bool) or not isinstance(K, int) or K < 1):
-        raise ConfigError(f"K={K!r}: the number of PDE steps must be an integer >= 1", "write e.g. --K 5 (the paper's)")
+        K = layer_options.pop("K")
+    if K is not None and (isinstance(K, bool) or not isinstance(K, int) or not 1 <= K <= MAX_K):
+        raise ConfigError(f"K={K!r}: the number of PDE steps must be an integer from 1 to {MAX_K}",
+                          "write e.g. --K 5, the paper's")
     if latency is not None:
         parse_latency(latency)  # a malformed budget: error before any work
     layer_class(layer)  # unknown layer type: error before any work
@@ -303,7 +329,7 @@ def _apply(model: nn.Module, found: FindResult, costs: _Costs, runs: Sequence[Ru
     else:
         ms, chosen_K, order = _choose(costs, (macs0, params0), runs, macs_b, params_b, K, say, fill_K)
     while True:
-        plan = Plan({p: RunChoice(m=m, layer=layer, options={**layer_options, "K": chosen_K}, init=init)
+        plan = Plan({p: RunChoice(m=m, layer=layer, options=costs.options_at(chosen_K), init=init)
                      for p, m in ms.items() if m < costs.runs[p].r})
         say(f"rewriting {len(plan.choices)} run(s) and counting the result")
         new = rewrite(model, found, plan.choices).module
@@ -318,9 +344,9 @@ def _apply(model: nn.Module, found: FindResult, costs: _Costs, runs: Sequence[Ru
     for run in runs:
         m = ms[run.path]
         lc = costs.layer_cost(run.path, chosen_K, m) if m < run.r else None
-        rows.append(_row(run, m, layer if lc else None, chosen_K if lc else None, lc))
+        rows.append(_row(run, m, layer if lc else None, chosen_K if lc and costs.steps else None, lc))
     n = sum(1 for r in rows if r.m < r.r)
-    msg = f"condensed {n} of {len(runs)} run(s), K={chosen_K}"
+    msg = f"condensed {n} of {len(runs)} run(s), " + (f"K={chosen_K}" if costs.steps else f"layer {layer!r}")
     return FitResult(model=new, plan=plan, macs_after=macs1, params_after=params1, rows=tuple(rows),
                      message=msg, **base)
 

@@ -5,25 +5,25 @@ model spec, input size, plan, counts) and ``DIR/model.safetensors`` (weights). `
 the original model from its spec, re-applies the plan and loads the weights. Never: leaves a partial
 directory behind or loses the directory it replaces (files are written to a temporary sibling, the old
 directory is moved aside, the new one moved in, then the old one deleted; an interrupted swap is finished
-or rolled back the next time), and never runs code named by a directory it reads: a ``file.py:factory``
-model is imported only when the caller says so (``trust_code=True``) or passes the model itself.
+or rolled back the next time), never replaces a directory it did not write (``condense._write``: the
+folder's manifest must list every file in it), and never runs code named by a directory it reads: a
+``file.py:factory`` model is imported only when the caller says so (``trust_code=True``) or passes the
+model itself.
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
-import secrets
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 
-from ._errors import CondenseError
+from . import _write
+from ._errors import CondenseError, os_error  # noqa: F401 - os_error: public here (condense.os_error)
+from ._write import check_output, recover_directory, write_bytes  # noqa: F401 - public here too
 from ._models import ModelSpec, build_model, file_digest
 
 FORMAT = "condense/1"
@@ -31,134 +31,25 @@ META = "condensed.json"
 WEIGHTS = "model.safetensors"
 # condensed.json's fields: required, then optional (``extra`` records such as a latency fit or a search trial)
 META_REQUIRED = ("format", "model", "model_kwargs", "model_class", "input_size", "plan", "counts", "runs")
-META_OPTIONAL = ("source_checkpoint", "model_file_sha256", "latency", "search", "trained")
+META_OPTIONAL = ("source_checkpoint", "model_file_sha256", "latency", "search", "trained", "calibration")
 
 
-def os_error(err: OSError, where: str | os.PathLike) -> CondenseError:
-    """A one-line error for a failed write: a full disk, a read-only or forbidden folder, or else the reason."""
-    where = str(where)
-    if err.errno == errno.ENOSPC or err.errno == getattr(errno, "EDQUOT", -1):
-        return CondenseError(f"no space left on {where}", "free some space, or write to another -o DIR")
-    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return CondenseError(f"cannot write {where} ({os.strerror(err.errno).lower()})",
-                             "choose a folder you can write to (-o DIR)")
-    return CondenseError(f"cannot write {where} ({err.strerror or err})", "check the folder and try again")
-
-
-def write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` and flush it to disk; failures are real ``OSError``s (a full disk is
-    ENOSPC), not a serializer's wrapped message."""
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _respect_umask(root: Path) -> None:
-    """mkdtemp makes 0700 folders: give the tree the modes the user's umask asks for."""
-    mask = _umask()
-    for folder, _dirs, files in os.walk(root):
-        os.chmod(folder, 0o777 & ~mask)
-        for name in files:
-            os.chmod(os.path.join(folder, name), 0o666 & ~mask)
-
-
-def _is_within(inner: Path, outer: Path) -> bool:
+def _legacy_model_dir(folder: Path) -> set[str] | None:
+    """What a condensed-model folder written before manifests holds (``condensed.json`` of this format and
+    the weights), or None where ``folder`` is not one."""
     try:
-        inner.relative_to(outer)
-        return True
-    except ValueError:
-        return False
-
-
-def _side_re(name: str) -> re.Pattern:
-    # the tool's own siblings of DIR: .DIR.tmp-XXXXXXXX (being written), .DIR.old-XXXXXXXX (moved aside),
-    # and .DIR.XXXXXXXX (temporary folders of earlier versions)
-    return re.compile(rf"^\.{re.escape(name)}\.(?:(tmp|old)-)?[a-z0-9_]{{8}}$")
-
-
-def recover_directory(directory: str | os.PathLike) -> str | None:
-    """Finish or roll back an interrupted replacement of ``directory`` and remove the tool's orphaned
-    temporary siblings. Returns what was done (``"rolled back"``, ``"finished"``) or None."""
-    out = Path(directory)
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
+        meta = json.loads((folder / META).read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return None
-    pattern = _side_re(out.name)
-    asides, temps = [], []
-    for item in parent.iterdir():
-        m = pattern.match(item.name)
-        if m and item.is_dir() and not item.is_symlink():
-            (asides if m.group(1) == "old" else temps).append(item)
-    done = None
-    asides.sort(key=lambda p: p.stat().st_mtime)
-    if asides and not out.exists():  # killed between moving the old one aside and moving the new one in
-        os.replace(asides.pop(), out)
-        done = "rolled back"
-    elif asides:  # killed after the swap, before the old one was deleted
-        done = "finished"
-    for item in asides + temps:
-        shutil.rmtree(item, ignore_errors=True)
-    return done
-
-
-def check_output(directory: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
-    """Refuse an output that would delete the current folder or one of the command's inputs."""
-    out = Path(directory)
-    real = out.resolve()
-    if _is_within(Path.cwd().resolve(), real):
-        raise CondenseError(f"output {str(out)!r} contains the current folder; replacing it would delete it",
-                            "choose a new folder, e.g. -o out/NAME")
-    for item in inputs:
-        if item is not None and _is_within(Path(item).resolve(), real):
-            raise CondenseError(f"output {str(out)!r} contains the input {str(item)!r}; replacing it would delete it",
-                                "choose another -o DIR")
-    return out
+    return {META, WEIGHTS} if isinstance(meta, dict) and meta.get("format") == FORMAT else None
 
 
 def write_directory(directory: str | os.PathLike, fill: Callable[[Path], None], *,
-                    inputs: Iterable[str | os.PathLike | None] = (), kind: str = "condensed-model",
-                    marker: str = META) -> Path:
-    """Create (or replace) a condensed-model directory atomically: ``fill(tmp)`` writes the files into a
-    temporary sibling; an existing directory is moved aside, the new one moved into its place, and the
-    old one deleted. A non-empty directory without ``marker`` (not one this tool wrote) is never replaced;
-    nor one that holds the current folder or an input. On any failure nothing is left behind and the old
-    directory is untouched."""
-    out = check_output(directory, inputs)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not (out / marker).exists():
-        raise CondenseError(f"output {str(out)!r} exists and is not a {kind} directory",
-                            "choose a new -o DIR or remove it")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        recover_directory(out)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    except OSError as err:
-        raise os_error(err, out.parent) from None
-    aside = None
-    try:
-        fill(tmp)
-        _respect_umask(tmp)
-        if out.exists():
-            aside = out.with_name(f".{out.name}.old-{secrets.token_hex(4)}")
-            os.replace(out, aside)
-        os.replace(tmp, out)
-    except BaseException as err:
-        if aside is not None and not out.exists():
-            os.replace(aside, out)
-            aside = None
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(err, OSError):
-            raise os_error(err, out) from None
-        raise
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
-    return out
+                    inputs: Iterable[str | os.PathLike | None] = (), kind: str = "condensed-model") -> Path:
+    """``_write.write_directory`` for condensed-model folders (which also recognises the ones written before
+    manifests): ``fill(tmp)`` writes the files; the folder is replaced only if this tool wrote it."""
+    return _write.write_directory(directory, fill, inputs=inputs, kind=kind,
+                                  legacy=_legacy_model_dir if kind == "condensed-model" else None)
 
 
 def _state_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -277,6 +168,12 @@ def validate_meta(meta: Any, path: Path) -> dict[str, Any]:
     digest = meta.get("model_file_sha256")
     if digest is not None and not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
         raise _bad(path, "field 'model_file_sha256' must be a SHA-256 hex digest")
+    if "calibration" in meta:  # what condense.calibrate did (condense MODEL --calibrate DATA)
+        from ._calibrate import check_record
+
+        why = check_record(meta["calibration"])
+        if why:
+            raise _bad(path, f"field 'calibration': {why}")
     versions = meta.get("state_metadata", {})
     if not isinstance(versions, dict) or not all(isinstance(v, dict) and set(v) == {"version"} and
                                                  type(v["version"]) is int for v in versions.values()):
@@ -295,11 +192,7 @@ def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise CondenseError(f"{str(directory)!r} is not a condensed-model directory (no {META})",
                             "pass a directory written by `condense ... -o DIR` or condense.save")
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CondenseError(f"{path} is not readable JSON ({err})", "re-create the directory") from err
-    return validate_meta(meta, path)
+    return validate_meta(_write.read_json(path, "re-create the directory"), path)
 
 
 def original_from_meta(meta: dict[str, Any], directory: str | os.PathLike, *, trust_code: bool = False) -> nn.Module:

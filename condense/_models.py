@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
+import inspect
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,14 @@ class ModelSpec:
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.name}" if self.kind in ("timm", "zoo") else f"{self.path}:{self.factory}"
+
+    @property
+    def slug(self) -> str:
+        """A folder name for what is made from this model: ``efficientnet_b0`` (timm), ``resnet32`` (zoo),
+        ``models-net`` (``models.py:net``)."""
+        if self.kind in ("timm", "zoo"):
+            return self.name.replace("/", "-").replace(":", "-")
+        return f"{Path(self.path).stem}-{self.factory}"
 
     def to_dict(self) -> dict[str, str]:
         return dataclasses.asdict(self)
@@ -131,16 +140,45 @@ def _file_factory(path: str, factory: str):
 
 
 def _file_model(path: str, factory: str, **kwargs: Any) -> nn.Module:
-    model = _file_factory(path, factory)(**kwargs)
+    fn = _file_factory(path, factory)
+    try:
+        inspect.signature(fn).bind(**kwargs)
+    except TypeError as err:
+        given = f" with {', '.join(f'{k}={v!r}' for k, v in kwargs.items())}" if kwargs else " without arguments"
+        raise CondenseError(f"{path}:{factory} cannot be called{given} ({err})",
+                            "give the factory defaults for every argument: it is called as factory(), "
+                            "with num_classes= only under --num-classes") from None
+    except ValueError:  # a builtin or C function without a signature: call it and see
+        pass
+    try:
+        model = fn(**kwargs)
+    except (CondenseError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as err:  # noqa: BLE001 - the user's code failed: say so in one line
+        text = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
+        raise CondenseError(f"{path}:{factory}() raised {type(err).__name__}{': ' + text if text else ''}",
+                            "fix the factory: run it in Python to see the traceback, or pass --debug") from err
     if not isinstance(model, nn.Module):
         raise CondenseError(f"{path}:{factory}() returned {type(model).__name__}, not an nn.Module",
                             "the factory must return the model")
     return model
 
 
+MAX_CLASSES = 100_000  # ImageNet-21k has 21,843; a classifier for 10**9 would allocate tens of GB first
+
+
+def _check_sizes(kwargs: dict[str, Any]) -> None:
+    """Absurd sizes are refused before anything is allocated (``num_classes=10**9`` would try for 32 GB)."""
+    n = kwargs.get("num_classes")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CLASSES):
+        raise CondenseError(f"num_classes={n!r} is not a class count from 1 to {MAX_CLASSES:,}",
+                            "pass the number of classes of your data, e.g. --num-classes 10")
+
+
 def build_model(spec: ModelSpec | str, **kwargs: Any) -> nn.Module:
     """A fresh instance of the model named by ``spec`` (random weights; see ``load_checkpoint``)."""
     spec = parse_model_spec(spec) if isinstance(spec, str) else spec
+    _check_sizes(kwargs)
     if spec.kind == "timm":
         return _timm_model(spec.name, **kwargs)
     if spec.kind == "zoo":

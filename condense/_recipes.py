@@ -651,7 +651,14 @@ def build_models(recipe: Recipe | str | os.PathLike):
         ms = {p: int(plan.m) for p in repeats}
     K = plan.K if plan.K is not None else 5
     init = plan.init or "input"
-    choices = {p: RunChoice(m=m, layer=plan.layer, options={**opts, "K": K}, init=init)
+    if plan.layer == "drop":  # no steps, options or initial guess: as condense.fit checks them
+        from ._fit import _check_drop
+
+        _check_drop(plan.K, False, plan.init, opts)
+        opts, init = {}, "input"
+    else:
+        opts["K"] = K
+    choices = {p: RunChoice(m=m, layer=plan.layer, options=dict(opts), init=init)
                for p, m in ms.items() if m < repeats[p].r}
     new = rewrite(original, found, choices).module if choices else original
     macs0 = found.total_macs
@@ -750,7 +757,6 @@ def run_recipe(recipe: Recipe | str | os.PathLike, *, epochs: int | None = None,
     (``auto``: CUDA when available). ``overwrite``: start again in an ``out_dir`` that holds a run.
     The models are built from the seed, so one seed gives one result on one machine and thread count.
     """
-    import json
 
     from .data import load_data
     from .train import train
@@ -790,10 +796,11 @@ def run_recipe(recipe: Recipe | str | os.PathLike, *, epochs: int | None = None,
     bundle = load_data(data or r.data_spec, limit_train=limit_train, input_size=r.model.input_size)
     if (out / "last.pt").exists() and not overwrite:
         raise CondenseError(f"{out} already holds a run (last.pt)", "pass --overwrite, or choose another -o DIR")
-    from .train import write_text_atomic
+    from ._write import atomic_write_json
+    from .train import run_folder
 
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "recipe.json", json.dumps({"recipe": r.to_dict(), "footprint": fp, "seed": config.seed,
-                                                       "train": config.to_dict()}, indent=2, default=str) + "\n")
-    return train(model, bundle, config, out_dir=out, teacher=teacher, progress=progress, device=device,
-                 overwrite=overwrite, extra_metrics={"recipe": r.name, "variant": variant, "seed": config.seed})
+    with run_folder(out):  # refused if it holds anything but a run; locked; removed again if nothing was written
+        atomic_write_json(out / "recipe.json", {"recipe": r.to_dict(), "footprint": fp, "seed": config.seed,
+                                                "train": config.to_dict()})
+        return train(model, bundle, config, out_dir=out, teacher=teacher, progress=progress, device=device,
+                     overwrite=overwrite, extra_metrics={"recipe": r.name, "variant": variant, "seed": config.seed})

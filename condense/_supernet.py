@@ -19,7 +19,9 @@ largest K of the space: K is elastic (the Global layer's K is its step count; a 
 built for K steps runs the first K of its per-step norms). Global layer variants (velocity, diffusion,
 source) are separate modules sharing their parts: one velocity net per velocity kind, one diffusion net,
 one residual source per run, whatever the other choices. ``init="block"``: the layer's initial guess is
-block m itself (its shared weights), as the rewrite's copy of block m is.
+block m itself (its shared weights), as the rewrite's copy of block m is. A ``drop`` candidate (block
+dropping) is the identity, with no K and no weights to share (in a growing run, its tail's 1x1 projection,
+one per m as for every layer type).
 
 Sandwich rule (Yu et al., BigNAS): every step trains the largest plan (the original) on the labels (or
 distilled from ``teacher``), the smallest plan (m = 1 in every run, the lowest K, init="input", the other choices
@@ -70,6 +72,7 @@ from torch import nn
 from ._errors import CondenseError, ConfigError
 from .graph import FindResult, Run, RunChoice, find_runs, rewrite
 from .graph._rewrite import ChannelsFirstAdapter, _build_layer, _default_factory, _inner, _parent_and_name
+from .pde import layer_has_option
 
 __all__ = ["Supernet", "SandwichConfig", "supernet", "train_supernet", "recalibrate_bn", "calibration_batches",
            "export_plan", "stabilize_", "SUPERNET_FILE", "STABLE_H_LAMBDA"]
@@ -253,7 +256,8 @@ class Supernet(nn.Module):
                     combos = [{"velocity": v, "diffusion": d, "source": s} for v in self.space.velocities
                               for d in self.space.diffusions for s in self.space.sources]
                 for options in combos:
-                    choice = RunChoice(m=m, layer=layer, options={"K": self.K_max, **options}, init="input")
+                    steps = {"K": self.K_max} if layer_has_option(layer, "K") else {}  # drop: none
+                    choice = RunChoice(m=m, layer=layer, options={**steps, **options}, init="input")
                     built = _build_layer(run, choice, base, _default_factory)
                     if layer == "global":
                         self._tie(_inner(built), options, shared)
@@ -332,8 +336,8 @@ class Supernet(nn.Module):
                 raise CondenseError(f"run '{run.path}': the supernet has no {choice.layer!r} layers",
                                     f"its layer types: {', '.join(self.layer_types)}")
             options = dict(choice.options)
-            K = int(options.pop("K", 5))
-            if not 1 <= K <= self.K_max:
+            K = int(options.pop("K", 5)) if layer_has_option(choice.layer, "K") else None  # drop: no steps
+            if K is not None and not 1 <= K <= self.K_max:
                 raise CondenseError(f"run '{run.path}': K={K} is outside the supernet's 1..{self.K_max}",
                                     "build the supernet for a larger K range")
             extra = sorted(set(options) - (set(_GLOBAL_OPTIONS) if choice.layer == "global" else set()))
@@ -347,10 +351,10 @@ class Supernet(nn.Module):
                                     "plans of the search space only")
             layer = candidates[key]
             inner = _inner(layer)
-            if inner.config.K != K:
+            if K is not None and inner.config.K != K:
                 inner.config = inner.config.replace(K=K)
             init_block = None
-            if choice.init == "block" and not run.growing:
+            if choice.init == "block" and not run.growing and hasattr(inner, "init_block"):
                 init_block = self.net.get_submodule(run.blocks[choice.m]).block
                 if run.layout == "NHWC":
                     init_block = ChannelsFirstAdapter(init_block)
@@ -592,8 +596,8 @@ def plan_label(plan: Any) -> str:
     choices = list(plan.choices.values()) if hasattr(plan, "choices") else list(plan.values())
     if not choices:
         return "largest"
-    c = choices[0]
-    return f"{c.layer} K={c.options.get('K')}"
+    c = next((c for c in choices if "K" in c.options), choices[0])  # a dropped run has no K
+    return f"{c.layer} K={c.options.get('K')}" if "K" in c.options else c.layer
 
 
 def score_plan(net: Supernet, plan: Any, bundle, calib: list[torch.Tensor], *, device=None,

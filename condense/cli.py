@@ -83,12 +83,13 @@ def _main_parser() -> argparse.ArgumentParser:
     t.add_argument("--latency-batch", type=int, default=1, metavar="N", help="batch size it is measured at (default 1)")
     t.add_argument("--compiled", action="store_true", help="measure torch.compile'd models (default eager)")
     t.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="torch threads while measuring (default: torch's current count)")
+                   help="torch threads while measuring and calibrating (default: torch's current count)")
     t.add_argument("--device", default="auto", metavar="DEV", help="device the latency is measured on: auto (CUDA "
                    "when available, else CPU), cpu, cuda, cuda:N, mps (default auto)")
     g = p.add_argument_group("layer")
     g.add_argument("--layer", default="global",
-                   help="layer type: global, linearmix, explicit_rd, implicit_rd, circulant_rd (default global)")
+                   help="layer type: global, linearmix, explicit_rd, implicit_rd, circulant_rd (default global), "
+                        "or drop: delete the removed blocks, nothing in their place (no K or layer options)")
     g.add_argument("--K", type=int, default=None, help="PDE steps (default 5, lowered if the budget needs it)")
     g.add_argument("--fill-K", action="store_true", dest="fill_K",
                    help="raise K (up to 20) to spend MAC budget the blocks leave over (costs time, little accuracy)")
@@ -104,6 +105,14 @@ def _main_parser() -> argparse.ArgumentParser:
     g.add_argument("--boundary", help="periodic, replicate or zero")
     g.add_argument("--option", action="append", type=_option_value, default=[], metavar="KEY=VALUE",
                    help="any other layer option, e.g. --option dt=0.1 (repeatable)")
+    c = p.add_argument_group("calibration (distil the condensed model from the original before saving)")
+    c.add_argument("--calibrate", metavar="DATA", help="train the condensed model to reproduce the original's run "
+                   "outputs and logits on DATA's training images (labels unused; e.g. cifar10:PATH), then "
+                   "re-estimate BatchNorm; test accuracies before/after go to condensed.json")
+    c.add_argument("--calib-images", type=int, default=None, metavar="N", help="training images used (default 10000)")
+    c.add_argument("--calib-epochs", type=int, default=None, metavar="E", help="passes over them (default 1)")
+    c.add_argument("--calib-test", type=int, default=None, metavar="N",
+                   help="test images the accuracies are measured on (default all; 0: none)")
     o = p.add_argument_group("output")
     o.add_argument("-o", "--output", metavar="DIR", help="where to save (default: condensed/<model name>)")
     o.add_argument("--dry-run", action="store_true", help="plan and count only; save nothing")
@@ -199,6 +208,9 @@ def _sub_parser(name: str) -> argparse.ArgumentParser:
         p.add_argument("--teacher-checkpoint", metavar="FILE", help="local weights for --teacher")
         p.add_argument("--kd-alpha", type=float, default=0.5, help="weight of the distillation term")
         p.add_argument("--kd-temperature", type=float, default=4.0, help="distillation temperature")
+        p.add_argument("--kd-features", type=float, nargs="?", const=1.0, default=None, metavar="WEIGHT",
+                       help="also match each condensed run's output to the teacher's (MODEL_OR_DIR a condensed "
+                            "directory, --teacher its original), weighted by WEIGHT (default 1)")
         p.add_argument("--limit-train", type=int, default=None, metavar="N", help="use N training images")
         p.add_argument("--limit-test", type=int, default=None, metavar="N", help="use N test images")
         p.add_argument("--max-steps", type=int, default=None, help="at most N steps per epoch")
@@ -244,10 +256,80 @@ def _load_model(text: str, checkpoint: str | None, num_classes: int | None = Non
     return spec, model, default_input_size(model)
 
 
+def _output_guard(args, inputs):
+    """Before any work: the folder the main command will save to (``-o``, else ``condensed/<model>``) must
+    not hold the input or the current folder, nor anything condense did not write; it is then locked until
+    the command ends, so a second command writing it at the same time is refused."""
+    import contextlib
+
+    from ._io import _legacy_model_dir
+    from ._models import parse_model_spec
+    from ._resolve import is_model_dir
+    from ._write import check_output, claim_folder, output_lock
+
+    if args.dry_run:
+        return contextlib.nullcontext()
+    if args.output is not None:
+        target = Path(args.output)
+    elif is_model_dir(args.model):
+        return contextlib.nullcontext()  # _load_model says what is wrong
+    else:
+        target = Path("condensed") / parse_model_spec(args.model).slug
+    check_output(target, inputs)
+    claim_folder(target, "condensed-model", legacy=_legacy_model_dir)
+    return output_lock(target)
+
+
 def _size(args, default) -> tuple[int, int, int]:
     from ._budget import parse_input_size
 
-    return parse_input_size(args.input_size) if args.input_size else (default or (3, 224, 224))
+    return parse_input_size(args.input_size) if args.input_size is not None else (default or (3, 224, 224))
+
+
+_OWN_FLAGS = {"K": "--K", "init": "--init", "layer": "--layer", "preserve": "--preserve", "fill_K": "--fill-K",
+              "seed": "--seed", "velocity": "--velocity", "diffusion": "--diffusion", "source": "--source",
+              "boundary": "--boundary"}
+
+
+def _layer_options(args) -> dict[str, Any]:
+    """``--option KEY=VALUE`` pairs plus the Global layer's own flags; a key given twice, or one that has
+    its own flag, is an error (it would silently override, or collide with, the flag)."""
+    options: dict[str, Any] = {}
+    for key, value in args.option:
+        if key in _OWN_FLAGS:
+            raise CondenseError(f"--option {key}={value!r}: {key} has its own flag",
+                                f"write {_OWN_FLAGS[key]} {value} instead")
+        if key in options and options[key] != value:
+            raise CondenseError(f"--option {key} is given twice ({options[key]!r} and {value!r})", "give it once")
+        options[key] = value
+    for name in ("velocity", "diffusion", "source", "boundary"):
+        if getattr(args, name, None) is not None:
+            options[name] = getattr(args, name)
+    return options
+
+
+def _calibration_options(args) -> dict[str, Any] | None:
+    """``condense.calibrate``'s options from --calibrate / --calib-*, checked (None without --calibrate)."""
+    given = [f"--calib-{n}" for n in ("images", "epochs", "test") if getattr(args, f"calib_{n}") is not None]
+    if args.calibrate is None:
+        if given:
+            raise CondenseError(f"{given[0]} needs --calibrate DATA", "add --calibrate cifar10:PATH (or drop it)")
+        return None
+    if args.dry_run:
+        raise CondenseError("--calibrate with --dry-run: a dry run saves nothing to calibrate", "drop one of them")
+    for flag, value, low in (("--calib-images", args.calib_images, 1), ("--calib-epochs", args.calib_epochs, 1),
+                             ("--calib-test", args.calib_test, 0)):
+        if value is not None and value < low:
+            raise CondenseError(f"{flag} {value} must be >= {low}")
+    from ._calibrate import CalibrateConfig
+    from .data import parse_data_spec
+
+    spec = parse_data_spec(args.calibrate)  # a malformed spec or a missing path: before any work
+    if not spec.path.exists():
+        raise CondenseError(f"{spec}: {spec.path} does not exist", "check the path (it is read, never downloaded)")
+    default = CalibrateConfig()
+    return {"images": args.calib_images or default.images, "epochs": args.calib_epochs or default.epochs,
+            "test_images": args.calib_test}
 
 
 def _run_condense(args, console) -> int:
@@ -258,10 +340,8 @@ def _run_condense(args, console) -> int:
     from ._io import save
 
     t0 = time.perf_counter()
-    options = dict(args.option)
-    for name in ("velocity", "diffusion", "source", "boundary"):
-        if getattr(args, name) is not None:
-            options[name] = getattr(args, name)
+    calib = _calibration_options(args)  # bad calibration options: an error before any work
+    options = _layer_options(args)
     setting = None
     if args.latency is not None:
         from ._budget import parse_latency
@@ -271,25 +351,39 @@ def _run_condense(args, console) -> int:
         setting = LatencySetting(batch=args.latency_batch, mode="compiled" if args.compiled else "eager",
                                  threads=args.threads, device=args.device)
     inputs = [args.checkpoint, args.model.rpartition(":")[0] if ".py:" in args.model else None]
-    if args.output and not args.dry_run:
-        from ._io import check_output
-
-        check_output(args.output, inputs)  # before any work: an output that would delete the input or cwd
-    with console.status("building the model", spinner="dots") as status:
+    with _output_guard(args, inputs), console.status("building the model", spinner="dots") as status:
         spec, model, default = _load_model(args.model, args.checkpoint, args.num_classes)
         size = _size(args, default)
+        bundle = None
+        if calib is not None:  # an unreadable data spec: an error before the fit
+            from .data import load_data
+
+            status.update(f"loading {args.calibrate}")
+            bundle = load_data(args.calibrate, input_size=size, limit_train=calib["images"],
+                               limit_test=calib["test_images"] or None)
         result = fit(model, macs=args.macs, params=args.params, input_size=size, layer=args.layer,
                      init=args.init, K=args.K, fill_K=args.fill_K, progress=lambda msg: status.update(msg),
                      preserve=args.checkpoint is not None if args.preserve is None else args.preserve,
                      latency=args.latency, latency_setting=setting, **options)
+        calibration = None
+        if bundle is not None and result.plan.choices:
+            from ._calibrate import calibrate
+
+            if args.threads is not None:
+                import torch
+
+                torch.set_num_threads(args.threads)
+            calibration = calibrate(result, model, bundle, **calib, device=args.device,
+                                    progress=lambda msg: status.update(msg))
         out = None
         if not args.dry_run and result.plan.choices:
-            name = spec.name if spec.kind == "timm" else Path(spec.path).stem + "-" + spec.factory
-            out = Path(args.output or Path("condensed") / name)
+            out = Path(args.output or Path("condensed") / spec.slug)
             status.update(f"saving to {out}")
+            extra = {**({"latency": result.latency.to_dict()} if result.latency else {}),
+                     **({"calibration": calibration.to_dict()} if calibration else {})}
             save(result, out, spec=spec, checkpoint=args.checkpoint, inputs=inputs,
                  model_kwargs={"num_classes": args.num_classes} if args.num_classes else None,
-                 extra={"latency": result.latency.to_dict()} if result.latency else None)
+                 extra=extra or None)
     elapsed = time.perf_counter() - t0
     if args.json:
         print(json.dumps({
@@ -298,6 +392,7 @@ def _run_condense(args, console) -> int:
             "params_before": result.params_before, "params_after": result.params_after,
             "macs_budget": result.macs_budget, "params_budget": result.params_budget,
             "latency": result.latency.to_dict() if result.latency else None,
+            "calibration": calibration.to_dict() if calibration else None,
             "plan": result.plan.to_dict(), "output": str(out) if out else None, "seconds": round(elapsed, 2),
             "runs": [r.__dict__ | {"shape": list(r.shape)} for r in result.rows]}, indent=2))
         return 0
@@ -305,9 +400,9 @@ def _run_condense(args, console) -> int:
     for col in ("run", "block", "CxHxW", "blocks", "new layer", "MACs", "params"):
         table.add_column(col, justify="right" if col in ("MACs", "params") else "left")
     for r in result.rows:
-        blocks = f"{r.r} -> {r.m}" + (" + 1" if r.layer else "")
+        blocks = f"{r.r} -> {r.m}" + (" + 1" if r.layer and r.layer != "drop" else "")
         table.add_row(r.path, r.block_class, "x".join(map(str, r.shape)), blocks,
-                      f"{r.layer} K={r.K}" if r.layer else "-",
+                      (r.layer + (f" K={r.K}" if r.K is not None else "")) if r.layer else "-",
                       f"{format_count(r.macs_before)} -> {format_count(r.macs_after)}",
                       f"{format_count(r.params_before)} -> {format_count(r.params_after)}")
     table.add_section()
@@ -329,6 +424,8 @@ def _run_condense(args, console) -> int:
         console.print("latency candidates (MACs -> measured): " + ", ".join(
             f"{format_count(m)} -> {format_ms(t)}" for m, t in lat.candidates), highlight=False)
     console.print(result.message + (f"; budget met as measured: {', '.join(budgets)}" if budgets else ""))
+    if calibration is not None:
+        console.print(calibration.summary(), highlight=False)
     if out:
         trust = ", trust_code=True" if spec.kind == "file" else ""
         console.print(f"saved to [bold]{out}[/] (load with condense.load({str(out)!r}{trust})) in {elapsed:.1f}s")
@@ -409,7 +506,9 @@ def _run_train(args, console) -> int:
                          channels_last=args.channels_last, compile=args.compile, clip_grad_norm=args.clip_grad,
                          decay_norm_and_bias=args.decay_norm_and_bias,
                          augment=args.augment or True, kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature,
-                         max_steps_per_epoch=args.max_steps)
+                         max_steps_per_epoch=args.max_steps, kd_features=args.kd_features or 0.0)
+    if config.kd_features and not args.teacher:
+        raise CondenseError("--kd-features needs --teacher (the original the directory was condensed from)")
     with console.status("loading data"):
         bundle = load_data(args.data, limit_train=args.limit_train, limit_test=args.limit_test,
                            input_size=_train_input_size(args), augment=args.augment)
@@ -418,7 +517,7 @@ def _run_train(args, console) -> int:
                             trust_code=args.trust_code)
     model, name, meta = student.model, Path(student.label).name, student.meta
     channels = (student.input_size or (None,))[0] or _input_channels(model)
-    if not args.input_size and channels and bundle.input_size[0] != channels:
+    if args.input_size is None and channels and bundle.input_size[0] != channels:
         # the model takes other channels than the data's default (grey letters for a colour net, or the
         # other way round): read the data as the model takes it
         with console.status("loading data"):
@@ -428,6 +527,7 @@ def _run_train(args, console) -> int:
     if args.teacher:
         teacher = resolve_model(args.teacher, checkpoint=args.teacher_checkpoint, num_classes=bundle.num_classes,
                                 trust_code=args.trust_code).model
+    features = _feature_pairs(meta, teacher, bundle) if config.kd_features else None
     out = check_output(args.output or Path("runs") / name, [args.model, args.checkpoint, args.teacher,
                                                              args.teacher_checkpoint])
     console.print(f"training on {bundle.name} ({bundle.num_classes} classes, {bundle.train_size} training images) at "
@@ -436,7 +536,8 @@ def _run_train(args, console) -> int:
                   f"{'' if args.threads else ' (torch default)'}; device: {describe_device(device)}"
                   f"{'; amp ' + config.amp if config.amp else ''}", highlight=False)
     result = train(model, bundle, config, out_dir=out, teacher=teacher, resume=args.resume, device=device,
-                   overwrite=args.overwrite, extra_metrics={"model": args.model, "teacher_model": args.teacher})
+                   overwrite=args.overwrite, extra_metrics={"model": args.model, "teacher_model": args.teacher},
+                   features=features)
     if meta is not None:  # a condensed model stays a loadable directory, now with trained weights
         write_model_dir(out / "model", model, {**meta, "trained": {"data": bundle.name, "epochs": config.epochs}})
     else:
@@ -446,6 +547,22 @@ def _run_train(args, console) -> int:
                   f"{format_count(m['macs'])} MACs, {format_count(m['params'])} params; "
                   f"metrics in {out / 'metrics.json'}")
     return 0
+
+
+def _feature_pairs(meta, teacher, bundle):
+    """--kd-features: the condensed runs' (teacher module, student module) pairs, from the directory's plan
+    and the runs traced on the teacher."""
+    if meta is None:
+        raise CondenseError("--kd-features needs a condensed directory as MODEL_OR_DIR (its plan names the runs)",
+                            "condense the model first: condense MODEL -o DIR, then condense train DIR ...")
+    from ._calibrate import feature_pairs
+    from .graph import find_runs
+
+    size = tuple(meta.get("input_size") or bundle.input_size)
+    pairs = feature_pairs(find_runs(teacher, size, count=False), meta["plan"])
+    if not pairs:
+        raise CondenseError("--kd-features: the directory's plan condenses no run", "drop --kd-features")
+    return pairs
 
 
 def _input_channels(model) -> int | None:
@@ -461,7 +578,7 @@ def _train_input_size(args) -> tuple[int, int, int] | None:
     from ._budget import parse_input_size
     from ._resolve import is_model_dir
 
-    if args.input_size:
+    if args.input_size is not None:
         return parse_input_size(args.input_size)
     if is_model_dir(args.model):
         from ._io import read_meta

@@ -43,7 +43,9 @@ class TrainConfig:
     ``clip_grad_norm``: the gradients' total 2-norm is clipped to it before every step (None: no clipping).
     ``decay_norm_and_bias``: weight decay also on 1-d parameters (norm weights, biases; default: not).
     ``augment``: True (the data's default augmentation, ``DataBundle.augment``), False (none) or one of
-    ``condense.data.AUGMENTS`` (``none``, ``crop-flip``, ``timm``)."""
+    ``condense.data.AUGMENTS`` (``none``, ``crop-flip``, ``timm``). ``kd_features``: with a teacher and the
+    condensed runs' feature pairs (``train(features=...)``, ``condense.calibrate``'s), adds this weight times
+    the per-run feature loss (each run's output matched to the teacher's, ``condense._calibrate``); 0: off."""
 
     epochs: int = 10
     batch_size: int = 128
@@ -62,6 +64,7 @@ class TrainConfig:
     augment: bool | str = True
     kd_alpha: float = 0.5
     kd_temperature: float = 4.0
+    kd_features: float = 0.0
     max_steps_per_epoch: int | None = None
     clip_grad_norm: float | None = None
     decay_norm_and_bias: bool = False
@@ -99,6 +102,9 @@ class TrainConfig:
             bad("kd_alpha", "must be in [0, 1]")
         if not self.kd_temperature > 0:
             bad("kd_temperature", "must be > 0")
+        if isinstance(self.kd_features, bool) or not isinstance(self.kd_features, (int, float)) or \
+                not 0 <= self.kd_features < math.inf:
+            bad("kd_features", "must be a number >= 0 (0: off)")
         if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs and self.warmup_epochs:
             bad("warmup_epochs", "must be in [0, epochs)")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
@@ -117,6 +123,8 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["milestones"] = list(self.milestones)
+        if not self.kd_features:  # absent when off: checkpoints written before the option still resume
+            del d["kd_features"]
         return d
 
 
@@ -275,6 +283,40 @@ def load_checkpoint_state(path: Path) -> dict[str, Any]:
     return state
 
 
+def _damaged(path, what: str) -> CondenseError:
+    what = str(what).strip().splitlines()[0][:160] if str(what).strip() else "unreadable"
+    return CondenseError(f"{path} is a damaged training checkpoint ({what})",
+                         "start again with --overwrite (or a new -o DIR)")
+
+
+def check_checkpoint(state: dict[str, Any], path, config: TrainConfig) -> None:
+    """The fields of a ``last.pt`` that resuming reads, checked before anything is loaded: ``epoch`` an
+    integer within the run's epochs, a history of that many epochs with their accuracies, weights as
+    tensors, an optimizer state with parameter groups, and random states of the right kinds."""
+    epoch = state["epoch"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= config.epochs:
+        raise _damaged(path, f"epoch {epoch!r} is not an integer from 0 to {config.epochs}")
+    history = state["history"]
+    if not isinstance(history, list) or len(history) != epoch or not all(
+            isinstance(h, dict) and isinstance(h.get("test_acc"), (int, float)) and
+            not isinstance(h.get("test_acc"), bool) for h in history):
+        raise _damaged(path, f"its history is not {epoch} epoch record(s) with a test accuracy")
+    if not isinstance(state["model"], dict) or not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+        raise _damaged(path, "its weights are not a dict of tensors")
+    opt = state["optimizer"]
+    if not isinstance(opt, dict) or not isinstance(opt.get("param_groups"), list) or not opt["param_groups"] or \
+            not isinstance(opt.get("state"), dict):
+        raise _damaged(path, "its optimizer state has no parameter groups")
+    rng = state["rng"]
+    if not isinstance(rng, dict) or not all(isinstance(rng.get(k), torch.Tensor) for k in
+                                            ("torch", "python", "python_gauss")):
+        raise _damaged(path, "its random states are malformed")
+    py = rng["python"]
+    if py.dtype != torch.int64 or py.ndim != 1 or py.numel() != 626 or rng["torch"].dtype != torch.uint8 or \
+            rng["python_gauss"].numel() > 1:
+        raise _damaged(path, "its random states are malformed")
+
+
 def _outputs_of(model: nn.Module, bundle) -> int:
     """The number of outputs ``model`` gives for one test image (its class count)."""
     x, _ = next(iter(bundle.loader("test", 1, shuffle=False, augment=False)))
@@ -387,10 +429,89 @@ def _epoch_line(record: dict[str, Any], epochs: int, lr: float) -> str:
             f"{record['images_per_s']:.0f} img/s, {record['epoch_seconds']:.1f} s, lr {lr:.4g}")
 
 
+RUN_KIND = "training-run"
+RUN_FILES = ("last.pt", "metrics.json", "model.pth", "model/", "recipe.json")  # what train, `condense train`
+# and `condense recipe run` write
+
+
+def _legacy_run(folder: Path) -> set[str] | None:
+    """A run folder written before manifests: it holds a checkpoint or metrics."""
+    return set(RUN_FILES) if (folder / "last.pt").is_file() or (folder / "metrics.json").is_file() else None
+
+
+def run_folder(out: str | os.PathLike):
+    """The output folder of a training run, for the length of the run (``train`` and ``condense train``):
+    refused if it holds anything but a run (files a user added to a run folder are kept, never touched),
+    locked against a second writer, marked with the manifest of what a run writes, and removed again if the
+    run fails before it wrote anything into a folder it created."""
+    import contextlib
+
+    from ._write import claim_folder, foreign_files, output_lock, write_manifest
+
+    @contextlib.contextmanager
+    def guard():
+        folder = Path(out)
+        if int(os.environ.get("RANK", "0")) != 0:  # rank 0 alone writes
+            yield folder
+            return
+        with output_lock(folder):
+            if folder.is_dir() and any(folder.iterdir()) and foreign_files(folder, RUN_KIND, _legacy_run) is None:
+                claim_folder(folder, RUN_KIND, legacy=_legacy_run, what="training run")  # names the problem
+            elif not folder.is_dir():
+                claim_folder(folder, RUN_KIND)  # a file or a link: refused
+            created = not folder.exists()
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                write_manifest(folder, RUN_KIND, RUN_FILES)
+            except (OSError, CondenseError) as err:
+                from ._write import os_error
+
+                if created:
+                    _remove_if_unused(folder)
+                raise (err if isinstance(err, CondenseError) else os_error(err, folder)) from None
+            try:
+                yield folder
+            except BaseException:
+                if created:
+                    _remove_if_unused(folder)
+                raise
+
+    return guard()
+
+
+def _remove_if_unused(folder: Path) -> None:
+    """Remove a run folder this process created if it holds nothing but the manifest (and a recipe's
+    description, written before the run)."""
+    import shutil
+
+    from ._write import MANIFEST
+
+    try:
+        if all(p.name in (MANIFEST, "recipe.json") for p in folder.iterdir()):
+            shutil.rmtree(folder, ignore_errors=True)
+    except OSError:
+        pass
+
+
+def _owns_output(fn):
+    """``train``'s output folder is held by ``run_folder`` for the whole call."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, out_dir=None, **kwargs):
+        if out_dir is None:
+            return fn(*args, out_dir=None, **kwargs)
+        with run_folder(out_dir):
+            return fn(*args, out_dir=out_dir, **kwargs)
+
+    return wrapper
+
+
+@_owns_output
 def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir: str | os.PathLike | None = None,
           teacher: nn.Module | None = None, resume: bool = False, progress: bool = True,
           extra_metrics: dict[str, Any] | None = None, overwrite: bool = False,
-          device: str | torch.device | None = "auto") -> TrainResult:
+          device: str | torch.device | None = "auto", features: Any = None) -> TrainResult:
     """Train ``model`` in place on ``data`` (a spec string or a DataBundle) and return the result.
 
     ``device``: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; the
@@ -400,10 +521,16 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
 
     ``out_dir`` holding a checkpoint is continued with ``resume=True``, started again with ``overwrite=True``,
     and refused otherwise. Bad setups (one class, more classes than outputs, no full batch, an unreadable
-    or unsafe checkpoint) are one-line errors raised before anything is written."""
+    or unsafe checkpoint) are one-line errors raised before anything is written.
+
+    ``features``: the condensed runs' feature pairs (``condense._calibrate.feature_pairs(find_runs(teacher),
+    plan)``), needed with ``config.kd_features``: each run's output is matched to the teacher's."""
     from .data import load_data
 
     config = config or TrainConfig()
+    if config.kd_features and (teacher is None or not features):
+        raise ConfigError("feature distillation (kd_features) needs a teacher and the condensed runs' feature pairs",
+                          "pass teacher= and features= (condense train DIR --teacher ORIGINAL --kd-features)")
     bundle = load_data(data) if isinstance(data, str) else data
     bundle, augment = with_augmentation(bundle, config)
     from ._device import device_record, resolve_device
@@ -429,6 +556,7 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
         if resumed.get("config") != config.to_dict():
             raise CondenseError(f"{ckpt} was written with other training options",
                                 "resume with the same options, or start a new -o DIR")
+        check_checkpoint(resumed, ckpt, config)
         from ._io import check_finite
 
         check_finite(resumed["model"], ckpt)
@@ -460,13 +588,19 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
     ckpt_path = out / "last.pt" if out is not None else None
     if resumed is not None:
         state = resumed
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
+        from ._io import fit_state
+
+        fit_state(model, state["model"], ckpt_path, hint="the checkpoint is of another model: start again with "
+                  "--overwrite, or resume the model it was written for")
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            if state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            _set_rng_state(state["rng"])
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError, OverflowError) as err:
+            raise _damaged(ckpt_path, f"its optimizer or random state does not load: {err}") from None
         history = state["history"]
         start_epoch = state["epoch"]
-        _set_rng_state(state["rng"])
     steps_per_epoch = None
     t_start = time.perf_counter()
     images_total = 0
@@ -478,7 +612,13 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
         bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                        TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn())
         bar.start()
+    taps = None
     try:
+        if config.kd_features:  # hooks on both models, removed below whatever happens
+            from ._calibrate import FeatureTap, feature_loss
+
+            taps = (FeatureTap(model, [f.student for f in features], detach=False, what="the model"),
+                    FeatureTap(teacher, [f.teacher for f in features], detach=True, what="the teacher"))
         for epoch in range(start_epoch, config.epochs):
             loader = bundle.loader("train", config.batch_size, shuffle=True, augment=augment != "none",
                                    seed=config.seed, epoch=epoch, drop_last=True, rank=rank, world_size=world)
@@ -488,6 +628,7 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
             net.train()
             loss_acc = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no sync a step
             correct_acc = torch.zeros((), dtype=torch.int64, device=device)
+            feature_acc = torch.zeros((), dtype=torch.float64, device=device)
             seen, t0 = 0, time.perf_counter()
             every = 1 if device.type == "cpu" else 20  # read the device's figures (a sync) this often
             for step, (x, y) in enumerate(loader):
@@ -506,6 +647,11 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
                                                  config.kd_temperature, config.label_smoothing)
                     else:
                         loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+                    if taps is not None:  # each condensed run's output matched to the teacher's
+                        f_loss, _ = feature_loss(features, taps[0].out, taps[1].out)
+                        loss = loss + config.kd_features * f_loss
+                        feature_acc += f_loss.detach().double() * len(y)
+                        taps[0].out, taps[1].out = {}, {}
                 if step % every == 0 and not torch.isfinite(loss):
                     raise CondenseError(f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}",
                                         "lower the learning rate (--lr)")
@@ -533,6 +679,8 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
                           channels_last=config.channels_last)
             record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                       "images_per_s": seen * world / max(epoch_time, 1e-9), "epoch_seconds": epoch_time, **ev}
+            if taps is not None:
+                record["train_feature_loss"] = float(feature_acc) / max(seen, 1)
             history.append(record)
             if bar:
                 bar.update(task, stats=f"loss {record['train_loss']:.3f} acc {record['train_acc']:.3f} | "
@@ -547,6 +695,8 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
     finally:
         if bar:
             bar.stop()
+        for tap in taps or ():
+            tap.close()
     metrics = dict(history[-1]) if history else {}
     metrics.update({
         "best_test_acc": max((h["test_acc"] for h in history), default=None),
@@ -554,6 +704,7 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
         "num_classes": bundle.num_classes, "data_spec": str(bundle.spec) if bundle.spec is not None else None,
         "augment": augment, **device_record(device),
         "teacher": type(teacher).__name__ if teacher is not None else None,
+        **({"kd_feature_runs": [f.run for f in features]} if taps is not None else {}),
         "train_seconds_this_run": time.perf_counter() - t_start,
     })
     if rank == 0:

@@ -10,8 +10,8 @@ figures are the paper's, at batch 1, MACs as multiply-accumulates:
 ==========================  ===========================================================  ===============
 name                        architecture                                                 paper figures
 ==========================  ===========================================================  ===============
-``resnet32``/``resnet56``   He et al. 2016 CIFAR ResNet, 3 stages x m basic blocks,      460K/70M,
-                            widths 16/32/64 (m = 5 / 9)                                  850K/127M
+``resnet20``/``resnet32``/  He et al. 2016 CIFAR ResNet, 3 stages x m basic blocks,      270K/41M,
+``resnet56``                widths 16/32/64 (m = 3 / 5 / 9)                              460K/70M, 850K/127M
 ``wrn_40_4``                Wide-ResNet 40-4 (Zagoruyko & Komodakis): pre-activation     9.0M/1.30G
                             blocks, 6 per stage, widths 64/128/256, stem 16
 ``densenet_bc_100_12``      DenseNet-BC, k=12, L=100: 3 dense blocks of 16 bottleneck    0.8M/300M
@@ -65,7 +65,7 @@ from .pde._advection_diffusion import advection_diffusion, bounded_advection_dif
 __all__ = [
     "BasicBlock", "PreActBlock", "CifarResNet", "WideResNet", "DenseLayer", "DenseBlock", "DenseNet",
     "MnistResBlock", "MnistResNet", "FeatureNet", "Fig2Feature",
-    "resnet_cifar", "resnet32", "resnet56", "wide_resnet", "wrn_40_4", "wrn_40_7", "densenet_bc",
+    "resnet_cifar", "resnet20", "resnet32", "resnet56", "wide_resnet", "wrn_40_4", "wrn_40_7", "densenet_bc",
     "densenet_bc_100_12", "resnet_tiny", "resnet_tiny_global", "wrn_tiny", "wrn_tiny_global",
     "resnet32_global_base", "resnet56_global_base", "resnet56_x2_global_base", "mnist_resnet", "mnist_resnet_small",
     "mnist_cnn_net", "mnist_residual_net",
@@ -413,6 +413,11 @@ def resnet_cifar(depth: int | None = 32, num_classes: int = 10, width: int = 16,
                        shortcut=shortcut)
 
 
+def resnet20(num_classes: int = 10, **kw: Any) -> CifarResNet:
+    """ResNet-20 (m = 3). Paper: 270K params, 41M MACs."""
+    return resnet_cifar(20, num_classes, **kw)
+
+
 def resnet32(num_classes: int = 10, **kw: Any) -> CifarResNet:
     """ResNet-32 (m = 5). Paper: 460K params (473K with 100 classes), 70M MACs."""
     return resnet_cifar(32, num_classes, **kw)
@@ -550,6 +555,7 @@ def mnist_pde_net_image(num_classes: int = 10, K: int = 5) -> FeatureNet:
 # --- the name table --------------------------------------------------------------------------------------
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
+    "resnet20": resnet20,
     "resnet32": resnet32,
     "resnet56": resnet56,
     "resnet_cifar": resnet_cifar,

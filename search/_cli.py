@@ -73,7 +73,7 @@ def search_parser() -> argparse.ArgumentParser:
     s = p.add_argument_group("space and sampler")
     s.add_argument("--layers", type=_names, default=None,
                    help="layer types to search, comma-separated (default: global,linearmix,explicit_rd,"
-                        "implicit_rd,circulant_rd)")
+                        "implicit_rd,circulant_rd,drop; drop deletes a run's removed blocks, chosen per run)")
     s.add_argument("--K", type=_int_range, default=None, metavar="LO-HI", help="range of K (default 1-20)")
     s.add_argument("--sampler", choices=("nsgaii", "tpe", "random"), default="nsgaii",
                    help="nsgaii (default), tpe, or random (a baseline; compare with condense compare)")
@@ -153,7 +153,7 @@ def _show_space(args, console) -> int:
 
     spec = parse_model_spec(args.model)
     model = build_model(spec)
-    if args.input_size:
+    if args.input_size is not None:
         size = parse_input_size(args.input_size)
     elif args.data:
         from condense.data import load_data
@@ -168,7 +168,8 @@ def _show_space(args, console) -> int:
     console.print(space.table(title=f"search space of {spec} at {'x'.join(map(str, size))}"))
     console.print(space.summary())
     console.print("Shared by the whole model: layer, K, init, velocity, diffusion, source (the last three only "
-                  "act on the Global layer). Per run: condense it or not, and m (blocks kept).")
+                  "act on the Global layer). Per run: condense it or not, m (blocks kept), and with drop among "
+                  "the layers, drop (delete the removed blocks instead of the shared layer).")
     return 0
 
 

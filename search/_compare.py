@@ -97,7 +97,7 @@ def _load(study_dir: Path, finished: bool = False) -> tuple[dict, pd.DataFrame]:
     try:
         config = json.loads(config_path.read_text())
         trials = pd.read_csv(trials_path)
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, RecursionError) as err:
         raise CondenseError(f"cannot read {study_dir}: {err}", "re-run the search to rewrite its files") from err
     return config, _as_trials(trials) if finished else trials
 

@@ -120,7 +120,7 @@ def _done(directory: Path, config: TrainConfig) -> dict[str, Any] | None:
         return None
     try:
         metrics = json.loads(metrics_path.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError, RecursionError):
         return None
     if metrics.get("config") != config.to_dict():
         raise CondenseError(f"{directory} was fine-tuned with other options (epochs, lr, batch size or seed)",
@@ -172,7 +172,7 @@ def finish_front(front: pd.DataFrame, study_dir: str | Path, original: nn.Module
         if "latency_ms" in row and pd.notna(row.get("latency_ms")):
             record["latency_ms"] = float(row["latency_ms"])
         record.update({k: row[k] for k in _PLAN_COLUMNS if k in row})
-        record.update({k: row[k] for k in row.index if str(k).startswith("m[")})
+        record.update({k: row[k] for k in row.index if str(k).startswith(("m[", "drop["))})
         seconds = float(metrics.get("train_seconds_this_run", time.perf_counter() - t0))
         record.update({"epochs": train_cfg.epochs, "lr": train_cfg.lr, "train_seconds": round(seconds, 1),
                        "model_dir": str(target / "model")})

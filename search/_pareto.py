@@ -75,8 +75,9 @@ def trials_frame(study: optuna.Study, space) -> pd.DataFrame:
         rows.append(row)
     columns = ["trial", "state", "status", *[n for n in names], "feasible", "violation_macs", "violation_params",
                "on_front", "layer", "K", "init", "velocity", "diffusion", "source",
-               *[space.m_name(r) for r in space.runs], "estimated", "train_seconds", "retry_of", "duplicate_of",
-               "trial_dir",
+               *[space.m_name(r) for r in space.runs],
+               *[space.drop_name(r) for r in space.runs if getattr(space, "drop_per_run", False)],
+               "estimated", "train_seconds", "retry_of", "duplicate_of", "trial_dir",
                "plan", "error"]
     df = pd.DataFrame(rows, columns=list(dict.fromkeys(columns)))
     df = df.dropna(axis=1, how="all") if not df.empty else df
@@ -113,9 +114,10 @@ def front_table(front: pd.DataFrame, reference: dict[str, Any] | None = None, ti
     from rich.table import Table
 
     ms = [c for c in front.columns if c.startswith("m[")]
+    drops = any(str(c).startswith("drop[") for c in front.columns)  # a dropped run's m is shown as e.g. 2d
     table = Table(title=title, title_justify="left")
     for col in ("trial", "accuracy", "MACs", "params", *(["latency"] if "latency_ms" in front else []), "layer",
-                "K", "init", "kept: " + " ".join(c[2:-1] for c in ms)):
+                "K", "init", "kept" + (" (d: dropped)" if drops else "") + ": " + " ".join(c[2:-1] for c in ms)):
         table.add_column(escape(col), justify="right" if col in ("trial", "accuracy", "MACs", "params", "latency",
                                                                  "K") else "left")
     lat = "latency_ms" in front
@@ -127,7 +129,8 @@ def front_table(front: pd.DataFrame, reference: dict[str, Any] | None = None, ti
                       "-", "-", "-", "all", style="dim")
         table.add_section()
     for _, row in front.iterrows():
-        kept = " ".join(str(_int(row[c])) for c in ms)
+        kept = " ".join(str(_int(row[c])) + ("d" if _num(row.get("drop" + c[1:])) and bool(row.get("drop" + c[1:]))
+                                             else "") for c in ms)
         table.add_row(str(row["trial"]), f"{row['accuracy']:.4f}", format_count(row["macs"]),
                       format_count(row["params"]),
                       *([f"{row['latency_ms']:.2f} ms" if _num(row.get("latency_ms")) else "-"] if lat else []),

@@ -13,6 +13,12 @@ How choices are shared (keeps the space small; its size grows with the runs, not
 * **One value per run**: ``condense[PATH]`` (is the run condensed at all) and ``m[PATH]`` (blocks kept,
   anchor included, 1..r-1; a run that is not condensed keeps all r blocks).
 
+Block dropping (layer type ``drop``: the removed blocks are deleted, nothing replaces them) is chosen per
+run, so a search can tell in which runs a PDE layer earns its cost: with ``drop`` among the layer types and
+at least one other, ``layer`` ranges over the others and every run gets ``drop[PATH]`` (True: that run's
+removed blocks are deleted instead of replaced by the shared layer type). With ``drop`` alone, ``layer`` is
+``drop`` and there are no ``drop[PATH]`` parameters. A dropped run has no K, options or initial guess.
+
 Every parameter is suggested in every trial, also where it has no effect (``velocity`` when the layer is
 an RD layer, ``m[PATH]`` when the run is off): the space is then the same fixed product for every trial,
 which NSGA-II needs to cross over and mutate all parameters (conditional parameters would fall back to
@@ -26,8 +32,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 
 from condense import ConfigError, Plan, RunChoice
-from condense.pde import layer_names
-from condense.pde import DIFFUSIONS, SOURCES, VELOCITIES
+from condense.pde import DIFFUSIONS, DROP, SOURCES, VELOCITIES, layer_names
 
 __all__ = ["Param", "RunSpace", "SearchSpace", "build_space", "K_RANGE", "INITS", "GLOBAL_ONLY"]
 
@@ -79,6 +84,16 @@ class SearchSpace:
     sources: tuple[str, ...] = SOURCES
     inits: tuple[str, ...] = INITS
 
+    @property
+    def pde_layers(self) -> tuple[str, ...]:
+        """The layer types other than ``drop`` (what ``layer`` ranges over when runs can be dropped)."""
+        return tuple(name for name in self.layers if name != DROP)
+
+    @property
+    def drop_per_run(self) -> bool:
+        """Whether each run chooses between the shared layer type and ``drop`` (``drop[PATH]``)."""
+        return DROP in self.layers and bool(self.pde_layers)
+
     def __post_init__(self) -> None:
         if not self.runs:
             raise ConfigError("the model has no runs of repeated same-resolution blocks: nothing to search",
@@ -105,7 +120,8 @@ class SearchSpace:
         """Every Optuna parameter of the space, in suggestion order."""
         model = "whole model"
         out = [
-            Param("layer", CategoricalDistribution(self.layers), model, "layer type of every condensed run"),
+            Param("layer", CategoricalDistribution(self.pde_layers or (DROP,)), model,
+                  "layer type of every condensed run" + (" not dropped" if self.drop_per_run else "")),
             Param("K", IntDistribution(*self.K), model, "PDE steps of the new layers"),
             Param("init", CategoricalDistribution(self.inits), model,
                   "initial guess: kept blocks' output (input) or a copy of the first replaced block (block)"),
@@ -121,6 +137,9 @@ class SearchSpace:
                              f"condense this run ({run.block_class} x{run.r} at {'x'.join(map(str, run.shape))})"))
             out.append(Param(self.m_name(run), IntDistribution(1, max(1, run.r - 1)), f"run {run.label}",
                              f"blocks kept when condensed (anchor included; r = {run.r})"))
+            if self.drop_per_run:
+                out.append(Param(self.drop_name(run), CategoricalDistribution((False, True)), f"run {run.label}",
+                                 "when condensed, delete the removed blocks (drop) instead of the shared layer"))
         return tuple(out)
 
     @staticmethod
@@ -130,6 +149,13 @@ class SearchSpace:
     @staticmethod
     def m_name(run: RunSpace) -> str:
         return f"m[{run.label}]"
+
+    @staticmethod
+    def drop_name(run: RunSpace) -> str:
+        return f"drop[{run.label}]"
+
+    def _dropped(self, params: Mapping[str, Any], run: RunSpace) -> bool:
+        return params["layer"] == DROP or (self.drop_per_run and bool(params[self.drop_name(run)]))
 
     def distributions(self) -> dict[str, BaseDistribution]:
         return {p.name: p.distribution for p in self.params}
@@ -160,16 +186,19 @@ class SearchSpace:
         missing = [p.name for p in self.params if p.name not in params]
         if missing:
             raise ConfigError(f"trial parameters lack {', '.join(missing)}", "was the study made for another space?")
-        any_on = any(bool(params[self.on_name(r)]) for r in self.runs)
+        on = {r.label: bool(params[self.on_name(r)]) for r in self.runs}
+        any_on = any(on.values())
+        any_layer = any(on[r.label] and not self._dropped(params, r) for r in self.runs)  # a run with a layer
         is_global = params["layer"] == "global"
-        out: dict[str, Any] = {}
-        for name in ("layer", "K", "init"):
-            out[name] = params[name] if any_on else None
+        out: dict[str, Any] = {"layer": params["layer"] if any_layer else DROP if any_on else None}
+        for name in ("K", "init"):
+            out[name] = params[name] if any_layer else None
         for name in GLOBAL_ONLY:
-            out[name] = params[name] if any_on and is_global else None
+            out[name] = params[name] if any_layer and is_global else None
         for run in self.runs:
-            on = bool(params[self.on_name(run)])
-            out[self.m_name(run)] = min(int(params[self.m_name(run)]), run.r - 1) if on else run.r
+            out[self.m_name(run)] = min(int(params[self.m_name(run)]), run.r - 1) if on[run.label] else run.r
+            if self.drop_per_run:
+                out[self.drop_name(run)] = self._dropped(params, run) if on[run.label] else None
         return out
 
     def plan(self, params: Mapping[str, Any]) -> Plan:
@@ -181,14 +210,20 @@ class SearchSpace:
         choices = {}
         for run in self.runs:
             m = eff[self.m_name(run)]
-            if m < run.r:
+            if m < run.r and self._dropped(params, run):
+                choices[run.path] = RunChoice(m=m, layer=DROP, options={}, init="input")
+            elif m < run.r:
                 choices[run.path] = RunChoice(m=m, layer=eff["layer"], options=dict(options), init=eff["init"])
         return Plan(choices)
 
     def params_of_plan(self, ms: Mapping[str, int], *, layer: str = "global", K: int = 5, init: str = "input",
                        **options: Any) -> dict[str, Any]:
-        """Trial parameters that give the plan ``ms`` (run path -> m) with these shared choices (to enqueue)."""
+        """Trial parameters that give the plan ``ms`` (run path -> m) with these shared choices (to enqueue);
+        ``layer="drop"`` drops every condensed run."""
         defaults = {"velocity": "dwconv", "diffusion": "constant", "source": "identity"}
+        drop = layer == DROP
+        if drop and self.drop_per_run:  # the runs drop; the shared layer type is then unused
+            layer = "global" if "global" in self.pde_layers else self.pde_layers[0]
         out: dict[str, Any] = {"layer": layer, "K": int(min(max(K, self.K[0]), self.K[1])), "init": init}
         for name in GLOBAL_ONLY:
             out[name] = options.get(name, defaults[name])
@@ -196,6 +231,8 @@ class SearchSpace:
             m = int(ms.get(run.path, run.r))
             out[self.on_name(run)] = m < run.r
             out[self.m_name(run)] = min(m, max(1, run.r - 1))
+            if self.drop_per_run:
+                out[self.drop_name(run)] = drop
         for p in self.params:
             d = p.distribution
             value = out[p.name]
@@ -230,7 +267,8 @@ class SearchSpace:
 
     def summary(self) -> str:
         n_on = len(self.runs)
-        return (f"{len(self.params)} parameters: 6 shared by the whole model, 2 per run x {n_on} run(s); "
+        per_run = 3 if self.drop_per_run else 2
+        return (f"{len(self.params)} parameters: 6 shared by the whole model, {per_run} per run x {n_on} run(s); "
                 f"{self.size:.3g} points")
 
 

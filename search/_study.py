@@ -12,7 +12,10 @@ Files, in the output directory (``STUDY_DIR``):
     front.png            accuracy vs MACs, the front and the original model marked
     finished/<N>/, finished.csv, finished.png   with ``finish=``: fine-tuned front members (``search._finish``)
 
-Never: loses a finished trial. Each trial is written to the storage when it ends; re-running the same
+Never: writes into a folder that is not a search's (a non-empty folder without ``search.json`` or a
+journal is refused; files a user adds to a search folder are kept), nor into another study's folder (a
+search folder belongs to one study: another model, study name or seed is refused, naming what differs).
+Never loses a finished trial. Each trial is written to the storage when it ends; re-running the same
 search resumes the study (same study name, ``load_if_exists``), and ``trials`` counts the study's
 evaluated trials (within the budgets), so a resumed search runs only the rest. A trial that died mid-way
 is marked failed and retried with the same parameters (up to ``max_retry`` times): with a database, by Optuna's
@@ -51,7 +54,7 @@ from optuna.trial import TrialState
 import torch
 from torch import nn
 
-from condense import CondenseError, ConfigError, find_runs, macs_and_params
+from condense import CondenseError, ConfigError, claim_folder, find_runs, macs_and_params, read_json
 from condense import LatencySetting, format_count, parse_budget, parse_input_size
 
 from ._objective import (STATUS_DUPLICATE, STATUS_OVER, STATUS_TRAINED, Objective, measure_latency,
@@ -74,6 +77,46 @@ _OVER_FACTOR = 10   # a search also stops after 10 x trials plans over budget or
 _IDENTITY = ("model", "checkpoint", "data", "limit_train", "limit_test", "input_size", "macs", "params",
              "epochs_per_trial", "steps_per_epoch", "batch_size", "lr", "distill", "teacher", "teacher_checkpoint",
              "latency", "latency_batch", "latency_compiled", "sampler", "population", "layers", "K")
+
+
+SEARCH_KIND = "search"
+# what a search writes into its folder (a folder's manifest lists these; anything else in it is the user's)
+SEARCH_FILES = (CONFIG, JOURNAL, JOURNAL + ".lock", TRIALS + "/", "trials.csv", "front.csv", "front.png",
+                "finished/", "finished.csv", "finished.png", "supernet/", "export/")
+
+
+def _legacy_search(folder: Path) -> set[str] | None:
+    """A search folder written before manifests: it holds ``search.json`` or a journal."""
+    return set(SEARCH_FILES) if (folder / CONFIG).is_file() or (folder / JOURNAL).is_file() else None
+
+
+def claim_search_folder(config: "SearchConfig") -> None:
+    """Before anything is built: the output must be empty, new, or this study's search folder. A folder
+    that is not a search's is refused; so is another study's (its ``search.json`` names another study, or
+    its journal holds other studies), naming what differs."""
+    from condense._write import check_output, foreign_files
+
+    out = check_output(config.output)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise CondenseError(f"output {str(out)!r} is a file", "choose a new -o DIR")
+    if not any(out.iterdir()):
+        return
+    if foreign_files(out, SEARCH_KIND, _legacy_search) is None:
+        claim_folder(out, SEARCH_KIND, legacy=_legacy_search)  # raises, naming the problem
+    if (out / CONFIG).is_file():
+        meta = load_config(out)
+        theirs = meta.get("study_name")
+        if theirs != config.name:
+            model = meta["config"].get("model")
+            raise CondenseError(f"{str(out)!r} holds the study {theirs!r} (model {model}), not {config.name!r}",
+                                "choose another -o DIR for this search (a search folder holds one study)")
+    if config.storage is None and (out / JOURNAL).is_file():
+        names = [s for s in optuna.get_all_study_names(_journal_storage(out / JOURNAL)) if s != config.name]
+        if names:
+            raise CondenseError(f"{str(out)!r} holds the study {names[0]!r}, not {config.name!r}",
+                                "choose another -o DIR for this search (a search folder holds one study)")
 
 
 def world_size() -> int:
@@ -185,6 +228,12 @@ class SearchConfig:
             out["teacher"] = _spec_identity(out["teacher"])
         if out["teacher_checkpoint"]:
             out["teacher_checkpoint"] = Path(out["teacher_checkpoint"]).name
+        out["seed"] = self.seed
+        if sep:
+            from condense.data import data_fingerprint
+
+            out["data_fingerprint"] = data_fingerprint(self.data)
+            out["data_path"] = str(Path(path).expanduser().resolve())
         return out
 
     @property
@@ -341,9 +390,12 @@ def make_storage(config: SearchConfig, output: Path):
     with heartbeats for a database URL."""
     if config.storage is None:
         from condense import os_error
+        from condense._write import read_manifest, write_manifest
 
         try:
             output.mkdir(parents=True, exist_ok=True)
+            if read_manifest(output) is None:
+                write_manifest(output, SEARCH_KIND, SEARCH_FILES)
         except OSError as err:
             raise os_error(err, output) from None
         return _journal_storage(output / JOURNAL)
@@ -419,10 +471,10 @@ def load_config(output: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise CondenseError(f"{str(output)!r} is not a search directory (no {CONFIG})",
                             "pass the output directory of `condense search`")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CondenseError(f"{path} is not readable JSON ({err})") from None
+    config = read_json(path, "re-run the search into a new output directory")
+    if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
+        raise CondenseError(f"{path} is not a search's configuration", "re-run the search into a new output directory")
+    return config
 
 
 def study_from_dir(output: str | os.PathLike, storage: str | None = None,
@@ -612,7 +664,8 @@ def _check_reachable(original: nn.Module, size, space: SearchSpace, config: Sear
     errors = []
     for layer in space.layers:
         try:
-            fit(original, macs=config.macs, params=config.params, input_size=size, layer=layer, K=space.K[0])
+            fit(original, macs=config.macs, params=config.params, input_size=size, layer=layer,
+                K=space.K[0] if layer != "drop" else None)  # drop has no K
             return
         except BudgetError as err:
             errors.append(err)
@@ -832,6 +885,7 @@ def prepare(config: SearchConfig, model, spec_text) -> Prepared:
     from condense.data import load_data
 
     resolve_device(config.device)
+    claim_search_folder(config)
     bundle = load_data(config.data, limit_train=config.limit_train, limit_test=config.limit_test,
                        input_size=config.input_size)
     original, spec, model_kwargs = _build_original(config, None if spec_text else model, bundle.num_classes)
@@ -937,7 +991,11 @@ def _check_same_search(study: optuna.Study, config: SearchConfig, space: SearchS
             study.set_metric_names(objective_names(config.latency))
         return
     old, new = stored.get("options", {}), mine["options"]
-    diff = [k for k in _IDENTITY if json.dumps(old.get(k)) != json.dumps(new.get(k))]
+    # seed and the data's content and absolute path were added later: a study stored without them resumes;
+    # the path counts only for a study in a local folder (workers sharing a database keep data anywhere)
+    later = ("seed", "data_fingerprint") + (("data_path",) if config.storage is None else ())
+    diff = [k for k in _IDENTITY + tuple(k for k in later if k in old)
+            if json.dumps(old.get(k)) != json.dumps(new.get(k))]
     if diff:
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:3])
         raise CondenseError(f"study {config.name!r} was started with other options ({shown})",

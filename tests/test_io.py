@@ -208,7 +208,7 @@ def replace(a, b):
     return real_replace(a, b)
 io.os.replace = replace
 def fill(tmp):
-    (tmp / "condensed.json").write_text("new")
+    (tmp / "condensed.json").write_text('{"format": "condense/1", "v": "new"}')
     (tmp / "model.safetensors").write_bytes(b"n" * 100000)
     if point == "filling":
         print("READY", flush=True); time.sleep(60)
@@ -220,7 +220,7 @@ io.write_directory(sys.argv[1], fill)
 def test_sigkill_during_a_replacement_keeps_a_whole_directory(tmp_path, point, expect):
     out = tmp_path / "model"
     out.mkdir()
-    (out / META).write_text("old")
+    (out / META).write_text('{"format": "condense/1", "v": "old"}')  # a directory written before manifests
     (out / WEIGHTS).write_bytes(b"o" * 100000)
     proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(out), point], stdout=subprocess.PIPE, text=True)
     try:
@@ -229,7 +229,7 @@ def test_sigkill_during_a_replacement_keeps_a_whole_directory(tmp_path, point, e
     finally:
         proc.wait(30)
     recover_directory(out)  # what the next command does first
-    assert (out / META).read_text() == expect
+    assert json.loads((out / META).read_text())["v"] == expect
     assert (out / WEIGHTS).read_bytes() == expect[0].encode() * 100000
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary siblings left
 
@@ -282,12 +282,12 @@ def test_full_disk_is_no_space_left_and_keeps_the_old_directory(tmp_path, capsys
         args = ["timm:resnet18", "--input-size", "3x32x32", "--num-classes", "10", "--budget", "90%"]
         out = fs / "r18"
         out.mkdir()
-        (out / META).write_text("the old model")
+        (out / META).write_text('{"format": "condense/1", "v": "the old model"}')
         (fs / "filler").write_bytes(b"x" * 300_000)
         assert main(args + ["-o", str(out)]) == 1
         err = capsys.readouterr().err
         assert "no space left on" in err and "Traceback" not in err and "unexpected" not in err
-        assert (out / META).read_text() == "the old model"
+        assert json.loads((out / META).read_text())["v"] == "the old model"
         assert sorted(p.name for p in fs.iterdir()) == ["filler", "r18"]
 
 

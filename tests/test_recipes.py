@@ -138,13 +138,13 @@ def test_run_recipe_trains_through_condense_train_and_records_the_seed(tmp_path)
     data = f"mnist:{_mnist_like(tmp_path / 'mnist.npz')}"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing is "recorded, not applied" any more
-        res = run_recipe(recipes_dir() / "mnist_fig2_cnn.yaml", epochs=1, out_dir=tmp_path, limit_train=256,
+        res = run_recipe(recipes_dir() / "mnist_fig2_cnn.yaml", epochs=1, out_dir=tmp_path / "run", limit_train=256,
                          progress=False, seed=3, data=data)
     assert 0 <= res.metrics["test_acc"] <= 1 and res.metrics["params"] == 524
     assert res.metrics["seed"] == 3 and res.metrics["config"]["seed"] == 3
     assert res.metrics["config"]["clip_grad_norm"] == 5.0 and res.metrics["config"]["decay_norm_and_bias"] is True
-    assert json.loads((tmp_path / "recipe.json").read_text())["seed"] == 3
-    assert json.loads((tmp_path / "metrics.json").read_text())["seed"] == 3
+    assert json.loads((tmp_path / "run" / "recipe.json").read_text())["seed"] == 3
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["seed"] == 3
     assert train_config(recipes_dir() / "mnist_fig2_cnn.yaml").seed == 0  # the recipe's own seed
 
 

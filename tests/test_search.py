@@ -6,6 +6,7 @@ tiny MNIST-format npz with a learnable signal, so a trained trial takes a fracti
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,6 +21,7 @@ import torch
 from optuna.trial import TrialState
 
 import condense
+from condense import CondenseError
 import search
 from conftest import tiny_mnist
 import search._objective as objective_module
@@ -121,7 +123,7 @@ def test_space_covers_layer_K_options_init_m_and_on_off(env, capsys):
     found = condense.find_runs(model, (1, 28, 28))
     space = build_space(found)
     dists = space.distributions()
-    assert set(dists["layer"].choices) == set(layer_names())
+    assert set(dists["layer"].choices) == set(layer_names()) - {"drop"}  # drop is chosen per run (drop[PATH])
     assert (dists["K"].low, dists["K"].high) == (1, 20)
     assert set(dists["velocity"].choices) == set(VELOCITIES)
     assert set(dists["diffusion"].choices) == set(DIFFUSIONS)
@@ -131,10 +133,12 @@ def test_space_covers_layer_K_options_init_m_and_on_off(env, capsys):
     for run in space.runs:  # per run: condensed or not, and m in 1..r-1 (m = r is "not condensed")
         assert set(dists[f"condense[{run.path}]"].choices) == {True, False}
         assert (dists[f"m[{run.path}]"].low, dists[f"m[{run.path}]"].high) == (1, run.r - 1)
-    assert len(dists) == 6 + 2 * len(space.runs)  # shared choices are one parameter each for the model
+        assert set(dists[f"drop[{run.path}]"].choices) == {True, False}
+    assert len(dists) == 6 + 3 * len(space.runs)  # shared choices are one parameter each for the model
 
     base = dict(layer="global", K=3, init="input", velocity="zero", diffusion="dwconv", source="none")
-    params = {**base, "condense[layer1]": True, "m[layer1]": 2, "condense[layer2]": False, "m[layer2]": 1}
+    params = {**base, "condense[layer1]": True, "m[layer1]": 2, "condense[layer2]": False, "m[layer2]": 1,
+              "drop[layer1]": False, "drop[layer2]": False}
     plan = space.plan(params)
     assert list(plan.choices) == ["layer1"]
     choice = plan.choices["layer1"]
@@ -553,3 +557,40 @@ def test_teacher_is_built_from_its_spec_and_is_part_of_the_study(env, tmp_path, 
         run_search(env["model"], env["data"], output=out, **kw)  # same study, no teacher
     with pytest.raises(condense.ConfigError, match="teacher_checkpoint"):
         run_search(env["model"], env["data"], output=tmp_path / "t", teacher_checkpoint="x.pt", **kw)
+
+
+# --- a search folder belongs to one study (issue: never write into what is not this search's) ------------
+
+def test_a_search_folder_belongs_to_one_study_and_resume_checks_seed_and_data(env, tmp_path):
+    out = tmp_path / "s"
+    kw = dict(output=out, trials=1, progress=False, reference=False, **FAST)
+    run_search(env["model"], env["data"], **kw)
+    trial0 = (out / "trials" / "0" / "condensed.json").read_text()
+    other = tmp_path / "other.py"
+    other.write_text(NET)
+    with pytest.raises(CondenseError, match="holds the study 'condense-tinynet-tiny'"):
+        run_search(f"{other}:tiny", env["data"], **kw)  # another model: another study, refused
+    with pytest.raises(CondenseError, match="seed: 0 -> 1"):
+        run_search(env["model"], env["data"], seed=1, **kw)
+    moved = tmp_path / "elsewhere" / "mnist.npz"
+    moved.parent.mkdir()
+    shutil.copy(env["dir"] / "mnist.npz", moved)
+    with pytest.raises(CondenseError, match="data_path"):  # the same content under another path
+        run_search(env["model"], f"mnist:{moved}", **kw)
+    changed = tmp_path / "changed" / "mnist.npz"
+    changed.parent.mkdir()
+    tiny_mnist(changed, seed=5)
+    with pytest.raises(CondenseError, match="data_fingerprint"):
+        run_search(env["model"], f"mnist:{changed}", **{**kw, "storage": str(out / "study.journal")})
+    assert (out / "trials" / "0" / "condensed.json").read_text() == trial0
+    assert len(optuna.get_all_study_names(optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(out / "study.journal"))))) == 1
+
+
+def test_a_folder_that_is_not_a_search_is_refused(env, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("precious")
+    with pytest.raises(CondenseError, match="not a search folder"):
+        run_search(env["model"], env["data"], output=out, trials=1, progress=False, reference=False, **FAST)
+    assert sorted(p.name for p in out.iterdir()) == ["thesis.tex"]

@@ -442,7 +442,7 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args, console) -> int:
     from .._budget import parse_input_size
 
-    size = parse_input_size(args.input_size) if args.input_size else None
+    size = parse_input_size(args.input_size) if args.input_size is not None else None
     with console.status("preparing", spinner="dots") as status:
         result = run_bench(args.model, against=args.against, input_size=size, batch_sizes=args.batch_sizes,
                            repeats=args.repeats, warmup=args.warmup, compile=not args.no_compile,

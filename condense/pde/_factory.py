@@ -7,6 +7,7 @@ from torch import nn
 
 from .._errors import ConfigError
 from ._base import LayerConfig, PDELayer
+from ._drop import DROP, DropLayer
 from ._global_layer import GlobalLayer
 from ._reaction_diffusion import CirculantRD, ExplicitRD, ImplicitRD, LinearMix
 
@@ -16,6 +17,7 @@ LAYERS: dict[str, type[PDELayer]] = {
     "explicit_rd": ExplicitRD,
     "implicit_rd": ImplicitRD,
     "circulant_rd": CirculantRD,
+    DROP: DropLayer,  # no layer at all: the removed blocks are deleted (block dropping)
 }
 
 
@@ -27,6 +29,11 @@ def layer_class(name: str) -> type[PDELayer]:
     if name not in LAYERS:
         raise ConfigError(f"unknown layer type {name!r}", f"choose one of {', '.join(LAYERS)}")
     return LAYERS[name]
+
+
+def layer_has_option(name: str, option: str) -> bool:
+    """Whether layer type ``name`` has the option ``option`` (e.g. ``K``: the drop layer has none)."""
+    return option in layer_class(name).config_cls.__dataclass_fields__
 
 
 def layer_config(name: str, **options: Any) -> LayerConfig:

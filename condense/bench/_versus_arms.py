@@ -1,0 +1,200 @@
+"""The arms of ``condense.bench.versus``: each way of making a trained model cheaper, built to one MAC target.
+
+In: an ``ArmContext`` (the trained original, its input size, the data, how to build it with random weights,
+the calibration setting), a MAC target and a seed. Out: a ``Start`` - the arm's model before fine-tuning and
+a record of what building it did and cost (CPU seconds, calibration epochs and images, the pruning ratio).
+Never: changes the original, trains with labels (fine-tuning is the caller's, the same for every arm), or
+reports a count it did not measure: the caller counts every arm with ``condense.macs_and_params``.
+
+``ARMS`` is the registry; an arm is one small entry here (``architecture`` builds the model, ``recover``
+optionally moves its weights before fine-tuning):
+
+========================  ======================================================================================
+``global``                ``condense.fit(original, macs=target)``: Global layers, the paper's initialisation
+``global-preserve``       the same with ``preserve=True`` (each layer starts as the identity on a copy of the
+                          first removed block; needs the MACs of that copy)
+``global-calibrate``      ``global``, then ``condense.calibrate`` (distilled from the original on unlabelled
+                          training images: per-run outputs and logits)
+``drop``                  ``condense.fit(original, macs=target, layer="drop")``: the removed blocks deleted
+``drop-calibrate``        ``drop``, then ``condense.calibrate``
+``tp-l1``                 Torch-Pruning, L1 magnitude importance, one uniform ratio (``_versus_prune``)
+``tp-group``              Torch-Pruning, group-norm importance (``GroupMagnitudeImportance(p=2)``)
+``scratch``               ``global``'s architecture from random weights (the original's spec rebuilt)
+========================  ======================================================================================
+
+A build that cannot reach the target (``BudgetError``, e.g. ``preserve`` on a small net) makes the arm
+``infeasible`` at that budget; the caller records it and goes on.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .._errors import CondenseError
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibSetting:
+    """How the ``*-calibrate`` arms calibrate: ``images`` training images, ``epochs`` passes over them."""
+
+    images: int = 2048
+    epochs: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("images", "epochs"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise CondenseError(f"calibration {name}={v!r} must be an integer >= 1")
+
+
+@dataclasses.dataclass
+class ArmContext:
+    """What every arm is built from. ``fresh(seed)``: the original's architecture with random weights.
+    ``cache`` holds seed-independent builds (a pruned model) for the run."""
+
+    original: nn.Module
+    input_size: tuple[int, int, int]
+    bundle: Any
+    fresh: Callable[[int], nn.Module]
+    calib: CalibSetting = dataclasses.field(default_factory=CalibSetting)
+    device: str = "cpu"
+    say: Callable[[str], None] = lambda _m: None
+    cache: dict[Any, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Start:
+    """An arm's model before fine-tuning; ``fit`` is the ``FitResult`` for condense arms (calibration needs
+    it); ``record``: what was done and what it cost."""
+
+    model: nn.Module
+    record: dict[str, Any]
+    fit: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """One arm: ``architecture(ctx, target, seed)`` builds the model (cheap); ``recover(ctx, start, seed)``
+    moves its weights before fine-tuning (None: nothing). ``needs``: what must be installed or present."""
+
+    name: str
+    what: str
+    architecture: Callable[[ArmContext, float, int], Start]
+    recover: Callable[[ArmContext, Start, int], None] | None = None
+    needs: str | None = None
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    c0, w0 = time.process_time(), time.perf_counter()
+    out = fn()
+    return out, time.process_time() - c0, time.perf_counter() - w0
+
+
+def _fit(source: Callable[[ArmContext, int], nn.Module], **options: Any) -> Callable[[ArmContext, float, int], Start]:
+    def build(ctx: ArmContext, target: float, seed: int) -> Start:
+        from .._fit import fit
+
+        res, cpu, wall = _timed(lambda: fit(source(ctx, seed), macs=float(target), input_size=ctx.input_size,
+                                            seed=seed, **options))
+        if not res.plan.choices:
+            raise CondenseError(f"condense left the model unchanged ({res.message})", "nothing to compare")
+        return Start(res.model, {"build_cpu_s": round(cpu, 2), "build_s": round(wall, 2), "plan": res.message}, res)
+    return build
+
+
+def _trained(ctx: ArmContext, _seed: int) -> nn.Module:
+    return ctx.original
+
+
+def _random(ctx: ArmContext, seed: int) -> nn.Module:
+    return ctx.fresh(seed)
+
+
+def _calibrate(ctx: ArmContext, start: Start, seed: int) -> None:
+    """``condense.calibrate`` on the condensed model, from the original, on the run's training images."""
+    import condense
+
+    cal, cpu, wall = _timed(lambda: condense.calibrate(
+        start.fit, ctx.original, ctx.bundle, images=ctx.calib.images, epochs=ctx.calib.epochs, seed=seed,
+        test_images=0, device=ctx.device, progress=ctx.say))
+    start.model = start.fit.model
+    start.record.update({"calib_epochs": cal.epochs, "calib_images": cal.images, "calib_steps": cal.steps,
+                         "calib_s": round(cal.seconds, 2), "calib_cpu_s": round(cpu, 2),
+                         "feature_error_before": [round(v, 5) for v in cal.feature_error_before],
+                         "feature_error_after": [round(v, 5) for v in cal.feature_error_after]})
+
+
+def _pruned(criterion: str) -> Callable[[ArmContext, float, int], Start]:
+    def build(ctx: ArmContext, target: float, _seed: int) -> Start:
+        from ._versus_prune import prune_to_macs
+
+        key = ("tp", criterion, float(target))
+        if key not in ctx.cache:  # pruning is deterministic: once per target, copied for every seed
+            pruned, cpu, wall = _timed(lambda: prune_to_macs(ctx.original, ctx.input_size, target, criterion))
+            ctx.cache[key] = (pruned, {**pruned.record(), "build_cpu_s": round(cpu, 2), "build_s": round(wall, 2)})
+        pruned, record = ctx.cache[key]
+        return Start(copy.deepcopy(pruned.model), dict(record))
+    return build
+
+
+ARMS: dict[str, Arm] = {a.name: a for a in (
+    Arm("global", "condense, Global layers (paper's init)", _fit(_trained)),
+    Arm("global-preserve", "condense, Global layers, preserve", _fit(_trained, preserve=True)),
+    Arm("global-calibrate", "condense, Global layers + calibrate", _fit(_trained), _calibrate, needs="calibrate"),
+    Arm("drop", "block dropping", _fit(_trained, layer="drop"), needs="drop"),
+    Arm("drop-calibrate", "block dropping + calibrate", _fit(_trained, layer="drop"), _calibrate,
+        needs="drop+calibrate"),
+    Arm("tp-l1", "Torch-Pruning, L1 magnitude", _pruned("l1"), needs="torch_pruning"),
+    Arm("tp-group", "Torch-Pruning, group norm", _pruned("group"), needs="torch_pruning"),
+    Arm("scratch", "Global architecture, random init", _fit(_random)),
+)}
+
+
+def lacking(arm: Arm) -> str | None:
+    """The part of condense ``arm`` needs that this version lacks (None: it has them all)."""
+    import condense
+
+    for need in (arm.needs or "").split("+"):
+        if need == "calibrate" and not callable(getattr(condense, "calibrate", None)):
+            return "condense.calibrate"
+        if need == "drop" and "drop" not in condense.layer_names():
+            return "the 'drop' layer"
+    return None
+
+
+def check_available(arm: Arm) -> None:
+    """A one-line error when ``arm`` cannot run here: a part of condense it needs is missing, or the optional
+    torch-pruning package (with the install hint)."""
+    what = lacking(arm)
+    if what is not None:
+        raise CondenseError(f"arm {arm.name!r} needs {what}, which this version of condense lacks",
+                            "leave it out of --arms")
+    if "torch_pruning" in (arm.needs or ""):
+        from ._versus_prune import torch_pruning
+
+        torch_pruning()
+
+
+def build(arm: Arm, ctx: ArmContext, target: float, seed: int, *, recover: bool) -> Start:
+    """``arm``'s model at ``target`` MACs for ``seed``; with ``recover``, its recovery (calibration) done.
+    A build without recovery is kept (``ctx.cache``) for the next build of the same arm, target and seed, so
+    counting an arm and then training it builds it once."""
+    key = ("start", arm.name, float(target), seed)
+    with torch.random.fork_rng(devices=[]):
+        if key in ctx.cache:  # built already in this run (to count it): a copy (model and fit stay one object)
+            start = copy.deepcopy(ctx.cache.pop(key))
+        else:
+            torch.manual_seed(seed)
+            start = arm.architecture(ctx, target, seed)
+        if recover and arm.recover is not None:
+            torch.manual_seed(seed)
+            arm.recover(ctx, start, seed)
+        elif not recover:
+            ctx.cache[key] = copy.deepcopy(start)
+    start.model.cpu().eval()
+    return start

@@ -1,0 +1,252 @@
+"""``python -m condense.bench.versus``: condense against block dropping and Torch-Pruning, end to end with
+``--quick`` on a tiny CIFAR-10 written here; every arm's MACs by the one counter; resume trains nothing; a
+changed setting is refused; bad input is one line."""
+import contextlib
+import csv
+import io
+import json
+import pickle
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import condense
+from condense.bench import _versus_arms as arms
+from condense.bench import _versus_latency, _versus_prune, _versus_report
+from condense.bench import versus
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def tiny_cifar(d: Path, n_train: int = 200, n_test: int = 100, seed: int = 0) -> Path:
+    """CIFAR-10 python pickles with a learnable signal (class k brightens row band k)."""
+    rng = np.random.default_rng(seed)
+
+    def make(n):
+        y = rng.integers(0, 10, n)
+        x = rng.integers(0, 80, (n, 3, 32, 32), dtype=np.uint8)
+        for i, k in enumerate(y):
+            x[i, :, 3 * k: 3 * k + 3, :] = 255
+        return x, y
+
+    d.mkdir(parents=True)
+    x, y = make(n_train)
+    for i, idx in enumerate(np.array_split(np.arange(n_train), 5), start=1):
+        batch = {b"labels": [int(v) for v in y[idx]], b"data": x[idx].reshape(len(idx), 3072)}
+        (d / f"data_batch_{i}").write_bytes(pickle.dumps(batch, protocol=2))
+    xt, yt = make(n_test)
+    (d / "test_batch").write_bytes(pickle.dumps({b"labels": [int(v) for v in yt], b"data": xt.reshape(-1, 3072)},
+                                                protocol=2))
+    (d / "batches.meta").write_bytes(pickle.dumps({b"label_names": [c.encode() for c in CLASSES]}, protocol=2))
+    return d
+
+
+def run(argv) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = versus.main(argv)
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """One ``--quick`` run (the original trained here for one epoch) at 50% of resnet20's MACs."""
+    root = tmp_path_factory.mktemp("versus")
+    data = tiny_cifar(root / "cifar")
+    argv = ["zoo:resnet20", "--data", f"cifar10:{data}", "--quick", "--budget", "50%", "-o", str(root / "out")]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CONDENSE_CACHE", str(root / "cache"))
+        rc, out, err = run(argv)
+        yield {"root": root, "argv": argv, "rc": rc, "out": out, "err": err, "dir": root / "out", "data": data}
+
+
+def _csv(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_quick_end_to_end_table_csv_plot(quick):
+    assert quick["rc"] == 0, quick["err"]
+    out, d = quick["out"], quick["dir"]
+    names = versus.default_arms()
+    assert {"global", "global-calibrate", "drop", "tp-l1", "tp-group", "scratch"} <= set(names)
+    for name in names + ("original",):
+        assert name in out
+    with open(d / "versus.csv", newline="") as fh:
+        header = next(csv.reader(fh))
+    assert tuple(header) == _versus_report.columns((1, 32))
+    rows = _csv(d / "versus.csv")
+    assert [r["arm"] for r in rows] == ["original", *names]
+    assert (d / "versus.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    state = json.loads((d / "versus.json").read_text())
+    ok = [r for r in rows[1:] if r["status"] == "ok"]
+    assert {r["arm"] for r in ok} >= {"global", "drop", "tp-l1", "tp-group", "scratch"}
+    for r in rows[1:]:
+        rec = state["budgets"]["50%"]["arms"][r["arm"]]
+        if r["status"] != "ok":  # an arm that cannot reach the target says why and has no figures
+            assert r["status"] == "infeasible" and rec["reason"] and r["acc_mean"] == ""
+            continue
+        assert r["seeds_done"] == "1" and 0 <= float(r["acc_mean"]) <= 1 and 0 <= float(r["zero_shot_mean"]) <= 1
+        assert float(r["latency_b1_ms"]) > 0 and float(r["latency_b32_ms"]) > 0 and float(r["finetune_cpu_s"]) > 0
+        seed = rec["seeds"]["0"]
+        assert seed["done"] and seed["finetune_epochs"] == 1
+        if r["arm"].endswith("-calibrate"):  # calibration's compute is reported beside the arm
+            assert float(r["calib_epochs"]) == 1 and float(r["calib_images"]) > 0 and float(r["calib_cpu_s"]) > 0
+            assert seed["feature_error_after"]
+    # the ratio to the original comes from the same interleaved run as the figures
+    lat = state["latency"]["ms"]
+    for b in ("1", "32"):
+        assert lat["original"][b]["ratio"] == 1.0
+        for r in ok:
+            m = lat[f"50%/{r['arm']}"][b]
+            assert m["ratio"] == pytest.approx(m["ms"] / lat["original"][b]["ms"])
+
+
+def test_every_arm_reaches_the_mac_target_by_the_one_counter(quick):
+    d = quick["dir"]
+    rows = {r["arm"]: r for r in _csv(d / "versus.csv")}
+    macs0 = int(rows["original"]["macs"])
+    original = condense.build_model("zoo:resnet20")
+    assert condense.macs_and_params(original, (3, 32, 32))[0] == macs0
+    target = 0.5 * macs0
+    for name, r in rows.items():
+        if name == "original" or r["status"] != "ok":
+            continue
+        assert float(r["macs_target"]) == pytest.approx(target)
+        # condense.train counted the fine-tuned model itself (metrics.json), with condense.macs_and_params
+        metrics = json.loads((d / "runs" / "50pct" / name / "seed0" / "metrics.json").read_text())
+        assert metrics["macs"] == int(r["macs"]) and metrics["params"] == int(r["params"])
+        if name.startswith("tp-"):  # a uniform ratio lands within 2% of the target
+            assert abs(int(r["macs"]) / target - 1) <= 0.02, (name, r["macs"], target)
+        else:  # condense's plans stay within it
+            assert int(r["macs"]) <= target
+    # the pruned model of the table is Torch-Pruning's at the recorded ratio (the classifier kept whole)
+    state = json.loads((d / "versus.json").read_text())
+    trained = condense.build_model("zoo:resnet20")
+    trained.load_state_dict(torch.load(d / "original" / "last.pt", weights_only=True)["model"])
+    rec = state["budgets"]["50%"]["arms"]["tp-l1"]
+    pruned = _versus_prune.prune_once(trained, (3, 32, 32), rec["build"]["pruning_ratio"], "l1")
+    assert condense.macs_and_params(pruned, (3, 32, 32)) == (rec["macs"], rec["params"])
+    assert pruned.fc.out_features == 10
+
+
+def test_resume_trains_nothing_and_reports_the_same(quick, monkeypatch):
+    d = quick["dir"]
+    before = json.loads((d / "versus.json").read_text())
+    for target, name in ((condense.train, "train"), (condense, "calibrate"), (_versus_latency, "measure"),
+                         (_versus_prune, "prune_to_macs"), (condense._fit, "fit")):
+        monkeypatch.setattr(target, name, lambda *a, _n=name, **k: pytest.fail(f"{_n} called on resume"))
+    monkeypatch.setenv("CONDENSE_CACHE", str(quick["root"] / "cache"))
+    rc, out, err = run(quick["argv"])
+    assert rc == 0, err
+    after = json.loads((d / "versus.json").read_text())
+    assert after["budgets"] == before["budgets"] and after["latency"] == before["latency"]
+    assert "global" in out and "tp-l1" in out
+
+
+def test_a_changed_setting_is_refused_naming_it(quick, monkeypatch):
+    d = quick["dir"]
+    before = (d / "versus.json").read_bytes()
+    monkeypatch.setenv("CONDENSE_CACHE", str(quick["root"] / "cache"))
+    rc, _out, err = run(quick["argv"] + ["--lr", "0.05", "--kd"])
+    assert rc == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "other settings" in lines[0]
+    assert "finetune.lr: 0.01 -> 0.05" in lines[0] and "kd: False -> True" in lines[0]
+    assert (d / "versus.json").read_bytes() == before
+
+
+def test_more_seeds_train_only_the_new_ones(quick, monkeypatch, tmp_path):
+    copy_dir = tmp_path / "out"
+    shutil.copytree(quick["dir"], copy_dir)
+    calls = []
+    real = condense.train.train
+
+    def counting(model, data, config, **kw):
+        calls.append(config.seed)
+        return real(model, data, config, **kw)
+    monkeypatch.setattr(condense.train, "train", counting)
+    monkeypatch.setenv("CONDENSE_CACHE", str(quick["root"] / "cache"))
+    argv = quick["argv"][:-1] + [str(copy_dir), "--seeds", "0,1", "--arms", "drop,tp-l1"]
+    rc, out, err = run(argv)
+    assert rc == 0, err
+    assert calls == [1, 1]  # seed 0 of both arms was done
+    rows = {r["arm"]: r for r in _csv(copy_dir / "versus.csv")}
+    assert set(rows) == {"original", "drop", "tp-l1"} and rows["drop"]["seeds_done"] == "2"
+
+
+def _bad_cases(data):
+    spec = f"cifar10:{data}"
+    return [
+        (["zoo:no_such_net", "--data", spec], "unknown zoo model"),
+        (["zoo:resnet20", "--data", spec, "--budget", "half"], "bad budget"),
+        (["zoo:resnet20", "--data", spec, "--budget", "150%"], "bad budget"),
+        (["zoo:resnet20", "--data", spec, "--seeds", ""], "bad seeds"),
+        (["zoo:resnet20", "--data", spec, "--seeds", "0,x"], "bad seeds"),
+        (["zoo:resnet20"], "--data SPEC is required"),
+        (["zoo:resnet20", "--data", f"cifar10:{data}-missing"], "does not exist"),
+        (["zoo:resnet20", "--data", spec, "--arms", "global,magic"], "unknown arm 'magic'"),
+        (["zoo:resnet20", "--data", spec, "--checkpoint", str(data / "batches.meta"), "--epochs", "2"],
+         "contradict"),
+    ]
+
+
+def test_bad_input_is_one_line_and_writes_nothing(quick, tmp_path):
+    for args, text in _bad_cases(quick["data"]):
+        out = tmp_path / "never"
+        rc, _out, err = run(args + ["--quick", "-o", str(out)])
+        lines = err.strip().splitlines()
+        assert rc == 1 and len(lines) == 1 and lines[0].startswith("error:") and text in lines[0], (args, err)
+        assert not out.exists()
+    # a folder condense did not write is never written into
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    rc, _out, err = run(["zoo:resnet20", "--data", f"cifar10:{quick['data']}", "--quick", "-o", str(mine)])
+    assert rc == 1 and "not a versus folder" in err and len(err.strip().splitlines()) == 1
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_without_torch_pruning_the_hint_says_how_to_install(quick, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "torch_pruning", None)  # import torch_pruning now raises ImportError
+    with pytest.raises(condense.CondenseError, match=r'pip install "condense\[versus\]"'):
+        _versus_prune.torch_pruning()
+    rc, _out, err = run(["zoo:resnet20", "--data", f"cifar10:{quick['data']}", "--quick", "--arms", "tp-group",
+                         "-o", str(tmp_path / "o")])
+    assert rc == 1 and len(err.strip().splitlines()) == 1 and 'pip install "condense[versus]"' in err
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.3])
+def test_prune_to_macs_lands_at_the_target_and_leaves_the_original(fraction):
+    torch.manual_seed(0)
+    model = condense.build_model("zoo:resnet20")
+    size = (3, 32, 32)
+    macs0, params0 = condense.macs_and_params(model, size)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    p = _versus_prune.prune_to_macs(model, size, fraction * macs0, "group")
+    assert (p.macs, p.params) == condense.macs_and_params(p.model, size)
+    # whole channels: the nearest step of one uniform ratio; no other ratio tried lands closer
+    steps = {condense.macs_and_params(_versus_prune.prune_once(model, size, r, "group"), size)[0]
+             for r in np.linspace(0.05, 0.85, 33)}
+    closest = min(abs(m - fraction * macs0) for m in steps)
+    assert abs(p.macs - fraction * macs0) <= max(closest, 0.02 * fraction * macs0) + 1
+    assert 0 < p.ratio < 1 and p.model.fc.out_features == 10
+    assert condense.macs_and_params(model, size) == (macs0, params0)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_config_is_checked_on_creation(quick):
+    spec = f"cifar10:{quick['data']}"
+    with pytest.raises(condense.CondenseError, match="tp-macs"):
+        versus.VersusConfig("zoo:resnet20", spec, tp_macs="closest")
+    with pytest.raises(condense.CondenseError, match="no MAC budget"):
+        versus.VersusConfig("zoo:resnet20", spec, budgets=(" ",))
+    with pytest.raises(condense.ConfigError, match="lr"):
+        versus.VersusConfig("zoo:resnet20", spec, lr=0.0)
+    cfg = versus.VersusConfig("zoo:resnet20", spec, arms=("scratch", "global"), budgets=("50%", "50%", "30%"))
+    assert cfg.arms == ("global", "scratch") and cfg.budgets == ("50%", "30%") and cfg.device in ("cpu", "cuda")
+    assert arms.ARMS["tp-l1"].needs == "torch_pruning"
