@@ -315,6 +315,9 @@ def export_onnx(model_or_dir: nn.Module | str | os.PathLike, path: str | os.Path
     if not isinstance(opset, int) or not 7 <= opset <= 30:
         raise CondenseError(f"opset {opset!r} is not a usable ONNX opset", "use 17 (the default) or 18+")
     t0 = time.perf_counter()
+    from ._write import claim_file
+
+    claim_file(path, "ONNX model", _is_onnx)  # before any work: a file that is not an ONNX model is refused
     model, size, label = _module_or_dir(model_or_dir, input_size, trust_code)
     model = model.eval()
     exportable, n_global = eager_copy(model)
@@ -372,6 +375,14 @@ def export_onnx(model_or_dir: nn.Module | str | os.PathLike, path: str | os.Path
                         checked=check, max_abs_diff=worst, reference_max_abs=scale, atol=atol, rtol=rtol,
                         batches=batches if check else (), size_bytes=out.stat().st_size,
                         seconds=time.perf_counter() - t0, fallback_reason=fallback)
+
+
+def _is_onnx(path: Path) -> bool:
+    """An ONNX model file (what export-onnx writes), told by parsing it without its external data."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return bool(model.graph.node) and model.ir_version > 0
 
 
 def _raise_if_write_failed(errors, out: Path) -> None:

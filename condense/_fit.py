@@ -22,13 +22,17 @@ How the plan is chosen (``fit``):
    series of MAC targets are measured on this machine (``condense._latency``) and the target is moved by
    the secant between the nearest measured plans below and above the budget; a few candidates (at most
    6) suffice because latency grows with MACs along these plans (``_fit_latency``).
+6. With ``width`` (``condense._width``), the original's channels are pruned first (Torch-Pruning), and
+   steps 1-5 run on the pruned model with the budgets resolved against the original; ``width="auto"``
+   chooses per-run shares with the depth plan, splitting the cut evenly between depth and width
+   (``condense._width._auto``).
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
 import functools
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -40,6 +44,9 @@ from ._errors import BudgetError, ConfigError
 from ._latency import LatencySetting, measure_latency
 from .graph import FindResult, Run, RunChoice, find_runs, rewrite
 from .pde import DROP, create_layer, layer_class, layer_has_option
+
+if TYPE_CHECKING:
+    from ._width import WidthFit
 
 DEFAULT_K = 5
 K_MAX = 20
@@ -75,6 +82,8 @@ class RunRow:
     macs_after: int
     params_before: int
     params_after: int
+    width: float | None = None                   # share of the run's channels removed (``fit(width=...)``)
+    channels: tuple[int, int] | None = None      # the run's channels before and after pruning
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +101,7 @@ class FitResult:
     rows: tuple[RunRow, ...]
     message: str
     latency: "LatencyFit | None" = None
+    width: "WidthFit | None" = None   # channels pruned before the depth plan (``condense._width``)
 
     @property
     def mac_ratio(self) -> float:
@@ -237,7 +247,8 @@ def fit(model: nn.Module, macs: str | float | Budget | None = None, params: str 
         input_size: Sequence[int] | None = None, *, layer: str = "global", init: str | None = None,
         K: int | None = None, fill_K: bool = False, preserve: bool = False, seed: int | None = 0,
         progress: Progress | None = None, latency: str | float | Budget | None = None,
-        latency_setting: LatencySetting | None = None, **layer_options: Any) -> FitResult:
+        latency_setting: LatencySetting | None = None, width: Any = None, width_importance: str = "l1",
+        **layer_options: Any) -> FitResult:
     """Choose a plan that meets every budget given (MACs and/or parameters) and apply it.
 
     ``macs``/``params``: ``"250M"``, ``"60%"`` (of the original), a number, or None. ``input_size``:
@@ -254,9 +265,27 @@ def fit(model: nn.Module, macs: str | float | Budget | None = None, params: str 
     run, and no K, ``fill_K``, ``init="block"`` or layer options (each an error). ``latency``: a budget for
     the measured forward time on this machine (``"12ms"``, ``"60%"`` of the original's), measured as
     ``latency_setting`` says (batch, eager or compiled, threads; default batch 1, eager), met with a few
-    measured candidates (``_fit_latency``); the result's ``latency`` holds the figures. Other keywords are
-    layer options.
+    measured candidates (``_fit_latency``); the result's ``latency`` holds the figures. ``width``: also
+    prune channels with Torch-Pruning before the depth plan (``condense._width``): a share in [0, 1) of every
+    channel group (``0.25``), a share per run (``{"layer1": 0.25}``), or ``"auto"`` (per-run shares chosen
+    with the depth plan to meet the budgets); ``width_importance`` ranks channels by ``"l1"`` magnitude or
+    ``"group"`` norm; the result's ``width`` records it. Other keywords are layer options.
     """
+    if width is not None:
+        from ._width import fit_with_width, parse_width
+
+        spec = parse_width(width, width_importance)
+        if spec is not None:
+            size = tuple(int(s) for s in (input_size or (3, 224, 224)))
+
+            def depth(pruned: nn.Module, macs=None, params=None, latency=None) -> FitResult:
+                return fit(pruned, macs, params, size, layer=layer, init=init, K=K, fill_K=fill_K, preserve=preserve,
+                           seed=seed, progress=progress, latency=latency, latency_setting=latency_setting,
+                           **layer_options)
+
+            return fit_with_width(model, spec, size, depth, macs=macs, params=params, latency=latency,
+                                  latency_setting=latency_setting, importance_name=width_importance,
+                                  progress=progress)
     if seed is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

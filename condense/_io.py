@@ -2,7 +2,8 @@
 
 In: a ``FitResult`` (or model + plan) and where it came from. Out: ``DIR/condensed.json`` (readable:
 model spec, input size, plan, counts) and ``DIR/model.safetensors`` (weights). ``load(DIR)`` rebuilds
-the original model from its spec, re-applies the plan and loads the weights. Never: leaves a partial
+the original model from its spec, re-prunes its channels where the plan has a width (Torch-Pruning's recorded
+history: shapes only, no pickle), re-applies the plan and loads the weights. Never: leaves a partial
 directory behind or loses the directory it replaces (files are written to a temporary sibling, the old
 directory is moved aside, the new one moved in, then the old one deleted; an interrupted swap is finished
 or rolled back the next time), never replaces a directory it did not write (``condense._write``: the
@@ -31,7 +32,7 @@ META = "condensed.json"
 WEIGHTS = "model.safetensors"
 # condensed.json's fields: required, then optional (``extra`` records such as a latency fit or a search trial)
 META_REQUIRED = ("format", "model", "model_kwargs", "model_class", "input_size", "plan", "counts", "runs")
-META_OPTIONAL = ("source_checkpoint", "model_file_sha256", "latency", "search", "trained", "calibration")
+META_OPTIONAL = ("source_checkpoint", "model_file_sha256", "latency", "search", "trained", "calibration", "width")
 
 
 def _legacy_model_dir(folder: Path) -> set[str] | None:
@@ -70,6 +71,8 @@ def save(result, directory: str | os.PathLike, *, spec: ModelSpec | str | None =
               "params_before": result.params_before, "params_after": result.params_after,
               "macs_budget": result.macs_budget, "params_budget": result.params_budget}
     runs = [dict(path=r.path, block_class=r.block_class, r=r.r, m=r.m, layer=r.layer, K=r.K) for r in result.rows]
+    if getattr(result, "width", None) is not None:  # channels pruned first: load replays them (condense._width)
+        extra = {**(extra or {}), "width": result.width.to_dict()}
     return write_condensed(directory, result.model, result.plan, model_class=result.found.model_class,
                            input_size=result.input_size, counts=counts, runs=runs, spec=spec,
                            model_kwargs=model_kwargs, checkpoint=checkpoint, extra=extra, inputs=inputs)
@@ -174,6 +177,12 @@ def validate_meta(meta: Any, path: Path) -> dict[str, Any]:
         why = check_record(meta["calibration"])
         if why:
             raise _bad(path, f"field 'calibration': {why}")
+    if "width" in meta:  # the channels Torch-Pruning removed before the plan (condense._width)
+        from ._width import check_record as check_width
+
+        why = check_width(meta["width"])
+        if why:
+            raise _bad(path, f"field 'width': {why}")
     versions = meta.get("state_metadata", {})
     if not isinstance(versions, dict) or not all(isinstance(v, dict) and set(v) == {"version"} and
                                                  type(v["version"]) is int for v in versions.values()):
@@ -290,6 +299,10 @@ def load(directory: str | os.PathLike, model: nn.Module | Callable[[], nn.Module
                                 "pass the uncondensed model or a function that builds it")
     plan = Plan.from_dict(meta["plan"])
     size = tuple(meta["input_size"])
+    if meta.get("width") is not None:  # pruned first: the same shapes, by replaying Torch-Pruning's history
+        from ._width import replay
+
+        original = replay(original, meta["width"], size, where=f"{Path(directory) / META}: field 'width'")
     if plan.choices:
         found = find_runs(original, size, count=False)
         _check_runs(meta, found, directory)

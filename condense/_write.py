@@ -25,7 +25,7 @@ from ._errors import CondenseError, os_error
 
 __all__ = ["MANIFEST", "os_error", "read_json", "write_bytes", "atomic_write", "atomic_write_json", "atomic_torch_save",
            "write_directory", "recover_directory", "check_output", "claim_folder", "read_manifest",
-           "write_manifest", "foreign_files", "output_lock"]
+           "write_manifest", "foreign_files", "output_lock", "claim_file"]
 
 MANIFEST = ".condense-files.json"
 _MANIFEST_FORMAT = "condense-files/1"
@@ -186,6 +186,33 @@ def claim_folder(folder: str | os.PathLike, kind: str, *, legacy: Callable[[Path
     return True
 
 
+def _article(what: str) -> str:
+    return "an" if what[:1].lower() in "aeiou" or what.startswith(("ONNX", "RD")) else "a"
+
+
+def claim_file(path: str | os.PathLike, what: str, recognise: Callable[[Path], bool]) -> Path:
+    """Check that a command may write the single file ``path``: it does not exist, or it is a regular file
+    that ``recognise`` says is a ``what`` this tool wrote (an ONNX model, a CSV with its columns). A
+    folder, a symbolic link or any other file is refused in one line, before any work."""
+    out = Path(path)
+    if not str(path).strip():
+        raise CondenseError("the output file name is empty", "pass a file name")
+    if out.is_symlink():
+        raise CondenseError(f"output {str(out)!r} is a symbolic link", f"pass the file it points to "
+                            f"({os.path.realpath(out)}) or a new name")
+    if out.is_dir():
+        raise CondenseError(f"output {str(out)!r} is a directory", f"give a file name for the {what}")
+    if out.exists():
+        try:
+            ours = recognise(out)
+        except Exception:  # noqa: BLE001 - unreadable or not ours: refused either way
+            ours = False
+        if not ours:
+            raise CondenseError(f"output {str(out)!r} exists and is not {_article(what)} {what} condense wrote",
+                                "choose a new file name: condense replaces only its own outputs")
+    return out
+
+
 # --- one folder, replaced whole -------------------------------------------------------------------------------
 
 def _umask() -> int:
@@ -329,12 +356,17 @@ def output_lock(output: str | os.PathLike) -> Iterator[None]:
         finally:
             _HELD[key] -= 1
         return
+    made = [p for p in [path.parent, *path.parent.parents] if not p.exists()]  # folders the lock needs
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError:
         yield  # the folder above cannot be made: the command's own write names the reason
         return
-    fd = _acquire(path, out)
+    try:
+        fd = _acquire(path, out)
+    except BaseException:
+        _remove_empty(made)
+        raise
     _HELD[key] = 1
     try:
         yield
@@ -345,6 +377,16 @@ def output_lock(output: str | os.PathLike) -> Iterator[None]:
         except OSError:
             pass
         os.close(fd)
+        _remove_empty(made)  # a command that failed leaves no empty folders behind
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders this process made for a lock, deepest first, where they are still empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _acquire(path: Path, out: Path) -> int:

@@ -98,13 +98,21 @@ def _main_parser() -> argparse.ArgumentParser:
                         "the first replaced block (block; the default with --preserve)")
     g.add_argument("--preserve", action=argparse.BooleanOptionalAction, default=None,
                    help="start each new layer as the identity on a copy of the first replaced block, so "
-                        "pretrained weights lose little before fine-tuning (default: on with --checkpoint)")
+                        "pretrained weights lose little before fine-tuning (default: on with --checkpoint, unless "
+                        "--calibrate, which recovers more from the plain layers and leaves room in the budget)")
     g.add_argument("--velocity", help="Global layer velocity: dwconv, separable, constant, zero")
     g.add_argument("--diffusion", help="Global layer diffusion: constant, dwconv")
     g.add_argument("--source", help="Global layer source f: identity, none, residual")
     g.add_argument("--boundary", help="periodic, replicate or zero")
     g.add_argument("--option", action="append", type=_option_value, default=[], metavar="KEY=VALUE",
                    help="any other layer option, e.g. --option dt=0.1 (repeatable)")
+    w = p.add_argument_group("width (channel pruning with Torch-Pruning, before the depth plan)")
+    w.add_argument("--width", metavar="W", default=None,
+                   help="also remove channels: a share of every channel group (0.25), one per run "
+                        "(layer1=0.25,layer3=0.5), or auto: per-run shares chosen with the depth plan to meet "
+                        "every budget as measured (default: none)")
+    w.add_argument("--width-importance", choices=("l1", "group"), default="l1",
+                   help="how channels are ranked from the weights: l1 magnitude (default) or group norm")
     c = p.add_argument_group("calibration (distil the condensed model from the original before saving)")
     c.add_argument("--calibrate", metavar="DATA", help="train the condensed model to reproduce the original's run "
                    "outputs and logits on DATA's training images (labels unused; e.g. cifar10:PATH), then "
@@ -256,6 +264,15 @@ def _load_model(text: str, checkpoint: str | None, num_classes: int | None = Non
     return spec, model, default_input_size(model)
 
 
+def _preserve(args) -> bool:
+    """--preserve as given, else on for a checkpoint without --calibrate (a preserved layer keeps a copy of
+    a block, so it costs MACs; calibration distils the plain layers instead, and recovers more: see the
+    README's measurements)."""
+    if args.preserve is not None:
+        return args.preserve
+    return args.checkpoint is not None and getattr(args, "calibrate", None) is None
+
+
 def _output_guard(args, inputs):
     """Before any work: the folder the main command will save to (``-o``, else ``condensed/<model>``) must
     not hold the input or the current folder, nor anything condense did not write; it is then locked until
@@ -341,6 +358,12 @@ def _run_condense(args, console) -> int:
 
     t0 = time.perf_counter()
     calib = _calibration_options(args)  # bad calibration options: an error before any work
+    if calib is not None and args.width is not None:
+        from ._width import parse_width
+
+        if parse_width(args.width, args.width_importance) is not None:
+            raise CondenseError("--calibrate distils run outputs of the same width, and --width prunes channels",
+                                "condense with --width alone, then fine-tune: condense train DIR --teacher MODEL")
     options = _layer_options(args)
     setting = None
     if args.latency is not None:
@@ -363,8 +386,8 @@ def _run_condense(args, console) -> int:
                                limit_test=calib["test_images"] or None)
         result = fit(model, macs=args.macs, params=args.params, input_size=size, layer=args.layer,
                      init=args.init, K=args.K, fill_K=args.fill_K, progress=lambda msg: status.update(msg),
-                     preserve=args.checkpoint is not None if args.preserve is None else args.preserve,
-                     latency=args.latency, latency_setting=setting, **options)
+                     preserve=_preserve(args), latency=args.latency, latency_setting=setting, width=args.width,
+                     width_importance=args.width_importance, **options)
         calibration = None
         if bundle is not None and result.plan.choices:
             from ._calibrate import calibrate
@@ -376,7 +399,7 @@ def _run_condense(args, console) -> int:
             calibration = calibrate(result, model, bundle, **calib, device=args.device,
                                     progress=lambda msg: status.update(msg))
         out = None
-        if not args.dry_run and result.plan.choices:
+        if not args.dry_run and (result.plan.choices or result.width is not None):
             out = Path(args.output or Path("condensed") / spec.slug)
             status.update(f"saving to {out}")
             extra = {**({"latency": result.latency.to_dict()} if result.latency else {}),
@@ -393,23 +416,27 @@ def _run_condense(args, console) -> int:
             "macs_budget": result.macs_budget, "params_budget": result.params_budget,
             "latency": result.latency.to_dict() if result.latency else None,
             "calibration": calibration.to_dict() if calibration else None,
+            "width": {k: v for k, v in result.width.to_dict().items() if k != "history"} if result.width else None,
             "plan": result.plan.to_dict(), "output": str(out) if out else None, "seconds": round(elapsed, 2),
             "runs": [r.__dict__ | {"shape": list(r.shape)} for r in result.rows]}, indent=2))
         return 0
     table = Table(title=f"{spec} at {'x'.join(map(str, size))}", title_justify="left")
-    for col in ("run", "block", "CxHxW", "blocks", "new layer", "MACs", "params"):
+    wide = result.width is not None
+    for col in ("run", "block", "CxHxW", "blocks", *(["channels"] if wide else []), "new layer", "MACs", "params"):
         table.add_column(col, justify="right" if col in ("MACs", "params") else "left")
     for r in result.rows:
         blocks = f"{r.r} -> {r.m}" + (" + 1" if r.layer and r.layer != "drop" else "")
         table.add_row(r.path, r.block_class, "x".join(map(str, r.shape)), blocks,
+                      *([f"{r.channels[0]} -> {r.channels[1]}" if r.channels else "-"] if wide else []),
                       (r.layer + (f" K={r.K}" if r.K is not None else "")) if r.layer else "-",
                       f"{format_count(r.macs_before)} -> {format_count(r.macs_after)}",
                       f"{format_count(r.params_before)} -> {format_count(r.params_after)}")
     table.add_section()
-    table.add_row("[bold]total[/]", "", "", "", "",
+    table.add_row("[bold]total[/]", "", "", "", *([""] if wide else []), "",
                   f"{format_count(result.macs_before)} -> [bold]{format_count(result.macs_after)}[/]",
                   f"{format_count(result.params_before)} -> [bold]{format_count(result.params_after)}[/]")
-    table.add_row("ratio", "", "", "", "", f"{result.mac_ratio:.2f}x", f"{result.param_ratio:.2f}x")
+    table.add_row("ratio", "", "", "", *([""] if wide else []), "", f"{result.mac_ratio:.2f}x",
+                  f"{result.param_ratio:.2f}x")
     console.print(table)
     budgets = []
     if result.macs_budget is not None:
@@ -718,7 +745,7 @@ def _run_recipe_seeds(args, console, r) -> int:
     return 0
 
 
-_VALUE_OPTIONS = ("--budget", "--macs", "--params", "--latency")
+_VALUE_OPTIONS = ("--budget", "--macs", "--params", "--latency", "--width")
 
 
 def _join_negative_values(argv: list[str]) -> list[str]:

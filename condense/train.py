@@ -223,25 +223,10 @@ def _set_rng_state(state) -> None:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    """``torch.save`` to a temporary sibling, flushed, then renamed into place (a kill leaves the old file)."""
-    from ._io import os_error
+    """``torch.save`` through the one file writer (``condense._write``): a kill leaves the old file."""
+    from ._write import atomic_torch_save
 
-    import io
-
-    from ._io import write_bytes
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)  # serialised in memory: a full disk is then a plain ENOSPC from the write below
-    try:
-        write_bytes(tmp, buffer.getvalue())
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise os_error(err, path.parent) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_torch_save(obj, path)
 
 
 def _cpu(obj: Any) -> Any:
@@ -256,16 +241,10 @@ def _cpu(obj: Any) -> Any:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary sibling, then rename it into place."""
-    from ._io import os_error
+    """``text`` through the one file writer (``condense._write``): a kill leaves the old file."""
+    from ._write import atomic_write
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise os_error(err, path.parent) from None
+    atomic_write(path, text)
 
 
 def load_checkpoint_state(path: Path) -> dict[str, Any]:

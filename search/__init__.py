@@ -20,8 +20,10 @@ Public API (everything else is private)::
     search_main(argv), export_main(argv), compare_main(argv)   `condense search` / `export` / `compare`
 
 Objectives: accuracy after a short proxy training (maximise), MACs and parameters (minimise), optionally
-measured latency. Budgets are hard constraints (``trial.set_constraint``): an over-budget plan is counted,
-never trained, and never on the front. Sampler: NSGA-II (or TPE, or random as a baseline), seeded per trial number.
+measured latency; or accuracy and measured latency alone (``objective="latency"``). With ``widths`` the space
+also holds a channel share per run (``width[PATH]``, pruned with Torch-Pruning; per-trial strategy only).
+Budgets are hard constraints (``trial.set_constraint``): an over-budget plan is counted, never trained,
+and never on the front. Sampler: NSGA-II (or TPE, or random as a baseline), seeded per trial number.
 """
 from ._cli import compare_main, export_main, search_main
 from ._compare import compare_studies, hypervolume

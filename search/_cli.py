@@ -43,6 +43,13 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in text.split(",") if s.strip())
 
 
+def _shares(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(s) for s in _names(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected shares like 0.25,0.5, got {text!r}") from None
+
+
 def search_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="condense search", formatter_class=HelpFormatter, epilog=SEARCH_EPILOG,
@@ -70,11 +77,20 @@ def search_parser() -> argparse.ArgumentParser:
     t.add_argument("--latency", action="store_true", help="also minimise latency measured on this machine")
     t.add_argument("--latency-batch", type=int, default=1, metavar="N", help="batch size for --latency (default 1)")
     t.add_argument("--latency-compiled", action="store_true", help="measure --latency on torch.compile'd models")
+    t.add_argument("--objective", choices=("macs", "latency"), default="macs",
+                   help="what accuracy is traded against: macs (MACs and parameters, the default) or latency "
+                        "(measured on --device at --latency-batch: the objectives become accuracy and latency; "
+                        "MACs and parameters are still counted and budgeted)")
     s = p.add_argument_group("space and sampler")
     s.add_argument("--layers", type=_names, default=None,
                    help="layer types to search, comma-separated (default: global,linearmix,explicit_rd,"
                         "implicit_rd,circulant_rd,drop; drop deletes a run's removed blocks, chosen per run)")
     s.add_argument("--K", type=_int_range, default=None, metavar="LO-HI", help="range of K (default 1-20)")
+    s.add_argument("--widths", type=_shares, default=None, metavar="W,W",
+                   help="also search width: each run removes 0 or one of these shares of its channels (Torch-Pruning, "
+                        "before the plan), e.g. 0.25,0.5; per-trial strategy only (default: no width)")
+    s.add_argument("--width-importance", choices=("l1", "group"), default="l1",
+                   help="how trials with width rank channels: l1 magnitude (default) or group norm")
     s.add_argument("--sampler", choices=("nsgaii", "tpe", "random"), default="nsgaii",
                    help="nsgaii (default), tpe, or random (a baseline; compare with condense compare)")
     s.add_argument("--population", type=int, default=10, help="NSGA-II population size (default 10)")
@@ -164,12 +180,13 @@ def _show_space(args, console) -> int:
     else:
         size = default_input_size(model) or (3, 224, 224)
     with console.status("tracing"):
-        space = build_space(find_runs(model, size), layers=args.layers, K=args.K)
+        space = build_space(find_runs(model, size), layers=args.layers, K=args.K, widths=args.widths)
     console.print(space.table(title=f"search space of {spec} at {'x'.join(map(str, size))}"))
     console.print(space.summary())
     console.print("Shared by the whole model: layer, K, init, velocity, diffusion, source (the last three only "
                   "act on the Global layer). Per run: condense it or not, m (blocks kept), and with drop among "
-                  "the layers, drop (delete the removed blocks instead of the shared layer).")
+                  "the layers, drop (delete the removed blocks instead of the shared layer); with --widths, width "
+                  "(the share of the run's channels removed).")
     return 0
 
 
@@ -204,6 +221,7 @@ def _search(args, console) -> int:
                    teacher_checkpoint=args.teacher_checkpoint, latency=args.latency,
                    latency_batch=args.latency_batch, latency_compiled=args.latency_compiled, sampler=args.sampler,
                    population=args.population, seed=args.seed, device=args.device, layers=args.layers, K=args.K,
+                   widths=args.widths, width_importance=args.width_importance, objective=args.objective,
                    storage=args.storage,
                    study_name=args.study_name, heartbeat_interval=args.heartbeat_interval,
                    grace_period=args.grace_period, max_retry=args.max_retry, reference=not args.no_reference,
@@ -223,9 +241,10 @@ def _search(args, console) -> int:
     def line(study, trial) -> None:
         if show:
             return
-        values = trial.values or []
-        figures = (f"acc {values[0]:.4f}, {values[1] / 1e6:.2f}M MACs, {values[2] / 1e3:.1f}K params"
-                   if len(values) >= 3 else trial.state.name.lower())
+        values, attrs = trial.values or [], trial.user_attrs
+        figures = (f"acc {values[0]:.4f}, {attrs['macs'] / 1e6:.2f}M MACs, {attrs['params'] / 1e3:.1f}K params"
+                   + (f", {attrs['latency_ms']:.2f} ms" if "latency_ms" in attrs else "")
+                   if values and "macs" in attrs and "params" in attrs else trial.state.name.lower())
         console.print(f"trial {trial.number}: {trial.user_attrs.get('status', trial.state.name.lower())} ({figures})",
                       highlight=False)
 
@@ -345,9 +364,10 @@ def _compare(args, console) -> None:
                       f"{row['hypervolume']:.4f}", f"{row['best_accuracy']:.4f}",
                       *["-" if pd.isna(row[c]) else f"{100 * row[c]:.0f}%" for c in covers])
     console.print(table)
-    console.print("hypervolume: volume dominated in (1 - accuracy, MACs/original, params/original) up to (1, 1, 1); "
-                  "higher is better. dominates X: share of X's front points that this front weakly dominates.",
-                  highlight=False)
+    axes = ("(1 - accuracy, latency/original) up to (1, 1)" if (df.get("objective") == "latency").all()
+            else "(1 - accuracy, MACs/original, params/original) up to (1, 1, 1)")
+    console.print(f"hypervolume: volume dominated in {axes}; higher is better. dominates X: share of X's front "
+                  "points that this front weakly dominates.", highlight=False)
     if args.csv:
         console.print(f"table: {write_csv(df, args.csv)}", highlight=False)
     if args.plot:

@@ -10,6 +10,10 @@ volume of that unit-ish box dominated by the study's feasible trials, with the r
 and grows towards 1 (a perfect model that costs nothing). ``covers[B]`` is the share of B's front points
 weakly dominated by some point of this study's front (Zitzler's C-metric): 1.0 means this front is at
 least as good as B's everywhere B has a point.
+
+Studies whose objective is latency (``condense search --objective latency``) are compared in
+``(error, latency_ms / latency_ms_original)`` with the reference point ``(1, 1)`` instead; the original's
+latency is the one measured in the first study's ``search.json``. Studies of both kinds are not compared.
 """
 from __future__ import annotations
 
@@ -102,6 +106,19 @@ def _load(study_dir: Path, finished: bool = False) -> tuple[dict, pd.DataFrame]:
     return config, _as_trials(trials) if finished else trials
 
 
+def _objective(config: dict) -> str:
+    """``latency`` for a study whose objectives are accuracy and latency, else ``macs``."""
+    names = config.get("objectives") or []
+    return "latency" if "latency_ms" in names and "macs" not in names else "macs"
+
+
+def _scaled_latency(trials: pd.DataFrame, ref: dict) -> np.ndarray:
+    ok = trials[(trials["state"] == "COMPLETE") & (trials.get("feasible", True) == True)]  # noqa: E712
+    ok = ok.dropna(subset=["accuracy", "latency_ms"]) if "latency_ms" in ok else ok.iloc[:0]
+    return np.column_stack([1.0 - ok["accuracy"].to_numpy(float),
+                            ok["latency_ms"].to_numpy(float) / ref["latency_ms"]]) if len(ok) else np.zeros((0, 2))
+
+
 def _scaled(trials: pd.DataFrame, ref: dict) -> np.ndarray:
     ok = trials[(trials["state"] == "COMPLETE") & (trials.get("feasible", True) == True)]  # noqa: E712
     ok = ok.dropna(subset=["accuracy", "macs", "params"])
@@ -126,14 +143,24 @@ def compare_studies(dirs: Sequence[str | os.PathLike], *, finished: bool = False
         if (r.get("macs"), r.get("params")) != (ref["macs"], ref["params"]):
             raise CondenseError(f"{d} searched another model ({r.get('macs')} MACs vs {ref['macs']})",
                                 "compare studies of one model")
-    points = {d.name: _scaled(t, ref) for d, _, t in loaded}
+    kinds = {_objective(c) for _, c, _ in loaded}
+    if len(kinds) > 1:
+        raise CondenseError("some studies trade accuracy against latency, others against MACs",
+                            "compare studies searched with the same --objective")
+    latency = kinds == {"latency"}
+    if latency and not ref.get("latency_ms"):
+        raise CondenseError(f"{loaded[0][0]}/search.json has no measured latency of the original",
+                            "re-run the search with this version of condense")
+    scale = _scaled_latency if latency else _scaled
+    corner = (1.0, 1.0) if latency else (1.0, 1.0, 1.0)
+    points = {d.name: scale(t, ref) for d, _, t in loaded}
     fronts = {name: pareto_points(p) if len(p) else p for name, p in points.items()}
     rows = []
     for d, config, _ in loaded:
         name = d.name
         row = {"study": name, "sampler": (config.get("config") or config).get("sampler"),
                "trials": len(points[name]), "front": len(fronts[name]),
-               "hypervolume": hypervolume(points[name], (1.0, 1.0, 1.0)),
+               "hypervolume": hypervolume(points[name], corner), "objective": "latency" if latency else "macs",
                "best_accuracy": float(1.0 - points[name][:, 0].min()) if len(points[name]) else float("nan")}
         for other in fronts:
             if other != name:

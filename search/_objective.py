@@ -1,12 +1,15 @@
 """One trial: plan -> condensed model -> count -> (budget check) -> short proxy training -> figures + weights.
 
 In: an Optuna trial, the search space, the original model and its runs, the data, the proxy-training
-config, the budgets. Out: the objective values (accuracy, MACs, params[, latency ms]) and, for a trained
-trial, ``TRIALS_DIR/<number>/`` written with condense's save format (``condense.load`` reads it).
+config, the budgets. Out: the objective values (accuracy, MACs, params[, latency ms]; with the ``latency``
+objective, accuracy and latency ms only: MACs and parameters are still counted, recorded and constrained)
+and, for a trained trial, ``TRIALS_DIR/<number>/`` written with condense's save format (``condense.load`` reads it).
 Never: trains a plan that breaks a budget (it is counted first; the constraint is recorded with
 ``trial.set_constraint`` and the trial returns accuracy 0, so it never enters the constrained front), or
 a plan the study has already evaluated (the sampler may propose it again, or parameters that do not act,
 such as ``velocity`` of an RD layer, may differ): that trial is pruned as a ``duplicate`` of the first.
+A trial with width (``width[PATH]`` > 0) prunes the original's channels with Torch-Pruning first
+(``condense._width``), then applies the plan to the pruned model; its directory records the pruning.
 """
 from __future__ import annotations
 
@@ -27,11 +30,13 @@ from condense import CondenseError, LatencySetting, Plan, PlanCosts, macs_and_pa
 from condense import measure_latency as _measure
 from condense.train import TrainConfig, train
 
-__all__ = ["Objective", "OBJECTIVES", "objective_names", "measure_latency", "build_plan"]
+__all__ = ["Objective", "OBJECTIVES", "OBJECTIVE_KINDS", "objective_names", "measure_latency", "build_plan",
+           "build_trial"]
 
 # name, direction; latency is appended when measured
 OBJECTIVES: tuple[tuple[str, str], ...] = (("accuracy", "maximize"), ("macs", "minimize"), ("params", "minimize"))
 LATENCY = ("latency_ms", "minimize")
+OBJECTIVE_KINDS = ("macs", "latency")  # what a search trades accuracy against: MACs and params, or measured latency
 STATUS_TRAINED, STATUS_OVER, STATUS_DIVERGED, STATUS_DUPLICATE = "trained", "over budget", "diverged", "duplicate"
 # a plan whose estimate exceeds a budget by more than this (relative) is rejected without being counted; the
 # estimate (blocks and layers counted one by one) is within about 1% of the measured count
@@ -42,23 +47,33 @@ def _plan_key(plan: Any) -> str:
     return json.dumps(plan, sort_keys=True, default=str)
 
 
-def _same_plan(trial: optuna.Trial, plan: Plan) -> int | None:
-    """The number of a finished trial of the study with this very plan, if any (None otherwise)."""
-    key = _plan_key(plan.to_dict())
+def _same_plan(trial: optuna.Trial, plan: Plan, width: dict[str, float] | None = None) -> int | None:
+    """The number of a finished trial of the study with this very plan (and width), if any (None otherwise)."""
+    key = _plan_key([plan.to_dict(), width or {}])
     for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
                                                              optuna.trial.TrialState.PRUNED)):
         if t.user_attrs.get("status") != STATUS_DUPLICATE and "plan" in t.user_attrs \
-                and _plan_key(t.user_attrs["plan"]) == key:
+                and _plan_key([t.user_attrs["plan"], t.user_attrs.get("width") or {}]) == key:
             return t.number
     return None
 
 
-def objective_names(latency: bool) -> list[str]:
-    return [n for n, _ in OBJECTIVES] + ([LATENCY[0]] if latency else [])
+def _objectives(latency: bool, objective: str) -> list[tuple[str, str]]:
+    if objective not in OBJECTIVE_KINDS:
+        raise CondenseError(f"unknown search objective {objective!r}", f"use one of {', '.join(OBJECTIVE_KINDS)}")
+    if objective == "latency":
+        return [OBJECTIVES[0], LATENCY]
+    return list(OBJECTIVES) + ([LATENCY] if latency else [])
 
 
-def objective_directions(latency: bool) -> list[str]:
-    return [d for _, d in OBJECTIVES] + ([LATENCY[1]] if latency else [])
+def objective_names(latency: bool, objective: str = "macs") -> list[str]:
+    """The study's objectives: accuracy, MACs, params (and latency_ms when measured); with ``objective``
+    ``latency``: accuracy and latency_ms."""
+    return [n for n, _ in _objectives(latency, objective)]
+
+
+def objective_directions(latency: bool, objective: str = "macs") -> list[str]:
+    return [d for _, d in _objectives(latency, objective)]
 
 
 measure_latency = _measure  # one measurer: the search's latency objective is the latency budget's
@@ -68,12 +83,27 @@ def build_plan(model: nn.Module, found, plan: Plan, seed: int) -> nn.Module:
     """The condensed model of ``plan`` as a search trial builds it (a fresh copy of ``model`` if the plan changes
     nothing). The new layers' initial weights depend only on (``seed``, the plan), so a plan (or its retry)
     always starts from the same weights, and training (seeded) repeats its accuracy."""
+    return build_trial(model, found, plan, seed)[0]
+
+
+def build_trial(model: nn.Module, found, plan: Plan, seed: int, width: dict[str, float] | None = None,
+                input_size=None, importance: str = "l1"):
+    """``build_plan`` with a width: the original pruned first (run path -> share of channels removed,
+    ``condense._width.prune``, importance from its weights), then ``plan`` applied to the pruned model.
+    Returns the model and the pruning's ``WidthFit`` record (None without width)."""
+    record = None
+    if width:
+        from condense import find_runs
+        from condense._width import WidthSpec, prune
+
+        model, record = prune(model, input_size, WidthSpec(width, importance), found.runs)
+        found = find_runs(model, input_size, count=False)
     if not plan.choices:
-        return copy.deepcopy(model)
-    key = json.dumps([seed, plan.to_dict()], sort_keys=True, default=str).encode()
+        return (model if record is not None else copy.deepcopy(model)), record
+    key = json.dumps([seed, plan.to_dict(), *([width] if width else [])], sort_keys=True, default=str).encode()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little") % 2**63)
-        return rewrite(model, found, plan.choices).module
+        return rewrite(model, found, plan.choices).module, record
 
 
 @dataclasses.dataclass
@@ -101,6 +131,8 @@ class Objective:
     device: str = "auto"            # where trials train (latency: ``latency_setting.device``)
     phase: Callable[[str], None] | None = None
     screen: bool = True             # reject plans far over budget by estimate (see ``estimate``)
+    objective: str = "macs"         # macs: (accuracy, MACs, params[, latency]); latency: (accuracy, latency)
+    width_importance: str = "l1"    # how a trial with width ranks channels (l1 or group)
     _costs: PlanCosts | None = dataclasses.field(default=None, repr=False)
 
     @property
@@ -114,6 +146,12 @@ class Objective:
     def build(self, plan: Plan) -> nn.Module:
         """The condensed model of ``plan`` (``build_plan`` with the study's seed)."""
         return build_plan(self.model, self.found, plan, self.seed)
+
+    def build_trial(self, plan: Plan, width: dict[str, float] | None = None):
+        """``build`` with a width (run path -> share of channels removed): the model and its width record."""
+        if not width:
+            return self.build(plan), None
+        return build_trial(self.model, self.found, plan, self.seed, width, self.input_size, self.width_importance)
 
     def estimate(self, plan: Plan) -> tuple[int, int] | None:
         """MACs and parameters of ``plan``'s model from counts already made (``condense.PlanCosts``, the
@@ -136,13 +174,16 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         params = self.space.suggest(trial)
         plan = self.space.plan(params)
+        width = self.space.width_of(params)
         trial.set_user_attr("plan", plan.to_dict())
-        same = _same_plan(trial, plan)
+        if width:
+            trial.set_user_attr("width", width)
+        same = _same_plan(trial, plan, width)
         if same is not None:  # evaluated already (parameters that do not act can differ): nothing new to learn
             trial.set_user_attr("status", STATUS_DUPLICATE)
             trial.set_user_attr("duplicate_of", same)
             raise optuna.TrialPruned(f"the plan of trial {same}")
-        guess = self.estimate(plan) if self.screen else None
+        guess = self.estimate(plan) if self.screen and not width else None  # the estimate knows no width
         if guess is not None and any(v > SCREEN_MARGIN for v in self.constraints(*guess).values()):
             # far over budget by the block-and-layer sum: recorded as over budget, never built or trained
             trial.set_user_attr("macs", guess[0])
@@ -152,8 +193,8 @@ class Objective:
                 trial.set_constraint(key, value)
             trial.set_user_attr("status", STATUS_OVER)
             return self._values(0.0, guess[0], guess[1], math.inf)
-        self._say(trial, "building and counting")
-        model = self.build(plan)
+        self._say(trial, "building and counting" if not width else "pruning, building and counting")
+        model, record = self.build_trial(plan, width)
         macs, n_params, over = self.count_and_constrain(trial, model)
         if over:
             return self._values(0.0, macs, n_params, math.inf)
@@ -172,7 +213,7 @@ class Objective:
         accuracy = float(result.metrics["test_acc"])
         latency = measure_latency(model, self.input_size, self.latency_setting) if self.latency else math.inf
         self._say(trial, "saving")
-        directory = self.save_trial(trial, model, plan, macs, n_params, accuracy, latency, seconds)
+        directory = self.save_trial(trial, model, plan, macs, n_params, accuracy, latency, seconds, width=record)
         trial.set_user_attr("accuracy", accuracy)
         trial.set_user_attr("train_seconds", round(seconds, 3))
         trial.set_user_attr("trial_dir", str(directory))
@@ -197,11 +238,13 @@ class Objective:
         return int(macs), int(n_params), over
 
     def _values(self, accuracy: float, macs: int, params: int, latency: float) -> tuple[float, ...]:
+        if self.objective == "latency":  # MACs and params are recorded (user attributes) and constrained only
+            return float(accuracy), float(latency)
         values = (float(accuracy), float(macs), float(params))
         return values + ((float(latency),) if self.latency else ())
 
     def save_trial(self, trial, model: nn.Module, plan: Plan, macs: int, params: int, accuracy: float,
-                   latency: float, seconds: float) -> Path:
+                   latency: float, seconds: float, width=None) -> Path:
         """Write the trained model of ``trial`` to ``trials_dir/<number>`` (condense's save format)."""
         runs = []
         for run in self.space.runs:
@@ -219,5 +262,6 @@ class Objective:
         directory = self.trials_dir / str(trial.number)
         write_condensed(directory, model.eval(), plan, model_class=self.found.model_class, input_size=self.input_size,
                         counts=counts, runs=runs, spec=self.spec, model_kwargs=self.model_kwargs or None,
-                        checkpoint=self.checkpoint, extra={"search": json.loads(json.dumps(info, default=str))})
+                        checkpoint=self.checkpoint, extra={"search": json.loads(json.dumps(info, default=str)),
+                                                           **({"width": width.to_dict()} if width else {})})
         return directory

@@ -19,6 +19,12 @@ at least one other, ``layer`` ranges over the others and every run gets ``drop[P
 removed blocks are deleted instead of replaced by the shared layer type). With ``drop`` alone, ``layer`` is
 ``drop`` and there are no ``drop[PATH]`` parameters. A dropped run has no K, options or initial guess.
 
+Width (``widths``, e.g. ``(0.25, 0.5)``; none by default): every run also gets ``width[PATH]``, the share of
+its channels Torch-Pruning removes from the original before the plan is applied (0 or one of ``widths``;
+``condense._width``: the group of channels a run owns, its residual stream included). Width acts whether or
+not the run is condensed. The per-trial strategy only: the supernet shares weights across depths and layer
+types, not across widths.
+
 Every parameter is suggested in every trial, also where it has no effect (``velocity`` when the layer is
 an RD layer, ``m[PATH]`` when the run is off): the space is then the same fixed product for every trial,
 which NSGA-II needs to cross over and mutate all parameters (conditional parameters would fall back to
@@ -83,6 +89,12 @@ class SearchSpace:
     diffusions: tuple[str, ...] = DIFFUSIONS
     sources: tuple[str, ...] = SOURCES
     inits: tuple[str, ...] = INITS
+    widths: tuple[float, ...] = ()   # shares of channels a run's width[PATH] may remove besides 0 (none: no width)
+
+    @property
+    def width_choices(self) -> tuple[float, ...]:
+        """The values of every ``width[PATH]`` (0 first), or () when the space has no width."""
+        return (0.0, *sorted({float(w) for w in self.widths} - {0.0})) if self.widths else ()
 
     @property
     def pde_layers(self) -> tuple[str, ...]:
@@ -113,6 +125,11 @@ class SearchSpace:
         labels = [r.label for r in self.runs]
         if len(set(labels)) != len(labels):
             raise ConfigError("two runs share a path")
+        bad = [w for w in self.widths if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < 1]
+        if bad:
+            raise ConfigError(f"width {bad[0]!r} is not a share of channels to remove in [0, 1)",
+                              "write e.g. --widths 0.25,0.5")
+        object.__setattr__(self, "widths", tuple(sorted({float(w) for w in self.widths})))
 
     # --- the one declaration ---------------------------------------------------------------------------
     @property
@@ -140,6 +157,9 @@ class SearchSpace:
             if self.drop_per_run:
                 out.append(Param(self.drop_name(run), CategoricalDistribution((False, True)), f"run {run.label}",
                                  "when condensed, delete the removed blocks (drop) instead of the shared layer"))
+            if self.widths:
+                out.append(Param(self.width_name(run), CategoricalDistribution(self.width_choices), f"run {run.label}",
+                                 f"share of the run's channels removed (Torch-Pruning; {run.channels} channels)"))
         return tuple(out)
 
     @staticmethod
@@ -153,6 +173,17 @@ class SearchSpace:
     @staticmethod
     def drop_name(run: RunSpace) -> str:
         return f"drop[{run.label}]"
+
+    @staticmethod
+    def width_name(run: RunSpace) -> str:
+        return f"width[{run.label}]"
+
+    def width_of(self, params: Mapping[str, Any]) -> dict[str, float]:
+        """Run path -> share of channels removed, for the runs a trial prunes ({} without width)."""
+        if not self.widths:
+            return {}
+        return {run.path: float(params[self.width_name(run)]) for run in self.runs
+                if float(params[self.width_name(run)]) > 0}
 
     def _dropped(self, params: Mapping[str, Any], run: RunSpace) -> bool:
         return params["layer"] == DROP or (self.drop_per_run and bool(params[self.drop_name(run)]))
@@ -199,6 +230,8 @@ class SearchSpace:
             out[self.m_name(run)] = min(int(params[self.m_name(run)]), run.r - 1) if on[run.label] else run.r
             if self.drop_per_run:
                 out[self.drop_name(run)] = self._dropped(params, run) if on[run.label] else None
+            if self.widths:
+                out[self.width_name(run)] = float(params[self.width_name(run)])
         return out
 
     def plan(self, params: Mapping[str, Any]) -> Plan:
@@ -233,6 +266,8 @@ class SearchSpace:
             out[self.m_name(run)] = min(m, max(1, run.r - 1))
             if self.drop_per_run:
                 out[self.drop_name(run)] = drop
+            if self.widths:
+                out[self.width_name(run)] = 0.0
         for p in self.params:
             d = p.distribution
             value = out[p.name]
@@ -246,6 +281,7 @@ class SearchSpace:
             "runs": [dataclasses.asdict(r) | {"shape": list(r.shape)} for r in self.runs],
             "layers": list(self.layers), "K": list(self.K), "velocities": list(self.velocities),
             "diffusions": list(self.diffusions), "sources": list(self.sources), "inits": list(self.inits),
+            **({"widths": list(self.widths)} if self.widths else {}),  # absent without width: older studies resume
         }
 
     @classmethod
@@ -253,7 +289,8 @@ class SearchSpace:
         runs = tuple(RunSpace(path=r["path"], r=int(r["r"]), channels=int(r["channels"]),
                               shape=tuple(r["shape"]), block_class=r.get("block_class", "")) for r in data["runs"])
         return cls(runs=runs, layers=tuple(data["layers"]), K=tuple(data["K"]), velocities=tuple(data["velocities"]),
-                   diffusions=tuple(data["diffusions"]), sources=tuple(data["sources"]), inits=tuple(data["inits"]))
+                   diffusions=tuple(data["diffusions"]), sources=tuple(data["sources"]), inits=tuple(data["inits"]),
+                   widths=tuple(data.get("widths", ())))
 
     def table(self, title: str | None = None):
         """A rich Table of the parameters (what ``--show-space`` prints)."""
@@ -267,16 +304,18 @@ class SearchSpace:
 
     def summary(self) -> str:
         n_on = len(self.runs)
-        per_run = 3 if self.drop_per_run else 2
+        per_run = 2 + self.drop_per_run + bool(self.widths)
         return (f"{len(self.params)} parameters: 6 shared by the whole model, {per_run} per run x {n_on} run(s); "
                 f"{self.size:.3g} points")
 
 
 def build_space(found: Any, *, layers: Sequence[str] | None = None, K: Sequence[int] | None = None,
                 velocities: Iterable[str] | None = None, diffusions: Iterable[str] | None = None,
-                sources: Iterable[str] | None = None, inits: Iterable[str] | None = None) -> SearchSpace:
+                sources: Iterable[str] | None = None, inits: Iterable[str] | None = None,
+                widths: Iterable[float] | None = None) -> SearchSpace:
     """The space for the runs of ``found`` (a ``condense.FindResult``), growing runs included; a run of a
-    single block cannot be condensed and is left out. Keywords narrow the shared choices."""
+    single block cannot be condensed and is left out. Keywords narrow the shared choices; ``widths`` adds
+    ``width[PATH]`` per run (0 or one of these shares)."""
     runs = tuple(RunSpace(path=r.path, r=r.r, channels=r.channels, shape=tuple(r.input_shape),
                           block_class=r.block_class)
                  for r in found.runs if r.r >= 2)
@@ -286,7 +325,7 @@ def build_space(found: Any, *, layers: Sequence[str] | None = None, K: Sequence[
     if K is not None:
         kw["K"] = (int(K[0]), int(K[1]))
     for name, value in (("velocities", velocities), ("diffusions", diffusions), ("sources", sources),
-                        ("inits", inits)):
+                        ("inits", inits), ("widths", widths)):
         if value is not None:
             kw[name] = tuple(value)
     return SearchSpace(runs=runs, **kw)

@@ -57,7 +57,7 @@ from torch import nn
 from condense import CondenseError, ConfigError, claim_folder, find_runs, macs_and_params, read_json
 from condense import LatencySetting, format_count, parse_budget, parse_input_size
 
-from ._objective import (STATUS_DUPLICATE, STATUS_OVER, STATUS_TRAINED, Objective, measure_latency,
+from ._objective import (OBJECTIVE_KINDS, STATUS_DUPLICATE, STATUS_OVER, STATUS_TRAINED, Objective, measure_latency,
                          objective_directions, objective_names)
 from ._space import SearchSpace, build_space
 
@@ -160,6 +160,9 @@ class SearchConfig:
     seed: int = 0
     layers: tuple[str, ...] | None = None  # layer types to search (default: all)
     K: tuple[int, int] | None = None       # K range (default 1..20)
+    widths: tuple[float, ...] | None = None  # shares of a run's channels width[PATH] may remove (default: no width)
+    width_importance: str = "l1"           # how trials with width rank channels: l1 or group
+    objective: str = "macs"                # macs: (accuracy, MACs, params[, latency]); latency: (accuracy, latency)
     storage: str | None = None             # database URL (default: STUDY_DIR/study.journal)
     study_name: str | None = None
     heartbeat_interval: int = 30
@@ -204,10 +207,21 @@ class SearchConfig:
             object.__setattr__(self, "layers", tuple(self.layers))
         if self.K is not None:
             object.__setattr__(self, "K", (int(self.K[0]), int(self.K[1])))
+        if self.objective not in OBJECTIVE_KINDS:
+            bad("objective", f"must be one of {', '.join(OBJECTIVE_KINDS)}")
+        if self.objective == "latency":
+            object.__setattr__(self, "latency", True)  # the objective is measured latency
+        if self.width_importance not in ("l1", "group"):
+            bad("width_importance", "must be l1 or group")
+        if self.widths is not None:
+            ws = tuple(self.widths)
+            if not ws or any(isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < 1 for w in ws):
+                bad("widths", "must be shares of channels to remove in [0, 1), e.g. 0.25,0.5")
+            object.__setattr__(self, "widths", tuple(sorted({float(w) for w in ws})))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        for key in ("input_size", "layers", "K"):
+        for key in ("input_size", "layers", "K", "widths"):
             if d[key] is not None:
                 d[key] = list(d[key])
         return d
@@ -229,6 +243,8 @@ class SearchConfig:
         if out["teacher_checkpoint"]:
             out["teacher_checkpoint"] = Path(out["teacher_checkpoint"]).name
         out["seed"] = self.seed
+        for key in ("widths", "width_importance", "objective"):  # added later: compared when a study stored them
+            out[key] = d[key]
         if sep:
             from condense.data import data_fingerprint
 
@@ -456,12 +472,14 @@ def open_study(config: SearchConfig, output: str | os.PathLike | None = None) ->
     storage = make_storage(config, out)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        directions = objective_directions(config.latency, config.objective)
         study = optuna.create_study(storage=storage, study_name=config.name, load_if_exists=True,
-                                    directions=objective_directions(config.latency), sampler=make_sampler(config))
-    if len(study.directions) != len(objective_directions(config.latency)):
+                                    directions=directions, sampler=make_sampler(config))
+    if len(study.directions) != len(directions):
         raise CondenseError(f"study {config.name!r} has {len(study.directions)} objectives, this search "
-                            f"{len(objective_directions(config.latency))}",
-                            "use the same --latency setting, or another --study-name / output directory")
+                            f"{len(directions)}",
+                            "use the same --latency and --objective settings, or another --study-name / output "
+                            "directory")
     return study
 
 
@@ -501,7 +519,7 @@ def study_from_dir(output: str | os.PathLike, storage: str | None = None,
 def _config_kwargs(d: dict[str, Any]) -> dict[str, Any]:
     fields = {f.name for f in dataclasses.fields(SearchConfig)}
     out = {k: v for k, v in d.items() if k in fields}
-    for key in ("input_size", "layers", "K"):
+    for key in ("input_size", "layers", "K", "widths"):
         if out.get(key) is not None:
             out[key] = tuple(out[key])
     return out
@@ -663,12 +681,13 @@ def _check_reachable(original: nn.Module, size, space: SearchSpace, config: Sear
 
     errors = []
     for layer in space.layers:
-        try:
-            fit(original, macs=config.macs, params=config.params, input_size=size, layer=layer,
-                K=space.K[0] if layer != "drop" else None)  # drop has no K
-            return
-        except BudgetError as err:
-            errors.append(err)
+        for width in (None, *([max(space.widths)] if space.widths else [])):  # the most channels a trial removes
+            try:
+                fit(original, macs=config.macs, params=config.params, input_size=size, layer=layer,
+                    K=space.K[0] if layer != "drop" else None, width=width)  # drop has no K
+                return
+            except BudgetError as err:
+                errors.append(err)
     first = errors[0]
     raise BudgetError(f"no plan in the search space meets the budget: {first.message}"
                       + (f" with {space.layers[0]}" if len(space.layers) > 1 else ""),
@@ -779,17 +798,18 @@ def _latency_setting(config: SearchConfig) -> LatencySetting:
 
 
 def _reference(objective: Objective, config: SearchConfig) -> dict[str, Any]:
-    """The original model's figures (and its accuracy after the same proxy training, if asked)."""
+    """The original model's figures (and its accuracy after the same proxy training, if asked; its latency
+    whenever latency is measured: ``condense compare`` scales a latency front by it)."""
     from . import _objective
 
     ref: dict[str, Any] = {"macs": objective.macs_before, "params": objective.params_before, "accuracy": None}
+    model = copy.deepcopy(objective.model)
     if config.reference:
-        model = copy.deepcopy(objective.model)
         res = _objective.train(model, objective.data, objective.train_config, teacher=objective.teacher,
                                progress=False)
         ref["accuracy"] = float(res.metrics["test_acc"])
-        if config.latency:
-            ref["latency_ms"] = measure_latency(model, objective.input_size, objective.latency_setting)
+    if config.latency:
+        ref["latency_ms"] = measure_latency(model, objective.input_size, objective.latency_setting)
     return ref
 
 
@@ -825,7 +845,9 @@ def run_search(model: str | nn.Module, data: str, *, output: str | os.PathLike |
     but not trained, and plans seen before are pruned as duplicates: neither counts, and the search stops
     after 10 x ``trials`` of them), ``epochs_per_trial``, ``steps_per_epoch``, ``batch_size``,
     ``lr``, ``limit_train``/``limit_test``, ``input_size``, ``checkpoint``, ``distill``, ``latency``,
-    ``sampler`` (nsgaii or tpe), ``population``, ``seed``, ``layers``, ``K`` ((lo, hi)), ``storage`` (a
+    ``sampler`` (nsgaii or tpe), ``population``, ``seed``, ``layers``, ``K`` ((lo, hi)), ``widths`` (shares
+    of a run's channels a trial may remove with Torch-Pruning, per run; ``width_importance`` l1 or group),
+    ``objective`` (``macs``: accuracy, MACs, params; ``latency``: accuracy and measured latency), ``storage`` (a
     database URL; default: a journal file in ``output``), ``study_name``, ``heartbeat_interval``,
     ``grace_period``, ``max_retry``, ``reference``, ``enqueue_fit``. Re-running with the same output (or
     storage and study name) resumes the study. ``finish`` (a ``FinishConfig``): afterwards, fine-tune that
@@ -897,7 +919,7 @@ def prepare(config: SearchConfig, model, spec_text) -> Prepared:
         macs0, params0 = macs_and_params(original, size)
     macs_b = parse_budget(config.macs).resolve(macs0) if config.macs is not None else None
     params_b = parse_budget(config.params).resolve(params0) if config.params is not None else None
-    space = build_space(found, layers=config.layers, K=config.K)
+    space = build_space(found, layers=config.layers, K=config.K, widths=config.widths)
     if macs_b is not None or params_b is not None:
         _check_reachable(original, size, space, config)
     return Prepared(bundle, original, spec, model_kwargs, size, found, macs0, params0, macs_b, params_b, space,
@@ -920,7 +942,8 @@ def _run(config: SearchConfig, model, spec_text, out: Path, progress: bool, cons
                           params_budget=params_b, teacher=teacher, latency=config.latency,
                           latency_setting=_latency_setting(config), spec=spec,
                           model_kwargs=model_kwargs, checkpoint=config.checkpoint, study_name=config.name,
-                          seed=config.seed, device=config.device)
+                          seed=config.seed, device=config.device, objective=config.objective,
+                          width_importance=config.width_importance)
     journal = _is_journal(study._storage)
     recover_stale_trials(study, config.grace_period, config.max_retry)
     if not study.get_trials(deepcopy=False) and config.enqueue_fit and (macs_b is not None or params_b is not None):
@@ -988,12 +1011,13 @@ def _check_same_search(study: optuna.Study, config: SearchConfig, space: SearchS
         study.set_user_attr(_CONFIG_KEY, mine)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(objective_names(config.latency))
+            study.set_metric_names(objective_names(config.latency, config.objective))
         return
     old, new = stored.get("options", {}), mine["options"]
     # seed and the data's content and absolute path were added later: a study stored without them resumes;
     # the path counts only for a study in a local folder (workers sharing a database keep data anywhere)
-    later = ("seed", "data_fingerprint") + (("data_path",) if config.storage is None else ())
+    later = ("seed", "data_fingerprint", "widths", "width_importance", "objective") + \
+        (("data_path",) if config.storage is None else ())
     diff = [k for k in _IDENTITY + tuple(k for k in later if k in old)
             if json.dumps(old.get(k)) != json.dumps(new.get(k))]
     if diff:
@@ -1008,7 +1032,8 @@ def _write_config(out: Path, config: SearchConfig, study: optuna.Study, space: S
                   reference: dict[str, Any]) -> None:
     d = config.to_dict()
     meta = {"format": "condense-search/1", "study_name": study.study_name, "config": d,
-            "objectives": objective_names(config.latency), "reference": reference, "space": space.to_dict()}
+            "objectives": objective_names(config.latency, config.objective), "reference": reference,
+            "space": space.to_dict()}
     tmp = out / (CONFIG + f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
     os.replace(tmp, out / CONFIG)

@@ -7,6 +7,8 @@ supernet, ``condense.train``'s checkpoint format, resumed when the command is ru
 ``supernet/metrics.json``, ``trials/<N>/`` (the plan's standalone model with the supernet's weights and its
 own BatchNorm statistics: what ``condense export STUDY_DIR --trial N`` copies), ``trials.csv``,
 ``front.csv``, ``front.png``, ``study.journal``, ``search.json`` as for the per-trial search.
+Width (``--widths``) is per-trial only: the supernet shares weights across depths and layer types, not across
+channel widths, so a supernet search with widths is an error.
 Never: trains a plan (a trial takes seconds: extract, count, re-estimate BatchNorm, evaluate), scores a
 plan that breaks a budget (counted first, as in the per-trial search), or resumes a study started by the
 other strategy or with other supernet options.
@@ -169,6 +171,9 @@ def run_supernet_search(model: str | nn.Module, data: str, *, output=None, super
     spec_text = model if isinstance(model, str) else None
     out = Path(output) if output is not None else Path("searches") / _study._model_name(spec_text)
     config = SearchConfig(model=spec_text, data=str(data), output=str(out), **options)
+    if config.widths:
+        raise ConfigError("width is searched per trial only: the supernet shares weights across depths and layer "
+                          "types, not across channel widths", "leave out --widths, or use --strategy trials")
     sn_options = supernet or SupernetOptions()
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -230,7 +235,8 @@ def _run(config: SearchConfig, sn_options: SupernetOptions, model, spec_text, ou
                                   macs_budget=macs_b, params_budget=params_b, teacher=teacher,
                                   latency=config.latency, latency_setting=_study._latency_setting(config), spec=spec,
                                   model_kwargs=model_kwargs, checkpoint=config.checkpoint, study_name=config.name,
-                                  seed=config.seed, device=config.device, supernet=net, calib=calib)
+                                  seed=config.seed, device=config.device, supernet=net, calib=calib,
+                                  objective=config.objective)
     journal = _study._is_journal(study._storage)
     _study.recover_stale_trials(study, config.grace_period, config.max_retry)
     if not study.get_trials(deepcopy=False) and config.enqueue_fit and (macs_b is not None or params_b is not None):

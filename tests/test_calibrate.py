@@ -259,3 +259,14 @@ def test_cli_train_kd_features_end_to_end(npz, tmp_path, capsys):
                  "--teacher", "zoo:resnet_tiny", "--kd-features", "-o", str(tmp_path / "y")]) == 1
     err = capsys.readouterr().err.strip()
     assert "needs a condensed directory" in err and not (tmp_path / "y").exists()
+
+
+def test_preserve_defaults_on_with_a_checkpoint_unless_calibrating():
+    from argparse import Namespace
+
+    from condense.cli import _preserve
+
+    assert _preserve(Namespace(preserve=None, checkpoint="w.pth", calibrate=None)) is True
+    assert _preserve(Namespace(preserve=None, checkpoint="w.pth", calibrate="cifar10:x")) is False
+    assert _preserve(Namespace(preserve=True, checkpoint="w.pth", calibrate="cifar10:x")) is True
+    assert _preserve(Namespace(preserve=None, checkpoint=None, calibrate=None)) is False

@@ -305,4 +305,4 @@ def test_every_help_shows_the_defaults():
 
 def test_zero_pde_steps_is_an_error(capsys):
     assert main(["timm:resnet18", "--input-size", "3x32x32", "--K", "0", "--dry-run"]) == 1
-    assert "K=0: the number of PDE steps must be an integer >= 1" in capsys.readouterr().err
+    assert "K=0: the number of PDE steps must be an integer from 1 to 100" in capsys.readouterr().err

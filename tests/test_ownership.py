@@ -299,3 +299,26 @@ def test_train_on_a_full_disk_leaves_no_empty_folder(netfile, tmp_path, capsys):
         err = capsys.readouterr().err
         assert "no space left on" in err and "unexpected" not in err
         assert sorted(p.name for p in fs.iterdir()) == ["filler"]
+
+
+# --- single-file outputs replace only their own kind of file ----------------------------------------------------
+
+def test_export_onnx_and_bench_csv_never_overwrite_a_user_file(netfile, tmp_path, capsys):
+    assert _condense("-o", "d") == 0
+    (tmp_path / "notes.onnx").write_text("my notes")
+    (tmp_path / "table.csv").write_text("a,b\n1,2\n")
+    capsys.readouterr()
+    assert main(["export-onnx", "d", "--trust-code", "-o", "notes.onnx"]) == 1
+    assert "exists and is not an ONNX model condense wrote" in capsys.readouterr().err
+    assert main(["bench", "d", "--trust-code", "--csv", "table.csv", "--repeats", "1"]) == 1
+    assert "exists and is not a bench CSV condense wrote" in capsys.readouterr().err
+    assert (tmp_path / "notes.onnx").read_text() == "my notes" and (tmp_path / "table.csv").read_text() == "a,b\n1,2\n"
+    assert main(["export-onnx", "d", "--trust-code", "-o", "m.onnx"]) == 0
+    assert main(["export-onnx", "d", "--trust-code", "-o", "m.onnx"]) == 0  # its own file: replaced
+
+
+def test_a_failed_command_leaves_no_empty_default_folder(netfile, tmp_path, capsys):
+    assert main(["zoo:resnet_tiny", "--budget", "1K"]) == 1  # infeasible: nothing saved
+    assert not (tmp_path / "condensed").exists()
+    assert main(["m.py:net", "--input-size", "3x16x16", "-o", "a/b/c", "--budget", "1K"]) == 1
+    assert not (tmp_path / "a").exists()

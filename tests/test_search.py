@@ -594,3 +594,105 @@ def test_a_folder_that_is_not_a_search_is_refused(env, tmp_path):
     with pytest.raises(CondenseError, match="not a search folder"):
         run_search(env["model"], env["data"], output=out, trials=1, progress=False, reference=False, **FAST)
     assert sorted(p.name for p in out.iterdir()) == ["thesis.tex"]
+
+
+# --- width in the space, latency as the objective -----------------------------------------------------------
+
+def test_space_with_widths_lists_and_plans_them(env, capsys):
+    from search import SearchSpace
+
+    model = condense.build_model(env["model"])
+    found = condense.find_runs(model, (1, 28, 28))
+    plain = build_space(found)
+    assert not any(name.startswith("width[") for name in plain.distributions())  # no width unless asked
+    assert "widths" not in plain.to_dict()  # a study stored before widths existed has the same space
+    space = build_space(found, widths=(0.5, 0.25))
+    dists = space.distributions()
+    for run in space.runs:
+        assert dists[f"width[{run.path}]"].choices == (0.0, 0.25, 0.5)
+    assert len(dists) == 6 + 4 * len(space.runs)
+    params = space.params_of_plan({"layer1": 2})
+    assert space.width_of(params) == {} and space.effective(params)["width[layer1]"] == 0.0
+    params["width[layer2]"] = 0.5
+    assert space.width_of(params) == {"layer2": 0.5} and space.effective(params)["width[layer2]"] == 0.5
+    assert SearchSpace.from_dict(space.to_dict()) == space
+    with pytest.raises(condense.ConfigError, match="in \\[0, 1\\)"):
+        build_space(found, widths=(1.5,))
+    assert search_main([env["model"], "--input-size", "1x28x28", "--show-space", "--widths", "0.25,0.5"]) == 0
+    shown = capsys.readouterr().out
+    assert "width[layer1]" in shown and "width[layer2]" in shown
+
+
+def test_search_samples_width_records_it_and_export_rebuilds_it(env, tmp_path, monkeypatch):
+    calls = _spy(monkeypatch)
+    out = tmp_path / "w"
+    res = run_search(env["model"], env["data"], output=out, macs="60%", trials=4, progress=False, reference=False,
+                     widths=(0.5,), **FAST)
+    trained = [t for t in res.study.trials if t.user_attrs.get("status") == "trained"]
+    assert len(calls) == len(trained)  # no reference: one training per trained trial
+    wide = [t for t in trained if t.user_attrs.get("width")]
+    assert wide, "the sampler should draw width in some trained trial"
+    t = wide[0]
+    row = res.trials.loc[t.number]
+    for path in ("layer1", "layer2"):  # the trial table records the width of every run
+        assert row[f"width[{path}]"] == t.user_attrs["width"].get(path, 0.0)
+    meta = json.loads((out / "trials" / str(t.number) / "condensed.json").read_text())
+    assert meta["width"]["ratios"] == t.user_attrs["width"] and meta["width"]["history"]
+    dest = tmp_path / "exported"
+    assert export_main([str(out), "--trial", str(t.number), "-o", str(dest)]) == 0
+    loaded = condense.load(dest, trust_code=True)
+    trained_model = calls[trained.index(t)]["model"].eval()
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), trained_model(x))
+    assert condense.macs_and_params(loaded, (1, 28, 28)) == (t.user_attrs["macs"], t.user_attrs["params"])
+    original = condense.build_model(env["model"])
+    for path, share in t.user_attrs["width"].items():  # the run's anchor block (always kept) is narrower
+        before = original.get_submodule(f"{path}.0.conv1").out_channels
+        assert loaded.get_submodule(f"{path}.0.conv1").out_channels == int(before * (1 - share))
+
+
+def test_the_supernet_refuses_width(env, tmp_path):
+    from search import run_supernet_search
+
+    with pytest.raises(condense.ConfigError, match="per trial only"):
+        run_supernet_search(env["model"], env["data"], output=tmp_path / "sn", widths=(0.5,), progress=False, **FAST)
+    assert not (tmp_path / "sn").exists()
+
+
+def test_latency_objective_on_a_tiny_model(env, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(objective_module, "train", _fake_train)
+    out = tmp_path / "lat"
+    argv = [env["model"], "--data", env["data"], "--budget", "60%", "--trials", "3", "--batch-size", "32",
+            "--steps-per-epoch", "4", "--limit-test", "64", "--population", "4", "--no-reference", "--no-progress",
+            "--device", "cpu"]
+    assert search_main([*argv, "-o", str(out), "--objective", "latency"]) == 0
+    capsys.readouterr()
+    study = _journal_study(out)
+    assert study.metric_names == ["accuracy", "latency_ms"] and len(study.directions) == 2
+    config = json.loads((out / "search.json").read_text())
+    assert config["objectives"] == ["accuracy", "latency_ms"] and config["reference"]["latency_ms"] > 0
+    trained = [t for t in study.trials if t.user_attrs.get("status") == "trained"]
+    assert len(trained) == 3
+    budget = config["reference"]["macs_budget"]
+    for t in trained:  # the values are (accuracy, latency); MACs and params are still counted and budgeted
+        assert t.values[1] == t.user_attrs["latency_ms"] > 0 and t.user_attrs["macs"] <= budget
+    import pandas as pd
+
+    table = pd.read_csv(out / "trials.csv")
+    assert {"latency_ms", "macs", "params"} <= set(table.columns)
+    # condense compare puts a latency study on (error, latency / original) axes
+    df = search.compare_studies([out])
+    ok = table[(table["state"] == "COMPLETE") & (table["feasible"] == True)]  # noqa: E712
+    points = [(1 - a, ms / config["reference"]["latency_ms"]) for a, ms in zip(ok["accuracy"], ok["latency_ms"])]
+    assert df.iloc[0]["objective"] == "latency"
+    assert df.iloc[0]["hypervolume"] == pytest.approx(search.hypervolume(points, (1.0, 1.0)))
+    # ... and refuses to put it beside a MAC study; resuming it with the MAC objective is refused
+    macs_dir = tmp_path / "macs"
+    assert search_main([*argv, "-o", str(macs_dir)]) == 0
+    with pytest.raises(CondenseError, match="same --objective"):
+        search.compare_studies([out, macs_dir])
+    assert search_main([*argv, "-o", str(out)]) == 1
+    assert "objectives" in capsys.readouterr().err
+    with pytest.raises(condense.ConfigError, match="objective"):
+        search.SearchConfig(model=None, data="mnist:x", objective="flops")

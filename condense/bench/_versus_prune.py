@@ -21,9 +21,10 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from .. import _width
 from .._errors import CondenseError
+from .._width import IMPORTANCES, classifier_layers  # noqa: F401 - one definition, in the library (width in a plan)
 
-IMPORTANCES = ("l1", "group")
 PRUNE_STEPS = 14
 TOLERANCE = 0.02
 MAX_RATIO = 0.9  # above ~0.93 Torch-Pruning leaves layers whole rather than cut them to no channel: MACs rise again
@@ -31,39 +32,13 @@ INSTALL_HINT = 'install it with: pip install "condense[versus]"'
 
 
 def torch_pruning():
-    """The ``torch_pruning`` module, or a one-line error saying how to install it (an optional dependency)."""
-    try:
-        import torch_pruning as tp
-    except ImportError:
-        raise CondenseError("the Torch-Pruning arms need the torch-pruning package, which is not installed",
-                            INSTALL_HINT) from None
-    return tp
+    """The ``torch_pruning`` module, or a one-line error saying how to install it (``condense._width``'s)."""
+    return _width.torch_pruning(INSTALL_HINT)
 
 
 def importance(name: str):
-    """Torch-Pruning's importance criterion called ``name`` (``IMPORTANCES``)."""
-    tp = torch_pruning()
-    if name == "l1":
-        return tp.importance.MagnitudeImportance(p=1)
-    if name == "group":
-        cls = getattr(tp.importance, "GroupMagnitudeImportance", None) or tp.importance.GroupNormImportance
-        return cls(p=2)
-    raise CondenseError(f"unknown pruning importance {name!r}", f"use one of {', '.join(IMPORTANCES)}")
-
-
-def classifier_layers(model: nn.Module) -> list[nn.Module]:
-    """The layers whose outputs are the classes (kept whole): timm's ``get_classifier()``, else the last
-    ``nn.Linear`` (or 1x1 convolution) of the model."""
-    get = getattr(model, "get_classifier", None)
-    if callable(get):
-        head = get()
-        if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
-            return [head]
-    last = None
-    for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            last = module
-    return [last] if last is not None else []
+    """Torch-Pruning's importance criterion called ``name`` (``IMPORTANCES``; ``condense._width.importance``)."""
+    return _width.importance(name, INSTALL_HINT)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,7 @@ import argparse
 import copy
 import csv
 import dataclasses
+import io
 import os
 import sys
 import time
@@ -27,7 +28,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from .._errors import CondenseError, run_command
+from .._errors import CondenseError, os_error, run_command
+from .._write import atomic_write, claim_file
 from .._help import HelpFormatter
 from ._timing import interleaved_medians
 
@@ -322,19 +324,31 @@ def _bench(target, *, against, input_size, batch_sizes, repeats, warmup, compile
                        device=describe_device(device))
 
 
+def _is_bench_csv(path: Path) -> bool:
+    """A CSV this command wrote: its first line is exactly ``CSV_COLUMNS``."""
+    with open(path, newline="") as fh:
+        return next(csv.reader(fh), None) == list(CSV_COLUMNS)
+
+
+def claim_csv(path: str | os.PathLike) -> Path:
+    """``--csv FILE`` may be written: new, or a CSV of this command's columns (anything else is refused)."""
+    return claim_file(path, "bench CSV", _is_bench_csv)
+
+
 def write_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
-    """Write the rows (columns ``CSV_COLUMNS``) to ``path`` atomically."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(CSV_COLUMNS))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else
-                                 round(row[k], 6) if isinstance(row.get(k), float) else row[k]) for k in CSV_COLUMNS})
-    os.replace(tmp, out)
-    return out
+    """Write the rows (columns ``CSV_COLUMNS``) to ``path`` atomically (a file of other content is refused)."""
+    out = claim_csv(path)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(CSV_COLUMNS))
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else
+                             round(row[k], 6) if isinstance(row.get(k), float) else row[k]) for k in CSV_COLUMNS})
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise os_error(err, out.parent) from None
+    return atomic_write(out, buffer.getvalue())
 
 
 # ------------------------------------------------------------------------------------------ output
@@ -443,6 +457,8 @@ def _run(args, console) -> int:
     from .._budget import parse_input_size
 
     size = parse_input_size(args.input_size) if args.input_size is not None else None
+    if args.csv is not None:
+        claim_csv(args.csv)  # before the benchmark: a file that is not this command's CSV is refused
     with console.status("preparing", spinner="dots") as status:
         result = run_bench(args.model, against=args.against, input_size=size, batch_sizes=args.batch_sizes,
                            repeats=args.repeats, warmup=args.warmup, compile=not args.no_compile,

@@ -13,6 +13,7 @@ run the kernel on one thread. ``CONDENSE_NO_NATIVE=1`` disables the kernel (with
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -33,6 +34,9 @@ _LIBS: dict[torch.dtype, ctypes.CDLL | None] = {}
 _REASON: list[str] = []
 _WARNED: list[str] = []
 _REAL = {torch.float32: "float", torch.float64: "double"}
+# the pre-issue-25 Global-layer inference path (module overhead, op dispatch, the generic kernel passes), kept
+# callable for side-by-side benchmarks only: ``legacy_path()``, or CONDENSE_LEGACY_LAYER=1 for a whole process
+_LEGACY = [os.environ.get("CONDENSE_LEGACY_LAYER", "") == "1"]
 
 
 class Field(ctypes.Structure):
@@ -177,7 +181,32 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     for fn in (lib.ad_forward, lib.ad_backward, lib.ad_forward_dwvel, lib.dw_pair_forward, lib.dw_pair_backward):
         fn.restype = INT
         fn.errcheck = _check
+    ctypes.c_int.in_dll(lib, "condense_legacy").value = int(_LEGACY[0])
     return lib
+
+
+def legacy() -> bool:
+    """Whether the Global layer runs its pre-issue-25 inference path (``legacy_path``)."""
+    return _LEGACY[0]
+
+
+@contextlib.contextmanager
+def legacy_path(enabled: bool = True):
+    """Within the block, the Global layer's inference runs as it did before issue 25 (module, custom-op
+    dispatch, the kernel's generic passes, NCHW planes one at a time); for benchmarks that time both paths
+    side by side. Results are equal up to rounding."""
+    def put(value: bool) -> None:
+        _LEGACY[0] = value
+        for lib in _LIBS.values():
+            if lib is not None:
+                ctypes.c_int.in_dll(lib, "condense_legacy").value = int(value)
+
+    old = _LEGACY[0]
+    put(enabled)
+    try:
+        yield
+    finally:
+        put(old)
 
 
 def library(dtype: torch.dtype) -> ctypes.CDLL | None:
@@ -200,6 +229,11 @@ def library(dtype: torch.dtype) -> ctypes.CDLL | None:
                     _warn_once(str(err))
             _LIBS[dtype] = lib
     return _LIBS[dtype]
+
+
+def loaded(dtype: torch.dtype) -> ctypes.CDLL | None:
+    """The kernels for ``dtype`` if they are already built and loaded (one dict lookup; None otherwise)."""
+    return _LIBS.get(dtype)
 
 
 def _warn_once(reason: str) -> None:

@@ -55,6 +55,11 @@ static inline vec vld_n(const real *p, long m) {
 static inline void vst_n(real *p, vec v, long m) { memcpy(p, &v, (size_t)m * sizeof(real)); }
 static inline vec vld_m(const real *p, long m) { return m == VL ? vld(p) : vld_n(p, m); }
 
+/* 1: the kernels as they were before the inference path was fused (issue 25): NCHW planes one at a time,
+ * the generic coefficient passes, scratch cleared on every call. Only for side-by-side benchmarks
+ * (``condense.pde._native.legacy_path``); the results are equal to rounding. */
+int condense_legacy = 0;
+
 typedef struct {
     long H, W, C;
     int K, boundary;
@@ -71,9 +76,34 @@ typedef struct {
 #define MIN_LANES ((long)(16 / sizeof(real)))
 #define LANE_PLANE_VALUES 65536L /* lanes up to this padded block size: 16 float lanes of 56 x 56 */
 #define BLOCKS_PER_THREAD 8
+#ifndef NCHW_LANES_MAX_HW
+#define NCHW_LANES_MAX_HW 1024L /* NCHW planes up to 32 x 32 are solved in lanes too */
+#endif
+#ifndef NCHW_LANE_VALUES
+#define NCHW_LANE_VALUES 65536L
+#endif
+/* a map of fewer values than this per thread (batch-1 inference) is solved in blocks of at most
+ * NCHW_SMALL_LANE_VALUES per plane: its scratch is cold at every call (the model's convolutions evicted it),
+ * and small blocks reuse one small scratch (resnet20 @50%, batch 1: 16 lanes of 32 x 32 0.64 of the
+ * original's time, 4 lanes 0.57; batch 32: 0.58 and 0.61) */
+#define NCHW_SMALL_MAP 65536L
+#define NCHW_SMALL_LANE_VALUES 5120L
+#ifndef NCHW_BLOCKS_PER_THREAD
+#define NCHW_BLOCKS_PER_THREAD 1
+#endif
+#ifndef MIN_WORK_PER_THREAD
+#define MIN_WORK_PER_THREAD 32768L /* values x (K + 4): below this per thread, fewer threads */
+#endif
+#ifndef DW_NCHW_LANES
+#define DW_NCHW_LANES 0
+#endif
 
-/* Layouts. NCHW maps are solved one plane at a time (rows are contiguous; gathering small planes into
- * lanes measured slower than the per-plane overhead it removes). Channels-last maps (channels contiguous)
+/* Layouts. NCHW maps with planes up to 32 x 32 are solved in lanes like channels-last ones (below): a block
+ * gathers up to 16 channels' planes (16 x 16 tiles transposed in registers), so a 8 x 8 plane is 16 floats
+ * wide instead of half a vector per row, and the per-block costs (halo fills, weight vectors, loop set-up)
+ * are paid once per 16 channels (CIFAR ResNet shapes, K = 5, inference: 0.3-0.6 of the time per plane;
+ * training 0.8-1.0). Larger NCHW planes are solved one at a time (rows are contiguous; gathering them
+ * measured slower than the per-plane overhead it removes). Channels-last maps (channels contiguous)
  * are solved in blocks of L channel lanes, L the largest power of two <= C up to a cache line (64 bytes),
  * so every pixel read is a full cache line: fewer lanes per block read each line several times and
  * measured slower (8 x 256 x 56 x 56, K = 5, forward + backward with source and velocity: 16 lanes
@@ -90,10 +120,21 @@ typedef struct {
  * that each block then reads contiguous memory (8 x 256 x 56 x 56, K = 5, source = init, velocity:
  * forward 27.8 -> 22.2 ms, backward 80 -> 70 ms; in a compiled resnet50 training step within noise). */
 static params make_params(long H, long W, long N, long C, int K, int boundary, double dt, double dx, double dy,
-                          double dxc, double dyc, double courant, double dmax, field layout, int nthreads) {
+                          double dxc, double dyc, double courant, double dmax, field layout, int nthreads,
+                          int nchw_lanes) {
     params q = {H, W, C, K, boundary, dt, dx, dy, dxc, dyc, courant, dmax, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
     const long plane = (H + 4) * (W + 2);
-    if (layout.sc == 1 && C > 1) { /* channels-last */
+    if (nchw_lanes && !condense_legacy && layout.sx == 1 && layout.sc != 1 && C > 1 && H * W <= NCHW_LANES_MAX_HW) {
+        /* small NCHW planes: lanes as well, gathered from the channels' planes (see above) */
+        const long cap = N * C * H * W < NCHW_SMALL_MAP * nthreads ? NCHW_SMALL_LANE_VALUES : NCHW_LANE_VALUES;
+        long lanes = 1;
+        while (lanes * 2 <= MAX_LANES && lanes * 2 <= C && (lanes * 2) * plane <= cap) lanes *= 2;
+        while (lanes > MIN_LANES && N * ((C + lanes - 1) / lanes) < (long)NCHW_BLOCKS_PER_THREAD * nthreads)
+            lanes /= 2;
+        long d = lanes;
+        while (d > 1 && C % d) d /= 2;
+        q.L = d >= MIN_LANES ? d : lanes;
+    } else if (layout.sc == 1 && C > 1) { /* channels-last */
         long lanes = 1;
         while (lanes * 2 <= MAX_LANES && lanes * 2 <= C) lanes *= 2;
         if (lanes * plane <= LANE_PLANE_VALUES) {
@@ -144,6 +185,108 @@ static inline void copy_lanes(real *restrict dst, const real *restrict src, long
     }
 }
 
+/* BODY with the lane count LL a compile-time constant (L = 1, 2, 4, 8 or MAX_LANES), so lane loops are
+ * one or two vector operations */
+#define WITH_LANES(L, ...)                                                                                  \
+    switch (L) {                                                                                            \
+    case 1: { const long LL = 1; __VA_ARGS__ } break;                                                       \
+    case 2: { const long LL = 2; __VA_ARGS__ } break;                                                       \
+    case 4: { const long LL = 4; __VA_ARGS__ } break;                                                       \
+    case 8: { const long LL = 8; __VA_ARGS__ } break;                                                       \
+    default: { const long LL = MAX_LANES; __VA_ARGS__ } break;                                              \
+    }
+
+/* Channels of NCHW-like planes (rows contiguous: sx = 1) <-> lane-interleaved rows (value x L + l of row y
+ * at dst + y ds): one channel's row at a time, contiguous reads and stores L values apart (lanes beyond
+ * ``lanes``: 0) */
+#if defined(__AVX512F__)
+/* r[i][j] <- r[j][i] for 16 vectors of 16 floats, in registers (unpack, in-lane shuffles, then 128-bit
+ * block shuffles): 64 shuffles per 256 values instead of 256 scalar moves */
+static inline __attribute__((always_inline)) void transpose16(__m512 *r) {
+    __m512 t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+        r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (int j = 0; j < 4; j++) {
+        t[j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);
+        t[4 + j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xDD);
+        t[8 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
+        t[12 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xDD);
+    }
+    for (int j = 0; j < 4; j++) {
+        r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+        r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xDD);
+        r[4 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0x88);
+        r[12 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0xDD);
+    }
+}
+#define HAVE_TRANSPOSE 1
+#endif
+
+static void lanes_in(const real *restrict src, long sc, long sy, long H, long W, long lanes, long L,
+                     real *restrict dst, long ds) {
+#ifdef HAVE_TRANSPOSE
+    if (sizeof(real) == 4 && L == 16) { /* 16 float lanes: 16 x 16 tiles transposed in registers */
+        for (long y = 0; y < H; y++) {
+            float *d = (float *)dst + y * ds;
+            for (long x = 0; x < W; x += 16) {
+                const long m = W - x < 16 ? W - x : 16;
+                const __mmask16 k = (__mmask16)((1u << m) - 1);
+                __m512 r[16];
+                for (long l = 0; l < 16; l++)
+                    r[l] = l < lanes ? _mm512_maskz_loadu_ps(k, (const float *)src + l * sc + y * sy + x)
+                                     : _mm512_setzero_ps();
+                transpose16(r);
+                for (long j = 0; j < m; j++) _mm512_storeu_ps(d + (x + j) * 16, r[j]);
+            }
+        }
+        return;
+    }
+#endif
+    WITH_LANES(L, for (long y = 0; y < H; y++) {
+        real *d = dst + y * ds;
+        for (long l = 0; l < lanes; l++) {
+            const real *restrict row = src + l * sc + y * sy;
+            for (long x = 0; x < W; x++) d[x * LL + l] = row[x];
+        }
+        for (long l = lanes; l < LL; l++)
+            for (long x = 0; x < W; x++) d[x * LL + l] = 0;
+    })
+}
+static void lanes_out(const real *restrict src, long ds, long H, long W, long lanes, long L, real *restrict dst,
+                      long sc, long sy) {
+#ifdef HAVE_TRANSPOSE
+    if (sizeof(real) == 4 && L == 16) {
+        for (long y = 0; y < H; y++) {
+            const float *s = (const float *)src + y * ds;
+            for (long x = 0; x < W; x += 16) {
+                const long m = W - x < 16 ? W - x : 16;
+                const __mmask16 k = (__mmask16)((1u << m) - 1);
+                __m512 r[16];
+                for (long j = 0; j < 16; j++) r[j] = j < m ? _mm512_loadu_ps(s + (x + j) * 16) : _mm512_setzero_ps();
+                transpose16(r);
+                for (long l = 0; l < lanes; l++) _mm512_mask_storeu_ps((float *)dst + l * sc + y * sy + x, k, r[l]);
+            }
+        }
+        return;
+    }
+#endif
+    WITH_LANES(L, for (long y = 0; y < H; y++) {
+        const real *s = src + y * ds;
+        for (long l = 0; l < lanes; l++) {
+            real *restrict row = dst + l * sc + y * sy;
+            for (long x = 0; x < W; x++) row[x] = s[x * LL + l];
+        }
+    })
+}
+
 /* a block of a strided tensor <-> the padded block's plane (lanes beyond the block's channels: 0) */
 static void pad_in(const params *q, field f, const real *restrict src, long lanes, real *restrict dst) {
     const long H = q->H, W = q->W, L = q->L;
@@ -153,6 +296,8 @@ static void pad_in(const params *q, field f, const real *restrict src, long lane
     } else if (f.sc == 1 && lanes == L) {
         for (long y = 0; y < H; y++)
             for (long x = 0; x < W; x++) copy_lanes(first + y * q->dY + x * L, src + y * f.sy + x * f.sx, L);
+    } else if (f.sx == 1) {
+        lanes_in(src, f.sc, f.sy, H, W, lanes, L, first, q->dY);
     } else {
         for (long y = 0; y < H; y++)
             for (long x = 0; x < W; x++) {
@@ -171,6 +316,8 @@ static void pad_out(const params *q, const real *restrict src, field f, real *re
     } else if (f.sc == 1 && lanes == L) {
         for (long y = 0; y < H; y++)
             for (long x = 0; x < W; x++) copy_lanes(dst + y * f.sy + x * f.sx, first + y * q->dY + x * L, L);
+    } else if (f.sx == 1) {
+        lanes_out(first, q->dY, H, W, lanes, L, dst, f.sc, f.sy);
     } else {
         for (long y = 0; y < H; y++)
             for (long x = 0; x < W; x++) {
@@ -292,30 +439,42 @@ static coefs coefs_at(real *buf, long S) {
  * ~2^-27, below float rounding; two for double, ~2^-53), a fraction of the cost of a square root and a
  * division (5-18% of a batch-1 inference call). Where 1 + (u r)^2 overflows the result is u / inf = 0,
  * as the exact expression gives. The tail (fewer than a vector) and other CPUs use the exact form. */
+#if defined(__AVX512F__)
+static inline vec vbound(vec u, real r) {
+    const vec t = u * r, x = 1 + t * t;
+    vec y;
+    if (sizeof(real) == sizeof(float)) {
+        __m512 a;
+        memcpy(&a, &x, sizeof a);
+        a = _mm512_rsqrt14_ps(a);
+        memcpy(&y, &a, sizeof y);
+    } else {
+        __m512d a;
+        memcpy(&a, &x, sizeof a);
+        a = _mm512_rsqrt14_pd(a);
+        memcpy(&y, &a, sizeof y);
+    }
+    const vec h = x * (real)0.5;
+    y = y * ((real)1.5 - h * y * y);
+    if (sizeof(real) == sizeof(double)) y = y * ((real)1.5 - h * y * y);
+    const __typeof__(x < x) finite = x < (real)INFINITY; /* all ones where finite, else 0 */
+    y = (vec)((__typeof__(finite))y & finite);
+    return u * y;
+}
+#else
+static inline vec vbound(vec u, real r) {
+    for (long e = 0; e < VL; e++) {
+        const real t = u[e] * r;
+        u[e] = u[e] / SQRT((real)1 + t * t);
+    }
+    return u;
+}
+#endif
+
 static void bound_velocity(real *restrict u, long n, real r) {
     long i = 0;
 #if defined(__AVX512F__)
-    for (; i + VL <= n; i += VL) {
-        const vec t = vld(u + i) * r, x = 1 + t * t;
-        vec y;
-        if (sizeof(real) == sizeof(float)) {
-            __m512 a;
-            memcpy(&a, &x, sizeof a);
-            a = _mm512_rsqrt14_ps(a);
-            memcpy(&y, &a, sizeof y);
-        } else {
-            __m512d a;
-            memcpy(&a, &x, sizeof a);
-            a = _mm512_rsqrt14_pd(a);
-            memcpy(&y, &a, sizeof y);
-        }
-        const vec h = x * (real)0.5;
-        y = y * ((real)1.5 - h * y * y);
-        if (sizeof(real) == sizeof(double)) y = y * ((real)1.5 - h * y * y);
-        const __typeof__(x < x) finite = x < (real)INFINITY; /* all ones where finite, else 0 */
-        y = (vec)((__typeof__(finite))y & finite);
-        vst(u + i, vld(u + i) * y);
-    }
+    for (; i + VL <= n; i += VL) vst(u + i, vbound(vld(u + i), r));
 #endif
 #pragma omp simd
     for (long j = i; j < n; j++) {
@@ -454,6 +613,15 @@ static real *scratch_raw(int slot, long n) { /* not zeroed */
     return scratch_buf[slot];
 }
 
+/* zeroed when (re)allocated only: a buffer whose every value is written before it is read needs no clearing,
+ * but fresh memory may hold any bit pattern (denormals are slow) */
+static real *scratch_kept(int slot, long n) {
+    const long had = scratch_len[slot];
+    real *buf = scratch_raw(slot, n);
+    if (buf && scratch_len[slot] != had) memset(buf, 0, (size_t)scratch_len[slot] * sizeof(real));
+    return buf;
+}
+
 static real *scratch(int slot, long n) {
     real *buf = scratch_raw(slot, n);
     if (buf) memset(buf, 0, (size_t)(n < 1 ? 1 : n) * sizeof(real));
@@ -474,17 +642,6 @@ static void load_block(const params *q, coefs c, long p, long lanes, field init,
     }
 }
 
-/* BODY with the lane count LL a compile-time constant (L = 1, 2, 4, 8 or MAX_LANES), so lane loops are
- * one or two vector operations */
-#define WITH_LANES(L, ...)                                                                                  \
-    switch (L) {                                                                                            \
-    case 1: { const long LL = 1; __VA_ARGS__ } break;                                                       \
-    case 2: { const long LL = 2; __VA_ARGS__ } break;                                                       \
-    case 4: { const long LL = 4; __VA_ARGS__ } break;                                                       \
-    case 8: { const long LL = 8; __VA_ARGS__ } break;                                                       \
-    default: { const long LL = MAX_LANES; __VA_ARGS__ } break;                                              \
-    }
-
 /* A block of a strided tensor (its first value at src) -> the zero-padded scratch of a k x k convolution:
  * (H + 2r) x Wk x L, Wk = W + 2r, lanes beyond the block's channels 0. */
 static void conv_pad_block(const params *q, field f, const real *src, long lanes, long r, real *restrict pad) {
@@ -495,6 +652,8 @@ static void conv_pad_block(const params *q, field f, const real *src, long lanes
     } else if (f.sc == 1 && lanes == L) {
         for (long y = 0; y < H; y++)
             for (long x = 0; x < W; x++) copy_lanes(pad + ((y + r) * Wk + x + r) * L, src + y * f.sy + x * f.sx, L);
+    } else if (f.sx == 1) {
+        lanes_in(src, f.sc, f.sy, H, W, lanes, L, pad + (r * Wk + r) * L, Wk * L);
     } else {
         for (long y = 0; y < H; y++)
             for (long x = 0; x < W; x++)
@@ -510,6 +669,8 @@ static void conv_unpad_block(const params *q, const real *restrict acc, long Wk,
     } else if (f.sc == 1 && lanes == L) {
         for (long y = 0; y < H; y++)
             for (long x = 0; x < W; x++) copy_lanes(dst + y * f.sy + x * f.sx, acc + (y * Wk + x) * L, L);
+    } else if (f.sx == 1) {
+        lanes_out(acc, Wk * L, H, W, lanes, L, dst, f.sc, f.sy);
     } else {
         for (long y = 0; y < H; y++)
             for (long x = 0; x < W; x++)
@@ -523,23 +684,15 @@ static void conv_unpad_block(const params *q, const real *restrict acc, long Wk,
  * slack). A row of the output is W L values, computed VL at a time: value j of a row is lane j % L, and L
  * divides VL, so a tap's weights for any chunk are one vector with the lane pattern repeated; every tap is
  * accumulated in registers and each output value is stored once. */
-static void dwconv2_block(const params *q, field f, const real *x, long lanes, long c0, const real *wu,
-                          const real *bu, const real *wv, const real *bv, int ks, real *restrict pad, real *du,
-                          real *dv) {
-    const long H = q->H, W = q->W, L = q->L, r = ks / 2, Wk = W + 2 * r, kk = (long)ks * ks, WL = W * L;
-    conv_pad_block(q, f, x, lanes, r, pad);
-    vec a[kk], b[kk], ba = {0}, bb = {0}; /* any kernel size (k = 31: 124 KB of stack) */
-    long off[kk];
-    for (long v = 0; v < VL; v++) {
-        const long l = v % L;
-        ba[v] = l < lanes && bu ? bu[c0 + l] : 0;
-        bb[v] = l < lanes && bv ? bv[c0 + l] : 0;
-        for (long t = 0; t < kk; t++) {
-            a[t][v] = l < lanes ? wu[(c0 + l) * kk + t] : 0;
-            b[t][v] = l < lanes ? wv[(c0 + l) * kk + t] : 0;
-        }
-    }
-    for (long t = 0; t < kk; t++) off[t] = ((t / ks) * Wk + t % ks) * L;
+typedef struct {
+    real ru, rv, fx, fy; /* bounded = scale * b / sqrt(1 + (b r)^2): r = 0 leaves b unbounded */
+} vbounds;
+
+static inline __attribute__((always_inline)) void dwconv2_rows_k(const long kk, const params *q, const real *pad,
+                                                                 long Wk, const vec *a, const vec *b, vec ba, vec bb,
+                                                                 const long *off, real *du, real *dv,
+                                                                 const vbounds *bnd) {
+    const long H = q->H, L = q->L, WL = q->W * L;
     /* k = 3: the scratch rows have the padded planes' stride, so all rows are one flat span (small planes
      * are not one short vector per row); the values between rows land in halo columns, which the solver
      * fills before reading them */
@@ -555,6 +708,14 @@ static void dwconv2_block(const params *q, field f, const real *x, long lanes, l
                 su += a[t] * s;
                 sv += b[t] * s;
             }
+            if (bnd) {
+                if (bnd->ru > 0) {
+                    su = vbound(su, bnd->ru);
+                    sv = vbound(sv, bnd->rv);
+                }
+                su *= bnd->fx;
+                sv *= bnd->fy;
+            }
             if (j + VL <= n) {
                 vst(ou + j, su);
                 vst(ov + j, sv);
@@ -564,6 +725,44 @@ static void dwconv2_block(const params *q, field f, const real *x, long lanes, l
             }
         }
     }
+}
+
+/* u = bu + wu (*) x and v = bv + wv (*) x for one block from its zero-padded copy ``pad`` ((H + 2r) rows of
+ * Wk = W + 2r pixels of L lanes, followed by at least VL values that may be read), written into the padded
+ * planes du, dv (lane l is channel c0 + l: weights wu + (c0 + l) k k, biases NULL = 0). A row of the
+ * output is W L values, computed VL at a time: value j of a row is lane j % L, and L divides VL, so a tap's
+ * weights for any chunk are one vector with the lane pattern repeated; every tap is accumulated in
+ * registers and each output value is stored once. ``bnd`` (or NULL): store the bounded, scaled
+ * velocities instead (the inference path's ax and ay). */
+static void dwconv2_rows(const params *q, const real *pad, long Wk, long lanes, long c0, const real *wu,
+                         const real *bu, const real *wv, const real *bv, int ks, real *du, real *dv,
+                         const vbounds *bnd) {
+    const long L = q->L, kk = (long)ks * ks;
+    vec a[kk], b[kk], ba = {0}, bb = {0}; /* any kernel size (k = 31: 124 KB of stack) */
+    long off[kk];
+    for (long v = 0; v < VL; v++) {
+        const long l = v % L;
+        ba[v] = l < lanes && bu ? bu[c0 + l] : 0;
+        bb[v] = l < lanes && bv ? bv[c0 + l] : 0;
+        for (long t = 0; t < kk; t++) {
+            a[t][v] = l < lanes ? wu[(c0 + l) * kk + t] : 0;
+            b[t][v] = l < lanes ? wv[(c0 + l) * kk + t] : 0;
+        }
+    }
+    for (long t = 0; t < kk; t++) off[t] = ((t / ks) * Wk + t % ks) * L;
+    if (ks == 3) /* the taps unrolled, the 18 weight vectors in registers */
+        dwconv2_rows_k(9, q, pad, Wk, a, b, ba, bb, off, du, dv, bnd);
+    else
+        dwconv2_rows_k(kk, q, pad, Wk, a, b, ba, bb, off, du, dv, bnd);
+}
+
+/* the same from a block of a strided tensor, copied first into the zero-padded scratch ``pad`` */
+static void dwconv2_block(const params *q, field f, const real *x, long lanes, long c0, const real *wu,
+                          const real *bu, const real *wv, const real *bv, int ks, real *restrict pad, real *du,
+                          real *dv) {
+    const long r = ks / 2;
+    conv_pad_block(q, f, x, lanes, r, pad);
+    dwconv2_rows(q, pad, q->W + 2 * r, lanes, c0, wu, bu, wv, bv, ks, du, dv, NULL);
 }
 
 /* Group mode (q->G > 0): channels [c0, c0 + g) of sample n of each present field in fs[0 .. n_in) are
@@ -861,7 +1060,7 @@ int dw_pair_forward(field x, const real *w1, const real *w2, int ks, field o1, f
     if (C >= VL && ks <= 7 && ks % 2 && pixel_major(x, C) && pixel_major(o1, C) && pixel_major(o2, C)) {
         return dw_cl_forward(x, w1, w2, ks, o1, o2, N, C, H, W, nthreads);
     }
-    params q = make_params(H, W, N, C, 0, 0, 1, 1, 1, 0, 0, 0, 0, x, nthreads);
+    params q = make_params(H, W, N, C, 0, 0, 1, 1, 1, 0, 0, 0, 0, x, nthreads, DW_NCHW_LANES);
     const long L = q.L, r = ks / 2, Wk = W + 2 * r, Hk = H + 2 * r, S = q.S, P = N * q.nb;
     int failed = 0;
 #pragma omp parallel num_threads(nthreads)
@@ -889,7 +1088,7 @@ int dw_pair_backward(field x, const real *w1, const real *w2, int ks, field g1, 
         pixel_major(gx, C)) {
         return dw_cl_backward(x, w1, w2, ks, g1, g2, gx, gw1, gw2, N, C, H, W, nthreads);
     }
-    params q = make_params(H, W, N, C, 0, 0, 1, 1, 1, 0, 0, 0, 0, x, nthreads);
+    params q = make_params(H, W, N, C, 0, 0, 1, 1, 1, 0, 0, 0, 0, x, nthreads, DW_NCHW_LANES);
     const long L = q.L, r = ks / 2, Wk = W + 2 * r, Hk = H + 2 * r, P = N * q.nb, kk = (long)ks * ks;
     const long n = (H - 1) * Wk + W; /* the last output point needed, plus one */
     int failed = 0;
@@ -1038,10 +1237,22 @@ static int for_each_block(const params *q, const field *fs, int backward, const 
     const long Wk = q->W + 2 * (dw->ks / 2), Hk = q->H + 2 * (dw->ks / 2);
     const long conv = dw->ks ? Hk * Wk * L + VL : 0;
     int failed = 0;
+    if (!condense_legacy) { /* threads by size: no more than work items, none for a sliver of work */
+        const long items = q->M ? N : q->G ? N * ((q->C + q->G - 1) / q->G) : N * q->nb;
+        const long work = N * q->C * q->H * q->W * (K + 4) * (backward ? 3 : 1);
+        long most = work / MIN_WORK_PER_THREAD;
+        if (most > items) most = items;
+        if (most < 1) most = 1;
+        if (nthreads > most) nthreads = (int)most;
+    }
 #pragma omp parallel num_threads(nthreads)
     {
         work w = {0};
-        real *buf = scratch(0, backward ? (COEF_PLANES + 7 + K + 1 + 3) * S : (COEF_PLANES + 3) * S + conv);
+        /* the forward writes every value before it reads it (values in halo columns only reach halo columns,
+         * which are refilled): its scratch needs no zeroing, which cost a pass over ~12 planes per call */
+        real *buf = backward ? scratch(0, (COEF_PLANES + 7 + K + 1 + 3) * S)
+                    : condense_legacy ? scratch(0, (COEF_PLANES + 3) * S + conv)
+                                      : scratch_kept(0, (COEF_PLANES + 3) * S + conv);
         real *sbuf = q->G ? scratch(1, (long)n_all * q->G * q->H * q->W)
                    : q->M ? scratch_raw(1, (long)n_all * q->C * q->H * q->W) : NULL;
         const int ok = buf && (sbuf || !(q->G || q->M));
@@ -1109,6 +1320,110 @@ static int for_each_block(const params *q, const field *fs, int backward, const 
     }    return failed;
 }
 
+/* The K steps from H^{-1} = H^0 = lv[0] (halo filled): H^k lands in lv[k % 3] (H^1 in lv[1], H^2 in lv[2],
+ * H^3 in lv[0], ...) */
+static void run_steps(const params *q, const coefs *c, real *const *lv) {
+    for (int k = 0; k < q->K; k++) step(q, c, lv[k == 0 ? 0 : (k - 1) % 3], lv[k % 3], lv[(k + 1) % 3]);
+}
+
+/* the halo of a padded block set to 0 (the zero padding of a 3 x 3 convolution read in place) */
+static void zero_halo(const params *q, real *h) {
+    real *first = h + q->o0, *last = first + (q->H - 1) * q->dY;
+    zero_halo_cols(q, h);
+    memset(first - q->dY - q->L, 0, sizeof(real) * q->dY);
+    memset(last + q->dY - q->L, 0, sizeof(real) * q->dY);
+}
+
+/* Inference with velocity convolutions and constant diffusion: the coefficients of one block in two passes.
+ * H^0 is padded into h0 (halo filled on return). The convolutions store the bounded velocities already
+ * scaled to ax = b(u) dt / (dx L) and ay (vbounds), read in place from h0 with a zero halo for k = 3
+ * (else from the conv scratch); then one pass makes s = 2 dt f / L (f = H^0 read from h0 when the source is
+ * the initial state) and a1 = -2 dt (u_x + v_y) / L = -(ax[x+1] - ax[x-1]) - (ay[y+1] - ay[y-1]). Equal
+ * to compute_coefs up to rounding, with 2 passes over the block instead of ~8. */
+static void infer_coefs(const params *q, coefs *c, real *h0, long p, long lanes, long chan, field init, field f,
+                        const dwweights *dw, real *cbuf) {
+    const long o = q->o0, n = q->n, L = q->L, dY = q->dY;
+    const real kx = (real)(q->dt / (q->dx * q->dx)), ky = (real)(q->dt / (q->dy * q->dy));
+    const real bx = (real)q->dxc * kx, by = (real)q->dyc * ky;
+    const real iL = (real)1 / ((real)1 + 2 * bx + 2 * by);
+    c->var_d = 0;
+    c->a0c = ((real)1 - 2 * bx - 2 * by) * iL;
+    c->txc = 2 * bx * iL;
+    c->tyc = 2 * by * iL;
+    const double umax = q->courant > 0 ? q->courant * q->dx / q->dt : 0;
+    const double vmax = q->courant > 0 ? q->courant * q->dy / q->dt : 0;
+    const vbounds bnd = {(real)(umax > 0 ? 1 / umax : 0), (real)(vmax > 0 ? 1 / vmax : 0),
+                         (real)(q->dt / q->dx) * iL, (real)(q->dt / q->dy) * iL};
+    if (dw->ks == 3) {
+        zero_halo(q, h0);
+        dwconv2_rows(q, h0 + dY, q->Wp, lanes, chan, dw->wu, dw->bu, dw->wv, dw->bv, 3, c->ax, c->ay, &bnd);
+    } else {
+        const long r = dw->ks / 2;
+        const field padded = {h0 + o, 0, 1, dY, L};
+        conv_pad_block(q, padded, padded.ptr, lanes, r, cbuf);
+        dwconv2_rows(q, cbuf, q->W + 2 * r, lanes, chan, dw->wu, dw->bu, dw->wv, dw->bv, dw->ks, c->ax, c->ay,
+                     &bnd);
+    }
+    fill_halo(q, h0);
+    fill_halo(q, c->ax);
+    fill_halo(q, c->ay);
+    const real *fsrc = NULL;
+    if (same_field(f, init)) {
+        fsrc = h0 + o;
+    } else if (f.ptr) {
+        pad_in(q, f, block_of(f, q, p), lanes, c->s);
+        fsrc = c->s + o;
+    }
+    const real two_dt = (real)(2 * q->dt) * iL;
+    const real *restrict ax = c->ax + o, *restrict ay = c->ay + o;
+    real *restrict a1 = c->a1 + o, *s = c->s + o; /* fsrc may be s itself */
+    if (fsrc) {
+#pragma omp simd
+        for (long i = 0; i < n; i++) {
+            a1[i] = (ax[i - L] - ax[i + L]) + (ay[i - dY] - ay[i + dY]);
+            s[i] = two_dt * fsrc[i];
+        }
+    } else {
+#pragma omp simd
+        for (long i = 0; i < n; i++) {
+            a1[i] = (ax[i - L] - ax[i + L]) + (ay[i - dY] - ay[i + dY]);
+            s[i] = 0;
+        }
+    }
+}
+
+/* One inference step: ``step`` with constant diffusion, where hn may be hm (each output value reads H^{k-1}
+ * at its own position only), so two time levels suffice and a block's working set is 6 planes, not 7
+ * (recomputing a1 from ax and ay in the step instead of streaming it measured 4-7% slower: more loads). */
+static void step_infer(const params *q, const coefs *c, const real *hm, const real *hc, real *hn) {
+    const long o = q->o0, n = q->n, L = q->L, dY = q->dY;
+    const real *restrict ax = c->ax + o, *restrict ay = c->ay + o, *restrict s = c->s + o, *restrict a1 = c->a1 + o;
+    const real *m = hm + o, *restrict h = hc + o;
+    real *out = hn + o;
+    const real a0 = c->a0c, tx = c->txc, ty = c->tyc;
+#pragma omp simd
+    for (long i = 0; i < n; i++) {
+        const real e = h[i + L], w = h[i - L], nn = h[i + dY], ss = h[i - dY];
+        out[i] = s[i] + a0 * m[i] + a1[i] * h[i] + tx * (e + w) + ty * (nn + ss) - ax[i] * (e - w) - ay[i] * (nn - ss);
+    }
+    fill_halo(q, hn);
+}
+
+/* The K inference steps from H^{-1} = H^0 = a (halo filled) with one more level b: H^1 -> b, then each step
+ * overwrites H^{k-1} with H^{k+1}. Returns the level holding H^K. */
+static real *run_steps_infer(const params *q, const coefs *c, real *a, real *b) {
+    if (q->K == 0) return a;
+    step_infer(q, c, a, a, b);
+    real *prev = a, *cur = b;
+    for (int k = 1; k < q->K; k++) {
+        step_infer(q, c, prev, cur, prev);
+        real *t = prev;
+        prev = cur;
+        cur = t;
+    }
+    return cur;
+}
+
 /* One block of the forward pass (fs = init f u v Dx Dy out); with dw->ks the velocities are not inputs
  * but depthwise convolutions of the initial state (u = conv(H^0, wu[c]) + bu[c], v likewise; ``chan``
  * is the block's first channel), so the inference path reads H^0 once for the convolutions and the K
@@ -1125,6 +1440,11 @@ static void forward_block(const params *q, const work *w, long p, const field *f
         pad_out(q, lv[0], out, dst, lanes);
         return;
     }
+    if (dw->ks && !Dx.ptr && !condense_legacy) {
+        infer_coefs(q, &c, lv[0], p, lanes, chan, init, f, dw, w->cbuf);
+        pad_out(q, run_steps_infer(q, &c, lv[0], lv[1]), out, dst, lanes);
+        return;
+    }
     fill_halo(q, lv[0]);
     load_block(q, c, p, lanes, init, lv[0], f, u, v, Dx, Dy);
     if (dw->ks) {
@@ -1133,20 +1453,14 @@ static void forward_block(const params *q, const work *w, long p, const field *f
         dwconv2_block(q, padded, padded.ptr, lanes, chan, dw->wu, dw->bu, dw->wv, dw->bv, dw->ks, w->cbuf, c.u, c.v);
     }
     compute_coefs(q, &c, f.ptr != NULL, u.ptr != NULL || dw->ks, Dx.ptr != NULL);
-    real *hm = lv[0], *hc = lv[0];
-    for (int k = 0; k < K; k++) {
-        real *hn = (k == 0) ? lv[1] : (hm != lv[0] && hc != lv[0]) ? lv[0] : (hm != lv[1] && hc != lv[1]) ? lv[1] : lv[2];
-        step(q, &c, hm, hc, hn);
-        hm = hc;
-        hc = hn;
-    }
-    pad_out(q, hc, out, dst, lanes);
+    run_steps(q, &c, lv);
+    pad_out(q, lv[K % 3 == 0 ? 0 : K % 3 == 1 ? 1 : 2], out, dst, lanes);
 }
 
 static int forward_impl(field init, field f, field u, field v, field Dx, field Dy, const dwweights *dw,
                          field out, long N, long C, long H, long W, int K, double dt, double dx, double dy,
                          double dxc, double dyc, int boundary, double courant, double dmax, int nthreads) {
-    const params q = make_params(H, W, N, C, K, boundary, dt, dx, dy, dxc, dyc, courant, dmax, init, nthreads);
+    const params q = make_params(H, W, N, C, K, boundary, dt, dx, dy, dxc, dyc, courant, dmax, init, nthreads, 1);
     const field fs[7] = {init, f, u, v, Dx, Dy, out};
     return for_each_block(&q, fs, 0, dw, N, nthreads);
 }
@@ -1383,7 +1697,7 @@ int ad_backward(field gout, field init, field f, field u, field v, field Dx, fie
                  field gu, field gv, field gDx, field gDy, long N, long C, long H, long W, int K, double dt,
                  double dx, double dy, double dxc, double dyc, int boundary, double courant, double dmax,
                  int nthreads) {
-    const params q = make_params(H, W, N, C, K, boundary, dt, dx, dy, dxc, dyc, courant, dmax, init, nthreads);
+    const params q = make_params(H, W, N, C, K, boundary, dt, dx, dy, dxc, dyc, courant, dmax, init, nthreads, 1);
     const field fs[13] = {gout, init, f, u, v, Dx, Dy, ginit, gf, gu, gv, gDx, gDy};
     const dwweights none = {NULL, NULL, NULL, NULL, 0};
     return for_each_block(&q, fs, 1, &none, N, nthreads);

@@ -1,0 +1,245 @@
+"""Width in a plan (``fit(width=...)``, ``--width``): channels pruned by Torch-Pruning before the depth plan,
+budgets met as measured, ``--width auto``, save/load without pickles, ONNX, importance from the weights, and
+bad input, on the CIFAR ResNet-20 (3x32x32) and ResNet-tiny."""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import condense
+from condense import CondenseError, zoo
+from condense._width import AUTO_STEPS, prune, WidthSpec
+from condense.cli import main
+
+SIZE = (3, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def original():
+    torch.manual_seed(0)
+    return zoo.resnet20().eval()
+
+
+@pytest.fixture(scope="module")
+def widened(original):
+    return condense.fit(original, macs="40%", input_size=SIZE, width=0.25)
+
+
+@pytest.fixture(scope="module")
+def saved(widened, tmp_path_factory):
+    out = tmp_path_factory.mktemp("width") / "r20"
+    condense.save(widened, out, spec="zoo:resnet20")
+    return out
+
+
+def _channels(model, path):
+    return model.get_submodule(path).out_channels
+
+
+def test_a_width_plan_meets_its_budget_as_measured_and_keeps_more_blocks(original, widened):
+    assert widened.macs_budget == pytest.approx(0.4 * widened.macs_before)
+    assert condense.macs_and_params(widened.model, SIZE) == (widened.macs_after, widened.params_after)
+    assert widened.macs_after <= widened.macs_budget
+    assert (widened.macs_before, widened.params_before) == condense.macs_and_params(original, SIZE)
+    # every run lost a quarter of its channels (Torch-Pruning keeps floor(C * 0.75)), residual stream included
+    for row, width in zip(widened.rows, (16, 32, 64)):
+        assert row.width == 0.25 and row.channels == (width, width * 3 // 4)
+    assert _channels(widened.model, "conv1") == 12 and _channels(widened.model, "layer3.0.conv1") == 48
+    assert widened.model.fc.out_features == 10  # the classifier's outputs are never pruned
+    # pruning freed MACs, so the depth plan for the same budget keeps more blocks than without width
+    depth_only = condense.fit(original, macs="40%", input_size=SIZE)
+    assert sum(r.m for r in widened.rows) > sum(r.m for r in depth_only.rows)
+    assert widened.width.ratios == {"*": 0.25} and widened.width.history
+    # a parameter budget, too
+    res = condense.fit(original, params="40%", input_size=SIZE, width=0.25, layer="drop")
+    assert res.params_after <= res.params_budget == pytest.approx(0.4 * res.params_before)
+    assert condense.macs_and_params(res.model, SIZE)[1] == res.params_after
+
+
+def test_per_run_widths_prune_only_the_runs_named(original):
+    res = condense.fit(original, input_size=SIZE, width={"layer3": 0.5})  # no budget: the paper's plan after
+    assert [r.channels for r in res.rows] == [(16, 16), (32, 32), (64, 32)]
+    assert _channels(res.model, "conv1") == 16 and _channels(res.model, "layer3.0.conv1") == 32
+    assert _channels(res.model, "layer2.0.conv1") == 32
+    assert {c.m for c in res.plan.choices.values()} == {1}
+    same = condense.fit(original, input_size=SIZE, width="layer3=0.5")  # the command line's form
+    assert [r.channels for r in same.rows] == [r.channels for r in res.rows]
+
+
+def test_channels_are_ranked_by_the_trained_weights(original):
+    net = zoo.resnet20().eval()
+    net.load_state_dict(original.state_dict())
+    conv1, bn1, conv2 = net.layer3[1].conv1, net.layer3[1].bn1, net.layer3[1].conv2
+    weak = torch.arange(16) * 4  # 16 of 64 channels made nearly zero: an L1 ranking removes exactly these
+    with torch.no_grad():
+        conv1.weight[weak] *= 1e-4
+        bn1.weight[weak] *= 1e-4
+        bn1.bias[weak] *= 1e-4
+        conv2.weight[:, weak] *= 1e-4
+    keep = torch.tensor([i for i in range(64) if i % 4])
+    for name in ("l1", "group"):
+        runs = condense.find_runs(net, SIZE).runs
+        pruned, record = prune(net, SIZE, WidthSpec({"layer3": 0.25}, name), runs)
+        assert record.importance == name
+        block = pruned.layer3[1]  # the channels of conv1 -> bn1 -> conv2 kept are exactly the strong ones
+        torch.testing.assert_close(block.bn1.weight, bn1.weight[keep], rtol=0, atol=0)
+        torch.testing.assert_close(block.bn1.running_mean, bn1.running_mean[keep], rtol=0, atol=0)
+        assert block.conv1.out_channels == block.conv2.in_channels == 48
+    assert conv1.out_channels == 64  # the model given is not changed
+
+
+def test_save_load_round_trip_without_pickles(widened, saved, monkeypatch):
+    meta = json.loads((saved / "condensed.json").read_text())
+    assert meta["width"]["ratios"] == {"*": 0.25} and meta["width"]["importance"] == "l1"
+    assert meta["width"]["channels"]["layer3"] == [64, 48] and meta["width"]["history"]
+    assert sorted(p.name for p in saved.iterdir() if not p.name.startswith(".")) == ["condensed.json",
+                                                                                     "model.safetensors"]
+
+    def no_pickle(*a, **k):
+        raise AssertionError("torch.load called")
+
+    monkeypatch.setattr(torch, "load", no_pickle)
+    loaded = condense.load(saved)
+    x = torch.randn(3, *SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), widened.model.eval()(x), rtol=0, atol=0)
+    assert condense.macs_and_params(loaded, SIZE) == (widened.macs_after, widened.params_after)
+
+
+def _edited(saved, tmp_path, edit):
+    import shutil
+
+    out = tmp_path / "edited"
+    shutil.copytree(saved, out)
+    meta = json.loads((out / "condensed.json").read_text())
+    edit(meta["width"])
+    (out / "condensed.json").write_text(json.dumps(meta))
+    return out
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda w: w["history"][0].__setitem__(0, "layer9.conv"), "does not have"),
+    (lambda w: w["history"][0].__setitem__(2, [10_000]), "does not fit"),
+    (lambda w: w.__setitem__("ratios", {"*": 1.5}), "field 'width'"),
+    (lambda w: w.__setitem__("history", "all"), "field 'width'"),
+])
+def test_a_damaged_width_record_is_a_one_line_error(saved, tmp_path, edit, message):
+    out = _edited(saved, tmp_path, edit)
+    with pytest.raises(CondenseError, match=message) as err:
+        condense.load(out)
+    assert "\n" not in str(err.value)
+
+
+def test_a_width_plan_exports_to_onnx(saved, tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from condense._export import export_onnx
+
+    report = export_onnx(saved, tmp_path / "w.onnx")
+    assert report.checked and report.max_abs_diff <= 1e-4 and report.reference_max_abs > 0
+
+
+@pytest.mark.parametrize("budget, fraction", [(dict(macs="40%"), 0.4), (dict(params="30%"), 0.3)])
+def test_width_auto_meets_the_budget_with_depth_and_width_together(original, budget, fraction):
+    res = condense.fit(original, input_size=SIZE, width="auto", **budget)
+    macs, params = condense.macs_and_params(res.model, SIZE)
+    assert (macs, params) == (res.macs_after, res.params_after)
+    assert macs <= (res.macs_budget or float("inf")) and params <= (res.params_budget or float("inf"))
+    ratios = res.width.ratios
+    assert set(ratios) == {"layer1", "layer2", "layer3"} and set(ratios.values()) <= set(AUTO_STEPS)
+    # a joint plan: channels removed, and blocks too
+    assert any(ratios.values()) and sum(r.m for r in res.rows) < sum(r.r for r in res.rows)
+    tried = res.width.auto
+    # the first state splits the cut evenly: width keeps about sqrt(fraction) of the MACs, (1 - s)^2
+    start = min(AUTO_STEPS, key=lambda s: abs((1 - s) ** 2 - fraction ** 0.5))
+    assert tried[0]["ratios"] == {"layer1": start, "layer2": start, "layer3": start}
+    # the plan kept is the most even of those that met the budget: (1 - s)^2 against m / r, run by run
+    feasible = [t for t in tried if t["feasible"]]
+    assert ratios == min(feasible, key=lambda t: t["uneven"])["ratios"]
+    uneven = sum(abs((1 - ratios[r.path]) ** 2 - r.m / r.r) for r in res.rows)
+    assert uneven == pytest.approx(min(t["uneven"] for t in feasible), abs=1e-6)
+
+
+def test_width_auto_below_every_reachable_plan_is_a_budget_error(original):
+    with pytest.raises(condense.BudgetError, match="also with 0.5 of every run's channels removed"):
+        condense.fit(original, input_size=SIZE, width="auto", macs="1%")
+
+
+HARD = '''
+import torch
+from torch import nn
+
+
+class HardCoded(nn.Module):
+    """A run of three conv blocks, and a head that reshapes to a hard-coded channel count."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.blocks = nn.Sequential(*[nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+                                      for _ in range(3)])
+        self.fc = nn.Linear(8 * 8 * 8, 10)
+
+    def forward(self, x):
+        x = self.blocks(self.stem(x))
+        return self.fc(x.reshape(x.shape[0], 8 * 8 * 8))
+
+
+def hard():
+    return HardCoded()
+'''
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--width", "1.5"], "width 1.5 is not a share of channels to remove in [0, 1)"),
+    (["--width", "-1"], "width -1.0 is not a share of channels to remove in [0, 1)"),
+    (["--width", "half"], "width 'half' is not a share"),
+    (["--width", "layer9=0.5"], "width names 'layer9', which is not a run"),
+    (["--width", "auto"], "--width auto chooses the widths for a budget, and none is given"),
+])
+def test_bad_widths_are_one_line_errors(argv, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["zoo:resnet_tiny", *argv, "-o", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_width_on_a_model_torch_pruning_cannot_prune_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "hard.py").write_text(HARD)
+    spec = f"{tmp_path / 'hard.py'}:hard"
+    out = tmp_path / "out"
+    assert main([spec, "--input-size", "3x8x8", "--width", "0.5", "-o", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "Torch-Pruning could not prune HardCoded" in err and "without --width" in err
+    assert len(err.splitlines()) == 1 and not out.exists()
+    assert main([spec, "--input-size", "3x8x8", "--dry-run"]) == 0  # depth alone works on it
+
+
+def test_cli_width_plan_saves_and_loads(tmp_path, capsys):
+    out = tmp_path / "tiny"
+    assert main(["zoo:resnet_tiny", "--budget", "60%", "--width", "0.25", "--width-importance", "group",
+                 "-o", str(out), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["width"]["importance"] == "group" and printed["macs_after"] <= printed["macs_budget"]
+    assert all(r["channels"][1] < r["channels"][0] for r in printed["runs"])
+    model = condense.load(out)
+    assert condense.macs_and_params(model, SIZE)[0] == printed["macs_after"]
+
+
+def test_calibration_refuses_a_width_plan(widened, original, tmp_path, capsys):
+    with pytest.raises(CondenseError, match="pruned channels"):
+        condense.calibrate(widened, original, "cifar10:/nonexistent")
+    data = tmp_path / "cifar10.tar.gz"
+    data.write_bytes(b"")  # refused before it is read
+    out = tmp_path / "o"
+    assert main(["zoo:resnet_tiny", "--width", "0.25", "--calibrate", f"cifar10:{data}", "-o", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "--width prunes channels" in err and len(err.splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_a_width_of_zero_is_no_pruning(original):
+    res = condense.fit(original, macs="50%", input_size=SIZE, width=0)
+    assert res.width is None and _channels(res.model, "conv1") == 16
+    assert isinstance(res.model.fc, nn.Linear)
