@@ -25,7 +25,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from condense import format_count
+from condense import atomic_write, format_count
 
 __all__ = ["trials_frame", "front_frame", "write_csv", "front_table"]
 
@@ -106,11 +106,7 @@ def front_frame(study: optuna.Study, space, trials: pd.DataFrame | None = None) 
 
 def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write ``df`` atomically (a finished file or none)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, df.to_csv(index=False))
 
 
 def front_table(front: pd.DataFrame, reference: dict[str, Any] | None = None, title: str | None = None):

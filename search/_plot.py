@@ -5,12 +5,15 @@ Never: touches pyplot's global state (a Figure with its own Agg canvas), or the 
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from condense import atomic_write
 
 __all__ = ["plot_front", "plot_fronts"]
 
@@ -92,17 +95,9 @@ def _finish(fig, ax, unit: str, title: str | None, path: str | os.PathLike, dpi:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    out = Path(path)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.png")
-    try:
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, out)
-    except OSError as err:
-        from condense import os_error
-
-        tmp.unlink(missing_ok=True)
-        raise os_error(err, out) from None
-    return out
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return atomic_write(path, buffer.getvalue())
 
 
 def _unit(trials: pd.DataFrame, reference: dict[str, Any]) -> tuple[float, str]:

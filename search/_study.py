@@ -54,7 +54,8 @@ from optuna.trial import TrialState
 import torch
 from torch import nn
 
-from condense import CondenseError, ConfigError, claim_folder, find_runs, macs_and_params, read_json
+from condense import (CondenseError, ConfigError, atomic_write_json, claim_folder, find_runs, macs_and_params,
+                      read_json)
 from condense import LatencySetting, format_count, parse_budget, parse_input_size
 
 from ._objective import (OBJECTIVE_KINDS, STATUS_DUPLICATE, STATUS_OVER, STATUS_TRAINED, Objective, measure_latency,
@@ -1034,9 +1035,7 @@ def _write_config(out: Path, config: SearchConfig, study: optuna.Study, space: S
     meta = {"format": "condense-search/1", "study_name": study.study_name, "config": d,
             "objectives": objective_names(config.latency, config.objective), "reference": reference,
             "space": space.to_dict()}
-    tmp = out / (CONFIG + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
-    os.replace(tmp, out / CONFIG)
+    atomic_write_json(out / CONFIG, meta)
 
 
 def _optimize(study: optuna.Study, objective: Objective, config: SearchConfig, journal: bool, bar: _Progress,
