@@ -5,8 +5,10 @@ data (a spec such as ``cifar10:PATH`` or a ``DataBundle``) whose training images
 labels. Out: ``result.model`` trained in place to reproduce the original's per-run outputs and logits, its
 BatchNorm statistics re-estimated on the calibration images, and a ``Calibration`` record (images, epochs,
 seconds, the per-run feature error before and after on held-out test images, and the test accuracy of the
-original and of the condensed model before and after). Never: changes the original (it runs in eval mode
-without gradients and gets its mode back), reads a training label, or leaves a hook behind.
+original and of the condensed model before and after). A plan that pruned channels (``width``) is
+distilled on the logits alone: its runs' outputs are narrower than the original's. Never: changes the
+original (it runs in eval mode without gradients and gets its mode back), reads a training label, or
+leaves a hook behind.
 
 The per-run feature pairs and loss (``feature_pairs``, ``FeatureTap``, ``feature_loss``) are shared with
 ``condense train --kd-features`` (``condense.train``). A run's output is the feature map after its last block
@@ -226,10 +228,13 @@ class Calibration:
 
     def summary(self) -> str:
         """One line: what was done and what it changed."""
-        before = sum(self.feature_error_before) / len(self.runs)
-        after = sum(self.feature_error_after) / len(self.runs)
-        text = (f"calibrated on {self.images} {self.data} images x {self.epochs} epoch(s) in {self.seconds:.1f}s: "
-                f"run feature error {before:.3f} -> {after:.3f}")
+        text = f"calibrated on {self.images} {self.data} images x {self.epochs} epoch(s) in {self.seconds:.1f}s: "
+        if self.runs:
+            before = sum(self.feature_error_before) / len(self.runs)
+            after = sum(self.feature_error_after) / len(self.runs)
+            text += f"run feature error {before:.3f} -> {after:.3f}"
+        else:
+            text += "logits only (channels pruned)"
         if self.accuracy_after is not None:
             text += (f"; test accuracy {self.accuracy_before:.4f} -> {self.accuracy_after:.4f} "
                      f"(original {self.accuracy_original:.4f}, {self.test_images} images)")
@@ -281,11 +286,13 @@ def calibrate(result, original: nn.Module, data, *, images: int = 10000, epochs:
     student = result.model
     if not isinstance(original, nn.Module):
         raise CondenseError(f"original must be the nn.Module that was condensed, not {type(original).__name__}")
-    if getattr(result, "width", None) is not None:  # the original's run outputs are wider than the student's
-        raise CondenseError("calibration distils run outputs of the same width, and this plan pruned channels",
-                            "condense without --calibrate, then fine-tune: condense train DIR --teacher MODEL")
-    pairs = feature_pairs(result.found, result.plan)
-    if not pairs:
+    pruned = getattr(result, "width", None) is not None
+    if pruned and (config.train == "new" or not config.logit_weight):
+        raise CondenseError("this plan pruned channels: its run outputs are narrower than the original's, so only "
+                            "the logits are matched", "calibrate with train='all' and logit_weight > 0")
+    # a plan that pruned channels is distilled on the logits alone (its runs' outputs have fewer channels)
+    pairs = () if pruned else feature_pairs(result.found, result.plan)
+    if not pairs and not pruned:
         raise CondenseError("nothing to calibrate: the plan condenses no run", "condense with a budget that needs it")
     bundle = _bundle(data, tuple(result.input_size), config)
     from ._device import resolve_device
@@ -442,7 +449,7 @@ def _calibrate(student, teacher, bundle, pairs, config: CalibrateConfig, s_tap, 
                 with torch.no_grad():
                     t_logits = teacher(x)
                 s_logits = student(x)
-                loss, _ = feature_loss(pairs, s_tap.out, t_tap.out)
+                loss = feature_loss(pairs, s_tap.out, t_tap.out)[0] if pairs else s_logits.new_zeros(())
                 if config.logit_weight:
                     loss = loss + config.logit_weight * kd_logit_loss(s_logits, t_logits, config.temperature)
                 value = float(loss.detach())

@@ -230,10 +230,15 @@ class LatencyFit:
     after_ms: float
     setting: Mapping[str, Any]
     candidates: tuple[tuple[int, float], ...]
+    drop_candidates: tuple[tuple[int, float], ...] = ()  # the same search with layer "drop", when it ran
+    layer: str | None = None  # the layer of the chosen plan, when the drop search ran
 
     def to_dict(self) -> dict[str, Any]:
-        return {"budget_ms": self.budget_ms, "before_ms": self.before_ms, "after_ms": self.after_ms,
-                "setting": dict(self.setting), "candidates": [list(c) for c in self.candidates]}
+        out = {"budget_ms": self.budget_ms, "before_ms": self.before_ms, "after_ms": self.after_ms,
+               "setting": dict(self.setting), "candidates": [list(c) for c in self.candidates]}
+        if self.drop_candidates:
+            out.update(drop_candidates=[list(c) for c in self.drop_candidates], layer=self.layer)
+        return out
 
 
 def _resolve(budget: str | float | Budget | None, original: int) -> float | None:
@@ -338,8 +343,13 @@ def fit(model: nn.Module, macs: str | float | Budget | None = None, params: str 
     apply = functools.partial(_apply, model, found, costs, runs, size, base, K_used, fill_K and latency is None,
                               layer, init, layer_options, say)
     if latency is not None:
+        drop = None
+        if layer != DROP:  # the fallback when the layers cost more time than the budget leaves (_fit_latency)
+            drop_costs = _Costs(model, runs, DROP, "input", {})
+            drop = (functools.partial(_apply, model, found, drop_costs, runs, size, base, None, False, DROP, "input",
+                                      {}, say), drop_costs)
         return _fit_latency(apply, unchanged, model, size, costs, (macs0, params0), macs_b, params_b,
-                            parse_latency(latency), latency_setting or LatencySetting(), K_used, say)
+                            parse_latency(latency), latency_setting or LatencySetting(), K_used, say, drop=drop)
     if (macs_b is not None or params_b is not None) and _fits((macs0, params0), macs_b, params_b):
         return unchanged("the model is already within budget "
                          f"({format_count(macs0)} MACs, {format_count(params0)} params): left unchanged")
@@ -383,14 +393,23 @@ def _apply(model: nn.Module, found: FindResult, costs: _Costs, runs: Sequence[Ru
 def _fit_latency(apply: Callable[..., FitResult], unchanged: Callable[[str], FitResult], model: nn.Module,
                  size: tuple[int, ...], costs: _Costs, total: tuple[int, int], macs_b: float | None,
                  params_b: float | None, budget: Budget, setting: LatencySetting, K: int | None,
-                 say: Progress, max_candidates: int = 6) -> FitResult:
+                 say: Progress, max_candidates: int = 6, drop: tuple[Callable[..., FitResult], _Costs] | None = None
+                 ) -> FitResult:
     """Meet a latency budget (and any MAC/parameter budgets) with a few measured candidates.
 
     Latency grows with MACs along the plans ``apply`` makes for a MAC target, so the target is found by
     measuring: first MACs x (budget / original latency), then the secant between the nearest measured
     plans below and above the budget (aiming 3% under it, for noise), at most ``max_candidates`` plans.
     The result is the measured plan with the most MACs whose latency is within the budget; it stops early
-    once one lands within 7% under the budget or a target repeats a plan already measured."""
+    once one lands within 7% under the budget or a target repeats a plan already measured.
+
+    The layers' measured cost: a Global layer runs at a fraction of a convolution's MACs per second, so a
+    MAC-sized plan may be slower than its MACs say. When the search finds no plan within the budget, or
+    none within 7% under it, the same search runs with ``drop`` (the same runs, ``layer="drop"``: the
+    removed blocks deleted, nothing in their place; ``drop`` is (its apply, its costs)). Its best plan is
+    chosen when the layers' plan fails, or when it keeps more blocks than the layers' plan keeps blocks and
+    layers together: a layer is valued as one block (it stands for several), so the layers give way only
+    where each costs more time than a block of its run would."""
     say(f"measuring the original model ({setting.describe()})")
     before = measure_latency(model, size, setting)
     budget_ms = budget.resolve(before)
@@ -398,6 +417,51 @@ def _fit_latency(apply: Callable[..., FitResult], unchanged: Callable[[str], Fit
         res = unchanged(f"the model is already within budget ({format_ms(before)} measured, "
                         f"{setting.describe()}): left unchanged")
         return dataclasses.replace(res, latency=LatencyFit(budget_ms, before, before, setting.to_dict(), ()))
+    tried = _latency_search(apply, costs, total, macs_b, params_b, before, budget_ms, setting, K, say,
+                            max_candidates)
+    best = max(((r, t) for r, t in tried if t <= budget_ms), key=lambda rt: rt[0].macs_after, default=None)
+    dropped: list[tuple[FitResult, float]] = []
+    if drop is not None and (best is None or best[1] < 0.93 * budget_ms):
+        say("the layers cost more time than the budget leaves: the same search with layer 'drop'")
+        try:
+            dropped = _latency_search(drop[0], drop[1], total, macs_b, params_b, before, budget_ms, setting, None,
+                                      say, max_candidates)
+        except BudgetError:  # no drop plan meets the MAC/parameter budgets either
+            dropped = []
+        best_drop = max(((r, t) for r, t in dropped if t <= budget_ms), key=lambda rt: rt[0].macs_after,
+                        default=None)
+        if best_drop is not None and (best is None or _kept(best_drop[0]) > _kept(best[0]) + _layers(best[0])):
+            best = best_drop
+    if best is None:
+        fastest = min((t for _, t in tried + dropped), default=before)
+        raise BudgetError(f"latency budget {format_ms(budget_ms)} is below the fastest plan measured, "
+                          f"{format_ms(fastest)} ({setting.describe()}; the original: {format_ms(before)})",
+                          "raise the latency budget, or lower --K")
+    res, after = best
+    chosen = next(iter(res.plan.choices.values())).layer if res.plan.choices else None
+    record = LatencyFit(budget_ms, before, after, setting.to_dict(), tuple((r.macs_after, t) for r, t in tried),
+                        tuple((r.macs_after, t) for r, t in dropped), chosen if dropped else None)
+    n = len(tried) + len(dropped)
+    note = (f"; layer 'drop' keeps {_kept(res)} blocks within the budget" if dropped and chosen == DROP else "")
+    msg = (f"{res.message}; latency {format_ms(after)} (original {format_ms(before)}, budget "
+           f"{format_ms(budget_ms)}; {setting.describe()}; {n} candidate(s) measured{note})")
+    return dataclasses.replace(res, latency=record, message=msg, macs_budget=macs_b)  # the user's, not the target
+
+
+def _kept(res: FitResult) -> int:
+    """Blocks a plan keeps over all runs."""
+    return sum(row.m for row in res.rows)
+
+
+def _layers(res: FitResult) -> int:
+    """New layers a plan puts in (one per condensed run)."""
+    return sum(1 for row in res.rows if row.m < row.r)
+
+
+def _latency_search(apply: Callable[..., FitResult], costs: _Costs, total: tuple[int, int], macs_b: float | None,
+                    params_b: float | None, before: float, budget_ms: float, setting: LatencySetting,
+                    K: int | None, say: Progress, max_candidates: int) -> list[tuple[FitResult, float]]:
+    """The measured candidates of ``_fit_latency``'s search, in the order tried: (result, ms)."""
     ms1 = {r.path: 1 for r in costs.runs.values()}
     smallest = costs.plan_cost(total, ms1, K or 1)[0]
     top = min(total[0], macs_b) if macs_b is not None else total[0]
@@ -418,7 +482,7 @@ def _fit_latency(apply: Callable[..., FitResult], unchanged: Callable[[str], Fit
             break
         plans.add(key)
         say(f"measuring candidate {len(tried) + 1}: {format_count(res.macs_after)} MACs")
-        ms = measure_latency(res.model, size, setting)
+        ms = measure_latency(res.model, res.input_size, setting)
         tried.append((res, ms))
         points.append((res.macs_after, ms))
         ok = [(m, t) for m, t in points if t <= budget_ms]
@@ -437,17 +501,7 @@ def _fit_latency(apply: Callable[..., FitResult], unchanged: Callable[[str], Fit
             if res.macs_after <= smallest * 1.001 or m_a <= smallest * 1.001:
                 break  # the smallest plan itself is too slow
         target = max(smallest, min(top, target))
-    feasible = [(r, t) for r, t in tried if t <= budget_ms]
-    if not feasible:
-        fastest = min(t for _, t in tried) if tried else before
-        raise BudgetError(f"latency budget {format_ms(budget_ms)} is below the fastest plan measured, "
-                          f"{format_ms(fastest)} ({setting.describe()}; the original: {format_ms(before)})",
-                          "raise the latency budget, or lower --K")
-    best, after = max(feasible, key=lambda rt: rt[0].macs_after)
-    record = LatencyFit(budget_ms, before, after, setting.to_dict(), tuple(points[1:]))
-    msg = (f"{best.message}; latency {format_ms(after)} (original {format_ms(before)}, budget "
-           f"{format_ms(budget_ms)}; {setting.describe()}; {len(tried)} candidate(s) measured)")
-    return dataclasses.replace(best, latency=record, message=msg, macs_budget=macs_b)  # the user's, not the target
+    return tried
 
 
 def _row(run: Run, m: int, layer: str | None, K: int | None, layer_cost: tuple[int, int] | None) -> RunRow:

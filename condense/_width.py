@@ -265,6 +265,15 @@ def _forward_shape(model: nn.Module, x: torch.Tensor) -> tuple[int, ...]:
     return tuple(y.shape)
 
 
+def _prunable_copy(model: nn.Module) -> nn.Module:
+    """A copy to prune, in eval mode, every parameter trainable: Torch-Pruning leaves layers whose weights
+    do not require gradients alone, so a frozen model (a teacher ``train`` froze) would be left unpruned."""
+    net = copy.deepcopy(model).eval()
+    for p in net.parameters():
+        p.requires_grad_(True)
+    return net
+
+
 def prune(model: nn.Module, input_size: Sequence[int], spec: WidthSpec,
           runs: Sequence[Any]) -> tuple[nn.Module, WidthFit]:
     """A copy of ``model`` with channels removed as ``spec`` says (see the module docstring), and its record.
@@ -276,7 +285,7 @@ def prune(model: nn.Module, input_size: Sequence[int], spec: WidthSpec,
         raise ConfigError(f"width names {', '.join(repr(u) for u in unknown)}, which is not a run of "
                           f"{type(model).__name__}", f"its runs: {listed} (condense find MODEL); or give one share")
     size = tuple(int(s) for s in input_size)
-    net = copy.deepcopy(model).eval()
+    net = _prunable_copy(model)
     channels_before = {r.path: r.channels for r in runs}
     if spec.empty:
         return net, WidthFit(spec.ratios, spec.importance, {p: (c, c) for p, c in channels_before.items()}, ())
@@ -334,7 +343,7 @@ def replay(model: nn.Module, record: Mapping[str, Any] | WidthFit, input_size: S
     Torch-Pruning's history: the shapes the saved weights have. Which channels go does not matter here (the
     saved weights replace them)."""
     rec = record if isinstance(record, WidthFit) else WidthFit.from_dict(record)
-    net = copy.deepcopy(model).eval()
+    net = _prunable_copy(model)
     if not rec.history:
         return net
     names = dict(net.named_modules())

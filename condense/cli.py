@@ -358,12 +358,6 @@ def _run_condense(args, console) -> int:
 
     t0 = time.perf_counter()
     calib = _calibration_options(args)  # bad calibration options: an error before any work
-    if calib is not None and args.width is not None:
-        from ._width import parse_width
-
-        if parse_width(args.width, args.width_importance) is not None:
-            raise CondenseError("--calibrate distils run outputs of the same width, and --width prunes channels",
-                                "condense with --width alone, then fine-tune: condense train DIR --teacher MODEL")
     options = _layer_options(args)
     setting = None
     if args.latency is not None:
@@ -450,6 +444,9 @@ def _run_condense(args, console) -> int:
         budgets.append(f"latency {format_ms(lat.after_ms)} <= {format_ms(lat.budget_ms)}")
         console.print("latency candidates (MACs -> measured): " + ", ".join(
             f"{format_count(m)} -> {format_ms(t)}" for m, t in lat.candidates), highlight=False)
+        if lat.drop_candidates:
+            console.print("with layer 'drop' (MACs -> measured): " + ", ".join(
+                f"{format_count(m)} -> {format_ms(t)}" for m, t in lat.drop_candidates), highlight=False)
     console.print(result.message + (f"; budget met as measured: {', '.join(budgets)}" if budgets else ""))
     if calibration is not None:
         console.print(calibration.summary(), highlight=False)

@@ -270,3 +270,34 @@ def test_preserve_defaults_on_with_a_checkpoint_unless_calibrating():
     assert _preserve(Namespace(preserve=None, checkpoint="w.pth", calibrate="cifar10:x")) is False
     assert _preserve(Namespace(preserve=True, checkpoint="w.pth", calibrate="cifar10:x")) is True
     assert _preserve(Namespace(preserve=None, checkpoint=None, calibrate=None)) is False
+
+
+def _logit_gap(student, teacher, bundle, n=128):
+    """Mean KL(teacher || student) of the logits on the first ``n`` test images."""
+    student.eval()
+    teacher.eval()
+    total, seen = 0.0, 0
+    with torch.no_grad():
+        for x, _ in bundle.loader("test", 64, shuffle=False, augment=False):
+            t, s = teacher(x).log_softmax(1), student(x).log_softmax(1)
+            total += float((t.exp() * (t - s)).sum())
+            seen += len(x)
+            if seen >= n:
+                break
+    return total / seen
+
+
+def test_a_width_plan_is_calibrated_on_the_logits_alone(bundle):
+    torch.manual_seed(0)
+    original = condense.resolve_model("zoo:resnet_tiny").model.eval()
+    res = condense.fit(original, macs="60%", input_size=SIZE, width=0.25)
+    assert res.width is not None
+    gap_before = _logit_gap(res.model, original, bundle)
+    cal = condense.calibrate(res, original, bundle, progress=False, **FAST)
+    assert cal.runs == () and cal.feature_error_before == () and cal.feature_error_after == ()
+    assert "logits only" in cal.summary()
+    assert _logit_gap(res.model, original, bundle) < 0.5 * gap_before  # distilled towards the original
+    for kwargs in (dict(train="new"), dict(logit_weight=0.0)):
+        with pytest.raises(CondenseError, match="only the logits are matched"):
+            condense.calibrate(condense.fit(original, macs="60%", input_size=SIZE, width=0.25), original, bundle,
+                               progress=False, **{**FAST, **kwargs})

@@ -77,12 +77,46 @@ def test_latency_budget_is_met_in_a_few_measured_candidates(monkeypatch, curve):
     assert lat.before_ms == pytest.approx(curve(res.macs_before))
     assert lat.budget_ms == pytest.approx(0.55 * lat.before_ms)
     assert lat.after_ms <= lat.budget_ms and lat.after_ms == pytest.approx(curve(res.macs_after))
-    assert 1 <= len(lat.candidates) <= 6 and len(calls) == 1 + len(lat.candidates)
+    # the original, the candidates, and the same search with layer "drop" when none landed within 7% under
+    assert 1 <= len(lat.candidates) <= 6 and len(calls) == 1 + len(lat.candidates) + len(lat.drop_candidates)
+    assert lat.layer in (None, "global")  # here a layer's time is its MACs': never worth less than a block
     # the budget is used: the chosen plan is the slowest measured one within it, and not far under it
     within = [t for _, t in lat.candidates if t <= lat.budget_ms]
     assert lat.after_ms == max(within) and lat.after_ms >= 0.8 * lat.budget_ms
     assert all(c.options["K"] == 5 for c in res.plan.choices.values())  # K stays fixed for latency
     assert "latency" in res.message
+
+
+def test_layers_slower_than_the_budget_allows_give_way_to_block_dropping(monkeypatch):
+    """A Global layer that costs more time than the budget leaves (here each one a third of the original's
+    time): no plan with layers fits, so the same search with layer "drop" runs and its plan is chosen."""
+    from condense.pde import GlobalLayer
+
+    original = condense.macs_and_params(Net(), SIZE)[0] / 1e6
+
+    def curve_of(model):
+        layers = sum(isinstance(m, GlobalLayer) for m in model.modules())
+        return condense.macs_and_params(model, SIZE)[0] / 1e6 + layers * original / 3
+
+    calls = []
+
+    def fake(model, size, setting=None):
+        calls.append(curve_of(model))
+        return calls[-1]
+
+    monkeypatch.setattr(fit_module, "measure_latency", fake)
+    res = condense.fit(Net(), latency="70%", input_size=SIZE)
+    lat = res.latency
+    assert lat.layer == "drop" and lat.drop_candidates and lat.after_ms <= lat.budget_ms
+    assert all(t > lat.budget_ms for _, t in lat.candidates)  # every plan with layers was too slow
+    assert res.plan.choices and all(c.layer == "drop" for c in res.plan.choices.values())
+    assert not any(isinstance(m, GlobalLayer) for m in res.model.modules())
+    assert lat.after_ms == pytest.approx(curve_of(res.model))
+    assert len(calls) == 1 + len(lat.candidates) + len(lat.drop_candidates)
+    assert "layer 'drop' keeps" in res.message
+    # without the fallback (the layers cheap, as their MACs say) the same budget keeps the Global layers
+    monkeypatch.setattr(fit_module, "measure_latency", lambda m, s, st=None: condense.macs_and_params(m, SIZE)[0] / 1e6)
+    assert all(c.layer == "global" for c in condense.fit(Net(), latency="70%", input_size=SIZE).plan.choices.values())
 
 
 def test_latency_budget_with_a_mac_budget_meets_both(monkeypatch):

@@ -1,6 +1,7 @@
 """Width in a plan (``fit(width=...)``, ``--width``): channels pruned by Torch-Pruning before the depth plan,
 budgets met as measured, ``--width auto``, save/load without pickles, ONNX, importance from the weights, and
 bad input, on the CIFAR ResNet-20 (3x32x32) and ResNet-tiny."""
+import copy
 import json
 
 import pytest
@@ -228,18 +229,15 @@ def test_cli_width_plan_saves_and_loads(tmp_path, capsys):
     assert condense.macs_and_params(model, SIZE)[0] == printed["macs_after"]
 
 
-def test_calibration_refuses_a_width_plan(widened, original, tmp_path, capsys):
-    with pytest.raises(CondenseError, match="pruned channels"):
-        condense.calibrate(widened, original, "cifar10:/nonexistent")
-    data = tmp_path / "cifar10.tar.gz"
-    data.write_bytes(b"")  # refused before it is read
-    out = tmp_path / "o"
-    assert main(["zoo:resnet_tiny", "--width", "0.25", "--calibrate", f"cifar10:{data}", "-o", str(out)]) == 1
-    err = capsys.readouterr().err.strip()
-    assert "--width prunes channels" in err and len(err.splitlines()) == 1 and not (tmp_path / "o").exists()
-
-
 def test_a_width_of_zero_is_no_pruning(original):
     res = condense.fit(original, macs="50%", input_size=SIZE, width=0)
     assert res.width is None and _channels(res.model, "conv1") == 16
     assert isinstance(res.model.fc, nn.Linear)
+
+
+def test_a_frozen_model_is_pruned_too(original):
+    frozen = copy.deepcopy(original)
+    for p in frozen.parameters():
+        p.requires_grad_(False)  # as train() leaves a teacher
+    res = condense.fit(frozen, macs="50%", input_size=SIZE, width=0.25)
+    assert res.width is not None and _channels(res.model, "conv1") < 16

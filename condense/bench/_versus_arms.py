@@ -20,6 +20,11 @@ optionally moves its weights before fine-tuning):
 ``tp-l1``                 Torch-Pruning, L1 magnitude importance, one uniform ratio (``_versus_prune``)
 ``tp-group``              Torch-Pruning, group-norm importance (``GroupMagnitudeImportance(p=2)``)
 ``scratch``               ``global``'s architecture from random weights (the original's spec rebuilt)
+``joint``                 ``condense.fit(original, macs=target, width="auto")``: depth and width together (channels
+                          pruned with Torch-Pruning per run, then Global layers)
+``joint-calibrate``       ``joint``, then ``condense.calibrate`` (on the logits alone: the pruned runs' outputs are
+                          narrower than the original's)
+``joint-drop``            the same with ``layer="drop"`` (channels pruned, removed blocks deleted)
 ========================  ======================================================================================
 
 A build that cannot reach the target (``BudgetError``, e.g. ``preserve`` on a small net) makes the arm
@@ -152,6 +157,11 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
     Arm("tp-l1", "Torch-Pruning, L1 magnitude", _pruned("l1"), needs="torch_pruning"),
     Arm("tp-group", "Torch-Pruning, group norm", _pruned("group"), needs="torch_pruning"),
     Arm("scratch", "Global architecture, random init", _fit(_random)),
+    Arm("joint", "depth + width (--width auto), Global layers", _fit(_trained, width="auto"), needs="torch_pruning"),
+    Arm("joint-calibrate", "depth + width (--width auto), Global layers + calibrate", _fit(_trained, width="auto"),
+        _calibrate, needs="calibrate+torch_pruning"),
+    Arm("joint-drop", "depth + width (--width auto), drop", _fit(_trained, width="auto", layer="drop"),
+        needs="drop+torch_pruning"),
 )}
 
 

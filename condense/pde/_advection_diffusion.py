@@ -279,6 +279,61 @@ def _fused_dwvel_macs(inputs, outputs) -> int:
                                             variable_diffusion=present[1], bounded_velocity=courant > 0)
 
 
+@torch.library.custom_op("condense::advection_diffusion_dwvel_bn", mutates_args=(), tags=_LAYOUT, device_types="cpu")
+def _fused_dwvel_bn(init: Tensor, source: Optional[Tensor], cu: Tensor, gu: Tensor, betau: Tensor, mu: Tensor,
+                    varu: Tensor, cv: Tensor, gv: Tensor, betav: Tensor, mv: Tensor, varv: Tensor, eps_u: float,
+                    eps_v: float, Dx: Optional[Tensor], Dy: Optional[Tensor], dx_const: float, dy_const: float, K: int,
+                    dt: float, dx: float, dy: float, boundary: int, courant: float, dmax: float) -> Tensor:
+    """Inference only: ``_fused_dwvel`` with each velocity convolution's BatchNorm (running statistics) folded
+    inside the kernel; conv weights (C, 1, k, k) or (C, k, k), bias free. The traced and compiled inference
+    path: its graph holds this one op per layer, not the folding's small kernels."""
+    w = _kernel_weights(init.dtype, cu, gu, betau, mu, varu, cv, gv, betav, mv, varv)
+    out = torch.empty_like(init)
+    N, C, H, W = init.shape
+    _library(init.dtype).ad_forward_dwvel_bn(
+        _field(init), _field(source), *(t.data_ptr() for t in w[:5]), float(eps_u), *(t.data_ptr() for t in w[5:]),
+        float(eps_v), int(cu.shape[-1]), _field(Dx), _field(Dy), _field(out), N, C, H, W, K, dt, dx, dy, dx_const,
+        dy_const, boundary, courant, dmax, torch.get_num_threads())
+    return out
+
+
+@_fused_dwvel_bn.register_fake
+def _(init, source, cu, gu, betau, mu, varu, cv, gv, betav, mv, varv, eps_u, eps_v, Dx, Dy, dx_const, dy_const, K,
+      dt, dx, dy, boundary, courant, dmax):
+    return torch.empty_like(init)
+
+
+@register_op_handle("condense::advection_diffusion_dwvel_bn")
+def _fused_dwvel_bn_macs(inputs, outputs) -> int:
+    """fvcore handle: ``_fused_dwvel_macs`` plus the two BatchNorm folds as the counter counts the eager fold
+    (``fold_batchnorm``: 5 elementwise ops per channel and one per weight, C (k*k + 5) a convolution)."""
+    shape = outputs[0].type().sizes()
+    ks = inputs[2].type().sizes()[-1]
+    present = [inputs[i].type().kind() != "NoneType" for i in (1, 14)]
+    K, courant = inputs[18].toIValue(), inputs[23].toIValue()
+    numel = 1
+    for n in shape:
+        numel *= n
+    C = shape[1]
+    return (2 * ks * ks * numel + 2 * C * (ks * ks + 5)
+            + eager_macs(numel, K, source=present[0], velocity=True, variable_diffusion=present[1],
+                         bounded_velocity=courant > 0))
+
+
+def advection_diffusion_dwvel_bn(init: Tensor, source: Optional[Tensor], nets, Dx_raw: Union[Tensor, Scalar],
+                                 Dy_raw: Union[Tensor, Scalar], *, K: int, dt: float, dx: float, dy: float,
+                                 boundary: str, courant: float, dmax: float) -> Tensor:
+    """``advection_diffusion_dwvel`` from two (conv, BatchNorm) pairs, the norms folded in the kernel:
+    ``nets`` = ((conv_u, norm_u), (conv_v, norm_v)), bias-free depthwise convs, norms in eval mode."""
+    var_d = isinstance(Dx_raw, Tensor)
+    (cu, nu), (cv, nv) = nets
+    return _fused_dwvel_bn(init, source, cu.weight, nu.weight, nu.bias, nu.running_mean, nu.running_var,
+                           cv.weight, nv.weight, nv.bias, nv.running_mean, nv.running_var, float(nu.eps),
+                           float(nv.eps), Dx_raw if var_d else None, Dy_raw if var_d else None,
+                           0.0 if var_d else float(Dx_raw), 0.0 if var_d else float(Dy_raw), int(K), float(dt),
+                           float(dx), float(dy), _BOUNDARY_CODE[boundary], float(courant), float(dmax))
+
+
 def direct_call_ok(t: Tensor) -> bool:
     """Whether the inference kernel may be called directly on ``t`` instead of through its custom op: a plain
     tensor (no subclass: fake, functional), nothing recording ops (``torch.jit.trace``, which ``condense.count``

@@ -176,9 +176,11 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.ad_forward.argtypes = [F] * 7 + common  # init f u v Dx Dy out
     lib.ad_backward.argtypes = [F] * 13 + common  # gout init f u v Dx Dy, then their gradients
     lib.ad_forward_dwvel.argtypes = [F, F, P, P, P, P, INT, F, F, F] + common
+    lib.ad_forward_dwvel_bn.argtypes = [F, F, P, P, P, P, P, D, P, P, P, P, P, D, INT, F, F, F] + common
     lib.dw_pair_forward.argtypes = [F, P, P, INT, F, F, L, L, L, L, INT]  # x w1 w2 k o1 o2 N C H W nthreads
     lib.dw_pair_backward.argtypes = [F, P, P, INT, F, F, F, P, P, L, L, L, L, INT]  # x w1 w2 k g1 g2 gx gw1 gw2 ...
-    for fn in (lib.ad_forward, lib.ad_backward, lib.ad_forward_dwvel, lib.dw_pair_forward, lib.dw_pair_backward):
+    for fn in (lib.ad_forward, lib.ad_backward, lib.ad_forward_dwvel, lib.ad_forward_dwvel_bn, lib.dw_pair_forward,
+               lib.dw_pair_backward):
         fn.restype = INT
         fn.errcheck = _check
     ctypes.c_int.in_dll(lib, "condense_legacy").value = int(_LEGACY[0])
