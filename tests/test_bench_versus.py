@@ -96,7 +96,8 @@ def test_quick_end_to_end_table_csv_plot(quick):
         assert seed["done"] and seed["finetune_epochs"] == 1
         if r["arm"].endswith("-calibrate"):  # calibration's compute is reported beside the arm
             assert float(r["calib_epochs"]) == 1 and float(r["calib_images"]) > 0 and float(r["calib_cpu_s"]) > 0
-            assert seed["feature_error_after"]
+            # a width plan is calibrated on the logits alone: no run maps to compare
+            assert bool(seed["feature_error_after"]) == (not r["arm"].startswith("joint"))
     # the ratio to the original comes from the same interleaved run as the figures
     lat = state["latency"]["ms"]
     for b in ("1", "32"):

@@ -435,6 +435,26 @@ def test_inference_path_fuses_the_velocity_convolutions_exactly(opts, shape, mon
     assert count(layer, shape[1:]).attrs["macs"] == count(eager, shape[1:]).attrs["macs"]
 
 
+@needs_kernel
+@pytest.mark.parametrize("opts,shape", [(dict(K=5), (2, 16, 8, 8)), (dict(K=3, kernel_size=5, boundary="zero"),
+                                                                      (1, 5, 6, 11))])
+def test_traced_inference_folds_the_norms_in_one_op(opts, shape):
+    """Traced (counted, compiled) inference holds one op per layer that folds the velocity BatchNorms itself
+    (``advection_diffusion_dwvel_bn``): the same values as the direct call, and counted as the eager path
+    (the eager fold's elementwise ops included)."""
+    layer = _trained_bn(GlobalLayer(shape[1], GlobalConfig(**opts)).double(), shape)
+    x = torch.randn(*shape, dtype=torch.float64)
+    with torch.no_grad():
+        direct = layer(x)
+        traced = torch.jit.trace(layer, (x,), check_trace=False)
+    graph = str(traced.inlined_graph)
+    assert "condense::advection_diffusion_dwvel_bn" in graph and "batch_norm" not in graph
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), direct, rtol=1e-12, atol=1e-12)
+    eager = GlobalLayer(shape[1], GlobalConfig(**{**opts, "impl": "eager"}))
+    assert count(layer, shape[1:]).attrs["macs"] == count(eager, shape[1:]).attrs["macs"]
+
+
 def test_inference_path_is_not_used_when_training_or_with_autograd(monkeypatch):
     import condense.pde._global_layer as gl
 

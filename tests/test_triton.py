@@ -234,8 +234,8 @@ def test_c_kernel_ops_are_registered_for_the_cpu_only():
     """A CUDA tensor handed to the C kernel's ops directly finds no kernel (the ops are CPU-only)."""
     import condense.pde  # noqa: F401  (registers the ops)
 
-    for op in ("advection_diffusion", "advection_diffusion_backward", "advection_diffusion_dwvel", "dwconv_pair",
-               "dwconv_pair_backward"):
+    for op in ("advection_diffusion", "advection_diffusion_backward", "advection_diffusion_dwvel",
+               "advection_diffusion_dwvel_bn", "dwconv_pair", "dwconv_pair_backward"):
         name = f"condense::{op}"
         assert torch._C._dispatch_has_kernel_for_dispatch_key(name, "CPU"), name
         assert not torch._C._dispatch_has_kernel_for_dispatch_key(name, "CUDA"), name

@@ -159,6 +159,7 @@ def plot_png(table: list[dict[str, Any]], batches: Sequence[int], title: str) ->
     arms = sorted({r["arm"] for r in table if r["arm"] != "original"})
     markers = "osD^v<>pXh*"
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    families = ["global", "drop", "tp", "scratch", "joint"]
     fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 4.5), squeeze=False)
     for ax, b in zip(axes[0], batches):
         for row in table:
@@ -169,9 +170,12 @@ def plot_png(table: list[dict[str, Any]], batches: Sequence[int], title: str) ->
                 ax.plot([x], [100 * y], marker="*", markersize=14, color="black", linestyle="none", label="original")
                 continue
             i, j = budgets.index(row["budget"]), arms.index(row["arm"])
+            family = families.index(row["arm"].split("-")[0]) if row["arm"].split("-")[0] in families else j
+            # a colour per method family (condense, block dropping, Torch-Pruning, scratch, depth + width), a
+            # marker per arm; the second and later budgets hollow
             ax.errorbar([x], [100 * y], yerr=[100 * (row.get("acc_std") or 0.0)], marker=markers[j % len(markers)],
-                        color=colors[i % len(colors)], linestyle="none", capsize=3,
-                        label=f"{row['arm']} @ {row['budget']}")
+                        color=colors[family % len(colors)], linestyle="none", capsize=3, markersize=7,
+                        markerfacecolor=None if i == 0 else "none", label=f"{row['arm']} @ {row['budget']}")
         ax.set_xlabel(f"latency / original's, batch {b} (lower is faster)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"batch {b}")

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from .._errors import ConfigError
-from ._advection_diffusion import (_dwvel_direct, advection_diffusion_dwvel, bounded_advection_diffusion,
-                                   direct_call_ok, fused_available)
+from ._advection_diffusion import (_dwvel_direct, advection_diffusion_dwvel, advection_diffusion_dwvel_bn,
+                                   bounded_advection_diffusion, direct_call_ok, fused_available)
 from ._native import loaded as _native_lib
 from ._dwconv import dwconv_pair, fusable_pair
 from ._base import (BOUNDARIES, ConvNormAct, LayerConfig, PDELayer, act_names, check_choice, check_range,
@@ -185,10 +185,23 @@ class GlobalLayer(PDELayer):
         if (self.training or torch.is_grad_enabled() or cfg.velocity != "dwconv" or cfg.impl in ("eager", "triton")
                 or not fused_available(h0)):
             return None
-        if not direct_call_ok(h0):  # traced (counted, compiled): the folding ops are part of the graph
+        if not direct_call_ok(h0):  # traced (counted, compiled): the folding is part of the graph
+            if self._bn_foldable_in_kernel():
+                return "bn"  # one op that folds the norms itself (advection_diffusion_dwvel_bn)
             folded = [net.folded() for net in self.velocity]
             return None if any(f is None for f in folded) else folded
         return self._velocity_cache(h0.dtype)
+
+    def _bn_foldable_in_kernel(self) -> bool:
+        """Both velocity nets are bias-free depthwise convs + affine BatchNorms with running statistics + no
+        activation, in eval mode: the kernel can fold the norms (``advection_diffusion_dwvel_bn``)."""
+        for net in self.velocity:
+            conv, norm, act = net[0], net[1], net[2]
+            if (net.training or conv.bias is not None or not isinstance(act, nn.Identity)
+                    or not isinstance(norm, nn.BatchNorm2d) or not norm.track_running_stats or not norm.affine
+                    or norm.running_mean is None):
+                return False
+        return True
 
     def _velocity_cache(self, dtype: torch.dtype):
         """The folded velocity weights as the kernel takes them ((C, k, k) and (C,), contiguous, in ``dtype``),
@@ -279,13 +292,16 @@ class GlobalLayer(PDELayer):
             f = f * self.source_gate.view(1, -1, 1, 1)
         fused = self._fused_velocity(h0)
         if fused is not None:  # inference: the velocity convolutions run inside the kernel
-            (wu, bu), (wv, bv) = fused
             Dx, Dy = self._diffusion(h0)
-            if wu.dim() == 4:
-                wu, wv = wu.squeeze(1), wv.squeeze(1)
-            out = advection_diffusion_dwvel(h0, f, wu, bu, wv, bv, Dx, Dy, K=cfg.K, dt=cfg.dt,
-                                            dx=cfg.dx, dy=cfg.dy, boundary=cfg.boundary, courant=cfg.max_courant,
-                                            dmax=cfg.max_diffusion)
+            kw = dict(K=cfg.K, dt=cfg.dt, dx=cfg.dx, dy=cfg.dy, boundary=cfg.boundary, courant=cfg.max_courant,
+                      dmax=cfg.max_diffusion)
+            if fused == "bn":
+                out = advection_diffusion_dwvel_bn(h0, f, [(net[0], net[1]) for net in self.velocity], Dx, Dy, **kw)
+            else:
+                (wu, bu), (wv, bv) = fused
+                if wu.dim() == 4:
+                    wu, wv = wu.squeeze(1), wv.squeeze(1)
+                out = advection_diffusion_dwvel(h0, f, wu, bu, wv, bv, Dx, Dy, **kw)
             if cfg.residual:
                 out = out + x
             return self.out_act(self.out_norm(out))

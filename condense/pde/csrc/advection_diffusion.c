@@ -22,6 +22,7 @@
  * Bounds: courant > 0 maps u -> u / sqrt(1 + (u / umax)^2) with umax = courant * dx / dt (v likewise, dy);
  * dmax > 0 maps D -> clamp(D, 0, dmax).
  */
+#define _POSIX_C_SOURCE 200112L /* posix_memalign under -std=c11 */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -607,7 +608,10 @@ static real *scratch_raw(int slot, long n) { /* not zeroed */
     if (n < 1) n = 1;
     if (n > scratch_len[slot]) {
         free(scratch_buf[slot]);
-        scratch_buf[slot] = (real *)malloc((size_t)n * sizeof(real));
+        /* cache-line aligned: a 64-byte vector at any other offset straddles two lines, and malloc's
+         * 16-byte alignment made a block's speed depend on where the buffer happened to land */
+        void *buf = NULL;
+        scratch_buf[slot] = posix_memalign(&buf, 64, (size_t)n * sizeof(real)) ? NULL : (real *)buf;
         scratch_len[slot] = scratch_buf[slot] ? n : 0;
     }
     return scratch_buf[slot];
