@@ -34,6 +34,7 @@ CONDENSED_TOL = 0.12
 
 # name -> (paper params, paper MACs); None where the paper gives no figure for the uncondensed model
 PAPER = {
+    "resnet20": (270e3, 41e6),
     "resnet32": (460e3, 70e6),
     "resnet56": (850e3, 127e6),
     "wrn_40_4": (9.0e6, 1.30e9),
@@ -50,6 +51,7 @@ PAPER = {
 
 # name -> expected runs (path, r, kind)
 RUNS = {
+    "resnet20": [("layer1", 3, "repeat"), ("layer2", 3, "repeat"), ("layer3", 3, "repeat")],
     "resnet32": [("layer1", 5, "repeat"), ("layer2", 5, "repeat"), ("layer3", 5, "repeat")],
     "resnet56": [("layer1", 9, "repeat"), ("layer2", 9, "repeat"), ("layer3", 9, "repeat")],
     "resnet_cifar": [("layer1", 5, "repeat"), ("layer2", 5, "repeat"), ("layer3", 5, "repeat")],
