@@ -467,7 +467,7 @@ def _calibrate(student, teacher, bundle, pairs, config: CalibrateConfig, s_tap, 
             say.epoch(epoch, loss_sum / max(seen, 1), time.perf_counter() - t0)
         say.message("re-estimating BatchNorm statistics")
         s_tap.enabled = t_tap.enabled = False
-        from ._supernet import recalibrate_bn
+        from ._bn import recalibrate_bn
 
         recalibrate_bn(student, _train_batches(bundle, config, 0), dev)
         s_tap.enabled = t_tap.enabled = True

@@ -399,8 +399,6 @@ def _acquire(path: Path, out: Path) -> int:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | (0 if fcntl else os.O_EXCL), 0o666 & ~_umask())
         except FileExistsError:
             _busy(path, out)
-        except OSError:
-            raise  # pragma: no cover
         if fcntl is None:  # pragma: no cover
             os.write(fd, str(os.getpid()).encode())
             return fd

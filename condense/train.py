@@ -15,6 +15,7 @@ rank; rank 0 alone writes files and shows progress, and test accuracy is summed 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -418,44 +419,39 @@ def _legacy_run(folder: Path) -> set[str] | None:
     return set(RUN_FILES) if (folder / "last.pt").is_file() or (folder / "metrics.json").is_file() else None
 
 
+@contextlib.contextmanager
 def run_folder(out: str | os.PathLike):
     """The output folder of a training run, for the length of the run (``train`` and ``condense train``):
     refused if it holds anything but a run (files a user added to a run folder are kept, never touched),
     locked against a second writer, marked with the manifest of what a run writes, and removed again if the
     run fails before it wrote anything into a folder it created."""
-    import contextlib
-
     from ._write import claim_folder, foreign_files, output_lock, write_manifest
 
-    @contextlib.contextmanager
-    def guard():
-        folder = Path(out)
-        if int(os.environ.get("RANK", "0")) != 0:  # rank 0 alone writes
+    folder = Path(out)
+    if int(os.environ.get("RANK", "0")) != 0:  # rank 0 alone writes
+        yield folder
+        return
+    with output_lock(folder):
+        if folder.is_dir() and any(folder.iterdir()) and foreign_files(folder, RUN_KIND, _legacy_run) is None:
+            claim_folder(folder, RUN_KIND, legacy=_legacy_run, what="training run")  # names the problem
+        elif not folder.is_dir():
+            claim_folder(folder, RUN_KIND)  # a file or a link: refused
+        created = not folder.exists()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            write_manifest(folder, RUN_KIND, RUN_FILES)
+        except (OSError, CondenseError) as err:
+            from ._write import os_error
+
+            if created:
+                _remove_if_unused(folder)
+            raise (err if isinstance(err, CondenseError) else os_error(err, folder)) from None
+        try:
             yield folder
-            return
-        with output_lock(folder):
-            if folder.is_dir() and any(folder.iterdir()) and foreign_files(folder, RUN_KIND, _legacy_run) is None:
-                claim_folder(folder, RUN_KIND, legacy=_legacy_run, what="training run")  # names the problem
-            elif not folder.is_dir():
-                claim_folder(folder, RUN_KIND)  # a file or a link: refused
-            created = not folder.exists()
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-                write_manifest(folder, RUN_KIND, RUN_FILES)
-            except (OSError, CondenseError) as err:
-                from ._write import os_error
-
-                if created:
-                    _remove_if_unused(folder)
-                raise (err if isinstance(err, CondenseError) else os_error(err, folder)) from None
-            try:
-                yield folder
-            except BaseException:
-                if created:
-                    _remove_if_unused(folder)
-                raise
-
-    return guard()
+        except BaseException:
+            if created:
+                _remove_if_unused(folder)
+            raise
 
 
 def _remove_if_unused(folder: Path) -> None:
