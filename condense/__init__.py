@@ -6,6 +6,7 @@ Public API (everything else is private)::
     fit(model, macs=..., params=...)    the plan, the rewritten model and measured counts (FitResult)
     fit(model, latency="12ms", latency_setting=LatencySetting(batch=1, mode="compiled"))   a measured budget
     measure_latency(model, input_size, setting)   median ms of one forward pass on this machine
+    measure_side_by_side(models, size, batches=, reference=)   several models timed interleaved, with ratios
     save(result, DIR, spec=...), load(DIR)   a condensed model on disk (plan JSON + safetensors); load never
                                         imports a file.py model unless trust_code=True or the model is passed
     resolve_model("timm:NAME" | DIR)    one resolver: a model spec or a saved directory -> Resolved(model, ...)
@@ -32,7 +33,7 @@ from ._budget import Budget, format_count, format_ms, parse_budget, parse_input_
 from ._count import count, count_module, macs_and_params
 from ._errors import BudgetError, CondenseError, ConfigError, report as report_error
 from ._fit import FitResult, LatencyFit, Plan, condense, fit
-from ._latency import LatencySetting, measure_latency
+from ._latency import LatencySetting, measure_latency, measure_side_by_side
 from ._costs import PlanCosts
 from ._device import resolve_device
 from ._write import atomic_write, atomic_write_json, claim_folder, output_lock, read_json
@@ -52,7 +53,8 @@ from .pde import (CirculantRD, CirculantRDConfig, DropLayer, ExplicitRD, Explici
 __version__ = "0.1.0"
 
 __all__ = [
-    "condense", "fit", "FitResult", "LatencyFit", "LatencySetting", "measure_latency", "Plan", "save", "load",
+    "condense", "fit", "FitResult", "LatencyFit", "LatencySetting", "measure_latency", "measure_side_by_side",
+    "Plan", "save", "load",
     "build_model", "load_checkpoint",
     "resolve_model", "Resolved", "parse_model_spec", "default_input_size", "resolve_device", "PlanCosts",
     "write_condensed", "write_model_dir", "write_directory", "read_meta", "os_error", "META",

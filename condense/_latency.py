@@ -8,6 +8,11 @@ the clock while the device still has queued work (CUDA is synchronised around ev
 A measurement warms up first (for ``compiled``, the first calls compile: that time is not counted), then
 times single calls until both ``repeats`` calls and ``min_time`` seconds are done, and reports the median.
 Threads: ``threads`` pins ``torch.set_num_threads`` for the measurement (None keeps the current setting).
+
+Several models side by side (``measure_side_by_side``, what ``condense.bench.versus`` and ``condense compare
+--latency`` report): every round calls every model once, in a rotating order (``interleaved_medians``), so
+drift on a shared machine hits all alike; each median is also given as a ratio to a reference model's
+median from the same run.
 """
 from __future__ import annotations
 
@@ -16,14 +21,14 @@ import copy
 import dataclasses
 import statistics
 import time
-from typing import Literal, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from ._errors import ConfigError
 
-__all__ = ["LatencySetting", "measure_latency"]
+__all__ = ["LatencySetting", "measure_latency", "measure_side_by_side", "interleaved_medians"]
 
 Mode = Literal["eager", "compiled"]
 
@@ -113,3 +118,63 @@ def measure_latency(model: nn.Module, input_size: Sequence[int], setting: Latenc
     finally:
         model.train(was)
     return 1e3 * statistics.median(times)
+
+
+def interleaved_medians(fns: Mapping[str, Callable[[], object]], *, repeats: int = 15, warmup: int = 3,
+                        min_time: float = 0.0) -> dict[str, float]:
+    """Median seconds per call of each callable, measured round-robin so drift hits all alike.
+
+    Each round calls every function once in turn (order rotates per round); ``min_time`` keeps
+    adding rounds until the total measured time reaches it.
+    """
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    start = time.perf_counter()
+    r = 0
+    while r < repeats or time.perf_counter() - start < min_time:
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            t0 = time.perf_counter()
+            fns[name]()
+            samples[name].append(time.perf_counter() - t0)
+        r += 1
+    return {n: statistics.median(s) for n, s in samples.items()}
+
+
+def measure_side_by_side(models: Mapping[str, nn.Module], input_size: Sequence[int], *, batches: Sequence[int],
+                         reference: str, device: Any = "cpu", threads: int | None = 1, repeats: int = 20,
+                         warmup: int = 3, progress: Callable[[str], None] | None = None
+                         ) -> dict[str, dict[str, dict[str, float]]]:
+    """``{name: {str(batch): {"ms": median, "ratio": median / reference's}}}``: eager forward passes without
+    gradients, all ``models`` timed interleaved in one run per batch size (``reference`` must be one of
+    them). The models are moved to ``device`` and put in eval mode for the run, then back to the CPU."""
+    from ._device import resolve_device, synchronize
+
+    if reference not in models:
+        raise ConfigError(f"the reference model {reference!r} is not among the models timed")
+    dev = resolve_device(device)
+    placed = {name: m.to(dev).eval() for name, m in models.items()}
+    out: dict[str, dict[str, dict[str, float]]] = {name: {} for name in models}
+    try:
+        with _threads(threads):
+            for batch in batches:
+                if progress:
+                    progress(f"timing {len(placed)} models interleaved at batch {batch} ({repeats} rounds)")
+                x = torch.randn(batch, *input_size, generator=torch.Generator().manual_seed(0)).to(dev)
+
+                def call(m: nn.Module, x: torch.Tensor = x) -> None:
+                    with torch.no_grad():
+                        m(x)
+                    synchronize(dev)
+
+                times = interleaved_medians({name: (lambda m=m: call(m)) for name, m in placed.items()},
+                                            repeats=repeats, warmup=warmup)
+                for name, t in times.items():
+                    out[name][str(batch)] = {"ms": 1e3 * t, "ratio": t / times[reference]}
+    finally:
+        for m in placed.values():
+            m.cpu()
+    return out

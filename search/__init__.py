@@ -12,6 +12,7 @@ Public API (everything else is private)::
     write_csv(df, path), front_table(front)        CSV, rich Table
     plot_front(trials, "front.png", reference=...) accuracy vs MACs (matplotlib)
     compare_studies([DIR, DIR]), hypervolume(points, ref)   fronts of several searches side by side
+    latency_fronts([DIR, DIR], batches=(1, 32))   their front members re-timed with the original in one run
     plot_fronts({name: trials}, "fronts.png")               ... and in one plot
     run_supernet_search(MODEL, DATA, supernet=SupernetOptions(epochs=5), ...)   train one supernet, score plans
     run_search(..., finish=FinishConfig(top=3, epochs=10))   fine-tune 3 front members -> result.finished
@@ -26,7 +27,7 @@ Budgets are hard constraints (``trial.set_constraint``): an over-budget plan is 
 and never on the front. Sampler: NSGA-II (or TPE, or random as a baseline), seeded per trial number.
 """
 from ._cli import compare_main, export_main, search_main
-from ._compare import compare_studies, hypervolume
+from ._compare import compare_studies, hypervolume, latency_fronts
 from ._export import ExportResult, export_trial
 from ._finish import FinishConfig, FinishResult, finish_front, kendall_tau
 from ._objective import Objective, build_plan, measure_latency
@@ -43,7 +44,7 @@ __all__ = [
     "SearchSpace", "RunSpace", "Param", "build_space",
     "open_study", "study_from_dir", "load_config", "recover_stale_trials", "Objective", "build_plan", "measure_latency",
     "trials_frame", "front_frame", "write_csv", "front_table", "plot_front", "plot_fronts",
-    "compare_studies", "hypervolume",
+    "compare_studies", "hypervolume", "latency_fronts",
     "export_trial", "ExportResult",
     "FinishConfig", "FinishResult", "finish_front", "kendall_tau",
     "search_main", "export_main", "compare_main",

@@ -89,6 +89,9 @@ def search_parser() -> argparse.ArgumentParser:
     s.add_argument("--widths", type=_shares, default=None, metavar="W,W",
                    help="also search width: each run removes 0 or one of these shares of its channels (Torch-Pruning, "
                         "before the plan), e.g. 0.25,0.5; per-trial strategy only (default: no width)")
+    s.add_argument("--no-depth", action="store_true",
+                   help="search width alone (needs --widths): every run keeps its blocks; the channel-pruning "
+                        "front, to set beside depth and joint searches with condense compare")
     s.add_argument("--width-importance", choices=("l1", "group"), default="l1",
                    help="how trials with width rank channels: l1 magnitude (default) or group norm")
     s.add_argument("--sampler", choices=("nsgaii", "tpe", "random"), default="nsgaii",
@@ -180,9 +183,14 @@ def _show_space(args, console) -> int:
     else:
         size = default_input_size(model) or (3, 224, 224)
     with console.status("tracing"):
-        space = build_space(find_runs(model, size), layers=args.layers, K=args.K, widths=args.widths)
+        space = build_space(find_runs(model, size), layers=args.layers, K=args.K, widths=args.widths,
+                            depth=not args.no_depth)
     console.print(space.table(title=f"search space of {spec} at {'x'.join(map(str, size))}"))
     console.print(space.summary())
+    if not space.depth:
+        console.print("Width alone (--no-depth): per run, the share of its channels Torch-Pruning removes; every "
+                      "block is kept.")
+        return 0
     console.print("Shared by the whole model: layer, K, init, velocity, diffusion, source (the last three only "
                   "act on the Global layer). Per run: condense it or not, m (blocks kept), and with drop among "
                   "the layers, drop (delete the removed blocks instead of the shared layer); with --widths, width "
@@ -222,7 +230,7 @@ def _search(args, console) -> int:
                    latency_batch=args.latency_batch, latency_compiled=args.latency_compiled, sampler=args.sampler,
                    population=args.population, seed=args.seed, device=args.device, layers=args.layers, K=args.K,
                    widths=args.widths, width_importance=args.width_importance, objective=args.objective,
-                   storage=args.storage,
+                   depth=not args.no_depth, storage=args.storage,
                    study_name=args.study_name, heartbeat_interval=args.heartbeat_interval,
                    grace_period=args.grace_period, max_retry=args.max_retry, reference=not args.no_reference,
                    enqueue_fit=not args.no_fit_start, max_proposals=args.max_proposals)
@@ -322,13 +330,33 @@ def compare_parser() -> argparse.ArgumentParser:
         "much of each other front it dominates (objectives scaled by the original model: 1 - accuracy, "
         "MACs / original, params / original; reference point (1, 1, 1)).")
     p.add_argument("study_dirs", nargs="+", metavar="STUDY_DIR", help="output directories of condense search")
-    p.add_argument("--plot", metavar="PNG", help="also draw every study's front in one accuracy-vs-MACs plot")
+    p.add_argument("--plot", metavar="PNG", help="also draw every study's front in one plot: accuracy vs MACs (with --latency: vs latency, a panel per batch size)")
     p.add_argument("--csv", metavar="FILE", help="also write the comparison table as CSV")
     p.add_argument("--finished", action="store_true",
                    help="compare the fine-tuned front members (finished.csv of condense search --finish) instead "
                         "of the search's own scores")
+    t = p.add_argument_group("latency, re-timed (instead of the searches' own figures)")
+    t.add_argument("--latency", type=_batches, default=None, metavar="B,B",
+                   help="load every study's front members (with --finished: the fine-tuned ones) and time them "
+                        "with the original model interleaved in one run at these batch sizes, e.g. 1,32; the "
+                        "fronts are then accuracy vs latency/original's, per batch size")
+    t.add_argument("--threads", type=int, default=1, help="torch threads while timing (default 1)")
+    t.add_argument("--repeats", type=int, default=20, help="interleaved rounds per batch size (default 20)")
+    t.add_argument("--device", default="cpu", help="where to time: cpu (default), cuda, cuda:N, mps, auto")
+    t.add_argument("--members", metavar="CSV", help="with --latency: also write every member's figures as CSV")
+    t.add_argument("--trust-code", action="store_true", help="let a study's file.py model be imported")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
+
+
+def _batches(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of batch sizes >= 1, e.g. 1,32")
+    return values
 
 
 def compare_main(argv: Sequence[str] | None = None) -> int:
@@ -355,6 +383,10 @@ def _compare(args, console) -> None:
         if given and not Path(given).resolve().parent.is_dir():
             raise CondenseError(f"{given}: the folder {str(Path(given).parent)!r} does not exist",
                                 "create it, or write the file elsewhere")
+    if args.latency:
+        return _compare_latency(args, console)
+    if args.members:
+        raise CondenseError("--members lists the re-timed members of --latency", "add --latency 1,32")
     df = compare_studies(args.study_dirs, finished=args.finished)
     covers = [c for c in df.columns if c.startswith("covers[")]
     table = Table("study", "sampler", "feasible trials", "front", "hypervolume", "best accuracy",
@@ -380,6 +412,61 @@ def _compare(args, console) -> None:
         path = plot_fronts({n: t for n, (_, t) in loaded.items()}, args.plot, reference=reference,
                            title="finished fronts: accuracy vs MACs" if args.finished else "fronts: accuracy vs MACs",
                            ylabel="accuracy (fine-tuned)" if args.finished else "accuracy (search score)")
+        console.print(f"plot: {path}", highlight=False)
+
+
+def _compare_latency(args, console) -> None:
+    """``condense compare --latency B,B``: the fronts re-timed side by side (``latency_fronts``)."""
+    from pathlib import Path
+
+    import pandas as pd
+    from rich.table import Table
+
+    from condense import format_count
+
+    from ._compare import latency_fronts
+    from ._pareto import write_csv
+
+    if args.threads < 1 or args.repeats < 1:
+        raise CondenseError("--threads and --repeats must be >= 1", "e.g. --threads 1 --repeats 20")
+    for given in (args.plot, args.csv, args.members):
+        if given and not Path(given).resolve().parent.is_dir():
+            raise CondenseError(f"{given}: the folder {str(Path(given).parent)!r} does not exist",
+                                "create it, or write the file elsewhere")
+    with console.status("re-timing the fronts") as status:
+        members, summary = latency_fronts(args.study_dirs, finished=args.finished, batches=args.latency,
+                                          device=args.device, threads=args.threads, repeats=args.repeats,
+                                          trust_code=args.trust_code, progress=status.update)
+    what = "fine-tuned front members" if args.finished else "front members (search scores)"
+    table = Table("study", "trial", "accuracy", "MACs", "params",
+                  *[f"b{b} ms (ratio)" for b in args.latency], title=f"{what}, re-timed", title_justify="left")
+    for _, r in members.iterrows():
+        table.add_row(str(r["study"]), "-" if pd.isna(r["trial"]) else str(int(r["trial"])),
+                      "-" if pd.isna(r["accuracy"]) else f"{r['accuracy']:.4f}", format_count(r["macs"]),
+                      format_count(r["params"]), *[f"{r[f'b{b}_ms']:.2f} ({r[f'b{b}_ratio']:.2f})" for b in args.latency])
+    console.print(table)
+    covers = [c for c in summary.columns if c.startswith("covers[")]
+    table = Table("study", "batch", "members", "front", "hypervolume", "best accuracy",
+                  *[f"dominates {c[7:-1]}" for c in covers], title="front comparison (latency re-timed)",
+                  title_justify="left")
+    for _, r in summary.iterrows():
+        table.add_row(str(r["study"]), str(r["batch"]), str(r["members"]), str(r["front"]), f"{r['hypervolume']:.4f}",
+                      f"{r['best_accuracy']:.4f}", *["-" if pd.isna(r[c]) else f"{100 * r[c]:.0f}%" for c in covers])
+    console.print(table)
+    console.print(f"latency: eager forward, medians of {args.repeats} interleaved rounds, {args.threads} thread(s), "
+                  f"{args.device}; ratio to the original in the same run. hypervolume: area dominated in "
+                  "(1 - accuracy, latency/original) up to (1, 1); higher is better. dominates X: share of X's "
+                  "front points that this front weakly dominates.", highlight=False)
+    if args.csv:
+        console.print(f"table: {write_csv(summary, args.csv)}", highlight=False)
+    if args.members:
+        console.print(f"members: {write_csv(members, args.members)}", highlight=False)
+    if args.plot:
+        from ._plot import plot_latency_fronts
+
+        path = plot_latency_fronts(members, args.plot, batches=args.latency,
+                                   title=f"{what}: accuracy vs latency (timed in one run)",
+                                   ylabel="accuracy (fine-tuned)" if args.finished else "accuracy (search score)")
         console.print(f"plot: {path}", highlight=False)
 
 

@@ -14,6 +14,12 @@ least as good as B's everywhere B has a point.
 Studies whose objective is latency (``condense search --objective latency``) are compared in
 ``(error, latency_ms / latency_ms_original)`` with the reference point ``(1, 1)`` instead; the original's
 latency is the one measured in the first study's ``search.json``. Studies of both kinds are not compared.
+
+Re-timed fronts (``latency_fronts``, ``condense compare --latency 1,32``): latencies a search measured in
+different runs, under different load, are not comparable across studies. So the members of every study's
+front (its fine-tuned members with ``finished``) are loaded from their saved directories (never importing a
+file without ``trust_code``) and timed with the original model interleaved in one run, at each batch size;
+each study's front is then ``(error, latency / original's)`` per batch size, reference point ``(1, 1)``.
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ import pandas as pd
 
 from condense import CondenseError
 
-__all__ = ["hypervolume", "pareto_points", "dominated_share", "compare_studies"]
+__all__ = ["hypervolume", "pareto_points", "dominated_share", "compare_studies", "latency_fronts"]
 
 _OBJECTIVES = ("error", "macs_ratio", "params_ratio")
 
@@ -167,3 +173,79 @@ def compare_studies(dirs: Sequence[str | os.PathLike], *, finished: bool = False
                 row[f"covers[{other}]"] = dominated_share(fronts[name], fronts[other])
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _members(study_dir: Path, finished: bool) -> list[tuple[int, float, Path]]:
+    """(trial, accuracy, model directory) of the front members of a study: its fine-tuned members
+    (``finished``), else its trained trials on the front of its own objectives."""
+    _, trials = _load(study_dir, finished)
+    if not finished:
+        trials = trials[(trials["status"] == "trained") & (trials["on_front"] == True)]  # noqa: E712
+    out = []
+    for _, row in trials.dropna(subset=["accuracy"]).iterrows():
+        trial = int(row["trial"])
+        directory = study_dir / ("finished" if finished else "trials") / str(trial) / ("model" if finished else "")
+        if not (directory / "condensed.json").is_file():
+            raise CondenseError(f"{study_dir}: trial {trial} has no saved model ({directory})",
+                                "re-run the search (it resumes) to write it")
+        out.append((trial, float(row["accuracy"]), directory))
+    return out
+
+
+def latency_fronts(dirs: Sequence[str | os.PathLike], *, finished: bool = False, batches: Sequence[int] = (1, 32),
+                   device: str = "cpu", threads: int | None = 1, repeats: int = 20, warmup: int = 3,
+                   trust_code: bool = False, progress=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Re-time the front members of every study with the original, interleaved in one run (module docstring).
+
+    Returns ``(members, summary)``: ``members`` has one row per member (``study``, ``trial``, ``accuracy``,
+    ``macs``, ``params``, ``b{B}_ms``, ``b{B}_ratio``) plus one for the original (``study`` = ``original``);
+    ``summary`` one row per study and batch size (``study``, ``batch``, ``members``, ``front``,
+    ``hypervolume`` in (error, latency ratio) up to (1, 1), ``best_accuracy``, ``covers[NAME]``)."""
+    import condense
+    from condense._io import original_from_meta
+
+    say = progress or (lambda _msg: None)
+    compare_studies(dirs, finished=finished)  # one model, readable studies: the same checks, the same errors
+    studies = {Path(d).name: _members(Path(d), finished) for d in dirs}
+    if len(set(studies)) != len(dirs):
+        raise CondenseError("two study directories have the same name", "give each study its own folder name")
+    if not any(studies.values()):
+        raise CondenseError("no study has a front member with a saved model", "run the searches first")
+    models, rows = {}, []
+    first = next(m for members in studies.values() for m in members)
+    meta = condense.read_meta(first[2])
+    size = tuple(int(v) for v in meta["input_size"])
+    models["original"] = original_from_meta(meta, first[2], trust_code=trust_code)
+    for name, members in studies.items():
+        for trial, accuracy, directory in members:
+            say(f"loading {name} trial {trial}")
+            model = condense.load(directory, trust_code=trust_code)
+            macs, n_params = condense.macs_and_params(model, size)
+            models[f"{name}/{trial}"] = model
+            rows.append({"study": name, "trial": trial, "accuracy": accuracy, "macs": macs, "params": n_params})
+    macs0, params0 = condense.macs_and_params(models["original"], size)
+    rows.append({"study": "original", "trial": None, "accuracy": float("nan"), "macs": macs0, "params": params0})
+    timed = condense.measure_side_by_side(models, size, batches=batches, reference="original", device=device,
+                                          threads=threads, repeats=repeats, warmup=warmup, progress=say)
+    for row in rows:
+        key = "original" if row["study"] == "original" else f"{row['study']}/{row['trial']}"
+        for b in batches:
+            row[f"b{b}_ms"] = timed[key][str(b)]["ms"]
+            row[f"b{b}_ratio"] = timed[key][str(b)]["ratio"]
+    members = pd.DataFrame(rows)
+    summary = []
+    for b in batches:
+        points = {name: members[members["study"] == name][["accuracy", f"b{b}_ratio"]].to_numpy(float)
+                  for name in studies}
+        points = {name: np.column_stack([1.0 - p[:, 0], p[:, 1]]) if len(p) else np.zeros((0, 2))
+                  for name, p in points.items()}
+        fronts = {name: pareto_points(p) if len(p) else p for name, p in points.items()}
+        for name in studies:
+            row = {"study": name, "batch": int(b), "members": len(points[name]), "front": len(fronts[name]),
+                   "hypervolume": hypervolume(points[name], (1.0, 1.0)) if len(points[name]) else 0.0,
+                   "best_accuracy": float(1.0 - points[name][:, 0].min()) if len(points[name]) else float("nan")}
+            for other in studies:
+                if other != name:
+                    row[f"covers[{other}]"] = dominated_share(fronts[name], fronts[other])
+            summary.append(row)
+    return members, pd.DataFrame(summary)

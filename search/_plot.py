@@ -109,3 +109,44 @@ def _unit(trials: pd.DataFrame, reference: dict[str, Any]) -> tuple[float, str]:
         if top >= scale:
             return scale, unit
     return 1.0, ""
+
+
+def plot_latency_fronts(members: pd.DataFrame, path: str | os.PathLike, *, batches, title: str | None = None,
+                        dpi: int = 120, ylabel: str = "accuracy") -> Path:
+    """``condense compare --latency``: one panel per batch size, accuracy against latency / original's (timed
+    in one run), each study's members and its front (a staircase), one colour per study."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    batches = list(batches)
+    fig = Figure(figsize=(5.2 * len(batches), 4.4))
+    FigureCanvasAgg(fig)
+    studies = [s for s in dict.fromkeys(members["study"]) if s != "original"]
+    for k, b in enumerate(batches):
+        ax = fig.add_subplot(1, len(batches), k + 1)
+        col = f"b{b}_ratio"
+        for i, name in enumerate(studies):
+            rows = members[members["study"] == name].dropna(subset=["accuracy"]).sort_values(col)
+            if rows.empty:
+                continue
+            best, xs, ys = -1.0, [], []
+            for _, r in rows.iterrows():  # the front: each member more accurate than every faster one
+                if r["accuracy"] > best:
+                    best = r["accuracy"]
+                    xs.append(r[col])
+                    ys.append(r["accuracy"])
+            ax.scatter(rows[col], rows["accuracy"], s=12, c=f"C{i}", alpha=0.35, zorder=2)
+            ax.step(xs, ys, where="post", c=f"C{i}", lw=1.2, zorder=3)
+            ax.scatter(xs, ys, s=30, c=f"C{i}", label=name, zorder=4)
+        ax.axvline(1.0, c="tab:red", ls=":", lw=1.2, label="original model")
+        ax.set_xlabel(f"latency / original's (batch {b})")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="lower right", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return atomic_write(path, buffer.getvalue())

@@ -25,6 +25,11 @@ its channels Torch-Pruning removes from the original before the plan is applied 
 not the run is condensed. The per-trial strategy only: the supernet shares weights across depths and layer
 types, not across widths.
 
+Width alone (``depth=False``, ``condense search --no-depth``, with ``widths``): the space is the
+``width[PATH]`` parameters and nothing else; every run keeps all its blocks. This is the channel-pruning
+baseline front (Torch-Pruning with per-run shares) searched, trained and counted by the same loop as the
+depth and joint spaces, so that ``condense compare`` sets the three side by side.
+
 Every parameter is suggested in every trial, also where it has no effect (``velocity`` when the layer is
 an RD layer, ``m[PATH]`` when the run is off): the space is then the same fixed product for every trial,
 which NSGA-II needs to cross over and mutate all parameters (conditional parameters would fall back to
@@ -90,6 +95,7 @@ class SearchSpace:
     sources: tuple[str, ...] = SOURCES
     inits: tuple[str, ...] = INITS
     widths: tuple[float, ...] = ()   # shares of channels a run's width[PATH] may remove besides 0 (none: no width)
+    depth: bool = True               # False: width[PATH] only, every run keeps its blocks (needs widths)
 
     @property
     def width_choices(self) -> tuple[float, ...]:
@@ -104,7 +110,7 @@ class SearchSpace:
     @property
     def drop_per_run(self) -> bool:
         """Whether each run chooses between the shared layer type and ``drop`` (``drop[PATH]``)."""
-        return DROP in self.layers and bool(self.pde_layers)
+        return self.depth and DROP in self.layers and bool(self.pde_layers)
 
     def __post_init__(self) -> None:
         if not self.runs:
@@ -130,11 +136,18 @@ class SearchSpace:
             raise ConfigError(f"width {bad[0]!r} is not a share of channels to remove in [0, 1)",
                               "write e.g. --widths 0.25,0.5")
         object.__setattr__(self, "widths", tuple(sorted({float(w) for w in self.widths})))
+        if not isinstance(self.depth, bool):
+            raise ConfigError(f"depth={self.depth!r} must be True or False")
+        if not self.depth and not self.widths:
+            raise ConfigError("a search without depth (--no-depth) has nothing to choose",
+                              "add --widths, e.g. --widths 0.25,0.5, or drop --no-depth")
 
     # --- the one declaration ---------------------------------------------------------------------------
     @property
     def params(self) -> tuple[Param, ...]:
         """Every Optuna parameter of the space, in suggestion order."""
+        if not self.depth:
+            return tuple(self._width_param(run) for run in self.runs)
         model = "whole model"
         out = [
             Param("layer", CategoricalDistribution(self.pde_layers or (DROP,)), model,
@@ -158,9 +171,12 @@ class SearchSpace:
                 out.append(Param(self.drop_name(run), CategoricalDistribution((False, True)), f"run {run.label}",
                                  "when condensed, delete the removed blocks (drop) instead of the shared layer"))
             if self.widths:
-                out.append(Param(self.width_name(run), CategoricalDistribution(self.width_choices), f"run {run.label}",
-                                 f"share of the run's channels removed (Torch-Pruning; {run.channels} channels)"))
+                out.append(self._width_param(run))
         return tuple(out)
+
+    def _width_param(self, run: RunSpace) -> Param:
+        return Param(self.width_name(run), CategoricalDistribution(self.width_choices), f"run {run.label}",
+                     f"share of the run's channels removed (Torch-Pruning; {run.channels} channels)")
 
     @staticmethod
     def on_name(run: RunSpace) -> str:
@@ -217,10 +233,10 @@ class SearchSpace:
         missing = [p.name for p in self.params if p.name not in params]
         if missing:
             raise ConfigError(f"trial parameters lack {', '.join(missing)}", "was the study made for another space?")
-        on = {r.label: bool(params[self.on_name(r)]) for r in self.runs}
+        on = {r.label: self.depth and bool(params[self.on_name(r)]) for r in self.runs}
         any_on = any(on.values())
         any_layer = any(on[r.label] and not self._dropped(params, r) for r in self.runs)  # a run with a layer
-        is_global = params["layer"] == "global"
+        is_global = any_layer and params["layer"] == "global"
         out: dict[str, Any] = {"layer": params["layer"] if any_layer else DROP if any_on else None}
         for name in ("K", "init"):
             out[name] = params[name] if any_layer else None
@@ -282,6 +298,7 @@ class SearchSpace:
             "layers": list(self.layers), "K": list(self.K), "velocities": list(self.velocities),
             "diffusions": list(self.diffusions), "sources": list(self.sources), "inits": list(self.inits),
             **({"widths": list(self.widths)} if self.widths else {}),  # absent without width: older studies resume
+            **({"depth": False} if not self.depth else {}),
         }
 
     @classmethod
@@ -290,7 +307,7 @@ class SearchSpace:
                               shape=tuple(r["shape"]), block_class=r.get("block_class", "")) for r in data["runs"])
         return cls(runs=runs, layers=tuple(data["layers"]), K=tuple(data["K"]), velocities=tuple(data["velocities"]),
                    diffusions=tuple(data["diffusions"]), sources=tuple(data["sources"]), inits=tuple(data["inits"]),
-                   widths=tuple(data.get("widths", ())))
+                   widths=tuple(data.get("widths", ())), depth=bool(data.get("depth", True)))
 
     def table(self, title: str | None = None):
         """A rich Table of the parameters (what ``--show-space`` prints)."""
@@ -304,6 +321,9 @@ class SearchSpace:
 
     def summary(self) -> str:
         n_on = len(self.runs)
+        if not self.depth:
+            return (f"{len(self.params)} parameters: the width of each of {n_on} run(s), every block kept; "
+                    f"{self.size:.3g} points")
         per_run = 2 + self.drop_per_run + bool(self.widths)
         return (f"{len(self.params)} parameters: 6 shared by the whole model, {per_run} per run x {n_on} run(s); "
                 f"{self.size:.3g} points")
@@ -312,10 +332,10 @@ class SearchSpace:
 def build_space(found: Any, *, layers: Sequence[str] | None = None, K: Sequence[int] | None = None,
                 velocities: Iterable[str] | None = None, diffusions: Iterable[str] | None = None,
                 sources: Iterable[str] | None = None, inits: Iterable[str] | None = None,
-                widths: Iterable[float] | None = None) -> SearchSpace:
+                widths: Iterable[float] | None = None, depth: bool = True) -> SearchSpace:
     """The space for the runs of ``found`` (a ``condense.FindResult``), growing runs included; a run of a
     single block cannot be condensed and is left out. Keywords narrow the shared choices; ``widths`` adds
-    ``width[PATH]`` per run (0 or one of these shares)."""
+    ``width[PATH]`` per run (0 or one of these shares); ``depth=False`` leaves only those (width alone)."""
     runs = tuple(RunSpace(path=r.path, r=r.r, channels=r.channels, shape=tuple(r.input_shape),
                           block_class=r.block_class)
                  for r in found.runs if r.r >= 2)
@@ -328,4 +348,4 @@ def build_space(found: Any, *, layers: Sequence[str] | None = None, K: Sequence[
                         ("inits", inits), ("widths", widths)):
         if value is not None:
             kw[name] = tuple(value)
-    return SearchSpace(runs=runs, **kw)
+    return SearchSpace(runs=runs, depth=depth, **kw)

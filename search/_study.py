@@ -56,10 +56,10 @@ from torch import nn
 
 from condense import (CondenseError, ConfigError, atomic_write_json, claim_folder, find_runs, macs_and_params,
                       read_json)
-from condense import LatencySetting, format_count, parse_budget, parse_input_size
+from condense import LatencySetting, Plan, format_count, parse_budget, parse_input_size
 
-from ._objective import (OBJECTIVE_KINDS, STATUS_DUPLICATE, STATUS_OVER, STATUS_TRAINED, Objective, measure_latency,
-                         objective_directions, objective_names)
+from ._objective import (OBJECTIVE_KINDS, STATUS_DUPLICATE, STATUS_OVER, STATUS_TRAINED, Objective, build_trial,
+                         measure_latency, objective_directions, objective_names)
 from ._space import SearchSpace, build_space
 
 __all__ = ["SearchConfig", "SearchResult", "run_search", "open_study", "load_config", "recover_stale_trials"]
@@ -163,6 +163,7 @@ class SearchConfig:
     K: tuple[int, int] | None = None       # K range (default 1..20)
     widths: tuple[float, ...] | None = None  # shares of a run's channels width[PATH] may remove (default: no width)
     width_importance: str = "l1"           # how trials with width rank channels: l1 or group
+    depth: bool = True                     # False: width alone (needs widths), every run keeps its blocks
     objective: str = "macs"                # macs: (accuracy, MACs, params[, latency]); latency: (accuracy, latency)
     storage: str | None = None             # database URL (default: STUDY_DIR/study.journal)
     study_name: str | None = None
@@ -219,6 +220,11 @@ class SearchConfig:
             if not ws or any(isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < 1 for w in ws):
                 bad("widths", "must be shares of channels to remove in [0, 1), e.g. 0.25,0.5")
             object.__setattr__(self, "widths", tuple(sorted({float(w) for w in ws})))
+        if not isinstance(self.depth, bool):
+            bad("depth", "must be True or False")
+        if not self.depth and not self.widths:
+            raise ConfigError("a search without depth (--no-depth) has nothing to choose",
+                              "add --widths, e.g. --widths 0.25,0.5, or drop --no-depth")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -246,6 +252,8 @@ class SearchConfig:
         out["seed"] = self.seed
         for key in ("widths", "width_importance", "objective"):  # added later: compared when a study stored them
             out[key] = d[key]
+        if not self.depth:  # added later, and only when off: a study stored without it searched depth
+            out["depth"] = False
         if sep:
             from condense.data import data_fingerprint
 
@@ -681,6 +689,9 @@ def _check_reachable(original: nn.Module, size, space: SearchSpace, config: Sear
     from condense import BudgetError, fit
 
     errors = []
+    if not space.depth:  # width alone: the most channels every run may lose, no block removed
+        _check_reachable_width(original, size, space, config)
+        return
     for layer in space.layers:
         for width in (None, *([max(space.widths)] if space.widths else [])):  # the most channels a trial removes
             try:
@@ -693,6 +704,21 @@ def _check_reachable(original: nn.Module, size, space: SearchSpace, config: Sear
     raise BudgetError(f"no plan in the search space meets the budget: {first.message}"
                       + (f" with {space.layers[0]}" if len(space.layers) > 1 else ""),
                       "raise the budget (--budget/--params), or widen the space (--layers, --K)")
+
+
+def _check_reachable_width(original: nn.Module, size, space: SearchSpace, config: SearchConfig) -> None:
+    from condense import BudgetError
+
+    widest = {run.path: max(space.widths) for run in space.runs}
+    pruned, _ = build_trial(original, find_runs(original, size), Plan({}), config.seed, widest, size,
+                            config.width_importance)
+    have_all, totals = macs_and_params(pruned, size), macs_and_params(original, size)
+    for i, (name, budget) in enumerate((("MAC", config.macs), ("parameter", config.params))):
+        have = have_all[i]
+        if budget is not None and have > parse_budget(budget).resolve(totals[i]):
+            raise BudgetError(f"no plan in the search space meets the {name} budget {budget}: with "
+                              f"{max(space.widths):g} of every run's channels removed the model has {have:,}",
+                              "raise the budget, or allow larger shares (--widths)")
 
 
 def _train_config(config: SearchConfig):
@@ -920,7 +946,7 @@ def prepare(config: SearchConfig, model, spec_text) -> Prepared:
         macs0, params0 = macs_and_params(original, size)
     macs_b = parse_budget(config.macs).resolve(macs0) if config.macs is not None else None
     params_b = parse_budget(config.params).resolve(params0) if config.params is not None else None
-    space = build_space(found, layers=config.layers, K=config.K, widths=config.widths)
+    space = build_space(found, layers=config.layers, K=config.K, widths=config.widths, depth=config.depth)
     if macs_b is not None or params_b is not None:
         _check_reachable(original, size, space, config)
     return Prepared(bundle, original, spec, model_kwargs, size, found, macs0, params0, macs_b, params_b, space,
@@ -947,7 +973,8 @@ def _run(config: SearchConfig, model, spec_text, out: Path, progress: bool, cons
                           width_importance=config.width_importance)
     journal = _is_journal(study._storage)
     recover_stale_trials(study, config.grace_period, config.max_retry)
-    if not study.get_trials(deepcopy=False) and config.enqueue_fit and (macs_b is not None or params_b is not None):
+    if not study.get_trials(deepcopy=False) and config.enqueue_fit and space.depth and \
+            (macs_b is not None or params_b is not None):
         _enqueue_fit(study, space, original, config, size)
 
     reference = study.user_attrs.get(_REFERENCE_KEY)
@@ -1017,9 +1044,9 @@ def _check_same_search(study: optuna.Study, config: SearchConfig, space: SearchS
     old, new = stored.get("options", {}), mine["options"]
     # seed and the data's content and absolute path were added later: a study stored without them resumes;
     # the path counts only for a study in a local folder (workers sharing a database keep data anywhere)
-    later = ("seed", "data_fingerprint", "widths", "width_importance", "objective") + \
+    later = ("seed", "data_fingerprint", "widths", "width_importance", "objective", "depth") + \
         (("data_path",) if config.storage is None else ())
-    diff = [k for k in _IDENTITY + tuple(k for k in later if k in old)
+    diff = [k for k in _IDENTITY + tuple(k for k in later if k in old or (k == "depth" and k in new))
             if json.dumps(old.get(k)) != json.dumps(new.get(k))]
     if diff:
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:3])

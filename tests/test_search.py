@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 import torch
 from optuna.trial import TrialState
@@ -650,6 +651,85 @@ def test_search_samples_width_records_it_and_export_rebuilds_it(env, tmp_path, m
     for path, share in t.user_attrs["width"].items():  # the run's anchor block (always kept) is narrower
         before = original.get_submodule(f"{path}.0.conv1").out_channels
         assert loaded.get_submodule(f"{path}.0.conv1").out_channels == int(before * (1 - share))
+
+
+def test_width_alone_space_searches_only_width_and_keeps_every_block(env, tmp_path, monkeypatch, capsys):
+    from search import SearchSpace
+
+    found = condense.find_runs(condense.build_model(env["model"]), (1, 28, 28))
+    space = build_space(found, widths=(0.25, 0.5), depth=False)
+    assert sorted(space.distributions()) == sorted(f"width[{r.path}]" for r in space.runs)
+    params = {f"width[{r.path}]": 0.5 for r in space.runs}
+    assert space.plan(params).choices == {}  # every block kept
+    eff = space.effective(params)
+    assert eff["layer"] is None and all(eff[f"m[{r.path}]"] == r.r for r in space.runs)
+    assert SearchSpace.from_dict(space.to_dict()) == space and space.to_dict()["depth"] is False
+    assert "depth" not in build_space(found, widths=(0.5,)).to_dict()  # older studies keep their space
+    with pytest.raises(condense.ConfigError, match="--no-depth"):
+        build_space(found, depth=False)
+    assert search_main([env["model"], "--input-size", "1x28x28", "--show-space", "--no-depth"]) == 1
+    assert "--no-depth" in capsys.readouterr().err
+
+    calls = _spy(monkeypatch)
+    out = tmp_path / "wo"
+    res = run_search(env["model"], env["data"], output=out, macs="70%", trials=3, progress=False, reference=False,
+                     widths=(0.25, 0.5), depth=False, **FAST)
+    trained = [t for t in res.study.trials if t.user_attrs.get("status") == "trained"]
+    assert trained and len(calls) == len(trained)
+    original = condense.build_model(env["model"])
+    for t in trained:
+        assert t.user_attrs["plan"] == {}
+        assert t.user_attrs["width"] and t.user_attrs["macs"] <= 0.7 * condense.macs_and_params(original, (1, 28, 28))[0]
+        model = calls[trained.index(t)]["model"]
+        for r in space.runs:  # no block removed
+            assert len(model.get_submodule(r.path)) == len(original.get_submodule(r.path))
+    with pytest.raises(condense.CondenseError, match="other options"):  # the depth study is another study
+        run_search(env["model"], env["data"], output=out, macs="70%", trials=3, progress=False, reference=False,
+                   widths=(0.25, 0.5), **FAST)
+    with pytest.raises(condense.BudgetError, match="every run's channels removed"):
+        run_search(env["model"], env["data"], output=tmp_path / "tight", macs="5%", trials=1, progress=False,
+                   reference=False, widths=(0.25,), depth=False, **FAST)
+    assert not (tmp_path / "tight").exists()
+
+
+def test_compare_latency_re_times_every_front_member_with_the_original(env, tmp_path, capsys):
+    from search import compare_main, hypervolume, latency_fronts
+
+    depth = tmp_path / "depth"
+    width = tmp_path / "width"
+    run_search(env["model"], env["data"], output=depth, macs="80%", trials=2, progress=False, reference=False, **FAST)
+    run_search(env["model"], env["data"], output=width, macs="80%", trials=2, progress=False, reference=False,
+               widths=(0.25, 0.5), depth=False, **FAST)
+    with pytest.raises(condense.CondenseError, match="trust_code"):  # a file.py model is not imported unasked
+        latency_fronts([depth, width], batches=(1,), repeats=1)
+    members, summary = latency_fronts([depth, width], batches=(1, 2), repeats=2, warmup=1, trust_code=True)
+    original = members[members["study"] == "original"].iloc[0]
+    assert original["b1_ratio"] == 1.0 and original["b2_ratio"] == 1.0
+    for study in (depth, width):
+        trials = pd.read_csv(study / "trials.csv")
+        front = trials[(trials["status"] == "trained") & (trials["on_front"] == True)]  # noqa: E712
+        mine = members[members["study"] == study.name].set_index("trial")
+        assert sorted(mine.index) == sorted(front["trial"])  # every front member, and only those
+        for _, t in front.iterrows():  # counted on the loaded model: the search's own figures
+            assert (mine.loc[t["trial"], "macs"], mine.loc[t["trial"], "params"]) == (t["macs"], t["params"])
+            assert mine.loc[t["trial"], "b1_ms"] > 0
+        for b in (1, 2):
+            row = summary[(summary["study"] == study.name) & (summary["batch"] == b)].iloc[0]
+            pts = [[1 - a, r] for a, r in zip(mine["accuracy"], mine[f"b{b}_ratio"])]
+            assert row["hypervolume"] == pytest.approx(hypervolume(pts, (1, 1)))
+    assert set(summary.columns) >= {"covers[depth]", "covers[width]"}
+
+    plot, table, listed = tmp_path / "fronts.png", tmp_path / "fronts.csv", tmp_path / "members.csv"
+    assert compare_main([str(depth), str(width), "--latency", "1,2", "--repeats", "2", "--plot", str(plot),
+                         "--csv", str(table), "--members", str(listed), "--trust-code"]) == 0
+    out = capsys.readouterr().out
+    assert "re-timed" in out and "dominates width" in out
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    assert len(pd.read_csv(table)) == 4 and len(pd.read_csv(listed)) == len(members)
+    assert compare_main([str(depth), "--members", str(listed)]) == 1  # --members needs --latency
+    assert "--latency" in capsys.readouterr().err
+    assert compare_main([str(depth), "--latency", "1", "--finished", "--trust-code"]) == 1  # none finished yet
+    assert "--finish" in capsys.readouterr().err
 
 
 def test_the_supernet_refuses_width(env, tmp_path):

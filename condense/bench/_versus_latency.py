@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-import torch
 from torch import nn
 
 ORIGINAL = "original"
@@ -27,28 +26,7 @@ def setting(device: str, threads: int, batches: Sequence[int], repeats: int, war
 def measure(models: Mapping[str, nn.Module], input_size: Sequence[int], *, batches: Sequence[int], device: str,
             threads: int, repeats: int, warmup: int) -> dict[str, dict[str, dict[str, float]]]:
     """``{name: {str(batch): {"ms": median, "ratio": median / original's}}}``, eager, no gradients."""
-    from .._device import resolve_device, synchronize
-    from ._timing import interleaved_medians
+    from .._latency import measure_side_by_side
 
-    dev = resolve_device(device)
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    placed = {name: m.to(dev).eval() for name, m in models.items()}
-    out: dict[str, dict[str, dict[str, float]]] = {name: {} for name in models}
-    try:
-        for batch in batches:
-            x = torch.randn(batch, *input_size, generator=torch.Generator().manual_seed(0)).to(dev)
-
-            def call(m: nn.Module, x: torch.Tensor = x) -> None:
-                with torch.no_grad():
-                    m(x)
-                synchronize(dev)
-            fns = {name: (lambda m=m: call(m)) for name, m in placed.items()}
-            times = interleaved_medians(fns, repeats=repeats, warmup=warmup)
-            for name, t in times.items():
-                out[name][str(batch)] = {"ms": 1e3 * t, "ratio": t / times[ORIGINAL]}
-    finally:
-        torch.set_num_threads(old)
-        for m in placed.values():
-            m.cpu()
-    return out
+    return measure_side_by_side(models, input_size, batches=batches, reference=ORIGINAL, device=device,
+                                threads=threads, repeats=repeats, warmup=warmup)
