@@ -330,7 +330,8 @@ def compare_parser() -> argparse.ArgumentParser:
         "much of each other front it dominates (objectives scaled by the original model: 1 - accuracy, "
         "MACs / original, params / original; reference point (1, 1, 1)).")
     p.add_argument("study_dirs", nargs="+", metavar="STUDY_DIR", help="output directories of condense search")
-    p.add_argument("--plot", metavar="PNG", help="also draw every study's front in one plot: accuracy vs MACs (with --latency: vs latency, a panel per batch size)")
+    p.add_argument("--plot", metavar="PNG", help="also draw every study's front in one plot: accuracy vs MACs "
+                                                 "(with --latency: vs latency, a panel per batch size)")
     p.add_argument("--csv", metavar="FILE", help="also write the comparison table as CSV")
     p.add_argument("--finished", action="store_true",
                    help="compare the fine-tuned front members (finished.csv of condense search --finish) instead "
@@ -443,7 +444,8 @@ def _compare_latency(args, console) -> None:
     for _, r in members.iterrows():
         table.add_row(str(r["study"]), "-" if pd.isna(r["trial"]) else str(int(r["trial"])),
                       "-" if pd.isna(r["accuracy"]) else f"{r['accuracy']:.4f}", format_count(r["macs"]),
-                      format_count(r["params"]), *[f"{r[f'b{b}_ms']:.2f} ({r[f'b{b}_ratio']:.2f})" for b in args.latency])
+                      format_count(r["params"]),
+                      *[f"{r[f'b{b}_ms']:.2f} ({r[f'b{b}_ratio']:.2f})" for b in args.latency])
     console.print(table)
     covers = [c for c in summary.columns if c.startswith("covers[")]
     table = Table("study", "batch", "members", "front", "hypervolume", "best accuracy",
