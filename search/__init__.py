@@ -28,15 +28,17 @@ and never on the front. Sampler: NSGA-II (or TPE, or random as a baseline), seed
 """
 from ._cli import compare_main, export_main, search_main
 from ._compare import compare_studies, hypervolume, latency_fronts
+from ._config import SearchConfig, load_config
 from ._export import ExportResult, export_trial
 from ._finish import FinishConfig, FinishResult, finish_front, kendall_tau
 from ._objective import Objective, build_plan, measure_latency
 from ._pareto import front_frame, front_table, trials_frame, write_csv
 from ._plot import plot_front, plot_fronts
 from ._space import Param, RunSpace, SearchSpace, build_space
-from ._study import (SearchConfig, SearchResult, load_config, open_study, recover_stale_trials, run_search,
-                     study_from_dir)
+from ._storage import open_study, study_from_dir
+from ._study import SearchResult, run_search
 from ._supernet import SupernetObjective, SupernetOptions, run_supernet_search
+from ._workers import recover_stale_trials
 
 __all__ = [
     "run_search", "SearchConfig", "SearchResult",

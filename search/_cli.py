@@ -274,7 +274,9 @@ def _search(args, console) -> int:
 
 def _report(result, console, interrupted: bool = False) -> None:
     from ._pareto import front_table
-    from ._study import JOURNAL, _safe_url, format_reference
+    from ._config import JOURNAL
+    from ._storage import _safe_url
+    from ._study import format_reference
 
     title = f"Pareto front of {result.study.study_name} ({len(result.front)} of {len(result.trials)} trials)"
     console.print(front_table(result.front, result.reference, title=title))

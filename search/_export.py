@@ -17,7 +17,8 @@ from optuna.trial import TrialState
 from condense import CondenseError
 from condense import META, read_meta, write_directory
 
-from ._study import TRIALS, study_from_dir
+from ._config import TRIALS
+from ._storage import study_from_dir
 
 __all__ = ["export_trial", "ExportResult"]
 

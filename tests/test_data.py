@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import condense.data as data
+import condense.data._trees as trees  # _decode_image is looked up there: patch it there
 from condense import CondenseError
 from condense.data import DataSpec, load_data, parse_data_spec
 from conftest import real_data
@@ -214,8 +215,8 @@ def test_cifar100_pickles(tmp_path):
 def test_tree_cache_written_once_and_reused(cifar_sets, tmp_path, monkeypatch):
     root = cifar_sets[0]
     calls = []
-    real_decode = data._decode_image
-    monkeypatch.setattr(data, "_decode_image", lambda b, n: calls.append(n) or real_decode(b, n))
+    real_decode = trees._decode_image
+    monkeypatch.setattr(trees, "_decode_image", lambda b, n: calls.append(n) or real_decode(b, n))
     first = load_data(f"cifar10:{root / 'tree.tar.gz'}", cache_dir=tmp_path)
     assert len(calls) == 40
     files = sorted(p.name for p in tmp_path.iterdir())
@@ -224,7 +225,7 @@ def test_tree_cache_written_once_and_reused(cifar_sets, tmp_path, monkeypatch):
     def boom(b, n):
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(data, "_decode_image", boom)
+    monkeypatch.setattr(trees, "_decode_image", boom)
     second = load_data(f"cifar10:{root / 'tree.tar.gz'}", cache_dir=tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == files
     assert second.mean == first.mean and torch.equal(all_batches(first, "test")[0], all_batches(second, "test")[0])
@@ -234,7 +235,7 @@ def test_tree_cache_written_once_and_reused(cifar_sets, tmp_path, monkeypatch):
 
 def test_interrupted_decode_leaves_no_cache(cifar_sets, tmp_path, monkeypatch):
     root = cifar_sets[0]
-    real_decode, n = data._decode_image, []
+    real_decode, n = trees._decode_image, []
 
     def flaky(b, name):
         n.append(name)
@@ -242,7 +243,7 @@ def test_interrupted_decode_leaves_no_cache(cifar_sets, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_decode(b, name)
 
-    monkeypatch.setattr(data, "_decode_image", flaky)
+    monkeypatch.setattr(trees, "_decode_image", flaky)
     with pytest.raises(KeyboardInterrupt):
         load_data(f"cifar10:{root / 'tree.tar.gz'}", cache_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
