@@ -13,8 +13,9 @@ Public API (everything else is private)::
     resolve_device("auto")              one resolver for devices (auto, cpu, cuda, cuda:N, mps)
     PlanCosts(model, found)             the cost model fit and the search share (estimates, never reported)
     write_condensed, write_model_dir, write_directory, read_meta   the directory format, written atomically
-    atomic_write, atomic_write_json, read_json, claim_folder, output_lock   every file the tool writes, one way:
-                                        atomic, flushed, owned (a folder's manifest), one writer at a time
+    atomic_write, atomic_write_json, atomic_write_csv, read_json, claim_folder, claim_file, output_lock
+                                        every file the tool writes, one way: atomic, flushed, owned (a
+                                        folder's manifest, a file's own columns), one writer at a time
     find_runs(model, input_size)        the runs of repeated same-resolution blocks (changes nothing)
     supernet(model, input_size=..., space=...)   every plan of the search space in one weight-sharing
                                         module: select(plan), extract(plan); train_supernet (sandwich rule)
@@ -36,7 +37,8 @@ from ._fit import FitResult, LatencyFit, Plan, condense, fit
 from ._latency import LatencySetting, measure_latency, measure_side_by_side
 from ._costs import PlanCosts
 from ._device import resolve_device
-from ._write import atomic_write, atomic_write_json, claim_folder, output_lock, read_json
+from ._write import (atomic_write, atomic_write_csv, atomic_write_json, claim_file, claim_folder, csv_starts_with,
+                     output_lock, read_json)
 from ._io import META, load, os_error, read_meta, save, write_condensed, write_directory, write_model_dir
 from ._models import build_model, default_input_size, load_checkpoint, parse_model_spec
 from ._resolve import Resolved, resolve_model
@@ -58,7 +60,8 @@ __all__ = [
     "build_model", "load_checkpoint",
     "resolve_model", "Resolved", "parse_model_spec", "default_input_size", "resolve_device", "PlanCosts",
     "write_condensed", "write_model_dir", "write_directory", "read_meta", "os_error", "META",
-    "atomic_write", "atomic_write_json", "read_json", "claim_folder", "output_lock",
+    "atomic_write", "atomic_write_json", "atomic_write_csv", "read_json", "claim_folder", "claim_file",
+    "csv_starts_with", "output_lock",
     "load_data", "parse_data_spec", "DataBundle", "DataSpec", "TrainConfig", "TrainResult",
     "find_runs", "FindResult", "Run", "RunChoice", "rewrite", "register_leaf_module",
     "calibrate", "Calibration", "CalibrateConfig", "feature_pairs", "FeaturePair",

@@ -11,6 +11,7 @@ second process write the same output while the first is writing it (a lock besid
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import json
 import os
@@ -19,13 +20,14 @@ import secrets
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ._errors import CondenseError, os_error
 
 __all__ = ["MANIFEST", "os_error", "read_json", "write_bytes", "atomic_write", "atomic_write_json", "atomic_torch_save",
            "write_directory", "recover_directory", "check_output", "claim_folder", "read_manifest",
-           "write_manifest", "foreign_files", "output_lock", "claim_file"]
+           "write_manifest", "foreign_files", "output_lock", "claim_file", "atomic_write_csv",
+           "csv_starts_with"]
 
 MANIFEST = ".condense-files.json"
 _MANIFEST_FORMAT = "condense-files/1"
@@ -211,6 +213,38 @@ def claim_file(path: str | os.PathLike, what: str, recognise: Callable[[Path], b
             raise CondenseError(f"output {str(out)!r} exists and is not {_article(what)} {what} condense wrote",
                                 "choose a new file name: condense replaces only its own outputs")
     return out
+
+
+def csv_starts_with(columns: Sequence[str]) -> Callable[[Path], bool]:
+    """A ``claim_file`` recogniser: a CSV file whose header row begins with ``columns``."""
+    def recognise(path: Path) -> bool:
+        with open(path, newline="") as fh:
+            header = next(csv.reader(fh), None)
+        return header is not None and header[:len(columns)] == list(columns)
+    return recognise
+
+
+def atomic_write_csv(path: str | os.PathLike, table: Any, *, columns: Sequence[str] | None = None) -> Path:
+    """``table`` as CSV, written atomically (``atomic_write``): a pandas DataFrame (without its index), or
+    dict rows with ``columns`` (missing or None values empty, floats rounded to 6 digits). The parent folder
+    is created."""
+    buffer = io.StringIO()
+    if hasattr(table, "to_csv"):
+        table.to_csv(buffer, index=False)
+    else:
+        if columns is None:
+            raise TypeError("atomic_write_csv: rows need columns")
+        writer = csv.DictWriter(buffer, fieldnames=list(columns))
+        writer.writeheader()
+        for row in table:
+            writer.writerow({k: ("" if row.get(k) is None else round(row[k], 6) if isinstance(row.get(k), float)
+                                 else row[k]) for k in columns})
+    out = Path(path)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise os_error(err, out.parent) from None
+    return atomic_write(out, buffer.getvalue())
 
 
 # --- one folder, replaced whole -------------------------------------------------------------------------------

@@ -404,7 +404,7 @@ def _compare(args, console) -> None:
     console.print(f"hypervolume: volume dominated in {axes}; higher is better. dominates X: share of X's front "
                   "points that this front weakly dominates.", highlight=False)
     if args.csv:
-        console.print(f"table: {write_csv(df, args.csv)}", highlight=False)
+        console.print(f"table: {write_csv(df, args.csv, claim=('study',))}", highlight=False)
     if args.plot:
         from ._plot import plot_fronts
 
@@ -462,9 +462,9 @@ def _compare_latency(args, console) -> None:
                   "(1 - accuracy, latency/original) up to (1, 1); higher is better. dominates X: share of X's "
                   "front points that this front weakly dominates.", highlight=False)
     if args.csv:
-        console.print(f"table: {write_csv(summary, args.csv)}", highlight=False)
+        console.print(f"table: {write_csv(summary, args.csv, claim=('study', 'batch'))}", highlight=False)
     if args.members:
-        console.print(f"members: {write_csv(members, args.members)}", highlight=False)
+        console.print(f"members: {write_csv(members, args.members, claim=('study', 'trial'))}", highlight=False)
     if args.plot:
         from ._plot import plot_latency_fronts
 

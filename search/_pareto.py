@@ -19,13 +19,13 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from condense import atomic_write, format_count
+from condense import atomic_write_csv, claim_file, csv_starts_with, format_count
 
 __all__ = ["trials_frame", "front_frame", "write_csv", "front_table"]
 
@@ -104,9 +104,12 @@ def front_frame(study: optuna.Study, space, trials: pd.DataFrame | None = None) 
     return front.sort_values([by, "accuracy"], ascending=[True, False])
 
 
-def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write ``df`` atomically (a finished file or none)."""
-    return atomic_write(path, df.to_csv(index=False))
+def write_csv(df: pd.DataFrame, path: str | os.PathLike, *, claim: Sequence[str] | None = None) -> Path:
+    """Write ``df`` atomically (a finished file or none). ``claim``: a user-named file (``--csv FILE``) that
+    may only replace a CSV whose header begins with these columns (``condense.claim_file``)."""
+    if claim is not None:
+        path = claim_file(path, "comparison CSV", csv_starts_with(claim))
+    return atomic_write_csv(path, df)
 
 
 def front_table(front: pd.DataFrame, reference: dict[str, Any] | None = None, title: str | None = None):

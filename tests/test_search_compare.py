@@ -89,6 +89,11 @@ def test_compare_studies_and_command(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "hypervolume" in out and "100%" in out
     assert png.read_bytes()[:4] == b"\x89PNG" and len(pd.read_csv(csv)) == 2
+    assert compare_main([str(good), str(bad), "--csv", str(csv)]) == 0  # its own table: replaced
+    mine = tmp_path / "grades.csv"
+    mine.write_text("name,grade\nada,1\n")
+    assert compare_main([str(good), str(bad), "--csv", str(mine)]) == 1  # a user's CSV: refused, kept
+    assert mine.read_text() == "name,grade\nada,1\n" and "condense wrote" in capsys.readouterr().err
     other = _study_dir(tmp_path / "other", "nsgaii", [(0.8, 5, 5)], ref=(10, 10))
     assert compare_main([str(good), str(other)]) == 1  # another model
     assert compare_main([str(tmp_path / "missing")]) == 1

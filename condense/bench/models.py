@@ -18,7 +18,6 @@ import argparse
 import copy
 import csv
 import dataclasses
-import io
 import os
 import sys
 import time
@@ -28,8 +27,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from .._errors import CondenseError, os_error, run_command
-from .._write import atomic_write, claim_file
+from .._errors import CondenseError, run_command
+from .._write import atomic_write_csv, claim_file
 from .._help import HelpFormatter
 from ._timing import interleaved_medians
 
@@ -337,18 +336,7 @@ def claim_csv(path: str | os.PathLike) -> Path:
 
 def write_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
     """Write the rows (columns ``CSV_COLUMNS``) to ``path`` atomically (a file of other content is refused)."""
-    out = claim_csv(path)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(CSV_COLUMNS))
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else
-                             round(row[k], 6) if isinstance(row.get(k), float) else row[k]) for k in CSV_COLUMNS})
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise os_error(err, out.parent) from None
-    return atomic_write(out, buffer.getvalue())
+    return atomic_write_csv(claim_csv(path), rows, columns=CSV_COLUMNS)
 
 
 # ------------------------------------------------------------------------------------------ output
