@@ -17,7 +17,8 @@ Public API (everything else is private)::
                                         every file the tool writes, one way: atomic, flushed, owned (a
                                         folder's manifest, a file's own columns), one writer at a time
     find_runs(model, input_size)        the runs of repeated same-resolution blocks (changes nothing)
-    supernet(model, input_size=..., space=...)   every plan of the search space in one weight-sharing
+    supernet(model, input_size=..., space=...)   every plan of a search space (built by the caller:
+                                        search.build_space, or search.supernet for both) in one weight-sharing
                                         module: select(plan), extract(plan); train_supernet (sandwich rule)
     load_data("cifar10:PATH"); condense.train.train(model, data, TrainConfig(...), teacher=...)   recover accuracy
     calibrate(result, original, "cifar10:PATH")   distil a FitResult's model from its original (run outputs and
@@ -46,8 +47,8 @@ from .data import DataBundle, DataSpec, load_data, parse_data_spec
 from .train import TrainConfig, TrainResult
 from .graph import FindResult, Run, RunChoice, find_runs, register_leaf_module, rewrite
 from ._calibrate import CalibrateConfig, Calibration, FeaturePair, calibrate, feature_pairs
-from ._supernet import (SandwichConfig, Supernet, calibration_batches, recalibrate_bn, score_plan, supernet,
-                        train_supernet)
+from ._supernet import (SandwichConfig, Supernet, calibration_batches, load_supernet_weights, recalibrate_bn,
+                        score_plan, supernet, train_supernet)
 from .pde import (CirculantRD, CirculantRDConfig, DropLayer, ExplicitRD, ExplicitRDConfig, GlobalConfig, GlobalLayer,
                   ImplicitRD, ImplicitRDConfig, LinearMix, LinearMixConfig, PDELayer, advection_diffusion,
                   create_layer, layer_names)
@@ -66,6 +67,7 @@ __all__ = [
     "find_runs", "FindResult", "Run", "RunChoice", "rewrite", "register_leaf_module",
     "calibrate", "Calibration", "CalibrateConfig", "feature_pairs", "FeaturePair",
     "supernet", "Supernet", "SandwichConfig", "train_supernet", "recalibrate_bn", "calibration_batches", "score_plan",
+    "load_supernet_weights",
     "count", "count_module", "macs_and_params",
     "Budget", "parse_budget", "parse_latency", "format_count", "format_ms", "parse_input_size",
     "CondenseError", "ConfigError", "BudgetError", "report_error",

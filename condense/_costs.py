@@ -18,7 +18,7 @@ from torch import nn
 from ._count import count_module
 from ._errors import CondenseError
 from .graph import FindResult, Run, RunChoice
-from .graph._rewrite import _build_layer, _default_factory, _inner
+from .graph import build_layer, default_factory, inner_layer
 
 
 class PlanCosts:
@@ -41,17 +41,17 @@ class PlanCosts:
         return self._cache[key]
 
     def _count(self, run: Run, choice: RunChoice) -> tuple[int, int]:
-        layer = _build_layer(run, choice, self.model, _default_factory).eval()
+        layer = build_layer(run, choice, self.model, default_factory).eval()
         x = torch.randn(1, run.channels_at(choice.m), *run.input_shape[1:])
         if run.layout == "NCHW":
             return count_module(layer, x)
         # a channels-last run: count the PDE layer on NCHW maps, and a copied initial-guess block by the count
         # find_runs made of it in the model (the adapters only permute)
-        inner = _inner(layer)
+        inner = inner_layer(layer)
         block = getattr(inner, "init_block", None)
         if block is not None:
             bare = RunChoice(m=choice.m, layer=choice.layer, options=choice.options, init="input")
-            macs, params = count_module(_inner(_build_layer(run, bare, self.model, _default_factory)).eval(), x)
+            macs, params = count_module(inner_layer(build_layer(run, bare, self.model, default_factory)).eval(), x)
             block_macs = run.macs[choice.m]
             if block_macs is None:
                 raise CondenseError(f"run '{run.path}' has layout {run.layout} and an uncounted block",

@@ -12,6 +12,10 @@ so an interrupted run resumed from its last checkpoint gives the same weights as
 Multi-process training: launched with ``torchrun --nproc_per_node=N``, ``train`` joins the process group
 (gloo on CPU, nccl on CUDA), wraps the model in DistributedDataParallel and shards every epoch's data by
 rank; rank 0 alone writes files and shows progress, and test accuracy is summed over all ranks.
+
+The run setup (``prepare_run`` -> ``RunSetup``: data, device, process group, output folder, the checkpoint
+to resume, seeds; then the loop's shared parts: batches, schedule, autocast, optimizer, ``last.pt``) is
+the one ``train`` and ``condense.train_supernet`` both use.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -482,6 +486,158 @@ def _owns_output(fn):
     return wrapper
 
 
+@dataclasses.dataclass
+class RunSetup:
+    """A training run once ``prepare_run`` has set it up: the one run setup ``train`` and
+    ``condense.train_supernet`` share. Its fields are what the loop trains with; its methods are the parts of
+    a loop both use: the epoch's batches, the learning-rate schedule, batches on the device, autocast, the
+    optimizer and gradient scaler, the teacher, restoring a resumed run and writing ``last.pt`` and
+    ``metrics.json`` (rank 0 alone writes)."""
+
+    config: TrainConfig
+    bundle: Any                     # the DataBundle, with the augmentation training batches get
+    augment: str                    # that augmentation (``with_augmentation``)
+    device: torch.device
+    rank: int
+    world: int                      # processes (1 without torchrun)
+    distributed: bool
+    out: Path | None                # the output folder (None: nothing is written)
+    identity: Any                   # the checkpoint's ``config``: a resumed run's must equal it
+    resumed: dict[str, Any] | None  # the checkpoint to resume from, checked (None: a new run)
+
+    @property
+    def checkpoint(self) -> Path | None:
+        """``last.pt`` in the output folder (None without one)."""
+        return self.out / "last.pt" if self.out is not None else None
+
+    def loader(self, epoch: int):
+        """The training batches of ``epoch`` (this rank's shard; the order depends on (seed, epoch) only)."""
+        c = self.config
+        return self.bundle.loader("train", c.batch_size, shuffle=True, augment=self.augment != "none", seed=c.seed,
+                                  epoch=epoch, drop_last=True, rank=self.rank, world_size=self.world)
+
+    def steps(self, loader) -> int:
+        """Steps of an epoch: the loader's, at most ``config.max_steps_per_epoch``."""
+        n = self.config.max_steps_per_epoch
+        return len(loader) if n is None else min(len(loader), n)
+
+    def set_lr(self, optimizer, epoch: float) -> float:
+        """Set the learning rate of (fractional) ``epoch`` (``lr_at``) on every group; returns it."""
+        lr = lr_at(self.config, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch on the device (pinned and copied without blocking for CUDA; channels-last if asked)."""
+        return _to(x, self.device, self.config.channels_last), _to(y, self.device)
+
+    def autocast(self):
+        """Autocast on the device's type with ``config.amp`` (off without it)."""
+        return _autocast(self.device, self.config.amp)
+
+    def optimizer(self, model: nn.Module):
+        """``(optimizer, scaler)``: the optimizer of ``model``'s trainable parameters (``config.optimizer``,
+        weight decay as configured) and the gradient scaler (enabled for fp16 autocast)."""
+        optimizer = _make_optimizer(model, self.config)
+        return optimizer, torch.amp.GradScaler(self.device.type, enabled=self.config.amp == "fp16")
+
+    def teacher(self, teacher: nn.Module, memory_format: torch.memory_format = torch.preserve_format) -> nn.Module:
+        """``teacher`` in eval mode on the device, its parameters frozen."""
+        teacher.eval()
+        teacher.to(device=self.device, memory_format=memory_format)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        return teacher
+
+    def restore(self, optimizer, scaler) -> tuple[list[dict[str, Any]], int]:
+        """A resumed run's optimizer, scaler and random states (its weights are the caller's to load);
+        returns its history and the epochs done (``[], 0`` for a new run)."""
+        state = self.resumed
+        if state is None:
+            return [], 0
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            if state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            _set_rng_state(state["rng"])
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError, OverflowError) as err:
+            raise _damaged(self.checkpoint, f"its optimizer or random state does not load: {err}") from None
+        return list(state["history"]), int(state["epoch"])
+
+    def save(self, model: nn.Module, optimizer, scaler, epoch: int, history: list[dict[str, Any]],
+             **extra: Any) -> None:
+        """Write ``last.pt`` (rank 0, with an output folder): CPU tensors, numbers and strings only, so it
+        loads with ``weights_only=True`` on any device; ``extra`` keys are added after the common ones."""
+        if self.checkpoint is None or self.rank != 0:
+            return
+        _atomic_save({"model": _cpu(model.state_dict()), "optimizer": _cpu(optimizer.state_dict()),
+                      "epoch": epoch, "history": history, "rng": _rng_state(), "config": self.identity,
+                      "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "device": str(self.device),
+                      **extra}, self.checkpoint)
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        """Write ``metrics.json`` (rank 0, with an output folder)."""
+        if self.out is not None and self.rank == 0:
+            write_text_atomic(self.out / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
+
+
+def prepare_run(model: nn.Module, data, config: TrainConfig | None = None, *,
+                out_dir: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
+                device: str | torch.device | None = "auto", identity: Any = None, kind: str = "",
+                check: Callable[[dict[str, Any], Path, int], None] | None = None) -> RunSetup:
+    """The run setup ``train`` and ``condense.train_supernet`` share: everything before the first step, and
+    every refusal before anything is written. The data (a spec is loaded; ``config.augment`` applied), the
+    device (``resolve_device``) and the process group under torchrun (``join_process_group``),
+    ``check_trainable(model, ...)``; the output folder (a file, a folder holding ``last.pt`` without
+    ``resume`` or ``overwrite``, and both flags are refused); with ``resume`` the checkpoint (it must exist,
+    load with ``weights_only=True`` and have been written with ``identity``, default ``config.to_dict()``;
+    ``check(state, path, world_size)`` adds the caller's checks). Then the folder is made (rank 0) and the
+    torch and Python seeds are set to ``config.seed``. ``kind`` names the run in the refusals (``supernet``:
+    "already holds a supernet run", "other supernet or training options")."""
+    from ._device import resolve_device
+    from .data import load_data
+
+    config = config or TrainConfig()
+    bundle = load_data(data) if isinstance(data, str) else data
+    bundle, augment = with_augmentation(bundle, config)
+    device = resolve_device(device)
+    rank, world, distributed = join_process_group(device)
+    out = Path(out_dir) if out_dir is not None else None
+    check_trainable(model, bundle, config, world)
+    if out is not None and out.exists() and not out.is_dir():
+        raise CondenseError(f"output {str(out)!r} is a file", "choose a folder for -o")
+    ckpt = out / "last.pt" if out is not None else None
+    if ckpt is not None and ckpt.exists() and not resume and not overwrite:
+        raise CondenseError(f"{out} already holds a {kind + ' ' if kind else ''}run (last.pt)",
+                            "continue it with --resume, start again with --overwrite, or choose another -o DIR")
+    if resume and overwrite:
+        raise CondenseError("--resume and --overwrite contradict each other", "give one of them")
+    identity = config.to_dict() if identity is None else identity
+    resumed = None
+    if resume:
+        if ckpt is None or not ckpt.exists():
+            raise CondenseError(f"nothing to resume: {ckpt or 'no output directory'} does not exist",
+                                "run without --resume first, with the same -o DIR")
+        resumed = load_checkpoint_state(ckpt)
+        if resumed.get("config") != identity:
+            raise CondenseError(f"{ckpt} was written with other {kind + ' or ' if kind else ''}training options",
+                                "resume with the same options, or start a new -o DIR")
+        if check is not None:
+            check(resumed, ckpt, world)
+    if out is not None and rank == 0:
+        from ._io import os_error
+
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise os_error(err, out) from None
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    return RunSetup(config=config, bundle=bundle, augment=augment, device=device, rank=rank, world=world,
+                    distributed=distributed, out=out, identity=identity, resumed=resumed)
+
+
 @_owns_output
 def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir: str | os.PathLike | None = None,
           teacher: nn.Module | None = None, resume: bool = False, progress: bool = True,
@@ -500,82 +656,38 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
 
     ``features``: the condensed runs' feature pairs (``condense._calibrate.feature_pairs(find_runs(teacher),
     plan)``), needed with ``config.kd_features``: each run's output is matched to the teacher's."""
-    from .data import load_data
-
     config = config or TrainConfig()
     if config.kd_features and (teacher is None or not features):
         raise ConfigError("feature distillation (kd_features) needs a teacher and the condensed runs' feature pairs",
                           "pass teacher= and features= (condense train DIR --teacher ORIGINAL --kd-features)")
-    bundle = load_data(data) if isinstance(data, str) else data
-    bundle, augment = with_augmentation(bundle, config)
-    from ._device import device_record, resolve_device
 
-    device = resolve_device(device)
-    rank, world, distributed = join_process_group(device)
-    out = Path(out_dir) if out_dir is not None else None
-    check_trainable(model, bundle, config, world)
-    if out is not None and out.exists() and not out.is_dir():
-        raise CondenseError(f"output {str(out)!r} is a file", "choose a folder for -o")
-    if out is not None and (out / "last.pt").exists() and not resume and not overwrite:
-        raise CondenseError(f"{out} already holds a run (last.pt)",
-                            "continue it with --resume, start again with --overwrite, or choose another -o DIR")
-    if resume and overwrite:
-        raise CondenseError("--resume and --overwrite contradict each other", "give one of them")
-    resumed = None
-    if resume:
-        ckpt = out / "last.pt" if out is not None else None
-        if ckpt is None or not ckpt.exists():
-            raise CondenseError(f"nothing to resume: {ckpt or 'no output directory'} does not exist",
-                                "run without --resume first, with the same -o DIR")
-        resumed = load_checkpoint_state(ckpt)
-        if resumed.get("config") != config.to_dict():
-            raise CondenseError(f"{ckpt} was written with other training options",
-                                "resume with the same options, or start a new -o DIR")
-        check_checkpoint(resumed, ckpt, config)
+    def check(state: dict[str, Any], path: Path, _world: int) -> None:
         from ._io import check_finite
 
-        check_finite(resumed["model"], ckpt)
-    if out is not None and rank == 0:
-        from ._io import os_error
+        check_checkpoint(state, path, config)
+        check_finite(state["model"], path)
 
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise os_error(err, out) from None
-    torch.manual_seed(config.seed)
-    random.seed(config.seed)
+    setup = prepare_run(model, data, config, out_dir=out_dir, resume=resume, overwrite=overwrite, device=device,
+                        check=check)
+    bundle, augment, device, rank, world = setup.bundle, setup.augment, setup.device, setup.rank, setup.world
+    from ._device import device_record
+
     fmt = torch.channels_last if config.channels_last else torch.preserve_format
     model.to(device=device, memory_format=fmt)
     net: nn.Module = model
-    if distributed:
+    if setup.distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.compile:
         net = torch.compile(net)
-    optimizer = _make_optimizer(model, config)
-    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
+    optimizer, scaler = setup.optimizer(model)
     if teacher is not None:
-        teacher.eval()
-        teacher.to(device=device, memory_format=fmt)
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    ckpt_path = out / "last.pt" if out is not None else None
-    if resumed is not None:
-        state = resumed
+        setup.teacher(teacher, fmt)
+    if setup.resumed is not None:
         from ._io import fit_state
 
-        fit_state(model, state["model"], ckpt_path, hint="the checkpoint is of another model: start again with "
-                  "--overwrite, or resume the model it was written for")
-        try:
-            optimizer.load_state_dict(state["optimizer"])
-            if state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            _set_rng_state(state["rng"])
-        except (ValueError, KeyError, TypeError, IndexError, RuntimeError, OverflowError) as err:
-            raise _damaged(ckpt_path, f"its optimizer or random state does not load: {err}") from None
-        history = state["history"]
-        start_epoch = state["epoch"]
+        fit_state(model, setup.resumed["model"], setup.checkpoint, hint="the checkpoint is of another model: start "
+                  "again with --overwrite, or resume the model it was written for")
+    history, start_epoch = setup.restore(optimizer, scaler)
     steps_per_epoch = None
     t_start = time.perf_counter()
     images_total = 0
@@ -595,10 +707,8 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
             taps = (FeatureTap(model, [f.student for f in features], detach=False, what="the model"),
                     FeatureTap(teacher, [f.teacher for f in features], detach=True, what="the teacher"))
         for epoch in range(start_epoch, config.epochs):
-            loader = bundle.loader("train", config.batch_size, shuffle=True, augment=augment != "none",
-                                   seed=config.seed, epoch=epoch, drop_last=True, rank=rank, world_size=world)
-            steps_per_epoch = len(loader) if config.max_steps_per_epoch is None else \
-                min(len(loader), config.max_steps_per_epoch)
+            loader = setup.loader(epoch)
+            steps_per_epoch = setup.steps(loader)
             task = bar.add_task(f"epoch {epoch + 1}/{config.epochs}", total=steps_per_epoch, stats="") if bar else None
             net.train()
             loss_acc = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no sync a step
@@ -609,11 +719,9 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
             for step, (x, y) in enumerate(loader):
                 if step >= steps_per_epoch:
                     break
-                lr = lr_at(config, epoch + step / steps_per_epoch)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                x, y = _to(x, device, config.channels_last), _to(y, device)
-                with _autocast(device, config.amp):
+                lr = setup.set_lr(optimizer, epoch + step / steps_per_epoch)
+                x, y = setup.batch(x, y)
+                with setup.autocast():
                     logits = net(x)
                     if teacher is not None:
                         with torch.no_grad():
@@ -662,11 +770,7 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
                                        f"test acc {ev['test_acc']:.4f}")
             if lines:
                 print(_epoch_line(record, config.epochs, lr_at(config, epoch)), flush=True)
-            if ckpt_path is not None and rank == 0:
-                _atomic_save({"model": _cpu(model.state_dict()), "optimizer": _cpu(optimizer.state_dict()),
-                              "epoch": epoch + 1, "history": history, "rng": _rng_state(),
-                              "config": config.to_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                              "device": str(device)}, ckpt_path)
+            setup.save(model, optimizer, scaler, epoch + 1, history)
     finally:
         if bar:
             bar.stop()
@@ -690,6 +794,5 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
         model.train(was)
         metrics.update({"macs": macs, "params": params, "input_size": list(bundle.input_size)})
         metrics.update(extra_metrics or {})
-        if out is not None:
-            write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
+        setup.write_metrics(metrics)
     return TrainResult(metrics=metrics, history=history, model=model)

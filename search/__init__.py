@@ -15,6 +15,7 @@ Public API (everything else is private)::
     latency_fronts([DIR, DIR], batches=(1, 32))   their front members re-timed with the original in one run
     plot_fronts({name: trials}, "fronts.png")               ... and in one plot
     run_supernet_search(MODEL, DATA, supernet=SupernetOptions(epochs=5), ...)   train one supernet, score plans
+    supernet(model, input_size=..., layers=..., K=...)   condense.supernet over this search's space
     run_search(..., finish=FinishConfig(top=3, epochs=10))   fine-tune 3 front members -> result.finished
     kendall_tau(a, b)                   rank agreement (the search's scores vs the finished accuracies)
     export_trial(DIR, N, OUT)           a trial's trained model as a directory condense.load reads
@@ -37,12 +38,12 @@ from ._plot import plot_front, plot_fronts
 from ._space import Param, RunSpace, SearchSpace, build_space
 from ._storage import open_study, study_from_dir
 from ._study import SearchResult, run_search
-from ._supernet import SupernetObjective, SupernetOptions, run_supernet_search
+from ._supernet import SupernetObjective, SupernetOptions, run_supernet_search, supernet
 from ._workers import recover_stale_trials
 
 __all__ = [
     "run_search", "SearchConfig", "SearchResult",
-    "run_supernet_search", "SupernetOptions", "SupernetObjective",
+    "run_supernet_search", "SupernetOptions", "SupernetObjective", "supernet",
     "SearchSpace", "RunSpace", "Param", "build_space",
     "open_study", "study_from_dir", "load_config", "recover_stale_trials", "Objective", "build_plan", "measure_latency",
     "trials_frame", "front_frame", "write_csv", "front_table", "plot_front", "plot_fronts",

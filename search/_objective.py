@@ -171,6 +171,33 @@ class Objective:
             out["params"] = params / self.params_budget - 1.0
         return out
 
+    def prune_duplicate(self, trial: optuna.Trial, plan: Plan, width: dict[str, float] | None = None) -> None:
+        """Prune ``trial`` as a ``duplicate`` when the study has evaluated this very plan (and width) already
+        (parameters that do not act can differ): nothing new to learn. Both strategies' objectives call it."""
+        same = _same_plan(trial, plan, width)
+        if same is not None:
+            trial.set_user_attr("status", STATUS_DUPLICATE)
+            trial.set_user_attr("duplicate_of", same)
+            raise optuna.TrialPruned(f"the plan of trial {same}")
+
+    def screen_budget(self, trial: optuna.Trial, plan: Plan, width: dict[str, float] | None = None
+                      ) -> tuple[float, ...] | None:
+        """The budget screen, one for both strategies' objectives: a plan whose estimate (``estimate``)
+        exceeds a budget by more than ``SCREEN_MARGIN`` is recorded on ``trial`` as over budget (its
+        estimated MACs and parameters, ``estimated``, the constraints) and never built, trained or scored:
+        returns the trial's objective values then, None otherwise (and with ``screen`` off, or a width: the
+        estimate knows no width)."""
+        guess = self.estimate(plan) if self.screen and not width else None
+        if guess is None or not any(v > SCREEN_MARGIN for v in self.constraints(*guess).values()):
+            return None
+        trial.set_user_attr("macs", guess[0])
+        trial.set_user_attr("params", guess[1])
+        trial.set_user_attr("estimated", True)
+        for key, value in self.constraints(*guess).items():
+            trial.set_constraint(key, value)
+        trial.set_user_attr("status", STATUS_OVER)
+        return self._values(0.0, guess[0], guess[1], math.inf)
+
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         params = self.space.suggest(trial)
         plan = self.space.plan(params)
@@ -178,21 +205,10 @@ class Objective:
         trial.set_user_attr("plan", plan.to_dict())
         if width:
             trial.set_user_attr("width", width)
-        same = _same_plan(trial, plan, width)
-        if same is not None:  # evaluated already (parameters that do not act can differ): nothing new to learn
-            trial.set_user_attr("status", STATUS_DUPLICATE)
-            trial.set_user_attr("duplicate_of", same)
-            raise optuna.TrialPruned(f"the plan of trial {same}")
-        guess = self.estimate(plan) if self.screen and not width else None  # the estimate knows no width
-        if guess is not None and any(v > SCREEN_MARGIN for v in self.constraints(*guess).values()):
-            # far over budget by the block-and-layer sum: recorded as over budget, never built or trained
-            trial.set_user_attr("macs", guess[0])
-            trial.set_user_attr("params", guess[1])
-            trial.set_user_attr("estimated", True)
-            for key, value in self.constraints(*guess).items():
-                trial.set_constraint(key, value)
-            trial.set_user_attr("status", STATUS_OVER)
-            return self._values(0.0, guess[0], guess[1], math.inf)
+        self.prune_duplicate(trial, plan, width)
+        screened = self.screen_budget(trial, plan, width)
+        if screened is not None:
+            return screened
         self._say(trial, "building and counting" if not width else "pruning, building and counting")
         model, record = self.build_trial(plan, width)
         macs, n_params, over = self.count_and_constrain(trial, model)

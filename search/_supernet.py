@@ -13,6 +13,11 @@ Never: trains a plan (a trial takes seconds: extract, count, re-estimate BatchNo
 plan that breaks a budget (counted first, as in the per-trial search), or resumes a study started by the
 other strategy or with other supernet options.
 
+The supernet itself (the network, its trainer, ``score_plan``) is ``condense``'s (``condense._supernet``),
+used here through public ``condense`` names; ``supernet`` builds it over this search's space (condense takes
+the space as an argument and does not import the search). The duplicate check and the budget screen are
+the per-trial objective's (``Objective.prune_duplicate``, ``Objective.screen_budget``).
+
 A trial is recorded with status ``trained`` (it has weights: the supernet's) and ``strategy`` ``supernet``,
 so the front, the plot, ``condense compare`` and ``condense export`` treat it as any evaluated trial.
 """
@@ -23,24 +28,40 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import optuna
 import torch
 from torch import nn
 
 from condense import CondenseError, ConfigError
-from condense import (SandwichConfig, Supernet, calibration_batches, recalibrate_bn, score_plan,
-                      train_supernet)
+from condense import (FindResult, SandwichConfig, Supernet, calibration_batches, find_runs, recalibrate_bn,
+                      score_plan, train_supernet)
+from condense import supernet as _condense_supernet
 from condense.train import TrainConfig, evaluate, join_process_group
 
-from ._objective import STATUS_DUPLICATE, STATUS_OVER, STATUS_TRAINED, Objective, _same_plan
+from ._objective import STATUS_TRAINED, Objective
+from ._space import build_space
 from ._study import SearchConfig, SearchResult
 
-__all__ = ["SupernetOptions", "SupernetObjective", "run_supernet_search", "SUPERNET_DIR"]
+__all__ = ["supernet", "SupernetOptions", "SupernetObjective", "run_supernet_search", "SUPERNET_DIR"]
 
 SUPERNET_DIR = "supernet"
 _SUPERNET_KEY = "condense:supernet"
+
+
+def supernet(model: nn.Module, *, input_size: Sequence[int], space: Any = None, found: FindResult | None = None,
+             layers: Sequence[str] | None = None, K: Sequence[int] | None = None) -> Supernet:
+    """The supernet of ``model`` over ``space`` (default: the search's space for its runs, ``build_space``,
+    narrowed by ``layers``/``K``): ``condense.supernet`` with the space built here. ``found``:
+    ``find_runs(model, input_size)`` if already made."""
+    size = tuple(int(v) for v in input_size)
+    found = found if found is not None else find_runs(model, size)
+    if space is None:
+        space = build_space(found, layers=layers, K=K)
+    elif layers is not None or K is not None:
+        raise ConfigError("give either space= or layers=/K=", "narrow the space when you build it")
+    return _condense_supernet(model, input_size=size, space=space, found=found)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,20 +100,10 @@ class SupernetObjective(Objective):
         plan = self.space.plan(params)
         trial.set_user_attr("plan", plan.to_dict())
         trial.set_user_attr("strategy", "supernet")
-        same = _same_plan(trial, plan)
-        if same is not None:
-            trial.set_user_attr("status", STATUS_DUPLICATE)
-            trial.set_user_attr("duplicate_of", same)
-            raise optuna.TrialPruned(f"the plan of trial {same}")
-        guess = self.estimate(plan) if self.screen else None
-        if guess is not None and any(v > 0.05 for v in self.constraints(*guess).values()):
-            trial.set_user_attr("macs", guess[0])
-            trial.set_user_attr("params", guess[1])
-            trial.set_user_attr("estimated", True)
-            for key, value in self.constraints(*guess).items():
-                trial.set_constraint(key, value)
-            trial.set_user_attr("status", STATUS_OVER)
-            return self._values(0.0, guess[0], guess[1], math.inf)
+        self.prune_duplicate(trial, plan)
+        screened = self.screen_budget(trial, plan)
+        if screened is not None:
+            return screened
         self._say(trial, "extracting and counting")
         t0 = time.perf_counter()
         model = self.supernet.extract(plan)

@@ -170,7 +170,9 @@ def test_the_search_space_chooses_drop_per_run_and_its_plans_build(original, cap
 
 
 def test_the_supernet_runs_and_extracts_drop_paths(original):
-    net = condense.supernet(original, input_size=SIZE, layers=["global", "drop"], K=(1, 2))
+    import search
+
+    net = search.supernet(original, input_size=SIZE, layers=["global", "drop"], K=(1, 2))
     found = find_runs(original, SIZE)
     params = net.space.params_of_plan({r.path: 1 for r in found.runs}, layer="global", K=2)
     params[f"drop[{found.runs[1].path}]"] = True

@@ -13,6 +13,7 @@ import torch
 
 import condense
 import condense.train as train_module
+import search
 from condense import Plan, RunChoice, TrainConfig
 from condense._supernet import (SandwichConfig, export_plan, recalibrate_bn, step_plans,
                                 train_supernet)
@@ -33,7 +34,7 @@ def data(tmp_path_factory):
 def _net(seed=0):
     torch.manual_seed(seed)
     model = condense.build_model("zoo:resnet_tiny")
-    return model, condense.supernet(model, input_size=SIZE)
+    return model, search.supernet(model, input_size=SIZE)
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +105,8 @@ def test_timm_selected_path_computes_exactly_what_the_exported_model_computes(na
     import timm
 
     torch.manual_seed(0)
-    net = condense.supernet(timm.create_model(name, pretrained=False, num_classes=10, **kwargs), input_size=size,
-                            K=(1, 4))
+    net = search.supernet(timm.create_model(name, pretrained=False, num_classes=10, **kwargs), input_size=size,
+                          K=(1, 4))
     with torch.no_grad():  # candidate layers unlike their (partly zero) initialisation
         g = torch.Generator().manual_seed(1)
         for p in net.candidates.parameters():
@@ -292,11 +293,12 @@ def test_sandwich_training_keeps_explicit_rd_paths_stable(data):
     """Explicit RD steps are stable only for h * lambda_max(K^T K) <= 2; unbounded, a few summed sandwich
     steps grew the stencils until K = 20 steps multiplied the map by 1e5..1e20 (distillation losses of
     1e9-1e21 on CIFAR-10). Training keeps every stencil inside and every path's loss finite and small."""
-    from condense._supernet import STABLE_H_LAMBDA, _soft_ce, _symbol_max2
+    from condense._supernet._net import STABLE_H_LAMBDA, _symbol_max2
+    from condense._supernet._train import _soft_ce
 
     torch.manual_seed(0)
     model = condense.build_model("zoo:resnet_tiny")
-    net = condense.supernet(model, input_size=SIZE, layers=("explicit_rd", "circulant_rd"), K=(18, 20))
+    net = search.supernet(model, input_size=SIZE, layers=("explicit_rd", "circulant_rd"), K=(18, 20))
     bundle = load_data(data["spec"], input_size="3x16x16", limit_test=32)
     with torch.no_grad():  # start outside the stability region, as trained stencils end up
         for cands in net.candidates.values():
@@ -350,8 +352,8 @@ DDP_SANDWICH = SandwichConfig(random_plans=1, calib_images=16, calib_batch=16)
 
 def _ddp_net(seed):
     torch.manual_seed(seed)
-    return condense.supernet(condense.build_model("zoo:resnet_tiny"), input_size=SIZE,
-                             layers=("linearmix", "implicit_rd"), K=(1, 4))
+    return search.supernet(condense.build_model("zoo:resnet_tiny"), input_size=SIZE,
+                           layers=("linearmix", "implicit_rd"), K=(1, 4))
 
 
 DDP_SCRIPT = r"""
@@ -359,7 +361,7 @@ import copy, json, math, os, sys, types, torch, torch.distributed as dist
 torch.set_num_threads(1)
 sys.path.insert(0, sys.argv[3])
 from test_supernet import DDP_CFG, DDP_SANDWICH, _ddp_net
-import condense, condense._supernet as sn, condense.train as train_module
+import condense, condense._supernet._train as sn, condense.train as train_module
 from condense import TrainConfig
 from condense._supernet import SandwichConfig, train_supernet
 from condense.data import load_data

@@ -91,9 +91,9 @@ def _label(plan) -> str:
 def run(args) -> dict[str, Any]:
     from search import build_plan, build_space, kendall_tau
 
-    from .. import (SandwichConfig, Supernet, TrainConfig, calibration_batches, find_runs, load_data, macs_and_params,
-                    parse_budget, recalibrate_bn, resolve_model, train_supernet)
-    from .._supernet import load_supernet_weights
+    from .. import (SandwichConfig, Supernet, TrainConfig, calibration_batches, find_runs, load_data,
+                    load_supernet_weights, macs_and_params, parse_budget, recalibrate_bn, resolve_model,
+                    train_supernet)
     from ..train import evaluate, train
 
     out = Path(args.output)

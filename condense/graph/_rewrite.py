@@ -214,12 +214,15 @@ def _as_choice(path: str, value: Any) -> RunChoice:
                       f"got {type(value).__name__}")
 
 
-def _parent_and_name(root: nn.Module, path: str) -> tuple[nn.Module, str]:
+def parent_and_name(root: nn.Module, path: str) -> tuple[nn.Module, str]:
+    """The module that holds the submodule at ``path`` (dotted) and its name there."""
     parent, _, name = path.rpartition(".")
     return (root.get_submodule(parent) if parent else root), name
 
 
-def _default_factory(name: str, channels: int, init_block: nn.Module | None = None, **options: Any) -> nn.Module:
+def default_factory(name: str, channels: int, init_block: nn.Module | None = None, **options: Any) -> nn.Module:
+    """The layer factory ``rewrite`` uses unless given one: ``condense.pde.create_layer`` (``kernel_size``
+    passed on only to layers that have a kernel)."""
     try:
         from ..pde import create_layer, layer_class
     except ImportError as err:  # pragma: no cover - the layers ship with the package
@@ -230,14 +233,18 @@ def _default_factory(name: str, channels: int, init_block: nn.Module | None = No
     return create_layer(name, channels, init_block=init_block, **options)
 
 
-def _inner(layer: nn.Module) -> nn.Module:
+def inner_layer(layer: nn.Module) -> nn.Module:
     """The PDE layer inside the adapters a rewrite may wrap it in."""
     while isinstance(layer, (ChannelsLastAdapter, GrowingTail)):
         layer = layer.layer
     return layer
 
 
-def _build_layer(run: Run, choice: RunChoice, source: nn.Module, factory: LayerFactory) -> nn.Module:
+def build_layer(run: Run, choice: RunChoice, source: nn.Module, factory: LayerFactory = default_factory) -> nn.Module:
+    """The layer ``rewrite`` puts into ``run`` for ``choice``, built by ``factory`` from ``source`` (the model
+    the run was found in): at the run's width after ``choice.m`` blocks, with a copy of block m as the initial
+    guess for ``init="block"``, on block m's device and dtype, wrapped for channels-last runs
+    (``ChannelsLastAdapter``) and growing runs (``GrowingTail``); ``inner_layer`` unwraps it."""
     block = source.get_submodule(run.blocks[choice.m])
     init_block = None
     channels = run.channels_at(choice.m)
@@ -391,10 +398,10 @@ def _graph_rewrite(new: nn.Module, items: list[tuple[Run, RunChoice, nn.Module]]
         for gm in (train_gm, eval_gm):
             _surgery(gm.graph, run, choice.m, type(layer))
     for run, choice, layer in items:
-        parent, key = _parent_and_name(new, run.blocks[choice.m])
+        parent, key = parent_and_name(new, run.blocks[choice.m])
         parent._modules[key] = layer
         for p in run.blocks[choice.m + 1:]:
-            par, k = _parent_and_name(new, p)
+            par, k = parent_and_name(new, p)
             par._modules[k] = Skip()
     out = CondensedGraphModule(new, train_gm.graph, eval_gm.graph, name)
     out.train(training)
@@ -432,7 +439,7 @@ def rewrite(model: nn.Module, runs: FindResult | Iterable[Run], plan: Mapping[st
         raise CondenseError(f"plan names unknown run(s): {', '.join(repr(p) for p in unknown)}",
                             f"runs of this model: {', '.join(repr(p) for p in by_path) or 'none'}")
     choices = {p: _as_choice(p, v) for p, v in plan.items()}
-    factory = layer_factory or _default_factory
+    factory = layer_factory or default_factory
     src_mods = dict(model.named_modules())
 
     records: dict[str, RewriteRecord] = {}
@@ -449,12 +456,12 @@ def rewrite(model: nn.Module, runs: FindResult | Iterable[Run], plan: Mapping[st
         todo.append((run, choice))
 
     new = copy.deepcopy(model)
-    layers = [(run, choice, _build_layer(run, choice, model, factory)) for run, choice in todo]
+    layers = [(run, choice, build_layer(run, choice, model, factory)) for run, choice in todo]
     method: dict[str, Method] = {}
     undo: dict[str, tuple[nn.Module, dict[str, nn.Module]]] = {}
     for run, choice, layer in layers:
         removed = list(run.blocks[choice.m:])
-        parent, _ = _parent_and_name(new, removed[0])
+        parent, _ = parent_and_name(new, removed[0])
         names = [p.rpartition(".")[2] for p in run.blocks]
         if run.kind == "dense":  # the parent loops over its children (DenseNet's DenseBlock): drop them
             _edit_sequential(parent, [p.rpartition(".")[2] for p in removed], layer)
@@ -490,7 +497,7 @@ def rewrite(model: nn.Module, runs: FindResult | Iterable[Run], plan: Mapping[st
     for run, choice, layer in layers:
         records[run.path] = RewriteRecord(
             path=run.path, r=run.r, m=choice.m, kept=run.blocks[:choice.m], removed=run.blocks[choice.m:],
-            inserted=run.blocks[choice.m], layer_type=type(_inner(layer)).__name__,
+            inserted=run.blocks[choice.m], layer_type=type(inner_layer(layer)).__name__,
             method=method[run.path], params_removed=sum(run.params[choice.m:]),
             params_added=sum(p.numel() for p in layer.parameters()))
     return RewriteResult(result, tuple(records[r.path] for r in run_list))
