@@ -17,6 +17,7 @@ Public API (everything else is private)::
                                         every file the tool writes, one way: atomic, flushed, owned (a
                                         folder's manifest, a file's own columns), one writer at a time
     find_runs(model, input_size)        the runs of repeated same-resolution blocks (changes nothing)
+    build_space(found), SearchSpace     the plan space the search and the supernet range over (declared once)
     supernet(model, input_size=..., space=...)   every plan of a search space (built by the caller:
                                         search.build_space, or search.supernet for both) in one weight-sharing
                                         module: select(plan), extract(plan); train_supernet (sandwich rule)
@@ -47,6 +48,7 @@ from .data import DataBundle, DataSpec, load_data, parse_data_spec
 from .train import TrainConfig, TrainResult
 from .graph import FindResult, Run, RunChoice, find_runs, register_leaf_module, rewrite
 from ._calibrate import CalibrateConfig, Calibration, FeaturePair, calibrate, feature_pairs
+from ._space import GLOBAL_ONLY, INITS, K_RANGE, Param, RunSpace, SearchSpace, build_space
 from ._supernet import (SandwichConfig, Supernet, calibration_batches, load_supernet_weights, recalibrate_bn,
                         score_plan, supernet, train_supernet)
 from .pde import (CirculantRD, CirculantRDConfig, DropLayer, ExplicitRD, ExplicitRDConfig, GlobalConfig, GlobalLayer,
@@ -67,7 +69,7 @@ __all__ = [
     "find_runs", "FindResult", "Run", "RunChoice", "rewrite", "register_leaf_module",
     "calibrate", "Calibration", "CalibrateConfig", "feature_pairs", "FeaturePair",
     "supernet", "Supernet", "SandwichConfig", "train_supernet", "recalibrate_bn", "calibration_batches", "score_plan",
-    "load_supernet_weights",
+    "load_supernet_weights", "SearchSpace", "RunSpace", "Param", "build_space", "K_RANGE", "INITS", "GLOBAL_ONLY",
     "count", "count_module", "macs_and_params",
     "Budget", "parse_budget", "parse_latency", "format_count", "format_ms", "parse_input_size",
     "CondenseError", "ConfigError", "BudgetError", "report_error",

@@ -25,7 +25,7 @@ from torch import nn
 from . import _write
 from ._errors import CondenseError, os_error  # noqa: F401 - os_error: public here (condense.os_error)
 from ._write import check_output, recover_directory, write_bytes  # noqa: F401 - public here too
-from ._models import ModelSpec, build_model, file_digest
+from ._models import ModelSpec, build_model, check_finite, file_digest, fit_state
 
 FORMAT = "condense/1"
 META = "condensed.json"
@@ -225,42 +225,6 @@ def original_from_meta(meta: dict[str, Any], directory: str | os.PathLike, *, tr
             raise CondenseError(f"{spec.path} changed since {directory} was saved (SHA-256 differs)",
                                 "restore that version of the file, or pass the model: condense.load(DIR, model=...)")
     return build_model(spec, **meta.get("model_kwargs", {}))
-
-
-def _non_finite(state: dict[str, torch.Tensor]) -> list[str]:
-    return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-
-
-def check_finite(state: dict[str, torch.Tensor], where: str | os.PathLike) -> None:
-    """A one-line error if any floating tensor of ``state`` holds NaN or infinity."""
-    bad = _non_finite(state)
-    if bad:
-        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-        raise CondenseError(f"{where} holds NaN or infinite weights ({', '.join(bad[:3])}{more})",
-                            "the training that wrote it diverged: use an earlier checkpoint")
-
-
-def fit_state(model: nn.Module, state: dict[str, torch.Tensor], where: str | os.PathLike,
-              hint: str = "was the model (or its factory) changed since saving?") -> None:
-    """Load ``state`` into ``model`` strictly; a one-line error listing missing, unexpected and
-    differently shaped keys (a few of each, with shapes) otherwise."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        def few(keys, show=lambda k: k):
-            return ", ".join(show(k) for k in keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing: {few(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected: {few(unexpected)}")
-        if shapes:
-            parts.append(f"{len(shapes)} of other shapes: " +
-                         few(shapes, lambda k: f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"))
-        raise CondenseError(f"weights in {where} do not fit {type(model).__name__} ({'; '.join(parts)})", hint)
-    model.load_state_dict(state)
 
 
 def _check_runs(meta: dict[str, Any], found, directory) -> None:

@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import importlib.util
 import inspect
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -229,11 +230,45 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {k[7:] if k.startswith("module.") else k: v for k, v in data.items()}
 
 
+def _non_finite(state: dict[str, torch.Tensor]) -> list[str]:
+    return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def check_finite(state: dict[str, torch.Tensor], where: str | os.PathLike) -> None:
+    """A one-line error if any floating tensor of ``state`` holds NaN or infinity."""
+    bad = _non_finite(state)
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise CondenseError(f"{where} holds NaN or infinite weights ({', '.join(bad[:3])}{more})",
+                            "the training that wrote it diverged: use an earlier checkpoint")
+
+
+def fit_state(model: nn.Module, state: dict[str, torch.Tensor], where: str | os.PathLike,
+              hint: str = "was the model (or its factory) changed since saving?") -> None:
+    """Load ``state`` into ``model`` strictly; a one-line error listing missing, unexpected and
+    differently shaped keys (a few of each, with shapes) otherwise."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        def few(keys, show=lambda k: k):
+            return ", ".join(show(k) for k in keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing: {few(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected: {few(unexpected)}")
+        if shapes:
+            parts.append(f"{len(shapes)} of other shapes: " +
+                         few(shapes, lambda k: f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"))
+        raise CondenseError(f"weights in {where} do not fit {type(model).__name__} ({'; '.join(parts)})", hint)
+    model.load_state_dict(state)
+
+
 def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     """Load local weights into ``model`` (strict); a one-line error listing the mismatching keys and shapes,
     or naming the tensors that hold NaN/infinity, otherwise."""
-    from ._io import check_finite, fit_state
-
     state = read_state_dict(path)
     check_finite(state, f"checkpoint {Path(path).name!r}")
     fit_state(model, state, f"checkpoint {Path(path).name!r}",

@@ -662,7 +662,7 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
                           "pass teacher= and features= (condense train DIR --teacher ORIGINAL --kd-features)")
 
     def check(state: dict[str, Any], path: Path, _world: int) -> None:
-        from ._io import check_finite
+        from ._models import check_finite
 
         check_checkpoint(state, path, config)
         check_finite(state["model"], path)
@@ -683,7 +683,7 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
     if teacher is not None:
         setup.teacher(teacher, fmt)
     if setup.resumed is not None:
-        from ._io import fit_state
+        from ._models import fit_state
 
         fit_state(model, setup.resumed["model"], setup.checkpoint, hint="the checkpoint is of another model: start "
                   "again with --overwrite, or resume the model it was written for")

@@ -10,7 +10,7 @@ import sys
 from typing import Sequence
 
 from condense import CondenseError
-from condense.cli import HelpFormatter
+from condense._help import HelpFormatter
 
 __all__ = ["search_main", "export_main", "compare_main", "search_parser", "export_parser", "compare_parser"]
 

@@ -540,3 +540,17 @@ def test_torchrun_refusals(tmp_path, data, monkeypatch):
         run_supernet_search("zoo:resnet_tiny", data["spec"], output=tmp_path / "b", trials=1, device="cpu",
                             finish=FinishConfig(top=1))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_condense_supernet_ranges_over_the_whole_plan_space_by_default():
+    """condense.supernet builds the plan space itself (declared in condense, which never imports search);
+    search.supernet narrows the same space."""
+    import search
+
+    model = condense.build_model("zoo:resnet_tiny")
+    size = (3, 32, 32)
+    net = condense.supernet(model, input_size=size)
+    assert net.space == condense.build_space(condense.find_runs(model, size))
+    assert search.SearchSpace is condense.SearchSpace
+    narrow = search.supernet(model, input_size=size, layers=["global"], K=(1, 3))
+    assert narrow.space.layers == ("global",) and narrow.space.K == (1, 3)

@@ -48,7 +48,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .._errors import CondenseError, ConfigError
+from .._errors import CondenseError
 from ..graph import (ChannelsFirstAdapter, FindResult, Run, RunChoice, build_layer, default_factory, find_runs,
                      inner_layer, parent_and_name, rewrite)
 from ..pde import layer_has_option
@@ -441,16 +441,14 @@ def _load_shared(target: nn.Module, source: nn.Module, path: str) -> None:
 
 def supernet(model: nn.Module, *, input_size: Sequence[int], space: Any = None,
              found: FindResult | None = None) -> Supernet:
-    """The supernet of ``model`` over ``space``, the search space the caller built (``search.build_space``:
-    condense does not import the search; ``search.supernet`` builds the space too, narrowed by ``layers``/``K``).
-    ``found``: ``find_runs(model, input_size)`` if already made."""
-    if space is None:
-        raise ConfigError("condense.supernet needs the search space (space=): condense does not build it",
-                          "use search.supernet(model, input_size=...), or pass "
-                          "space=search.build_space(condense.find_runs(model, input_size))")
+    """The supernet of ``model`` over ``space`` (default: the whole plan space for its runs,
+    ``condense.build_space``; ``search.supernet`` narrows it by ``layers``/``K``). ``found``:
+    ``find_runs(model, input_size)`` if already made."""
+    from .._space import build_space
+
     size = tuple(int(v) for v in input_size)
     found = found if found is not None else find_runs(model, size)
-    return Supernet(model, found, space)
+    return Supernet(model, found, space if space is not None else build_space(found))
 
 
 def load_supernet_weights(net: Supernet, path: str | os.PathLike) -> None:

@@ -36,7 +36,7 @@ from torch.utils import _python_dispatch
 
 from .._errors import ConfigError
 from . import _native
-from ._base import BOUNDARIES, neighbor, register_op_handle
+from ._base import BOUNDARIES, neighbor, register_op_handle, solver_setup_context
 
 Scalar = Union[float, int]
 _BOUNDARY_CODE = {name: i for i, name in enumerate(BOUNDARIES)}  # periodic 0, replicate 1, zero 2
@@ -216,12 +216,6 @@ def _(grad, init, source, u, v, Dx, Dy, dx_const, dy_const, K, dt, dx, dy, bound
             else init.new_empty(0) for i, (t, n) in enumerate(zip((init, source, u, v, Dx, Dy), needs))]
 
 
-def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:6])
-    ctx.scalars = inputs[6:15]
-    ctx.source_is_init = inputs[15]
-
-
 def _backward(ctx, grad):
     tensors = ctx.saved_tensors
     needs = [bool(n) for n in ctx.needs_input_grad[:6]]
@@ -232,7 +226,7 @@ def _backward(ctx, grad):
             *([None] * (len(ctx.scalars) + 1)))
 
 
-_fused.register_autograd(_backward, setup_context=_setup_context)
+_fused.register_autograd(_backward, setup_context=solver_setup_context)
 
 
 @register_op_handle("condense::advection_diffusion")

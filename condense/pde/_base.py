@@ -216,6 +216,14 @@ def neighbor(x: torch.Tensor, dim: int, offset: int, boundary: str) -> torch.Ten
 _OP_HANDLES: dict[str, Any] = {}
 
 
+def solver_setup_context(ctx, inputs, output):
+    """The autograd context of the advection-diffusion solver ops (the C op and the Triton op take the same
+    inputs): the six tensors saved for backward, the nine scalars, and whether the source is the init."""
+    ctx.save_for_backward(*inputs[:6])
+    ctx.scalars = inputs[6:15]
+    ctx.source_is_init = inputs[15]
+
+
 def register_op_handle(kind: str):
     """Decorator: ``handle(inputs, outputs) -> MACs`` for the TorchScript op ``kind`` (e.g. ``ns::op``)."""
 

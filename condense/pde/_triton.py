@@ -45,6 +45,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._base import solver_setup_context
+
 
 try:  # triton is optional: without it (or without CUDA and the interpreter) impl="triton" is a ConfigError
     import triton
@@ -790,7 +792,5 @@ def _autograd(ctx, grad):
             *([None] * (len(ctx.scalars) + 1)))
 
 
-from ._advection_diffusion import _setup_context  # noqa: E402  (the C op's: the same inputs, same layout)
-
-triton_advection_diffusion.register_autograd(_autograd, setup_context=_setup_context)
+triton_advection_diffusion.register_autograd(_autograd, setup_context=solver_setup_context)  # the C op's context
 

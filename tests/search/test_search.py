@@ -30,7 +30,7 @@ from condense.pde import layer_names
 from condense.pde._global_layer import DIFFUSIONS, SOURCES, VELOCITIES
 from search import build_space, export_main, run_search, search_main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PG_URL = os.environ.get("CONDENSE_TEST_PG_URL")
 
 NET = '''

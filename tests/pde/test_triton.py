@@ -21,7 +21,7 @@ from condense.pde import advection_diffusion
 
 pytest.importorskip("triton")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_interpreted(code: str, timeout: int = 300) -> str:
