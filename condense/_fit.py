@@ -24,7 +24,8 @@ How the plan is chosen (``fit``):
    6) suffice because latency grows with MACs along these plans (``_fit_latency``).
 6. With ``width`` (``condense._width``), the original's channels are pruned first (Torch-Pruning), and
    steps 1-5 run on the pruned model with the budgets resolved against the original; ``width="auto"``
-   chooses per-run shares with the depth plan, splitting the cut evenly between depth and width
+   chooses one share of every channel group with the depth plan, splitting the cut evenly between depth
+   and width: the share keeps about sqrt(budget fraction) of the MACs and the depth plan the rest
    (``condense._width._auto``).
 """
 from __future__ import annotations
@@ -272,8 +273,8 @@ def fit(model: nn.Module, macs: str | float | Budget | None = None, params: str 
     ``latency_setting`` says (batch, eager or compiled, threads; default batch 1, eager), met with a few
     measured candidates (``_fit_latency``); the result's ``latency`` holds the figures. ``width``: also
     prune channels with Torch-Pruning before the depth plan (``condense._width``): a share in [0, 1) of every
-    channel group (``0.25``), a share per run (``{"layer1": 0.25}``), or ``"auto"`` (per-run shares chosen
-    with the depth plan to meet the budgets); ``width_importance`` ranks channels by ``"l1"`` magnitude or
+    channel group (``0.25``), a share per run (``{"layer1": 0.25}``), or ``"auto"`` (one share chosen with
+    the depth plan to meet the budgets); ``width_importance`` ranks channels by ``"l1"`` magnitude or
     ``"group"`` norm; the result's ``width`` records it. Other keywords are layer options.
     """
     if width is not None:

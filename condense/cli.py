@@ -109,8 +109,8 @@ def _main_parser() -> argparse.ArgumentParser:
     w = p.add_argument_group("width (channel pruning with Torch-Pruning, before the depth plan)")
     w.add_argument("--width", metavar="W", default=None,
                    help="also remove channels: a share of every channel group (0.25), one per run "
-                        "(layer1=0.25,layer3=0.5), or auto: per-run shares chosen with the depth plan to meet "
-                        "every budget as measured (default: none)")
+                        "(layer1=0.25,layer3=0.5), or auto: one share of every channel group chosen with the depth "
+                        "plan, the cut split evenly between them, every budget met as measured (default: none)")
     w.add_argument("--width-importance", choices=("l1", "group"), default="l1",
                    help="how channels are ranked from the weights: l1 magnitude (default) or group norm")
     c = p.add_argument_group("calibration (distil the condensed model from the original before saving)")

@@ -10,7 +10,7 @@ from torch import nn
 
 import condense
 from condense import CondenseError, zoo
-from condense._width import AUTO_STEPS, prune, WidthSpec
+from condense._width import AUTO_MAX_SHARE, REST, prune, WidthSpec
 from condense.cli import main
 
 SIZE = (3, 32, 32)
@@ -147,23 +147,25 @@ def test_width_auto_meets_the_budget_with_depth_and_width_together(original, bud
     macs, params = condense.macs_and_params(res.model, SIZE)
     assert (macs, params) == (res.macs_after, res.params_after)
     assert macs <= (res.macs_budget or float("inf")) and params <= (res.params_budget or float("inf"))
-    ratios = res.width.ratios
-    assert set(ratios) == {"layer1", "layer2", "layer3"} and set(ratios.values()) <= set(AUTO_STEPS)
-    # a joint plan: channels removed, and blocks too
-    assert any(ratios.values()) and sum(r.m for r in res.rows) < sum(r.r for r in res.rows)
+    # one share of every channel group (Torch-Pruning's uniform pruning), and blocks removed too
+    assert set(res.width.ratios) == {REST} and 0 < res.width.ratios[REST] <= AUTO_MAX_SHARE
+    assert sum(r.m for r in res.rows) < sum(r.r for r in res.rows)
     tried = res.width.auto
-    # the first state splits the cut evenly: width keeps about sqrt(fraction) of the MACs, (1 - s)^2
-    start = min(AUTO_STEPS, key=lambda s: abs((1 - s) ** 2 - fraction ** 0.5))
-    assert tried[0]["ratios"] == {"layer1": start, "layer2": start, "layer3": start}
-    # the plan kept is the most even of those that met the budget: (1 - s)^2 against m / r, run by run
+    # the first state splits the cut evenly: width keeps sqrt(fraction) of the MACs, (1 - s)^2 = sqrt(fraction)
+    assert tried[0]["ratios"][REST] == pytest.approx(1 - fraction ** 0.25, abs=1e-6)
     feasible = [t for t in tried if t["feasible"]]
-    assert ratios == min(feasible, key=lambda t: t["uneven"])["ratios"]
-    uneven = sum(abs((1 - ratios[r.path]) ** 2 - r.m / r.r) for r in res.rows)
-    assert uneven == pytest.approx(min(t["uneven"] for t in feasible), abs=1e-6)
+    assert feasible and res.width.ratios[REST] in {t["ratios"][REST] for t in feasible}
+    # the share kept is the lowest tried that met the budgets with the same blocks: no feasible state with
+    # fewer channels removed keeps the same blocks (rebuilt and checked)
+    kept = tuple(r.m for r in res.rows)
+    for t in feasible:
+        if t["ratios"][REST] < res.width.ratios[REST]:
+            other = condense.fit(original, input_size=SIZE, width=t["ratios"][REST], **budget)
+            assert tuple(r.m for r in other.rows) != kept
 
 
 def test_width_auto_below_every_reachable_plan_is_a_budget_error(original):
-    with pytest.raises(condense.BudgetError, match="also with 0.5 of every run's channels removed"):
+    with pytest.raises(condense.BudgetError, match="also with 0.75 of every channel group removed"):
         condense.fit(original, input_size=SIZE, width="auto", macs="1%")
 
 

@@ -25,6 +25,7 @@ optionally moves its weights before fine-tuning):
 ``joint-calibrate``       ``joint``, then ``condense.calibrate`` (on the logits alone: the pruned runs' outputs are
                           narrower than the original's)
 ``joint-drop``            the same with ``layer="drop"`` (channels pruned, removed blocks deleted)
+``joint-drop-calibrate``  ``joint-drop``, then ``condense.calibrate`` (on the logits)
 ========================  ======================================================================================
 
 A build that cannot reach the target (``BudgetError``, e.g. ``preserve`` on a small net) makes the arm
@@ -162,6 +163,8 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
         _calibrate, needs="calibrate+torch_pruning"),
     Arm("joint-drop", "depth + width (--width auto), drop", _fit(_trained, width="auto", layer="drop"),
         needs="drop+torch_pruning"),
+    Arm("joint-drop-calibrate", "depth + width (--width auto), drop + calibrate",
+        _fit(_trained, width="auto", layer="drop"), _calibrate, needs="calibrate+drop+torch_pruning"),
 )}
 
 
