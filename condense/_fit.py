@@ -133,14 +133,10 @@ class _Costs:
         return self.model_costs.layer_cost(path, choice)
 
     def plan_cost(self, total: tuple[int, int], ms: Mapping[str, int], K: int) -> tuple[int, int]:
-        macs, params = total
-        for path, m in ms.items():
-            run = self.runs[path]
-            if m < run.r:
-                lm, lp = self.layer_cost(path, K, m)
-                macs += lm - sum(v or 0 for v in run.macs[m:])
-                params += lp - sum(run.params[m:])
-        return macs, params
+        """``PlanCosts.estimate`` of m per run at K (a replaced block that was not counted subtracts 0 MACs)."""
+        choices = {path: RunChoice(m=m, layer=self.layer, options=self.options_at(K), init=self.init)
+                   for path, m in ms.items() if m < self.runs[path].r}
+        return self.model_costs.estimate(total, choices, uncounted_as_zero=True)
 
 
 def _check_drop(K: int | None, fill_K: bool, init: str | None, options: Mapping[str, Any]) -> None:

@@ -51,9 +51,11 @@ def _accepts(fn, name: str) -> bool:
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-def build_for_classes(spec: ModelSpec, num_classes: int | None, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
+def build_for_classes(spec: ModelSpec, num_classes: int | None, /,
+                      **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
     """``spec``'s model, with ``num_classes`` passed only when the data's class count differs from what the
-    model builds by default (a factory without a ``num_classes`` argument then gets a clear error).
+    model builds by default (a factory without a ``num_classes`` argument then gets a clear error); a
+    ``num_classes`` among ``kwargs`` (a model keyword, as ``condense --num-classes`` gives it) is passed as given.
     Returns the model and the keyword arguments it was built with (recorded for ``load``)."""
     model = build_model(spec, **kwargs)
     if num_classes is None or _outputs(model) == num_classes:

@@ -246,22 +246,15 @@ def _trust(p: argparse.ArgumentParser) -> None:
 
 
 def _load_model(text: str, checkpoint: str | None, num_classes: int | None = None):
-    from ._models import build_model, load_checkpoint, parse_model_spec
     from ._resolve import is_model_dir, resolve_model
 
     if is_model_dir(text):
         raise CondenseError(f"{text!r} is a directory; this command takes a model spec",
                             "write timm:NAME, zoo:NAME or path/to/file.py:factory")
-    if num_classes is None:
-        r = resolve_model(text, checkpoint=checkpoint)
-        return r.spec, r.model, r.input_size
-    spec = parse_model_spec(text)  # --num-classes: asked for explicitly, passed as given
-    model = build_model(spec, num_classes=num_classes)
-    if checkpoint:
-        load_checkpoint(model, checkpoint)
-    from ._models import default_input_size
-
-    return spec, model, default_input_size(model)
+    # --num-classes: asked for explicitly, passed as given (a model keyword, not a class count to match)
+    r = resolve_model(text, checkpoint=checkpoint,
+                      model_kwargs={"num_classes": num_classes} if num_classes is not None else None)
+    return r.spec, r.model, r.input_size
 
 
 def _preserve(args) -> bool:
