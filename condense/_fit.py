@@ -32,7 +32,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -42,11 +42,9 @@ from ._costs import PlanCosts
 from ._count import macs_and_params
 from ._errors import BudgetError, ConfigError
 from ._latency import LatencySetting, measure_latency
+from ._width import WidthFit, fit_with_width, parse_width
 from .graph import FindResult, Run, RunChoice, find_runs, rewrite
 from .pde import DROP, create_layer, layer_class, layer_has_option
-
-if TYPE_CHECKING:
-    from ._width import WidthFit
 
 DEFAULT_K = 5
 K_MAX = 20
@@ -273,8 +271,6 @@ def fit(model: nn.Module, macs: str | float | Budget | None = None, params: str 
     ``"group"`` norm; the result's ``width`` records it. Other keywords are layer options.
     """
     if width is not None:
-        from ._width import fit_with_width, parse_width
-
         spec = parse_width(width, width_importance)
         if spec is not None:
             size = tuple(int(s) for s in (input_size or (3, 224, 224)))

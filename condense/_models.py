@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import importlib.util
 import inspect
 import os
@@ -15,9 +16,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
+from . import zoo
 from ._errors import CondenseError
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
@@ -75,8 +79,6 @@ MODEL_KINDS = ("timm", "zoo", "file")
 
 def file_digest(path: str | Path) -> str:
     """SHA-256 of a model file (recorded beside a file spec so a changed file is noticed on load)."""
-    import hashlib
-
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
@@ -102,8 +104,6 @@ def parse_model_spec(text: str) -> ModelSpec:
 
 
 def _timm_model(name: str, **kwargs: Any) -> nn.Module:
-    import timm
-
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models() for the names"
@@ -183,8 +183,6 @@ def build_model(spec: ModelSpec | str, **kwargs: Any) -> nn.Module:
     if spec.kind == "timm":
         return _timm_model(spec.name, **kwargs)
     if spec.kind == "zoo":
-        from . import zoo
-
         return zoo.build(spec.name, **kwargs)
     return _file_model(spec.path, spec.factory, **kwargs)
 
@@ -210,8 +208,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                             f"use one of {', '.join(CHECKPOINT_SUFFIXES)}")
     try:
         if file.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             data: Any = load_file(str(file))
         else:
             data = torch.load(str(file), map_location="cpu", weights_only=True)

@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 
 from .._errors import CondenseError
 from ._loader import (_PHOTO_SIDE, BatchLoader, DataBundle, _check_augment, _crop_pad, _mixed_seed, _subset,
@@ -45,7 +46,6 @@ def _folder_transforms(size: tuple[int, int, int], augment: str, mean: tuple[flo
                        std: tuple[float, ...]) -> dict[bool, Any]:
     """{augment: transform} for PIL images: the test transform (timm's resize and centre crop for photos
     of 128 pixels or more, else a plain resize to H x W) and the training one (``augment``)."""
-    from timm.data import create_transform
     from torchvision import transforms as T
 
     hw = size[1:]
@@ -115,7 +115,6 @@ def _first_image(spec: DataSpec, base: Any) -> tuple[tuple[int, int], bool]:
 
 def _load_imagefolder(spec: DataSpec, limits: tuple[int | None, int | None],
                       input_size: tuple[int, int, int] | None, augment: str | None) -> DataBundle:
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
     from torchvision.datasets import ImageFolder
 
     root = spec.path

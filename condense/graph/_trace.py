@@ -14,12 +14,15 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import timm.models  # noqa: F401 - timm registers its no-trace modules when the model modules are imported
 import torch
+from timm.layers import get_notrace_functions, get_notrace_modules
 from torch import fx, nn
 from torch.fx.node import map_aggregate
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 from .._errors import CondenseError
+from ..pde._base import PDELayer
 
 _USER_LEAVES: set[type[nn.Module]] = set()
 
@@ -37,27 +40,13 @@ def register_leaf_module(cls: type[nn.Module]) -> type[nn.Module]:
 
 
 def _leaf_types() -> tuple[type, ...]:
-    from ..pde._base import PDELayer
-
     types: set[type] = {PDELayer, *_USER_LEAVES}
-    try:  # timm registers its no-trace modules when the model modules are imported
-        import timm.models  # noqa: F401
-        from timm.layers import get_notrace_modules
-
-        types.update(get_notrace_modules())
-    except ImportError:  # pragma: no cover - timm is a hard dependency, but stay traceable without it
-        pass
+    types.update(get_notrace_modules())
     return tuple(types)
 
 
 def _autowrap_functions() -> tuple[Any, ...]:
-    try:
-        import timm.models  # noqa: F401
-        from timm.layers import get_notrace_functions
-
-        return tuple(f for f in get_notrace_functions() if callable(f))
-    except ImportError:  # pragma: no cover
-        return ()
+    return tuple(f for f in get_notrace_functions() if callable(f))
 
 
 class CondenseTracer(fx.Tracer):
