@@ -33,14 +33,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as RichProgress  # Progress here is the callback type
 from torch import nn
 
+from ._bn import recalibrate_bn
+from ._device import resolve_device
 from ._errors import ConfigError, CondenseError
+from ._fit import Plan
+from .data import DataBundle, load_data
 
 TRAIN = ("all", "new")
 CHECK_IMAGES = 512  # held-out test images the per-run feature error is measured on
@@ -62,8 +69,6 @@ class FeaturePair:
 def feature_pairs(runs: Any, plan: Any) -> tuple[FeaturePair, ...]:
     """The feature pairs of every run ``plan`` condenses (m < r). ``runs``: a ``FindResult`` of the original
     or its runs; ``plan``: a ``Plan``, or its dict (``condensed.json``'s "plan")."""
-    from ._fit import Plan
-
     choices = plan.choices if isinstance(plan, Plan) else Plan.from_dict(plan).choices
     runs = getattr(runs, "runs", runs)
     by_path = {r.path: r for r in runs}
@@ -295,8 +300,6 @@ def calibrate(result, original: nn.Module, data, *, images: int = 10000, epochs:
     if not pairs and not pruned:
         raise CondenseError("nothing to calibrate: the plan condenses no run", "condense with a budget that needs it")
     bundle = _bundle(data, tuple(result.input_size), config)
-    from ._device import resolve_device
-
     homes = [_device_of(student), _device_of(original)]
     teacher_was_training = original.training
     dev = resolve_device(device) if device is not None else homes[0]
@@ -321,8 +324,6 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def _bundle(data, input_size: tuple[int, ...], config: CalibrateConfig):
-    from .data import DataBundle, load_data
-
     if isinstance(data, DataBundle):
         bundle = data
     else:
@@ -467,8 +468,6 @@ def _calibrate(student, teacher, bundle, pairs, config: CalibrateConfig, s_tap, 
             say.epoch(epoch, loss_sum / max(seen, 1), time.perf_counter() - t0)
         say.message("re-estimating BatchNorm statistics")
         s_tap.enabled = t_tap.enabled = False
-        from ._bn import recalibrate_bn
-
         recalibrate_bn(student, _train_batches(bundle, config, 0), dev)
         s_tap.enabled = t_tap.enabled = True
     finally:
@@ -490,16 +489,12 @@ class _Reporter:
     messages to a function (e.g. a ``console.status`` spinner's ``update``)."""
 
     def __init__(self, progress: bool | Progress, total: int, epochs: int):
-        import sys
-
         self.fn = progress if callable(progress) else None
         self.lines = progress is True and not sys.stdout.isatty()
         self.total, self.epochs, self.bar, self.task = total, epochs, None, None
         if progress is True and not self.lines:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(TextColumn("[bold]calibrating"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[stats]}"), TimeElapsedColumn())
+            self.bar = RichProgress(TextColumn("[bold]calibrating"), BarColumn(), MofNCompleteColumn(),
+                                    TextColumn("{task.fields[stats]}"), TimeElapsedColumn())
             self.bar.start()
             self.task = self.bar.add_task("calibrating", total=total, stats="")
 

@@ -59,9 +59,11 @@ class PlanCosts:
             return macs + block_macs, params + sum(p.numel() for p in block.parameters())
         return count_module(inner, x)
 
-    def estimate(self, total: tuple[int, int], choices: Mapping[str, RunChoice]) -> tuple[int, int] | None:
+    def estimate(self, total: tuple[int, int], choices: Mapping[str, RunChoice],
+                 uncounted_as_zero: bool = False) -> tuple[int, int] | None:
         """``total`` (the original's MACs, params) with each run of ``choices`` replaced; None when a
-        replaced block was not counted (nothing to subtract)."""
+        replaced block was not counted (nothing to subtract), or with ``uncounted_as_zero`` such a block
+        subtracts 0 MACs (fit's rule: it counts the rewritten model before it reports a plan)."""
         macs, params = total
         for path, choice in choices.items():
             run = self.runs[path]
@@ -69,7 +71,9 @@ class PlanCosts:
                 continue
             removed = run.macs[choice.m:]
             if any(v is None for v in removed):
-                return None
+                if not uncounted_as_zero:
+                    return None
+                removed = [v or 0 for v in removed]
             lm, lp = self.layer_cost(path, choice)
             macs += lm - sum(removed)
             params += lp - sum(run.params[choice.m:])

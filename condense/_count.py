@@ -47,6 +47,15 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from . import pde  # noqa: F401 - importing the layers fills the custom-op handle registry (op_handles)
+from ._errors import CondenseError
+from .pde._base import PDELayer, op_handles
+
+with warnings.catch_warnings():  # importing fvcore warns (torch.jit.script is deprecated)
+    warnings.simplefilter("ignore")
+    from fvcore.nn import FlopCountAnalysis
+    from fvcore.nn.flop_count import _DEFAULT_SUPPORTED_OPS
+
 __all__ = ["count", "count_module", "macs_and_params", "unsupported_ops_in_pde_layers"]
 
 Handle = Callable[[list, list], Any]
@@ -179,25 +188,6 @@ def _scope_names(value) -> list[str]:
     return names
 
 
-def _pde_support() -> tuple[type, dict[str, Handle]]:
-    """The PDELayer base class and the custom-op handles registered by the PDE layers."""
-    try:  # importing the package imports the layers, which fills the handle registry
-        import condense.pde  # noqa: F401
-    except ImportError:
-        pass
-    from .pde._base import PDELayer, op_handles
-
-    return PDELayer, op_handles()
-
-
-def _fvcore():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from fvcore.nn import FlopCountAnalysis
-        from fvcore.nn.flop_count import _DEFAULT_SUPPORTED_OPS
-    return FlopCountAnalysis, _DEFAULT_SUPPORTED_OPS
-
-
 # --- handles ---------------------------------------------------------------------------------------
 
 class _PDEScope:
@@ -298,8 +288,7 @@ def _fft_handle(kind: str, in_pde: _PDEScope) -> Handle:
 
 def _analysis(model: nn.Module, inputs: tuple[Tensor, ...]):
     """An fvcore FlopCountAnalysis of ``model`` on ``inputs`` with the condense handles set."""
-    FlopCountAnalysis, fv_defaults = _fvcore()
-    pde_cls, custom = _pde_support()
+    fv_defaults, pde_cls, custom = _DEFAULT_SUPPORTED_OPS, PDELayer, op_handles()
     pde_names = {name for name, m in model.named_modules(remove_duplicate=False) if isinstance(m, pde_cls)}
     in_pde = _PDEScope(pde_names)
     handles: dict[str, Handle | None] = {k: None for k in _ZERO_OPS if k not in fv_defaults}
@@ -345,8 +334,6 @@ def _run(model: nn.Module, inputs: tuple[Tensor, ...]):
 def _example_inputs(model: nn.Module, input_size: Sequence[int], batch_size: int) -> tuple[Tensor, ...]:
     size = tuple(int(s) for s in input_size)
     if not size or any(s < 1 for s in size) or batch_size < 1:
-        from ._errors import CondenseError
-
         raise CondenseError(f"bad input size {size} / batch size {batch_size}",
                             "give positive sizes, e.g. input_size=(3, 224, 224)")
     ref = next(iter(model.parameters()), None)
@@ -382,8 +369,6 @@ def count(model: nn.Module, input_size: Sequence[int] = (3, 224, 224), *,
     The model runs once on ``inputs`` if given (``input_size`` and ``batch_size`` are then ignored),
     else on a random tensor of shape ``(batch_size, *input_size)``; MACs are for the whole batch.
     """
-    import pandas as pd
-
     example = _as_inputs(inputs) if inputs is not None else _example_inputs(model, input_size, batch_size)
     analysis, pde_names = _run(model, example)
     by_module = analysis.by_module()
@@ -398,6 +383,8 @@ def count(model: nn.Module, input_size: Sequence[int] = (3, 224, 224), *,
             "pde": name in pde_names,
             "unsupported": int(sum(analysis.unsupported_ops(name).values())),
         })
+    import pandas as pd  # heavy: loaded when a table is asked for, not at `import condense`
+
     df = pd.DataFrame(rows, index=pd.Index(index, name="module"))
     df = df.astype({"macs": "int64", "params": "int64", "depth": "int64", "unsupported": "int64"})
     df.attrs["macs"] = int(analysis.total())

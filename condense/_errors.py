@@ -7,6 +7,9 @@ from __future__ import annotations
 import errno
 import os
 
+from rich.console import Console
+from rich.markup import escape  # a message's own brackets (pip install "condense[versus]") are text, not markup
+
 
 class CondenseError(Exception):
     """An error the user can fix. ``str(err)`` is one line: the problem, then a hint."""
@@ -67,9 +70,6 @@ def report(err: BaseException, *, debug: bool = False) -> int:
     """Print ``err`` as every ``condense`` command does and return the exit code: 1 and one line for a
     domain error (``as_domain_error``), 130 for an interrupt, 2 and one line naming anything else. With
     ``debug`` the exception propagates (full traceback)."""
-    from rich.console import Console
-    from rich.markup import escape  # a message's own brackets (pip install "condense[versus]") are text, not markup
-
     err_console = Console(stderr=True, soft_wrap=True)
     if isinstance(err, KeyboardInterrupt):
         err_console.print("interrupted")

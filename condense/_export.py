@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import errno
 import io
 import os
 import re
@@ -41,9 +42,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from rich.console import Console
 from torch import nn
 
-from ._errors import CondenseError, run_command
+from ._budget import format_count, parse_input_size
+from ._errors import CondenseError, as_domain_error, os_error, run_command
+from ._help import HelpFormatter
+from ._io import load, read_meta
+from ._models import default_input_size
+from ._write import claim_file
+from .pde import GlobalLayer
 
 EXPORTERS = ("auto", "torchscript", "dynamo")
 STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
@@ -100,10 +108,6 @@ def _module_or_dir(model_or_dir: nn.Module | str | os.PathLike,
 
     Any failure to read a directory is a one-line ``CondenseError``.
     """
-    from ._budget import parse_input_size
-    from ._io import load, read_meta
-    from ._models import default_input_size
-
     if isinstance(input_size, str):
         input_size = parse_input_size(input_size)
     if isinstance(model_or_dir, nn.Module):
@@ -134,8 +138,6 @@ def eager_copy(model: nn.Module) -> tuple[nn.Module, int]:
     ``GlobalConfig`` is frozen and ``GlobalLayer.forward`` reads ``self.config.impl`` on every call, so
     replacing the config object is enough (the weights are untouched).
     """
-    from .pde import GlobalLayer
-
     model = copy.deepcopy(model).eval()
     n = 0
     for layer in model.modules():
@@ -315,8 +317,6 @@ def export_onnx(model_or_dir: nn.Module | str | os.PathLike, path: str | os.Path
     if not isinstance(opset, int) or not 7 <= opset <= 30:
         raise CondenseError(f"opset {opset!r} is not a usable ONNX opset", "use 17 (the default) or 18+")
     t0 = time.perf_counter()
-    from ._write import claim_file
-
     claim_file(path, "ONNX model", _is_onnx)  # before any work: a file that is not an ONNX model is refused
     model, size, label = _module_or_dir(model_or_dir, input_size, trust_code)
     model = model.eval()
@@ -388,10 +388,6 @@ def _is_onnx(path: Path) -> bool:
 def _raise_if_write_failed(errors, out: Path) -> None:
     """An exporter that failed because the file could not be written (a full disk, a read-only folder) is
     reported as that, not as a missing operator mapping; exporters wrap the OSError, or only its text."""
-    import errno
-
-    from ._errors import as_domain_error, os_error
-
     for _, err in errors:
         found = as_domain_error(err)
         if found is not None:
@@ -431,8 +427,6 @@ def export_program(model_or_dir: nn.Module | str | os.PathLike, input_size: Sequ
 
 # ------------------------------------------------------------------------------------------ CLI
 def _parser() -> argparse.ArgumentParser:
-    from ._help import HelpFormatter
-
     p = argparse.ArgumentParser(
         prog="condense export-onnx", formatter_class=HelpFormatter,
         description="Export a condensed-model directory to ONNX (standard ops only: the Global layers use their "
@@ -456,8 +450,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args, console) -> int:
-    from ._budget import format_count
-
     out = Path(args.output) if args.output else Path(args.model) / "model.onnx"
     with console.status(f"exporting {args.model} to ONNX", spinner="dots"):
         report = export_onnx(args.model, out, input_size=args.input_size, opset=args.opset,
@@ -477,8 +469,6 @@ def _run(args, console) -> int:
 
 def export_onnx_main(argv: Sequence[str] | None = None) -> int:
     """``condense export-onnx DIR [-o FILE] [--opset N] ...``: exit 0, 1 (CondenseError, one line) or 2."""
-    from rich.console import Console
-
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     console = Console(width=None if sys.stdout.isatty() else 120)
     return run_command(lambda: _run(args, console), debug=args.debug)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -43,11 +43,9 @@ from ._costs import PlanCosts
 from ._count import macs_and_params
 from ._errors import BudgetError, ConfigError
 from ._latency import LatencySetting, measure_latency
+from ._width import WidthFit, fit_with_width, parse_width
 from .graph import FindResult, Run, RunChoice, find_runs, rewrite
 from .pde import DROP, create_layer, layer_class, layer_has_option
-
-if TYPE_CHECKING:
-    from ._width import WidthFit
 
 DEFAULT_K = 5
 K_MAX = 20
@@ -134,14 +132,10 @@ class _Costs:
         return self.model_costs.layer_cost(path, choice)
 
     def plan_cost(self, total: tuple[int, int], ms: Mapping[str, int], K: int) -> tuple[int, int]:
-        macs, params = total
-        for path, m in ms.items():
-            run = self.runs[path]
-            if m < run.r:
-                lm, lp = self.layer_cost(path, K, m)
-                macs += lm - sum(v or 0 for v in run.macs[m:])
-                params += lp - sum(run.params[m:])
-        return macs, params
+        """``PlanCosts.estimate`` of m per run at K (a replaced block that was not counted subtracts 0 MACs)."""
+        choices = {path: RunChoice(m=m, layer=self.layer, options=self.options_at(K), init=self.init)
+                   for path, m in ms.items() if m < self.runs[path].r}
+        return self.model_costs.estimate(total, choices, uncounted_as_zero=True)
 
 
 def _check_drop(K: int | None, fill_K: bool, init: str | None, options: Mapping[str, Any]) -> None:
@@ -278,8 +272,6 @@ def fit(model: nn.Module, macs: str | float | Budget | None = None, params: str 
     ``"group"`` norm; the result's ``width`` records it. Other keywords are layer options.
     """
     if width is not None:
-        from ._width import fit_with_width, parse_width
-
         spec = parse_width(width, width_importance)
         if spec is not None:
             size = tuple(int(s) for s in (input_size or (3, 224, 224)))

@@ -16,16 +16,22 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
+from safetensors.torch import load_file, save as safetensors_save
 from torch import nn
 
 from . import _write
+from ._calibrate import check_record
 from ._errors import CondenseError, os_error  # noqa: F401 - os_error: public here (condense.os_error)
+from ._fit import Plan
+from ._width import check_record as check_width, replay
 from ._write import check_output, recover_directory, write_bytes  # noqa: F401 - public here too
-from ._models import ModelSpec, build_model, check_finite, file_digest, fit_state
+from ._models import ModelSpec, build_model, check_finite, file_digest, fit_state, parse_model_spec
+from .graph import find_runs, rewrite
 
 FORMAT = "condense/1"
 META = "condensed.json"
@@ -86,8 +92,6 @@ def write_condensed(directory: str | os.PathLike, model: nn.Module, plan, *, mod
     trial): ``plan`` a ``Plan``, ``counts`` the measured MACs/params (before/after/budgets), ``runs`` one
     dict per run (path, block_class, r, m, layer, K). A ``file.py:factory`` spec is stored with the file's
     absolute path and SHA-256, so ``load`` works from any folder and notices a changed file."""
-    from ._models import parse_model_spec
-
     spec_obj = spec if isinstance(spec, ModelSpec) else (None if spec is None else parse_model_spec(spec))
     digest = None
     if spec_obj is not None and spec_obj.kind == "file":
@@ -113,8 +117,6 @@ def write_model_dir(directory: str | os.PathLike, model: nn.Module, meta: dict[s
                     inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
     """``meta`` as ``condensed.json`` and ``model``'s weights (with the state dict's version metadata, which
     some modules' loaders read) as ``model.safetensors``, through ``write_directory``."""
-    from safetensors.torch import save
-
     state = model.state_dict()
     versions = {k: dict(v) for k, v in getattr(state, "_metadata", {}).items()
                 if isinstance(v, dict) and set(v) == {"version"} and v["version"] is not None}
@@ -122,7 +124,7 @@ def write_model_dir(directory: str | os.PathLike, model: nn.Module, meta: dict[s
     validate_meta(json.loads(json.dumps(meta)), Path(directory) / META)
 
     def fill(tmp: Path) -> None:
-        write_bytes(tmp / WEIGHTS, save(_state_for_saving(model)))
+        write_bytes(tmp / WEIGHTS, safetensors_save(_state_for_saving(model)))
         write_bytes(tmp / META, (json.dumps(meta, indent=2) + "\n").encode())
 
     return write_directory(directory, fill, inputs=inputs)
@@ -134,8 +136,6 @@ def _bad(path: Path, what: str) -> CondenseError:
 
 def validate_meta(meta: Any, path: Path) -> dict[str, Any]:
     """Check ``condensed.json``'s structure; a one-line error naming the field otherwise."""
-    from ._fit import Plan
-
     if not isinstance(meta, dict):
         raise _bad(path, f"expected an object, not {type(meta).__name__}")
     if meta.get("format") != FORMAT:
@@ -172,14 +172,10 @@ def validate_meta(meta: Any, path: Path) -> dict[str, Any]:
     if digest is not None and not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
         raise _bad(path, "field 'model_file_sha256' must be a SHA-256 hex digest")
     if "calibration" in meta:  # what condense.calibrate did (condense MODEL --calibrate DATA)
-        from ._calibrate import check_record
-
         why = check_record(meta["calibration"])
         if why:
             raise _bad(path, f"field 'calibration': {why}")
     if "width" in meta:  # the channels Torch-Pruning removed before the plan (condense._width)
-        from ._width import check_record as check_width
-
         why = check_width(meta["width"])
         if why:
             raise _bad(path, f"field 'width': {why}")
@@ -248,11 +244,6 @@ def load(directory: str | os.PathLike, model: nn.Module | Callable[[], nn.Module
     ``model``, or ``trust_code=True`` to let ``load`` import the recorded file (never done otherwise: a
     directory is data someone may have handed you, and importing a file runs it).
     """
-    from safetensors.torch import load_file
-
-    from ._fit import Plan
-    from .graph import find_runs, rewrite
-
     meta = read_meta(directory)
     if model is None:
         original = original_from_meta(meta, directory, trust_code=trust_code)
@@ -264,8 +255,6 @@ def load(directory: str | os.PathLike, model: nn.Module | Callable[[], nn.Module
     plan = Plan.from_dict(meta["plan"])
     size = tuple(meta["input_size"])
     if meta.get("width") is not None:  # pruned first: the same shapes, by replaying Torch-Pruning's history
-        from ._width import replay
-
         original = replay(original, meta["width"], size, where=f"{Path(directory) / META}: field 'width'")
     if plan.choices:
         found = find_runs(original, size, count=False)
@@ -282,8 +271,6 @@ def load(directory: str | os.PathLike, model: nn.Module | Callable[[], nn.Module
     check_finite(state, weights)
     versions = meta.get("state_metadata")
     if versions:
-        from collections import OrderedDict
-
         state = OrderedDict(state)
         state._metadata = OrderedDict((k, dict(v)) for k, v in versions.items())  # type: ignore[attr-defined]
     fit_state(new, state, weights)

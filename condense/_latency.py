@@ -26,6 +26,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 import torch
 from torch import nn
 
+from ._device import describe_device, device_record, resolve_device, synchronize
 from ._errors import ConfigError
 
 __all__ = ["LatencySetting", "measure_latency", "measure_side_by_side", "interleaved_medians"]
@@ -59,20 +60,14 @@ class LatencySetting:
             raise ConfigError(f"latency threads={self.threads!r} must be an integer >= 1 or None")
         if self.warmup < 1 or self.min_time < 0:
             raise ConfigError("latency warmup must be >= 1 and min_time >= 0")
-        from ._device import resolve_device
-
         object.__setattr__(self, "device", str(resolve_device(self.device)))  # checked now, recorded resolved
 
     def describe(self) -> str:
-        from ._device import describe_device
-
         threads = self.threads or torch.get_num_threads()
         where = describe_device(torch.device(self.device)) if self.device != "cpu" else "cpu"
         return f"batch {self.batch}, {self.mode}, {threads} thread(s), {where}"
 
     def to_dict(self) -> dict:
-        from ._device import device_record
-
         return {"batch": self.batch, "mode": self.mode, "threads": self.threads or torch.get_num_threads(),
                 **device_record(torch.device(self.device))}
 
@@ -90,8 +85,6 @@ def _threads(n: int | None):
 
 def measure_latency(model: nn.Module, input_size: Sequence[int], setting: LatencySetting | None = None) -> float:
     """Median milliseconds of one forward pass of ``model`` on a random (batch, *input_size) input."""
-    from ._device import synchronize
-
     setting = setting or LatencySetting()
     device = torch.device(setting.device)
     p = next(iter(model.parameters()), None)
@@ -151,8 +144,6 @@ def measure_side_by_side(models: Mapping[str, nn.Module], input_size: Sequence[i
     """``{name: {str(batch): {"ms": median, "ratio": median / reference's}}}``: eager forward passes without
     gradients, all ``models`` timed interleaved in one run per batch size (``reference`` must be one of
     them). The models are moved to ``device`` and put in eval mode for the run, then back to the CPU."""
-    from ._device import resolve_device, synchronize
-
     if reference not in models:
         raise ConfigError(f"the reference model {reference!r} is not among the models timed")
     dev = resolve_device(device)

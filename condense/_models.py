@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import importlib.util
 import inspect
 import os
@@ -16,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
+from . import zoo
 from ._errors import CondenseError
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
@@ -75,8 +78,6 @@ MODEL_KINDS = ("timm", "zoo", "file")
 
 def file_digest(path: str | Path) -> str:
     """SHA-256 of a model file (recorded beside a file spec so a changed file is noticed on load)."""
-    import hashlib
-
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
@@ -102,7 +103,7 @@ def parse_model_spec(text: str) -> ModelSpec:
 
 
 def _timm_model(name: str, **kwargs: Any) -> nn.Module:
-    import timm
+    import timm  # heavy (timm, with torchvision): loaded when first needed, not at `import condense`
 
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
@@ -183,8 +184,6 @@ def build_model(spec: ModelSpec | str, **kwargs: Any) -> nn.Module:
     if spec.kind == "timm":
         return _timm_model(spec.name, **kwargs)
     if spec.kind == "zoo":
-        from . import zoo
-
         return zoo.build(spec.name, **kwargs)
     return _file_model(spec.path, spec.factory, **kwargs)
 
@@ -210,8 +209,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                             f"use one of {', '.join(CHECKPOINT_SUFFIXES)}")
     try:
         if file.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             data: Any = load_file(str(file))
         else:
             data = torch.load(str(file), map_location="cpu", weights_only=True)

@@ -62,8 +62,21 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+import torch
+import yaml
+
+from . import zoo
 from ._budget import Budget, parse_budget, parse_input_size
+from ._count import macs_and_params
+from ._device import resolve_device
 from ._errors import CondenseError
+from ._fit import _check_drop, fit
+from ._models import build_model, load_checkpoint, parse_model_spec
+from ._write import atomic_write_json
+from .data import load_data
+from .graph import RunChoice, find_runs, rewrite
+from .pde import create_layer, layer_names
+from .train import TrainConfig, run_folder, train
 
 __all__ = ["Recipe", "ModelEntry", "PlanEntry", "TrainEntry", "DistillEntry", "Figures", "PaperEntry",
            "MeasuredEntry", "load_recipe", "list_recipes", "footprint", "footprint_table", "run_recipe",
@@ -347,8 +360,6 @@ _FIGURES = ("accuracy", "params", "macs")
 
 def load_recipe(path: str | os.PathLike) -> Recipe:
     """Read and check one recipe file (``yaml.safe_load``); a one-line CondenseError on any problem."""
-    import yaml
-
     file = Path(path)
     named = recipes_dir() / f"{file.name}.yaml"
     if not file.is_file() and file.suffix == "" and len(file.parts) == 1 and named.is_file():
@@ -386,8 +397,6 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
 
 
 def _model(c: _Checker, raw: Any) -> ModelEntry:
-    from ._models import parse_model_spec
-
     d = c.mapping(raw, "model", _MODEL, required=("spec",))
     spec = c.string(d["spec"], "model.spec")
     try:
@@ -395,8 +404,6 @@ def _model(c: _Checker, raw: Any) -> ModelEntry:
     except CondenseError as err:
         raise c.fail("model.spec", err.message, err.hint) from err
     if parsed.kind == "zoo":
-        from . import zoo
-
         if parsed.name not in zoo.MODELS:
             close = difflib.get_close_matches(parsed.name, zoo.names(), n=3)
             raise c.fail("model.spec", f"unknown zoo model {parsed.name!r}",
@@ -405,8 +412,6 @@ def _model(c: _Checker, raw: Any) -> ModelEntry:
     size_raw = d.get("input_size")
     if size_raw is None:
         if parsed.kind == "zoo":
-            from . import zoo
-
             size = zoo.input_size(parsed.name)
         elif parsed.kind == "timm":
             size = (3, 224, 224)
@@ -440,8 +445,6 @@ def _plan(c: _Checker, raw: Any) -> PlanEntry:
     if isinstance(raw, str):
         raise c.fail("plan", f"{raw!r} is not a plan", "write default, none, or a mapping (m, K, layer, ...)")
     d = c.mapping(raw, "plan", _PLAN)
-    from .pde import create_layer, layer_names
-
     layer = c.choice(d.get("layer", "global"), "plan.layer", layer_names())
     K = c.integer(d["K"], "plan.K", 1, 100) if d.get("K") is not None else None
     init = c.choice(d["init"], "plan.init", INITS) if d.get("init") is not None else None
@@ -562,8 +565,6 @@ def _distill(c: _Checker, raw: Any) -> DistillEntry:
     d = c.mapping(raw, "distill", _DISTILL)
     teacher = c.string(d.get("teacher", "baseline"), "distill.teacher")
     if teacher != "baseline":
-        from ._models import parse_model_spec
-
         try:
             parse_model_spec(teacher)
         except CondenseError as err:
@@ -618,11 +619,6 @@ def _as_recipe(recipe: Recipe | str | os.PathLike) -> Recipe:
 def build_models(recipe: Recipe | str | os.PathLike):
     """``(original, condensed, info)``: the recipe's model (random weights), the model its plan makes
     (``None`` for ``plan: none``) and a dict with the measured counts, the run table and a message."""
-    from ._count import macs_and_params
-    from ._fit import fit
-    from ._models import build_model
-    from .graph import RunChoice, find_runs, rewrite
-
     r = _as_recipe(recipe)
     size = r.model.input_size
     original = build_model(r.model.spec, num_classes=r.model.num_classes, **dict(r.model.kwargs))
@@ -652,8 +648,6 @@ def build_models(recipe: Recipe | str | os.PathLike):
     K = plan.K if plan.K is not None else 5
     init = plan.init or "input"
     if plan.layer == "drop":  # no steps, options or initial guess: as condense.fit checks them
-        from ._fit import _check_drop
-
         _check_drop(plan.K, False, plan.init, opts)
         opts, init = {}, "input"
     else:
@@ -698,13 +692,13 @@ def footprint(recipe: Recipe | str | os.PathLike) -> dict[str, Any]:
 
 def footprint_table(recipes: Iterable[Recipe | str | os.PathLike] | None = None):
     """``footprint`` of every recipe (default: all of ``recipes/``) as a pandas DataFrame indexed by name."""
-    import pandas as pd
-
     items = list_recipes() if recipes is None else list(recipes)
     rows = [footprint(r) for r in items]
     cols = ["name", "model", "data", "input_size", "plan", "runs", "params", "paper_params", "macs",
             "paper_macs", "paper_acc", "params_condensed", "paper_params_condensed", "macs_condensed",
             "paper_macs_condensed", "paper_acc_condensed", "message"]
+    import pandas as pd  # heavy: loaded when a table is asked for, not at `import condense`
+
     return pd.DataFrame(rows, columns=cols).set_index("name")
 
 
@@ -722,8 +716,6 @@ def train_config(recipe: Recipe | str | os.PathLike, *, epochs: int | None = Non
     """The ``condense.train.TrainConfig`` of the recipe: every ``train:`` setting (``TRAIN_KEYS``) and the
     distillation weights. ``epochs`` shortens (or lengthens) the run, milestones scaled to the same
     fractions; ``seed`` replaces the recipe's seed."""
-    from .train import TrainConfig
-
     r = _as_recipe(recipe)
     t = r.train
     n_epochs = t.epochs if epochs is None else int(epochs)
@@ -758,29 +750,20 @@ def run_recipe(recipe: Recipe | str | os.PathLike, *, epochs: int | None = None,
     The models are built from the seed, so one seed gives one result on one machine and thread count.
     """
 
-    from .data import load_data
-    from .train import train
-
     r = _as_recipe(recipe)
     if variant not in ("condensed", "baseline"):
         raise CondenseError(f"variant={variant!r} is not 'condensed' or 'baseline'")
     config = train_config(r, epochs=epochs, seed=seed)
-    from ._device import resolve_device
-
     device = resolve_device(device)  # a missing device: an error before anything is built or written
     if data is None and not Path(r.data_spec.partition(":")[2]).exists():
         raise CondenseError(f"{r.name}: its data {r.data_spec} does not exist (read, never downloaded)",
                             "pass --data KIND:PATH (data= in Python) where your copy is")
-    import torch
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # the initial weights follow the seed: one seed, one result
         original, condensed, info = build_models(r)
     model = original if (variant == "baseline" or condensed is None) else condensed
     teacher = None
     if r.distill is not None:
-        from ._models import build_model, load_checkpoint
-
         if r.distill.teacher == "baseline":
             teacher = build_model(r.model.spec, num_classes=r.model.num_classes, **dict(r.model.kwargs))
         else:
@@ -796,9 +779,6 @@ def run_recipe(recipe: Recipe | str | os.PathLike, *, epochs: int | None = None,
     bundle = load_data(data or r.data_spec, limit_train=limit_train, input_size=r.model.input_size)
     if (out / "last.pt").exists() and not overwrite:
         raise CondenseError(f"{out} already holds a run (last.pt)", "pass --overwrite, or choose another -o DIR")
-    from ._write import atomic_write_json
-    from .train import run_folder
-
     with run_folder(out):  # refused if it holds anything but a run; locked; removed again if nothing was written
         atomic_write_json(out / "recipe.json", {"recipe": r.to_dict(), "footprint": fp, "seed": config.seed,
                                                 "train": config.to_dict()})

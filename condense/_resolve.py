@@ -16,9 +16,10 @@ from typing import Any
 
 from torch import nn
 
+from . import zoo
 from ._errors import CondenseError
 from ._io import META, load, read_meta
-from ._models import ModelSpec, build_model, default_input_size, load_checkpoint, parse_model_spec
+from ._models import ModelSpec, _file_factory, build_model, default_input_size, load_checkpoint, parse_model_spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,16 +52,16 @@ def _accepts(fn, name: str) -> bool:
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-def build_for_classes(spec: ModelSpec, num_classes: int | None, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
+def build_for_classes(spec: ModelSpec, num_classes: int | None, /,
+                      **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
     """``spec``'s model, with ``num_classes`` passed only when the data's class count differs from what the
-    model builds by default (a factory without a ``num_classes`` argument then gets a clear error).
+    model builds by default (a factory without a ``num_classes`` argument then gets a clear error); a
+    ``num_classes`` among ``kwargs`` (a model keyword, as ``condense --num-classes`` gives it) is passed as given.
     Returns the model and the keyword arguments it was built with (recorded for ``load``)."""
     model = build_model(spec, **kwargs)
     if num_classes is None or _outputs(model) == num_classes:
         return model, dict(kwargs)
     if spec.kind == "file":
-        from ._models import _file_factory
-
         if not _accepts(_file_factory(spec.path, spec.factory), "num_classes"):
             raise CondenseError(f"{spec} builds a model with {_outputs(model)} outputs and takes no num_classes "
                                 f"argument, but the data has {num_classes} classes",
@@ -108,7 +109,5 @@ def resolve_model(text: str | os.PathLike, *, checkpoint: str | None = None, num
     label = spec.name if spec.kind != "file" else f"{Path(spec.path).stem}-{spec.factory}"
     size = default_input_size(model)
     if size is None and spec.kind == "zoo":
-        from . import zoo
-
         size = tuple(zoo.input_size(spec.name))
     return Resolved(model, label, spec, None, size, kwargs)

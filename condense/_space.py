@@ -45,6 +45,8 @@ import dataclasses
 from typing import Any, Iterable, Mapping, Sequence
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
+from rich.markup import escape
+from rich.table import Table
 
 from ._errors import ConfigError
 from ._fit import Plan
@@ -317,9 +319,6 @@ class SearchSpace:
 
     def table(self, title: str | None = None):
         """A rich Table of the parameters (what ``--show-space`` prints)."""
-        from rich.markup import escape
-        from rich.table import Table
-
         table = Table("parameter", "values", "shared by", "meaning", title=title, title_justify="left")
         for p in self.params:
             table.add_row(*(escape(x) for x in (p.name, p.describe(), p.scope, p.meaning)))

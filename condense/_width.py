@@ -32,7 +32,11 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from ._budget import format_ms, parse_budget, parse_latency
+from ._count import macs_and_params
 from ._errors import BudgetError, CondenseError, ConfigError
+from ._latency import LatencySetting, measure_latency
+from .graph import find_runs
 
 __all__ = ["AUTO", "AUTO_STEP", "IMPORTANCES", "REST", "WidthSpec", "WidthFit", "parse_width", "prune", "replay",
            "check_record", "torch_pruning", "importance", "classifier_layers", "fit_with_width"]
@@ -331,8 +335,6 @@ def _tp_prune(tp, net: nn.Module, example: torch.Tensor, spec: WidthSpec, runs: 
 
 
 def _channels(net: nn.Module, size, runs, before: Mapping[str, int]) -> dict[str, tuple[int, int]]:
-    from .graph import find_runs
-
     now = {r.path: r.channels for r in find_runs(net, size, count=False).runs}
     return {p: (c, now.get(p, c)) for p, c in before.items()}
 
@@ -386,11 +388,6 @@ def fit_with_width(model: nn.Module, width: WidthSpec | str, size: tuple[int, ..
     measured on the result. ``width``: a ``WidthSpec``, or ``AUTO``: one share of every channel group chosen
     with the depth plan, the cut split evenly between them (``_auto``). ``depth(model, macs=, params=,
     latency=)``: ``fit`` without width."""
-    from ._budget import format_ms, parse_budget, parse_latency
-    from ._count import macs_and_params
-    from ._latency import LatencySetting, measure_latency
-    from .graph import find_runs
-
     say = progress or (lambda _msg: None)
     say("tracing and finding repeated blocks")
     found = find_runs(model, size)

@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+import torch
+
 from ._errors import CondenseError, os_error
 
 __all__ = ["MANIFEST", "os_error", "read_json", "write_bytes", "atomic_write", "atomic_write_json", "atomic_torch_save",
@@ -81,8 +83,6 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save(obj)`` through ``atomic_write``: serialised in memory first, so a full disk is a plain
     ENOSPC from the write, not the serializer's message."""
-    import torch
-
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return atomic_write(path, buffer.getvalue())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import dataclasses
 import json
 import sys
@@ -17,11 +18,32 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from rich.console import Console
+from rich.table import Table
+import torch
+import torch.nn as nn
+
+
+from ._budget import format_count, format_ms, parse_input_size, parse_latency
+from ._calibrate import CalibrateConfig, calibrate, feature_pairs
+from ._count import count
+from ._device import describe_device, resolve_device
 from ._errors import CondenseError, run_command
+from ._export import export_onnx_main
+from ._fit import fit
 from ._help import HelpFormatter  # public here: search's commands use it too
+from ._io import _legacy_model_dir, read_meta, save, write_model_dir
+from ._latency import LatencySetting
+from ._models import parse_model_spec
+from ._recipes import MeasuredEntry, footprint, list_recipes, load_recipe, run_recipe, train_config
+from ._resolve import is_model_dir, resolve_model
+from ._write import check_output, claim_folder, output_lock
+from .bench.models import bench_main
+from .data import AUGMENTS, load_data, parse_data_spec
+from .graph import find_runs
+from .train import TrainConfig, _atomic_save, train
 
 SUBCOMMANDS = ("find", "count", "train", "recipe")
-AUGMENTS = ("none", "crop-flip", "timm")  # condense.data.AUGMENTS (not imported here: the CLI starts without torch)
 EPILOG = """\
 MODEL is timm:NAME (e.g. timm:efficientnet_b0) or path/to/file.py:factory (a function returning an
 nn.Module). Budgets: 250M, 1.2G, 2.5e8, 800K, or 60% of the original. MACs count one per multiply-add
@@ -246,22 +268,13 @@ def _trust(p: argparse.ArgumentParser) -> None:
 
 
 def _load_model(text: str, checkpoint: str | None, num_classes: int | None = None):
-    from ._models import build_model, load_checkpoint, parse_model_spec
-    from ._resolve import is_model_dir, resolve_model
-
     if is_model_dir(text):
         raise CondenseError(f"{text!r} is a directory; this command takes a model spec",
                             "write timm:NAME, zoo:NAME or path/to/file.py:factory")
-    if num_classes is None:
-        r = resolve_model(text, checkpoint=checkpoint)
-        return r.spec, r.model, r.input_size
-    spec = parse_model_spec(text)  # --num-classes: asked for explicitly, passed as given
-    model = build_model(spec, num_classes=num_classes)
-    if checkpoint:
-        load_checkpoint(model, checkpoint)
-    from ._models import default_input_size
-
-    return spec, model, default_input_size(model)
+    # --num-classes: asked for explicitly, passed as given (a model keyword, not a class count to match)
+    r = resolve_model(text, checkpoint=checkpoint,
+                      model_kwargs={"num_classes": num_classes} if num_classes is not None else None)
+    return r.spec, r.model, r.input_size
 
 
 def _preserve(args) -> bool:
@@ -277,13 +290,6 @@ def _output_guard(args, inputs):
     """Before any work: the folder the main command will save to (``-o``, else ``condensed/<model>``) must
     not hold the input or the current folder, nor anything condense did not write; it is then locked until
     the command ends, so a second command writing it at the same time is refused."""
-    import contextlib
-
-    from ._io import _legacy_model_dir
-    from ._models import parse_model_spec
-    from ._resolve import is_model_dir
-    from ._write import check_output, claim_folder, output_lock
-
     if args.dry_run:
         return contextlib.nullcontext()
     if args.output is not None:
@@ -298,8 +304,6 @@ def _output_guard(args, inputs):
 
 
 def _size(args, default) -> tuple[int, int, int]:
-    from ._budget import parse_input_size
-
     return parse_input_size(args.input_size) if args.input_size is not None else (default or (3, 224, 224))
 
 
@@ -338,9 +342,6 @@ def _calibration_options(args) -> dict[str, Any] | None:
                              ("--calib-test", args.calib_test, 0)):
         if value is not None and value < low:
             raise CondenseError(f"{flag} {value} must be >= {low}")
-    from ._calibrate import CalibrateConfig
-    from .data import parse_data_spec
-
     spec = parse_data_spec(args.calibrate)  # a malformed spec or a missing path: before any work
     if not spec.path.exists():
         raise CondenseError(f"{spec}: {spec.path} does not exist", "check the path (it is read, never downloaded)")
@@ -350,20 +351,11 @@ def _calibration_options(args) -> dict[str, Any] | None:
 
 
 def _run_condense(args, console) -> int:
-    from rich.table import Table
-
-    from ._budget import format_count
-    from ._fit import fit
-    from ._io import save
-
     t0 = time.perf_counter()
     calib = _calibration_options(args)  # bad calibration options: an error before any work
     options = _layer_options(args)
     setting = None
     if args.latency is not None:
-        from ._budget import parse_latency
-        from ._latency import LatencySetting
-
         parse_latency(args.latency)
         setting = LatencySetting(batch=args.latency_batch, mode="compiled" if args.compiled else "eager",
                                  threads=args.threads, device=args.device)
@@ -373,8 +365,6 @@ def _run_condense(args, console) -> int:
         size = _size(args, default)
         bundle = None
         if calib is not None:  # an unreadable data spec: an error before the fit
-            from .data import load_data
-
             status.update(f"loading {args.calibrate}")
             bundle = load_data(args.calibrate, input_size=size, limit_train=calib["images"],
                                limit_test=calib["test_images"] or None)
@@ -384,11 +374,7 @@ def _run_condense(args, console) -> int:
                      width_importance=args.width_importance, **options)
         calibration = None
         if bundle is not None and result.plan.choices:
-            from ._calibrate import calibrate
-
             if args.threads is not None:
-                import torch
-
                 torch.set_num_threads(args.threads)
             calibration = calibrate(result, model, bundle, **calib, device=args.device,
                                     progress=lambda msg: status.update(msg))
@@ -438,8 +424,6 @@ def _run_condense(args, console) -> int:
     if result.params_budget is not None:
         budgets.append(f"params {format_count(result.params_after)} <= {format_count(result.params_budget)}")
     if result.latency is not None:
-        from ._budget import format_ms
-
         lat = result.latency
         budgets.append(f"latency {format_ms(lat.after_ms)} <= {format_ms(lat.budget_ms)}")
         console.print("latency candidates (MACs -> measured): " + ", ".join(
@@ -459,8 +443,6 @@ def _run_condense(args, console) -> int:
 
 
 def _run_find(args, console) -> int:
-    from .graph import find_runs
-
     spec, model, default = _load_model(args.model, args.checkpoint)
     with console.status("tracing"):
         found = find_runs(model, _size(args, default))
@@ -474,12 +456,6 @@ def _run_find(args, console) -> int:
 
 
 def _run_count(args, console) -> int:
-    from rich.table import Table
-
-    from ._budget import format_count
-    from ._count import count
-    from ._resolve import resolve_model
-
     r = resolve_model(args.model, checkpoint=args.checkpoint, trust_code=args.trust_code)
     model, default, label = r.model, r.input_size, (r.label if r.is_directory else str(r.spec))
     size = _size(args, default)
@@ -507,16 +483,6 @@ def _milestones(text: str) -> tuple[int, ...]:
 
 
 def _run_train(args, console) -> int:
-    import torch
-
-    from ._budget import format_count
-    from ._io import check_output, write_model_dir
-    from ._resolve import resolve_model
-    from .data import load_data
-    from .train import TrainConfig, _atomic_save, train
-
-    from ._device import describe_device, resolve_device
-
     milestones = _milestones(args.milestones)
     device = resolve_device(args.device)  # a device that is not here: an error before anything is read or written
     if args.threads is not None:
@@ -579,9 +545,6 @@ def _feature_pairs(meta, teacher, bundle):
     if meta is None:
         raise CondenseError("--kd-features needs a condensed directory as MODEL_OR_DIR (its plan names the runs)",
                             "condense the model first: condense MODEL -o DIR, then condense train DIR ...")
-    from ._calibrate import feature_pairs
-    from .graph import find_runs
-
     size = tuple(meta.get("input_size") or bundle.input_size)
     pairs = feature_pairs(find_runs(teacher, size, count=False), meta["plan"])
     if not pairs:
@@ -591,22 +554,15 @@ def _feature_pairs(meta, teacher, bundle):
 
 def _input_channels(model) -> int | None:
     """The channels the model's first convolution takes (None if it has none)."""
-    import torch.nn as nn
-
     first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     return first.in_channels if first is not None else None
 
 
 def _train_input_size(args) -> tuple[int, int, int] | None:
     """--input-size, else the size a condensed directory was made for, else None (the data's own size)."""
-    from ._budget import parse_input_size
-    from ._resolve import is_model_dir
-
     if args.input_size is not None:
         return parse_input_size(args.input_size)
     if is_model_dir(args.model):
-        from ._io import read_meta
-
         size = read_meta(args.model).get("input_size")
         return tuple(size) if size else None
     return None
@@ -617,8 +573,6 @@ def _pct(x) -> str:
 
 
 def _cnt(x) -> str:
-    from ._budget import format_count
-
     return "-" if x is None else format_count(x)
 
 
@@ -639,10 +593,6 @@ def _seed_list(text: str) -> list[int]:
 
 
 def _run_recipe(args, console) -> int:
-    from rich.table import Table
-
-    from ._recipes import footprint, list_recipes, load_recipe
-
     if args.action == "list":
         table = Table("recipe", "model", "data", "plan", "paper acc", "measured acc", "paper params", "paper MACs",
                       title="recipes (paper figures: condensed model, else baseline; measured: our runs, "
@@ -676,11 +626,6 @@ def _run_recipe(args, console) -> int:
 
 def _run_recipe_seeds(args, console, r) -> int:
     """``condense recipe run``: one run (the recipe's seed, or --seed) or several (--seeds), then a table."""
-    import torch
-    from rich.table import Table
-
-    from ._recipes import MeasuredEntry, run_recipe, train_config
-
     if args.threads is not None:
         if args.threads < 1:
             raise CondenseError(f"--threads {args.threads} must be >= 1")
@@ -762,18 +707,13 @@ def _join_negative_values(argv: list[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from rich.console import Console
-
     argv = _join_negative_values(list(sys.argv[1:] if argv is None else argv))
     if argv and argv[0] == "bench":
-        from .bench.models import bench_main
-
         return bench_main(argv[1:])
     if argv and argv[0] == "export-onnx":
-        from ._export import export_onnx_main
-
         return export_onnx_main(argv[1:])
     if argv and argv[0] in ("search", "export", "compare"):  # the Optuna search: the top-level search package
+        # search is a package above condense (it imports condense): reached when its command runs, never at import
         from search import compare_main, export_main, search_main
 
         return {"search": search_main, "export": export_main, "compare": compare_main}[argv[0]](argv[1:])

@@ -22,19 +22,31 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import json
 import math
 import os
 import random
+import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
+from ._calibrate import FeatureTap, feature_loss
+from ._count import macs_and_params
+from ._device import device_record, resolve_device
 from ._errors import ConfigError, CondenseError
+from ._models import check_finite, fit_state
+from ._write import (MANIFEST, atomic_torch_save, atomic_write, claim_folder, foreign_files, os_error, output_lock,
+                     write_manifest)
+from .data import AUGMENTS, load_data
 
 SCHEDULES = ("cosine", "step", "constant")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -114,8 +126,6 @@ class TrainConfig:
             bad("warmup_epochs", "must be in [0, epochs)")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
             bad("max_steps_per_epoch", "must be >= 1")
-        from .data import AUGMENTS
-
         if not isinstance(self.augment, bool) and self.augment not in AUGMENTS:
             bad("augment", f"must be true (the data's default), false, or one of {', '.join(AUGMENTS)}")
         if self.clip_grad_norm is not None and (isinstance(self.clip_grad_norm, bool)
@@ -170,7 +180,8 @@ def _make_optimizer(model: nn.Module, config: TrainConfig):
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
     try:
-        from timm.optim import create_optimizer_v2
+        from timm.optim import create_optimizer_v2  # heavy: loaded when first needed
+
         return create_optimizer_v2(model, opt=config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
                                    momentum=config.momentum, filter_bias_and_bn=not config.decay_norm_and_bias)
     except (ValueError, AssertionError) as err:
@@ -180,8 +191,6 @@ def _make_optimizer(model: nn.Module, config: TrainConfig):
 def join_process_group(device: torch.device):
     """(rank, world_size, is_distributed); joins the process group under torchrun: NCCL for CUDA devices
     (one process per GPU, ``LOCAL_RANK`` picks it), gloo on the CPU."""
-    import torch.distributed as dist
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1, False
@@ -229,8 +238,6 @@ def _set_rng_state(state) -> None:
 
 def _atomic_save(obj, path: Path) -> None:
     """``torch.save`` through the one file writer (``condense._write``): a kill leaves the old file."""
-    from ._write import atomic_torch_save
-
     atomic_torch_save(obj, path)
 
 
@@ -247,8 +254,6 @@ def _cpu(obj: Any) -> Any:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """``text`` through the one file writer (``condense._write``): a kill leaves the old file."""
-    from ._write import atomic_write
-
     atomic_write(path, text)
 
 
@@ -381,7 +386,6 @@ def evaluate(model: nn.Module, data, batch_size: int = 256, *, rank: int = 0, wo
             seen += len(y)
     loss_sum, correct = float(loss_sum), int(correct)  # one device sync per evaluation, not per batch
     if world_size > 1:
-        import torch.distributed as dist
         t = torch.tensor([loss_sum, correct, seen], dtype=torch.float64,
                          device=device if dist.get_backend() == "nccl" else "cpu")
         dist.all_reduce(t)
@@ -402,8 +406,6 @@ def with_augmentation(bundle, config: TrainConfig):
 
 def _plain_progress(progress: bool) -> bool:
     """Progress as one plain line per epoch: asked for, but the output is not a terminal (a log file)."""
-    import sys
-
     return progress and not sys.stdout.isatty()
 
 
@@ -429,8 +431,6 @@ def run_folder(out: str | os.PathLike):
     refused if it holds anything but a run (files a user added to a run folder are kept, never touched),
     locked against a second writer, marked with the manifest of what a run writes, and removed again if the
     run fails before it wrote anything into a folder it created."""
-    from ._write import claim_folder, foreign_files, output_lock, write_manifest
-
     folder = Path(out)
     if int(os.environ.get("RANK", "0")) != 0:  # rank 0 alone writes
         yield folder
@@ -445,8 +445,6 @@ def run_folder(out: str | os.PathLike):
             folder.mkdir(parents=True, exist_ok=True)
             write_manifest(folder, RUN_KIND, RUN_FILES)
         except (OSError, CondenseError) as err:
-            from ._write import os_error
-
             if created:
                 _remove_if_unused(folder)
             raise (err if isinstance(err, CondenseError) else os_error(err, folder)) from None
@@ -461,10 +459,6 @@ def run_folder(out: str | os.PathLike):
 def _remove_if_unused(folder: Path) -> None:
     """Remove a run folder this process created if it holds nothing but the manifest (and a recipe's
     description, written before the run)."""
-    import shutil
-
-    from ._write import MANIFEST
-
     try:
         if all(p.name in (MANIFEST, "recipe.json") for p in folder.iterdir()):
             shutil.rmtree(folder, ignore_errors=True)
@@ -474,8 +468,6 @@ def _remove_if_unused(folder: Path) -> None:
 
 def _owns_output(fn):
     """``train``'s output folder is held by ``run_folder`` for the whole call."""
-    import functools
-
     @functools.wraps(fn)
     def wrapper(*args, out_dir=None, **kwargs):
         if out_dir is None:
@@ -595,9 +587,6 @@ def prepare_run(model: nn.Module, data, config: TrainConfig | None = None, *,
     ``check(state, path, world_size)`` adds the caller's checks). Then the folder is made (rank 0) and the
     torch and Python seeds are set to ``config.seed``. ``kind`` names the run in the refusals (``supernet``:
     "already holds a supernet run", "other supernet or training options")."""
-    from ._device import resolve_device
-    from .data import load_data
-
     config = config or TrainConfig()
     bundle = load_data(data) if isinstance(data, str) else data
     bundle, augment = with_augmentation(bundle, config)
@@ -626,8 +615,6 @@ def prepare_run(model: nn.Module, data, config: TrainConfig | None = None, *,
         if check is not None:
             check(resumed, ckpt, world)
     if out is not None and rank == 0:
-        from ._io import os_error
-
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -662,16 +649,12 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
                           "pass teacher= and features= (condense train DIR --teacher ORIGINAL --kd-features)")
 
     def check(state: dict[str, Any], path: Path, _world: int) -> None:
-        from ._models import check_finite
-
         check_checkpoint(state, path, config)
         check_finite(state["model"], path)
 
     setup = prepare_run(model, data, config, out_dir=out_dir, resume=resume, overwrite=overwrite, device=device,
                         check=check)
     bundle, augment, device, rank, world = setup.bundle, setup.augment, setup.device, setup.rank, setup.world
-    from ._device import device_record
-
     fmt = torch.channels_last if config.channels_last else torch.preserve_format
     model.to(device=device, memory_format=fmt)
     net: nn.Module = model
@@ -683,8 +666,6 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
     if teacher is not None:
         setup.teacher(teacher, fmt)
     if setup.resumed is not None:
-        from ._models import fit_state
-
         fit_state(model, setup.resumed["model"], setup.checkpoint, hint="the checkpoint is of another model: start "
                   "again with --overwrite, or resume the model it was written for")
     history, start_epoch = setup.restore(optimizer, scaler)
@@ -694,16 +675,12 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
     bar = None
     lines = rank == 0 and _plain_progress(progress)  # not a terminal: a rich bar would show nothing until the end
     if progress and rank == 0 and not lines:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
         bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                        TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn())
         bar.start()
     taps = None
     try:
         if config.kd_features:  # hooks on both models, removed below whatever happens
-            from ._calibrate import FeatureTap, feature_loss
-
             taps = (FeatureTap(model, [f.student for f in features], detach=False, what="the model"),
                     FeatureTap(teacher, [f.teacher for f in features], detach=True, what="the teacher"))
         for epoch in range(start_epoch, config.epochs):
@@ -787,7 +764,6 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
         "train_seconds_this_run": time.perf_counter() - t_start,
     })
     if rank == 0:
-        from ._count import macs_and_params
         was = model.training
         counted = model if device.type == "cpu" else copy.deepcopy(model).cpu()
         macs, params = macs_and_params(counted, bundle.input_size)

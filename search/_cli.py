@@ -7,10 +7,28 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
-from condense import CondenseError
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from condense import (CondenseError, build_model, default_input_size, find_runs, format_count, parse_input_size,
+                      parse_model_spec, report_error, zoo)
 from condense._help import HelpFormatter
+from condense.data import load_data
+
+from ._compare import _load, compare_studies, latency_fronts
+from ._config import JOURNAL
+from ._export import export_trial
+from ._finish import FinishConfig, finish_table
+from ._pareto import front_table, write_csv
+from ._plot import plot_fronts, plot_latency_fronts
+from ._space import build_space
+from ._storage import _safe_url
+from ._study import format_reference, run_search
+from ._supernet import SupernetOptions, run_supernet_search
 
 __all__ = ["search_main", "export_main", "compare_main", "search_parser", "export_parser", "compare_parser"]
 
@@ -152,33 +170,21 @@ def export_parser() -> argparse.ArgumentParser:
 
 
 def _console():
-    from rich.console import Console
-
     return Console(width=None if sys.stdout.isatty() else 120)
 
 
 def _fail(err: BaseException, debug: bool) -> int:
-    from condense import report_error
-
     return report_error(err, debug=debug)
 
 
 def _show_space(args, console) -> int:
-    from condense import find_runs
-    from condense import parse_input_size
-    from condense import build_model, default_input_size, parse_model_spec
-
-    from ._space import build_space
-
     spec = parse_model_spec(args.model)
     model = build_model(spec)
     if args.input_size is not None:
         size = parse_input_size(args.input_size)
     elif args.data:
-        from condense.data import load_data
         size = tuple(load_data(args.data, limit_train=1, limit_test=1).input_size)
     elif spec.kind == "zoo":
-        from condense import zoo
         size = zoo.input_size(spec.name)
     else:
         size = default_input_size(model) or (3, 224, 224)
@@ -220,8 +226,6 @@ def search_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _search(args, console) -> int:
-    from ._study import run_search
-
     options = dict(macs=args.macs, params=args.params, trials=args.trials, epochs_per_trial=args.epochs_per_trial,
                    steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, lr=args.lr,
                    limit_train=args.limit_train, limit_test=args.limit_test, input_size=args.input_size,
@@ -242,8 +246,6 @@ def _search(args, console) -> int:
     show = not args.no_progress and console.is_terminal
     finish = None
     if args.finish is not None:
-        from ._finish import FinishConfig
-
         finish = FinishConfig(top=args.finish, epochs=args.finish_epochs, lr=args.finish_lr)
 
     def line(study, trial) -> None:
@@ -257,8 +259,6 @@ def _search(args, console) -> int:
                       highlight=False)
 
     if args.strategy == "supernet":
-        from ._supernet import SupernetOptions, run_supernet_search
-
         sn = SupernetOptions(epochs=args.supernet_epochs, random_plans=args.random_plans,
                              calib_images=args.calib_images)
         result = run_supernet_search(args.model, args.data, output=args.output, supernet=sn, progress=show,
@@ -273,11 +273,6 @@ def _search(args, console) -> int:
 
 
 def _report(result, console, interrupted: bool = False) -> None:
-    from ._pareto import front_table
-    from ._config import JOURNAL
-    from ._storage import _safe_url
-    from ._study import format_reference
-
     title = f"Pareto front of {result.study.study_name} ({len(result.front)} of {len(result.trials)} trials)"
     console.print(front_table(result.front, result.reference, title=title))
     if result.reference:
@@ -292,8 +287,6 @@ def _report(result, console, interrupted: bool = False) -> None:
         n = int(result.front.iloc[0]["trial"])
         console.print(f"export a trial: condense export {result.output} --trial {n}", highlight=False)
     if result.finished is not None:
-        from ._finish import finish_table
-
         fin = result.finished
         console.print(finish_table(fin))
         if len(fin.table) >= 3:
@@ -307,10 +300,6 @@ def _report(result, console, interrupted: bool = False) -> None:
 
 def export_main(argv: Sequence[str] | None = None) -> int:
     """``condense export STUDY_DIR --trial N [-o DIR]``; returns the exit code."""
-    from condense import format_count
-
-    from ._export import export_trial
-
     args = export_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     console = _console()
     try:
@@ -374,14 +363,6 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _compare(args, console) -> None:
-    from pathlib import Path
-
-    import pandas as pd
-    from rich.table import Table
-
-    from ._compare import _load, compare_studies
-    from ._pareto import write_csv
-
     for given in (args.plot, args.csv):  # a bad output path: an error before anything is computed or written
         if given and not Path(given).resolve().parent.is_dir():
             raise CondenseError(f"{given}: the folder {str(Path(given).parent)!r} does not exist",
@@ -406,8 +387,6 @@ def _compare(args, console) -> None:
     if args.csv:
         console.print(f"table: {write_csv(df, args.csv, claim=('study',))}", highlight=False)
     if args.plot:
-        from ._plot import plot_fronts
-
         loaded = {Path(d).name: _load(Path(d), args.finished) for d in args.study_dirs}
         reference = dict(next(iter(loaded.values()))[0].get("reference") or {})
         if args.finished:  # the original's search score is not comparable with fine-tuned accuracies
@@ -420,16 +399,6 @@ def _compare(args, console) -> None:
 
 def _compare_latency(args, console) -> None:
     """``condense compare --latency B,B``: the fronts re-timed side by side (``latency_fronts``)."""
-    from pathlib import Path
-
-    import pandas as pd
-    from rich.table import Table
-
-    from condense import format_count
-
-    from ._compare import latency_fronts
-    from ._pareto import write_csv
-
     if args.threads < 1 or args.repeats < 1:
         raise CondenseError("--threads and --repeats must be >= 1", "e.g. --threads 1 --repeats 20")
     for given in (args.plot, args.csv, args.members):
@@ -466,8 +435,6 @@ def _compare_latency(args, console) -> None:
     if args.members:
         console.print(f"members: {write_csv(members, args.members, claim=('study', 'trial'))}", highlight=False)
     if args.plot:
-        from ._plot import plot_latency_fronts
-
         path = plot_latency_fronts(members, args.plot, batches=args.latency,
                                    title=f"{what}: accuracy vs latency (timed in one run)",
                                    ylabel="accuracy (fine-tuned)" if args.finished else "accuracy (search score)")

@@ -31,7 +31,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+import condense
 from condense import CondenseError
+from condense._io import original_from_meta
+
+from ._finish import FINISHED_CSV, _as_trials
 
 __all__ = ["hypervolume", "pareto_points", "dominated_share", "compare_studies", "latency_fronts"]
 
@@ -96,8 +100,6 @@ def dominated_share(front: np.ndarray, others: np.ndarray) -> float:
 
 def _load(study_dir: Path, finished: bool = False) -> tuple[dict, pd.DataFrame]:
     """``search.json`` and ``trials.csv`` (``finished``: ``finished.csv``, shaped like trials.csv)."""
-    from ._finish import FINISHED_CSV, _as_trials
-
     config_path, trials_path = study_dir / "search.json", study_dir / ("trials.csv" if not finished else FINISHED_CSV)
     for p in (config_path, trials_path):
         if not p.is_file():
@@ -201,9 +203,6 @@ def latency_fronts(dirs: Sequence[str | os.PathLike], *, finished: bool = False,
     ``macs``, ``params``, ``b{B}_ms``, ``b{B}_ratio``) plus one for the original (``study`` = ``original``);
     ``summary`` one row per study and batch size (``study``, ``batch``, ``members``, ``front``,
     ``hypervolume`` in (error, latency ratio) up to (1, 1), ``best_accuracy``, ``covers[NAME]``)."""
-    import condense
-    from condense._io import original_from_meta
-
     say = progress or (lambda _msg: None)
     compare_studies(dirs, finished=finished)  # one model, readable studies: the same checks, the same errors
     studies = {Path(d).name: _members(Path(d), finished) for d in dirs}

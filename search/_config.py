@@ -19,6 +19,7 @@ from typing import Any
 
 from condense import CondenseError, ConfigError, read_json
 from condense import parse_budget, parse_input_size
+from condense.data import data_fingerprint
 
 from ._objective import OBJECTIVE_KINDS
 
@@ -166,8 +167,6 @@ class SearchConfig:
         if not self.depth:  # added later, and only when off: a study stored without it searched depth
             out["depth"] = False
         if sep:
-            from condense.data import data_fingerprint
-
             out["data_fingerprint"] = data_fingerprint(self.data)
             out["data_path"] = str(Path(path).expanduser().resolve())
         return out

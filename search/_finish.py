@@ -25,11 +25,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
+from rich.table import Table
 from torch import nn
 
-from condense import CondenseError, ConfigError
+from condense import CondenseError, ConfigError, format_count
 from condense import load, read_meta, write_model_dir
 from condense.train import TrainConfig, train
+
+from ._pareto import write_csv
+from ._plot import plot_front
 
 __all__ = ["FinishConfig", "FinishResult", "finish_front", "pick_members", "kendall_tau", "FINISHED", "FINISHED_CSV"]
 
@@ -135,8 +139,6 @@ def finish_front(front: pd.DataFrame, study_dir: str | Path, original: nn.Module
     ``study_dir/trials/<N>/`` and write the files named in the module docstring. ``original``: the search's
     uncondensed model (the saved directories are rebuilt on it, so no file is imported from them).
     ``reference``: the search's figures of the original (its MACs and the budget are marked in the plot)."""
-    from ._pareto import write_csv
-
     root = Path(study_dir)
     train_cfg = config.train_config(batch_size, lr, seed)
     members = pick_members(front, config.top)
@@ -182,8 +184,6 @@ def finish_front(front: pd.DataFrame, study_dir: str | Path, original: nn.Module
     tau = kendall_tau(list(table["score"]), list(table["accuracy"])) if len(table) >= 3 else float("nan")
     files = {"finished": write_csv(table, root / FINISHED_CSV)}
     try:
-        from ._plot import plot_front
-
         files["finished plot"] = plot_front(table.assign(status="trained"), root / "finished.png",
                                             reference={k: v for k, v in (reference or {}).items() if k != "accuracy"},
                                             title=f"finished front members ({train_cfg.epochs} epochs each)",
@@ -201,10 +201,6 @@ def _on_front(table: pd.DataFrame) -> list[bool]:
 
 def finish_table(result: FinishResult, title: str = "finished front members"):
     """A rich Table of ``result`` (what ``condense search --finish`` prints)."""
-    from rich.table import Table
-
-    from condense import format_count
-
     t = Table("trial", "MACs", "params", "plan", "search score", "final accuracy", "best", "seconds", title=title,
               title_justify="left")
     for _, r in result.table.iterrows():

@@ -26,8 +26,10 @@ import optuna
 import torch
 from torch import nn
 
-from condense import CondenseError, LatencySetting, Plan, PlanCosts, macs_and_params, rewrite, write_condensed
+from condense import (CondenseError, LatencySetting, Plan, PlanCosts, find_runs, macs_and_params, rewrite,
+                      write_condensed)
 from condense import measure_latency as _measure
+from condense._width import WidthSpec, prune
 from condense.train import TrainConfig, train
 
 __all__ = ["Objective", "OBJECTIVES", "OBJECTIVE_KINDS", "objective_names", "measure_latency", "build_plan",
@@ -93,9 +95,6 @@ def build_trial(model: nn.Module, found, plan: Plan, seed: int, width: dict[str,
     Returns the model and the pruning's ``WidthFit`` record (None without width)."""
     record = None
     if width:
-        from condense import find_runs
-        from condense._width import WidthSpec, prune
-
         model, record = prune(model, input_size, WidthSpec(width, importance), found.runs)
         found = find_runs(model, input_size, count=False)
     if not plan.choices:

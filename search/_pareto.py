@@ -24,6 +24,8 @@ from typing import Any, Sequence
 import optuna
 import pandas as pd
 from optuna.trial import TrialState
+from rich.markup import escape
+from rich.table import Table
 
 from condense import atomic_write_csv, claim_file, csv_starts_with, format_count
 
@@ -114,9 +116,6 @@ def write_csv(df: pd.DataFrame, path: str | os.PathLike, *, claim: Sequence[str]
 
 def front_table(front: pd.DataFrame, reference: dict[str, Any] | None = None, title: str | None = None):
     """A rich Table of the front (and the original model first, when known)."""
-    from rich.markup import escape
-    from rich.table import Table
-
     ms = [c for c in front.columns if c.startswith("m[")]
     drops = any(str(c).startswith("drop[") for c in front.columns)  # a dropped run's m is shown as e.g. 2d
     widths = [c for c in front.columns if str(c).startswith("width[")]

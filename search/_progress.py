@@ -12,6 +12,8 @@ import time
 
 import optuna
 from optuna.trial import TrialState
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ._objective import STATUS_DUPLICATE, STATUS_OVER, STATUS_TRAINED
 
@@ -49,14 +51,10 @@ class _Progress:
         self.lines = None  # the console plain lines go to; the last count printed
         self.printed = -1
         if enabled and console is None:
-            from rich.console import Console
-
             console = Console()
         if enabled and not console.is_terminal:
             self.lines, enabled = console, False
         if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
             self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("evaluated · front {task.fields[front]}"),
                                 TextColumn("{task.fields[extra]}"),

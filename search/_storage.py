@@ -13,6 +13,7 @@ journal record (a damaged record that is not the last one is an error); prints a
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -23,8 +24,10 @@ from typing import Any
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileSymlinkLock
 
-from condense import CondenseError, claim_folder
+from condense import CondenseError, claim_folder, os_error
+from condense._write import check_output, foreign_files, read_manifest, write_manifest
 
 from ._config import CONFIG, JOURNAL, SEARCH_FILES, SEARCH_KIND, SearchConfig, _config_kwargs, load_config
 from ._objective import objective_directions
@@ -40,8 +43,6 @@ def claim_search_folder(config: "SearchConfig") -> None:
     """Before anything is built: the output must be empty, new, or this study's search folder. A folder
     that is not a search's is refused; so is another study's (its ``search.json`` names another study, or
     its journal holds other studies), naming what differs."""
-    from condense._write import check_output, foreign_files
-
     out = check_output(config.output)
     if not out.exists():
         return
@@ -74,8 +75,6 @@ def repair_journal(path: str | os.PathLike) -> int:
     complete record, so that appending to it again cannot make the study unreadable. Holds the journal's
     own lock while it checks. Returns the number of bytes removed (0 for a sound journal). A damaged record
     that is not the last one is an error: nothing is cut."""
-    from optuna.storages.journal import JournalFileSymlinkLock
-
     path = Path(path)
     if not path.is_file() or path.stat().st_size == 0:
         return 0
@@ -103,8 +102,6 @@ def repair_journal(path: str | os.PathLike) -> int:
             good += len(line) + 1
         cut = len(data) - good
         if cut:
-            from condense import os_error
-
             try:
                 with open(path, "r+b") as f:
                     f.truncate(good)
@@ -128,9 +125,6 @@ def make_storage(config: SearchConfig, output: Path):
     """The journal file in ``output`` (default; a torn last record is repaired first) or an RDB storage
     with heartbeats for a database URL."""
     if config.storage is None:
-        from condense import os_error
-        from condense._write import read_manifest, write_manifest
-
         try:
             output.mkdir(parents=True, exist_ok=True)
             if read_manifest(output) is None:
@@ -154,7 +148,7 @@ def make_storage(config: SearchConfig, output: Path):
                 raise CondenseError(f"cannot open storage {_safe_url(url)}: {err}",
                                     "install the database driver, e.g. pip install psycopg2-binary") from None
             except Exception as err:  # sqlalchemy errors: one line
-                import sqlalchemy.exc
+                import sqlalchemy.exc  # optuna's dependency, not a declared one of ours: only on this error path
 
                 # workers that start together on an empty database race to create the tables: try again
                 if isinstance(err, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError)) and attempt < 5:
@@ -171,8 +165,6 @@ def database_url(url: str) -> str:
     this project's driver is psycopg2-binary, so the URL names ``postgresql+psycopg2`` when only it is there."""
     scheme, sep, rest = url.partition("://")
     if sep and scheme in ("postgresql", "postgres"):
-        import importlib.util
-
         if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
             return f"postgresql+psycopg2://{rest}"
         return f"postgresql://{rest}"

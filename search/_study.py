@@ -41,11 +41,18 @@ from optuna.trial import TrialState
 import torch
 from torch import nn
 
-from condense import CondenseError, atomic_write_json, find_runs, macs_and_params
+from condense import (BudgetError, CondenseError, atomic_write_json, find_runs, fit, load_checkpoint, macs_and_params,
+                      resolve_device, resolve_model)
 from condense import LatencySetting, Plan, format_count, parse_budget
+from condense.data import load_data
+from condense.train import TrainConfig
 
+from . import _objective
 from ._config import _IDENTITY, CONFIG, TRIALS, SearchConfig, _model_name
+from ._finish import finish_front
 from ._objective import Objective, build_trial, measure_latency, objective_names
+from ._pareto import front_frame, trials_frame, write_csv
+from ._plot import plot_front
 from ._progress import _counts, _Progress
 from ._space import SearchSpace, build_space
 from ._storage import _is_journal, claim_search_folder, open_study
@@ -85,13 +92,9 @@ def _build_original(config: SearchConfig, model: nn.Module | None, num_classes: 
     """(model, spec, model_kwargs): the original model with the data's classes (and local weights). A model
     built here starts from the study seed's weights, so every worker and every resumed run trains the same
     plan from the same weights."""
-    from condense import resolve_model
-
     if model is not None:
         net = copy.deepcopy(model)
         if config.checkpoint:
-            from condense import load_checkpoint
-
             load_checkpoint(net, config.checkpoint)
         return net, None, {}
     with torch.random.fork_rng(devices=[]):
@@ -106,8 +109,6 @@ def _build_original(config: SearchConfig, model: nn.Module | None, num_classes: 
 def _check_reachable(original: nn.Module, size, space: SearchSpace, config: SearchConfig) -> None:
     """A budget no plan of the space can meet is an error with the smallest reachable figure, before the
     study exists: the smallest plan of each layer type (every run at m = 1, the lowest K), measured."""
-    from condense import BudgetError, fit
-
     errors = []
     if not space.depth:  # width alone: the most channels every run may lose, no block removed
         _check_reachable_width(original, size, space, config)
@@ -127,8 +128,6 @@ def _check_reachable(original: nn.Module, size, space: SearchSpace, config: Sear
 
 
 def _check_reachable_width(original: nn.Module, size, space: SearchSpace, config: SearchConfig) -> None:
-    from condense import BudgetError
-
     widest = {run.path: max(space.widths) for run in space.runs}
     pruned, _ = build_trial(original, find_runs(original, size), Plan({}), config.seed, widest, size,
                             config.width_importance)
@@ -142,8 +141,6 @@ def _check_reachable_width(original: nn.Module, size, space: SearchSpace, config
 
 
 def _train_config(config: SearchConfig):
-    from condense.train import TrainConfig
-
     return TrainConfig(epochs=config.epochs_per_trial, batch_size=config.batch_size, lr=config.lr,
                        seed=config.seed, max_steps_per_epoch=config.steps_per_epoch)
 
@@ -156,8 +153,6 @@ def _latency_setting(config: SearchConfig) -> LatencySetting:
 def _reference(objective: Objective, config: SearchConfig) -> dict[str, Any]:
     """The original model's figures (and its accuracy after the same proxy training, if asked; its latency
     whenever latency is measured: ``condense compare`` scales a latency front by it)."""
-    from . import _objective
-
     ref: dict[str, Any] = {"macs": objective.macs_before, "params": objective.params_before, "accuracy": None}
     model = copy.deepcopy(objective.model)
     if config.reference:
@@ -172,8 +167,6 @@ def _reference(objective: Objective, config: SearchConfig) -> dict[str, Any]:
 def _enqueue_fit(study: optuna.Study, space: SearchSpace, model: nn.Module, config: SearchConfig,
                  input_size) -> None:
     """Give the search a feasible start: condense.fit's plan for the budget, as the first trial."""
-    from condense import fit
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -248,8 +241,6 @@ def make_teacher(config: SearchConfig, original: nn.Module, num_classes: int) ->
     the data's classes, built under the study seed), else the original with ``--distill``, else None."""
     if config.teacher is None:
         return copy.deepcopy(original).eval() if config.distill else None
-    from condense import resolve_model
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         r = resolve_model(config.teacher, checkpoint=config.teacher_checkpoint, num_classes=num_classes)
@@ -259,9 +250,6 @@ def make_teacher(config: SearchConfig, original: nn.Module, num_classes: int) ->
 def prepare(config: SearchConfig, model, spec_text) -> Prepared:
     """Everything that can be checked, checked before the study (and the output folder) is created: the
     device, the data, the model, the budgets (reachable by some plan of the space)."""
-    from condense import resolve_device
-    from condense.data import load_data
-
     resolve_device(config.device)
     claim_search_folder(config)
     bundle = load_data(config.data, limit_train=config.limit_train, limit_test=config.limit_test,
@@ -333,8 +321,6 @@ def finish_members(result: SearchResult, finish, p: Prepared, config: SearchConf
     interrupt keeps the members already finished (the same command resumes) and reports the front."""
     if finish is None:
         return result
-    from ._finish import finish_front
-
     try:
         with _sigterm_as_interrupt():
             result.finished = finish_front(result.front, result.output, p.original, p.bundle, finish,
@@ -442,9 +428,6 @@ def _optimize(study: optuna.Study, objective: Objective, config: SearchConfig, j
 
 def _finish(study: optuna.Study, space: SearchSpace, reference: dict[str, Any], out: Path,
             interrupted: bool) -> SearchResult:
-    from ._pareto import front_frame, trials_frame, write_csv
-    from ._plot import plot_front
-
     trials = trials_frame(study, space)
     front = front_frame(study, space, trials)
     files = {"trials": write_csv(trials, out / "trials.csv"), "front": write_csv(front, out / "front.csv")}

@@ -32,15 +32,17 @@ from typing import Any, Callable, Sequence
 
 import optuna
 import torch
+import torch.distributed as dist
 from torch import nn
 
-from condense import CondenseError, ConfigError
+from condense import CondenseError, ConfigError, resolve_device
 from condense import (FindResult, SandwichConfig, Supernet, calibration_batches, find_runs, recalibrate_bn,
                       score_plan, train_supernet)
 from condense import supernet as _condense_supernet
 from condense.train import TrainConfig, evaluate, join_process_group
 
-from ._objective import STATUS_TRAINED, Objective
+from . import _study
+from ._objective import STATUS_TRAINED, Objective, measure_latency
 from ._space import build_space
 from ._study import SearchConfig, SearchResult
 
@@ -126,16 +128,12 @@ class SupernetObjective(Objective):
         return self._values(accuracy, macs, n_params, latency)
 
     def measure(self, model: nn.Module) -> float:
-        from ._objective import measure_latency
-
         return measure_latency(model, self.input_size, self.latency_setting)
 
 
 def _agree(failure: BaseException | None) -> None:
     """Under torchrun: rank 0's ``failure`` (or None) reaches every rank; rank 0 re-raises it, the others raise
     a one-line error saying why rank 0 stopped (instead of waiting for it in the first collective)."""
-    import torch.distributed as dist
-
     box = [None if failure is None else f"{type(failure).__name__}: {failure}"]
     dist.broadcast_object_list(box, src=0)
     if failure is not None:
@@ -177,8 +175,6 @@ def run_supernet_search(model: str | nn.Module, data: str, *, output=None, super
 
     Under ``torchrun --nproc_per_node=N`` the supernet trains on N processes (``train_supernet``); rank 0
     then scores the plans alone and returns the result, the other ranks return None after training."""
-    from . import _study
-
     spec_text = model if isinstance(model, str) else None
     out = Path(output) if output is not None else Path("searches") / _study._model_name(spec_text)
     config = SearchConfig(model=spec_text, data=str(data), output=str(out), **options)
@@ -196,10 +192,6 @@ def run_supernet_search(model: str | nn.Module, data: str, *, output=None, super
 
 def _run(config: SearchConfig, sn_options: SupernetOptions, model, spec_text, out: Path, progress: bool, console,
          on_trial, finish=None) -> SearchResult:
-    from condense import resolve_device
-
-    from . import _study
-
     device = resolve_device(config.device)
     if finish is not None and _study.world_size() > 1:
         raise CondenseError("--finish does not run under torchrun (the supernet's training does)",

@@ -46,12 +46,18 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
+from optuna.distributions import IntDistribution
 from torch import nn
 
+from .._count import macs_and_params
 from .._errors import CondenseError
+from .._fit import Plan
+from .._io import write_condensed
+from .._space import build_space
 from ..graph import (ChannelsFirstAdapter, FindResult, Run, RunChoice, build_layer, default_factory, find_runs,
                      inner_layer, parent_and_name, rewrite)
-from ..pde import layer_has_option
+from ..pde import CirculantRD, ExplicitRD, GlobalConfig, layer_has_option
+from ..train import load_checkpoint_state
 
 __all__ = ["Supernet", "supernet", "load_supernet_weights", "export_plan", "stabilize_", "SUPERNET_FILE",
            "STABLE_H_LAMBDA"]
@@ -113,8 +119,6 @@ def _variant_key(layer: str, options: Mapping[str, Any], growing_m: int | None) 
 
 
 def _global_defaults() -> dict[str, Any]:
-    from ..pde import GlobalConfig
-
     cfg = GlobalConfig()
     return {k: getattr(cfg, k) for k in _GLOBAL_OPTIONS}
 
@@ -296,13 +300,9 @@ class Supernet(nn.Module):
 
     def largest_plan(self):
         """The original model: every run off."""
-        from .._fit import Plan
-
         return Plan({})
 
     def _draw(self, rng: random.Random, smallest: bool):
-        from optuna.distributions import IntDistribution
-
         params: dict[str, Any] = {}
         for p in self.space.params:
             d = p.distribution
@@ -397,8 +397,6 @@ def stabilize_(layer: nn.Module, limit: float = STABLE_H_LAMBDA) -> int:
     unconditionally stable, LinearMix and the Global layer have no such term). Returns how many stencils
     (channels, or circulant sets) were rescaled. Weights only: the layer's forward is unchanged, so a
     standalone model extracted from the supernet computes what the path computes."""
-    from ..pde import CirculantRD, ExplicitRD
-
     inner = inner_layer(layer)
     if not isinstance(inner, (ExplicitRD, CirculantRD)):
         return 0
@@ -444,8 +442,6 @@ def supernet(model: nn.Module, *, input_size: Sequence[int], space: Any = None,
     """The supernet of ``model`` over ``space`` (default: the whole plan space for its runs,
     ``condense.build_space``; ``search.supernet`` narrows it by ``layers``/``K``). ``found``:
     ``find_runs(model, input_size)`` if already made."""
-    from .._space import build_space
-
     size = tuple(int(v) for v in input_size)
     found = found if found is not None else find_runs(model, size)
     return Supernet(model, found, space if space is not None else build_space(found))
@@ -453,8 +449,6 @@ def supernet(model: nn.Module, *, input_size: Sequence[int], space: Any = None,
 
 def load_supernet_weights(net: Supernet, path: str | os.PathLike) -> None:
     """Load the weights of a supernet checkpoint (``last.pt``) into ``net`` (``weights_only=True``)."""
-    from ..train import load_checkpoint_state
-
     state = load_checkpoint_state(Path(path))
     net.load_state_dict(state["model"])
 
@@ -467,10 +461,6 @@ def export_plan(net: Supernet, plan: Any, directory: str | os.PathLike, *, model
     """Write ``plan``'s standalone model (``net.extract(plan)``, or ``model`` if already extracted) in the
     directory format ``condense.load`` reads (``write_condensed``). Select and re-estimate BatchNorm first:
     the saved statistics are those of the current path."""
-    from .._count import macs_and_params
-    from .._fit import Plan
-    from .._io import write_condensed
-
     choices = net._choices(plan)
     standalone = model if model is not None else net.extract(choices)
     if counts is None:

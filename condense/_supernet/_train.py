@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -141,15 +142,11 @@ def score_plan(net: Supernet, plan: Any, bundle, calib: list[torch.Tensor], *, d
 
 def _comm_device(device: torch.device) -> torch.device:
     """Where a collective's tensors live: the device under NCCL, the CPU under gloo."""
-    import torch.distributed as dist
-
     return device if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def _broadcast_(tensors: Sequence[torch.Tensor], src: int = 0) -> None:
     """Overwrite ``tensors`` on every rank with rank ``src``'s, in place: one flattened broadcast per dtype."""
-    import torch.distributed as dist
-
     groups: dict[torch.dtype, list[torch.Tensor]] = {}
     for t in tensors:
         groups.setdefault(t.dtype, []).append(t)
@@ -171,8 +168,6 @@ def _all_reduce_grads(params: Sequence[torch.Tensor], world_size: int, failed: b
     parameter no rank gave a gradient keeps ``grad = None`` (so weight decay and momentum leave it alone,
     as in one process). One flattened all-reduce per dtype (one in practice), which also carries a 0/1
     "has a gradient" flag per parameter and this rank's ``failed``; returns whether any rank failed."""
-    import torch.distributed as dist
-
     groups: dict[torch.dtype, list[torch.Tensor]] = {}
     for p in params:
         groups.setdefault(p.dtype, []).append(p)
@@ -204,8 +199,6 @@ def _all_reduce_grads(params: Sequence[torch.Tensor], world_size: int, failed: b
 
 def _all_sum(values: Sequence[float], device: torch.device) -> list[float]:
     """``values`` summed over the ranks (one all-reduce, float64)."""
-    import torch.distributed as dist
-
     t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_comm_device(device))
     dist.all_reduce(t)
     return t.tolist()
@@ -333,8 +326,6 @@ def train_supernet(net: Supernet, data, config=None, sandwich: SandwichConfig | 
             seen += len(y)
         epoch_time = time.perf_counter() - t0
         if distributed:  # the epoch's figures over all ranks; every rank holds rank 0's BatchNorm statistics
-            import torch.distributed as dist
-
             loss_sum, correct, seen, small_sum, small_n = _all_sum([loss_sum, correct, seen, small_sum, small_n],
                                                                    device)
             correct, seen, small_n = int(correct), int(seen), int(small_n)

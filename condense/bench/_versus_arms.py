@@ -41,7 +41,11 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+import condense
+
+from .. import _fit as fitting  # fitting.fit, _versus_prune.prune_to_macs: looked up when called (tests patch them)
 from .._errors import CondenseError
+from . import _versus_prune
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,10 +107,8 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
 
 def _fit(source: Callable[[ArmContext, int], nn.Module], **options: Any) -> Callable[[ArmContext, float, int], Start]:
     def build(ctx: ArmContext, target: float, seed: int) -> Start:
-        from .._fit import fit
-
-        res, cpu, wall = _timed(lambda: fit(source(ctx, seed), macs=float(target), input_size=ctx.input_size,
-                                            seed=seed, **options))
+        res, cpu, wall = _timed(lambda: fitting.fit(source(ctx, seed), macs=float(target), input_size=ctx.input_size,
+                                                    seed=seed, **options))
         if not res.plan.choices:
             raise CondenseError(f"condense left the model unchanged ({res.message})", "nothing to compare")
         return Start(res.model, {"build_cpu_s": round(cpu, 2), "build_s": round(wall, 2), "plan": res.message}, res)
@@ -123,8 +125,6 @@ def _random(ctx: ArmContext, seed: int) -> nn.Module:
 
 def _calibrate(ctx: ArmContext, start: Start, seed: int) -> None:
     """``condense.calibrate`` on the condensed model, from the original, on the run's training images."""
-    import condense
-
     cal, cpu, wall = _timed(lambda: condense.calibrate(
         start.fit, ctx.original, ctx.bundle, images=ctx.calib.images, epochs=ctx.calib.epochs, seed=seed,
         test_images=0, device=ctx.device, progress=ctx.say))
@@ -137,11 +137,10 @@ def _calibrate(ctx: ArmContext, start: Start, seed: int) -> None:
 
 def _pruned(criterion: str) -> Callable[[ArmContext, float, int], Start]:
     def build(ctx: ArmContext, target: float, _seed: int) -> Start:
-        from ._versus_prune import prune_to_macs
-
         key = ("tp", criterion, float(target))
         if key not in ctx.cache:  # pruning is deterministic: once per target, copied for every seed
-            pruned, cpu, wall = _timed(lambda: prune_to_macs(ctx.original, ctx.input_size, target, criterion))
+            pruned, cpu, wall = _timed(lambda: _versus_prune.prune_to_macs(ctx.original, ctx.input_size, target,
+                                                                           criterion))
             ctx.cache[key] = (pruned, {**pruned.record(), "build_cpu_s": round(cpu, 2), "build_s": round(wall, 2)})
         pruned, record = ctx.cache[key]
         return Start(copy.deepcopy(pruned.model), dict(record))
@@ -170,8 +169,6 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
 
 def lacking(arm: Arm) -> str | None:
     """The part of condense ``arm`` needs that this version lacks (None: it has them all)."""
-    import condense
-
     for need in (arm.needs or "").split("+"):
         if need == "calibrate" and not callable(getattr(condense, "calibrate", None)):
             return "condense.calibrate"
@@ -188,9 +185,7 @@ def check_available(arm: Arm) -> None:
         raise CondenseError(f"arm {arm.name!r} needs {what}, which this version of condense lacks",
                             "leave it out of --arms")
     if "torch_pruning" in (arm.needs or ""):
-        from ._versus_prune import torch_pruning
-
-        torch_pruning()
+        _versus_prune.torch_pruning()
 
 
 def build(arm: Arm, ctx: ArmContext, target: float, seed: int, *, recover: bool) -> Start:

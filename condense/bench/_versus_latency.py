@@ -12,13 +12,14 @@ from typing import Any, Mapping, Sequence
 
 from torch import nn
 
+from .._device import device_record, resolve_device
+from .._latency import measure_side_by_side
+
 ORIGINAL = "original"
 
 
 def setting(device: str, threads: int, batches: Sequence[int], repeats: int, warmup: int) -> dict[str, Any]:
     """The record of how latency is measured (a change re-measures it)."""
-    from .._device import device_record, resolve_device
-
     return {"threads": threads, "batches": list(batches), "repeats": repeats, "warmup": warmup,
             **device_record(resolve_device(device))}
 
@@ -26,7 +27,5 @@ def setting(device: str, threads: int, batches: Sequence[int], repeats: int, war
 def measure(models: Mapping[str, nn.Module], input_size: Sequence[int], *, batches: Sequence[int], device: str,
             threads: int, repeats: int, warmup: int) -> dict[str, dict[str, dict[str, float]]]:
     """``{name: {str(batch): {"ms": median, "ratio": median / original's}}}``, eager, no gradients."""
-    from .._latency import measure_side_by_side
-
     return measure_side_by_side(models, input_size, batches=batches, reference=ORIGINAL, device=device,
                                 threads=threads, repeats=repeats, warmup=warmup)

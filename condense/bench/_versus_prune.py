@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .. import _width
+from .._count import macs_and_params
 from .._errors import CondenseError
 from .._width import IMPORTANCES, classifier_layers  # noqa: F401 - one definition, in the library (width in a plan)
 
@@ -79,8 +80,6 @@ def prune_to_macs(model: nn.Module, input_size: Sequence[int], target: float, cr
     count at or under it when that is within ``tolerance`` (relative) of it, else the nearest count over it
     if that one is within ``tolerance``, else the nearer of the two (channels are whole, so a uniform ratio
     moves the MACs in steps of a few percent on small nets)."""
-    from .._count import macs_and_params
-
     size = tuple(int(s) for s in input_size)
     macs0, params0 = macs_and_params(model, size)
     if macs0 <= target:

@@ -13,6 +13,9 @@ import io
 import statistics
 from typing import Any, Sequence
 
+from rich.markup import escape
+from rich.table import Table
+
 from .._budget import format_count
 
 BASE_COLUMNS = ("budget", "arm", "method", "status", "macs", "macs_ratio", "macs_target", "macs_vs_target", "params",
@@ -123,9 +126,6 @@ def _compute(row: dict[str, Any]) -> str:
 
 
 def print_table(console, table: list[dict[str, Any]], batches: Sequence[int], title: str, footer: str) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
     t = Table(title=escape(title), title_justify="left")
     for col in ("budget", "arm", "MACs (of original)", "params", "accuracy (seeds)", "zero-shot",
                 *[f"latency b{b} (x orig.)" for b in batches], "compute (CPU s per seed)", "note"):

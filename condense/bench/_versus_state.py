@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import CondenseError
+from .._write import atomic_write_json, write_manifest
 
 FORMAT = "condense-versus/1"
 KIND = "versus"
@@ -74,7 +75,5 @@ class State:
         return None if rec is None else rec.get("seeds", {}).get(str(seed))
 
     def save(self) -> None:
-        from .._write import atomic_write_json, write_manifest
-
         atomic_write_json(self.out / STATE, self.data)
         write_manifest(self.out, KIND, [name for name in OWN if (self.out / name).exists()])

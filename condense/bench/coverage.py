@@ -17,13 +17,24 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import queue
 import re
 import sys
 import time
 import traceback
 from collections import defaultdict
 
+import pandas as pd
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+import timm
+import torch
+
+from .. import CondenseError
+from .._count import macs_and_params
 from .._help import HelpFormatter
+from ..graph import find_runs, rewrite
 
 SAMPLE = (
     "resnet18", "resnet50", "resnet26", "efficientnet_b0", "efficientnet_lite0", "mobilenetv2_100",
@@ -49,13 +60,6 @@ def check_model(name: str, small: int = 64, max_params: float | None = None) -> 
     """Condense one timm model with the default plan and check it. Never raises: errors are results.
 
     With ``max_params``, a model above it (counted on the meta device, no memory) is ``too large``."""
-    import timm
-    import torch
-
-    from .. import CondenseError
-    from .._count import macs_and_params
-    from ..graph import find_runs, rewrite
-
     row = dict(model=name, family=family(name), status="", runs=0, condensed_runs=0, macs_before=None,
                macs_after=None, params_before=None, params_after=None, seconds=0.0, error="")
     t0 = time.perf_counter()
@@ -119,8 +123,6 @@ def check_model(name: str, small: int = 64, max_params: float | None = None) -> 
 
 
 def _worker(slot, inbox, results, small, max_params=None):
-    import torch
-
     torch.set_num_threads(1)
     while True:
         name = inbox.get()
@@ -132,8 +134,6 @@ def _worker(slot, inbox, results, small, max_params=None):
 def survey(names, *, small=64, workers=2, timeout=300.0, progress=None, max_params=None):
     """Run ``check_model`` over ``names`` in long-lived worker processes, one model at a time each. A
     worker that dies or exceeds ``timeout`` on a model is replaced; the model is a crash or a timeout."""
-    import queue
-
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     pending = list(names)
@@ -210,15 +210,7 @@ def main(argv=None) -> int:
     ap.add_argument("--resume", action="store_true", help="keep the rows already in --csv, run the rest")
     args = ap.parse_args(argv)
 
-    import pandas as pd
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
-    from rich.table import Table
-
     console = Console()
-    import timm
-
     names = list(SAMPLE) if args.sample else timm.list_models(args.filter or "*")[: args.limit]
     done: dict[str, dict] = {}
     if args.resume and os.path.exists(args.csv):

@@ -28,16 +28,24 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
 
+import timm
 import torch
+from rich.console import Console
+from rich.table import Table
 
+from .._errors import ConfigError, run_command
 from .._help import HelpFormatter
+from ..pde import GlobalConfig, GlobalLayer, native_status
+from ..pde._advection_diffusion import bounded_advection_diffusion, fused_available
 from ._timing import interleaved_medians
+from .models import run_bench
 
 SHAPES = (  # (model, channels, height, width)
     ("efficientnet_b0", 40, 28, 28), ("efficientnet_b0", 112, 14, 14), ("efficientnet_b0", 192, 7, 7),
@@ -48,8 +56,7 @@ K, DT, COURANT, DMAX = 5, 0.2, 0.5, 10.0
 
 
 def _impls(device: torch.device, quick: bool) -> list[str]:
-    from ..pde import _triton
-    from ..pde._advection_diffusion import fused_available
+    from ..pde import _triton  # imports triton (optional)
 
     x = torch.zeros(1, device=device)
     impls = ["eager"]
@@ -61,8 +68,6 @@ def _impls(device: torch.device, quick: bool) -> list[str]:
 
 
 def _solve(impl: str, h: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    from ..pde._advection_diffusion import bounded_advection_diffusion
-
     return bounded_advection_diffusion(h, h, u, v, 1.0, 1.0, K=K, dt=DT, dx=1.0, dy=1.0, boundary="periodic",
                                        courant=COURANT, dmax=DMAX, impl=impl)
 
@@ -109,10 +114,6 @@ def measure(device: torch.device, batches, shapes, repeats: int, peak_gbps: floa
 
 def layer_vs_block(device: torch.device, batches, repeats: int) -> list[dict]:
     """The Global layer (auto impl) against the EfficientNet-B0 block it replaces, forward and training step."""
-    import timm
-
-    from ..pde import GlobalConfig, GlobalLayer
-
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     model = timm.create_model("efficientnet_b0", pretrained=False)
     rows = []
@@ -155,8 +156,6 @@ QUICK_MODELS = (("zoo:resnet_tiny", "70%", (3, 32, 32)),)
 def models(device: torch.device, batches, repeats: int, quick: bool, train_batch: int | None) -> list[dict]:
     """Condensed / original for each model: latency (batch 1), throughput (the larger batch), a bf16 training
     step; eager and compiled (eager only with ``--quick``)."""
-    from .models import run_bench
-
     rows = []
     for spec, budget, size in (QUICK_MODELS if quick else MODELS):
         res = run_bench(spec, macs=budget, input_size=size, batch_sizes=tuple(batches), repeats=repeats, warmup=2,
@@ -225,8 +224,6 @@ def ddp(device: torch.device, quick: bool, batch: int) -> list[dict]:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
             return [dict(part="ddp", model=spec, processes=n, device=str(device), ok=False, wall_s=wall,
                          note=" | ".join(tail)[:300])]
-        import json
-
         rows = []
         for rank in range(n):
             with open(os.path.join(tmp, f"rank{rank}.json")) as fh:
@@ -253,11 +250,6 @@ def main(argv=None) -> int:
     parser.add_argument("--train-batch", type=int, default=None,
                         help="batch of the models' training step (default: the largest of --batches)")
     args = parser.parse_args(argv)
-    from rich.console import Console
-    from rich.table import Table
-
-    from .._errors import ConfigError, run_command
-    from ..pde import native_status
 
     def body() -> int:
         name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -25,10 +25,20 @@ import csv
 import os
 import sys
 
+import timm
 import torch
+from rich.console import Console
+from rich.table import Table
 
+from .. import zoo
+from .._fit import fit
 from .._help import HelpFormatter
+from .._resolve import resolve_model
+from ..graph import RunChoice, rewrite
+from ..pde import GlobalConfig, GlobalLayer, fused_available, native_status
+from ..pde._native import legacy_path
 from ._timing import interleaved_medians, thread_info
+from .models import _raise_recompile_limit
 
 SHAPES = (  # (stage, block index, label)
     (1, 1, "stage 2: 24ch 56x56 k3"),
@@ -38,10 +48,6 @@ SHAPES = (  # (stage, block index, label)
 
 
 def measure(batches=(1, 32), repeats: int = 15, train: bool = False, K: int = 5):
-    import timm
-
-    from ..pde import GlobalConfig, GlobalLayer, fused_available
-
     model = timm.create_model("efficientnet_b0", pretrained=False)
     rows = []
     for stage, idx, label in SHAPES:
@@ -85,10 +91,6 @@ CIFAR_SHAPES = ((16, 32, 1), (32, 16, 2), (64, 8, 3))  # channels, size, zoo res
 
 def measure_cifar(batches=(1, 32), Ks=(1, 2, 3, 4, 5), repeats: int = 30, train: bool = False):
     """Rows at the CIFAR ResNet shapes: the basic block, the Global layer on the legacy path and now."""
-    from .. import zoo
-    from ..pde import GlobalConfig, GlobalLayer
-    from ..pde._native import legacy_path
-
     net = zoo.build("resnet20")
     rows = []
     for C, size, stage in CIFAR_SHAPES:
@@ -134,10 +136,6 @@ MODELS = (("zoo:resnet20", "50%", (3, 32, 32)), ("zoo:resnet56", "50%", (3, 32, 
 def model_arms(spec: str, budget: str, input_size) -> dict:
     """{original, condensed, drop}: ``spec`` condensed to ``budget`` (``condense.fit``, Global layers) and the
     same plan (m per run) with ``layer="drop"``; eval mode, seeded weights."""
-    from .._fit import fit
-    from .._resolve import resolve_model
-    from ..graph import RunChoice, rewrite
-
     torch.manual_seed(0)
     original = resolve_model(spec).model.eval()
     res = fit(original, macs=budget, input_size=input_size)
@@ -150,9 +148,6 @@ def measure_models(models=MODELS, batches=(1, 32), modes=("eager", "compiled"), 
                    progress=lambda _m: None):
     """Rows: per model, mode and batch the median ms of original, condensed, condensed on the legacy path and
     the drop plan, interleaved in one run, and each one's ratio to the original."""
-    from ..pde._native import legacy_path
-    from .models import _raise_recompile_limit
-
     old_limit = _raise_recompile_limit(64)
     rows = []
     try:
@@ -208,11 +203,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from rich.console import Console
-    from rich.table import Table
-
-    from ..pde import native_status
-
     console = Console()
     batches = tuple(int(b) for b in args.batches.split(","))
     try:

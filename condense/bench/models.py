@@ -25,11 +25,21 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from rich.console import Console
+from rich.table import Table
 from torch import nn
 
+from .._budget import format_count, parse_input_size
+from .._count import macs_and_params
+from .._device import describe_device, resolve_device, synchronize
 from .._errors import CondenseError, run_command
+from .._fit import fit
+from .._io import load, original_from_meta, read_meta
+from .._models import ModelSpec, default_input_size
+from .._resolve import is_model_dir, resolve_model
 from .._write import atomic_write_csv, claim_file
 from .._help import HelpFormatter
+from ..pde import native_status
 from ._timing import interleaved_medians
 
 SIDES = ("original", "condensed")
@@ -69,8 +79,6 @@ def _first_line(err: BaseException) -> str:
 def _build(text: str, checkpoint: str | None = None, model_kwargs: dict | None = None,
            trust_code: bool = False) -> tuple[nn.Module, str, Any]:
     """A model spec or a condensed-model directory -> (model, label, meta or None)."""
-    from .._resolve import resolve_model
-
     r = resolve_model(text, checkpoint=checkpoint, model_kwargs=model_kwargs, trust_code=trust_code)
     return r.model, (r.label if r.is_directory else str(r.spec)), r.meta
 
@@ -94,10 +102,6 @@ def resolve_pair(target: str, *, against: str | None = None, input_size: Sequenc
     with ``build_model``) or a model spec (condensed here with the paper's default plan, or to
     ``macs``/``params`` budgets).
     """
-    from .._io import load, original_from_meta, read_meta
-    from .._models import default_input_size
-    from .._resolve import is_model_dir
-
     if is_model_dir(target):
         meta = read_meta(target)
         if macs or params:
@@ -108,8 +112,6 @@ def resolve_pair(target: str, *, against: str | None = None, input_size: Sequenc
             progress(f"building {against}")
             original, original_label, _ = _build(against, trust_code=trust_code)
         elif spec_meta:
-            from .._models import ModelSpec
-
             original_label = str(ModelSpec.from_dict(spec_meta))
             progress(f"building {original_label}")
             original = original_from_meta(meta, target, trust_code=trust_code)
@@ -120,8 +122,6 @@ def resolve_pair(target: str, *, against: str | None = None, input_size: Sequenc
         condensed = _load_dir(target, load, None if spec_meta else copy.deepcopy(original), trust_code)
         size = tuple(input_size or meta["input_size"])
         return original, condensed, original_label, str(target), size
-    from .._fit import fit
-
     progress(f"building {target}")
     model, label, _ = _build(target, checkpoint)
     size = tuple(input_size or default_input_size(model) or (3, 224, 224))
@@ -199,8 +199,6 @@ def run_bench(target: str, *, against: str | None = None, input_size: Sequence[i
     """
     if amp not in (None, "bf16", "fp16"):
         raise CondenseError(f"amp={amp!r} is not bf16 or fp16")
-    from .._device import resolve_device
-
     dev = resolve_device(device)
     if repeats < 1 or warmup < 1:
         raise CondenseError("--repeats and --warmup must be at least 1")
@@ -238,9 +236,6 @@ def _raise_recompile_limit(value: int, force: bool = False) -> int | None:
 
 def _bench(target, *, against, input_size, batch_sizes, repeats, warmup, compile, train, train_batch, n_threads,
            checkpoint, macs, params, progress, trust_code=False, device=None, amp=None) -> BenchResult:
-    from .._count import macs_and_params
-    from .._device import describe_device, synchronize
-
     device = device if device is not None else torch.device("cpu")
 
     original, condensed, original_label, condensed_label, size = resolve_pair(
@@ -341,8 +336,6 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
 
 # ------------------------------------------------------------------------------------------ output
 def _fmt(value, unit: str) -> str:
-    from .._budget import format_count
-
     if value is None:
         return "-"
     if unit in ("MACs", "params"):
@@ -362,10 +355,6 @@ def _label(row) -> str:
 
 
 def print_result(result: BenchResult, console) -> None:
-    from rich.table import Table
-
-    from ..pde import native_status
-
     table = Table(title=f"{result.condensed_label} vs {result.original_label} at "
                         f"{'x'.join(map(str, result.input_size))}", title_justify="left")
     table.add_column("measure")
@@ -442,8 +431,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args, console) -> int:
-    from .._budget import parse_input_size
-
     size = parse_input_size(args.input_size) if args.input_size is not None else None
     if args.csv is not None:
         claim_csv(args.csv)  # before the benchmark: a file that is not this command's CSV is refused
@@ -462,8 +449,6 @@ def _run(args, console) -> int:
 
 def bench_main(argv: Sequence[str] | None = None) -> int:
     """``condense bench MODEL_OR_DIR [...]``: exit 0, 1 (CondenseError, one line) or 2 (unexpected)."""
-    from rich.console import Console
-
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     console = Console(width=None if sys.stdout.isatty() else 140)
     return run_command(lambda: _run(args, console), debug=args.debug)

@@ -14,17 +14,21 @@ import copy
 import sys
 
 import torch
+from rich.console import Console
+from rich.table import Table
 from torch import nn
 
+from .._count import count
+from .._errors import CondenseError
 from .._help import HelpFormatter
+from ..pde import PDELayer
 from ._timing import interleaved_medians, thread_info
+from .models import resolve_pair
 
 
 def without_pde_layers(model: nn.Module) -> tuple[nn.Module, int]:
     """A copy of ``model`` with every PDE layer (which maps a feature map to one of the same shape)
     replaced by ``nn.Identity``, and how many were replaced."""
-    from ..pde import PDELayer
-
     control = copy.deepcopy(model)
     replaced = 0
     for parent in list(control.modules()):
@@ -39,8 +43,6 @@ def measure(original: nn.Module, condensed: nn.Module, input_size, *, batch: int
             repeats: int = 30, warmup: int = 5) -> dict:
     """Median seconds per inference call of the original, the condensed model and the identity control,
     their ratios to the original, and the MAC ratio (batch 1)."""
-    from .._count import count
-
     control, replaced = without_pde_layers(condensed)
     models = {"original": original, "condensed": condensed, "identity control": control}
     macs = {name: count(m, input_size).attrs["macs"] for name, m in models.items()}
@@ -75,12 +77,6 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from .._errors import CondenseError
-    from .models import resolve_pair
-
     console = Console()
     try:
         original, condensed, o_label, c_label, size = resolve_pair(args.target, against=args.against,

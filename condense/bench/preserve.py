@@ -13,8 +13,14 @@ import argparse
 import sys
 
 import torch
+from rich.console import Console
+from rich.table import Table
 
+from .. import fit
 from .._help import HelpFormatter
+from .._models import build_model, load_checkpoint
+from ..data import load_data
+from ..train import TrainConfig, train
 
 
 @torch.no_grad()
@@ -44,14 +50,6 @@ def main(argv=None) -> int:
     ap.add_argument("--limit-train", type=int, default=None, metavar="N", help="use N training images")
     ap.add_argument("--save-checkpoint", default=None, help="save the trained original here")
     args = ap.parse_args(argv)
-
-    from rich.console import Console
-    from rich.table import Table
-
-    from .. import fit
-    from .._models import build_model, load_checkpoint
-    from ..data import load_data
-    from ..train import TrainConfig, train
 
     console = Console()
     bundle = load_data(args.data, limit_train=args.limit_train)

@@ -30,17 +30,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from optuna.distributions import IntDistribution
 
+import condense  # condense.train.train and condense.train_supernet are looked up when called: tests patch them
+from search import build_plan, build_space, kendall_tau
+
+from .. import (CondenseError, PlanCosts, SandwichConfig, Supernet, TrainConfig, calibration_batches, find_runs,
+                load_data, load_supernet_weights, macs_and_params, parse_budget, recalibrate_bn, report_error,
+                resolve_model)
 from .._help import HelpFormatter
+from ..train import evaluate
 
 
 def pick_plans(net, original, found, size, n: int, macs_budget: float, seed: int = 0) -> list:
     """``n`` distinct plans of ``net``'s space within ``macs_budget``, evenly spread over the MACs of a pool
     of up to 3n random feasible plans (seeded; ``_draw``)."""
-    from search import build_plan
-
-    from .. import PlanCosts, macs_and_params
-
     costs, totals = PlanCosts(original, found), macs_and_params(original, size)
     rng, pool, seen = random.Random(seed), [], set()
     for _ in range(200 * n):
@@ -66,8 +70,6 @@ def pick_plans(net, original, found, size, n: int, macs_budget: float, seed: int
 def _draw(space, rng: random.Random):
     """A random plan of ``space`` that condenses each run with probability 0.8 (a uniform draw leaves half the
     runs alone and rarely fits a tight budget)."""
-    from optuna.distributions import IntDistribution
-
     params = {}
     for p in space.params:
         d = p.distribution
@@ -89,21 +91,12 @@ def _label(plan) -> str:
 
 
 def run(args) -> dict[str, Any]:
-    from search import build_plan, build_space, kendall_tau
-
-    from .. import (SandwichConfig, Supernet, TrainConfig, calibration_batches, find_runs, load_data,
-                    load_supernet_weights, macs_and_params, parse_budget, recalibrate_bn, resolve_model,
-                    train_supernet)
-    from ..train import evaluate, train
-
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "rank.json"
     options = {k: v for k, v in vars(args).items() if k not in ("output", "threads", "debug")}
     state = json.loads(path.read_text()) if path.is_file() else {}
     if state and state.get("options") != options:
-        from .. import CondenseError
-
         raise CondenseError(f"{path} was measured with other options", "use another -o DIR, or the same options")
     state["options"] = options
     results: dict[str, dict[str, Any]] = state.setdefault("results", {})
@@ -147,7 +140,7 @@ def run(args) -> dict[str, Any]:
         model = build_plan(original, found, plan, seed)
         cfg = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, seed=seed,
                           max_steps_per_epoch=args.steps_per_epoch)
-        return train(model, bundle, cfg, progress=False, device="cpu").metrics["test_acc"]
+        return condense.train.train(model, bundle, cfg, progress=False, device="cpu").metrics["test_acc"]
 
     print(f"{len(plans)} plans within {args.budget} of {macs0 / 1e6:.2f}M MACs", flush=True)
     # the supernet first (one training), then the cheap proxies, then the long ground truth
@@ -158,8 +151,8 @@ def run(args) -> dict[str, Any]:
             c0 = time.process_time()
             cfg = TrainConfig(epochs=args.supernet_epochs, batch_size=args.batch_size, lr=args.lr, seed=0,
                               max_steps_per_epoch=args.steps_per_epoch, clip_grad_norm=5.0)
-            train_supernet(net, bundle, cfg, SandwichConfig(), out_dir=out / "supernet", resume=ckpt.is_file(),
-                           progress=True, device="cpu")
+            condense.train_supernet(net, bundle, cfg, SandwichConfig(), out_dir=out / "supernet",
+                                    resume=ckpt.is_file(), progress=True, device="cpu")
             state["supernet_cpu"] = round(time.process_time() - c0, 1)
             state["supernet_trained"] = True
             save()
@@ -245,8 +238,6 @@ def main(argv=None) -> int:
     try:
         run(args)
     except Exception as err:  # noqa: BLE001 - one line unless --debug
-        from .. import report_error
-
         return report_error(err, debug=args.debug)
     return 0
 

@@ -36,11 +36,23 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from rich.console import Console
+from rich.markup import escape
 from torch import nn
 
-from .._errors import CondenseError, run_command
+from .. import train as training
+from .._budget import parse_budget
+from .._count import macs_and_params
+from .._device import describe_device, resolve_device
+from .._errors import BudgetError, CondenseError, run_command
 from .._help import HelpFormatter
+from .._models import build_model, file_digest
+from .._resolve import is_model_dir, resolve_model
+from .._write import atomic_write, check_output, claim_folder, os_error, output_lock
+from ..data import load_data, parse_data_spec
+from ..train import TrainConfig, evaluate
 from . import _versus_latency as latency
+from . import _versus_report as report
 from ._versus_arms import ARMS, ArmContext, CalibSetting, build, check_available, lacking
 from ._versus_state import CSV, KIND, OWN, PLOT, State
 
@@ -99,9 +111,6 @@ class VersusConfig:
     quick: bool = False
 
     def __post_init__(self) -> None:
-        from .._budget import parse_budget
-        from .._device import resolve_device
-
         if not self.data or not str(self.data).strip():
             raise CondenseError("no data: --data SPEC is required", "e.g. --data cifar10:PATH (read, never downloaded)")
         budgets = tuple(dict.fromkeys(b.strip() for b in self.budgets if b.strip()))
@@ -139,22 +148,15 @@ class VersusConfig:
 
     def train_config(self, seed: int):
         """The one fine-tuning every arm gets (the seed varies the data order)."""
-        from ..train import TrainConfig
-
         return TrainConfig(epochs=self.finetune_epochs, batch_size=self.batch_size, lr=self.lr, schedule=self.schedule,
                            seed=seed, max_steps_per_epoch=self.steps_per_epoch)
 
     def original_config(self):
-        from ..train import TrainConfig
-
         return TrainConfig(epochs=self.epochs or 1, batch_size=self.batch_size, lr=self.original_lr, seed=0,
                            max_steps_per_epoch=self.steps_per_epoch)
 
     def settings(self, bundle) -> dict[str, Any]:
         """What the results depend on (a change is refused on resume); budgets, arms and seeds may grow."""
-        from .._models import file_digest
-        from .._resolve import is_model_dir
-
         ft = self.train_config(0).to_dict()
         ft.pop("seed")
         return {"model": str(Path(self.model).resolve()) if is_model_dir(self.model) else self.model,
@@ -175,8 +177,6 @@ def _slug(budget: str) -> str:
 
 def _load_original(cfg: VersusConfig, bundle):
     """The resolved original (a spec with its checkpoint, a directory, or a spec to train: random weights)."""
-    from .._resolve import is_model_dir, resolve_model
-
     if is_model_dir(cfg.model) and cfg.epochs:
         raise CondenseError(f"{cfg.model} is a saved model with its weights; --epochs trains a spec from random "
                             "weights", "drop --epochs, or pass a model spec")
@@ -192,8 +192,6 @@ def _load_original(cfg: VersusConfig, bundle):
 def _fresh(resolved, bundle) -> Callable[[int], nn.Module]:
     """The original's architecture with random weights for a seed: rebuilt from its spec, or (a directory)
     a copy with every module's parameters reset."""
-    from .._models import build_model
-
     def make(seed: int) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -209,8 +207,6 @@ def _fresh(resolved, bundle) -> Callable[[int], nn.Module]:
 
 def _accuracy(model: nn.Module, bundle, device: str) -> float:
     """Test accuracy of ``model`` on ``device`` (the model is back on the CPU after)."""
-    from ..train import evaluate
-
     try:
         return evaluate(model.to(device), bundle)["test_acc"]
     finally:
@@ -219,9 +215,6 @@ def _accuracy(model: nn.Module, bundle, device: str) -> float:
 
 def _original(cfg: VersusConfig, resolved, bundle, state: State, say) -> nn.Module:
     """The trained original: as given, or trained here for ``--epochs`` (resumable; once done, reloaded)."""
-    from .. import train as training
-    from .._count import macs_and_params
-
     model = resolved.model
     rec = state.data.get("original") or {}
     if cfg.epochs:
@@ -250,10 +243,6 @@ def _original(cfg: VersusConfig, resolved, bundle, state: State, say) -> nn.Modu
 def _build_arms(cfg: VersusConfig, ctx: ArmContext, state: State, macs0: int, say) -> dict[str, nn.Module]:
     """Count every arm at every budget (seed 0, before recovery) and record it; returns the models built
     (keyed ``budget/arm``) for the latency run."""
-    from .._budget import parse_budget
-    from .._count import macs_and_params
-    from .._errors import BudgetError
-
     built: dict[str, nn.Module] = {}
     for budget in cfg.budgets:
         target = parse_budget(budget).resolve(macs0)
@@ -294,8 +283,6 @@ def _latency(cfg: VersusConfig, ctx: ArmContext, state: State, built: dict[str, 
     old = state.data.get("latency") or {}
     if old.get("setting") == setting and all(k in old.get("ms", {}) for k in keys):
         return
-    from .._budget import parse_budget
-
     models: dict[str, nn.Module] = {latency.ORIGINAL: ctx.original}
     for key in keys:
         if key not in built:
@@ -315,9 +302,6 @@ def _latency(cfg: VersusConfig, ctx: ArmContext, state: State, built: dict[str, 
 def _train_arm(cfg: VersusConfig, ctx: ArmContext, state: State, teacher: nn.Module | None, bundle, budget: str,
                name: str, seed: int, say) -> None:
     """Build (with recovery), measure zero-shot accuracy, fine-tune and record one arm for one seed."""
-    from .. import train as training
-    from .._count import macs_and_params
-
     arm = state.arm(budget, name)
     seeds = arm["seeds"]
     rec = seeds.get(str(seed))
@@ -347,10 +331,6 @@ def _train_arm(cfg: VersusConfig, ctx: ArmContext, state: State, teacher: nn.Mod
 
 def run(cfg: VersusConfig, console) -> dict[str, Any]:
     """The comparison (see the module docstring); returns the record (``versus.json``'s content)."""
-    from .._count import macs_and_params
-    from .._write import check_output, claim_folder, output_lock
-    from ..data import load_data, parse_data_spec
-
     for name in cfg.arms:
         check_available(ARMS[name])
     try:
@@ -362,8 +342,6 @@ def run(cfg: VersusConfig, console) -> dict[str, Any]:
     out = check_output(cfg.output, [cfg.checkpoint, spec.path, cfg.model if Path(cfg.model).exists() else None])
 
     def say(msg: str) -> None:
-        from rich.markup import escape
-
         console.print(f"[dim]versus:[/] {escape(msg)}", highlight=False)
 
     threads = torch.get_num_threads()
@@ -378,8 +356,6 @@ def run(cfg: VersusConfig, console) -> dict[str, Any]:
             try:
                 out.mkdir(parents=True, exist_ok=True)
             except OSError as err:
-                from .._write import os_error
-
                 raise os_error(err, out) from None
             state.save()
             original = _original(cfg, resolved, bundle, state, say)
@@ -403,10 +379,6 @@ def run(cfg: VersusConfig, console) -> dict[str, Any]:
 
 
 def _report(cfg: VersusConfig, state: State, bundle, console) -> None:
-    from .._device import describe_device, resolve_device
-    from .._write import atomic_write
-    from . import _versus_report as report
-
     methods = {name: ARMS[name].what for name in ARMS}
     table = report.rows(state.data, cfg.budgets, cfg.arms, cfg.seeds, cfg.batches, methods)
     orig = state.data["original"]
@@ -495,8 +467,6 @@ def config_from_args(args: argparse.Namespace) -> VersusConfig:
         return given if given is not None else base.get(name)
     epochs = args.epochs
     if args.quick and epochs is None and not args.checkpoint:
-        from .._resolve import is_model_dir
-
         epochs = None if is_model_dir(args.model) else QUICK["epochs"]
     return VersusConfig(
         model=args.model, data=args.data, budgets=tuple(str(args.budget).split(",")),
@@ -515,8 +485,6 @@ def config_from_args(args: argparse.Namespace) -> VersusConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m condense.bench.versus ...``: exit 0, 1 (a one-line error) or 2 (unexpected)."""
-    from rich.console import Console
-
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     console = Console(width=None if sys.stdout.isatty() else 160)
     def body() -> int:

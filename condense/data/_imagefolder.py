@@ -45,7 +45,7 @@ def _folder_transforms(size: tuple[int, int, int], augment: str, mean: tuple[flo
                        std: tuple[float, ...]) -> dict[bool, Any]:
     """{augment: transform} for PIL images: the test transform (timm's resize and centre crop for photos
     of 128 pixels or more, else a plain resize to H x W) and the training one (``augment``)."""
-    from timm.data import create_transform
+    from timm.data import create_transform  # heavy (timm, torchvision): loaded for an image folder only
     from torchvision import transforms as T
 
     hw = size[1:]
@@ -115,7 +115,6 @@ def _first_image(spec: DataSpec, base: Any) -> tuple[tuple[int, int], bool]:
 
 def _load_imagefolder(spec: DataSpec, limits: tuple[int | None, int | None],
                       input_size: tuple[int, int, int] | None, augment: str | None) -> DataBundle:
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
     from torchvision.datasets import ImageFolder
 
     root = spec.path
@@ -144,6 +143,8 @@ def _load_imagefolder(spec: DataSpec, limits: tuple[int | None, int | None],
     first, grey = _first_image(spec, bases["train"])
     size = input_size or ((3, *first) if max(first) < _PHOTO_SIDE else (3, 224, 224))
     kind = default_augment(size[0], size[1:], grey) if augment is None else _check_augment(augment, spec)
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # heavy (see _folder_transforms)
+
     mean, std = tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
     if size[0] == 1:  # grey: the luma of ImageNet's statistics
         mean, std = (sum(mean) / 3,), (sum(std) / 3,)

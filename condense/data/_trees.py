@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import io
+import tarfile
 import warnings
 import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator
 
 import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .._errors import CondenseError
 from ._cache import _atomic_write, _cache_file, _content_key
@@ -79,9 +82,6 @@ def _decode_tree(spec: DataSpec, entries: dict[str, list[tuple[int, str]]],
     """Decode every image of a tree into preallocated uint8 NCHW arrays, with a progress bar.
 
     ``reader(visit)`` calls ``visit(name, data)`` once per image file, in whatever order is cheap to read."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     slot = {name: (split, i) for split in entries for i, (_, name) in enumerate(entries[split])}
     labels = {s: np.array([c for c, _ in entries[s]], dtype=np.int64) for s in entries}
     out: dict[str, np.ndarray] = {}
@@ -160,8 +160,6 @@ def _is_tar(path: Path) -> bool:
 
 
 def _open_tar(spec: DataSpec) -> Any:
-    import tarfile
-
     try:
         return tarfile.open(spec.path, "r:*")
     except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
@@ -170,8 +168,6 @@ def _open_tar(spec: DataSpec) -> Any:
 
 
 def _tar_errors(spec: DataSpec) -> contextlib.AbstractContextManager:
-    import tarfile
-
     @contextlib.contextmanager
     def guard() -> Iterator[None]:
         try:

@@ -36,6 +36,7 @@ from typing import Literal, Sequence
 import torch
 from torch import fx, nn
 
+from .._count import count_module
 from .._errors import CondenseError
 from ._trace import _trace, tensor_shape
 
@@ -553,14 +554,6 @@ def _block_inputs(root: nn.Module, paths: Sequence[str], x: torch.Tensor) -> dic
     return seen
 
 
-def _counter():
-    try:
-        from .._count import count_module  # lazy: the counter pulls in fvcore
-    except ImportError:
-        return None
-    return count_module
-
-
 def _count_macs(counter, module: nn.Module, args: tuple, what: str) -> int | None:
     try:
         return int(counter(module, *args)[0])
@@ -596,7 +589,7 @@ def find_runs(model: nn.Module, input_size=(3, 224, 224), *, example_input: torc
     x = example_input if example_input is not None else _example(model, input_size)
     gm, root = _trace(model, x, train=False)
     raw = _find_raw(gm, root, growing)
-    counter = _counter() if count else None
+    counter = count_module if count else None
     inputs: dict[str, tuple] = {}
     total_macs = None
     if counter is not None:

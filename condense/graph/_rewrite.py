@@ -44,6 +44,7 @@ import torch
 from torch import fx, nn
 
 from .._errors import CondenseError, ConfigError
+from ..pde import create_layer, layer_class
 from ._find import FindResult, Run, _analyse, _groups
 from ._grow import GrowingTail
 from ._trace import _trace, module_path_stack
@@ -223,11 +224,6 @@ def parent_and_name(root: nn.Module, path: str) -> tuple[nn.Module, str]:
 def default_factory(name: str, channels: int, init_block: nn.Module | None = None, **options: Any) -> nn.Module:
     """The layer factory ``rewrite`` uses unless given one: ``condense.pde.create_layer`` (``kernel_size``
     passed on only to layers that have a kernel)."""
-    try:
-        from ..pde import create_layer, layer_class
-    except ImportError as err:  # pragma: no cover - the layers ship with the package
-        raise CondenseError("the PDE layers (condense.pde) cannot be imported",
-                            "pass layer_factory= to rewrite") from err
     if "kernel_size" in options and "kernel_size" not in layer_class(name).config_cls.__dataclass_fields__:
         options.pop("kernel_size")  # sized from the run only for layers that have a kernel
     return create_layer(name, channels, init_block=init_block, **options)

@@ -20,6 +20,7 @@ from torch.fx.node import map_aggregate
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 from .._errors import CondenseError
+from ..pde._base import PDELayer
 
 _USER_LEAVES: set[type[nn.Module]] = set()
 
@@ -37,27 +38,19 @@ def register_leaf_module(cls: type[nn.Module]) -> type[nn.Module]:
 
 
 def _leaf_types() -> tuple[type, ...]:
-    from ..pde._base import PDELayer
+    import timm.models  # noqa: F401 - heavy; timm registers its no-trace modules when its model modules load
+    from timm.layers import get_notrace_modules
 
     types: set[type] = {PDELayer, *_USER_LEAVES}
-    try:  # timm registers its no-trace modules when the model modules are imported
-        import timm.models  # noqa: F401
-        from timm.layers import get_notrace_modules
-
-        types.update(get_notrace_modules())
-    except ImportError:  # pragma: no cover - timm is a hard dependency, but stay traceable without it
-        pass
+    types.update(get_notrace_modules())
     return tuple(types)
 
 
 def _autowrap_functions() -> tuple[Any, ...]:
-    try:
-        import timm.models  # noqa: F401
-        from timm.layers import get_notrace_functions
+    import timm.models  # noqa: F401 - heavy (see _leaf_types)
+    from timm.layers import get_notrace_functions
 
-        return tuple(f for f in get_notrace_functions() if callable(f))
-    except ImportError:  # pragma: no cover
-        return ()
+    return tuple(f for f in get_notrace_functions() if callable(f))
 
 
 class CondenseTracer(fx.Tracer):
