@@ -5,6 +5,7 @@ bundle's training split). Out: the model's BatchNorm running statistics re-estim
 eval mode. Never: changes a weight, computes a gradient, or keeps a BatchNorm's momentum changed.
 Used by the supernet (the statistics of a selected path) and by calibration (after distillation).
 """
+
 from __future__ import annotations
 
 from typing import Iterable

@@ -4,6 +4,7 @@
 In: text typed by a user. Out: numbers, or a one-line ``BudgetError``/``CondenseError``. Never: counting.
 Every budget string is parsed here, and only here.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -98,8 +99,9 @@ def parse_latency(text: str | int | float | Budget) -> Budget:
         return text
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         if not math.isfinite(float(text)) or text <= 0:
-            raise BudgetError(f"bad latency budget {text!r}: must be a positive number of milliseconds",
-                              _LATENCY_ACCEPTED)
+            raise BudgetError(
+                f"bad latency budget {text!r}: must be a positive number of milliseconds", _LATENCY_ACCEPTED
+            )
         return Budget(float(text), False)
     match = _LATENCY_RE.fullmatch(text.strip()) if isinstance(text, str) else None
     if match is None:
@@ -109,8 +111,9 @@ def parse_latency(text: str | int | float | Budget) -> Budget:
         raise BudgetError(f"bad latency budget {text!r}: must be positive", _LATENCY_ACCEPTED)
     if unit == "%":
         if value > 100:
-            raise BudgetError(f"bad latency budget {text!r}: a percentage of the original must be at most 100%",
-                              _LATENCY_ACCEPTED)
+            raise BudgetError(
+                f"bad latency budget {text!r}: a percentage of the original must be at most 100%", _LATENCY_ACCEPTED
+            )
         return Budget(value, True)
     return Budget(value * _LATENCY_UNITS[unit], False)
 
@@ -165,8 +168,11 @@ def parse_input_size(text: str | tuple[int, ...] | list[int]) -> tuple[int, int,
     if len(parts) != 3 or any(p < 1 for p in parts):
         raise CondenseError(f"bad input size {text!r}", hint)
     if parts[0] * parts[1] * parts[2] > MAX_INPUT_ELEMENTS:
-        raise CondenseError(f"input size {text!r} is too large ({parts[0] * parts[1] * parts[2]:,} values per "
-                            f"image; at most {MAX_INPUT_ELEMENTS:,})", "image models take e.g. 3x224x224")
+        raise CondenseError(
+            f"input size {text!r} is too large ({parts[0] * parts[1] * parts[2]:,} values per "
+            f"image; at most {MAX_INPUT_ELEMENTS:,})",
+            "image models take e.g. 3x224x224",
+        )
     return (parts[0], parts[1], parts[2])
 
 

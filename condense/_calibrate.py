@@ -29,6 +29,7 @@ around it can adapt. ``train="all"``: 54.1% (lr 1e-3, T = 4), 50.9% without the 
 lr 3e-3, 55.6% at lr 1e-2, 58.4% at lr 3e-3 and T = 1 (the defaults; 55.0% over 5,000 images, 59.9% over
 2 epochs).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,6 +57,7 @@ Progress = Callable[[str], None]
 
 # --- the per-run feature pairs and loss (shared with condense.train) ------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class FeaturePair:
     """One condensed run: ``teacher`` is the module whose output is the run's output in the original,
@@ -74,8 +76,10 @@ def feature_pairs(runs: Any, plan: Any) -> tuple[FeaturePair, ...]:
     by_path = {r.path: r for r in runs}
     unknown = [p for p in choices if p not in by_path]
     if unknown:
-        raise CondenseError(f"the plan names run(s) the original does not have: {', '.join(map(repr, unknown))}",
-                            "pass the original the condensed model was made from")
+        raise CondenseError(
+            f"the plan names run(s) the original does not have: {', '.join(map(repr, unknown))}",
+            "pass the original the condensed model was made from",
+        )
     out = []
     for run in runs:
         choice = choices.get(run.path)
@@ -99,8 +103,10 @@ class FeatureTap:
         paths = list(dict.fromkeys(paths))
         missing = [p for p in paths if p not in modules]
         if missing:
-            raise CondenseError(f"{what} has no module {missing[0]!r} (a run's output)",
-                                "pass the original the condensed model was made from, and its condensed model")
+            raise CondenseError(
+                f"{what} has no module {missing[0]!r} (a run's output)",
+                "pass the original the condensed model was made from, and its condensed model",
+            )
         self.out: dict[str, torch.Tensor] = {}
         self.enabled = True
         self.detach = detach
@@ -111,6 +117,7 @@ class FeatureTap:
             if self.enabled:
                 t = output[0] if isinstance(output, (tuple, list)) else output
                 self.out[path] = (t.detach() if self.detach else t).clone()
+
         return hook
 
     def close(self) -> None:
@@ -126,16 +133,20 @@ class FeatureTap:
         self.close()
 
 
-def feature_loss(pairs: Sequence[FeaturePair], student: Mapping[str, torch.Tensor],
-                 teacher: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def feature_loss(
+    pairs: Sequence[FeaturePair], student: Mapping[str, torch.Tensor], teacher: Mapping[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(loss, per_run)``: each run's squared error normalised by the teacher feature's mean square,
     ``||s - t||^2 / ||t||^2`` over the batch, and their mean."""
     per = []
     for p in pairs:
         s, t = student[p.student].float(), teacher[p.teacher].detach().float()
         if s.shape != t.shape:
-            raise CondenseError(f"run {p.run!r}: the condensed model's output {tuple(s.shape)} differs from the "
-                                f"original's {tuple(t.shape)}", "pass the original the model was condensed from")
+            raise CondenseError(
+                f"run {p.run!r}: the condensed model's output {tuple(s.shape)} differs from the "
+                f"original's {tuple(t.shape)}",
+                "pass the original the model was condensed from",
+            )
         per.append((s - t).pow(2).sum() / t.pow(2).sum().clamp_min(1e-12))
     if not per:
         raise CondenseError("no condensed run to match", "the plan condenses no run")
@@ -145,12 +156,19 @@ def feature_loss(pairs: Sequence[FeaturePair], student: Mapping[str, torch.Tenso
 
 def kd_logit_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """T^2 * KL(softmax(teacher / T) || softmax(student / T)), averaged over the batch."""
-    return F.kl_div(F.log_softmax(student.float() / temperature, dim=1),
-                    F.log_softmax(teacher.float() / temperature, dim=1),
-                    reduction="batchmean", log_target=True) * temperature ** 2
+    return (
+        F.kl_div(
+            F.log_softmax(student.float() / temperature, dim=1),
+            F.log_softmax(teacher.float() / temperature, dim=1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        * temperature**2
+    )
 
 
 # --- calibrate -------------------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class CalibrateConfig:
@@ -222,14 +240,26 @@ class Calibration:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON record (``condensed.json``'s "calibration")."""
-        return {"data": self.data, "images": self.images, "epochs": self.epochs, "steps": self.steps,
-                "seconds": round(self.seconds, 2),
-                "cpu_seconds": round(self.cpu_seconds, 2), "threads": self.threads, "device": self.device,
-                "config": self.config.to_dict(), "check_images": self.check_images, "test_images": self.test_images,
-                "runs": [{"path": r, "feature_error_before": b, "feature_error_after": a}
-                         for r, b, a in zip(self.runs, self.feature_error_before, self.feature_error_after)],
-                "accuracy_original": self.accuracy_original, "accuracy_before": self.accuracy_before,
-                "accuracy_after": self.accuracy_after}
+        return {
+            "data": self.data,
+            "images": self.images,
+            "epochs": self.epochs,
+            "steps": self.steps,
+            "seconds": round(self.seconds, 2),
+            "cpu_seconds": round(self.cpu_seconds, 2),
+            "threads": self.threads,
+            "device": self.device,
+            "config": self.config.to_dict(),
+            "check_images": self.check_images,
+            "test_images": self.test_images,
+            "runs": [
+                {"path": r, "feature_error_before": b, "feature_error_after": a}
+                for r, b, a in zip(self.runs, self.feature_error_before, self.feature_error_after)
+            ],
+            "accuracy_original": self.accuracy_original,
+            "accuracy_before": self.accuracy_before,
+            "accuracy_after": self.accuracy_after,
+        }
 
     def summary(self) -> str:
         """One line: what was done and what it changed."""
@@ -241,8 +271,10 @@ class Calibration:
         else:
             text += "logits only (channels pruned)"
         if self.accuracy_after is not None:
-            text += (f"; test accuracy {self.accuracy_before:.4f} -> {self.accuracy_after:.4f} "
-                     f"(original {self.accuracy_original:.4f}, {self.test_images} images)")
+            text += (
+                f"; test accuracy {self.accuracy_before:.4f} -> {self.accuracy_after:.4f} "
+                f"(original {self.accuracy_original:.4f}, {self.test_images} images)"
+            )
         return text
 
 
@@ -267,34 +299,64 @@ def check_record(record: Any) -> str | None:
             return f"{key!r} must be a fraction in [0, 1] or null"
     runs = record.get("runs")
     if not isinstance(runs, list) or not all(
-            isinstance(r, dict) and isinstance(r.get("path"), str) and
-            all(not isinstance(r.get(k), bool) and isinstance(r.get(k), (int, float))
-                for k in ("feature_error_before", "feature_error_after")) for r in runs):
+        isinstance(r, dict)
+        and isinstance(r.get("path"), str)
+        and all(
+            not isinstance(r.get(k), bool) and isinstance(r.get(k), (int, float))
+            for k in ("feature_error_before", "feature_error_after")
+        )
+        for r in runs
+    ):
         return "'runs' must be a list of {path, feature_error_before, feature_error_after}"
     if not isinstance(record.get("data"), str):
         return "'data' must be a string"
     return None
 
 
-def calibrate(result, original: nn.Module, data, *, images: int = 10000, epochs: int = 1, lr: float = 3e-3,
-              batch_size: int = 64, train: str = "all", logit_weight: float = 1.0, temperature: float = 1.0,
-              test_images: int | None = None, seed: int = 0, device: str | torch.device | None = None,
-              progress: bool | Progress = True) -> Calibration:
+def calibrate(
+    result,
+    original: nn.Module,
+    data,
+    *,
+    images: int = 10000,
+    epochs: int = 1,
+    lr: float = 3e-3,
+    batch_size: int = 64,
+    train: str = "all",
+    logit_weight: float = 1.0,
+    temperature: float = 1.0,
+    test_images: int | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool | Progress = True,
+) -> Calibration:
     """Distil ``result.model`` (a ``FitResult``'s condensed model, changed in place) from ``original`` (the
     model it was condensed from) on ``data``'s training images, labels unused; then re-estimate its
     BatchNorm statistics on them. Options: see ``CalibrateConfig``. ``device``: where it runs (default:
     where the condensed model is; both models are moved back after). ``progress``: True (a bar on a
     terminal, else one line per epoch), False, or a function called with one-line messages. The same
     seed gives the same weights. Returns a ``Calibration`` record; the model is left in eval mode."""
-    config = CalibrateConfig(images=images, epochs=epochs, lr=lr, batch_size=batch_size, train=train,  # type: ignore
-                             logit_weight=logit_weight, temperature=temperature, test_images=test_images, seed=seed)
+    config = CalibrateConfig(
+        images=images,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        train=train,  # type: ignore
+        logit_weight=logit_weight,
+        temperature=temperature,
+        test_images=test_images,
+        seed=seed,
+    )
     student = result.model
     if not isinstance(original, nn.Module):
         raise CondenseError(f"original must be the nn.Module that was condensed, not {type(original).__name__}")
     pruned = getattr(result, "width", None) is not None
     if pruned and (config.train == "new" or not config.logit_weight):
-        raise CondenseError("this plan pruned channels: its run outputs are narrower than the original's, so only "
-                            "the logits are matched", "calibrate with train='all' and logit_weight > 0")
+        raise CondenseError(
+            "this plan pruned channels: its run outputs are narrower than the original's, so only "
+            "the logits are matched",
+            "calibrate with train='all' and logit_weight > 0",
+        )
     # a plan that pruned channels is distilled on the logits alone (its runs' outputs have fewer channels)
     pairs = () if pruned else feature_pairs(result.found, result.plan)
     if not pairs and not pruned:
@@ -308,8 +370,10 @@ def calibrate(result, original: nn.Module, data, *, images: int = 10000, epochs:
         student.to(dev)
         original.to(dev)
         try:
-            with FeatureTap(student, [p.student for p in pairs], detach=False, what="the condensed model") as s_tap, \
-                    FeatureTap(original, [p.teacher for p in pairs], detach=True, what="the original") as t_tap:
+            with (
+                FeatureTap(student, [p.student for p in pairs], detach=False, what="the condensed model") as s_tap,
+                FeatureTap(original, [p.teacher for p in pairs], detach=True, what="the original") as t_tap,
+            ):
                 return _calibrate(student, original, bundle, pairs, config, s_tap, t_tap, dev, progress)
         finally:
             original.train(teacher_was_training)
@@ -327,12 +391,15 @@ def _bundle(data, input_size: tuple[int, ...], config: CalibrateConfig):
     if isinstance(data, DataBundle):
         bundle = data
     else:
-        bundle = load_data(data, limit_train=config.images, input_size=input_size,
-                           limit_test=config.test_images or None)
+        bundle = load_data(
+            data, limit_train=config.images, input_size=input_size, limit_test=config.test_images or None
+        )
     if tuple(bundle.input_size) != tuple(input_size):
-        raise CondenseError(f"the data {bundle.name!r} is read at {'x'.join(map(str, bundle.input_size))}, the model "
-                            f"was condensed at {'x'.join(map(str, input_size))}",
-                            "load the data with input_size= the condensed model's")
+        raise CondenseError(
+            f"the data {bundle.name!r} is read at {'x'.join(map(str, bundle.input_size))}, the model "
+            f"was condensed at {'x'.join(map(str, input_size))}",
+            "load the data with input_size= the condensed model's",
+        )
     if bundle.train_size < 1:
         raise CondenseError(f"the data {bundle.name!r} has no training images to calibrate on")
     return bundle
@@ -343,8 +410,9 @@ def _train_batches(bundle, config: CalibrateConfig, epoch: int) -> Iterator[torc
     split, reshuffled every epoch, when it holds no more than that). Labels are dropped here."""
     whole = config.images >= bundle.train_size
     n = 0
-    for x, _ in bundle.loader("train", config.batch_size, shuffle=True, augment=False, seed=config.seed,
-                              epoch=epoch if whole else 0):
+    for x, _ in bundle.loader(
+        "train", config.batch_size, shuffle=True, augment=False, seed=config.seed, epoch=epoch if whole else 0
+    ):
         take = min(len(x), config.images - n)
         yield x[:take]
         n += take
@@ -364,8 +432,19 @@ def _test_batches(bundle, limit: int, batch_size: int) -> Iterator[tuple[torch.T
 
 
 @torch.no_grad()
-def _measure(student: nn.Module, teacher: nn.Module, pairs, s_tap: FeatureTap, t_tap: FeatureTap, bundle,
-             dev: torch.device, check: int, test: int, batch_size: int, original_too: bool):
+def _measure(
+    student: nn.Module,
+    teacher: nn.Module,
+    pairs,
+    s_tap: FeatureTap,
+    t_tap: FeatureTap,
+    bundle,
+    dev: torch.device,
+    check: int,
+    test: int,
+    batch_size: int,
+    original_too: bool,
+):
     """(per-run feature errors on the first ``check`` test images, the student's accuracy on ``test``
     images, the teacher's accuracy or None): both models in eval mode."""
     student.eval()
@@ -383,8 +462,11 @@ def _measure(student: nn.Module, teacher: nn.Module, pairs, s_tap: FeatureTap, t
             for i, p in enumerate(pairs):
                 s, t = s_tap.out[p.student][:k].double(), t_tap.out[p.teacher][:k].double()
                 if s.shape != t.shape:
-                    raise CondenseError(f"run {p.run!r}: the condensed model's output {tuple(s.shape)} differs from "
-                                        f"the original's {tuple(t.shape)}", "pass the original it was condensed from")
+                    raise CondenseError(
+                        f"run {p.run!r}: the condensed model's output {tuple(s.shape)} differs from "
+                        f"the original's {tuple(t.shape)}",
+                        "pass the original it was condensed from",
+                    )
                 num[i] += float((s - t).pow(2).sum())
                 den[i] += float(t.pow(2).sum())
         if seen < test:
@@ -414,13 +496,15 @@ def _calibrate(student, teacher, bundle, pairs, config: CalibrateConfig, s_tap, 
     test = bundle.test_size if config.test_images is None else min(config.test_images, bundle.test_size)
     check = min(CHECK_IMAGES, bundle.test_size)
     per_batch = max(config.batch_size, 128)
-    err_before, acc_before, acc_original = _measure(student, teacher, pairs, s_tap, t_tap, bundle, dev, check, test,
-                                                    per_batch, original_too=True)
+    err_before, acc_before, acc_original = _measure(
+        student, teacher, pairs, s_tap, t_tap, bundle, dev, check, test, per_batch, original_too=True
+    )
     if config.train == "new":
         params, new_modules = _new_parameters(student, pairs)
         if not params:
-            raise CondenseError("train='new': the new layers have no parameters (dropped blocks)",
-                                "calibrate with train='all'")
+            raise CondenseError(
+                "train='new': the new layers have no parameters (dropped blocks)", "calibrate with train='all'"
+            )
     else:
         params, new_modules = [p for p in student.parameters()], []
     trained = {id(p) for p in params}
@@ -455,8 +539,10 @@ def _calibrate(student, teacher, bundle, pairs, config: CalibrateConfig, s_tap, 
                     loss = loss + config.logit_weight * kd_logit_loss(s_logits, t_logits, config.temperature)
                 value = float(loss.detach())
                 if not math.isfinite(value):
-                    raise CondenseError(f"the calibration loss became {value} at step {step + 1}",
-                                        "lower the learning rate (lr=, --calib-lr)")
+                    raise CondenseError(
+                        f"the calibration loss became {value} at step {step + 1}",
+                        "lower the learning rate (lr=, --calib-lr)",
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -475,13 +561,28 @@ def _calibrate(student, teacher, bundle, pairs, config: CalibrateConfig, s_tap, 
             p.requires_grad_(True)
         say.close()
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
-    err_after, acc_after, _ = _measure(student, teacher, pairs, s_tap, t_tap, bundle, dev, check, test, per_batch,
-                                       original_too=False)
-    return Calibration(config=config, data=bundle.name, images=images, epochs=config.epochs, steps=step,
-                       seconds=seconds, cpu_seconds=cpu_seconds, threads=torch.get_num_threads(), device=str(dev),
-                       runs=tuple(p.run for p in pairs), feature_error_before=err_before, feature_error_after=err_after,
-                       check_images=check, test_images=test, accuracy_original=acc_original,
-                       accuracy_before=acc_before, accuracy_after=acc_after)
+    err_after, acc_after, _ = _measure(
+        student, teacher, pairs, s_tap, t_tap, bundle, dev, check, test, per_batch, original_too=False
+    )
+    return Calibration(
+        config=config,
+        data=bundle.name,
+        images=images,
+        epochs=config.epochs,
+        steps=step,
+        seconds=seconds,
+        cpu_seconds=cpu_seconds,
+        threads=torch.get_num_threads(),
+        device=str(dev),
+        runs=tuple(p.run for p in pairs),
+        feature_error_before=err_before,
+        feature_error_after=err_after,
+        check_images=check,
+        test_images=test,
+        accuracy_original=acc_original,
+        accuracy_before=acc_before,
+        accuracy_after=acc_after,
+    )
 
 
 class _Reporter:
@@ -493,8 +594,13 @@ class _Reporter:
         self.lines = progress is True and not sys.stdout.isatty()
         self.total, self.epochs, self.bar, self.task = total, epochs, None, None
         if progress is True and not self.lines:
-            self.bar = RichProgress(TextColumn("[bold]calibrating"), BarColumn(), MofNCompleteColumn(),
-                                    TextColumn("{task.fields[stats]}"), TimeElapsedColumn())
+            self.bar = RichProgress(
+                TextColumn("[bold]calibrating"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[stats]}"),
+                TimeElapsedColumn(),
+            )
             self.bar.start()
             self.task = self.bar.add_task("calibrating", total=total, stats="")
 

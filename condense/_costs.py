@@ -7,6 +7,7 @@ the replaced blocks plus the new layers. Used by ``fit`` (to choose m and K) and
 plans far over budget). Never: stands in for a measurement where a budget is checked: ``fit`` and the
 search count the rewritten model itself before they report it.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,9 @@ class PlanCosts:
         m = choice.m if run.growing else 1
         key = json.dumps([path, m, choice.layer, choice.init, dict(choice.options)], sort_keys=True, default=str)
         if key not in self._cache:
-            self._cache[key] = self._count(run, RunChoice(m=m, layer=choice.layer, options=choice.options,
-                                                          init=choice.init))
+            self._cache[key] = self._count(
+                run, RunChoice(m=m, layer=choice.layer, options=choice.options, init=choice.init)
+            )
         return self._cache[key]
 
     def _count(self, run: Run, choice: RunChoice) -> tuple[int, int]:
@@ -54,13 +56,15 @@ class PlanCosts:
             macs, params = count_module(inner_layer(build_layer(run, bare, self.model, default_factory)).eval(), x)
             block_macs = run.macs[choice.m]
             if block_macs is None:
-                raise CondenseError(f"run '{run.path}' has layout {run.layout} and an uncounted block",
-                                    "use init='input'")
+                raise CondenseError(
+                    f"run '{run.path}' has layout {run.layout} and an uncounted block", "use init='input'"
+                )
             return macs + block_macs, params + sum(p.numel() for p in block.parameters())
         return count_module(inner, x)
 
-    def estimate(self, total: tuple[int, int], choices: Mapping[str, RunChoice],
-                 uncounted_as_zero: bool = False) -> tuple[int, int] | None:
+    def estimate(
+        self, total: tuple[int, int], choices: Mapping[str, RunChoice], uncounted_as_zero: bool = False
+    ) -> tuple[int, int] | None:
         """``total`` (the original's MACs, params) with each run of ``choices`` replaced; None when a
         replaced block was not counted (nothing to subtract), or with ``uncounted_as_zero`` such a block
         subtracts 0 MACs (fit's rule: it counts the rewritten model before it reports a plan)."""
@@ -69,12 +73,12 @@ class PlanCosts:
             run = self.runs[path]
             if choice.m >= run.r:
                 continue
-            removed = run.macs[choice.m:]
+            removed = run.macs[choice.m :]
             if any(v is None for v in removed):
                 if not uncounted_as_zero:
                     return None
                 removed = [v or 0 for v in removed]
             lm, lp = self.layer_cost(path, choice)
             macs += lm - sum(removed)
-            params += lp - sum(run.params[choice.m:])
+            params += lp - sum(run.params[choice.m :])
         return int(macs), int(params)

@@ -37,6 +37,7 @@ whose "flops" are multiply-accumulates:
 MACs are for the whole batch (``batch_size=1`` by default, i.e. per image). Parameters are counted once
 even when a tensor or module is shared.
 """
+
 from __future__ import annotations
 
 import math
@@ -65,43 +66,151 @@ Handle = Callable[[list, list], Any]
 # Ops that only move or relabel data, or are activations: 0 MACs everywhere, but "handled".
 _ZERO_OPS: tuple[str, ...] = (
     # data movement / views / creation
-    "aten::roll", "aten::pad", "aten::constant_pad_nd", "aten::reflection_pad1d", "aten::reflection_pad2d",
-    "aten::reflection_pad3d", "aten::replication_pad1d", "aten::replication_pad2d",
-    "aten::replication_pad3d", "aten::_pad_circular", "aten::circular_pad1d", "aten::circular_pad2d",
-    "aten::cat", "aten::concat", "aten::concatenate", "aten::stack", "aten::slice", "aten::narrow",
-    "aten::select", "aten::index", "aten::index_select", "aten::gather", "aten::split",
-    "aten::split_with_sizes", "aten::chunk", "aten::unbind", "aten::flip", "aten::repeat",
-    "aten::repeat_interleave", "aten::tile", "aten::expand", "aten::expand_as", "aten::view",
-    "aten::view_as", "aten::reshape", "aten::reshape_as", "aten::_unsafe_view", "aten::flatten",
-    "aten::unflatten", "aten::squeeze", "aten::unsqueeze", "aten::permute", "aten::transpose",
-    "aten::movedim", "aten::t", "aten::contiguous", "aten::clone", "aten::copy_", "aten::detach",
-    "aten::alias", "aten::lift_fresh", "aten::to", "aten::type_as", "aten::unfold",
-    "aten::real", "aten::imag", "aten::view_as_real", "aten::view_as_complex", "aten::complex",
-    "aten::conj", "aten::resolve_conj", "aten::resolve_neg", "aten::_conj",
-    "aten::fft_fftshift", "aten::fft_ifftshift", "aten::fft_fftfreq", "aten::fft_rfftfreq",
-    "aten::zeros", "aten::zeros_like", "aten::ones", "aten::ones_like", "aten::empty",
-    "aten::empty_like", "aten::full", "aten::full_like", "aten::new_zeros", "aten::new_ones",
-    "aten::new_empty", "aten::new_full", "aten::fill_", "aten::zero_", "aten::arange",
-    "aten::linspace", "aten::meshgrid", "aten::size", "aten::Int", "aten::ScalarImplicit",
-    "aten::dropout", "aten::dropout_", "aten::masked_fill", "aten::where",
+    "aten::roll",
+    "aten::pad",
+    "aten::constant_pad_nd",
+    "aten::reflection_pad1d",
+    "aten::reflection_pad2d",
+    "aten::reflection_pad3d",
+    "aten::replication_pad1d",
+    "aten::replication_pad2d",
+    "aten::replication_pad3d",
+    "aten::_pad_circular",
+    "aten::circular_pad1d",
+    "aten::circular_pad2d",
+    "aten::cat",
+    "aten::concat",
+    "aten::concatenate",
+    "aten::stack",
+    "aten::slice",
+    "aten::narrow",
+    "aten::select",
+    "aten::index",
+    "aten::index_select",
+    "aten::gather",
+    "aten::split",
+    "aten::split_with_sizes",
+    "aten::chunk",
+    "aten::unbind",
+    "aten::flip",
+    "aten::repeat",
+    "aten::repeat_interleave",
+    "aten::tile",
+    "aten::expand",
+    "aten::expand_as",
+    "aten::view",
+    "aten::view_as",
+    "aten::reshape",
+    "aten::reshape_as",
+    "aten::_unsafe_view",
+    "aten::flatten",
+    "aten::unflatten",
+    "aten::squeeze",
+    "aten::unsqueeze",
+    "aten::permute",
+    "aten::transpose",
+    "aten::movedim",
+    "aten::t",
+    "aten::contiguous",
+    "aten::clone",
+    "aten::copy_",
+    "aten::detach",
+    "aten::alias",
+    "aten::lift_fresh",
+    "aten::to",
+    "aten::type_as",
+    "aten::unfold",
+    "aten::real",
+    "aten::imag",
+    "aten::view_as_real",
+    "aten::view_as_complex",
+    "aten::complex",
+    "aten::conj",
+    "aten::resolve_conj",
+    "aten::resolve_neg",
+    "aten::_conj",
+    "aten::fft_fftshift",
+    "aten::fft_ifftshift",
+    "aten::fft_fftfreq",
+    "aten::fft_rfftfreq",
+    "aten::zeros",
+    "aten::zeros_like",
+    "aten::ones",
+    "aten::ones_like",
+    "aten::empty",
+    "aten::empty_like",
+    "aten::full",
+    "aten::full_like",
+    "aten::new_zeros",
+    "aten::new_ones",
+    "aten::new_empty",
+    "aten::new_full",
+    "aten::fill_",
+    "aten::zero_",
+    "aten::arange",
+    "aten::linspace",
+    "aten::meshgrid",
+    "aten::size",
+    "aten::Int",
+    "aten::ScalarImplicit",
+    "aten::dropout",
+    "aten::dropout_",
+    "aten::masked_fill",
+    "aten::where",
     # activations (as in fvcore: free)
-    "aten::relu", "aten::relu_", "aten::relu6", "aten::relu6_", "aten::sigmoid", "aten::sigmoid_",
-    "aten::tanh", "aten::tanh_", "aten::silu", "aten::silu_", "aten::gelu", "aten::gelu_",
-    "aten::hardswish", "aten::hardswish_", "aten::hardsigmoid", "aten::hardsigmoid_",
-    "aten::hardtanh", "aten::hardtanh_", "aten::softplus", "aten::leaky_relu", "aten::leaky_relu_",
-    "aten::elu", "aten::elu_", "aten::mish", "aten::mish_", "aten::clamp", "aten::clamp_",
-    "aten::clamp_min", "aten::clamp_min_", "aten::clamp_max", "aten::clamp_max_",
+    "aten::relu",
+    "aten::relu_",
+    "aten::relu6",
+    "aten::relu6_",
+    "aten::sigmoid",
+    "aten::sigmoid_",
+    "aten::tanh",
+    "aten::tanh_",
+    "aten::silu",
+    "aten::silu_",
+    "aten::gelu",
+    "aten::gelu_",
+    "aten::hardswish",
+    "aten::hardswish_",
+    "aten::hardsigmoid",
+    "aten::hardsigmoid_",
+    "aten::hardtanh",
+    "aten::hardtanh_",
+    "aten::softplus",
+    "aten::leaky_relu",
+    "aten::leaky_relu_",
+    "aten::elu",
+    "aten::elu_",
+    "aten::mish",
+    "aten::mish_",
+    "aten::clamp",
+    "aten::clamp_",
+    "aten::clamp_min",
+    "aten::clamp_min_",
+    "aten::clamp_max",
+    "aten::clamp_max_",
 )
 
 # Elementwise arithmetic counted inside PDE layers: op -> (real cost, complex cost, mixed cost).
 # "mixed" = complex output with one real operand (tensor or number).
 _ELEMENTWISE: dict[str, tuple[int, int, int]] = {}
 for _op, _costs in {
-    "mul": (1, 4, 2), "div": (1, 4, 2),
-    "add": (1, 2, 2), "sub": (1, 2, 2), "rsub": (1, 2, 2), "neg": (1, 2, 2),
-    "reciprocal": (1, 4, 4), "addcmul": (1, 4, 4), "addcdiv": (2, 8, 8),
-    "square": (1, 4, 4), "pow": (1, 4, 4), "sqrt": (1, 4, 4), "rsqrt": (1, 4, 4),
-    "exp": (1, 4, 4), "log": (1, 4, 4), "abs": (1, 4, 4),
+    "mul": (1, 4, 2),
+    "div": (1, 4, 2),
+    "add": (1, 2, 2),
+    "sub": (1, 2, 2),
+    "rsub": (1, 2, 2),
+    "neg": (1, 2, 2),
+    "reciprocal": (1, 4, 4),
+    "addcmul": (1, 4, 4),
+    "addcdiv": (2, 8, 8),
+    "square": (1, 4, 4),
+    "pow": (1, 4, 4),
+    "sqrt": (1, 4, 4),
+    "rsqrt": (1, 4, 4),
+    "exp": (1, 4, 4),
+    "log": (1, 4, 4),
+    "abs": (1, 4, 4),
 }.items():
     _ELEMENTWISE[f"aten::{_op}"] = _costs
     _ELEMENTWISE[f"aten::{_op}_"] = _costs
@@ -113,8 +222,14 @@ _REDUCTIONS: tuple[str, ...] = ("aten::sum", "aten::mean")
 # FFTs: op -> (kind, default dims) with kind r2c (real signal in), c2r (real signal out) or c2c.
 # default dims: an int tuple, or None meaning "all dims (or the last len(s) when s is given)".
 _FFTS: dict[str, tuple[str, tuple[int, ...] | None]] = {}
-for _pre, _kind in (("fft", "c2c"), ("ifft", "c2c"), ("rfft", "r2c"), ("irfft", "c2r"),
-                    ("hfft", "c2r"), ("ihfft", "r2c")):
+for _pre, _kind in (
+    ("fft", "c2c"),
+    ("ifft", "c2c"),
+    ("rfft", "r2c"),
+    ("irfft", "c2r"),
+    ("hfft", "c2r"),
+    ("ihfft", "r2c"),
+):
     _FFTS[f"aten::fft_{_pre}"] = (_kind, (-1,))
     _FFTS[f"aten::fft_{_pre}2"] = (_kind, (-2, -1))
     _FFTS[f"aten::fft_{_pre}n"] = (_kind, None)
@@ -153,8 +268,19 @@ def _is_floating(value) -> bool:
     return st is None or st in _FLOATING
 
 
-_FLOATING = frozenset({"Float", "Double", "Half", "BFloat16", "ComplexFloat", "ComplexDouble", "ComplexHalf",
-                       "Float8_e4m3fn", "Float8_e5m2"})
+_FLOATING = frozenset(
+    {
+        "Float",
+        "Double",
+        "Half",
+        "BFloat16",
+        "ComplexFloat",
+        "ComplexDouble",
+        "ComplexHalf",
+        "Float8_e4m3fn",
+        "Float8_e5m2",
+    }
+)
 
 
 def _is_complex(value) -> bool:
@@ -181,7 +307,7 @@ def _scope_names(value) -> list[str]:
     names = []
     for part in value.node().scopeName().split("/"):
         if part.startswith("__module."):
-            part = part[len("__module."):]
+            part = part[len("__module.") :]
         elif part == "__module":
             part = ""
         names.append(part)
@@ -189,6 +315,7 @@ def _scope_names(value) -> list[str]:
 
 
 # --- handles ---------------------------------------------------------------------------------------
+
 
 class _PDEScope:
     """Decides whether a traced node runs inside a PDE layer, from its scope name."""
@@ -224,8 +351,11 @@ def _elementwise_handle(kind: str, in_pde: _PDEScope) -> Handle:
         if not _is_complex(out):
             per = real
         else:
-            operands = [v for v in inputs if _is_tensor(v) or v.type().kind() in
-                        ("FloatType", "IntType", "ComplexType", "NumberType")]
+            operands = [
+                v
+                for v in inputs
+                if _is_tensor(v) or v.type().kind() in ("FloatType", "IntType", "ComplexType", "NumberType")
+            ]
             both_complex = sum(_is_complex(v) for v in operands[:2]) >= 2 or len(operands) < 2
             per = cplx if both_complex else mixed
         return per * _numel(out)
@@ -334,8 +464,9 @@ def _run(model: nn.Module, inputs: tuple[Tensor, ...]):
 def _example_inputs(model: nn.Module, input_size: Sequence[int], batch_size: int) -> tuple[Tensor, ...]:
     size = tuple(int(s) for s in input_size)
     if not size or any(s < 1 for s in size) or batch_size < 1:
-        raise CondenseError(f"bad input size {size} / batch size {batch_size}",
-                            "give positive sizes, e.g. input_size=(3, 224, 224)")
+        raise CondenseError(
+            f"bad input size {size} / batch size {batch_size}", "give positive sizes, e.g. input_size=(3, 224, 224)"
+        )
     ref = next(iter(model.parameters()), None)
     if ref is None:
         ref = next(iter(model.buffers()), None)
@@ -355,8 +486,14 @@ def _params(module: nn.Module) -> int:
 
 # --- public API ------------------------------------------------------------------------------------
 
-def count(model: nn.Module, input_size: Sequence[int] = (3, 224, 224), *,
-          inputs: Tensor | tuple[Tensor, ...] | None = None, batch_size: int = 1):
+
+def count(
+    model: nn.Module,
+    input_size: Sequence[int] = (3, 224, 224),
+    *,
+    inputs: Tensor | tuple[Tensor, ...] | None = None,
+    batch_size: int = 1,
+):
     """MACs and parameters of ``model``, in total and per module (see the module docstring for the rules).
 
     Returns a DataFrame indexed by module path (first row ``""`` = the whole model; a module shared
@@ -375,14 +512,16 @@ def count(model: nn.Module, input_size: Sequence[int] = (3, 224, 224), *,
     rows, index = [], []
     for name, module in model.named_modules():
         index.append(name)
-        rows.append({
-            "type": type(module).__name__,
-            "depth": 0 if name == "" else name.count(".") + 1,
-            "macs": int(by_module.get(name, 0)),
-            "params": _params(module),
-            "pde": name in pde_names,
-            "unsupported": int(sum(analysis.unsupported_ops(name).values())),
-        })
+        rows.append(
+            {
+                "type": type(module).__name__,
+                "depth": 0 if name == "" else name.count(".") + 1,
+                "macs": int(by_module.get(name, 0)),
+                "params": _params(module),
+                "pde": name in pde_names,
+                "unsupported": int(sum(analysis.unsupported_ops(name).values())),
+            }
+        )
     import pandas as pd  # heavy: loaded when a table is asked for, not at `import condense`
 
     df = pd.DataFrame(rows, index=pd.Index(index, name="module"))
@@ -406,9 +545,13 @@ def macs_and_params(model: nn.Module, input_size: Sequence[int] = (3, 224, 224))
     return count_module(model, *_example_inputs(model, input_size, 1))
 
 
-def unsupported_ops_in_pde_layers(model: nn.Module, input_size: Sequence[int] = (3, 224, 224), *,
-                                  inputs: Tensor | tuple[Tensor, ...] | None = None,
-                                  batch_size: int = 1) -> dict[str, Counter]:
+def unsupported_ops_in_pde_layers(
+    model: nn.Module,
+    input_size: Sequence[int] = (3, 224, 224),
+    *,
+    inputs: Tensor | tuple[Tensor, ...] | None = None,
+    batch_size: int = 1,
+) -> dict[str, Counter]:
     """PDE layer name -> Counter of traced op kinds inside it that have no counting rule (empty = good)."""
     example = _as_inputs(inputs) if inputs is not None else _example_inputs(model, input_size, batch_size)
     analysis, pde_names = _run(model, example)

@@ -4,6 +4,7 @@ In: a device name (or a ``torch.device``); under torchrun, ``LOCAL_RANK``. Out: 
 describing it (name, count) for run settings and result files. Never: falls back silently: asking for a
 device that is not there is a one-line error naming what is available.
 """
+
 from __future__ import annotations
 
 import os
@@ -58,8 +59,9 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
 
 
 def _missing(name: Any) -> CondenseError:
-    return CondenseError(f"device {name!r} is not available here",
-                         f"available: {', '.join(available_devices())} (or --device auto)")
+    return CondenseError(
+        f"device {name!r} is not available here", f"available: {', '.join(available_devices())} (or --device auto)"
+    )
 
 
 def describe_device(device: torch.device) -> str:

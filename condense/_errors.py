@@ -2,6 +2,7 @@
 
 The command line prints ``CondenseError`` as a single line and exits 1; only ``--debug`` shows a traceback.
 """
+
 from __future__ import annotations
 
 import errno
@@ -61,8 +62,9 @@ def os_error(err: OSError, where: str | os.PathLike) -> CondenseError:
     if err.errno == errno.ENOSPC or err.errno == getattr(errno, "EDQUOT", -1):
         return CondenseError(f"no space left on {where}", "free some space, or write to another -o DIR")
     if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return CondenseError(f"cannot write {where} ({os.strerror(err.errno).lower()})",
-                             "choose a folder you can write to (-o DIR)")
+        return CondenseError(
+            f"cannot write {where} ({os.strerror(err.errno).lower()})", "choose a folder you can write to (-o DIR)"
+        )
     return CondenseError(f"cannot write {where} ({err.strerror or err})", "check the folder and try again")
 
 
@@ -81,8 +83,10 @@ def report(err: BaseException, *, debug: bool = False) -> int:
         err_console.print(f"[bold red]error:[/] {escape(str(domain))}", highlight=False)
         return 1
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    err_console.print(f"[bold red]error:[/] unexpected {type(err).__name__}: {escape(text)} "
-                      "(run with --debug for the traceback)", highlight=False)
+    err_console.print(
+        f"[bold red]error:[/] unexpected {type(err).__name__}: {escape(text)} (run with --debug for the traceback)",
+        highlight=False,
+    )
     return 2
 
 

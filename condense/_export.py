@@ -23,6 +23,7 @@ axis is dynamic) and compared with the PyTorch model as given (fused kernel and 
 ``|onnx - torch| <= atol + rtol * |torch|`` elementwise, by default atol = rtol = 1e-4. Measured on
 condensed ResNet-18 / EfficientNet-B0 the max abs difference is about 1e-6 on logits.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -87,23 +88,27 @@ class ExportReport:
 
     @property
     def exporter_label(self) -> str:
-        return {"torchscript": "TorchScript exporter (dynamo=False)",
-                "dynamo": "torch.export-based exporter (dynamo=True)"}[self.exporter]
+        return {
+            "torchscript": "TorchScript exporter (dynamo=False)",
+            "dynamo": "torch.export-based exporter (dynamo=True)",
+        }[self.exporter]
 
     def parity_text(self) -> str:
         if not self.checked:
             return "not checked (--no-check)"
         rel = self.max_abs_diff / self.reference_max_abs if self.reference_max_abs else 0.0
-        return (f"onnxruntime vs PyTorch: max |diff| {self.max_abs_diff:.2e} (outputs up to "
-                f"{self.reference_max_abs:.3g}, so {rel:.1e} of their range) at batch "
-                f"{'/'.join(map(str, self.batches))}; tolerance "
-                f"{self.atol:g} abs + {self.rtol:g} rel: OK")
+        return (
+            f"onnxruntime vs PyTorch: max |diff| {self.max_abs_diff:.2e} (outputs up to "
+            f"{self.reference_max_abs:.3g}, so {rel:.1e} of their range) at batch "
+            f"{'/'.join(map(str, self.batches))}; tolerance "
+            f"{self.atol:g} abs + {self.rtol:g} rel: OK"
+        )
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def _module_or_dir(model_or_dir: nn.Module | str | os.PathLike,
-                   input_size: Sequence[int] | None = None,
-                   trust_code: bool = False) -> tuple[nn.Module, tuple[int, ...], str]:
+def _module_or_dir(
+    model_or_dir: nn.Module | str | os.PathLike, input_size: Sequence[int] | None = None, trust_code: bool = False
+) -> tuple[nn.Module, tuple[int, ...], str]:
     """(model in eval mode, input size, label) from a module or a condensed-model directory.
 
     Any failure to read a directory is a one-line ``CondenseError``.
@@ -113,13 +118,13 @@ def _module_or_dir(model_or_dir: nn.Module | str | os.PathLike,
     if isinstance(model_or_dir, nn.Module):
         size = tuple(input_size) if input_size else default_input_size(model_or_dir)
         if size is None:
-            raise CondenseError(f"no input size known for {type(model_or_dir).__name__}",
-                                "pass input_size=(C, H, W)")
+            raise CondenseError(f"no input size known for {type(model_or_dir).__name__}", "pass input_size=(C, H, W)")
         return model_or_dir, tuple(int(s) for s in size), type(model_or_dir).__name__
     directory = Path(model_or_dir)
     if not directory.exists():
-        raise CondenseError(f"{str(directory)!r} does not exist",
-                            "pass a directory written by `condense MODEL -o DIR` or condense.save")
+        raise CondenseError(
+            f"{str(directory)!r} does not exist", "pass a directory written by `condense MODEL -o DIR` or condense.save"
+        )
     meta = read_meta(directory)
     try:
         model = load(directory, trust_code=trust_code)
@@ -127,8 +132,9 @@ def _module_or_dir(model_or_dir: nn.Module | str | os.PathLike,
     except CondenseError:
         raise
     except Exception as err:  # a damaged directory: say so in one line
-        raise CondenseError(f"{directory} could not be loaded ({_first_line(err)})",
-                            "the directory is damaged: re-create it") from err
+        raise CondenseError(
+            f"{directory} could not be loaded ({_first_line(err)})", "the directory is damaged: re-create it"
+        ) from err
     return model, size, str(directory)
 
 
@@ -154,8 +160,8 @@ def _first_line(err: BaseException) -> str:
 
 
 _OP_PATTERNS = (
-    re.compile(r"operator '([\w.:]+)'"),            # TorchScript: Exporting the operator 'aten::fft_rfft2' ...
-    re.compile(r"namespace ([\w.:]+)"),             # TorchScript: unrecognized namespace condense::op
+    re.compile(r"operator '([\w.:]+)'"),  # TorchScript: Exporting the operator 'aten::fft_rfft2' ...
+    re.compile(r"namespace ([\w.:]+)"),  # TorchScript: unrecognized namespace condense::op
     re.compile(r"\b((?:aten|prim|condense)(?:::|\.)[\w.]+)"),  # dynamo: aten.fft_rfft2.default, ...
 )
 
@@ -191,8 +197,11 @@ def _quiet():
             os.close(fd)
         saved = []
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                contextlib.redirect_stderr(io.StringIO()):
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -212,8 +221,10 @@ def _outputs(out: Any) -> list[torch.Tensor]:
         return list(out)
     if isinstance(out, dict) and all(isinstance(t, torch.Tensor) for t in out.values()):
         return list(out.values())
-    raise CondenseError(f"the model returns {type(out).__name__}, not tensors",
-                        "export a model whose forward returns a tensor (or a tuple of tensors)")
+    raise CondenseError(
+        f"the model returns {type(out).__name__}, not tensors",
+        "export a model whose forward returns a tensor (or a tuple of tensors)",
+    )
 
 
 def _example(size: Sequence[int], batch: int, seed: int = 0) -> torch.Tensor:
@@ -225,24 +236,42 @@ def _require(module: str) -> Any:
     try:
         return __import__(module)
     except ImportError as err:
-        raise CondenseError(f"{module} is not installed", "pip install 'condense[export]' "
-                            "(onnx, onnxruntime, onnxscript)") from err
+        raise CondenseError(
+            f"{module} is not installed", "pip install 'condense[export]' (onnx, onnxruntime, onnxscript)"
+        ) from err
 
 
 # ------------------------------------------------------------------------------------------ ONNX
 def _export_torchscript(model, x, file, opset, names, dynamic_batch):
     in_names, out_names = names
     axes = {n: {0: "batch"} for n in (*in_names, *out_names)} if dynamic_batch else None
-    torch.onnx.export(model, (x,), str(file), dynamo=False, opset_version=opset, input_names=in_names,
-                      output_names=out_names, dynamic_axes=axes, do_constant_folding=True)
+    torch.onnx.export(
+        model,
+        (x,),
+        str(file),
+        dynamo=False,
+        opset_version=opset,
+        input_names=in_names,
+        output_names=out_names,
+        dynamic_axes=axes,
+        do_constant_folding=True,
+    )
 
 
 def _export_dynamo(model, x, file, opset, names, dynamic_batch):
     in_names, out_names = names
     shapes = ({0: torch.export.Dim("batch", min=1, max=65536)},) if dynamic_batch else None
-    program = torch.onnx.export(model, (x,), dynamo=True, opset_version=opset, input_names=in_names,
-                                output_names=out_names, dynamic_shapes=shapes, external_data=False,
-                                optimize=True)
+    program = torch.onnx.export(
+        model,
+        (x,),
+        dynamo=True,
+        opset_version=opset,
+        input_names=in_names,
+        output_names=out_names,
+        dynamic_shapes=shapes,
+        external_data=False,
+        optimize=True,
+    )
     program.save(str(file), external_data=False)
 
 
@@ -282,26 +311,42 @@ def _check_parity(file: Path, model: nn.Module, size, batches, atol, rtol) -> tu
             ref = [t.detach().float().numpy() for t in _outputs(model(x))]
         got = session.run(None, {in_name: x.numpy()})
         if len(got) != len(ref):
-            raise CondenseError(f"the ONNX model has {len(got)} outputs, PyTorch {len(ref)}",
-                                "report this: the export is wrong")
+            raise CondenseError(
+                f"the ONNX model has {len(got)} outputs, PyTorch {len(ref)}", "report this: the export is wrong"
+            )
         for g, r in zip(got, ref):
             if g.shape != r.shape:
-                raise CondenseError(f"ONNX output shape {g.shape} differs from PyTorch's {r.shape} at batch {batch}",
-                                    "try exporter='dynamo' or a static batch")
+                raise CondenseError(
+                    f"ONNX output shape {g.shape} differs from PyTorch's {r.shape} at batch {batch}",
+                    "try exporter='dynamo' or a static batch",
+                )
             diff = abs(g.astype("float64") - r.astype("float64"))
             worst = max(worst, float(diff.max()) if diff.size else 0.0)
             scale = max(scale, float(abs(r).max()) if r.size else 0.0)
             if not (diff <= atol + rtol * abs(r.astype("float64"))).all():
-                raise CondenseError(f"onnxruntime output differs from PyTorch by up to {float(diff.max()):.3g} "
-                                    f"at batch {batch} (outputs up to {scale:.3g}; tolerance {atol:g} abs + "
-                                    f"{rtol:g} rel)", "nothing was written; raise atol/rtol if this is rounding")
+                raise CondenseError(
+                    f"onnxruntime output differs from PyTorch by up to {float(diff.max()):.3g} "
+                    f"at batch {batch} (outputs up to {scale:.3g}; tolerance {atol:g} abs + "
+                    f"{rtol:g} rel)",
+                    "nothing was written; raise atol/rtol if this is rounding",
+                )
     return worst, scale
 
 
-def export_onnx(model_or_dir: nn.Module | str | os.PathLike, path: str | os.PathLike, *,
-                input_size: Sequence[int] | None = None, opset: int = 17, check: bool = True,
-                atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, batch_size: int = 2,
-                dynamic_batch: bool = True, exporter: str = "auto", trust_code: bool = False) -> ExportReport:
+def export_onnx(
+    model_or_dir: nn.Module | str | os.PathLike,
+    path: str | os.PathLike,
+    *,
+    input_size: Sequence[int] | None = None,
+    opset: int = 17,
+    check: bool = True,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+    batch_size: int = 2,
+    dynamic_batch: bool = True,
+    exporter: str = "auto",
+    trust_code: bool = False,
+) -> ExportReport:
     """Export ``model_or_dir`` (a condensed-model directory or an ``nn.Module``) to the ONNX file ``path``.
 
     Global layers run the eager path in the export (standard ONNX ops only; no custom domain). With
@@ -340,7 +385,8 @@ def export_onnx(model_or_dir: nn.Module | str | os.PathLike, path: str | os.Path
             try:
                 with _quiet(), torch.no_grad():
                     (_export_torchscript if name == "torchscript" else _export_dynamo)(
-                        exportable, x, tmp, opset, names, dynamic_batch)
+                        exportable, x, tmp, opset, names, dynamic_batch
+                    )
                 used = name
                 break
             except Exception as err:  # noqa: BLE001 - try the next exporter, report all in one line
@@ -349,16 +395,19 @@ def export_onnx(model_or_dir: nn.Module | str | os.PathLike, path: str | os.Path
             _raise_if_write_failed(errors, out)
             op = next((failing_op(e) for _, e in errors if failing_op(e)), None)
             tried = "; ".join(f"{n}: {_first_line(e)}" for n, e in errors)
-            raise CondenseError(f"ONNX export of {label} failed" + (f" at operator {op}" if op else "")
-                                + f" ({tried[:400]})",
-                                "that operator has no ONNX mapping in this torch; run with --debug for details")
+            raise CondenseError(
+                f"ONNX export of {label} failed" + (f" at operator {op}" if op else "") + f" ({tried[:400]})",
+                "that operator has no ONNX mapping in this torch; run with --debug for details",
+            )
         if errors:
             fallback = f"{errors[0][0]}: {_first_line(errors[0][1])}"
         ops = _onnx_ops(tmp)
         custom = sorted(f"{d}::{o}" for d, o in ops if d not in STANDARD_DOMAINS)
         if custom:
-            raise CondenseError(f"the ONNX graph holds custom-domain ops ({', '.join(custom[:5])})",
-                                "they need a custom runtime library; report this")
+            raise CondenseError(
+                f"the ONNX graph holds custom-domain ops ({', '.join(custom[:5])})",
+                "they need a custom runtime library; report this",
+            )
         batches = tuple(dict.fromkeys((batch_size, 1) if dynamic_batch else (batch_size,)))
         worst = scale = None
         if check:
@@ -370,11 +419,24 @@ def export_onnx(model_or_dir: nn.Module | str | os.PathLike, path: str | os.Path
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return ExportReport(path=out, exporter=used, opset=opset, input_size=tuple(size), dynamic_batch=dynamic_batch,
-                        global_layers=n_global, ops={o: n for (_, o), n in sorted(ops.items())},
-                        checked=check, max_abs_diff=worst, reference_max_abs=scale, atol=atol, rtol=rtol,
-                        batches=batches if check else (), size_bytes=out.stat().st_size,
-                        seconds=time.perf_counter() - t0, fallback_reason=fallback)
+    return ExportReport(
+        path=out,
+        exporter=used,
+        opset=opset,
+        input_size=tuple(size),
+        dynamic_batch=dynamic_batch,
+        global_layers=n_global,
+        ops={o: n for (_, o), n in sorted(ops.items())},
+        checked=check,
+        max_abs_diff=worst,
+        reference_max_abs=scale,
+        atol=atol,
+        rtol=rtol,
+        batches=batches if check else (),
+        size_bytes=out.stat().st_size,
+        seconds=time.perf_counter() - t0,
+        fallback_reason=fallback,
+    )
 
 
 def _is_onnx(path: Path) -> bool:
@@ -398,8 +460,15 @@ def _raise_if_write_failed(errors, out: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ torch.export
-def export_program(model_or_dir: nn.Module | str | os.PathLike, input_size: Sequence[int] | None = None, *,
-                   impl: str = "eager", dynamic_batch: bool = True, batch_size: int = 2, trust_code: bool = False):
+def export_program(
+    model_or_dir: nn.Module | str | os.PathLike,
+    input_size: Sequence[int] | None = None,
+    *,
+    impl: str = "eager",
+    dynamic_batch: bool = True,
+    batch_size: int = 2,
+    trust_code: bool = False,
+):
     """A ``torch.export.ExportedProgram`` of the model (a condensed-model directory or an ``nn.Module``).
 
     ``impl="eager"`` (default) switches every Global layer to the eager path first: the program holds only
@@ -421,30 +490,41 @@ def export_program(model_or_dir: nn.Module | str | os.PathLike, input_size: Sequ
             return torch.export.export(target, (x,), dynamic_shapes=shapes)
     except Exception as err:  # noqa: BLE001
         op = failing_op(err)
-        raise CondenseError(f"torch.export of {label} failed" + (f" at operator {op}" if op else "")
-                            + f" ({_first_line(err)})", "run with --debug for the traceback") from err
+        raise CondenseError(
+            f"torch.export of {label} failed" + (f" at operator {op}" if op else "") + f" ({_first_line(err)})",
+            "run with --debug for the traceback",
+        ) from err
 
 
 # ------------------------------------------------------------------------------------------ CLI
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="condense export-onnx", formatter_class=HelpFormatter,
+        prog="condense export-onnx",
+        formatter_class=HelpFormatter,
         description="Export a condensed-model directory to ONNX (standard ops only: the Global layers use their "
-                    "eager path) and check it under onnxruntime against PyTorch.")
+        "eager path) and check it under onnxruntime against PyTorch.",
+    )
     p.add_argument("model", metavar="DIR", help="a condensed-model directory (condense MODEL -o DIR)")
     p.add_argument("-o", "--output", metavar="FILE", help="the .onnx file (default: DIR/model.onnx)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--input-size", metavar="CxHxW", help="input size (default: the directory's)")
-    p.add_argument("--exporter", choices=EXPORTERS, default="auto",
-                   help="auto (TorchScript, then the torch.export-based exporter if that fails; default), "
-                        "torchscript or dynamo")
+    p.add_argument(
+        "--exporter",
+        choices=EXPORTERS,
+        default="auto",
+        help="auto (TorchScript, then the torch.export-based exporter if that fails; default), torchscript or dynamo",
+    )
     p.add_argument("--static-batch", action="store_true", help="fix the batch axis (default: dynamic)")
     p.add_argument("--batch-size", type=int, default=2, help="batch of the example and the check (default 2)")
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"absolute tolerance (default {DEFAULT_ATOL:g})")
     p.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help=f"relative tolerance (default {DEFAULT_RTOL:g})")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
-    p.add_argument("--trust-code", action="store_true", help="let a directory whose model is a file.py:factory "
-                   "import that file (it runs; never done without this flag)")
+    p.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="let a directory whose model is a file.py:factory "
+        "import that file (it runs; never done without this flag)",
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
@@ -452,15 +532,27 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args, console) -> int:
     out = Path(args.output) if args.output else Path(args.model) / "model.onnx"
     with console.status(f"exporting {args.model} to ONNX", spinner="dots"):
-        report = export_onnx(args.model, out, input_size=args.input_size, opset=args.opset,
-                             check=not args.no_check, atol=args.atol, rtol=args.rtol, batch_size=args.batch_size,
-                             dynamic_batch=not args.static_batch, exporter=args.exporter,
-                             trust_code=args.trust_code)
-    console.print(f"exported {args.model} -> [bold]{report.path}[/] ({format_count(report.size_bytes)}B, "
-                  f"{report.exporter_label}, opset {report.opset}, input {'x'.join(map(str, report.input_size))}"
-                  f"{', dynamic batch' if report.dynamic_batch else ''}; {report.global_layers} Global layer(s) on "
-                  f"the eager path, {sum(report.ops.values())} standard ONNX ops, no custom ops) in "
-                  f"{report.seconds:.1f}s", highlight=False)
+        report = export_onnx(
+            args.model,
+            out,
+            input_size=args.input_size,
+            opset=args.opset,
+            check=not args.no_check,
+            atol=args.atol,
+            rtol=args.rtol,
+            batch_size=args.batch_size,
+            dynamic_batch=not args.static_batch,
+            exporter=args.exporter,
+            trust_code=args.trust_code,
+        )
+    console.print(
+        f"exported {args.model} -> [bold]{report.path}[/] ({format_count(report.size_bytes)}B, "
+        f"{report.exporter_label}, opset {report.opset}, input {'x'.join(map(str, report.input_size))}"
+        f"{', dynamic batch' if report.dynamic_batch else ''}; {report.global_layers} Global layer(s) on "
+        f"the eager path, {sum(report.ops.values())} standard ONNX ops, no custom ops) in "
+        f"{report.seconds:.1f}s",
+        highlight=False,
+    )
     if report.fallback_reason:
         console.print(f"(the first exporter failed: {report.fallback_reason})", highlight=False)
     console.print(report.parity_text(), highlight=False)

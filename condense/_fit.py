@@ -28,6 +28,7 @@ How the plan is chosen (``fit``):
    and width: the share keeps about sqrt(budget fraction) of the MACs and the depth plan the rest
    (``condense._width._auto``).
 """
+
 from __future__ import annotations
 
 import copy
@@ -81,8 +82,8 @@ class RunRow:
     macs_after: int
     params_before: int
     params_after: int
-    width: float | None = None                   # share of the run's channels removed (``fit(width=...)``)
-    channels: tuple[int, int] | None = None      # the run's channels before and after pruning
+    width: float | None = None  # share of the run's channels removed (``fit(width=...)``)
+    channels: tuple[int, int] | None = None  # the run's channels before and after pruning
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +101,7 @@ class FitResult:
     rows: tuple[RunRow, ...]
     message: str
     latency: "LatencyFit | None" = None
-    width: "WidthFit | None" = None   # channels pruned before the depth plan (``condense._width``)
+    width: "WidthFit | None" = None  # channels pruned before the depth plan (``condense._width``)
 
     @property
     def mac_ratio(self) -> float:
@@ -133,19 +134,27 @@ class _Costs:
 
     def plan_cost(self, total: tuple[int, int], ms: Mapping[str, int], K: int) -> tuple[int, int]:
         """``PlanCosts.estimate`` of m per run at K (a replaced block that was not counted subtracts 0 MACs)."""
-        choices = {path: RunChoice(m=m, layer=self.layer, options=self.options_at(K), init=self.init)
-                   for path, m in ms.items() if m < self.runs[path].r}
+        choices = {
+            path: RunChoice(m=m, layer=self.layer, options=self.options_at(K), init=self.init)
+            for path, m in ms.items()
+            if m < self.runs[path].r
+        }
         return self.model_costs.estimate(total, choices, uncounted_as_zero=True)
 
 
 def _check_drop(K: int | None, fill_K: bool, init: str | None, options: Mapping[str, Any]) -> None:
     """``layer="drop"`` has nothing to configure: K, fill_K, init="block" or a layer option is an error."""
-    given = [*(["K"] if K is not None or "K" in options else []), *(["fill_K"] if fill_K else []),
-             *(["init='block'"] if init == "block" else []), *sorted(k for k in options if k != "K")]
+    given = [
+        *(["K"] if K is not None or "K" in options else []),
+        *(["fill_K"] if fill_K else []),
+        *(["init='block'"] if init == "block" else []),
+        *sorted(k for k in options if k != "K"),
+    ]
     if given:
-        raise ConfigError(f"layer 'drop' deletes the removed blocks and takes no options, got {', '.join(given)}",
-                          "leave out --K, --fill-K, --init and the layer options, or choose a PDE layer "
-                          "(e.g. --layer global)")
+        raise ConfigError(
+            f"layer 'drop' deletes the removed blocks and takes no options, got {', '.join(given)}",
+            "leave out --K, --fill-K, --init and the layer options, or choose a PDE layer (e.g. --layer global)",
+        )
 
 
 def _fits(cost: tuple[int, int], macs_b: float | None, params_b: float | None) -> bool:
@@ -158,20 +167,31 @@ def _unmet(cost: tuple[int, int], macs_b: float | None, params_b: float | None) 
     if macs_b is not None and cost[0] > macs_b:
         parts.append(f"MAC budget {format_count(macs_b)} is below the smallest reachable {format_count(cost[0])}")
     if params_b is not None and cost[1] > params_b:
-        parts.append(f"parameter budget {format_count(params_b)} is below the smallest reachable "
-                     f"{format_count(cost[1])}")
+        parts.append(
+            f"parameter budget {format_count(params_b)} is below the smallest reachable {format_count(cost[1])}"
+        )
     return "; ".join(parts)
 
 
 def _raise_hint(options: Mapping[str, Any]) -> str:
     if options.get("zero_init"):  # preserve mode (on by default with --checkpoint): learned diffusion
-        return ("raise the budget, or pass --no-preserve (preserve=False): preserving pretrained weights, the "
-                "default with --checkpoint, keeps a copy of each run's first replaced block as the layer's start")
+        return (
+            "raise the budget, or pass --no-preserve (preserve=False): preserving pretrained weights, the "
+            "default with --checkpoint, keeps a copy of each run's first replaced block as the layer's start"
+        )
     return "raise the budget, or try another --layer / fewer layer options"
 
 
-def _choose(costs: _Costs, total: tuple[int, int], runs: Sequence[Run], macs_b, params_b, K: int | None,
-            progress: Progress, fill_K: bool = False) -> tuple[dict[str, int], int, list[str]]:
+def _choose(
+    costs: _Costs,
+    total: tuple[int, int],
+    runs: Sequence[Run],
+    macs_b,
+    params_b,
+    K: int | None,
+    progress: Progress,
+    fill_K: bool = False,
+) -> tuple[dict[str, int], int, list[str]]:
     """m per run and K by the rule in the module docstring; also the order blocks were given back."""
     ms = {r.path: 1 for r in runs}
     Ks = [K] if K is not None else list(range(DEFAULT_K, 0, -1)) if costs.steps else [DEFAULT_K]
@@ -188,8 +208,9 @@ def _choose(costs: _Costs, total: tuple[int, int], runs: Sequence[Run], macs_b, 
         if macs_b is not None and macs > macs_b:
             parts.append(f"MAC budget {format_count(macs_b)} is below the smallest reachable {format_count(macs)}")
         if params_b is not None and params > params_b:
-            parts.append(f"parameter budget {format_count(params_b)} is below the smallest reachable "
-                         f"{format_count(params)}")
+            parts.append(
+                f"parameter budget {format_count(params_b)} is below the smallest reachable {format_count(params)}"
+            )
         at = f"m=1, K={k}" if costs.steps else f"m=1, layer {costs.layer!r}"
         raise BudgetError("; ".join(parts) + f" (every run condensed to {at})", _raise_hint(costs.options))
     order: list[str] = []
@@ -229,8 +250,13 @@ class LatencyFit:
     layer: str | None = None  # the layer of the chosen plan, when the drop search ran
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"budget_ms": self.budget_ms, "before_ms": self.before_ms, "after_ms": self.after_ms,
-               "setting": dict(self.setting), "candidates": [list(c) for c in self.candidates]}
+        out = {
+            "budget_ms": self.budget_ms,
+            "before_ms": self.before_ms,
+            "after_ms": self.after_ms,
+            "setting": dict(self.setting),
+            "candidates": [list(c) for c in self.candidates],
+        }
         if self.drop_candidates:
             out.update(drop_candidates=[list(c) for c in self.drop_candidates], layer=self.layer)
         return out
@@ -243,12 +269,25 @@ def _resolve(budget: str | float | Budget | None, original: int) -> float | None
 MAX_K = 100  # the layers' own limit (GlobalConfig.K); 0 steps would be no layer at all
 
 
-def fit(model: nn.Module, macs: str | float | Budget | None = None, params: str | float | Budget | None = None,
-        input_size: Sequence[int] | None = None, *, layer: str = "global", init: str | None = None,
-        K: int | None = None, fill_K: bool = False, preserve: bool = False, seed: int | None = 0,
-        progress: Progress | None = None, latency: str | float | Budget | None = None,
-        latency_setting: LatencySetting | None = None, width: Any = None, width_importance: str = "l1",
-        **layer_options: Any) -> FitResult:
+def fit(
+    model: nn.Module,
+    macs: str | float | Budget | None = None,
+    params: str | float | Budget | None = None,
+    input_size: Sequence[int] | None = None,
+    *,
+    layer: str = "global",
+    init: str | None = None,
+    K: int | None = None,
+    fill_K: bool = False,
+    preserve: bool = False,
+    seed: int | None = 0,
+    progress: Progress | None = None,
+    latency: str | float | Budget | None = None,
+    latency_setting: LatencySetting | None = None,
+    width: Any = None,
+    width_importance: str = "l1",
+    **layer_options: Any,
+) -> FitResult:
     """Choose a plan that meets every budget given (MACs and/or parameters) and apply it.
 
     ``macs``/``params``: ``"250M"``, ``"60%"`` (of the original), a number, or None. ``input_size``:
@@ -277,19 +316,54 @@ def fit(model: nn.Module, macs: str | float | Budget | None = None, params: str 
             size = tuple(int(s) for s in (input_size or (3, 224, 224)))
 
             def depth(pruned: nn.Module, macs=None, params=None, latency=None) -> FitResult:
-                return fit(pruned, macs, params, size, layer=layer, init=init, K=K, fill_K=fill_K, preserve=preserve,
-                           seed=seed, progress=progress, latency=latency, latency_setting=latency_setting,
-                           **layer_options)
+                return fit(
+                    pruned,
+                    macs,
+                    params,
+                    size,
+                    layer=layer,
+                    init=init,
+                    K=K,
+                    fill_K=fill_K,
+                    preserve=preserve,
+                    seed=seed,
+                    progress=progress,
+                    latency=latency,
+                    latency_setting=latency_setting,
+                    **layer_options,
+                )
 
-            return fit_with_width(model, spec, size, depth, macs=macs, params=params, latency=latency,
-                                  latency_setting=latency_setting, importance_name=width_importance,
-                                  progress=progress)
+            return fit_with_width(
+                model,
+                spec,
+                size,
+                depth,
+                macs=macs,
+                params=params,
+                latency=latency,
+                latency_setting=latency_setting,
+                importance_name=width_importance,
+                progress=progress,
+            )
     if seed is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return fit(model, macs, params, input_size, layer=layer, init=init, K=K, fill_K=fill_K,
-                       preserve=preserve, seed=None, progress=progress, latency=latency,
-                       latency_setting=latency_setting, **layer_options)
+            return fit(
+                model,
+                macs,
+                params,
+                input_size,
+                layer=layer,
+                init=init,
+                K=K,
+                fill_K=fill_K,
+                preserve=preserve,
+                seed=None,
+                progress=progress,
+                latency=latency,
+                latency_setting=latency_setting,
+                **layer_options,
+            )
     say = progress or (lambda _msg: None)
     if layer == DROP:
         _check_drop(K, fill_K, init, layer_options)
@@ -303,8 +377,9 @@ def fit(model: nn.Module, macs: str | float | Budget | None = None, params: str 
     if layer_options.get("K") is not None:
         K = layer_options.pop("K")
     if K is not None and (isinstance(K, bool) or not isinstance(K, int) or not 1 <= K <= MAX_K):
-        raise ConfigError(f"K={K!r}: the number of PDE steps must be an integer from 1 to {MAX_K}",
-                          "write e.g. --K 5, the paper's")
+        raise ConfigError(
+            f"K={K!r}: the number of PDE steps must be an integer from 1 to {MAX_K}", "write e.g. --K 5, the paper's"
+        )
     if latency is not None:
         parse_latency(latency)  # a malformed budget: error before any work
     layer_class(layer)  # unknown layer type: error before any work
@@ -316,16 +391,31 @@ def fit(model: nn.Module, macs: str | float | Budget | None = None, params: str 
         macs0, params0 = macs_and_params(model, size)
     macs_b, params_b = _resolve(macs, macs0), _resolve(params, params0)
     runs = list(found.runs)
-    base = dict(found=found, input_size=size, macs_before=macs0, params_before=params0,
-                macs_budget=macs_b, params_budget=params_b)
+    base = dict(
+        found=found,
+        input_size=size,
+        macs_before=macs0,
+        params_before=params0,
+        macs_budget=macs_b,
+        params_budget=params_b,
+    )
 
     def unchanged(message: str) -> FitResult:
         rows = tuple(_row(r, r.r, None, None, None) for r in runs)
         if not _fits((macs0, params0), macs_b, params_b):  # nothing to condense, and over budget
-            raise BudgetError(_unmet((macs0, params0), macs_b, params_b) + f": {message}",
-                              "raise the budget, or condense a model with repeated blocks")
-        return FitResult(model=copy.deepcopy(model), plan=Plan({}), macs_after=macs0, params_after=params0,
-                         rows=rows, message=message, **base)
+            raise BudgetError(
+                _unmet((macs0, params0), macs_b, params_b) + f": {message}",
+                "raise the budget, or condense a model with repeated blocks",
+            )
+        return FitResult(
+            model=copy.deepcopy(model),
+            plan=Plan({}),
+            macs_after=macs0,
+            params_after=params0,
+            rows=rows,
+            message=message,
+            **base,
+        )
 
     if not runs:
         return unchanged(f"{type(model).__name__} has no repeated same-resolution blocks: nothing to condense")
@@ -333,26 +423,70 @@ def fit(model: nn.Module, macs: str | float | Budget | None = None, params: str 
     # with a latency budget K stays fixed (default 5): extra PDE steps cost few MACs but real time, so a
     # MAC target filled by raising K would make latency jump along the candidates
     K_used = (K or DEFAULT_K) if latency is not None else K
-    apply = functools.partial(_apply, model, found, costs, runs, size, base, K_used, fill_K and latency is None,
-                              layer, init, layer_options, say)
+    apply = functools.partial(
+        _apply,
+        model,
+        found,
+        costs,
+        runs,
+        size,
+        base,
+        K_used,
+        fill_K and latency is None,
+        layer,
+        init,
+        layer_options,
+        say,
+    )
     if latency is not None:
         drop = None
         if layer != DROP:  # the fallback when the layers cost more time than the budget leaves (_fit_latency)
             drop_costs = _Costs(model, runs, DROP, "input", {})
-            drop = (functools.partial(_apply, model, found, drop_costs, runs, size, base, None, False, DROP, "input",
-                                      {}, say), drop_costs)
-        return _fit_latency(apply, unchanged, model, size, costs, (macs0, params0), macs_b, params_b,
-                            parse_latency(latency), latency_setting or LatencySetting(), K_used, say, drop=drop)
+            drop = (
+                functools.partial(
+                    _apply, model, found, drop_costs, runs, size, base, None, False, DROP, "input", {}, say
+                ),
+                drop_costs,
+            )
+        return _fit_latency(
+            apply,
+            unchanged,
+            model,
+            size,
+            costs,
+            (macs0, params0),
+            macs_b,
+            params_b,
+            parse_latency(latency),
+            latency_setting or LatencySetting(),
+            K_used,
+            say,
+            drop=drop,
+        )
     if (macs_b is not None or params_b is not None) and _fits((macs0, params0), macs_b, params_b):
-        return unchanged("the model is already within budget "
-                         f"({format_count(macs0)} MACs, {format_count(params0)} params): left unchanged")
+        return unchanged(
+            "the model is already within budget "
+            f"({format_count(macs0)} MACs, {format_count(params0)} params): left unchanged"
+        )
     return apply(macs_b, params_b)
 
 
-def _apply(model: nn.Module, found: FindResult, costs: _Costs, runs: Sequence[Run], size: tuple[int, ...],
-           base: dict[str, Any], K: int | None, fill_K: bool, layer: str, init: str,
-           layer_options: Mapping[str, Any], say: Progress, macs_b: float | None,
-           params_b: float | None) -> FitResult:
+def _apply(
+    model: nn.Module,
+    found: FindResult,
+    costs: _Costs,
+    runs: Sequence[Run],
+    size: tuple[int, ...],
+    base: dict[str, Any],
+    K: int | None,
+    fill_K: bool,
+    layer: str,
+    init: str,
+    layer_options: Mapping[str, Any],
+    say: Progress,
+    macs_b: float | None,
+    params_b: float | None,
+) -> FitResult:
     """The plan for these budgets (steps 2-4 of the module docstring), applied and counted."""
     macs0, params0 = base["macs_before"], base["params_before"]
     base = {**base, "macs_budget": macs_b, "params_budget": params_b}
@@ -361,8 +495,13 @@ def _apply(model: nn.Module, found: FindResult, costs: _Costs, runs: Sequence[Ru
     else:
         ms, chosen_K, order = _choose(costs, (macs0, params0), runs, macs_b, params_b, K, say, fill_K)
     while True:
-        plan = Plan({p: RunChoice(m=m, layer=layer, options=costs.options_at(chosen_K), init=init)
-                     for p, m in ms.items() if m < costs.runs[p].r})
+        plan = Plan(
+            {
+                p: RunChoice(m=m, layer=layer, options=costs.options_at(chosen_K), init=init)
+                for p, m in ms.items()
+                if m < costs.runs[p].r
+            }
+        )
         say(f"rewriting {len(plan.choices)} run(s) and counting the result")
         new = rewrite(model, found, plan.choices).module
         macs1, params1 = macs_and_params(new, size)
@@ -370,8 +509,9 @@ def _apply(model: nn.Module, found: FindResult, costs: _Costs, runs: Sequence[Ru
             break
         ms[order.pop()] -= 1  # the estimate was optimistic: give the last block back
     if not _fits((macs1, params1), macs_b, params_b):
-        raise BudgetError(_unmet((macs1, params1), macs_b, params_b) + " (the smallest plan, as measured)",
-                          _raise_hint(layer_options))
+        raise BudgetError(
+            _unmet((macs1, params1), macs_b, params_b) + " (the smallest plan, as measured)", _raise_hint(layer_options)
+        )
     rows = []
     for run in runs:
         m = ms[run.path]
@@ -379,15 +519,27 @@ def _apply(model: nn.Module, found: FindResult, costs: _Costs, runs: Sequence[Ru
         rows.append(_row(run, m, layer if lc else None, chosen_K if lc and costs.steps else None, lc))
     n = sum(1 for r in rows if r.m < r.r)
     msg = f"condensed {n} of {len(runs)} run(s), " + (f"K={chosen_K}" if costs.steps else f"layer {layer!r}")
-    return FitResult(model=new, plan=plan, macs_after=macs1, params_after=params1, rows=tuple(rows),
-                     message=msg, **base)
+    return FitResult(
+        model=new, plan=plan, macs_after=macs1, params_after=params1, rows=tuple(rows), message=msg, **base
+    )
 
 
-def _fit_latency(apply: Callable[..., FitResult], unchanged: Callable[[str], FitResult], model: nn.Module,
-                 size: tuple[int, ...], costs: _Costs, total: tuple[int, int], macs_b: float | None,
-                 params_b: float | None, budget: Budget, setting: LatencySetting, K: int | None,
-                 say: Progress, max_candidates: int = 6, drop: tuple[Callable[..., FitResult], _Costs] | None = None
-                 ) -> FitResult:
+def _fit_latency(
+    apply: Callable[..., FitResult],
+    unchanged: Callable[[str], FitResult],
+    model: nn.Module,
+    size: tuple[int, ...],
+    costs: _Costs,
+    total: tuple[int, int],
+    macs_b: float | None,
+    params_b: float | None,
+    budget: Budget,
+    setting: LatencySetting,
+    K: int | None,
+    say: Progress,
+    max_candidates: int = 6,
+    drop: tuple[Callable[..., FitResult], _Costs] | None = None,
+) -> FitResult:
     """Meet a latency budget (and any MAC/parameter budgets) with a few measured candidates.
 
     Latency grows with MACs along the plans ``apply`` makes for a MAC target, so the target is found by
@@ -407,37 +559,48 @@ def _fit_latency(apply: Callable[..., FitResult], unchanged: Callable[[str], Fit
     before = measure_latency(model, size, setting)
     budget_ms = budget.resolve(before)
     if before <= budget_ms and _fits(total, macs_b, params_b):
-        res = unchanged(f"the model is already within budget ({format_ms(before)} measured, "
-                        f"{setting.describe()}): left unchanged")
+        res = unchanged(
+            f"the model is already within budget ({format_ms(before)} measured, {setting.describe()}): left unchanged"
+        )
         return dataclasses.replace(res, latency=LatencyFit(budget_ms, before, before, setting.to_dict(), ()))
-    tried = _latency_search(apply, costs, total, macs_b, params_b, before, budget_ms, setting, K, say,
-                            max_candidates)
+    tried = _latency_search(apply, costs, total, macs_b, params_b, before, budget_ms, setting, K, say, max_candidates)
     best = max(((r, t) for r, t in tried if t <= budget_ms), key=lambda rt: rt[0].macs_after, default=None)
     dropped: list[tuple[FitResult, float]] = []
     if drop is not None and (best is None or best[1] < 0.93 * budget_ms):
         say("the layers cost more time than the budget leaves: the same search with layer 'drop'")
         try:
-            dropped = _latency_search(drop[0], drop[1], total, macs_b, params_b, before, budget_ms, setting, None,
-                                      say, max_candidates)
+            dropped = _latency_search(
+                drop[0], drop[1], total, macs_b, params_b, before, budget_ms, setting, None, say, max_candidates
+            )
         except BudgetError:  # no drop plan meets the MAC/parameter budgets either
             dropped = []
-        best_drop = max(((r, t) for r, t in dropped if t <= budget_ms), key=lambda rt: rt[0].macs_after,
-                        default=None)
+        best_drop = max(((r, t) for r, t in dropped if t <= budget_ms), key=lambda rt: rt[0].macs_after, default=None)
         if best_drop is not None and (best is None or _kept(best_drop[0]) > _kept(best[0]) + _layers(best[0])):
             best = best_drop
     if best is None:
         fastest = min((t for _, t in tried + dropped), default=before)
-        raise BudgetError(f"latency budget {format_ms(budget_ms)} is below the fastest plan measured, "
-                          f"{format_ms(fastest)} ({setting.describe()}; the original: {format_ms(before)})",
-                          "raise the latency budget, or lower --K")
+        raise BudgetError(
+            f"latency budget {format_ms(budget_ms)} is below the fastest plan measured, "
+            f"{format_ms(fastest)} ({setting.describe()}; the original: {format_ms(before)})",
+            "raise the latency budget, or lower --K",
+        )
     res, after = best
     chosen = next(iter(res.plan.choices.values())).layer if res.plan.choices else None
-    record = LatencyFit(budget_ms, before, after, setting.to_dict(), tuple((r.macs_after, t) for r, t in tried),
-                        tuple((r.macs_after, t) for r, t in dropped), chosen if dropped else None)
+    record = LatencyFit(
+        budget_ms,
+        before,
+        after,
+        setting.to_dict(),
+        tuple((r.macs_after, t) for r, t in tried),
+        tuple((r.macs_after, t) for r, t in dropped),
+        chosen if dropped else None,
+    )
     n = len(tried) + len(dropped)
-    note = (f"; layer 'drop' keeps {_kept(res)} blocks within the budget" if dropped and chosen == DROP else "")
-    msg = (f"{res.message}; latency {format_ms(after)} (original {format_ms(before)}, budget "
-           f"{format_ms(budget_ms)}; {setting.describe()}; {n} candidate(s) measured{note})")
+    note = f"; layer 'drop' keeps {_kept(res)} blocks within the budget" if dropped and chosen == DROP else ""
+    msg = (
+        f"{res.message}; latency {format_ms(after)} (original {format_ms(before)}, budget "
+        f"{format_ms(budget_ms)}; {setting.describe()}; {n} candidate(s) measured{note})"
+    )
     return dataclasses.replace(res, latency=record, message=msg, macs_budget=macs_b)  # the user's, not the target
 
 
@@ -451,9 +614,19 @@ def _layers(res: FitResult) -> int:
     return sum(1 for row in res.rows if row.m < row.r)
 
 
-def _latency_search(apply: Callable[..., FitResult], costs: _Costs, total: tuple[int, int], macs_b: float | None,
-                    params_b: float | None, before: float, budget_ms: float, setting: LatencySetting,
-                    K: int | None, say: Progress, max_candidates: int) -> list[tuple[FitResult, float]]:
+def _latency_search(
+    apply: Callable[..., FitResult],
+    costs: _Costs,
+    total: tuple[int, int],
+    macs_b: float | None,
+    params_b: float | None,
+    before: float,
+    budget_ms: float,
+    setting: LatencySetting,
+    K: int | None,
+    say: Progress,
+    max_candidates: int,
+) -> list[tuple[FitResult, float]]:
     """The measured candidates of ``_fit_latency``'s search, in the order tried: (result, ms)."""
     ms1 = {r.path: 1 for r in costs.runs.values()}
     smallest = costs.plan_cost(total, ms1, K or 1)[0]
@@ -504,7 +677,12 @@ def _row(run: Run, m: int, layer: str | None, K: int | None, layer_cost: tuple[i
     return RunRow(run.path, run.block_class, run.input_shape, run.r, m, layer, K, mb, ma, pb, pa)
 
 
-def condense(model: nn.Module, macs: str | float | Budget | None = None, params: str | float | Budget | None = None,
-             input_size: Sequence[int] | None = None, **options: Any) -> nn.Module:
+def condense(
+    model: nn.Module,
+    macs: str | float | Budget | None = None,
+    params: str | float | Budget | None = None,
+    input_size: Sequence[int] | None = None,
+    **options: Any,
+) -> nn.Module:
     """The condensed model: ``fit(...)`` and return its module (the paper's default plan without budgets)."""
     return fit(model, macs=macs, params=params, input_size=input_size, **options).model

@@ -11,6 +11,7 @@ folder's manifest must list every file in it), and never runs code named by a di
 ``file.py:factory`` model is imported only when the caller says so (``trust_code=True``) or passes the
 model itself.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,12 +52,18 @@ def _legacy_model_dir(folder: Path) -> set[str] | None:
     return {META, WEIGHTS} if isinstance(meta, dict) and meta.get("format") == FORMAT else None
 
 
-def write_directory(directory: str | os.PathLike, fill: Callable[[Path], None], *,
-                    inputs: Iterable[str | os.PathLike | None] = (), kind: str = "condensed-model") -> Path:
+def write_directory(
+    directory: str | os.PathLike,
+    fill: Callable[[Path], None],
+    *,
+    inputs: Iterable[str | os.PathLike | None] = (),
+    kind: str = "condensed-model",
+) -> Path:
     """``_write.write_directory`` for condensed-model folders (which also recognises the ones written before
     manifests): ``fill(tmp)`` writes the files; the folder is replaced only if this tool wrote it."""
-    return _write.write_directory(directory, fill, inputs=inputs, kind=kind,
-                                  legacy=_legacy_model_dir if kind == "condensed-model" else None)
+    return _write.write_directory(
+        directory, fill, inputs=inputs, kind=kind, legacy=_legacy_model_dir if kind == "condensed-model" else None
+    )
 
 
 def _state_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -64,30 +71,64 @@ def _state_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
 
 
-def save(result, directory: str | os.PathLike, *, spec: ModelSpec | str | None = None,
-         model_kwargs: dict[str, Any] | None = None, checkpoint: str | None = None,
-         extra: dict[str, Any] | None = None, inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
+def save(
+    result,
+    directory: str | os.PathLike,
+    *,
+    spec: ModelSpec | str | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    checkpoint: str | None = None,
+    extra: dict[str, Any] | None = None,
+    inputs: Iterable[str | os.PathLike | None] = (),
+) -> Path:
     """Write ``result`` (a ``FitResult``) to ``directory``; returns the directory. ``inputs`` are files the
     caller read (a checkpoint, the model's file): a ``directory`` that contains one is refused.
 
     ``spec`` (``timm:NAME`` or ``file.py:factory``) lets ``load`` rebuild the original model on its own;
     without it (a model built in Python), ``load`` needs the same uncondensed model passed in.
     """
-    counts = {"macs_before": result.macs_before, "macs_after": result.macs_after,
-              "params_before": result.params_before, "params_after": result.params_after,
-              "macs_budget": result.macs_budget, "params_budget": result.params_budget}
+    counts = {
+        "macs_before": result.macs_before,
+        "macs_after": result.macs_after,
+        "params_before": result.params_before,
+        "params_after": result.params_after,
+        "macs_budget": result.macs_budget,
+        "params_budget": result.params_budget,
+    }
     runs = [dict(path=r.path, block_class=r.block_class, r=r.r, m=r.m, layer=r.layer, K=r.K) for r in result.rows]
     if getattr(result, "width", None) is not None:  # channels pruned first: load replays them (condense._width)
         extra = {**(extra or {}), "width": result.width.to_dict()}
-    return write_condensed(directory, result.model, result.plan, model_class=result.found.model_class,
-                           input_size=result.input_size, counts=counts, runs=runs, spec=spec,
-                           model_kwargs=model_kwargs, checkpoint=checkpoint, extra=extra, inputs=inputs)
+    return write_condensed(
+        directory,
+        result.model,
+        result.plan,
+        model_class=result.found.model_class,
+        input_size=result.input_size,
+        counts=counts,
+        runs=runs,
+        spec=spec,
+        model_kwargs=model_kwargs,
+        checkpoint=checkpoint,
+        extra=extra,
+        inputs=inputs,
+    )
 
 
-def write_condensed(directory: str | os.PathLike, model: nn.Module, plan, *, model_class: str, input_size,
-                    counts: dict[str, Any], runs: list[dict[str, Any]], spec: ModelSpec | str | None = None,
-                    model_kwargs: dict[str, Any] | None = None, checkpoint: str | None = None,
-                    extra: dict[str, Any] | None = None, inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
+def write_condensed(
+    directory: str | os.PathLike,
+    model: nn.Module,
+    plan,
+    *,
+    model_class: str,
+    input_size,
+    counts: dict[str, Any],
+    runs: list[dict[str, Any]],
+    spec: ModelSpec | str | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    checkpoint: str | None = None,
+    extra: dict[str, Any] | None = None,
+    inputs: Iterable[str | os.PathLike | None] = (),
+) -> Path:
     """The directory ``save`` writes, from its parts (for callers without a ``FitResult``, e.g. a search
     trial): ``plan`` a ``Plan``, ``counts`` the measured MACs/params (before/after/budgets), ``runs`` one
     dict per run (path, block_class, r, m, layer, K). A ``file.py:factory`` spec is stored with the file's
@@ -113,13 +154,21 @@ def write_condensed(directory: str | os.PathLike, model: nn.Module, plan, *, mod
     return write_model_dir(directory, model, meta, inputs=inputs)
 
 
-def write_model_dir(directory: str | os.PathLike, model: nn.Module, meta: dict[str, Any], *,
-                    inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
+def write_model_dir(
+    directory: str | os.PathLike,
+    model: nn.Module,
+    meta: dict[str, Any],
+    *,
+    inputs: Iterable[str | os.PathLike | None] = (),
+) -> Path:
     """``meta`` as ``condensed.json`` and ``model``'s weights (with the state dict's version metadata, which
     some modules' loaders read) as ``model.safetensors``, through ``write_directory``."""
     state = model.state_dict()
-    versions = {k: dict(v) for k, v in getattr(state, "_metadata", {}).items()
-                if isinstance(v, dict) and set(v) == {"version"} and v["version"] is not None}
+    versions = {
+        k: dict(v)
+        for k, v in getattr(state, "_metadata", {}).items()
+        if isinstance(v, dict) and set(v) == {"version"} and v["version"] is not None
+    }
     meta = {**meta, **({"state_metadata": versions} if versions else {})}
     validate_meta(json.loads(json.dumps(meta)), Path(directory) / META)
 
@@ -139,8 +188,10 @@ def validate_meta(meta: Any, path: Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise _bad(path, f"expected an object, not {type(meta).__name__}")
     if meta.get("format") != FORMAT:
-        raise CondenseError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}",
-                            "re-create it with this version of condense")
+        raise CondenseError(
+            f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}",
+            "re-create it with this version of condense",
+        )
     missing = [k for k in META_REQUIRED if k not in meta]
     if missing:
         raise _bad(path, f"missing field(s) {', '.join(missing)}")
@@ -165,8 +216,11 @@ def validate_meta(meta: Any, path: Path) -> dict[str, Any]:
         Plan.from_dict(meta["plan"])
     except (CondenseError, TypeError) as err:
         raise _bad(path, f"field 'plan': {err}") from None
-    if not isinstance(meta["counts"], dict) or not isinstance(meta["runs"], list) or \
-            not all(isinstance(r, dict) for r in meta["runs"]):
+    if (
+        not isinstance(meta["counts"], dict)
+        or not isinstance(meta["runs"], list)
+        or not all(isinstance(r, dict) for r in meta["runs"])
+    ):
         raise _bad(path, "fields 'counts' (an object) and 'runs' (a list of objects) are malformed")
     digest = meta.get("model_file_sha256")
     if digest is not None and not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
@@ -180,8 +234,9 @@ def validate_meta(meta: Any, path: Path) -> dict[str, Any]:
         if why:
             raise _bad(path, f"field 'width': {why}")
     versions = meta.get("state_metadata", {})
-    if not isinstance(versions, dict) or not all(isinstance(v, dict) and set(v) == {"version"} and
-                                                 type(v["version"]) is int for v in versions.values()):
+    if not isinstance(versions, dict) or not all(
+        isinstance(v, dict) and set(v) == {"version"} and type(v["version"]) is int for v in versions.values()
+    ):
         raise _bad(path, "field 'state_metadata' must map module prefixes to {\"version\": N}")
     return meta
 
@@ -195,8 +250,10 @@ def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
         except OSError:
             pass
     if not path.is_file():
-        raise CondenseError(f"{str(directory)!r} is not a condensed-model directory (no {META})",
-                            "pass a directory written by `condense ... -o DIR` or condense.save")
+        raise CondenseError(
+            f"{str(directory)!r} is not a condensed-model directory (no {META})",
+            "pass a directory written by `condense ... -o DIR` or condense.save",
+        )
     return validate_meta(_write.read_json(path, "re-create the directory"), path)
 
 
@@ -208,18 +265,23 @@ def original_from_meta(meta: dict[str, Any], directory: str | os.PathLike, *, tr
     ``trust_code=True``, and only if the file still has the SHA-256 recorded when the directory was saved.
     """
     if not meta.get("model"):
-        raise CondenseError(f"{directory} was saved from a model built in Python",
-                            "pass it: condense.load(DIR, model=build_my_model())")
+        raise CondenseError(
+            f"{directory} was saved from a model built in Python", "pass it: condense.load(DIR, model=build_my_model())"
+        )
     spec = ModelSpec.from_dict(meta["model"], where=f"{Path(directory) / META}: field 'model'")
     if spec.kind == "file":
         if not trust_code:
-            raise CondenseError(f"{directory} names model code in {spec.path}:{spec.factory}; loading it would run "
-                                "that file", "if you trust it, pass trust_code=True (--trust-code); else pass the "
-                                "uncondensed model: condense.load(DIR, model=...)")
+            raise CondenseError(
+                f"{directory} names model code in {spec.path}:{spec.factory}; loading it would run that file",
+                "if you trust it, pass trust_code=True (--trust-code); else pass the "
+                "uncondensed model: condense.load(DIR, model=...)",
+            )
         recorded = meta.get("model_file_sha256")
         if recorded is not None and Path(spec.path).is_file() and file_digest(spec.path) != recorded:
-            raise CondenseError(f"{spec.path} changed since {directory} was saved (SHA-256 differs)",
-                                "restore that version of the file, or pass the model: condense.load(DIR, model=...)")
+            raise CondenseError(
+                f"{spec.path} changed since {directory} was saved (SHA-256 differs)",
+                "restore that version of the file, or pass the model: condense.load(DIR, model=...)",
+            )
     return build_model(spec, **meta.get("model_kwargs", {}))
 
 
@@ -230,13 +292,16 @@ def _check_runs(meta: dict[str, Any], found, directory) -> None:
         path, r = rec.get("path"), rec.get("r")
         if path in meta["plan"] and (path not in now or now[path].r != r):
             seen = f"{now[path].r} blocks" if path in now else "not found"
-            raise CondenseError(f"{directory}: run {path!r} was saved with {r} blocks, the model traced now has "
-                                f"{seen}", "the model's code (timm or your factory) changed since saving: "
-                                "install the version it was saved with, or re-create the directory")
+            raise CondenseError(
+                f"{directory}: run {path!r} was saved with {r} blocks, the model traced now has {seen}",
+                "the model's code (timm or your factory) changed since saving: "
+                "install the version it was saved with, or re-create the directory",
+            )
 
 
-def load(directory: str | os.PathLike, model: nn.Module | Callable[[], nn.Module] | None = None, *,
-         trust_code: bool = False) -> nn.Module:
+def load(
+    directory: str | os.PathLike, model: nn.Module | Callable[[], nn.Module] | None = None, *, trust_code: bool = False
+) -> nn.Module:
     """The condensed model saved in ``directory``, in eval mode, with the saved weights.
 
     timm and zoo models are rebuilt on their own. A model built in Python: pass ``model``, the same
@@ -250,8 +315,10 @@ def load(directory: str | os.PathLike, model: nn.Module | Callable[[], nn.Module
     else:
         original = model() if callable(model) and not isinstance(model, nn.Module) else model
         if not isinstance(original, nn.Module):
-            raise CondenseError(f"model= gave a {type(original).__name__}, not an nn.Module",
-                                "pass the uncondensed model or a function that builds it")
+            raise CondenseError(
+                f"model= gave a {type(original).__name__}, not an nn.Module",
+                "pass the uncondensed model or a function that builds it",
+            )
     plan = Plan.from_dict(meta["plan"])
     size = tuple(meta["input_size"])
     if meta.get("width") is not None:  # pruned first: the same shapes, by replaying Torch-Pruning's history

@@ -14,6 +14,7 @@ Several models side by side (``measure_side_by_side``, what ``condense.bench.ver
 drift on a shared machine hits all alike; each median is also given as a ratio to a reference model's
 median from the same run.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -68,8 +69,12 @@ class LatencySetting:
         return f"batch {self.batch}, {self.mode}, {threads} thread(s), {where}"
 
     def to_dict(self) -> dict:
-        return {"batch": self.batch, "mode": self.mode, "threads": self.threads or torch.get_num_threads(),
-                **device_record(torch.device(self.device))}
+        return {
+            "batch": self.batch,
+            "mode": self.mode,
+            "threads": self.threads or torch.get_num_threads(),
+            **device_record(torch.device(self.device)),
+        }
 
 
 @contextlib.contextmanager
@@ -113,8 +118,9 @@ def measure_latency(model: nn.Module, input_size: Sequence[int], setting: Latenc
     return 1e3 * statistics.median(times)
 
 
-def interleaved_medians(fns: Mapping[str, Callable[[], object]], *, repeats: int = 15, warmup: int = 3,
-                        min_time: float = 0.0) -> dict[str, float]:
+def interleaved_medians(
+    fns: Mapping[str, Callable[[], object]], *, repeats: int = 15, warmup: int = 3, min_time: float = 0.0
+) -> dict[str, float]:
     """Median seconds per call of each callable, measured round-robin so drift hits all alike.
 
     Each round calls every function once in turn (order rotates per round); ``min_time`` keeps
@@ -128,7 +134,7 @@ def interleaved_medians(fns: Mapping[str, Callable[[], object]], *, repeats: int
     start = time.perf_counter()
     r = 0
     while r < repeats or time.perf_counter() - start < min_time:
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             t0 = time.perf_counter()
             fns[name]()
@@ -137,10 +143,18 @@ def interleaved_medians(fns: Mapping[str, Callable[[], object]], *, repeats: int
     return {n: statistics.median(s) for n, s in samples.items()}
 
 
-def measure_side_by_side(models: Mapping[str, nn.Module], input_size: Sequence[int], *, batches: Sequence[int],
-                         reference: str, device: Any = "cpu", threads: int | None = 1, repeats: int = 20,
-                         warmup: int = 3, progress: Callable[[str], None] | None = None
-                         ) -> dict[str, dict[str, dict[str, float]]]:
+def measure_side_by_side(
+    models: Mapping[str, nn.Module],
+    input_size: Sequence[int],
+    *,
+    batches: Sequence[int],
+    reference: str,
+    device: Any = "cpu",
+    threads: int | None = 1,
+    repeats: int = 20,
+    warmup: int = 3,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, dict[str, dict[str, float]]]:
     """``{name: {str(batch): {"ms": median, "ratio": median / reference's}}}``: eager forward passes without
     gradients, all ``models`` timed interleaved in one run per batch size (``reference`` must be one of
     them). The models are moved to ``device`` and put in eval mode for the run, then back to the CPU."""
@@ -161,8 +175,9 @@ def measure_side_by_side(models: Mapping[str, nn.Module], input_size: Sequence[i
                         m(x)
                     synchronize(dev)
 
-                times = interleaved_medians({name: (lambda m=m: call(m)) for name, m in placed.items()},
-                                            repeats=repeats, warmup=warmup)
+                times = interleaved_medians(
+                    {name: (lambda m=m: call(m)) for name, m in placed.items()}, repeats=repeats, warmup=warmup
+                )
                 for name, t in times.items():
                     out[name][str(batch)] = {"ms": 1e3 * t, "ratio": t / times[reference]}
     finally:

@@ -4,6 +4,7 @@ In: a spec string (and optionally a checkpoint path). Out: a freshly built model
 size. Never: downloads anything (timm models are built with ``pretrained=False``; weights come only
 from local files).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,13 +54,16 @@ class ModelSpec:
     def from_dict(cls, data: Any, where: str = "model spec") -> "ModelSpec":
         """The spec recorded in a file (``where`` names it in errors); unknown kinds and fields are errors."""
         if not isinstance(data, dict):
-            raise CondenseError(f"{where} must be an object, not {type(data).__name__}",
-                                "re-create the directory with condense")
+            raise CondenseError(
+                f"{where} must be an object, not {type(data).__name__}", "re-create the directory with condense"
+            )
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - fields)
         if unknown:
-            raise CondenseError(f"{where} has unknown field(s) {', '.join(map(repr, unknown))}",
-                                f"the fields are {', '.join(sorted(fields))}")
+            raise CondenseError(
+                f"{where} has unknown field(s) {', '.join(map(repr, unknown))}",
+                f"the fields are {', '.join(sorted(fields))}",
+            )
         if not all(isinstance(v, str) for v in data.values()):
             raise CondenseError(f"{where}: every field must be a string", "re-create the directory with condense")
         kind = data.get("kind")
@@ -129,8 +133,10 @@ def _file_factory(path: str, factory: str):
         spec.loader.exec_module(module)
     except Exception as err:  # the user's code: report it in one line
         sys.modules.pop(mod_name, None)
-        raise CondenseError(f"importing {path} failed: {type(err).__name__}: {err}",
-                            "fix the file, or run with --debug for the traceback") from err
+        raise CondenseError(
+            f"importing {path} failed: {type(err).__name__}: {err}",
+            "fix the file, or run with --debug for the traceback",
+        ) from err
     finally:
         if added and folder in sys.path:
             sys.path.remove(folder)
@@ -147,9 +153,11 @@ def _file_model(path: str, factory: str, **kwargs: Any) -> nn.Module:
         inspect.signature(fn).bind(**kwargs)
     except TypeError as err:
         given = f" with {', '.join(f'{k}={v!r}' for k, v in kwargs.items())}" if kwargs else " without arguments"
-        raise CondenseError(f"{path}:{factory} cannot be called{given} ({err})",
-                            "give the factory defaults for every argument: it is called as factory(), "
-                            "with num_classes= only under --num-classes") from None
+        raise CondenseError(
+            f"{path}:{factory} cannot be called{given} ({err})",
+            "give the factory defaults for every argument: it is called as factory(), "
+            "with num_classes= only under --num-classes",
+        ) from None
     except ValueError:  # a builtin or C function without a signature: call it and see
         pass
     try:
@@ -158,11 +166,14 @@ def _file_model(path: str, factory: str, **kwargs: Any) -> nn.Module:
         raise
     except Exception as err:  # noqa: BLE001 - the user's code failed: say so in one line
         text = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
-        raise CondenseError(f"{path}:{factory}() raised {type(err).__name__}{': ' + text if text else ''}",
-                            "fix the factory: run it in Python to see the traceback, or pass --debug") from err
+        raise CondenseError(
+            f"{path}:{factory}() raised {type(err).__name__}{': ' + text if text else ''}",
+            "fix the factory: run it in Python to see the traceback, or pass --debug",
+        ) from err
     if not isinstance(model, nn.Module):
-        raise CondenseError(f"{path}:{factory}() returned {type(model).__name__}, not an nn.Module",
-                            "the factory must return the model")
+        raise CondenseError(
+            f"{path}:{factory}() returned {type(model).__name__}, not an nn.Module", "the factory must return the model"
+        )
     return model
 
 
@@ -173,8 +184,10 @@ def _check_sizes(kwargs: dict[str, Any]) -> None:
     """Absurd sizes are refused before anything is allocated (``num_classes=10**9`` would try for 32 GB)."""
     n = kwargs.get("num_classes")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CLASSES):
-        raise CondenseError(f"num_classes={n!r} is not a class count from 1 to {MAX_CLASSES:,}",
-                            "pass the number of classes of your data, e.g. --num-classes 10")
+        raise CondenseError(
+            f"num_classes={n!r} is not a class count from 1 to {MAX_CLASSES:,}",
+            "pass the number of classes of your data, e.g. --num-classes 10",
+        )
 
 
 def build_model(spec: ModelSpec | str, **kwargs: Any) -> nn.Module:
@@ -205,8 +218,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not file.is_file():
         raise CondenseError(f"checkpoint {str(path)!r} does not exist", "give the path of a local weights file")
     if file.suffix not in CHECKPOINT_SUFFIXES:
-        raise CondenseError(f"checkpoint {file.name!r} has an unknown suffix",
-                            f"use one of {', '.join(CHECKPOINT_SUFFIXES)}")
+        raise CondenseError(
+            f"checkpoint {file.name!r} has an unknown suffix", f"use one of {', '.join(CHECKPOINT_SUFFIXES)}"
+        )
     try:
         if file.suffix == ".safetensors":
             data: Any = load_file(str(file))
@@ -214,16 +228,19 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             data = torch.load(str(file), map_location="cpu", weights_only=True)
     except Exception as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CondenseError(f"checkpoint {file.name!r} is not readable ({reason[:120]})",
-                            "is it a complete .pth or .safetensors file?") from err
+        raise CondenseError(
+            f"checkpoint {file.name!r} is not readable ({reason[:120]})", "is it a complete .pth or .safetensors file?"
+        ) from err
     if isinstance(data, dict):
         for key in ("state_dict", "model", "model_state_dict", "module"):
             if key in data and isinstance(data[key], dict):
                 data = data[key]
                 break
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise CondenseError(f"checkpoint {file.name!r} holds no state dict of tensors",
-                            "save it with torch.save(model.state_dict(), path)")
+        raise CondenseError(
+            f"checkpoint {file.name!r} holds no state dict of tensors",
+            "save it with torch.save(model.state_dict(), path)",
+        )
     return {k[7:] if k.startswith("module.") else k: v for k, v in data.items()}
 
 
@@ -236,12 +253,18 @@ def check_finite(state: dict[str, torch.Tensor], where: str | os.PathLike) -> No
     bad = _non_finite(state)
     if bad:
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-        raise CondenseError(f"{where} holds NaN or infinite weights ({', '.join(bad[:3])}{more})",
-                            "the training that wrote it diverged: use an earlier checkpoint")
+        raise CondenseError(
+            f"{where} holds NaN or infinite weights ({', '.join(bad[:3])}{more})",
+            "the training that wrote it diverged: use an earlier checkpoint",
+        )
 
 
-def fit_state(model: nn.Module, state: dict[str, torch.Tensor], where: str | os.PathLike,
-              hint: str = "was the model (or its factory) changed since saving?") -> None:
+def fit_state(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    where: str | os.PathLike,
+    hint: str = "was the model (or its factory) changed since saving?",
+) -> None:
     """Load ``state`` into ``model`` strictly; a one-line error listing missing, unexpected and
     differently shaped keys (a few of each, with shapes) otherwise."""
     own = model.state_dict()
@@ -249,16 +272,20 @@ def fit_state(model: nn.Module, state: dict[str, torch.Tensor], where: str | os.
     unexpected = [k for k in state if k not in own]
     shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or shapes:
+
         def few(keys, show=lambda k: k):
             return ", ".join(show(k) for k in keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+
         parts = []
         if missing:
             parts.append(f"{len(missing)} missing: {few(missing)}")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected: {few(unexpected)}")
         if shapes:
-            parts.append(f"{len(shapes)} of other shapes: " +
-                         few(shapes, lambda k: f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"))
+            parts.append(
+                f"{len(shapes)} of other shapes: "
+                + few(shapes, lambda k: f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}")
+            )
         raise CondenseError(f"weights in {where} do not fit {type(model).__name__} ({'; '.join(parts)})", hint)
     model.load_state_dict(state)
 
@@ -268,6 +295,10 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     or naming the tensors that hold NaN/infinity, otherwise."""
     state = read_state_dict(path)
     check_finite(state, f"checkpoint {Path(path).name!r}")
-    fit_state(model, state, f"checkpoint {Path(path).name!r}",
-              "is it the weights of this exact model (same name and num_classes)?")
+    fit_state(
+        model,
+        state,
+        f"checkpoint {Path(path).name!r}",
+        "is it the weights of this exact model (same name and num_classes)?",
+    )
     return model

@@ -53,6 +53,7 @@ The recipes ship with the package (``condense/recipes/``, copied from the reposi
 a wheel is built), so ``condense recipe list|footprint|run`` work from any folder after ``pip install``;
 in a source checkout ``recipes/`` itself is read. A recipe may be named without its path and ``.yaml``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -78,9 +79,25 @@ from .graph import RunChoice, find_runs, rewrite
 from .pde import create_layer, layer_names
 from .train import TrainConfig, run_folder, train
 
-__all__ = ["Recipe", "ModelEntry", "PlanEntry", "TrainEntry", "DistillEntry", "Figures", "PaperEntry",
-           "MeasuredEntry", "load_recipe", "list_recipes", "footprint", "footprint_table", "run_recipe",
-           "recipes_dir", "build_models", "train_config", "TRAIN_KEYS"]
+__all__ = [
+    "Recipe",
+    "ModelEntry",
+    "PlanEntry",
+    "TrainEntry",
+    "DistillEntry",
+    "Figures",
+    "PaperEntry",
+    "MeasuredEntry",
+    "load_recipe",
+    "list_recipes",
+    "footprint",
+    "footprint_table",
+    "run_recipe",
+    "recipes_dir",
+    "build_models",
+    "train_config",
+    "TRAIN_KEYS",
+]
 
 DATA_KINDS = ("mnist", "cifar10", "cifar100", "imagefolder")
 SCHEDULES = ("step", "cosine", "constant")
@@ -98,6 +115,7 @@ def recipes_dir() -> Path:
 
 
 # --- the records ------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelEntry:
@@ -133,8 +151,11 @@ class PlanEntry:
             parts += [f"macs<={self.macs}"] if self.macs else []
             parts += [f"params<={self.params}"] if self.params else []
         elif self.kind == "explicit" and self.m is not None:
-            parts.append(f"m={self.m}" if isinstance(self.m, int) else
-                         "m={" + ", ".join(f"{k}: {v}" for k, v in self.m.items()) + "}")
+            parts.append(
+                f"m={self.m}"
+                if isinstance(self.m, int)
+                else "m={" + ", ".join(f"{k}: {v}" for k, v in self.m.items()) + "}"
+            )
         else:
             parts.append("m=1")
         parts.append(f"K={self.K if self.K is not None else 5}")
@@ -272,6 +293,7 @@ class Recipe:
 
 # --- loading and checking ------------------------------------------------------------------------------
 
+
 class _Checker:
     """Reads one mapping of a recipe file; every error names the file and the dotted key."""
 
@@ -307,11 +329,19 @@ class _Checker:
         return value
 
     def number(self, value: Any, key: str, lo: float, hi: float | None = None, *, open_lo: bool = False) -> float:
-        ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-              and (value > lo if open_lo else value >= lo) and (hi is None or value <= hi))
+        ok = (
+            not isinstance(value, bool)
+            and isinstance(value, (int, float))
+            and math.isfinite(value)
+            and (value > lo if open_lo else value >= lo)
+            and (hi is None or value <= hi)
+        )
         if not ok:
-            rng = (f"in {'(' if open_lo else '['}{lo:g}, {hi:g}]" if hi is not None
-                   else f"{'>' if open_lo else '>='} {lo:g}")
+            rng = (
+                f"in {'(' if open_lo else '['}{lo:g}, {hi:g}]"
+                if hi is not None
+                else f"{'>' if open_lo else '>='} {lo:g}"
+            )
             raise self.fail(key, f"must be a number {rng}, got {_show(value)}")
         return float(value)
 
@@ -347,9 +377,25 @@ def _show(value: Any) -> str:
 _TOP = ("title", "model", "plan", "data", "train", "distill", "paper", "notes", "measured")
 _MODEL = ("spec", "num_classes", "input_size", "kwargs")
 _PLAN = ("m", "K", "layer", "init", "options", "macs", "params")
-_TRAIN = ("optimizer", "lr", "momentum", "nesterov", "weight_decay", "batch_size", "epochs", "schedule",
-          "milestones", "decay_every", "gamma", "warmup_epochs", "label_smoothing", "augment", "seed",
-          "clip_grad_norm", "decay_norm_and_bias")
+_TRAIN = (
+    "optimizer",
+    "lr",
+    "momentum",
+    "nesterov",
+    "weight_decay",
+    "batch_size",
+    "epochs",
+    "schedule",
+    "milestones",
+    "decay_every",
+    "gamma",
+    "warmup_epochs",
+    "label_smoothing",
+    "augment",
+    "seed",
+    "clip_grad_norm",
+    "decay_norm_and_bias",
+)
 # file key under train: -> the TrainConfig option it sets (run_recipe applies every one; test_recipes checks)
 TRAIN_KEYS: dict[str, str] = {k: k for k in _TRAIN if k != "decay_every"} | {"decay_every": "milestones"}
 _MEASURED = ("command", "variant", "epochs", "seeds", "accuracy", "wall_minutes", "notes")
@@ -373,8 +419,9 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or type(err).__name__
-        raise CondenseError(f"{file.name}: not valid YAML{where} ({problem})",
-                            "check the indentation and quoting") from err
+        raise CondenseError(
+            f"{file.name}: not valid YAML{where} ({problem})", "check the indentation and quoting"
+        ) from err
     except (OSError, UnicodeDecodeError) as err:
         raise CondenseError(f"{file.name}: cannot read ({err})") from err
     top = c.mapping(raw if raw is not None else {}, "", _TOP, required=("model", "data", "train"))
@@ -390,10 +437,24 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     if not isinstance(notes, str):
         raise c.fail("notes", f"must be text, got {_show(notes)}")
     if distill is not None and plan.kind == "none" and distill.teacher == "baseline":
-        raise c.fail("distill.teacher", "'baseline' needs a plan that condenses the model",
-                     "name a teacher model spec, or set a plan")
-    return Recipe(name=file.stem, path=file, title=title, model=model, plan=plan, data=data, train=train,
-                  paper=paper, distill=distill, notes=" ".join(notes.split()), measured=measured)
+        raise c.fail(
+            "distill.teacher",
+            "'baseline' needs a plan that condenses the model",
+            "name a teacher model spec, or set a plan",
+        )
+    return Recipe(
+        name=file.stem,
+        path=file,
+        title=title,
+        model=model,
+        plan=plan,
+        data=data,
+        train=train,
+        paper=paper,
+        distill=distill,
+        notes=" ".join(notes.split()),
+        measured=measured,
+    )
 
 
 def _model(c: _Checker, raw: Any) -> ModelEntry:
@@ -406,8 +467,11 @@ def _model(c: _Checker, raw: Any) -> ModelEntry:
     if parsed.kind == "zoo":
         if parsed.name not in zoo.MODELS:
             close = difflib.get_close_matches(parsed.name, zoo.names(), n=3)
-            raise c.fail("model.spec", f"unknown zoo model {parsed.name!r}",
-                         f"did you mean {', '.join(close)}?" if close else f"zoo models: {', '.join(zoo.names())}")
+            raise c.fail(
+                "model.spec",
+                f"unknown zoo model {parsed.name!r}",
+                f"did you mean {', '.join(close)}?" if close else f"zoo models: {', '.join(zoo.names())}",
+            )
     num_classes = c.integer(d.get("num_classes", 1000 if parsed.kind == "timm" else 10), "model.num_classes", 2)
     size_raw = d.get("input_size")
     if size_raw is None:
@@ -427,8 +491,9 @@ def _model(c: _Checker, raw: Any) -> ModelEntry:
                 raise CondenseError("not CxHxW")
             size = tuple(parse_input_size(size_raw))
         except CondenseError as err:
-            raise c.fail("model.input_size", f"{_show(d.get('input_size'))} is not C x H x W",
-                         "write [3, 32, 32] or 3x32x32") from err
+            raise c.fail(
+                "model.input_size", f"{_show(d.get('input_size'))} is not C x H x W", "write [3, 32, 32] or 3x32x32"
+            ) from err
     kwargs = d.get("kwargs") or {}
     if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
         raise c.fail("model.kwargs", f"must be a mapping of keyword arguments, got {_show(kwargs)}")
@@ -467,8 +532,9 @@ def _plan(c: _Checker, raw: Any) -> PlanEntry:
     m = d.get("m")
     if m is not None:
         if macs or params:
-            raise c.fail("plan.m", "a budget (macs/params) and a fixed m cannot be combined",
-                         "give either m or a budget")
+            raise c.fail(
+                "plan.m", "a budget (macs/params) and a fixed m cannot be combined", "give either m or a budget"
+            )
         if isinstance(m, Mapping):
             m = {c.string(k, "plan.m"): c.integer(v, f"plan.m.{k}", 1) for k, v in m.items()}
             if not m:
@@ -490,15 +556,19 @@ def _data(c: _Checker, raw: Any) -> str:
     text = c.string(raw, "data")
     kind, sep, path = text.partition(":")
     if not sep or kind.strip().lower() not in DATA_KINDS or not path.strip():
-        raise c.fail("data", f"{text!r} is not a data spec",
-                     f"write KIND:PATH with KIND one of {', '.join(DATA_KINDS)}")
+        raise c.fail(
+            "data", f"{text!r} is not a data spec", f"write KIND:PATH with KIND one of {', '.join(DATA_KINDS)}"
+        )
     return f"{kind.strip().lower()}:{path.strip()}"
 
 
 def _train(c: _Checker, raw: Any) -> TrainEntry:
     if isinstance(raw, Mapping) and "extra" in raw:
-        raise c.fail("train.extra", "condense.train applies no extra settings",
-                     "use a train option (clip_grad_norm, ...) or model.kwargs, or describe it in notes")
+        raise c.fail(
+            "train.extra",
+            "condense.train applies no extra settings",
+            "use a train option (clip_grad_norm, ...) or model.kwargs, or describe it in notes",
+        )
     d = c.mapping(raw, "train", _TRAIN)
     epochs = c.integer(d.get("epochs", 300), "train.epochs", 1)
     schedule = c.choice(d.get("schedule", "step"), "train.schedule", SCHEDULES)
@@ -528,7 +598,9 @@ def _train(c: _Checker, raw: Any) -> TrainEntry:
         nesterov=c.boolean(d.get("nesterov", False), "train.nesterov"),
         weight_decay=c.number(d.get("weight_decay", 1e-4), "train.weight_decay", 0.0, 1.0),
         batch_size=c.integer(d.get("batch_size", 128), "train.batch_size", 1),
-        epochs=epochs, schedule=schedule, milestones=milestones,
+        epochs=epochs,
+        schedule=schedule,
+        milestones=milestones,
         gamma=c.number(d.get("gamma", 0.1), "train.gamma", 0.0, 1.0, open_lo=True),
         warmup_epochs=warmup,
         label_smoothing=c.number(d.get("label_smoothing", 0.0), "train.label_smoothing", 0.0, 0.999),
@@ -572,10 +644,12 @@ def _distill(c: _Checker, raw: Any) -> DistillEntry:
     ckpt = d.get("checkpoint")
     if ckpt is not None:
         ckpt = c.string(ckpt, "distill.checkpoint")
-    return DistillEntry(teacher=teacher, checkpoint=ckpt,
-                        alpha=c.number(d.get("alpha", 0.5), "distill.alpha", 0.0, 1.0),
-                        temperature=c.number(d.get("temperature", 4.0), "distill.temperature", 0.0, 100.0,
-                                             open_lo=True))
+    return DistillEntry(
+        teacher=teacher,
+        checkpoint=ckpt,
+        alpha=c.number(d.get("alpha", 0.5), "distill.alpha", 0.0, 1.0),
+        temperature=c.number(d.get("temperature", 4.0), "distill.temperature", 0.0, 100.0, open_lo=True),
+    )
 
 
 def _paper(c: _Checker, raw: Any) -> PaperEntry:
@@ -616,6 +690,7 @@ def _as_recipe(recipe: Recipe | str | os.PathLike) -> Recipe:
 
 # --- the dry run -----------------------------------------------------------------------------------
 
+
 def build_models(recipe: Recipe | str | os.PathLike):
     """``(original, condensed, info)``: the recipe's model (random weights), the model its plan makes
     (``None`` for ``plan: none``) and a dict with the measured counts, the run table and a message."""
@@ -625,23 +700,52 @@ def build_models(recipe: Recipe | str | os.PathLike):
     plan = r.plan
     if plan.kind == "none":
         macs0, params0 = macs_and_params(original, size)
-        return original, None, {"macs_before": macs0, "params_before": params0, "macs_after": None,
-                                "params_after": None, "runs": "", "message": "not condensed (plan: none)"}
+        return (
+            original,
+            None,
+            {
+                "macs_before": macs0,
+                "params_before": params0,
+                "macs_after": None,
+                "params_after": None,
+                "runs": "",
+                "message": "not condensed (plan: none)",
+            },
+        )
     opts = dict(plan.options)
     if plan.kind in ("default", "budget"):
-        res = fit(original, macs=plan.macs, params=plan.params, input_size=size, layer=plan.layer,
-                  init=plan.init, K=plan.K, **opts)
+        res = fit(
+            original,
+            macs=plan.macs,
+            params=plan.params,
+            input_size=size,
+            layer=plan.layer,
+            init=plan.init,
+            K=plan.K,
+            **opts,
+        )
         runs = ", ".join(f"{row.path}: {row.r}->{row.m}" for row in res.rows)
-        return original, res.model, {"macs_before": res.macs_before, "params_before": res.params_before,
-                                     "macs_after": res.macs_after, "params_after": res.params_after,
-                                     "runs": runs, "message": res.message}
+        return (
+            original,
+            res.model,
+            {
+                "macs_before": res.macs_before,
+                "params_before": res.params_before,
+                "macs_after": res.macs_after,
+                "params_after": res.params_after,
+                "runs": runs,
+                "message": res.message,
+            },
+        )
     found = find_runs(original, size)
     repeats = {run.path: run for run in found.runs}
     if isinstance(plan.m, Mapping):
         unknown = [p for p in plan.m if p not in repeats]
         if unknown:
-            raise CondenseError(f"{r.path.name}: plan.m: no run at {unknown[0]!r}",
-                                f"runs of {r.model.spec}: {', '.join(repeats) or 'none'}")
+            raise CondenseError(
+                f"{r.path.name}: plan.m: no run at {unknown[0]!r}",
+                f"runs of {r.model.spec}: {', '.join(repeats) or 'none'}",
+            )
         ms = dict(plan.m)
     else:
         ms = {p: int(plan.m) for p in repeats}
@@ -652,8 +756,9 @@ def build_models(recipe: Recipe | str | os.PathLike):
         opts, init = {}, "input"
     else:
         opts["K"] = K
-    choices = {p: RunChoice(m=m, layer=plan.layer, options=dict(opts), init=init)
-               for p, m in ms.items() if m < repeats[p].r}
+    choices = {
+        p: RunChoice(m=m, layer=plan.layer, options=dict(opts), init=init) for p, m in ms.items() if m < repeats[p].r
+    }
     new = rewrite(original, found, choices).module if choices else original
     macs0 = found.total_macs
     params0 = found.total_params
@@ -662,8 +767,18 @@ def build_models(recipe: Recipe | str | os.PathLike):
     macs1, params1 = macs_and_params(new, size)
     runs = ", ".join(f"{p}: {repeats[p].r}->{min(ms.get(p, repeats[p].r), repeats[p].r)}" for p in repeats)
     msg = f"condensed {len(choices)} of {len(repeats)} run(s), K={K}" if choices else "no run changed"
-    return original, new, {"macs_before": macs0, "params_before": params0, "macs_after": macs1,
-                           "params_after": params1, "runs": runs, "message": msg}
+    return (
+        original,
+        new,
+        {
+            "macs_before": macs0,
+            "params_before": params0,
+            "macs_after": macs1,
+            "params_after": params1,
+            "runs": runs,
+            "message": msg,
+        },
+    )
 
 
 def footprint(recipe: Recipe | str | os.PathLike) -> dict[str, Any]:
@@ -680,13 +795,23 @@ def footprint(recipe: Recipe | str | os.PathLike) -> dict[str, Any]:
     base = r.paper.baseline or Figures()
     cond = r.paper.condensed or Figures()
     return {
-        "name": r.name, "model": r.model.spec, "data": r.dataset,
-        "input_size": "x".join(map(str, r.model.input_size)), "plan": r.plan.describe(), "runs": info["runs"],
-        "params": info["params_before"], "macs": info["macs_before"],
-        "params_condensed": info["params_after"], "macs_condensed": info["macs_after"],
-        "paper_params": base.params, "paper_macs": base.macs, "paper_acc": base.accuracy,
-        "paper_params_condensed": cond.params, "paper_macs_condensed": cond.macs,
-        "paper_acc_condensed": cond.accuracy, "message": info["message"],
+        "name": r.name,
+        "model": r.model.spec,
+        "data": r.dataset,
+        "input_size": "x".join(map(str, r.model.input_size)),
+        "plan": r.plan.describe(),
+        "runs": info["runs"],
+        "params": info["params_before"],
+        "macs": info["macs_before"],
+        "params_condensed": info["params_after"],
+        "macs_condensed": info["macs_after"],
+        "paper_params": base.params,
+        "paper_macs": base.macs,
+        "paper_acc": base.accuracy,
+        "paper_params_condensed": cond.params,
+        "paper_macs_condensed": cond.macs,
+        "paper_acc_condensed": cond.accuracy,
+        "message": info["message"],
     }
 
 
@@ -694,15 +819,32 @@ def footprint_table(recipes: Iterable[Recipe | str | os.PathLike] | None = None)
     """``footprint`` of every recipe (default: all of ``recipes/``) as a pandas DataFrame indexed by name."""
     items = list_recipes() if recipes is None else list(recipes)
     rows = [footprint(r) for r in items]
-    cols = ["name", "model", "data", "input_size", "plan", "runs", "params", "paper_params", "macs",
-            "paper_macs", "paper_acc", "params_condensed", "paper_params_condensed", "macs_condensed",
-            "paper_macs_condensed", "paper_acc_condensed", "message"]
+    cols = [
+        "name",
+        "model",
+        "data",
+        "input_size",
+        "plan",
+        "runs",
+        "params",
+        "paper_params",
+        "macs",
+        "paper_macs",
+        "paper_acc",
+        "params_condensed",
+        "paper_params_condensed",
+        "macs_condensed",
+        "paper_macs_condensed",
+        "paper_acc_condensed",
+        "message",
+    ]
     import pandas as pd  # heavy: loaded when a table is asked for, not at `import condense`
 
     return pd.DataFrame(rows, columns=cols).set_index("name")
 
 
 # --- training ------------------------------------------------------------------------------------------
+
 
 def _scaled_milestones(milestones: Sequence[int], epochs: int, new_epochs: int) -> tuple[int, ...]:
     """Milestones at the same fractions of a shorter (or longer) run."""
@@ -726,18 +868,39 @@ def train_config(recipe: Recipe | str | os.PathLike, *, epochs: int | None = Non
     milestones = _scaled_milestones(t.milestones, t.epochs, n_epochs)
     schedule = t.schedule if (t.schedule != "step" or milestones) else "constant"
     return TrainConfig(
-        epochs=n_epochs, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
-        nesterov=t.nesterov, optimizer=t.optimizer, schedule=schedule, milestones=milestones, gamma=t.gamma,
-        warmup_epochs=min(t.warmup_epochs, n_epochs - 1), label_smoothing=t.label_smoothing,
-        seed=t.seed if seed is None else seed, augment=t.augment, clip_grad_norm=t.clip_grad_norm,
+        epochs=n_epochs,
+        batch_size=t.batch_size,
+        lr=t.lr,
+        momentum=t.momentum,
+        weight_decay=t.weight_decay,
+        nesterov=t.nesterov,
+        optimizer=t.optimizer,
+        schedule=schedule,
+        milestones=milestones,
+        gamma=t.gamma,
+        warmup_epochs=min(t.warmup_epochs, n_epochs - 1),
+        label_smoothing=t.label_smoothing,
+        seed=t.seed if seed is None else seed,
+        augment=t.augment,
+        clip_grad_norm=t.clip_grad_norm,
         decay_norm_and_bias=t.decay_norm_and_bias,
-        **({"kd_alpha": r.distill.alpha, "kd_temperature": r.distill.temperature} if r.distill else {}))
+        **({"kd_alpha": r.distill.alpha, "kd_temperature": r.distill.temperature} if r.distill else {}),
+    )
 
 
-def run_recipe(recipe: Recipe | str | os.PathLike, *, epochs: int | None = None,
-               out_dir: str | os.PathLike, limit_train: int | None = None, variant: str = "condensed",
-               data: str | None = None, progress: bool = True, seed: int | None = None,
-               device: str = "auto", overwrite: bool = False):
+def run_recipe(
+    recipe: Recipe | str | os.PathLike,
+    *,
+    epochs: int | None = None,
+    out_dir: str | os.PathLike,
+    limit_train: int | None = None,
+    variant: str = "condensed",
+    data: str | None = None,
+    progress: bool = True,
+    seed: int | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+):
     """Train the recipe's model with its schedule through ``condense.train`` and return the result.
 
     ``variant``: ``condensed`` (the model the plan makes; the model as is for ``plan: none``) or
@@ -756,8 +919,10 @@ def run_recipe(recipe: Recipe | str | os.PathLike, *, epochs: int | None = None,
     config = train_config(r, epochs=epochs, seed=seed)
     device = resolve_device(device)  # a missing device: an error before anything is built or written
     if data is None and not Path(r.data_spec.partition(":")[2]).exists():
-        raise CondenseError(f"{r.name}: its data {r.data_spec} does not exist (read, never downloaded)",
-                            "pass --data KIND:PATH (data= in Python) where your copy is")
+        raise CondenseError(
+            f"{r.name}: its data {r.data_spec} does not exist (read, never downloaded)",
+            "pass --data KIND:PATH (data= in Python) where your copy is",
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # the initial weights follow the seed: one seed, one result
         original, condensed, info = build_models(r)
@@ -769,18 +934,37 @@ def run_recipe(recipe: Recipe | str | os.PathLike, *, epochs: int | None = None,
         else:
             teacher = build_model(r.distill.teacher, num_classes=r.model.num_classes)
         if r.distill.checkpoint is None:
-            raise CondenseError(f"{r.path.name}: distill.checkpoint: missing",
-                                "distillation needs the trained teacher's weights (a local .pth/.safetensors)")
+            raise CondenseError(
+                f"{r.path.name}: distill.checkpoint: missing",
+                "distillation needs the trained teacher's weights (a local .pth/.safetensors)",
+            )
         ckpt = Path(os.path.expanduser(r.distill.checkpoint))
         load_checkpoint(teacher, ckpt if ckpt.is_absolute() else r.root / ckpt)
     out = Path(out_dir)
-    fp = {"params": info["params_before"], "macs": info["macs_before"], "params_condensed": info["params_after"],
-          "macs_condensed": info["macs_after"], "runs": info["runs"], "variant": variant}
+    fp = {
+        "params": info["params_before"],
+        "macs": info["macs_before"],
+        "params_condensed": info["params_after"],
+        "macs_condensed": info["macs_after"],
+        "runs": info["runs"],
+        "variant": variant,
+    }
     bundle = load_data(data or r.data_spec, limit_train=limit_train, input_size=r.model.input_size)
     if (out / "last.pt").exists() and not overwrite:
         raise CondenseError(f"{out} already holds a run (last.pt)", "pass --overwrite, or choose another -o DIR")
     with run_folder(out):  # refused if it holds anything but a run; locked; removed again if nothing was written
-        atomic_write_json(out / "recipe.json", {"recipe": r.to_dict(), "footprint": fp, "seed": config.seed,
-                                                "train": config.to_dict()})
-        return train(model, bundle, config, out_dir=out, teacher=teacher, progress=progress, device=device,
-                     overwrite=overwrite, extra_metrics={"recipe": r.name, "variant": variant, "seed": config.seed})
+        atomic_write_json(
+            out / "recipe.json",
+            {"recipe": r.to_dict(), "footprint": fp, "seed": config.seed, "train": config.to_dict()},
+        )
+        return train(
+            model,
+            bundle,
+            config,
+            out_dir=out,
+            teacher=teacher,
+            progress=progress,
+            device=device,
+            overwrite=overwrite,
+            extra_metrics={"recipe": r.name, "variant": variant, "seed": config.seed},
+        )

@@ -6,6 +6,7 @@ a label, the directory's metadata or None, the spec, the input size it was made 
 named by a directory unless ``trust_code`` is set (see ``condense.load``), downloads anything, or passes
 ``num_classes`` to a model that already has that many outputs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,8 +53,7 @@ def _accepts(fn, name: str) -> bool:
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-def build_for_classes(spec: ModelSpec, num_classes: int | None, /,
-                      **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
+def build_for_classes(spec: ModelSpec, num_classes: int | None, /, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
     """``spec``'s model, with ``num_classes`` passed only when the data's class count differs from what the
     model builds by default (a factory without a ``num_classes`` argument then gets a clear error); a
     ``num_classes`` among ``kwargs`` (a model keyword, as ``condense --num-classes`` gives it) is passed as given.
@@ -63,9 +63,11 @@ def build_for_classes(spec: ModelSpec, num_classes: int | None, /,
         return model, dict(kwargs)
     if spec.kind == "file":
         if not _accepts(_file_factory(spec.path, spec.factory), "num_classes"):
-            raise CondenseError(f"{spec} builds a model with {_outputs(model)} outputs and takes no num_classes "
-                                f"argument, but the data has {num_classes} classes",
-                                "add a num_classes parameter to the factory, or use data with as many classes")
+            raise CondenseError(
+                f"{spec} builds a model with {_outputs(model)} outputs and takes no num_classes "
+                f"argument, but the data has {num_classes} classes",
+                "add a num_classes parameter to the factory, or use data with as many classes",
+            )
     kwargs = {**kwargs, "num_classes": num_classes}
     return build_model(spec, **kwargs), kwargs
 
@@ -81,14 +83,22 @@ def _outputs(model: nn.Module) -> int | None:
     return head.out_features if head is not None else None
 
 
-def resolve_model(text: str | os.PathLike, *, checkpoint: str | None = None, num_classes: int | None = None,
-                  trust_code: bool = False, model_kwargs: dict[str, Any] | None = None) -> Resolved:
+def resolve_model(
+    text: str | os.PathLike,
+    *,
+    checkpoint: str | None = None,
+    num_classes: int | None = None,
+    trust_code: bool = False,
+    model_kwargs: dict[str, Any] | None = None,
+) -> Resolved:
     """The model ``text`` names: a condensed-model directory (loaded with its weights; ``checkpoint`` is
     refused there) or a spec (built; ``checkpoint`` loaded; ``num_classes`` passed if it differs)."""
     if is_model_dir(text):
         if checkpoint:
-            raise CondenseError(f"--checkpoint applies to a model spec, not to the directory {str(text)!r}",
-                                "a directory carries its own weights: drop --checkpoint")
+            raise CondenseError(
+                f"--checkpoint applies to a model spec, not to the directory {str(text)!r}",
+                "a directory carries its own weights: drop --checkpoint",
+            )
         meta = read_meta(text)
         try:
             model = load(text, trust_code=trust_code)
@@ -96,8 +106,9 @@ def resolve_model(text: str | os.PathLike, *, checkpoint: str | None = None, num
             raise
         except Exception as err:  # a damaged directory: one line
             first = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
-            raise CondenseError(f"{text} could not be loaded ({type(err).__name__}: {first})",
-                                "the directory is damaged: re-create it") from err
+            raise CondenseError(
+                f"{text} could not be loaded ({type(err).__name__}: {first})", "the directory is damaged: re-create it"
+            ) from err
         spec = ModelSpec.from_dict(meta["model"]) if meta.get("model") else None
         return Resolved(model, str(text), spec, meta, tuple(meta["input_size"]), dict(meta["model_kwargs"]))
     spec = parse_model_spec(str(text))

@@ -39,6 +39,7 @@ an RD layer, ``m[PATH]`` when the run is off): the space is then the same fixed 
 which NSGA-II needs to cross over and mutate all parameters (conditional parameters would fall back to
 random sampling). ``plan`` ignores the ones that do not apply, and the trial table shows them as empty.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -102,8 +103,8 @@ class SearchSpace:
     diffusions: tuple[str, ...] = DIFFUSIONS
     sources: tuple[str, ...] = SOURCES
     inits: tuple[str, ...] = INITS
-    widths: tuple[float, ...] = ()   # shares of channels a run's width[PATH] may remove besides 0 (none: no width)
-    depth: bool = True               # False: width[PATH] only, every run keeps its blocks (needs widths)
+    widths: tuple[float, ...] = ()  # shares of channels a run's width[PATH] may remove besides 0 (none: no width)
+    depth: bool = True  # False: width[PATH] only, every run keeps its blocks (needs widths)
 
     @property
     def width_choices(self) -> tuple[float, ...]:
@@ -122,17 +123,25 @@ class SearchSpace:
 
     def __post_init__(self) -> None:
         if not self.runs:
-            raise ConfigError("the model has no runs of repeated same-resolution blocks: nothing to search",
-                              "condense find MODEL lists what condense sees")
+            raise ConfigError(
+                "the model has no runs of repeated same-resolution blocks: nothing to search",
+                "condense find MODEL lists what condense sees",
+            )
         unknown = [name for name in self.layers if name not in layer_names()]
         if unknown or not self.layers:
-            raise ConfigError(f"unknown layer type(s) {', '.join(unknown) or '(none given)'}",
-                              f"choose from {', '.join(layer_names())}")
+            raise ConfigError(
+                f"unknown layer type(s) {', '.join(unknown) or '(none given)'}",
+                f"choose from {', '.join(layer_names())}",
+            )
         lo, hi = self.K
         if not (isinstance(lo, int) and isinstance(hi, int) and K_RANGE[0] <= lo <= hi <= K_RANGE[1]):
             raise ConfigError(f"K range {lo}..{hi} is not within {K_RANGE[0]}..{K_RANGE[1]}", "write e.g. 1-20")
-        for field, allowed in (("velocities", VELOCITIES), ("diffusions", DIFFUSIONS), ("sources", SOURCES),
-                               ("inits", INITS)):
+        for field, allowed in (
+            ("velocities", VELOCITIES),
+            ("diffusions", DIFFUSIONS),
+            ("sources", SOURCES),
+            ("inits", INITS),
+        ):
             values = getattr(self, field)
             if not values or any(v not in allowed for v in values):
                 raise ConfigError(f"bad {field} {values!r}", f"choose from {', '.join(allowed)}")
@@ -141,14 +150,17 @@ class SearchSpace:
             raise ConfigError("two runs share a path")
         bad = [w for w in self.widths if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < 1]
         if bad:
-            raise ConfigError(f"width {bad[0]!r} is not a share of channels to remove in [0, 1)",
-                              "write e.g. --widths 0.25,0.5")
+            raise ConfigError(
+                f"width {bad[0]!r} is not a share of channels to remove in [0, 1)", "write e.g. --widths 0.25,0.5"
+            )
         object.__setattr__(self, "widths", tuple(sorted({float(w) for w in self.widths})))
         if not isinstance(self.depth, bool):
             raise ConfigError(f"depth={self.depth!r} must be True or False")
         if not self.depth and not self.widths:
-            raise ConfigError("a search without depth (--no-depth) has nothing to choose",
-                              "add --widths, e.g. --widths 0.25,0.5, or drop --no-depth")
+            raise ConfigError(
+                "a search without depth (--no-depth) has nothing to choose",
+                "add --widths, e.g. --widths 0.25,0.5, or drop --no-depth",
+            )
 
     # --- the one declaration ---------------------------------------------------------------------------
     @property
@@ -158,33 +170,75 @@ class SearchSpace:
             return tuple(self._width_param(run) for run in self.runs)
         model = "whole model"
         out = [
-            Param("layer", CategoricalDistribution(self.pde_layers or (DROP,)), model,
-                  "layer type of every condensed run" + (" not dropped" if self.drop_per_run else "")),
+            Param(
+                "layer",
+                CategoricalDistribution(self.pde_layers or (DROP,)),
+                model,
+                "layer type of every condensed run" + (" not dropped" if self.drop_per_run else ""),
+            ),
             Param("K", IntDistribution(*self.K), model, "PDE steps of the new layers"),
-            Param("init", CategoricalDistribution(self.inits), model,
-                  "initial guess: kept blocks' output (input) or a copy of the first replaced block (block)"),
-            Param("velocity", CategoricalDistribution(self.velocities), model + " (global layer)",
-                  "Global layer velocity field"),
-            Param("diffusion", CategoricalDistribution(self.diffusions), model + " (global layer)",
-                  "Global layer diffusion field"),
-            Param("source", CategoricalDistribution(self.sources), model + " (global layer)",
-                  "Global layer source term f(I)"),
+            Param(
+                "init",
+                CategoricalDistribution(self.inits),
+                model,
+                "initial guess: kept blocks' output (input) or a copy of the first replaced block (block)",
+            ),
+            Param(
+                "velocity",
+                CategoricalDistribution(self.velocities),
+                model + " (global layer)",
+                "Global layer velocity field",
+            ),
+            Param(
+                "diffusion",
+                CategoricalDistribution(self.diffusions),
+                model + " (global layer)",
+                "Global layer diffusion field",
+            ),
+            Param(
+                "source",
+                CategoricalDistribution(self.sources),
+                model + " (global layer)",
+                "Global layer source term f(I)",
+            ),
         ]
         for run in self.runs:
-            out.append(Param(self.on_name(run), CategoricalDistribution((True, False)), f"run {run.label}",
-                             f"condense this run ({run.block_class} x{run.r} at {'x'.join(map(str, run.shape))})"))
-            out.append(Param(self.m_name(run), IntDistribution(1, max(1, run.r - 1)), f"run {run.label}",
-                             f"blocks kept when condensed (anchor included; r = {run.r})"))
+            out.append(
+                Param(
+                    self.on_name(run),
+                    CategoricalDistribution((True, False)),
+                    f"run {run.label}",
+                    f"condense this run ({run.block_class} x{run.r} at {'x'.join(map(str, run.shape))})",
+                )
+            )
+            out.append(
+                Param(
+                    self.m_name(run),
+                    IntDistribution(1, max(1, run.r - 1)),
+                    f"run {run.label}",
+                    f"blocks kept when condensed (anchor included; r = {run.r})",
+                )
+            )
             if self.drop_per_run:
-                out.append(Param(self.drop_name(run), CategoricalDistribution((False, True)), f"run {run.label}",
-                                 "when condensed, delete the removed blocks (drop) instead of the shared layer"))
+                out.append(
+                    Param(
+                        self.drop_name(run),
+                        CategoricalDistribution((False, True)),
+                        f"run {run.label}",
+                        "when condensed, delete the removed blocks (drop) instead of the shared layer",
+                    )
+                )
             if self.widths:
                 out.append(self._width_param(run))
         return tuple(out)
 
     def _width_param(self, run: RunSpace) -> Param:
-        return Param(self.width_name(run), CategoricalDistribution(self.width_choices), f"run {run.label}",
-                     f"share of the run's channels removed (Torch-Pruning; {run.channels} channels)")
+        return Param(
+            self.width_name(run),
+            CategoricalDistribution(self.width_choices),
+            f"run {run.label}",
+            f"share of the run's channels removed (Torch-Pruning; {run.channels} channels)",
+        )
 
     @staticmethod
     def on_name(run: RunSpace) -> str:
@@ -206,8 +260,11 @@ class SearchSpace:
         """Run path -> share of channels removed, for the runs a trial prunes ({} without width)."""
         if not self.widths:
             return {}
-        return {run.path: float(params[self.width_name(run)]) for run in self.runs
-                if float(params[self.width_name(run)]) > 0}
+        return {
+            run.path: float(params[self.width_name(run)])
+            for run in self.runs
+            if float(params[self.width_name(run)]) > 0
+        }
 
     def _dropped(self, params: Mapping[str, Any], run: RunSpace) -> bool:
         return params["layer"] == DROP or (self.drop_per_run and bool(params[self.drop_name(run)]))
@@ -273,8 +330,9 @@ class SearchSpace:
                 choices[run.path] = RunChoice(m=m, layer=eff["layer"], options=dict(options), init=eff["init"])
         return Plan(choices)
 
-    def params_of_plan(self, ms: Mapping[str, int], *, layer: str = "global", K: int = 5, init: str = "input",
-                       **options: Any) -> dict[str, Any]:
+    def params_of_plan(
+        self, ms: Mapping[str, int], *, layer: str = "global", K: int = 5, init: str = "input", **options: Any
+    ) -> dict[str, Any]:
         """Trial parameters that give the plan ``ms`` (run path -> m) with these shared choices (to enqueue);
         ``layer="drop"`` drops every condensed run."""
         defaults = {"velocity": "dwconv", "diffusion": "constant", "source": "identity"}
@@ -303,19 +361,39 @@ class SearchSpace:
     def to_dict(self) -> dict[str, Any]:
         return {
             "runs": [dataclasses.asdict(r) | {"shape": list(r.shape)} for r in self.runs],
-            "layers": list(self.layers), "K": list(self.K), "velocities": list(self.velocities),
-            "diffusions": list(self.diffusions), "sources": list(self.sources), "inits": list(self.inits),
+            "layers": list(self.layers),
+            "K": list(self.K),
+            "velocities": list(self.velocities),
+            "diffusions": list(self.diffusions),
+            "sources": list(self.sources),
+            "inits": list(self.inits),
             **({"widths": list(self.widths)} if self.widths else {}),  # absent without width: older studies resume
             **({"depth": False} if not self.depth else {}),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "SearchSpace":
-        runs = tuple(RunSpace(path=r["path"], r=int(r["r"]), channels=int(r["channels"]),
-                              shape=tuple(r["shape"]), block_class=r.get("block_class", "")) for r in data["runs"])
-        return cls(runs=runs, layers=tuple(data["layers"]), K=tuple(data["K"]), velocities=tuple(data["velocities"]),
-                   diffusions=tuple(data["diffusions"]), sources=tuple(data["sources"]), inits=tuple(data["inits"]),
-                   widths=tuple(data.get("widths", ())), depth=bool(data.get("depth", True)))
+        runs = tuple(
+            RunSpace(
+                path=r["path"],
+                r=int(r["r"]),
+                channels=int(r["channels"]),
+                shape=tuple(r["shape"]),
+                block_class=r.get("block_class", ""),
+            )
+            for r in data["runs"]
+        )
+        return cls(
+            runs=runs,
+            layers=tuple(data["layers"]),
+            K=tuple(data["K"]),
+            velocities=tuple(data["velocities"]),
+            diffusions=tuple(data["diffusions"]),
+            sources=tuple(data["sources"]),
+            inits=tuple(data["inits"]),
+            widths=tuple(data.get("widths", ())),
+            depth=bool(data.get("depth", True)),
+        )
 
     def table(self, title: str | None = None):
         """A rich Table of the parameters (what ``--show-space`` prints)."""
@@ -327,30 +405,49 @@ class SearchSpace:
     def summary(self) -> str:
         n_on = len(self.runs)
         if not self.depth:
-            return (f"{len(self.params)} parameters: the width of each of {n_on} run(s), every block kept; "
-                    f"{self.size:.3g} points")
+            return (
+                f"{len(self.params)} parameters: the width of each of {n_on} run(s), every block kept; "
+                f"{self.size:.3g} points"
+            )
         per_run = 2 + self.drop_per_run + bool(self.widths)
-        return (f"{len(self.params)} parameters: 6 shared by the whole model, {per_run} per run x {n_on} run(s); "
-                f"{self.size:.3g} points")
+        return (
+            f"{len(self.params)} parameters: 6 shared by the whole model, {per_run} per run x {n_on} run(s); "
+            f"{self.size:.3g} points"
+        )
 
 
-def build_space(found: Any, *, layers: Sequence[str] | None = None, K: Sequence[int] | None = None,
-                velocities: Iterable[str] | None = None, diffusions: Iterable[str] | None = None,
-                sources: Iterable[str] | None = None, inits: Iterable[str] | None = None,
-                widths: Iterable[float] | None = None, depth: bool = True) -> SearchSpace:
+def build_space(
+    found: Any,
+    *,
+    layers: Sequence[str] | None = None,
+    K: Sequence[int] | None = None,
+    velocities: Iterable[str] | None = None,
+    diffusions: Iterable[str] | None = None,
+    sources: Iterable[str] | None = None,
+    inits: Iterable[str] | None = None,
+    widths: Iterable[float] | None = None,
+    depth: bool = True,
+) -> SearchSpace:
     """The space for the runs of ``found`` (a ``condense.FindResult``), growing runs included; a run of a
     single block cannot be condensed and is left out. Keywords narrow the shared choices; ``widths`` adds
     ``width[PATH]`` per run (0 or one of these shares); ``depth=False`` leaves only those (width alone)."""
-    runs = tuple(RunSpace(path=r.path, r=r.r, channels=r.channels, shape=tuple(r.input_shape),
-                          block_class=r.block_class)
-                 for r in found.runs if r.r >= 2)
+    runs = tuple(
+        RunSpace(path=r.path, r=r.r, channels=r.channels, shape=tuple(r.input_shape), block_class=r.block_class)
+        for r in found.runs
+        if r.r >= 2
+    )
     kw: dict[str, Any] = {}
     if layers is not None:
         kw["layers"] = tuple(layers)
     if K is not None:
         kw["K"] = (int(K[0]), int(K[1]))
-    for name, value in (("velocities", velocities), ("diffusions", diffusions), ("sources", sources),
-                        ("inits", inits), ("widths", widths)):
+    for name, value in (
+        ("velocities", velocities),
+        ("diffusions", diffusions),
+        ("sources", sources),
+        ("inits", inits),
+        ("widths", widths),
+    ):
         if value is not None:
             kw[name] = tuple(value)
     return SearchSpace(runs=runs, depth=depth, **kw)

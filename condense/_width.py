@@ -21,6 +21,7 @@ residual stream: the stem, every block's last convolution and the next stage's i
 the run that owns most of the layers whose output channels it cuts; it gets that run's share, and a group
 of no listed run gets the ``"*"`` share (0 unless given). One share is Torch-Pruning's uniform pruning.
 """
+
 from __future__ import annotations
 
 import copy
@@ -38,8 +39,22 @@ from ._errors import BudgetError, CondenseError, ConfigError
 from ._latency import LatencySetting, measure_latency
 from .graph import find_runs
 
-__all__ = ["AUTO", "AUTO_STEP", "IMPORTANCES", "REST", "WidthSpec", "WidthFit", "parse_width", "prune", "replay",
-           "check_record", "torch_pruning", "importance", "classifier_layers", "fit_with_width"]
+__all__ = [
+    "AUTO",
+    "AUTO_STEP",
+    "IMPORTANCES",
+    "REST",
+    "WidthSpec",
+    "WidthFit",
+    "parse_width",
+    "prune",
+    "replay",
+    "check_record",
+    "torch_pruning",
+    "importance",
+    "classifier_layers",
+    "fit_with_width",
+]
 
 AUTO = "auto"
 REST = "*"  # every channel group outside the runs a mapping lists
@@ -85,11 +100,12 @@ def classifier_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def _share(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not 0 <= value < 1:
-        raise ConfigError(f"width {where}{value!r} is not a share of channels to remove in [0, 1)",
-                          "write e.g. --width 0.25 to remove a quarter of the channels, --width auto, or "
-                          "--width layer1=0.25,layer3=0.5")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value < 1:
+        raise ConfigError(
+            f"width {where}{value!r} is not a share of channels to remove in [0, 1)",
+            "write e.g. --width 0.25 to remove a quarter of the channels, --width auto, or "
+            "--width layer1=0.25,layer3=0.5",
+        )
     return float(value)
 
 
@@ -159,8 +175,10 @@ def parse_width(width: Any, importance: str = "l1") -> WidthSpec | str | None:
             try:
                 width = float(text)
             except ValueError:
-                raise ConfigError(f"width {text!r} is not a share in [0, 1), auto, or PATH=SHARE pairs",
-                                  "write e.g. --width 0.25, --width auto or --width layer1=0.25,layer3=0.5") from None
+                raise ConfigError(
+                    f"width {text!r} is not a share in [0, 1), auto, or PATH=SHARE pairs",
+                    "write e.g. --width 0.25, --width auto or --width layer1=0.25,layer3=0.5",
+                ) from None
     if isinstance(width, Mapping):
         spec = WidthSpec(dict(width), importance)
     else:
@@ -183,9 +201,13 @@ class WidthFit:
     auto: tuple[Mapping[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"format": FORMAT, "ratios": dict(self.ratios), "importance": self.importance,
-               "channels": {k: list(v) for k, v in self.channels.items()},
-               "history": [[name, bool(out), [int(i) for i in idxs]] for name, out, idxs in self.history]}
+        out = {
+            "format": FORMAT,
+            "ratios": dict(self.ratios),
+            "importance": self.importance,
+            "channels": {k: list(v) for k, v in self.channels.items()},
+            "history": [[name, bool(out), [int(i) for i in idxs]] for name, out, idxs in self.history],
+        }
         if self.auto:
             out["auto"] = [dict(a) for a in self.auto]
         return out
@@ -195,10 +217,13 @@ class WidthFit:
         why = check_record(data)
         if why:
             raise ConfigError(f"width record: {why}")
-        return cls(ratios=dict(data["ratios"]), importance=data["importance"],
-                   channels={k: (int(v[0]), int(v[1])) for k, v in data.get("channels", {}).items()},
-                   history=tuple((n, bool(o), tuple(int(i) for i in idx)) for n, o, idx in data["history"]),
-                   auto=tuple(data.get("auto", ())))
+        return cls(
+            ratios=dict(data["ratios"]),
+            importance=data["importance"],
+            channels={k: (int(v[0]), int(v[1])) for k, v in data.get("channels", {}).items()},
+            history=tuple((n, bool(o), tuple(int(i) for i in idx)) for n, o, idx in data["history"]),
+            auto=tuple(data.get("auto", ())),
+        )
 
     def describe(self) -> str:
         spec = WidthSpec(self.ratios, self.importance)
@@ -216,19 +241,29 @@ def check_record(data: Any) -> str | None:
     if data.get("format") != FORMAT:
         return f"format {data.get('format')!r}, expected {FORMAT!r}"
     ratios = data.get("ratios")
-    if not isinstance(ratios, dict) or not all(isinstance(k, str) and not isinstance(v, bool) and
-                                               isinstance(v, (int, float)) and 0 <= v < 1 for k, v in ratios.items()):
+    if not isinstance(ratios, dict) or not all(
+        isinstance(k, str) and not isinstance(v, bool) and isinstance(v, (int, float)) and 0 <= v < 1
+        for k, v in ratios.items()
+    ):
         return "'ratios' must map run paths to shares in [0, 1)"
     if data.get("importance") not in IMPORTANCES:
         return f"'importance' must be one of {', '.join(IMPORTANCES)}"
     channels = data.get("channels", {})
-    if not isinstance(channels, dict) or not all(isinstance(v, list) and len(v) == 2 and
-                                                 all(type(c) is int and c > 0 for c in v) for v in channels.values()):
+    if not isinstance(channels, dict) or not all(
+        isinstance(v, list) and len(v) == 2 and all(type(c) is int and c > 0 for c in v) for v in channels.values()
+    ):
         return "'channels' must map run paths to [before, after]"
     history = data.get("history")
     if not isinstance(history, list) or not all(
-            isinstance(h, list) and len(h) == 3 and isinstance(h[0], str) and h[0] and isinstance(h[1], bool)
-            and isinstance(h[2], list) and all(type(i) is int and i >= 0 for i in h[2]) for h in history):
+        isinstance(h, list)
+        and len(h) == 3
+        and isinstance(h[0], str)
+        and h[0]
+        and isinstance(h[1], bool)
+        and isinstance(h[2], list)
+        and all(type(i) is int and i >= 0 for i in h[2])
+        for h in history
+    ):
         return "'history' must be a list of [module name, output channels?, [indices]]"
     if not isinstance(data.get("auto", []), list):
         return "'auto' must be a list"
@@ -241,9 +276,11 @@ def _first_line(err: BaseException) -> str:
 
 
 def _cannot(model: nn.Module, why: str) -> CondenseError:
-    return CondenseError(f"Torch-Pruning could not prune {type(model).__name__} ({why})",
-                         "condense it without --width (depth only), or make its forward take any channel count: "
-                         "no channel numbers hard-coded in reshapes or indexing")
+    return CondenseError(
+        f"Torch-Pruning could not prune {type(model).__name__} ({why})",
+        "condense it without --width (depth only), or make its forward take any channel count: "
+        "no channel numbers hard-coded in reshapes or indexing",
+    )
 
 
 def _example(model: nn.Module, input_size: Sequence[int]) -> torch.Tensor:
@@ -278,16 +315,19 @@ def _prunable_copy(model: nn.Module) -> nn.Module:
     return net
 
 
-def prune(model: nn.Module, input_size: Sequence[int], spec: WidthSpec,
-          runs: Sequence[Any]) -> tuple[nn.Module, WidthFit]:
+def prune(
+    model: nn.Module, input_size: Sequence[int], spec: WidthSpec, runs: Sequence[Any]
+) -> tuple[nn.Module, WidthFit]:
     """A copy of ``model`` with channels removed as ``spec`` says (see the module docstring), and its record.
     ``runs``: ``find_runs(model, input_size).runs`` (the paths ``spec`` may name)."""
     paths = {r.path for r in runs}
     unknown = sorted(k for k in spec.ratios if k != REST and k not in paths)
     if unknown:
         listed = ", ".join(p or "<root>" for p in sorted(paths)) or "none"
-        raise ConfigError(f"width names {', '.join(repr(u) for u in unknown)}, which is not a run of "
-                          f"{type(model).__name__}", f"its runs: {listed} (condense find MODEL); or give one share")
+        raise ConfigError(
+            f"width names {', '.join(repr(u) for u in unknown)}, which is not a run of {type(model).__name__}",
+            f"its runs: {listed} (condense find MODEL); or give one share",
+        )
     size = tuple(int(s) for s in input_size)
     net = _prunable_copy(model)
     channels_before = {r.path: r.channels for r in runs}
@@ -327,9 +367,15 @@ def _tp_prune(tp, net: nn.Module, example: torch.Tensor, spec: WidthSpec, runs: 
                         owners[owner] = owners.get(owner, 0) + 1
             owner = max(owners, key=lambda k: owners[k]) if owners else None
             roots[group[0].dep.target.module] = spec.share(owner)
-        pruner = tp.pruner.BasePruner(net, example, importance=importance(spec.importance),
-                                      pruning_ratio=spec.share(None), pruning_ratio_dict=roots,
-                                      global_pruning=False, ignored_layers=ignored)
+        pruner = tp.pruner.BasePruner(
+            net,
+            example,
+            importance=importance(spec.importance),
+            pruning_ratio=spec.share(None),
+            pruning_ratio_dict=roots,
+            global_pruning=False,
+            ignored_layers=ignored,
+        )
         pruner.step()
     return tuple((n, bool(o), tuple(int(i) for i in idx)) for n, o, idx in pruner.DG.pruning_history())
 
@@ -339,8 +385,9 @@ def _channels(net: nn.Module, size, runs, before: Mapping[str, int]) -> dict[str
     return {p: (c, now.get(p, c)) for p, c in before.items()}
 
 
-def replay(model: nn.Module, record: Mapping[str, Any] | WidthFit, input_size: Sequence[int],
-           where: str = "the width record") -> nn.Module:
+def replay(
+    model: nn.Module, record: Mapping[str, Any] | WidthFit, input_size: Sequence[int], where: str = "the width record"
+) -> nn.Module:
     """A copy of ``model`` (a freshly built original) with the channels ``record`` removed, by replaying
     Torch-Pruning's history: the shapes the saved weights have. Which channels go does not matter here (the
     saved weights replace them)."""
@@ -351,9 +398,10 @@ def replay(model: nn.Module, record: Mapping[str, Any] | WidthFit, input_size: S
     names = dict(net.named_modules())
     missing = [n for n, _o, _i in rec.history if n not in names or not n]
     if missing:
-        raise CondenseError(f"{where} prunes {missing[0]!r}, which {type(model).__name__} does not have",
-                            "the model's code changed since saving: install the version it was saved with, or "
-                            "re-create the directory")
+        raise CondenseError(
+            f"{where} prunes {missing[0]!r}, which {type(model).__name__} does not have",
+            "the model's code changed since saving: install the version it was saved with, or re-create the directory",
+        )
     tp = torch_pruning()
     example = _example(net, input_size)
     try:
@@ -364,14 +412,17 @@ def replay(model: nn.Module, record: Mapping[str, Any] | WidthFit, input_size: S
                 module = names[name]
                 have = graph.get_out_channels(module) if out else graph.get_in_channels(module)
                 if have is None or len(set(idxs)) != len(idxs) or any(i >= have for i in idxs) or len(idxs) >= have:
-                    raise ValueError(f"{name} has {have} {'output' if out else 'input'} channels, the record "
-                                     f"removes {len(idxs)} up to index {max(idxs, default=-1)}")
+                    raise ValueError(
+                        f"{name} has {have} {'output' if out else 'input'} channels, the record "
+                        f"removes {len(idxs)} up to index {max(idxs, default=-1)}"
+                    )
                 graph.load_pruning_history([[name, out, list(idxs)]])
         _forward_shape(net, example)
     except Exception as err:  # noqa: BLE001 - indices out of range, a changed model: one line
-        raise CondenseError(f"{where} does not fit {type(model).__name__} ({_first_line(err)})",
-                            "the model's code changed since saving, or the file was edited: re-create the "
-                            "directory") from err
+        raise CondenseError(
+            f"{where} does not fit {type(model).__name__} ({_first_line(err)})",
+            "the model's code changed since saving, or the file was edited: re-create the directory",
+        ) from err
     return net
 
 
@@ -380,9 +431,19 @@ def replay(model: nn.Module, record: Mapping[str, Any] | WidthFit, input_size: S
 DepthFit = Callable[..., Any]  # fit(model, macs=, params=, latency=, input_size=) on the pruned model -> FitResult
 
 
-def fit_with_width(model: nn.Module, width: WidthSpec | str, size: tuple[int, ...], depth: DepthFit, *,
-                   macs=None, params=None, latency=None, latency_setting=None, importance_name: str = "l1",
-                   progress: Callable[[str], None] | None = None):
+def fit_with_width(
+    model: nn.Module,
+    width: WidthSpec | str,
+    size: tuple[int, ...],
+    depth: DepthFit,
+    *,
+    macs=None,
+    params=None,
+    latency=None,
+    latency_setting=None,
+    importance_name: str = "l1",
+    progress: Callable[[str], None] | None = None,
+):
     """``fit`` with a width: prune the original, then plan the depth of the pruned model for the same budgets,
     resolved against the original (``60%`` is of the original's MACs, parameters or latency) and met as
     measured on the result. ``width``: a ``WidthSpec``, or ``AUTO``: one share of every channel group chosen
@@ -412,8 +473,10 @@ def fit_with_width(model: nn.Module, width: WidthSpec | str, size: tuple[int, ..
 
     if width == AUTO:
         if macs_b is None and params_b is None and latency_b is None:
-            raise ConfigError("--width auto chooses the widths for a budget, and none is given",
-                              "add --budget, --params or --latency, or give a fixed share, e.g. --width 0.25")
+            raise ConfigError(
+                "--width auto chooses the widths for a budget, and none is given",
+                "add --budget, --params or --latency, or give a fixed share, e.g. --width 0.25",
+            )
         given = [b / o for b, o in ((macs_b, macs0), (params_b, params0), (latency_b, before_ms)) if b is not None]
         (result, record), tried = _auto(runs, attempt, WidthSpec({}, importance_name), min(given), say)
         record = dataclasses.replace(record, auto=tuple(tried))
@@ -428,10 +491,21 @@ def fit_with_width(model: nn.Module, width: WidthSpec | str, size: tuple[int, ..
     planned = result.message.split("; latency ")[0] if result.plan.choices else "every block kept"
     message = f"{planned}; {record.describe()}"
     if lat is not None:  # the depth fit's figures are of the pruned model: restate them against the original
-        message += (f"; latency {format_ms(lat.after_ms)} (original {format_ms(before_ms)}, budget "
-                    f"{format_ms(latency_b)}; {setting.describe()}; {len(lat.candidates)} candidate(s) measured)")
-    return dataclasses.replace(result, macs_before=macs0, params_before=params0, macs_budget=macs_b,
-                               params_budget=params_b, rows=rows, latency=lat, width=record, message=message)
+        message += (
+            f"; latency {format_ms(lat.after_ms)} (original {format_ms(before_ms)}, budget "
+            f"{format_ms(latency_b)}; {setting.describe()}; {len(lat.candidates)} candidate(s) measured)"
+        )
+    return dataclasses.replace(
+        result,
+        macs_before=macs0,
+        params_before=params0,
+        macs_budget=macs_b,
+        params_budget=params_b,
+        rows=rows,
+        latency=lat,
+        width=record,
+        message=message,
+    )
 
 
 def _rows(rows, runs, record: WidthFit):
@@ -444,8 +518,15 @@ def _rows(rows, runs, record: WidthFit):
             out.append(row)
             continue
         share = WidthSpec(record.ratios, record.importance).share(row.path)
-        out.append(dataclasses.replace(row, macs_before=sum(v or 0 for v in run.macs), params_before=sum(run.params),
-                                       width=share, channels=record.channels.get(row.path, (run.channels,) * 2)))
+        out.append(
+            dataclasses.replace(
+                row,
+                macs_before=sum(v or 0 for v in run.macs),
+                params_before=sum(run.params),
+                width=share,
+                channels=record.channels.get(row.path, (run.channels,) * 2),
+            )
+        )
     return tuple(out)
 
 
@@ -485,16 +566,23 @@ def _auto(runs, attempt, base: WidthSpec, fraction: float, say):
                 tried.append({"ratios": {REST: share}, "macs": None, "params": None, "feasible": False})
             else:
                 cache[share] = (result, record)
-                tried.append({"ratios": {REST: share}, "macs": result.macs_after, "params": result.params_after,
-                              "feasible": True})
+                tried.append(
+                    {
+                        "ratios": {REST: share},
+                        "macs": result.macs_after,
+                        "params": result.params_after,
+                        "feasible": True,
+                    }
+                )
                 say(f"width auto: {share:g} of every channel group, {_kept_blocks(result)} block(s) kept")
         return share, cache[share]
 
     share, got = state(1.0 - min(max(fraction, 0.0), 1.0) ** 0.25)
     while isinstance(got, BudgetError):
         if share >= AUTO_MAX_SHARE:
-            raise BudgetError(f"{got.message} (also with {AUTO_MAX_SHARE:g} of every channel group removed)",
-                              got.hint) from None
+            raise BudgetError(
+                f"{got.message} (also with {AUTO_MAX_SHARE:g} of every channel group removed)", got.hint
+            ) from None
         share, got = state(share + AUTO_STEP)
     best = (share, got)
 

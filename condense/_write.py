@@ -8,6 +8,7 @@ the tool did not write (a folder is replaced only when every file in it is liste
 folder with other files is refused naming one of them); follows a symbolic link given as an output; lets a
 second process write the same output while the first is writing it (a lock beside it refuses the second).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,16 +27,33 @@ import torch
 
 from ._errors import CondenseError, os_error
 
-__all__ = ["MANIFEST", "os_error", "read_json", "write_bytes", "atomic_write", "atomic_write_json", "atomic_torch_save",
-           "write_directory", "recover_directory", "check_output", "claim_folder", "read_manifest",
-           "write_manifest", "foreign_files", "output_lock", "claim_file", "atomic_write_csv",
-           "csv_starts_with"]
+__all__ = [
+    "MANIFEST",
+    "os_error",
+    "read_json",
+    "write_bytes",
+    "atomic_write",
+    "atomic_write_json",
+    "atomic_torch_save",
+    "write_directory",
+    "recover_directory",
+    "check_output",
+    "claim_folder",
+    "read_manifest",
+    "write_manifest",
+    "foreign_files",
+    "output_lock",
+    "claim_file",
+    "atomic_write_csv",
+    "csv_starts_with",
+]
 
 MANIFEST = ".condense-files.json"
 _MANIFEST_FORMAT = "condense-files/1"
 
 
 # --- one file ----------------------------------------------------------------------------------------------
+
 
 def read_json(path: str | os.PathLike, hint: str = "re-create it with condense") -> Any:
     """A JSON file the tool wrote, read back; a one-line error for an unreadable, malformed or absurdly
@@ -90,6 +108,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
 
 # --- ownership: the manifest --------------------------------------------------------------------------------
 
+
 def _files_under(root: Path) -> list[str]:
     """Every file and symbolic link below ``root`` (relative POSIX paths), and every empty folder (with a
     trailing slash), the manifest excluded."""
@@ -106,8 +125,9 @@ def _files_under(root: Path) -> list[str]:
     return sorted(found)
 
 
-def write_manifest(folder: str | os.PathLike, kind: str, files: Iterable[str] | None = None, *,
-                   atomic: bool = True) -> None:
+def write_manifest(
+    folder: str | os.PathLike, kind: str, files: Iterable[str] | None = None, *, atomic: bool = True
+) -> None:
     """Record ``files`` (default: every file now in ``folder``) as written by this tool for a ``kind`` folder
     (``atomic=False``: a plain write, for a folder no one sees yet)."""
     folder = Path(folder)
@@ -126,14 +146,23 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any] | None:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return None
-    if not (isinstance(data, dict) and data.get("format") == _MANIFEST_FORMAT and isinstance(data.get("kind"), str)
-            and isinstance(data.get("files"), list) and all(isinstance(f, str) for f in data["files"])):
+    if not (
+        isinstance(data, dict)
+        and data.get("format") == _MANIFEST_FORMAT
+        and isinstance(data.get("kind"), str)
+        and isinstance(data.get("files"), list)
+        and all(isinstance(f, str) for f in data["files"])
+    ):
         return None
     return data
 
 
-def foreign_files(folder: str | os.PathLike, kind: str, legacy: Callable[[Path], set[str] | None] | None = None,
-                  own: Iterable[str] = ()) -> list[str] | None:
+def foreign_files(
+    folder: str | os.PathLike,
+    kind: str,
+    legacy: Callable[[Path], set[str] | None] | None = None,
+    own: Iterable[str] = (),
+) -> list[str] | None:
     """The entries of ``folder`` this tool did not write as a ``kind`` folder: those its manifest does not
     list (``own``: further names the caller writes itself). None when the folder is not a ``kind`` folder at
     all (no manifest of that kind, and ``legacy(folder)`` - the names a folder written before manifests holds,
@@ -150,23 +179,32 @@ def foreign_files(folder: str | os.PathLike, kind: str, legacy: Callable[[Path],
     extra = []
     for item in _files_under(folder):
         parts = item.rstrip("/").split("/")
-        if item in mine or any("/".join(parts[:i]) + "/" in mine or "/".join(parts[:i]) in mine
-                               for i in range(1, len(parts))):
+        if item in mine or any(
+            "/".join(parts[:i]) + "/" in mine or "/".join(parts[:i]) in mine for i in range(1, len(parts))
+        ):
             continue
         extra.append(item)
     return extra
 
 
-def claim_folder(folder: str | os.PathLike, kind: str, *, legacy: Callable[[Path], set[str] | None] | None = None,
-                 own: Iterable[str] = (), what: str | None = None) -> bool:
+def claim_folder(
+    folder: str | os.PathLike,
+    kind: str,
+    *,
+    legacy: Callable[[Path], set[str] | None] | None = None,
+    own: Iterable[str] = (),
+    what: str | None = None,
+) -> bool:
     """Check that a command may write ``folder`` as a ``kind`` folder: it does not exist, is empty, or was
     written by this tool as such a folder and holds nothing else. Returns whether it already is one.
     Otherwise a one-line error naming a file that is not the tool's."""
     folder = Path(folder)
     what = what or kind.replace("-", " ")
     if folder.is_symlink():
-        raise CondenseError(f"output {str(folder)!r} is a symbolic link",
-                            f"pass the folder it points to ({os.path.realpath(folder)}) or a new -o DIR")
+        raise CondenseError(
+            f"output {str(folder)!r} is a symbolic link",
+            f"pass the folder it points to ({os.path.realpath(folder)}) or a new -o DIR",
+        )
     if not folder.exists():
         return False
     if not folder.is_dir():
@@ -179,12 +217,16 @@ def claim_folder(folder: str | os.PathLike, kind: str, *, legacy: Callable[[Path
         return False
     extra = foreign_files(folder, kind, legacy, own)
     if extra is None:
-        raise CondenseError(f"output {str(folder)!r} exists and is not a {what} folder this tool wrote",
-                            "choose a new -o DIR: condense replaces only folders it wrote")
+        raise CondenseError(
+            f"output {str(folder)!r} exists and is not a {what} folder this tool wrote",
+            "choose a new -o DIR: condense replaces only folders it wrote",
+        )
     if extra:
         more = f" and {len(extra) - 1} more" if len(extra) > 1 else ""
-        raise CondenseError(f"output {str(folder)!r} holds {extra[0]!r}{more}, which condense did not write",
-                            "move it out, or choose a new -o DIR: condense never deletes files it did not write")
+        raise CondenseError(
+            f"output {str(folder)!r} holds {extra[0]!r}{more}, which condense did not write",
+            "move it out, or choose a new -o DIR: condense never deletes files it did not write",
+        )
     return True
 
 
@@ -200,8 +242,10 @@ def claim_file(path: str | os.PathLike, what: str, recognise: Callable[[Path], b
     if not str(path).strip():
         raise CondenseError("the output file name is empty", "pass a file name")
     if out.is_symlink():
-        raise CondenseError(f"output {str(out)!r} is a symbolic link", f"pass the file it points to "
-                            f"({os.path.realpath(out)}) or a new name")
+        raise CondenseError(
+            f"output {str(out)!r} is a symbolic link",
+            f"pass the file it points to ({os.path.realpath(out)}) or a new name",
+        )
     if out.is_dir():
         raise CondenseError(f"output {str(out)!r} is a directory", f"give a file name for the {what}")
     if out.exists():
@@ -210,17 +254,21 @@ def claim_file(path: str | os.PathLike, what: str, recognise: Callable[[Path], b
         except Exception:  # noqa: BLE001 - unreadable or not ours: refused either way
             ours = False
         if not ours:
-            raise CondenseError(f"output {str(out)!r} exists and is not {_article(what)} {what} condense wrote",
-                                "choose a new file name: condense replaces only its own outputs")
+            raise CondenseError(
+                f"output {str(out)!r} exists and is not {_article(what)} {what} condense wrote",
+                "choose a new file name: condense replaces only its own outputs",
+            )
     return out
 
 
 def csv_starts_with(columns: Sequence[str]) -> Callable[[Path], bool]:
     """A ``claim_file`` recogniser: a CSV file whose header row begins with ``columns``."""
+
     def recognise(path: Path) -> bool:
         with open(path, newline="") as fh:
             header = next(csv.reader(fh), None)
-        return header is not None and header[:len(columns)] == list(columns)
+        return header is not None and header[: len(columns)] == list(columns)
+
     return recognise
 
 
@@ -237,8 +285,12 @@ def atomic_write_csv(path: str | os.PathLike, table: Any, *, columns: Sequence[s
         writer = csv.DictWriter(buffer, fieldnames=list(columns))
         writer.writeheader()
         for row in table:
-            writer.writerow({k: ("" if row.get(k) is None else round(row[k], 6) if isinstance(row.get(k), float)
-                                 else row[k]) for k in columns})
+            writer.writerow(
+                {
+                    k: ("" if row.get(k) is None else round(row[k], 6) if isinstance(row.get(k), float) else row[k])
+                    for k in columns
+                }
+            )
     out = Path(path)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -248,6 +300,7 @@ def atomic_write_csv(path: str | os.PathLike, table: Any, *, columns: Sequence[s
 
 
 # --- one folder, replaced whole -------------------------------------------------------------------------------
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -311,22 +364,33 @@ def check_output(directory: str | os.PathLike, inputs: Iterable[str | os.PathLik
     if not str(directory).strip():
         raise CondenseError("the output name is empty", "pass -o DIR")
     if out.is_symlink():
-        raise CondenseError(f"output {str(out)!r} is a symbolic link",
-                            f"pass the folder it points to ({os.path.realpath(out)}) or a new -o DIR")
+        raise CondenseError(
+            f"output {str(out)!r} is a symbolic link",
+            f"pass the folder it points to ({os.path.realpath(out)}) or a new -o DIR",
+        )
     real = out.resolve()
     if _is_within(Path.cwd().resolve(), real):
-        raise CondenseError(f"output {str(out)!r} contains the current folder; replacing it would delete it",
-                            "choose a new folder, e.g. -o out/NAME")
+        raise CondenseError(
+            f"output {str(out)!r} contains the current folder; replacing it would delete it",
+            "choose a new folder, e.g. -o out/NAME",
+        )
     for item in inputs:
         if item is not None and _is_within(Path(item).resolve(), real):
-            raise CondenseError(f"output {str(out)!r} contains the input {str(item)!r}; replacing it would delete it",
-                                "choose another -o DIR")
+            raise CondenseError(
+                f"output {str(out)!r} contains the input {str(item)!r}; replacing it would delete it",
+                "choose another -o DIR",
+            )
     return out
 
 
-def write_directory(directory: str | os.PathLike, fill: Callable[[Path], None], *,
-                    inputs: Iterable[str | os.PathLike | None] = (), kind: str = "condensed-model",
-                    legacy: Callable[[Path], set[str] | None] | None = None) -> Path:
+def write_directory(
+    directory: str | os.PathLike,
+    fill: Callable[[Path], None],
+    *,
+    inputs: Iterable[str | os.PathLike | None] = (),
+    kind: str = "condensed-model",
+    legacy: Callable[[Path], set[str] | None] | None = None,
+) -> Path:
     """Create (or replace) a folder atomically: ``fill(tmp)`` writes the files into a temporary sibling, a
     manifest of them is added, an existing folder is moved aside, the new one moved into its place, and the
     old one deleted. Only an empty folder or one this tool wrote as a ``kind`` folder (``claim_folder``;
@@ -489,5 +553,7 @@ def _busy(path: Path, out: Path):
     except OSError:
         pid = ""
     who = f" (process {pid})" if pid.isdigit() else ""
-    raise CondenseError(f"output {str(out)!r} is being written by another condense command{who}",
-                        "wait for it to finish, or choose another -o DIR")
+    raise CondenseError(
+        f"output {str(out)!r} is being written by another condense command{who}",
+        "wait for it to finish, or choose another -o DIR",
+    )

@@ -17,6 +17,7 @@ The run setup (``prepare_run`` -> ``RunSetup``: data, device, process group, out
 to resume, seeds; then the loop's shared parts: batches, schedule, autocast, optimizer, ``last.pt``) is
 the one ``train`` and ``condense.train_supernet`` both use.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -44,8 +45,16 @@ from ._count import macs_and_params
 from ._device import device_record, resolve_device
 from ._errors import ConfigError, CondenseError
 from ._models import check_finite, fit_state
-from ._write import (MANIFEST, atomic_torch_save, atomic_write, claim_folder, foreign_files, os_error, output_lock,
-                     write_manifest)
+from ._write import (
+    MANIFEST,
+    atomic_torch_save,
+    atomic_write,
+    claim_folder,
+    foreign_files,
+    os_error,
+    output_lock,
+    write_manifest,
+)
 from .data import AUGMENTS, load_data
 
 SCHEDULES = ("cosine", "step", "constant")
@@ -119,8 +128,11 @@ class TrainConfig:
             bad("kd_alpha", "must be in [0, 1]")
         if not self.kd_temperature > 0:
             bad("kd_temperature", "must be > 0")
-        if isinstance(self.kd_features, bool) or not isinstance(self.kd_features, (int, float)) or \
-                not 0 <= self.kd_features < math.inf:
+        if (
+            isinstance(self.kd_features, bool)
+            or not isinstance(self.kd_features, (int, float))
+            or not 0 <= self.kd_features < math.inf
+        ):
             bad("kd_features", "must be a number >= 0 (0: off)")
         if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs and self.warmup_epochs:
             bad("warmup_epochs", "must be in [0, epochs)")
@@ -128,9 +140,11 @@ class TrainConfig:
             bad("max_steps_per_epoch", "must be >= 1")
         if not isinstance(self.augment, bool) and self.augment not in AUGMENTS:
             bad("augment", f"must be true (the data's default), false, or one of {', '.join(AUGMENTS)}")
-        if self.clip_grad_norm is not None and (isinstance(self.clip_grad_norm, bool)
-                                                or not isinstance(self.clip_grad_norm, (int, float))
-                                                or not 0 < self.clip_grad_norm < math.inf):
+        if self.clip_grad_norm is not None and (
+            isinstance(self.clip_grad_norm, bool)
+            or not isinstance(self.clip_grad_norm, (int, float))
+            or not 0 < self.clip_grad_norm < math.inf
+        ):
             bad("clip_grad_norm", "must be a number > 0 (or None: no clipping)")
         if not isinstance(self.decay_norm_and_bias, bool):
             bad("decay_norm_and_bias", "must be true or false")
@@ -162,11 +176,24 @@ def lr_at(config: TrainConfig, epoch: float) -> float:
     return config.lr
 
 
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, alpha: float,
-                      temperature: float, label_smoothing: float = 0.0) -> torch.Tensor:
+def distillation_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    target: torch.Tensor,
+    alpha: float,
+    temperature: float,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
     """Hinton et al.: alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)."""
-    kd = F.kl_div(F.log_softmax(student / temperature, dim=1), F.log_softmax(teacher / temperature, dim=1),
-                  reduction="batchmean", log_target=True) * temperature**2
+    kd = (
+        F.kl_div(
+            F.log_softmax(student / temperature, dim=1),
+            F.log_softmax(teacher / temperature, dim=1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        * temperature**2
+    )
     ce = F.cross_entropy(student, target, label_smoothing=label_smoothing)
     return alpha * kd + (1 - alpha) * ce
 
@@ -182,8 +209,14 @@ def _make_optimizer(model: nn.Module, config: TrainConfig):
     try:
         from timm.optim import create_optimizer_v2  # heavy: loaded when first needed
 
-        return create_optimizer_v2(model, opt=config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
-                                   momentum=config.momentum, filter_bias_and_bn=not config.decay_norm_and_bias)
+        return create_optimizer_v2(
+            model,
+            opt=config.optimizer,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            momentum=config.momentum,
+            filter_bias_and_bn=not config.decay_norm_and_bias,
+        )
     except (ValueError, AssertionError) as err:
         raise ConfigError(f"unknown optimizer {config.optimizer!r}", "use sgd or a timm optimizer name") from err
 
@@ -219,9 +252,11 @@ def _autocast(device: torch.device, amp: str | None):
 def _rng_state() -> dict[str, Any]:
     """The random states as tensors (so a checkpoint loads with ``weights_only=True``), CUDA's where used."""
     version, words, gauss = random.getstate()
-    out: dict[str, Any] = {"torch": torch.get_rng_state(),
-                           "python": torch.tensor([version, *words], dtype=torch.int64),
-                           "python_gauss": torch.tensor([] if gauss is None else [gauss], dtype=torch.float64)}
+    out: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": torch.tensor([version, *words], dtype=torch.int64),
+        "python_gauss": torch.tensor([] if gauss is None else [gauss], dtype=torch.float64),
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         out["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
     return out
@@ -264,8 +299,10 @@ def load_checkpoint_state(path: Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         first = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
-        raise CondenseError(f"{path} is not a training checkpoint this version reads safely ({first})",
-                            "start again with --overwrite (or a new -o DIR)") from None
+        raise CondenseError(
+            f"{path} is not a training checkpoint this version reads safely ({first})",
+            "start again with --overwrite (or a new -o DIR)",
+        ) from None
     need = ("model", "optimizer", "epoch", "history", "rng", "config")
     if not isinstance(state, dict) or any(k not in state for k in need):
         raise CondenseError(f"{path} is not a condense training checkpoint", "start again with --overwrite")
@@ -274,8 +311,9 @@ def load_checkpoint_state(path: Path) -> dict[str, Any]:
 
 def _damaged(path, what: str) -> CondenseError:
     what = str(what).strip().splitlines()[0][:160] if str(what).strip() else "unreadable"
-    return CondenseError(f"{path} is a damaged training checkpoint ({what})",
-                         "start again with --overwrite (or a new -o DIR)")
+    return CondenseError(
+        f"{path} is a damaged training checkpoint ({what})", "start again with --overwrite (or a new -o DIR)"
+    )
 
 
 def check_checkpoint(state: dict[str, Any], path, config: TrainConfig) -> None:
@@ -286,23 +324,40 @@ def check_checkpoint(state: dict[str, Any], path, config: TrainConfig) -> None:
     if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= config.epochs:
         raise _damaged(path, f"epoch {epoch!r} is not an integer from 0 to {config.epochs}")
     history = state["history"]
-    if not isinstance(history, list) or len(history) != epoch or not all(
-            isinstance(h, dict) and isinstance(h.get("test_acc"), (int, float)) and
-            not isinstance(h.get("test_acc"), bool) for h in history):
+    if (
+        not isinstance(history, list)
+        or len(history) != epoch
+        or not all(
+            isinstance(h, dict)
+            and isinstance(h.get("test_acc"), (int, float))
+            and not isinstance(h.get("test_acc"), bool)
+            for h in history
+        )
+    ):
         raise _damaged(path, f"its history is not {epoch} epoch record(s) with a test accuracy")
     if not isinstance(state["model"], dict) or not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
         raise _damaged(path, "its weights are not a dict of tensors")
     opt = state["optimizer"]
-    if not isinstance(opt, dict) or not isinstance(opt.get("param_groups"), list) or not opt["param_groups"] or \
-            not isinstance(opt.get("state"), dict):
+    if (
+        not isinstance(opt, dict)
+        or not isinstance(opt.get("param_groups"), list)
+        or not opt["param_groups"]
+        or not isinstance(opt.get("state"), dict)
+    ):
         raise _damaged(path, "its optimizer state has no parameter groups")
     rng = state["rng"]
-    if not isinstance(rng, dict) or not all(isinstance(rng.get(k), torch.Tensor) for k in
-                                            ("torch", "python", "python_gauss")):
+    if not isinstance(rng, dict) or not all(
+        isinstance(rng.get(k), torch.Tensor) for k in ("torch", "python", "python_gauss")
+    ):
         raise _damaged(path, "its random states are malformed")
     py = rng["python"]
-    if py.dtype != torch.int64 or py.ndim != 1 or py.numel() != 626 or rng["torch"].dtype != torch.uint8 or \
-            rng["python_gauss"].numel() > 1:
+    if (
+        py.dtype != torch.int64
+        or py.ndim != 1
+        or py.numel() != 626
+        or rng["torch"].dtype != torch.uint8
+        or rng["python_gauss"].numel() > 1
+    ):
         raise _damaged(path, "its random states are malformed")
 
 
@@ -316,8 +371,10 @@ def _outputs_of(model: nn.Module, bundle) -> int:
         out = model(x.to(param.device) if param is not None else x)
     model.train(was)
     if out.ndim != 2:
-        raise CondenseError(f"{type(model).__name__} gives outputs of shape {tuple(out.shape)}, not (batch, classes)",
-                            "train a classifier")
+        raise CondenseError(
+            f"{type(model).__name__} gives outputs of shape {tuple(out.shape)}, not (batch, classes)",
+            "train a classifier",
+        )
     return int(out.shape[1])
 
 
@@ -341,27 +398,41 @@ def check_trainable(model: nn.Module, bundle, config: "TrainConfig", world_size:
     present = _classes_present(bundle)
     if bundle.num_classes < 2 or (present is not None and present < 2):
         n = present if present is not None else bundle.num_classes
-        raise CondenseError(f"the training data {bundle.name!r} has {n} class(es): nothing to learn",
-                            "give a data set with two classes or more")
+        raise CondenseError(
+            f"the training data {bundle.name!r} has {n} class(es): nothing to learn",
+            "give a data set with two classes or more",
+        )
     outputs = _outputs_of(model, bundle)
     if outputs < bundle.num_classes:
-        raise CondenseError(f"the model has {outputs} outputs but the data {bundle.name!r} has {bundle.num_classes} "
-                            "classes", "build the model with num_classes equal to the data's (--num-classes)")
+        raise CondenseError(
+            f"the model has {outputs} outputs but the data {bundle.name!r} has {bundle.num_classes} classes",
+            "build the model with num_classes equal to the data's (--num-classes)",
+        )
     per_rank = bundle.train_size // world_size
     steps = per_rank // config.batch_size
     if config.max_steps_per_epoch is not None:
         steps = min(steps, config.max_steps_per_epoch)
     if steps < 1:
-        raise CondenseError(f"{bundle.train_size} training image(s) make no full batch of {config.batch_size}"
-                            + (f" per process ({world_size} processes)" if world_size > 1 else ""),
-                            "lower --batch-size or raise --limit-train")
+        raise CondenseError(
+            f"{bundle.train_size} training image(s) make no full batch of {config.batch_size}"
+            + (f" per process ({world_size} processes)" if world_size > 1 else ""),
+            "lower --batch-size or raise --limit-train",
+        )
     return steps
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data, batch_size: int = 256, *, rank: int = 0, world_size: int = 1,
-             amp: bool | str | None = False, device: torch.device | str | None = None,
-             channels_last: bool = False) -> dict[str, float]:
+def evaluate(
+    model: nn.Module,
+    data,
+    batch_size: int = 256,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    amp: bool | str | None = False,
+    device: torch.device | str | None = None,
+    channels_last: bool = False,
+) -> dict[str, float]:
     """Test loss and top-1 accuracy of ``model`` on the test split (summed over ranks when distributed),
     on ``device`` (default: where the model's parameters are)."""
     was_training = model.training
@@ -386,8 +457,9 @@ def evaluate(model: nn.Module, data, batch_size: int = 256, *, rank: int = 0, wo
             seen += len(y)
     loss_sum, correct = float(loss_sum), int(correct)  # one device sync per evaluation, not per batch
     if world_size > 1:
-        t = torch.tensor([loss_sum, correct, seen], dtype=torch.float64,
-                         device=device if dist.get_backend() == "nccl" else "cpu")
+        t = torch.tensor(
+            [loss_sum, correct, seen], dtype=torch.float64, device=device if dist.get_backend() == "nccl" else "cpu"
+        )
         dist.all_reduce(t)
         loss_sum, correct, seen = float(t[0]), int(t[1]), int(t[2])
     model.train(was_training)
@@ -410,9 +482,11 @@ def _plain_progress(progress: bool) -> bool:
 
 
 def _epoch_line(record: dict[str, Any], epochs: int, lr: float) -> str:
-    return (f"epoch {record['epoch']}/{epochs}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}"
-            f" | test loss {record['test_loss']:.4f} acc {record['test_acc']:.4f} | "
-            f"{record['images_per_s']:.0f} img/s, {record['epoch_seconds']:.1f} s, lr {lr:.4g}")
+    return (
+        f"epoch {record['epoch']}/{epochs}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}"
+        f" | test loss {record['test_loss']:.4f} acc {record['test_acc']:.4f} | "
+        f"{record['images_per_s']:.0f} img/s, {record['epoch_seconds']:.1f} s, lr {lr:.4g}"
+    )
 
 
 RUN_KIND = "training-run"
@@ -468,6 +542,7 @@ def _remove_if_unused(folder: Path) -> None:
 
 def _owns_output(fn):
     """``train``'s output folder is held by ``run_folder`` for the whole call."""
+
     @functools.wraps(fn)
     def wrapper(*args, out_dir=None, **kwargs):
         if out_dir is None:
@@ -487,14 +562,14 @@ class RunSetup:
     ``metrics.json`` (rank 0 alone writes)."""
 
     config: TrainConfig
-    bundle: Any                     # the DataBundle, with the augmentation training batches get
-    augment: str                    # that augmentation (``with_augmentation``)
+    bundle: Any  # the DataBundle, with the augmentation training batches get
+    augment: str  # that augmentation (``with_augmentation``)
     device: torch.device
     rank: int
-    world: int                      # processes (1 without torchrun)
+    world: int  # processes (1 without torchrun)
     distributed: bool
-    out: Path | None                # the output folder (None: nothing is written)
-    identity: Any                   # the checkpoint's ``config``: a resumed run's must equal it
+    out: Path | None  # the output folder (None: nothing is written)
+    identity: Any  # the checkpoint's ``config``: a resumed run's must equal it
     resumed: dict[str, Any] | None  # the checkpoint to resume from, checked (None: a new run)
 
     @property
@@ -505,8 +580,17 @@ class RunSetup:
     def loader(self, epoch: int):
         """The training batches of ``epoch`` (this rank's shard; the order depends on (seed, epoch) only)."""
         c = self.config
-        return self.bundle.loader("train", c.batch_size, shuffle=True, augment=self.augment != "none", seed=c.seed,
-                                  epoch=epoch, drop_last=True, rank=self.rank, world_size=self.world)
+        return self.bundle.loader(
+            "train",
+            c.batch_size,
+            shuffle=True,
+            augment=self.augment != "none",
+            seed=c.seed,
+            epoch=epoch,
+            drop_last=True,
+            rank=self.rank,
+            world_size=self.world,
+        )
 
     def steps(self, loader) -> int:
         """Steps of an epoch: the loader's, at most ``config.max_steps_per_epoch``."""
@@ -557,16 +641,27 @@ class RunSetup:
             raise _damaged(self.checkpoint, f"its optimizer or random state does not load: {err}") from None
         return list(state["history"]), int(state["epoch"])
 
-    def save(self, model: nn.Module, optimizer, scaler, epoch: int, history: list[dict[str, Any]],
-             **extra: Any) -> None:
+    def save(
+        self, model: nn.Module, optimizer, scaler, epoch: int, history: list[dict[str, Any]], **extra: Any
+    ) -> None:
         """Write ``last.pt`` (rank 0, with an output folder): CPU tensors, numbers and strings only, so it
         loads with ``weights_only=True`` on any device; ``extra`` keys are added after the common ones."""
         if self.checkpoint is None or self.rank != 0:
             return
-        _atomic_save({"model": _cpu(model.state_dict()), "optimizer": _cpu(optimizer.state_dict()),
-                      "epoch": epoch, "history": history, "rng": _rng_state(), "config": self.identity,
-                      "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "device": str(self.device),
-                      **extra}, self.checkpoint)
+        _atomic_save(
+            {
+                "model": _cpu(model.state_dict()),
+                "optimizer": _cpu(optimizer.state_dict()),
+                "epoch": epoch,
+                "history": history,
+                "rng": _rng_state(),
+                "config": self.identity,
+                "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+                "device": str(self.device),
+                **extra,
+            },
+            self.checkpoint,
+        )
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         """Write ``metrics.json`` (rank 0, with an output folder)."""
@@ -574,10 +669,19 @@ class RunSetup:
             write_text_atomic(self.out / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
 
 
-def prepare_run(model: nn.Module, data, config: TrainConfig | None = None, *,
-                out_dir: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
-                device: str | torch.device | None = "auto", identity: Any = None, kind: str = "",
-                check: Callable[[dict[str, Any], Path, int], None] | None = None) -> RunSetup:
+def prepare_run(
+    model: nn.Module,
+    data,
+    config: TrainConfig | None = None,
+    *,
+    out_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    device: str | torch.device | None = "auto",
+    identity: Any = None,
+    kind: str = "",
+    check: Callable[[dict[str, Any], Path, int], None] | None = None,
+) -> RunSetup:
     """The run setup ``train`` and ``condense.train_supernet`` share: everything before the first step, and
     every refusal before anything is written. The data (a spec is loaded; ``config.augment`` applied), the
     device (``resolve_device``) and the process group under torchrun (``join_process_group``),
@@ -598,20 +702,26 @@ def prepare_run(model: nn.Module, data, config: TrainConfig | None = None, *,
         raise CondenseError(f"output {str(out)!r} is a file", "choose a folder for -o")
     ckpt = out / "last.pt" if out is not None else None
     if ckpt is not None and ckpt.exists() and not resume and not overwrite:
-        raise CondenseError(f"{out} already holds a {kind + ' ' if kind else ''}run (last.pt)",
-                            "continue it with --resume, start again with --overwrite, or choose another -o DIR")
+        raise CondenseError(
+            f"{out} already holds a {kind + ' ' if kind else ''}run (last.pt)",
+            "continue it with --resume, start again with --overwrite, or choose another -o DIR",
+        )
     if resume and overwrite:
         raise CondenseError("--resume and --overwrite contradict each other", "give one of them")
     identity = config.to_dict() if identity is None else identity
     resumed = None
     if resume:
         if ckpt is None or not ckpt.exists():
-            raise CondenseError(f"nothing to resume: {ckpt or 'no output directory'} does not exist",
-                                "run without --resume first, with the same -o DIR")
+            raise CondenseError(
+                f"nothing to resume: {ckpt or 'no output directory'} does not exist",
+                "run without --resume first, with the same -o DIR",
+            )
         resumed = load_checkpoint_state(ckpt)
         if resumed.get("config") != identity:
-            raise CondenseError(f"{ckpt} was written with other {kind + ' or ' if kind else ''}training options",
-                                "resume with the same options, or start a new -o DIR")
+            raise CondenseError(
+                f"{ckpt} was written with other {kind + ' or ' if kind else ''}training options",
+                "resume with the same options, or start a new -o DIR",
+            )
         if check is not None:
             check(resumed, ckpt, world)
     if out is not None and rank == 0:
@@ -621,15 +731,35 @@ def prepare_run(model: nn.Module, data, config: TrainConfig | None = None, *,
             raise os_error(err, out) from None
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    return RunSetup(config=config, bundle=bundle, augment=augment, device=device, rank=rank, world=world,
-                    distributed=distributed, out=out, identity=identity, resumed=resumed)
+    return RunSetup(
+        config=config,
+        bundle=bundle,
+        augment=augment,
+        device=device,
+        rank=rank,
+        world=world,
+        distributed=distributed,
+        out=out,
+        identity=identity,
+        resumed=resumed,
+    )
 
 
 @_owns_output
-def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir: str | os.PathLike | None = None,
-          teacher: nn.Module | None = None, resume: bool = False, progress: bool = True,
-          extra_metrics: dict[str, Any] | None = None, overwrite: bool = False,
-          device: str | torch.device | None = "auto", features: Any = None) -> TrainResult:
+def train(
+    model: nn.Module,
+    data,
+    config: TrainConfig | None = None,
+    *,
+    out_dir: str | os.PathLike | None = None,
+    teacher: nn.Module | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    extra_metrics: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    device: str | torch.device | None = "auto",
+    features: Any = None,
+) -> TrainResult:
     """Train ``model`` in place on ``data`` (a spec string or a DataBundle) and return the result.
 
     ``device``: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; the
@@ -645,15 +775,18 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
     plan)``), needed with ``config.kd_features``: each run's output is matched to the teacher's."""
     config = config or TrainConfig()
     if config.kd_features and (teacher is None or not features):
-        raise ConfigError("feature distillation (kd_features) needs a teacher and the condensed runs' feature pairs",
-                          "pass teacher= and features= (condense train DIR --teacher ORIGINAL --kd-features)")
+        raise ConfigError(
+            "feature distillation (kd_features) needs a teacher and the condensed runs' feature pairs",
+            "pass teacher= and features= (condense train DIR --teacher ORIGINAL --kd-features)",
+        )
 
     def check(state: dict[str, Any], path: Path, _world: int) -> None:
         check_checkpoint(state, path, config)
         check_finite(state["model"], path)
 
-    setup = prepare_run(model, data, config, out_dir=out_dir, resume=resume, overwrite=overwrite, device=device,
-                        check=check)
+    setup = prepare_run(
+        model, data, config, out_dir=out_dir, resume=resume, overwrite=overwrite, device=device, check=check
+    )
     bundle, augment, device, rank, world = setup.bundle, setup.augment, setup.device, setup.rank, setup.world
     fmt = torch.channels_last if config.channels_last else torch.preserve_format
     model.to(device=device, memory_format=fmt)
@@ -666,8 +799,13 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
     if teacher is not None:
         setup.teacher(teacher, fmt)
     if setup.resumed is not None:
-        fit_state(model, setup.resumed["model"], setup.checkpoint, hint="the checkpoint is of another model: start "
-                  "again with --overwrite, or resume the model it was written for")
+        fit_state(
+            model,
+            setup.resumed["model"],
+            setup.checkpoint,
+            hint="the checkpoint is of another model: start "
+            "again with --overwrite, or resume the model it was written for",
+        )
     history, start_epoch = setup.restore(optimizer, scaler)
     steps_per_epoch = None
     t_start = time.perf_counter()
@@ -675,14 +813,22 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
     bar = None
     lines = rank == 0 and _plain_progress(progress)  # not a terminal: a rich bar would show nothing until the end
     if progress and rank == 0 and not lines:
-        bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn())
+        bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
         bar.start()
     taps = None
     try:
         if config.kd_features:  # hooks on both models, removed below whatever happens
-            taps = (FeatureTap(model, [f.student for f in features], detach=False, what="the model"),
-                    FeatureTap(teacher, [f.teacher for f in features], detach=True, what="the teacher"))
+            taps = (
+                FeatureTap(model, [f.student for f in features], detach=False, what="the model"),
+                FeatureTap(teacher, [f.teacher for f in features], detach=True, what="the teacher"),
+            )
         for epoch in range(start_epoch, config.epochs):
             loader = setup.loader(epoch)
             steps_per_epoch = setup.steps(loader)
@@ -703,8 +849,14 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
                     if teacher is not None:
                         with torch.no_grad():
                             t_logits = teacher(x)
-                        loss = distillation_loss(logits.float(), t_logits.float(), y, config.kd_alpha,
-                                                 config.kd_temperature, config.label_smoothing)
+                        loss = distillation_loss(
+                            logits.float(),
+                            t_logits.float(),
+                            y,
+                            config.kd_alpha,
+                            config.kd_temperature,
+                            config.label_smoothing,
+                        )
                     else:
                         loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
                     if taps is not None:  # each condensed run's output matched to the teacher's
@@ -713,8 +865,10 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
                         feature_acc += f_loss.detach().double() * len(y)
                         taps[0].out, taps[1].out = {}, {}
                 if step % every == 0 and not torch.isfinite(loss):
-                    raise CondenseError(f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}",
-                                        "lower the learning rate (--lr)")
+                    raise CondenseError(
+                        f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}",
+                        "lower the learning rate (--lr)",
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if config.clip_grad_norm is not None:
@@ -731,20 +885,37 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
                     bar.update(task, completed=step + 1, stats=f"{stats} lr {lr:.4f}")
             loss_sum, correct = float(loss_acc), int(correct_acc)
             if not math.isfinite(loss_sum):
-                raise CondenseError(f"the loss became {loss_sum} in epoch {epoch + 1}",
-                                    "lower the learning rate (--lr)")
+                raise CondenseError(
+                    f"the loss became {loss_sum} in epoch {epoch + 1}", "lower the learning rate (--lr)"
+                )
             images_total += seen * world
             epoch_time = time.perf_counter() - t0
-            ev = evaluate(model, bundle, rank=rank, world_size=world, amp=config.amp, device=device,
-                          channels_last=config.channels_last)
-            record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-                      "images_per_s": seen * world / max(epoch_time, 1e-9), "epoch_seconds": epoch_time, **ev}
+            ev = evaluate(
+                model,
+                bundle,
+                rank=rank,
+                world_size=world,
+                amp=config.amp,
+                device=device,
+                channels_last=config.channels_last,
+            )
+            record = {
+                "epoch": epoch + 1,
+                "train_loss": loss_sum / max(seen, 1),
+                "train_acc": correct / max(seen, 1),
+                "images_per_s": seen * world / max(epoch_time, 1e-9),
+                "epoch_seconds": epoch_time,
+                **ev,
+            }
             if taps is not None:
                 record["train_feature_loss"] = float(feature_acc) / max(seen, 1)
             history.append(record)
             if bar:
-                bar.update(task, stats=f"loss {record['train_loss']:.3f} acc {record['train_acc']:.3f} | "
-                                       f"test acc {ev['test_acc']:.4f}")
+                bar.update(
+                    task,
+                    stats=f"loss {record['train_loss']:.3f} acc {record['train_acc']:.3f} | "
+                    f"test acc {ev['test_acc']:.4f}",
+                )
             if lines:
                 print(_epoch_line(record, config.epochs, lr_at(config, epoch)), flush=True)
             setup.save(model, optimizer, scaler, epoch + 1, history)
@@ -754,15 +925,22 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, out_dir:
         for tap in taps or ():
             tap.close()
     metrics = dict(history[-1]) if history else {}
-    metrics.update({
-        "best_test_acc": max((h["test_acc"] for h in history), default=None),
-        "epochs": config.epochs, "world_size": world, "config": config.to_dict(), "data": bundle.name,
-        "num_classes": bundle.num_classes, "data_spec": str(bundle.spec) if bundle.spec is not None else None,
-        "augment": augment, **device_record(device),
-        "teacher": type(teacher).__name__ if teacher is not None else None,
-        **({"kd_feature_runs": [f.run for f in features]} if taps is not None else {}),
-        "train_seconds_this_run": time.perf_counter() - t_start,
-    })
+    metrics.update(
+        {
+            "best_test_acc": max((h["test_acc"] for h in history), default=None),
+            "epochs": config.epochs,
+            "world_size": world,
+            "config": config.to_dict(),
+            "data": bundle.name,
+            "num_classes": bundle.num_classes,
+            "data_spec": str(bundle.spec) if bundle.spec is not None else None,
+            "augment": augment,
+            **device_record(device),
+            "teacher": type(teacher).__name__ if teacher is not None else None,
+            **({"kd_feature_runs": [f.run for f in features]} if taps is not None else {}),
+            "train_seconds_this_run": time.perf_counter() - t_start,
+        }
+    )
     if rank == 0:
         was = model.training
         counted = model if device.type == "cpu" else copy.deepcopy(model).cpu()

@@ -48,6 +48,7 @@ Assumptions for the models the paper does not fully specify are written next to 
 ``notes`` of the recipes (``recipes/*.yaml``). The authors' public code (github.com/anilkagak2/PDE_GlobalLayer)
 was read for configurations the paper leaves open; nothing of it is copied here.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -63,17 +64,48 @@ from .graph import register_leaf_module
 from .pde._advection_diffusion import advection_diffusion, bounded_advection_diffusion
 
 __all__ = [
-    "BasicBlock", "PreActBlock", "CifarResNet", "WideResNet", "DenseLayer", "DenseBlock", "DenseNet",
-    "MnistResBlock", "MnistResNet", "FeatureNet", "Fig2Feature",
-    "resnet_cifar", "resnet20", "resnet32", "resnet56", "wide_resnet", "wrn_40_4", "wrn_40_7", "densenet_bc",
-    "densenet_bc_100_12", "resnet_tiny", "resnet_tiny_global", "wrn_tiny", "wrn_tiny_global",
-    "resnet32_global_base", "resnet56_global_base", "resnet56_x2_global_base", "mnist_resnet", "mnist_resnet_small",
-    "mnist_cnn_net", "mnist_residual_net",
-    "mnist_pde_net", "mnist_pde_net_image", "MODELS", "names", "build", "input_size",
+    "BasicBlock",
+    "PreActBlock",
+    "CifarResNet",
+    "WideResNet",
+    "DenseLayer",
+    "DenseBlock",
+    "DenseNet",
+    "MnistResBlock",
+    "MnistResNet",
+    "FeatureNet",
+    "Fig2Feature",
+    "resnet_cifar",
+    "resnet20",
+    "resnet32",
+    "resnet56",
+    "wide_resnet",
+    "wrn_40_4",
+    "wrn_40_7",
+    "densenet_bc",
+    "densenet_bc_100_12",
+    "resnet_tiny",
+    "resnet_tiny_global",
+    "wrn_tiny",
+    "wrn_tiny_global",
+    "resnet32_global_base",
+    "resnet56_global_base",
+    "resnet56_x2_global_base",
+    "mnist_resnet",
+    "mnist_resnet_small",
+    "mnist_cnn_net",
+    "mnist_residual_net",
+    "mnist_pde_net",
+    "mnist_pde_net_image",
+    "MODELS",
+    "names",
+    "build",
+    "input_size",
 ]
 
 
 # --- building blocks ---------------------------------------------------------------------------------
+
 
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
@@ -87,7 +119,7 @@ class ShortcutA(nn.Module):
         self.stride, self.pad = stride, cout - cin
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x[:, :, ::self.stride, ::self.stride]
+        x = x[:, :, :: self.stride, :: self.stride]
         return F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
 
 
@@ -104,8 +136,9 @@ class BasicBlock(nn.Module):
         self.downsample: nn.Module | None = None
         if stride != 1 or cin != cout:
             if shortcut == "B":
-                self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False),
-                                                nn.BatchNorm2d(cout))
+                self.downsample = nn.Sequential(
+                    nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
+                )
             else:
                 self.downsample = ShortcutA(cin, cout, stride)
 
@@ -120,8 +153,15 @@ class CifarResNet(nn.Module):
     """Stem conv3x3-BN-ReLU, then ``len(widths)`` stages (``layer1`` ...) of basic blocks (stride 1, then 2
     at every further stage), global average pooling and a linear classifier."""
 
-    def __init__(self, blocks: Sequence[int], widths: Sequence[int], num_classes: int = 10, in_chans: int = 3,
-                 stem_width: int | None = None, shortcut: str = "B"):
+    def __init__(
+        self,
+        blocks: Sequence[int],
+        widths: Sequence[int],
+        num_classes: int = 10,
+        in_chans: int = 3,
+        stem_width: int | None = None,
+        shortcut: str = "B",
+    ):
         super().__init__()
         if len(blocks) != len(widths) or not blocks:
             raise CondenseError(f"blocks {tuple(blocks)} and widths {tuple(widths)} must have one entry per stage")
@@ -163,8 +203,7 @@ class PreActBlock(nn.Module):
         self.relu2 = nn.ReLU(inplace=True)
         self.dropout = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
         self.conv2 = _conv3x3(cout, cout)
-        self.shortcut = (nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
-                         if stride != 1 or cin != cout else None)
+        self.shortcut = nn.Conv2d(cin, cout, 1, stride=stride, bias=False) if stride != 1 or cin != cout else None
 
     def forward(self, x: Tensor) -> Tensor:
         o = self.relu1(self.bn1(x))
@@ -177,8 +216,15 @@ class WideResNet(nn.Module):
     """WRN-d-k for CIFAR: stem conv3x3 (16 channels), 3 stages of (d - 4) / 6 pre-activation blocks of widths
     16k/32k/64k (strides 1, 2, 2), final BN-ReLU, global average pooling, linear classifier."""
 
-    def __init__(self, blocks: Sequence[int], widths: Sequence[int], num_classes: int = 10, in_chans: int = 3,
-                 stem_width: int = 16, drop_rate: float = 0.0):
+    def __init__(
+        self,
+        blocks: Sequence[int],
+        widths: Sequence[int],
+        num_classes: int = 10,
+        in_chans: int = 3,
+        stem_width: int = 16,
+        drop_rate: float = 0.0,
+    ):
         super().__init__()
         self.conv1 = _conv3x3(in_chans, stem_width)
         cin = stem_width
@@ -224,8 +270,9 @@ class DenseLayer(nn.Module):
 class DenseBlock(nn.Module):
     def __init__(self, num_layers: int, cin: int, growth_rate: int, bn_size: int = 4):
         super().__init__()
-        self.layers = nn.ModuleList([DenseLayer(cin + i * growth_rate, growth_rate, bn_size)
-                                     for i in range(num_layers)])
+        self.layers = nn.ModuleList(
+            [DenseLayer(cin + i * growth_rate, growth_rate, bn_size) for i in range(num_layers)]
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         features = [x]
@@ -236,16 +283,24 @@ class DenseBlock(nn.Module):
 
 class Transition(nn.Sequential):
     def __init__(self, cin: int, cout: int):
-        super().__init__(nn.BatchNorm2d(cin), nn.ReLU(inplace=True), nn.Conv2d(cin, cout, 1, bias=False),
-                         nn.AvgPool2d(2, 2))
+        super().__init__(
+            nn.BatchNorm2d(cin), nn.ReLU(inplace=True), nn.Conv2d(cin, cout, 1, bias=False), nn.AvgPool2d(2, 2)
+        )
 
 
 class DenseNet(nn.Module):
     """DenseNet-BC for 32x32 inputs (Huang et al.): stem conv3x3 (2k channels), dense blocks joined by
     transitions (BN-ReLU-conv1x1 with compression, avg pool 2), final BN-ReLU, pooling, classifier."""
 
-    def __init__(self, block_config: Sequence[int] = (16, 16, 16), growth_rate: int = 12,
-                 compression: float = 0.5, bn_size: int = 4, num_classes: int = 10, in_chans: int = 3):
+    def __init__(
+        self,
+        block_config: Sequence[int] = (16, 16, 16),
+        growth_rate: int = 12,
+        compression: float = 0.5,
+        bn_size: int = 4,
+        num_classes: int = 10,
+        in_chans: int = 3,
+    ):
         super().__init__()
         c = 2 * growth_rate
         self.conv0 = _conv3x3(in_chans, c)
@@ -297,8 +352,7 @@ class MnistResNet(nn.Module):
     """Chen et al.'s MNIST ResNet: conv3x3 (valid, 28 -> 26), then ``downsample`` times GN-ReLU-conv4x4 stride 2
     (26 -> 13 -> 6), ``blocks`` residual blocks at that resolution, GN-ReLU, pooling, linear classifier."""
 
-    def __init__(self, width: int = 64, downsample: int = 2, blocks: int = 6, num_classes: int = 10,
-                 in_chans: int = 1):
+    def __init__(self, width: int = 64, downsample: int = 2, blocks: int = 6, num_classes: int = 10, in_chans: int = 1):
         super().__init__()
         stem: list[nn.Module] = [nn.Conv2d(in_chans, width, 3, 1)]
         for _ in range(downsample):
@@ -364,8 +418,21 @@ class Fig2Feature(nn.Module):
         elif self.max_courant is None:
             h = advection_diffusion(f, f, -g, -g, 1.0, 1.0, K=self.K, dt=0.2, dx=1.0, dy=1.0, boundary="periodic")
         else:
-            h = bounded_advection_diffusion(f, f, -g, -g, 1.0, 1.0, K=self.K, dt=0.2, dx=1.0, dy=1.0,
-                                            boundary="periodic", courant=self.max_courant, dmax=10.0)
+            h = bounded_advection_diffusion(
+                f,
+                f,
+                -g,
+                -g,
+                1.0,
+                1.0,
+                K=self.K,
+                dt=0.2,
+                dx=1.0,
+                dy=1.0,
+                boundary="periodic",
+                courant=self.max_courant,
+                dmax=10.0,
+            )
         return F.relu(self.bn_out(h))
 
 
@@ -396,9 +463,18 @@ def _init_weights(model: nn.Module) -> None:
 
 # --- factories -----------------------------------------------------------------------------------------
 
-def resnet_cifar(depth: int | None = 32, num_classes: int = 10, width: int = 16, *,
-                 blocks: Sequence[int] | None = None, widths: Sequence[int] | None = None,
-                 stem_width: int | None = None, shortcut: str = "B", in_chans: int = 3) -> CifarResNet:
+
+def resnet_cifar(
+    depth: int | None = 32,
+    num_classes: int = 10,
+    width: int = 16,
+    *,
+    blocks: Sequence[int] | None = None,
+    widths: Sequence[int] | None = None,
+    stem_width: int | None = None,
+    shortcut: str = "B",
+    in_chans: int = 3,
+) -> CifarResNet:
     """He et al.'s CIFAR ResNet of ``depth`` = 6m + 2 (m basic blocks per stage; widths ``width`` x 1/2/4).
 
     ``blocks``/``widths`` override the stages (e.g. 4 stages, as the authors' Global models use);
@@ -408,9 +484,10 @@ def resnet_cifar(depth: int | None = 32, num_classes: int = 10, width: int = 16,
             raise CondenseError(f"CIFAR ResNet depth {depth!r} is not 6m + 2", "use 20, 32, 44, 56, 110, ...")
         blocks = [(depth - 2) // 6] * 3
     if widths is None:
-        widths = [width * 2 ** i for i in range(len(blocks))]
-    return CifarResNet(blocks, widths, num_classes=num_classes, in_chans=in_chans, stem_width=stem_width,
-                       shortcut=shortcut)
+        widths = [width * 2**i for i in range(len(blocks))]
+    return CifarResNet(
+        blocks, widths, num_classes=num_classes, in_chans=in_chans, stem_width=stem_width, shortcut=shortcut
+    )
 
 
 def resnet20(num_classes: int = 10, **kw: Any) -> CifarResNet:
@@ -428,15 +505,29 @@ def resnet56(num_classes: int = 10, **kw: Any) -> CifarResNet:
     return resnet_cifar(56, num_classes, **kw)
 
 
-def wide_resnet(depth: int = 40, widen: int = 4, num_classes: int = 10, *, drop_rate: float = 0.0,
-                widths: Sequence[int] | None = None, stem_width: int = 16, in_chans: int = 3) -> WideResNet:
+def wide_resnet(
+    depth: int = 40,
+    widen: int = 4,
+    num_classes: int = 10,
+    *,
+    drop_rate: float = 0.0,
+    widths: Sequence[int] | None = None,
+    stem_width: int = 16,
+    in_chans: int = 3,
+) -> WideResNet:
     """WRN-``depth``-``widen`` (depth = 6n + 4: n pre-activation blocks per stage)."""
     if (depth - 4) % 6 or depth < 10:
         raise CondenseError(f"WRN depth {depth!r} is not 6n + 4", "use 16, 22, 28, 40, ...")
     n = (depth - 4) // 6
     widths = widths or [16 * widen, 32 * widen, 64 * widen]
-    return WideResNet([n] * len(widths), widths, num_classes=num_classes, in_chans=in_chans,
-                      stem_width=stem_width, drop_rate=drop_rate)
+    return WideResNet(
+        [n] * len(widths),
+        widths,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        stem_width=stem_width,
+        drop_rate=drop_rate,
+    )
 
 
 def wrn_40_4(num_classes: int = 10, **kw: Any) -> WideResNet:
@@ -547,8 +638,7 @@ def mnist_pde_net_image(num_classes: int = 10, K: int = 5) -> FeatureNet:
     """A 524-param variant (condense's earlier Fig. 2 PDE-Net, not the authors'): one ``GlobalLayer`` on the
     raw image (H^0 and source = the image; u, v from two depthwise 3x3 convs + BN = 22 params, bounded;
     constant diffusion 1, K=5, dt=0.2; BN-ReLU out = 2)."""
-    layer = GlobalLayer(1, GlobalConfig(K=K, velocity="dwconv", diffusion="constant", out_norm="batch",
-                                        out_act="relu"))
+    layer = GlobalLayer(1, GlobalConfig(K=K, velocity="dwconv", diffusion="constant", out_norm="batch", out_act="relu"))
     return FeatureNet(layer, num_classes)
 
 
@@ -579,8 +669,14 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "mnist_pde_net_image": mnist_pde_net_image,
 }
 
-_MNIST = {"mnist_resnet", "mnist_resnet_small", "mnist_cnn_net", "mnist_residual_net", "mnist_pde_net",
-          "mnist_pde_net_image"}
+_MNIST = {
+    "mnist_resnet",
+    "mnist_resnet_small",
+    "mnist_cnn_net",
+    "mnist_residual_net",
+    "mnist_pde_net",
+    "mnist_pde_net_image",
+}
 
 
 def names() -> list[str]:
@@ -613,7 +709,8 @@ def build(name: str, **kwargs: Any) -> nn.Module:
         text = str(err)
         if not any(s in text for s in ("unexpected keyword", "multiple values", "required positional")):
             raise
-        raise CondenseError(f"zoo:{name}: {text.split('() ', 1)[-1]}",
-                            f"see condense.zoo.{fn.__name__} for its arguments") from err
+        raise CondenseError(
+            f"zoo:{name}: {text.split('() ', 1)[-1]}", f"see condense.zoo.{fn.__name__} for its arguments"
+        ) from err
     model.pretrained_cfg = {"input_size": input_size(name)}  # read by condense's default input size
     return model

@@ -27,6 +27,7 @@ also holds a channel share per run (``width[PATH]``, pruned with Torch-Pruning; 
 Budgets are hard constraints (``trial.set_constraint``): an over-budget plan is counted, never trained,
 and never on the front. Sampler: NSGA-II (or TPE, or random as a baseline), seeded per trial number.
 """
+
 from ._cli import compare_main, export_main, search_main
 from ._compare import compare_studies, hypervolume, latency_fronts
 from ._config import SearchConfig, load_config
@@ -42,13 +43,40 @@ from ._supernet import SupernetObjective, SupernetOptions, run_supernet_search, 
 from ._workers import recover_stale_trials
 
 __all__ = [
-    "run_search", "SearchConfig", "SearchResult",
-    "run_supernet_search", "SupernetOptions", "SupernetObjective", "supernet",
-    "SearchSpace", "RunSpace", "Param", "build_space",
-    "open_study", "study_from_dir", "load_config", "recover_stale_trials", "Objective", "build_plan", "measure_latency",
-    "trials_frame", "front_frame", "write_csv", "front_table", "plot_front", "plot_fronts",
-    "compare_studies", "hypervolume", "latency_fronts",
-    "export_trial", "ExportResult",
-    "FinishConfig", "FinishResult", "finish_front", "kendall_tau",
-    "search_main", "export_main", "compare_main",
+    "run_search",
+    "SearchConfig",
+    "SearchResult",
+    "run_supernet_search",
+    "SupernetOptions",
+    "SupernetObjective",
+    "supernet",
+    "SearchSpace",
+    "RunSpace",
+    "Param",
+    "build_space",
+    "open_study",
+    "study_from_dir",
+    "load_config",
+    "recover_stale_trials",
+    "Objective",
+    "build_plan",
+    "measure_latency",
+    "trials_frame",
+    "front_frame",
+    "write_csv",
+    "front_table",
+    "plot_front",
+    "plot_fronts",
+    "compare_studies",
+    "hypervolume",
+    "latency_fronts",
+    "export_trial",
+    "ExportResult",
+    "FinishConfig",
+    "FinishResult",
+    "finish_front",
+    "kendall_tau",
+    "search_main",
+    "export_main",
+    "compare_main",
 ]

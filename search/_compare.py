@@ -21,6 +21,7 @@ front (its fine-tuned members with ``finished``) are loaded from their saved dir
 file without ``trust_code``) and timed with the original model interleaved in one run, at each batch size;
 each study's front is then ``(error, latency / original's)`` per batch size, reference point ``(1, 1)``.
 """
+
 from __future__ import annotations
 
 import json
@@ -84,8 +85,11 @@ def _dominates(a: np.ndarray, b: np.ndarray) -> bool:
 def pareto_points(points: np.ndarray) -> np.ndarray:
     """The non-dominated rows of ``points`` (minimised), duplicates kept once."""
     pts = np.unique(np.asarray(points, dtype=float), axis=0)
-    keep = [i for i, p in enumerate(pts)
-            if not any(j != i and _dominates(q, p) and np.any(q < p) for j, q in enumerate(pts))]
+    keep = [
+        i
+        for i, p in enumerate(pts)
+        if not any(j != i and _dominates(q, p) and np.any(q < p) for j, q in enumerate(pts))
+    ]
     return pts[keep]
 
 
@@ -103,8 +107,11 @@ def _load(study_dir: Path, finished: bool = False) -> tuple[dict, pd.DataFrame]:
     config_path, trials_path = study_dir / "search.json", study_dir / ("trials.csv" if not finished else FINISHED_CSV)
     for p in (config_path, trials_path):
         if not p.is_file():
-            hint = "run the search again with --finish N (it resumes, then fine-tunes N front members)" \
-                if finished and p == trials_path else "pass a study directory written by condense search"
+            hint = (
+                "run the search again with --finish N (it resumes, then fine-tunes N front members)"
+                if finished and p == trials_path
+                else "pass a study directory written by condense search"
+            )
             raise CondenseError(f"{study_dir} has no {p.name}", hint)
     try:
         config = json.loads(config_path.read_text())
@@ -123,15 +130,27 @@ def _objective(config: dict) -> str:
 def _scaled_latency(trials: pd.DataFrame, ref: dict) -> np.ndarray:
     ok = trials[(trials["state"] == "COMPLETE") & (trials.get("feasible", True) == True)]  # noqa: E712
     ok = ok.dropna(subset=["accuracy", "latency_ms"]) if "latency_ms" in ok else ok.iloc[:0]
-    return np.column_stack([1.0 - ok["accuracy"].to_numpy(float),
-                            ok["latency_ms"].to_numpy(float) / ref["latency_ms"]]) if len(ok) else np.zeros((0, 2))
+    return (
+        np.column_stack([1.0 - ok["accuracy"].to_numpy(float), ok["latency_ms"].to_numpy(float) / ref["latency_ms"]])
+        if len(ok)
+        else np.zeros((0, 2))
+    )
 
 
 def _scaled(trials: pd.DataFrame, ref: dict) -> np.ndarray:
     ok = trials[(trials["state"] == "COMPLETE") & (trials.get("feasible", True) == True)]  # noqa: E712
     ok = ok.dropna(subset=["accuracy", "macs", "params"])
-    return np.column_stack([1.0 - ok["accuracy"].to_numpy(float), ok["macs"].to_numpy(float) / ref["macs"],
-                            ok["params"].to_numpy(float) / ref["params"]]) if len(ok) else np.zeros((0, 3))
+    return (
+        np.column_stack(
+            [
+                1.0 - ok["accuracy"].to_numpy(float),
+                ok["macs"].to_numpy(float) / ref["macs"],
+                ok["params"].to_numpy(float) / ref["params"],
+            ]
+        )
+        if len(ok)
+        else np.zeros((0, 3))
+    )
 
 
 def compare_studies(dirs: Sequence[str | os.PathLike], *, finished: bool = False) -> pd.DataFrame:
@@ -145,20 +164,27 @@ def compare_studies(dirs: Sequence[str | os.PathLike], *, finished: bool = False
     refs = [(c.get("reference") or {}) for _, c, _ in loaded]
     ref = refs[0]
     if not ref.get("macs") or not ref.get("params"):
-        raise CondenseError(f"{loaded[0][0]}/search.json has no original MAC/parameter counts",
-                            "re-run the search with this version of condense")
+        raise CondenseError(
+            f"{loaded[0][0]}/search.json has no original MAC/parameter counts",
+            "re-run the search with this version of condense",
+        )
     for (d, _, _), r in zip(loaded[1:], refs[1:]):
         if (r.get("macs"), r.get("params")) != (ref["macs"], ref["params"]):
-            raise CondenseError(f"{d} searched another model ({r.get('macs')} MACs vs {ref['macs']})",
-                                "compare studies of one model")
+            raise CondenseError(
+                f"{d} searched another model ({r.get('macs')} MACs vs {ref['macs']})", "compare studies of one model"
+            )
     kinds = {_objective(c) for _, c, _ in loaded}
     if len(kinds) > 1:
-        raise CondenseError("some studies trade accuracy against latency, others against MACs",
-                            "compare studies searched with the same --objective")
+        raise CondenseError(
+            "some studies trade accuracy against latency, others against MACs",
+            "compare studies searched with the same --objective",
+        )
     latency = kinds == {"latency"}
     if latency and not ref.get("latency_ms"):
-        raise CondenseError(f"{loaded[0][0]}/search.json has no measured latency of the original",
-                            "re-run the search with this version of condense")
+        raise CondenseError(
+            f"{loaded[0][0]}/search.json has no measured latency of the original",
+            "re-run the search with this version of condense",
+        )
     scale = _scaled_latency if latency else _scaled
     corner = (1.0, 1.0) if latency else (1.0, 1.0, 1.0)
     points = {d.name: scale(t, ref) for d, _, t in loaded}
@@ -166,10 +192,15 @@ def compare_studies(dirs: Sequence[str | os.PathLike], *, finished: bool = False
     rows = []
     for d, config, _ in loaded:
         name = d.name
-        row = {"study": name, "sampler": (config.get("config") or config).get("sampler"),
-               "trials": len(points[name]), "front": len(fronts[name]),
-               "hypervolume": hypervolume(points[name], corner), "objective": "latency" if latency else "macs",
-               "best_accuracy": float(1.0 - points[name][:, 0].min()) if len(points[name]) else float("nan")}
+        row = {
+            "study": name,
+            "sampler": (config.get("config") or config).get("sampler"),
+            "trials": len(points[name]),
+            "front": len(fronts[name]),
+            "hypervolume": hypervolume(points[name], corner),
+            "objective": "latency" if latency else "macs",
+            "best_accuracy": float(1.0 - points[name][:, 0].min()) if len(points[name]) else float("nan"),
+        }
         for other in fronts:
             if other != name:
                 row[f"covers[{other}]"] = dominated_share(fronts[name], fronts[other])
@@ -188,15 +219,26 @@ def _members(study_dir: Path, finished: bool) -> list[tuple[int, float, Path]]:
         trial = int(row["trial"])
         directory = study_dir / ("finished" if finished else "trials") / str(trial) / ("model" if finished else "")
         if not (directory / "condensed.json").is_file():
-            raise CondenseError(f"{study_dir}: trial {trial} has no saved model ({directory})",
-                                "re-run the search (it resumes) to write it")
+            raise CondenseError(
+                f"{study_dir}: trial {trial} has no saved model ({directory})",
+                "re-run the search (it resumes) to write it",
+            )
         out.append((trial, float(row["accuracy"]), directory))
     return out
 
 
-def latency_fronts(dirs: Sequence[str | os.PathLike], *, finished: bool = False, batches: Sequence[int] = (1, 32),
-                   device: str = "cpu", threads: int | None = 1, repeats: int = 20, warmup: int = 3,
-                   trust_code: bool = False, progress=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def latency_fronts(
+    dirs: Sequence[str | os.PathLike],
+    *,
+    finished: bool = False,
+    batches: Sequence[int] = (1, 32),
+    device: str = "cpu",
+    threads: int | None = 1,
+    repeats: int = 20,
+    warmup: int = 3,
+    trust_code: bool = False,
+    progress=None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Re-time the front members of every study with the original, interleaved in one run (module docstring).
 
     Returns ``(members, summary)``: ``members`` has one row per member (``study``, ``trial``, ``accuracy``,
@@ -224,8 +266,17 @@ def latency_fronts(dirs: Sequence[str | os.PathLike], *, finished: bool = False,
             rows.append({"study": name, "trial": trial, "accuracy": accuracy, "macs": macs, "params": n_params})
     macs0, params0 = condense.macs_and_params(models["original"], size)
     rows.append({"study": "original", "trial": None, "accuracy": float("nan"), "macs": macs0, "params": params0})
-    timed = condense.measure_side_by_side(models, size, batches=batches, reference="original", device=device,
-                                          threads=threads, repeats=repeats, warmup=warmup, progress=say)
+    timed = condense.measure_side_by_side(
+        models,
+        size,
+        batches=batches,
+        reference="original",
+        device=device,
+        threads=threads,
+        repeats=repeats,
+        warmup=warmup,
+        progress=say,
+    )
     for row in rows:
         key = "original" if row["study"] == "original" else f"{row['study']}/{row['trial']}"
         for b in batches:
@@ -234,15 +285,23 @@ def latency_fronts(dirs: Sequence[str | os.PathLike], *, finished: bool = False,
     members = pd.DataFrame(rows)
     summary = []
     for b in batches:
-        points = {name: members[members["study"] == name][["accuracy", f"b{b}_ratio"]].to_numpy(float)
-                  for name in studies}
-        points = {name: np.column_stack([1.0 - p[:, 0], p[:, 1]]) if len(p) else np.zeros((0, 2))
-                  for name, p in points.items()}
+        points = {
+            name: members[members["study"] == name][["accuracy", f"b{b}_ratio"]].to_numpy(float) for name in studies
+        }
+        points = {
+            name: np.column_stack([1.0 - p[:, 0], p[:, 1]]) if len(p) else np.zeros((0, 2))
+            for name, p in points.items()
+        }
         fronts = {name: pareto_points(p) if len(p) else p for name, p in points.items()}
         for name in studies:
-            row = {"study": name, "batch": int(b), "members": len(points[name]), "front": len(fronts[name]),
-                   "hypervolume": hypervolume(points[name], (1.0, 1.0)) if len(points[name]) else 0.0,
-                   "best_accuracy": float(1.0 - points[name][:, 0].min()) if len(points[name]) else float("nan")}
+            row = {
+                "study": name,
+                "batch": int(b),
+                "members": len(points[name]),
+                "front": len(fronts[name]),
+                "hypervolume": hypervolume(points[name], (1.0, 1.0)) if len(points[name]) else 0.0,
+                "best_accuracy": float(1.0 - points[name][:, 0].min()) if len(points[name]) else float("nan"),
+            }
             for other in studies:
                 if other != name:
                     row[f"covers[{other}]"] = dominated_share(fronts[name], fronts[other])

@@ -10,6 +10,7 @@ or seed is another study); ties a study to where its files sit (the model file, 
 by file name, the data also by its content fingerprint; the data's absolute path only for a study in a local
 folder), so workers on other hosts may keep them elsewhere.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,13 +29,46 @@ CONFIG = "search.json"
 TRIALS = "trials"
 SAMPLERS = ("nsgaii", "tpe", "random")
 # the options that define what a trial measures: a study resumed with others would mix incomparable trials
-_IDENTITY = ("model", "checkpoint", "data", "limit_train", "limit_test", "input_size", "macs", "params",
-             "epochs_per_trial", "steps_per_epoch", "batch_size", "lr", "distill", "teacher", "teacher_checkpoint",
-             "latency", "latency_batch", "latency_compiled", "sampler", "population", "layers", "K")
+_IDENTITY = (
+    "model",
+    "checkpoint",
+    "data",
+    "limit_train",
+    "limit_test",
+    "input_size",
+    "macs",
+    "params",
+    "epochs_per_trial",
+    "steps_per_epoch",
+    "batch_size",
+    "lr",
+    "distill",
+    "teacher",
+    "teacher_checkpoint",
+    "latency",
+    "latency_batch",
+    "latency_compiled",
+    "sampler",
+    "population",
+    "layers",
+    "K",
+)
 SEARCH_KIND = "search"
 # what a search writes into its folder (a folder's manifest lists these; anything else in it is the user's)
-SEARCH_FILES = (CONFIG, JOURNAL, JOURNAL + ".lock", TRIALS + "/", "trials.csv", "front.csv", "front.png",
-                "finished/", "finished.csv", "finished.png", "supernet/", "export/")
+SEARCH_FILES = (
+    CONFIG,
+    JOURNAL,
+    JOURNAL + ".lock",
+    TRIALS + "/",
+    "trials.csv",
+    "front.csv",
+    "front.png",
+    "finished/",
+    "finished.csv",
+    "finished.png",
+    "supernet/",
+    "export/",
+)
 
 
 def _spec_identity(spec: str) -> str:
@@ -47,44 +81,44 @@ def _spec_identity(spec: str) -> str:
 class SearchConfig:
     """Everything a search needs; ``run_search`` builds it from its keywords (same names)."""
 
-    model: str | None                      # timm:NAME, zoo:NAME or file.py:factory (None: an nn.Module given)
-    data: str                              # cifar10:PATH, mnist:PATH, ...
+    model: str | None  # timm:NAME, zoo:NAME or file.py:factory (None: an nn.Module given)
+    data: str  # cifar10:PATH, mnist:PATH, ...
     output: str = "searches/run"
-    macs: str | None = None                # MAC budget: 250M, 60%, ...
-    params: str | None = None              # parameter budget
-    trials: int = 40                       # plans to evaluate within the budgets (over-budget ones are extra)
+    macs: str | None = None  # MAC budget: 250M, 60%, ...
+    params: str | None = None  # parameter budget
+    trials: int = 40  # plans to evaluate within the budgets (over-budget ones are extra)
     epochs_per_trial: int = 1
-    steps_per_epoch: int | None = None     # cap on the steps of each epoch (None: the whole split)
+    steps_per_epoch: int | None = None  # cap on the steps of each epoch (None: the whole split)
     batch_size: int = 128
     lr: float = 0.05
     limit_train: int | None = None
     limit_test: int | None = None
-    input_size: tuple[int, int, int] | None = None   # resize the data to this (default: the data's size)
-    checkpoint: str | None = None          # local weights for the original model
-    distill: bool = False                  # distil each trial from the original model
-    teacher: str | None = None             # ... or from this model (a spec; implies distillation)
+    input_size: tuple[int, int, int] | None = None  # resize the data to this (default: the data's size)
+    checkpoint: str | None = None  # local weights for the original model
+    distill: bool = False  # distil each trial from the original model
+    teacher: str | None = None  # ... or from this model (a spec; implies distillation)
     teacher_checkpoint: str | None = None  # local weights for the teacher
-    latency: bool = False                  # also minimise measured latency on this machine
-    latency_batch: int = 1                 # ... at this batch size
-    latency_compiled: bool = False         # ... of the torch.compile'd model (default eager)
-    device: str = "auto"                   # where trials train and latency is measured (auto: CUDA if any)
+    latency: bool = False  # also minimise measured latency on this machine
+    latency_batch: int = 1  # ... at this batch size
+    latency_compiled: bool = False  # ... of the torch.compile'd model (default eager)
+    device: str = "auto"  # where trials train and latency is measured (auto: CUDA if any)
     sampler: str = "nsgaii"
-    population: int = 10                   # NSGA-II population size
+    population: int = 10  # NSGA-II population size
     seed: int = 0
     layers: tuple[str, ...] | None = None  # layer types to search (default: all)
-    K: tuple[int, int] | None = None       # K range (default 1..20)
+    K: tuple[int, int] | None = None  # K range (default 1..20)
     widths: tuple[float, ...] | None = None  # shares of a run's channels width[PATH] may remove (default: no width)
-    width_importance: str = "l1"           # how trials with width rank channels: l1 or group
-    depth: bool = True                     # False: width alone (needs widths), every run keeps its blocks
-    objective: str = "macs"                # macs: (accuracy, MACs, params[, latency]); latency: (accuracy, latency)
-    storage: str | None = None             # database URL (default: STUDY_DIR/study.journal)
+    width_importance: str = "l1"  # how trials with width rank channels: l1 or group
+    depth: bool = True  # False: width alone (needs widths), every run keeps its blocks
+    objective: str = "macs"  # macs: (accuracy, MACs, params[, latency]); latency: (accuracy, latency)
+    storage: str | None = None  # database URL (default: STUDY_DIR/study.journal)
     study_name: str | None = None
     heartbeat_interval: int = 30
     grace_period: int = 120
     max_retry: int = 3
-    reference: bool = True                 # proxy-train the original model once, for the plot and table
-    enqueue_fit: bool = True               # first trial: condense.fit's plan for the budget
-    max_proposals: int | None = None       # stop after this many over-budget/duplicate plans (None: 10 x trials)
+    reference: bool = True  # proxy-train the original model once, for the plot and table
+    enqueue_fit: bool = True  # first trial: condense.fit's plan for the budget
+    max_proposals: int | None = None  # stop after this many over-budget/duplicate plans (None: 10 x trials)
 
     def __post_init__(self) -> None:
         def bad(field: str, why: str) -> None:
@@ -135,8 +169,10 @@ class SearchConfig:
         if not isinstance(self.depth, bool):
             bad("depth", "must be True or False")
         if not self.depth and not self.widths:
-            raise ConfigError("a search without depth (--no-depth) has nothing to choose",
-                              "add --widths, e.g. --widths 0.25,0.5, or drop --no-depth")
+            raise ConfigError(
+                "a search without depth (--no-depth) has nothing to choose",
+                "add --widths, e.g. --widths 0.25,0.5, or drop --no-depth",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -189,8 +225,9 @@ def load_config(output: str | os.PathLike) -> dict[str, Any]:
     """``STUDY_DIR/search.json`` as written by a search."""
     path = Path(output) / CONFIG
     if not path.is_file():
-        raise CondenseError(f"{str(output)!r} is not a search directory (no {CONFIG})",
-                            "pass the output directory of `condense search`")
+        raise CondenseError(
+            f"{str(output)!r} is not a search directory (no {CONFIG})", "pass the output directory of `condense search`"
+        )
     config = read_json(path, "re-run the search into a new output directory")
     if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
         raise CondenseError(f"{path} is not a search's configuration", "re-run the search into a new output directory")

@@ -14,6 +14,7 @@ Which members: the front sorted by MACs; with more members than ``top``, ``top``
 that order, the cheapest and the most accurate always among them (a front is a trade-off, so finishing only
 its most accurate end says nothing about the rest of it).
 """
+
 from __future__ import annotations
 
 import copy
@@ -55,14 +56,16 @@ class FinishConfig:
         for field in ("top", "epochs"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"finish option {field}={value!r}: must be an integer >= 1",
-                                  "e.g. --finish 3 --finish-epochs 10")
+                raise ConfigError(
+                    f"finish option {field}={value!r}: must be an integer >= 1", "e.g. --finish 3 --finish-epochs 10"
+                )
         if self.lr is not None and not (isinstance(self.lr, (int, float)) and 0 < self.lr < math.inf):
             raise ConfigError(f"finish option lr={self.lr!r}: must be a number > 0")
 
     def train_config(self, batch_size: int, lr: float, seed: int) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs, batch_size=batch_size, lr=self.lr if self.lr is not None else lr,
-                           seed=seed)
+        return TrainConfig(
+            epochs=self.epochs, batch_size=batch_size, lr=self.lr if self.lr is not None else lr, seed=seed
+        )
 
 
 @dataclasses.dataclass
@@ -127,14 +130,29 @@ def _done(directory: Path, config: TrainConfig) -> dict[str, Any] | None:
     except (OSError, ValueError, RecursionError):
         return None
     if metrics.get("config") != config.to_dict():
-        raise CondenseError(f"{directory} was fine-tuned with other options (epochs, lr, batch size or seed)",
-                            f"give the same --finish-epochs/--finish-lr, or remove {directory.parent} to start over")
+        raise CondenseError(
+            f"{directory} was fine-tuned with other options (epochs, lr, batch size or seed)",
+            f"give the same --finish-epochs/--finish-lr, or remove {directory.parent} to start over",
+        )
     return metrics
 
 
-def finish_front(front: pd.DataFrame, study_dir: str | Path, original: nn.Module, data, config: FinishConfig, *,
-                 batch_size: int, lr: float, seed: int, teacher: nn.Module | None = None, device: Any = "auto",
-                 reference: dict[str, Any] | None = None, console=None, progress: bool = True) -> FinishResult:
+def finish_front(
+    front: pd.DataFrame,
+    study_dir: str | Path,
+    original: nn.Module,
+    data,
+    config: FinishConfig,
+    *,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    teacher: nn.Module | None = None,
+    device: Any = "auto",
+    reference: dict[str, Any] | None = None,
+    console=None,
+    progress: bool = True,
+) -> FinishResult:
     """Fine-tune ``config.top`` members of ``front`` (a ``front_frame``) from their saved models in
     ``study_dir/trials/<N>/`` and write the files named in the module docstring. ``original``: the search's
     uncondensed model (the saved directories are rebuilt on it, so no file is imported from them).
@@ -143,16 +161,19 @@ def finish_front(front: pd.DataFrame, study_dir: str | Path, original: nn.Module
     train_cfg = config.train_config(batch_size, lr, seed)
     members = pick_members(front, config.top)
     if not members:
-        raise CondenseError("the search has no trained front member to finish",
-                            "run more trials, or loosen the budgets")
+        raise CondenseError(
+            "the search has no trained front member to finish", "run more trials, or loosen the budgets"
+        )
     by_trial = {int(r["trial"]): r for _, r in front.iterrows()}
     rows = []
     for i, number in enumerate(members, start=1):
         row = by_trial[number]
         source = root / "trials" / str(number)
         if not (source / "condensed.json").is_file():
-            raise CondenseError(f"front member {number} has no saved model in {source}",
-                                "finish on the host that ran the trial, or re-run the search there")
+            raise CondenseError(
+                f"front member {number} has no saved model in {source}",
+                "finish on the host that ran the trial, or re-run the search there",
+            )
         target = root / FINISHED / str(number)
         metrics = _done(target, train_cfg)
         t0 = time.perf_counter()
@@ -160,34 +181,59 @@ def finish_front(front: pd.DataFrame, study_dir: str | Path, original: nn.Module
             meta = read_meta(source)
             model = load(source, model=copy.deepcopy(original))
             if console is not None:
-                console.print(f"finishing trial {number} ({i}/{len(members)}): {train_cfg.epochs} epoch(s) from the "
-                              f"search's weights (score {row['accuracy']:.4f})", highlight=False)
-            result = train(model, data, train_cfg, out_dir=target, teacher=teacher,
-                           resume=(target / "last.pt").exists(), progress=progress and console is not None,
-                           device=device, extra_metrics={"finished_trial": number, "search_score": row["accuracy"]})
+                console.print(
+                    f"finishing trial {number} ({i}/{len(members)}): {train_cfg.epochs} epoch(s) from the "
+                    f"search's weights (score {row['accuracy']:.4f})",
+                    highlight=False,
+                )
+            result = train(
+                model,
+                data,
+                train_cfg,
+                out_dir=target,
+                teacher=teacher,
+                resume=(target / "last.pt").exists(),
+                progress=progress and console is not None,
+                device=device,
+                extra_metrics={"finished_trial": number, "search_score": row["accuracy"]},
+            )
             trained = {"data": data.name, "epochs": train_cfg.epochs, "from": f"search trial {number}"}
             write_model_dir(target / "model", model.cpu().eval(), {**meta, "trained": trained})
             metrics = result.metrics
-        record = {"trial": number, "score": float(row["accuracy"]), "accuracy": float(metrics["test_acc"]),
-                  "best_accuracy": float(metrics.get("best_test_acc", metrics["test_acc"])),
-                  "macs": int(metrics.get("macs", row["macs"])), "params": int(metrics.get("params", row["params"]))}
+        record = {
+            "trial": number,
+            "score": float(row["accuracy"]),
+            "accuracy": float(metrics["test_acc"]),
+            "best_accuracy": float(metrics.get("best_test_acc", metrics["test_acc"])),
+            "macs": int(metrics.get("macs", row["macs"])),
+            "params": int(metrics.get("params", row["params"])),
+        }
         if "latency_ms" in row and pd.notna(row.get("latency_ms")):
             record["latency_ms"] = float(row["latency_ms"])
         record.update({k: row[k] for k in _PLAN_COLUMNS if k in row})
         record.update({k: row[k] for k in row.index if str(k).startswith(("m[", "drop["))})
         seconds = float(metrics.get("train_seconds_this_run", time.perf_counter() - t0))
-        record.update({"epochs": train_cfg.epochs, "lr": train_cfg.lr, "train_seconds": round(seconds, 1),
-                       "model_dir": str(target / "model")})
+        record.update(
+            {
+                "epochs": train_cfg.epochs,
+                "lr": train_cfg.lr,
+                "train_seconds": round(seconds, 1),
+                "model_dir": str(target / "model"),
+            }
+        )
         rows.append(record)
     table = pd.DataFrame(rows).sort_values("macs").reset_index(drop=True)
     table["on_front"] = _on_front(table)
     tau = kendall_tau(list(table["score"]), list(table["accuracy"])) if len(table) >= 3 else float("nan")
     files = {"finished": write_csv(table, root / FINISHED_CSV)}
     try:
-        files["finished plot"] = plot_front(table.assign(status="trained"), root / "finished.png",
-                                            reference={k: v for k, v in (reference or {}).items() if k != "accuracy"},
-                                            title=f"finished front members ({train_cfg.epochs} epochs each)",
-                                            ylabel="accuracy (fine-tuned)")
+        files["finished plot"] = plot_front(
+            table.assign(status="trained"),
+            root / "finished.png",
+            reference={k: v for k, v in (reference or {}).items() if k != "accuracy"},
+            title=f"finished front members ({train_cfg.epochs} epochs each)",
+            ylabel="accuracy (fine-tuned)",
+        )
     except ImportError:
         pass
     return FinishResult(table=table, tau=tau, files=files)
@@ -201,16 +247,33 @@ def _on_front(table: pd.DataFrame) -> list[bool]:
 
 def finish_table(result: FinishResult, title: str = "finished front members"):
     """A rich Table of ``result`` (what ``condense search --finish`` prints)."""
-    t = Table("trial", "MACs", "params", "plan", "search score", "final accuracy", "best", "seconds", title=title,
-              title_justify="left")
+    t = Table(
+        "trial",
+        "MACs",
+        "params",
+        "plan",
+        "search score",
+        "final accuracy",
+        "best",
+        "seconds",
+        title=title,
+        title_justify="left",
+    )
     for _, r in result.table.iterrows():
         plan = " ".join(str(r[k]) for k in ("layer", "K") if k in r and pd.notna(r[k])) or "original"
-        t.add_row(str(r["trial"]), format_count(r["macs"]), format_count(r["params"]), plan, f"{r['score']:.4f}",
-                  f"{r['accuracy']:.4f}", f"{r['best_accuracy']:.4f}", f"{r['train_seconds']:.0f}")
+        t.add_row(
+            str(r["trial"]),
+            format_count(r["macs"]),
+            format_count(r["params"]),
+            plan,
+            f"{r['score']:.4f}",
+            f"{r['accuracy']:.4f}",
+            f"{r['best_accuracy']:.4f}",
+            f"{r['train_seconds']:.0f}",
+        )
     return t
 
 
 def _as_trials(table: pd.DataFrame) -> pd.DataFrame:
     """``finished.csv`` in the shape of ``trials.csv`` (for ``condense compare --finished``)."""
     return table.assign(state="COMPLETE", feasible=True, status="trained")
-

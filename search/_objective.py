@@ -11,6 +11,7 @@ such as ``velocity`` of an RD layer, may differ): that trial is pruned as a ``du
 A trial with width (``width[PATH]`` > 0) prunes the original's channels with Torch-Pruning first
 (``condense._width``), then applies the plan to the pruned model; its directory records the pruning.
 """
+
 from __future__ import annotations
 
 import copy
@@ -26,14 +27,29 @@ import optuna
 import torch
 from torch import nn
 
-from condense import (CondenseError, LatencySetting, Plan, PlanCosts, find_runs, macs_and_params, rewrite,
-                      write_condensed)
+from condense import (
+    CondenseError,
+    LatencySetting,
+    Plan,
+    PlanCosts,
+    find_runs,
+    macs_and_params,
+    rewrite,
+    write_condensed,
+)
 from condense import measure_latency as _measure
 from condense._width import WidthSpec, prune
 from condense.train import TrainConfig, train
 
-__all__ = ["Objective", "OBJECTIVES", "OBJECTIVE_KINDS", "objective_names", "measure_latency", "build_plan",
-           "build_trial"]
+__all__ = [
+    "Objective",
+    "OBJECTIVES",
+    "OBJECTIVE_KINDS",
+    "objective_names",
+    "measure_latency",
+    "build_plan",
+    "build_trial",
+]
 
 # name, direction; latency is appended when measured
 OBJECTIVES: tuple[tuple[str, str], ...] = (("accuracy", "maximize"), ("macs", "minimize"), ("params", "minimize"))
@@ -52,10 +68,14 @@ def _plan_key(plan: Any) -> str:
 def _same_plan(trial: optuna.Trial, plan: Plan, width: dict[str, float] | None = None) -> int | None:
     """The number of a finished trial of the study with this very plan (and width), if any (None otherwise)."""
     key = _plan_key([plan.to_dict(), width or {}])
-    for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
-                                                             optuna.trial.TrialState.PRUNED)):
-        if t.user_attrs.get("status") != STATUS_DUPLICATE and "plan" in t.user_attrs \
-                and _plan_key([t.user_attrs["plan"], t.user_attrs.get("width") or {}]) == key:
+    for t in trial.study.get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    ):
+        if (
+            t.user_attrs.get("status") != STATUS_DUPLICATE
+            and "plan" in t.user_attrs
+            and _plan_key([t.user_attrs["plan"], t.user_attrs.get("width") or {}]) == key
+        ):
             return t.number
     return None
 
@@ -88,8 +108,15 @@ def build_plan(model: nn.Module, found, plan: Plan, seed: int) -> nn.Module:
     return build_trial(model, found, plan, seed)[0]
 
 
-def build_trial(model: nn.Module, found, plan: Plan, seed: int, width: dict[str, float] | None = None,
-                input_size=None, importance: str = "l1"):
+def build_trial(
+    model: nn.Module,
+    found,
+    plan: Plan,
+    seed: int,
+    width: dict[str, float] | None = None,
+    input_size=None,
+    importance: str = "l1",
+):
     """``build_plan`` with a width: the original pruned first (run path -> share of channels removed,
     ``condense._width.prune``, importance from its weights), then ``plan`` applied to the pruned model.
     Returns the model and the pruning's ``WidthFit`` record (None without width)."""
@@ -109,10 +136,10 @@ def build_trial(model: nn.Module, found, plan: Plan, seed: int, width: dict[str,
 class Objective:
     """The objective of a study (``study.optimize(Objective(...))``); see the module docstring."""
 
-    space: Any                      # SearchSpace
-    model: nn.Module                # the original model (never modified)
-    found: Any                      # condense.FindResult of ``model``
-    data: Any                       # condense.DataBundle
+    space: Any  # SearchSpace
+    model: nn.Module  # the original model (never modified)
+    found: Any  # condense.FindResult of ``model``
+    data: Any  # condense.DataBundle
     train_config: TrainConfig
     trials_dir: Path
     macs_before: int
@@ -121,17 +148,17 @@ class Objective:
     params_budget: float | None = None
     teacher: nn.Module | None = None
     latency: bool = False
-    latency_setting: LatencySetting | None = None   # batch, eager/compiled, threads (default batch 1 eager)
-    spec: Any = None                # ModelSpec (or None for a model built in Python)
+    latency_setting: LatencySetting | None = None  # batch, eager/compiled, threads (default batch 1 eager)
+    spec: Any = None  # ModelSpec (or None for a model built in Python)
     model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     checkpoint: str | None = None
     study_name: str = ""
     seed: int = 0
-    device: str = "auto"            # where trials train (latency: ``latency_setting.device``)
+    device: str = "auto"  # where trials train (latency: ``latency_setting.device``)
     phase: Callable[[str], None] | None = None
-    screen: bool = True             # reject plans far over budget by estimate (see ``estimate``)
-    objective: str = "macs"         # macs: (accuracy, MACs, params[, latency]); latency: (accuracy, latency)
-    width_importance: str = "l1"    # how a trial with width ranks channels (l1 or group)
+    screen: bool = True  # reject plans far over budget by estimate (see ``estimate``)
+    objective: str = "macs"  # macs: (accuracy, MACs, params[, latency]); latency: (accuracy, latency)
+    width_importance: str = "l1"  # how a trial with width ranks channels (l1 or group)
     _costs: PlanCosts | None = dataclasses.field(default=None, repr=False)
 
     @property
@@ -179,8 +206,9 @@ class Objective:
             trial.set_user_attr("duplicate_of", same)
             raise optuna.TrialPruned(f"the plan of trial {same}")
 
-    def screen_budget(self, trial: optuna.Trial, plan: Plan, width: dict[str, float] | None = None
-                      ) -> tuple[float, ...] | None:
+    def screen_budget(
+        self, trial: optuna.Trial, plan: Plan, width: dict[str, float] | None = None
+    ) -> tuple[float, ...] | None:
         """The budget screen, one for both strategies' objectives: a plan whose estimate (``estimate``)
         exceeds a budget by more than ``SCREEN_MARGIN`` is recorded on ``trial`` as over budget (its
         estimated MACs and parameters, ``estimated``, the constraints) and never built, trained or scored:
@@ -216,8 +244,9 @@ class Objective:
         self._say(trial, f"training ({self.train_config.epochs} epoch(s))")
         t0 = time.perf_counter()
         try:
-            result = train(model, self.data, self.train_config, teacher=self.teacher, progress=False,
-                           device=self.device)
+            result = train(
+                model, self.data, self.train_config, teacher=self.teacher, progress=False, device=self.device
+            )
             model = model.cpu()  # saved and counted from the CPU; recorded with the device it trained on
             trial.set_user_attr("device", str(result.metrics.get("device")))
         except CondenseError as err:  # the loss became NaN/Inf: this configuration diverges
@@ -258,25 +287,67 @@ class Objective:
         values = (float(accuracy), float(macs), float(params))
         return values + ((float(latency),) if self.latency else ())
 
-    def save_trial(self, trial, model: nn.Module, plan: Plan, macs: int, params: int, accuracy: float,
-                   latency: float, seconds: float, width=None) -> Path:
+    def save_trial(
+        self,
+        trial,
+        model: nn.Module,
+        plan: Plan,
+        macs: int,
+        params: int,
+        accuracy: float,
+        latency: float,
+        seconds: float,
+        width=None,
+    ) -> Path:
         """Write the trained model of ``trial`` to ``trials_dir/<number>`` (condense's save format)."""
         runs = []
         for run in self.space.runs:
             choice = plan.choices.get(run.path)
-            runs.append(dict(path=run.path, block_class=run.block_class, r=run.r, m=choice.m if choice else run.r,
-                             layer=choice.layer if choice else None,
-                             K=int(choice.options["K"]) if choice and "K" in choice.options else None))
-        counts = {"macs_before": self.macs_before, "macs_after": int(macs), "params_before": self.params_before,
-                  "params_after": int(params), "macs_budget": self.macs_budget, "params_budget": self.params_budget}
-        info = {"study": self.study_name, "trial": trial.number, "accuracy": accuracy, "data": self.data.name,
-                "params": {k: v for k, v in trial.params.items()}, "train": self.train_config.to_dict(),
-                "train_seconds": round(seconds, 3), "distilled": self.teacher is not None}
+            runs.append(
+                dict(
+                    path=run.path,
+                    block_class=run.block_class,
+                    r=run.r,
+                    m=choice.m if choice else run.r,
+                    layer=choice.layer if choice else None,
+                    K=int(choice.options["K"]) if choice and "K" in choice.options else None,
+                )
+            )
+        counts = {
+            "macs_before": self.macs_before,
+            "macs_after": int(macs),
+            "params_before": self.params_before,
+            "params_after": int(params),
+            "macs_budget": self.macs_budget,
+            "params_budget": self.params_budget,
+        }
+        info = {
+            "study": self.study_name,
+            "trial": trial.number,
+            "accuracy": accuracy,
+            "data": self.data.name,
+            "params": {k: v for k, v in trial.params.items()},
+            "train": self.train_config.to_dict(),
+            "train_seconds": round(seconds, 3),
+            "distilled": self.teacher is not None,
+        }
         if self.latency:
             info["latency_ms"] = latency
         directory = self.trials_dir / str(trial.number)
-        write_condensed(directory, model.eval(), plan, model_class=self.found.model_class, input_size=self.input_size,
-                        counts=counts, runs=runs, spec=self.spec, model_kwargs=self.model_kwargs or None,
-                        checkpoint=self.checkpoint, extra={"search": json.loads(json.dumps(info, default=str)),
-                                                           **({"width": width.to_dict()} if width else {})})
+        write_condensed(
+            directory,
+            model.eval(),
+            plan,
+            model_class=self.found.model_class,
+            input_size=self.input_size,
+            counts=counts,
+            runs=runs,
+            spec=self.spec,
+            model_kwargs=self.model_kwargs or None,
+            checkpoint=self.checkpoint,
+            extra={
+                "search": json.loads(json.dumps(info, default=str)),
+                **({"width": width.to_dict()} if width else {}),
+            },
+        )
         return directory

@@ -13,6 +13,7 @@ when the run is left alone), ``train_seconds``, ``retry_of`` (the trial a retry 
 of its channels removed). ``front_frame`` has the same columns, for the front only, sorted by MACs (by latency
 for a study whose objective is latency).
 """
+
 from __future__ import annotations
 
 import json
@@ -47,7 +48,7 @@ def _status(t) -> str:
 
 def trials_frame(study: optuna.Study, space) -> pd.DataFrame:
     """Every trial of ``study`` with its plan and figures (see the module docstring)."""
-    names = study.metric_names or ["accuracy", "macs", "params", "latency_ms"][:len(study.directions)]
+    names = study.metric_names or ["accuracy", "macs", "params", "latency_ms"][: len(study.directions)]
     front = {t.number for t in study.best_trials}
     rows = []
     for t in study.get_trials(deepcopy=False):
@@ -76,14 +77,34 @@ def trials_frame(study: optuna.Study, space) -> pd.DataFrame:
         row["plan"] = json.dumps(t.user_attrs["plan"], sort_keys=True) if "plan" in t.user_attrs else None
         row["error"] = t.user_attrs.get("error")
         rows.append(row)
-    columns = ["trial", "state", "status", *[n for n in names], "macs", "params", "feasible", "violation_macs",
-               "violation_params",
-               "on_front", "layer", "K", "init", "velocity", "diffusion", "source",
-               *[space.m_name(r) for r in space.runs],
-               *[space.drop_name(r) for r in space.runs if getattr(space, "drop_per_run", False)],
-               *[space.width_name(r) for r in space.runs if getattr(space, "widths", ())],
-               "estimated", "train_seconds", "retry_of", "duplicate_of", "trial_dir",
-               "plan", "error"]
+    columns = [
+        "trial",
+        "state",
+        "status",
+        *[n for n in names],
+        "macs",
+        "params",
+        "feasible",
+        "violation_macs",
+        "violation_params",
+        "on_front",
+        "layer",
+        "K",
+        "init",
+        "velocity",
+        "diffusion",
+        "source",
+        *[space.m_name(r) for r in space.runs],
+        *[space.drop_name(r) for r in space.runs if getattr(space, "drop_per_run", False)],
+        *[space.width_name(r) for r in space.runs if getattr(space, "widths", ())],
+        "estimated",
+        "train_seconds",
+        "retry_of",
+        "duplicate_of",
+        "trial_dir",
+        "plan",
+        "error",
+    ]
     df = pd.DataFrame(rows, columns=list(dict.fromkeys(columns)))
     df = df.dropna(axis=1, how="all") if not df.empty else df
     for keep in ("trial", "state", "status", *names, "macs", "params", "on_front"):
@@ -120,28 +141,55 @@ def front_table(front: pd.DataFrame, reference: dict[str, Any] | None = None, ti
     drops = any(str(c).startswith("drop[") for c in front.columns)  # a dropped run's m is shown as e.g. 2d
     widths = [c for c in front.columns if str(c).startswith("width[")]
     table = Table(title=title, title_justify="left")
-    for col in ("trial", "accuracy", "MACs", "params", *(["latency"] if "latency_ms" in front else []), "layer",
-                "K", "init", "kept" + (" (d: dropped)" if drops else "") + ": " + " ".join(c[2:-1] for c in ms),
-                *(["width removed: " + " ".join(c[6:-1] for c in widths)] if widths else [])):
-        table.add_column(escape(col), justify="right" if col in ("trial", "accuracy", "MACs", "params", "latency",
-                                                                 "K") else "left")
+    for col in (
+        "trial",
+        "accuracy",
+        "MACs",
+        "params",
+        *(["latency"] if "latency_ms" in front else []),
+        "layer",
+        "K",
+        "init",
+        "kept" + (" (d: dropped)" if drops else "") + ": " + " ".join(c[2:-1] for c in ms),
+        *(["width removed: " + " ".join(c[6:-1] for c in widths)] if widths else []),
+    ):
+        table.add_column(
+            escape(col), justify="right" if col in ("trial", "accuracy", "MACs", "params", "latency", "K") else "left"
+        )
     lat = "latency_ms" in front
     if reference:
         acc = reference.get("accuracy")
-        table.add_row("original", "-" if acc is None else f"{acc:.4f}", format_count(reference["macs"]),
-                      format_count(reference["params"]),
-                      *([f"{reference['latency_ms']:.2f} ms" if reference.get("latency_ms") else "-"] if lat else []),
-                      "-", "-", "-", "all", *(["-"] if widths else []), style="dim")
+        table.add_row(
+            "original",
+            "-" if acc is None else f"{acc:.4f}",
+            format_count(reference["macs"]),
+            format_count(reference["params"]),
+            *([f"{reference['latency_ms']:.2f} ms" if reference.get("latency_ms") else "-"] if lat else []),
+            "-",
+            "-",
+            "-",
+            "all",
+            *(["-"] if widths else []),
+            style="dim",
+        )
         table.add_section()
     for _, row in front.iterrows():
-        kept = " ".join(str(_int(row[c])) + ("d" if _num(row.get("drop" + c[1:])) and bool(row.get("drop" + c[1:]))
-                                             else "") for c in ms)
-        table.add_row(str(row["trial"]), f"{row['accuracy']:.4f}", format_count(row["macs"]),
-                      format_count(row["params"]),
-                      *([f"{row['latency_ms']:.2f} ms" if _num(row.get("latency_ms")) else "-"] if lat else []),
-                      str(row.get("layer") or "-"), str(_int(row.get("K")) or "-"), str(row.get("init") or "-"), kept,
-                      *([" ".join(f"{float(row[c]):g}" if _num(row.get(c)) else "-" for c in widths)]
-                        if widths else []))
+        kept = " ".join(
+            str(_int(row[c])) + ("d" if _num(row.get("drop" + c[1:])) and bool(row.get("drop" + c[1:])) else "")
+            for c in ms
+        )
+        table.add_row(
+            str(row["trial"]),
+            f"{row['accuracy']:.4f}",
+            format_count(row["macs"]),
+            format_count(row["params"]),
+            *([f"{row['latency_ms']:.2f} ms" if _num(row.get("latency_ms")) else "-"] if lat else []),
+            str(row.get("layer") or "-"),
+            str(_int(row.get("K")) or "-"),
+            str(row.get("init") or "-"),
+            kept,
+            *([" ".join(f"{float(row[c]):g}" if _num(row.get(c)) else "-" for c in widths)] if widths else []),
+        )
     return table
 
 

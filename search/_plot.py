@@ -3,6 +3,7 @@
 In: the trial DataFrame of ``search._pareto.trials_frame`` (the data, computed elsewhere). Out: a PNG.
 Never: touches pyplot's global state (a Figure with its own Agg canvas), or the data.
 """
+
 from __future__ import annotations
 
 import io
@@ -18,8 +19,15 @@ from condense import atomic_write
 __all__ = ["plot_front", "plot_fronts"]
 
 
-def plot_front(trials: pd.DataFrame, path: str | os.PathLike, *, reference: dict[str, Any] | None = None,
-               title: str | None = None, dpi: int = 120, ylabel: str = "accuracy (search score)") -> Path:
+def plot_front(
+    trials: pd.DataFrame,
+    path: str | os.PathLike,
+    *,
+    reference: dict[str, Any] | None = None,
+    title: str | None = None,
+    dpi: int = 120,
+    ylabel: str = "accuracy (search score)",
+) -> Path:
     """Write accuracy vs MACs to ``path`` (PNG): trained trials (grey), the front (a staircase, labelled
     with trial numbers), the original model (a star; a dotted line if its accuracy is unknown) and the MAC
     budget (a dashed line). Needs matplotlib (``pip install condense[plot]``)."""
@@ -40,8 +48,13 @@ def plot_front(trials: pd.DataFrame, path: str | os.PathLike, *, reference: dict
             ax.step(front["macs"] / scale, front["accuracy"], where="post", c="tab:blue", lw=1, alpha=0.6, zorder=3)
             ax.scatter(front["macs"] / scale, front["accuracy"], s=34, c="tab:blue", label="Pareto front", zorder=4)
             for _, row in front.iterrows():
-                ax.annotate(str(int(row["trial"])), (row["macs"] / scale, row["accuracy"]), fontsize=7,
-                            xytext=(3, 3), textcoords="offset points")
+                ax.annotate(
+                    str(int(row["trial"])),
+                    (row["macs"] / scale, row["accuracy"]),
+                    fontsize=7,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
     if reference.get("macs"):
         x = reference["macs"] / scale
         acc = reference.get("accuracy")
@@ -54,8 +67,15 @@ def plot_front(trials: pd.DataFrame, path: str | os.PathLike, *, reference: dict
     return _finish(fig, ax, unit, title, path, dpi, ylabel)
 
 
-def plot_fronts(studies: dict[str, pd.DataFrame], path: str | os.PathLike, *, reference: dict[str, Any] | None = None,
-                title: str | None = None, dpi: int = 120, ylabel: str = "accuracy (search score)") -> Path:
+def plot_fronts(
+    studies: dict[str, pd.DataFrame],
+    path: str | os.PathLike,
+    *,
+    reference: dict[str, Any] | None = None,
+    title: str | None = None,
+    dpi: int = 120,
+    ylabel: str = "accuracy (search score)",
+) -> Path:
     """Several searches of one model in one PNG: each study's trained trials (small, faint) and its front
     (a staircase), one colour per study, the original model marked. ``studies``: name -> trials frame."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -78,8 +98,9 @@ def plot_fronts(studies: dict[str, pd.DataFrame], path: str | os.PathLike, *, re
     if reference.get("macs"):
         acc = reference.get("accuracy")
         if acc is not None and not math.isnan(acc):
-            ax.scatter([reference["macs"] / scale], [acc], marker="*", s=160, c="tab:red", label="original model",
-                       zorder=5)
+            ax.scatter(
+                [reference["macs"] / scale], [acc], marker="*", s=160, c="tab:red", label="original model", zorder=5
+            )
         else:
             ax.axvline(reference["macs"] / scale, c="tab:red", ls=":", lw=1.2, label="original model (MACs)")
     return _finish(fig, ax, unit, title, path, dpi, ylabel)
@@ -111,8 +132,15 @@ def _unit(trials: pd.DataFrame, reference: dict[str, Any]) -> tuple[float, str]:
     return 1.0, ""
 
 
-def plot_latency_fronts(members: pd.DataFrame, path: str | os.PathLike, *, batches, title: str | None = None,
-                        dpi: int = 120, ylabel: str = "accuracy") -> Path:
+def plot_latency_fronts(
+    members: pd.DataFrame,
+    path: str | os.PathLike,
+    *,
+    batches,
+    title: str | None = None,
+    dpi: int = 120,
+    ylabel: str = "accuracy",
+) -> Path:
     """``condense compare --latency``: one panel per batch size, accuracy against latency / original's (timed
     in one run), each study's members and its front (a staircase), one colour per study."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

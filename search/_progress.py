@@ -6,6 +6,7 @@ a bar (evaluated of total, front size, over budget, elapsed, remaining); otherwi
 evaluated trial.
 Never: prints when ``enabled`` is False, or draws a bar into a log file (plain lines there).
 """
+
 from __future__ import annotations
 
 import time
@@ -55,10 +56,16 @@ class _Progress:
         if enabled and not console.is_terminal:
             self.lines, enabled = console, False
         if enabled:
-            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("evaluated · front {task.fields[front]}"),
-                                TextColumn("{task.fields[extra]}"),
-                                TimeElapsedColumn(), TextColumn("{task.fields[eta]}"), console=console)
+            self.bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("evaluated · front {task.fields[front]}"),
+                TextColumn("{task.fields[extra]}"),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[eta]}"),
+                console=console,
+            )
             self.task = self.bar.add_task("search", total=total, front=0, extra="", eta="")
 
     def __enter__(self):
@@ -86,15 +93,25 @@ class _Progress:
         elapsed = time.perf_counter() - self.t0
         left = max(self.total - c["done"], 0)
         eta = f"~{_hms(elapsed / new * left)} left" if new > 0 and left else ""
-        extra = " · ".join(f"{n} {what}" for n, what in ((c["over"], "over budget (not trained)"),
-                                                          (c["duplicate"], "duplicate"), (c["failed"], "failed"),
-                                                          (c["running"], "running")) if n)
+        extra = " · ".join(
+            f"{n} {what}"
+            for n, what in (
+                (c["over"], "over budget (not trained)"),
+                (c["duplicate"], "duplicate"),
+                (c["failed"], "failed"),
+                (c["running"], "running"),
+            )
+            if n
+        )
         if self.lines is not None:
             if c["done"] != self.printed:
                 self.printed = c["done"]
-                self.lines.print(f"search: {c['done']}/{self.total} evaluated, front {front}"
-                                 + "".join(f", {x}" for x in (extra.replace(" · ", ", "), eta) if x),
-                                 highlight=False, soft_wrap=True)
+                self.lines.print(
+                    f"search: {c['done']}/{self.total} evaluated, front {front}"
+                    + "".join(f", {x}" for x in (extra.replace(" · ", ", "), eta) if x),
+                    highlight=False,
+                    soft_wrap=True,
+                )
             return
         self.bar.update(self.task, completed=min(c["done"], self.total), front=front, extra=extra, eta=eta)
 

@@ -7,6 +7,7 @@ Never: runs unseeded: Optuna has no public per-trial seed, so this relies on its
 state as ``_rng`` (optuna 5, pinned in pyproject.toml); a version that moves it is a ConfigError, not a
 silently unseeded search.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,8 +41,11 @@ class _PerTrialSeed:
                 continue
             lazy = getattr(holder, "_rng", None)
             if lazy is None or not hasattr(lazy, "rng"):
-                raise ConfigError(f"optuna {optuna.__version__}: {type(holder).__name__} keeps no _rng.rng, which "
-                                  "per-trial seeding needs", "install optuna 5 (pip install 'optuna>=5,<6')")
+                raise ConfigError(
+                    f"optuna {optuna.__version__}: {type(holder).__name__} keeps no _rng.rng, which "
+                    "per-trial seeding needs",
+                    "install optuna 5 (pip install 'optuna>=5,<6')",
+                )
             lazy.rng.seed(s)
             s = _seed_of(s, 1)
         super().before_trial(study, trial)

@@ -11,6 +11,7 @@ belongs to one study: another model or study name is refused, naming what differ
 journal record (a damaged record that is not the last one is an error); prints a database password
 (``_safe_url``).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -57,13 +58,17 @@ def claim_search_folder(config: "SearchConfig") -> None:
         theirs = meta.get("study_name")
         if theirs != config.name:
             model = meta["config"].get("model")
-            raise CondenseError(f"{str(out)!r} holds the study {theirs!r} (model {model}), not {config.name!r}",
-                                "choose another -o DIR for this search (a search folder holds one study)")
+            raise CondenseError(
+                f"{str(out)!r} holds the study {theirs!r} (model {model}), not {config.name!r}",
+                "choose another -o DIR for this search (a search folder holds one study)",
+            )
     if config.storage is None and (out / JOURNAL).is_file():
         names = [s for s in optuna.get_all_study_names(_journal_storage(out / JOURNAL)) if s != config.name]
         if names:
-            raise CondenseError(f"{str(out)!r} holds the study {names[0]!r}, not {config.name!r}",
-                                "choose another -o DIR for this search (a search folder holds one study)")
+            raise CondenseError(
+                f"{str(out)!r} holds the study {names[0]!r}, not {config.name!r}",
+                "choose another -o DIR for this search (a search folder holds one study)",
+            )
 
 
 def _is_journal(storage) -> bool:
@@ -96,8 +101,10 @@ def repair_journal(path: str | os.PathLike) -> int:
                 ok = False
             if not ok:
                 if not last:
-                    raise CondenseError(f"{path}: record {number + 1} is damaged and is not the last one",
-                                        "the journal was edited or corrupted: restore it from a copy")
+                    raise CondenseError(
+                        f"{path}: record {number + 1} is damaged and is not the last one",
+                        "the journal was edited or corrupted: restore it from a copy",
+                    )
                 break
             good += len(line) + 1
         cut = len(data) - good
@@ -141,12 +148,17 @@ def make_storage(config: SearchConfig, output: Path):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             try:
                 return optuna.storages.RDBStorage(
-                    url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=config.heartbeat_interval,
+                    url,
+                    engine_kwargs={"pool_pre_ping": True},
+                    heartbeat_interval=config.heartbeat_interval,
                     grace_period=config.grace_period,
-                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=config.max_retry))
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=config.max_retry),
+                )
             except ImportError as err:
-                raise CondenseError(f"cannot open storage {_safe_url(url)}: {err}",
-                                    "install the database driver, e.g. pip install psycopg2-binary") from None
+                raise CondenseError(
+                    f"cannot open storage {_safe_url(url)}: {err}",
+                    "install the database driver, e.g. pip install psycopg2-binary",
+                ) from None
             except Exception as err:  # sqlalchemy errors: one line
                 import sqlalchemy.exc  # optuna's dependency, not a declared one of ours: only on this error path
 
@@ -155,8 +167,10 @@ def make_storage(config: SearchConfig, output: Path):
                     time.sleep(0.2 + 0.3 * attempt + random.random() * 0.3)
                     continue
                 first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise CondenseError(f"cannot open storage {_safe_url(url)}: {first[:160]}",
-                                    "is the database server running and the URL right?") from None
+                raise CondenseError(
+                    f"cannot open storage {_safe_url(url)}: {first[:160]}",
+                    "is the database server running and the URL right?",
+                ) from None
     raise AssertionError("unreachable")
 
 
@@ -188,18 +202,24 @@ def open_study(config: SearchConfig, output: str | os.PathLike | None = None) ->
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         directions = objective_directions(config.latency, config.objective)
-        study = optuna.create_study(storage=storage, study_name=config.name, load_if_exists=True,
-                                    directions=directions, sampler=make_sampler(config))
+        study = optuna.create_study(
+            storage=storage,
+            study_name=config.name,
+            load_if_exists=True,
+            directions=directions,
+            sampler=make_sampler(config),
+        )
     if len(study.directions) != len(directions):
-        raise CondenseError(f"study {config.name!r} has {len(study.directions)} objectives, this search "
-                            f"{len(directions)}",
-                            "use the same --latency and --objective settings, or another --study-name / output "
-                            "directory")
+        raise CondenseError(
+            f"study {config.name!r} has {len(study.directions)} objectives, this search {len(directions)}",
+            "use the same --latency and --objective settings, or another --study-name / output directory",
+        )
     return study
 
 
-def study_from_dir(output: str | os.PathLike, storage: str | None = None,
-                   study_name: str | None = None) -> tuple[optuna.Study, dict[str, Any]]:
+def study_from_dir(
+    output: str | os.PathLike, storage: str | None = None, study_name: str | None = None
+) -> tuple[optuna.Study, dict[str, Any]]:
     """The study of a search directory (its journal, or the database named in search.json / ``storage``)."""
     meta = load_config(output)
     url = storage or meta["config"].get("storage")

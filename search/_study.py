@@ -24,6 +24,7 @@ or duplicate, or after 10 failed trials in a row. Samplers are seeded per trial 
 Split by concern: ``_config`` (``SearchConfig``, ``search.json``), ``_samplers``, ``_storage`` (folder,
 journal, database, ``open_study``), ``_workers`` (heartbeats, stale trials, signals), ``_progress`` (the bar).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -41,8 +42,17 @@ from optuna.trial import TrialState
 import torch
 from torch import nn
 
-from condense import (BudgetError, CondenseError, atomic_write_json, find_runs, fit, load_checkpoint, macs_and_params,
-                      resolve_device, resolve_model)
+from condense import (
+    BudgetError,
+    CondenseError,
+    atomic_write_json,
+    find_runs,
+    fit,
+    load_checkpoint,
+    macs_and_params,
+    resolve_device,
+    resolve_model,
+)
 from condense import LatencySetting, Plan, format_count, parse_budget
 from condense.data import load_data
 from condense.train import TrainConfig
@@ -67,7 +77,7 @@ __all__ = ["SearchResult", "run_search"]
 _CONFIG_KEY = "condense:config"
 _REFERENCE_KEY = "condense:reference"
 _MAX_FAILURES = 10  # consecutive failed trials of one worker that stop it
-_OVER_FACTOR = 10   # a search also stops after 10 x trials plans over budget or duplicate (space exhausted)
+_OVER_FACTOR = 10  # a search also stops after 10 x trials plans over budget or duplicate (space exhausted)
 
 
 def world_size() -> int:
@@ -79,13 +89,13 @@ def world_size() -> int:
 class SearchResult:
     study: optuna.Study
     space: SearchSpace
-    trials: Any            # pandas DataFrame: every trial
-    front: Any             # pandas DataFrame: the Pareto front
+    trials: Any  # pandas DataFrame: every trial
+    front: Any  # pandas DataFrame: the Pareto front
     reference: dict[str, Any]
     output: Path
     files: dict[str, Path]
     interrupted: bool = False
-    finished: Any = None   # FinishResult of --finish (fine-tuned front members), or None
+    finished: Any = None  # FinishResult of --finish (fine-tuned front members), or None
 
 
 def _build_original(config: SearchConfig, model: nn.Module | None, num_classes: int):
@@ -101,8 +111,10 @@ def _build_original(config: SearchConfig, model: nn.Module | None, num_classes: 
         torch.manual_seed(config.seed)
         r = resolve_model(config.model, checkpoint=config.checkpoint, num_classes=num_classes)
     if r.is_directory:
-        raise CondenseError(f"{config.model!r} is a condensed-model directory; search starts from a model spec",
-                            "pass the original model, e.g. timm:NAME or zoo:NAME")
+        raise CondenseError(
+            f"{config.model!r} is a condensed-model directory; search starts from a model spec",
+            "pass the original model, e.g. timm:NAME or zoo:NAME",
+        )
     return r.model, r.spec, r.model_kwargs
 
 
@@ -116,38 +128,59 @@ def _check_reachable(original: nn.Module, size, space: SearchSpace, config: Sear
     for layer in space.layers:
         for width in (None, *([max(space.widths)] if space.widths else [])):  # the most channels a trial removes
             try:
-                fit(original, macs=config.macs, params=config.params, input_size=size, layer=layer,
-                    K=space.K[0] if layer != "drop" else None, width=width)  # drop has no K
+                fit(
+                    original,
+                    macs=config.macs,
+                    params=config.params,
+                    input_size=size,
+                    layer=layer,
+                    K=space.K[0] if layer != "drop" else None,
+                    width=width,
+                )  # drop has no K
                 return
             except BudgetError as err:
                 errors.append(err)
     first = errors[0]
-    raise BudgetError(f"no plan in the search space meets the budget: {first.message}"
-                      + (f" with {space.layers[0]}" if len(space.layers) > 1 else ""),
-                      "raise the budget (--budget/--params), or widen the space (--layers, --K)")
+    raise BudgetError(
+        f"no plan in the search space meets the budget: {first.message}"
+        + (f" with {space.layers[0]}" if len(space.layers) > 1 else ""),
+        "raise the budget (--budget/--params), or widen the space (--layers, --K)",
+    )
 
 
 def _check_reachable_width(original: nn.Module, size, space: SearchSpace, config: SearchConfig) -> None:
     widest = {run.path: max(space.widths) for run in space.runs}
-    pruned, _ = build_trial(original, find_runs(original, size), Plan({}), config.seed, widest, size,
-                            config.width_importance)
+    pruned, _ = build_trial(
+        original, find_runs(original, size), Plan({}), config.seed, widest, size, config.width_importance
+    )
     have_all, totals = macs_and_params(pruned, size), macs_and_params(original, size)
     for i, (name, budget) in enumerate((("MAC", config.macs), ("parameter", config.params))):
         have = have_all[i]
         if budget is not None and have > parse_budget(budget).resolve(totals[i]):
-            raise BudgetError(f"no plan in the search space meets the {name} budget {budget}: with "
-                              f"{max(space.widths):g} of every run's channels removed the model has {have:,}",
-                              "raise the budget, or allow larger shares (--widths)")
+            raise BudgetError(
+                f"no plan in the search space meets the {name} budget {budget}: with "
+                f"{max(space.widths):g} of every run's channels removed the model has {have:,}",
+                "raise the budget, or allow larger shares (--widths)",
+            )
 
 
 def _train_config(config: SearchConfig):
-    return TrainConfig(epochs=config.epochs_per_trial, batch_size=config.batch_size, lr=config.lr,
-                       seed=config.seed, max_steps_per_epoch=config.steps_per_epoch)
+    return TrainConfig(
+        epochs=config.epochs_per_trial,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        seed=config.seed,
+        max_steps_per_epoch=config.steps_per_epoch,
+    )
 
 
 def _latency_setting(config: SearchConfig) -> LatencySetting:
-    return LatencySetting(batch=config.latency_batch, mode="compiled" if config.latency_compiled else "eager",
-                          min_time=0.5, device=config.device)
+    return LatencySetting(
+        batch=config.latency_batch,
+        mode="compiled" if config.latency_compiled else "eager",
+        min_time=0.5,
+        device=config.device,
+    )
 
 
 def _reference(objective: Objective, config: SearchConfig) -> dict[str, Any]:
@@ -156,16 +189,14 @@ def _reference(objective: Objective, config: SearchConfig) -> dict[str, Any]:
     ref: dict[str, Any] = {"macs": objective.macs_before, "params": objective.params_before, "accuracy": None}
     model = copy.deepcopy(objective.model)
     if config.reference:
-        res = _objective.train(model, objective.data, objective.train_config, teacher=objective.teacher,
-                               progress=False)
+        res = _objective.train(model, objective.data, objective.train_config, teacher=objective.teacher, progress=False)
         ref["accuracy"] = float(res.metrics["test_acc"])
     if config.latency:
         ref["latency_ms"] = measure_latency(model, objective.input_size, objective.latency_setting)
     return ref
 
 
-def _enqueue_fit(study: optuna.Study, space: SearchSpace, model: nn.Module, config: SearchConfig,
-                 input_size) -> None:
+def _enqueue_fit(study: optuna.Study, space: SearchSpace, model: nn.Module, config: SearchConfig, input_size) -> None:
     """Give the search a feasible start: condense.fit's plan for the budget, as the first trial."""
     try:
         with warnings.catch_warnings():
@@ -184,9 +215,17 @@ def _enqueue_fit(study: optuna.Study, space: SearchSpace, model: nn.Module, conf
         study.enqueue_trial(params, skip_if_exists=True)
 
 
-def run_search(model: str | nn.Module, data: str, *, output: str | os.PathLike | None = None,
-               progress: bool = True, console=None, on_trial: Callable[[optuna.Study, Any], None] | None = None,
-               finish: Any = None, **options: Any) -> SearchResult:
+def run_search(
+    model: str | nn.Module,
+    data: str,
+    *,
+    output: str | os.PathLike | None = None,
+    progress: bool = True,
+    console=None,
+    on_trial: Callable[[optuna.Study, Any], None] | None = None,
+    finish: Any = None,
+    **options: Any,
+) -> SearchResult:
     """Search plans for ``model`` (a spec like ``timm:resnet18`` or an ``nn.Module``) on ``data``.
 
     Keywords are ``SearchConfig``'s fields: ``macs``/``params`` (budgets, hard constraints), ``trials``
@@ -204,8 +243,10 @@ def run_search(model: str | nn.Module, data: str, *, output: str | os.PathLike |
     Returns a ``SearchResult``; writes the files listed in the module docstring.
     """
     if world_size() > 1:
-        raise CondenseError("the per-trial search does not run under torchrun",
-                            "start several workers that share one --storage, or use --strategy supernet")
+        raise CondenseError(
+            "the per-trial search does not run under torchrun",
+            "start several workers that share one --storage, or use --strategy supernet",
+        )
     spec_text = model if isinstance(model, str) else None
     out = Path(output) if output is not None else Path("searches") / _model_name(spec_text)
     config = SearchConfig(model=spec_text, data=str(data), output=str(out), **options)
@@ -252,8 +293,9 @@ def prepare(config: SearchConfig, model, spec_text) -> Prepared:
     device, the data, the model, the budgets (reachable by some plan of the space)."""
     resolve_device(config.device)
     claim_search_folder(config)
-    bundle = load_data(config.data, limit_train=config.limit_train, limit_test=config.limit_test,
-                       input_size=config.input_size)
+    bundle = load_data(
+        config.data, limit_train=config.limit_train, limit_test=config.limit_test, input_size=config.input_size
+    )
     original, spec, model_kwargs = _build_original(config, None if spec_text else model, bundle.num_classes)
     teacher = make_teacher(config, original, bundle.num_classes)
     size = tuple(bundle.input_size)
@@ -266,12 +308,12 @@ def prepare(config: SearchConfig, model, spec_text) -> Prepared:
     space = build_space(found, layers=config.layers, K=config.K, widths=config.widths, depth=config.depth)
     if macs_b is not None or params_b is not None:
         _check_reachable(original, size, space, config)
-    return Prepared(bundle, original, spec, model_kwargs, size, found, macs0, params0, macs_b, params_b, space,
-                    teacher)
+    return Prepared(bundle, original, spec, model_kwargs, size, found, macs0, params0, macs_b, params_b, space, teacher)
 
 
-def _run(config: SearchConfig, model, spec_text, out: Path, progress: bool, console, on_trial,
-         finish=None) -> SearchResult:
+def _run(
+    config: SearchConfig, model, spec_text, out: Path, progress: bool, console, on_trial, finish=None
+) -> SearchResult:
     p = prepare(config, model, spec_text)
     bundle, original, spec, model_kwargs, size, found = p.bundle, p.original, p.spec, p.model_kwargs, p.size, p.found
     macs0, params0, macs_b, params_b, space = p.macs0, p.params0, p.macs_b, p.params_b, p.space
@@ -281,17 +323,37 @@ def _run(config: SearchConfig, model, spec_text, out: Path, progress: bool, cons
     (out / TRIALS).mkdir(parents=True, exist_ok=True)
 
     teacher = p.teacher
-    objective = Objective(space=space, model=original, found=found, data=bundle, train_config=_train_config(config),
-                          trials_dir=out / TRIALS, macs_before=macs0, params_before=params0, macs_budget=macs_b,
-                          params_budget=params_b, teacher=teacher, latency=config.latency,
-                          latency_setting=_latency_setting(config), spec=spec,
-                          model_kwargs=model_kwargs, checkpoint=config.checkpoint, study_name=config.name,
-                          seed=config.seed, device=config.device, objective=config.objective,
-                          width_importance=config.width_importance)
+    objective = Objective(
+        space=space,
+        model=original,
+        found=found,
+        data=bundle,
+        train_config=_train_config(config),
+        trials_dir=out / TRIALS,
+        macs_before=macs0,
+        params_before=params0,
+        macs_budget=macs_b,
+        params_budget=params_b,
+        teacher=teacher,
+        latency=config.latency,
+        latency_setting=_latency_setting(config),
+        spec=spec,
+        model_kwargs=model_kwargs,
+        checkpoint=config.checkpoint,
+        study_name=config.name,
+        seed=config.seed,
+        device=config.device,
+        objective=config.objective,
+        width_importance=config.width_importance,
+    )
     journal = _is_journal(study._storage)
     recover_stale_trials(study, config.grace_period, config.max_retry)
-    if not study.get_trials(deepcopy=False) and config.enqueue_fit and space.depth and \
-            (macs_b is not None or params_b is not None):
+    if (
+        not study.get_trials(deepcopy=False)
+        and config.enqueue_fit
+        and space.depth
+        and (macs_b is not None or params_b is not None)
+    ):
         _enqueue_fit(study, space, original, config, size)
 
     reference = study.user_attrs.get(_REFERENCE_KEY)
@@ -315,19 +377,30 @@ def _run(config: SearchConfig, model, spec_text, out: Path, progress: bool, cons
     return finish_members(result, finish, p, config, teacher, console, progress)
 
 
-def finish_members(result: SearchResult, finish, p: Prepared, config: SearchConfig, teacher, console,
-                   progress: bool) -> SearchResult:
+def finish_members(
+    result: SearchResult, finish, p: Prepared, config: SearchConfig, teacher, console, progress: bool
+) -> SearchResult:
     """``--finish``: fine-tune ``finish.top`` front members (``search._finish``) into ``result.finished``; an
     interrupt keeps the members already finished (the same command resumes) and reports the front."""
     if finish is None:
         return result
     try:
         with _sigterm_as_interrupt():
-            result.finished = finish_front(result.front, result.output, p.original, p.bundle, finish,
-                                           batch_size=config.batch_size, lr=config.lr, seed=config.seed,
-                                           teacher=teacher, device=config.device, reference=result.reference,
-                                           console=console,
-                                           progress=progress or console is not None)
+            result.finished = finish_front(
+                result.front,
+                result.output,
+                p.original,
+                p.bundle,
+                finish,
+                batch_size=config.batch_size,
+                lr=config.lr,
+                seed=config.seed,
+                teacher=teacher,
+                device=config.device,
+                reference=result.reference,
+                console=console,
+                progress=progress or console is not None,
+            )
     except KeyboardInterrupt:
         result.interrupted = True
         raise _Interrupted(result) from None
@@ -359,29 +432,42 @@ def _check_same_search(study: optuna.Study, config: SearchConfig, space: SearchS
     old, new = stored.get("options", {}), mine["options"]
     # seed and the data's content and absolute path were added later: a study stored without them resumes;
     # the path counts only for a study in a local folder (workers sharing a database keep data anywhere)
-    later = ("seed", "data_fingerprint", "widths", "width_importance", "objective", "depth") + \
-        (("data_path",) if config.storage is None else ())
-    diff = [k for k in _IDENTITY + tuple(k for k in later if k in old or (k == "depth" and k in new))
-            if json.dumps(old.get(k)) != json.dumps(new.get(k))]
+    later = ("seed", "data_fingerprint", "widths", "width_importance", "objective", "depth") + (
+        ("data_path",) if config.storage is None else ()
+    )
+    diff = [
+        k
+        for k in _IDENTITY + tuple(k for k in later if k in old or (k == "depth" and k in new))
+        if json.dumps(old.get(k)) != json.dumps(new.get(k))
+    ]
     if diff:
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:3])
-        raise CondenseError(f"study {config.name!r} was started with other options ({shown})",
-                            "resume with the same options, or use another output directory / --study-name")
+        raise CondenseError(
+            f"study {config.name!r} was started with other options ({shown})",
+            "resume with the same options, or use another output directory / --study-name",
+        )
     if space is not None and stored.get("space") != mine["space"]:
         raise CondenseError(f"study {config.name!r} has another search space", "use another --study-name")
 
 
-def _write_config(out: Path, config: SearchConfig, study: optuna.Study, space: SearchSpace,
-                  reference: dict[str, Any]) -> None:
+def _write_config(
+    out: Path, config: SearchConfig, study: optuna.Study, space: SearchSpace, reference: dict[str, Any]
+) -> None:
     d = config.to_dict()
-    meta = {"format": "condense-search/1", "study_name": study.study_name, "config": d,
-            "objectives": objective_names(config.latency, config.objective), "reference": reference,
-            "space": space.to_dict()}
+    meta = {
+        "format": "condense-search/1",
+        "study_name": study.study_name,
+        "config": d,
+        "objectives": objective_names(config.latency, config.objective),
+        "reference": reference,
+        "space": space.to_dict(),
+    }
     atomic_write_json(out / CONFIG, meta)
 
 
-def _optimize(study: optuna.Study, objective: Objective, config: SearchConfig, journal: bool, bar: _Progress,
-              on_trial) -> None:
+def _optimize(
+    study: optuna.Study, objective: Objective, config: SearchConfig, journal: bool, bar: _Progress, on_trial
+) -> None:
     def enough() -> bool:
         c = _counts(study.get_trials(deepcopy=False))
         cap = config.max_proposals if config.max_proposals is not None else _OVER_FACTOR * config.trials
@@ -422,25 +508,39 @@ def _optimize(study: optuna.Study, objective: Objective, config: SearchConfig, j
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.optimize(wrapped, callbacks=[after], catch=(CondenseError,), gc_after_trial=False)
     if failures[0] >= _MAX_FAILURES:
-        raise CondenseError(f"{_MAX_FAILURES} trials in a row failed; the last: {failures[1] or 'see trials.csv'}",
-                            "narrow the space (--layers, --K) or check the model")
+        raise CondenseError(
+            f"{_MAX_FAILURES} trials in a row failed; the last: {failures[1] or 'see trials.csv'}",
+            "narrow the space (--layers, --K) or check the model",
+        )
 
 
-def _finish(study: optuna.Study, space: SearchSpace, reference: dict[str, Any], out: Path,
-            interrupted: bool) -> SearchResult:
+def _finish(
+    study: optuna.Study, space: SearchSpace, reference: dict[str, Any], out: Path, interrupted: bool
+) -> SearchResult:
     trials = trials_frame(study, space)
     front = front_frame(study, space, trials)
     files = {"trials": write_csv(trials, out / "trials.csv"), "front": write_csv(front, out / "front.csv")}
     try:
-        files["plot"] = plot_front(trials, out / "front.png", reference=reference,
-                                   title=f"{study.study_name}: accuracy vs MACs")
+        files["plot"] = plot_front(
+            trials, out / "front.png", reference=reference, title=f"{study.study_name}: accuracy vs MACs"
+        )
     except ImportError:
         pass  # matplotlib is optional (pip install condense[plot])
-    return SearchResult(study=study, space=space, trials=trials, front=front, reference=reference, output=out,
-                        files=files, interrupted=interrupted)
+    return SearchResult(
+        study=study,
+        space=space,
+        trials=trials,
+        front=front,
+        reference=reference,
+        output=out,
+        files=files,
+        interrupted=interrupted,
+    )
 
 
 def format_reference(reference: dict[str, Any]) -> str:
     acc = reference.get("accuracy")
-    return (f"original: {format_count(reference.get('macs', 0))} MACs, {format_count(reference.get('params', 0))} "
-            f"params" + (f", proxy accuracy {acc:.4f}" if acc is not None and not math.isnan(acc) else ""))
+    return (
+        f"original: {format_count(reference.get('macs', 0))} MACs, {format_count(reference.get('params', 0))} "
+        f"params" + (f", proxy accuracy {acc:.4f}" if acc is not None and not math.isnan(acc) else "")
+    )

@@ -21,6 +21,7 @@ the per-trial objective's (``Objective.prune_duplicate``, ``Objective.screen_bud
 A trial is recorded with status ``trained`` (it has weights: the supernet's) and ``strategy`` ``supernet``,
 so the front, the plot, ``condense compare`` and ``condense export`` treat it as any evaluated trial.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,8 +37,16 @@ import torch.distributed as dist
 from torch import nn
 
 from condense import CondenseError, ConfigError, resolve_device
-from condense import (FindResult, SandwichConfig, Supernet, calibration_batches, find_runs, recalibrate_bn,
-                      score_plan, train_supernet)
+from condense import (
+    FindResult,
+    SandwichConfig,
+    Supernet,
+    calibration_batches,
+    find_runs,
+    recalibrate_bn,
+    score_plan,
+    train_supernet,
+)
 from condense import supernet as _condense_supernet
 from condense.train import TrainConfig, evaluate, join_process_group
 
@@ -52,8 +61,15 @@ SUPERNET_DIR = "supernet"
 _SUPERNET_KEY = "condense:supernet"
 
 
-def supernet(model: nn.Module, *, input_size: Sequence[int], space: Any = None, found: FindResult | None = None,
-             layers: Sequence[str] | None = None, K: Sequence[int] | None = None) -> Supernet:
+def supernet(
+    model: nn.Module,
+    *,
+    input_size: Sequence[int],
+    space: Any = None,
+    found: FindResult | None = None,
+    layers: Sequence[str] | None = None,
+    K: Sequence[int] | None = None,
+) -> Supernet:
     """The supernet of ``model`` over ``space`` (default: the search's space for its runs, ``build_space``,
     narrowed by ``layers``/``K``): ``condense.supernet`` with the space built here. ``found``:
     ``find_runs(model, input_size)`` if already made."""
@@ -82,8 +98,9 @@ class SupernetOptions:
         self.sandwich()  # checks the others
 
     def sandwich(self) -> SandwichConfig:
-        return SandwichConfig(random_plans=self.random_plans, calib_images=self.calib_images,
-                              calib_batch=self.calib_batch)
+        return SandwichConfig(
+            random_plans=self.random_plans, calib_images=self.calib_images, calib_batch=self.calib_batch
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -147,13 +164,17 @@ def _check_strategy(study: optuna.Study, options: SupernetOptions) -> None:
     stored = study.user_attrs.get(_SUPERNET_KEY)
     if stored is None:
         if study.get_trials(deepcopy=False):
-            raise CondenseError(f"study {study.study_name!r} was started by the per-trial search",
-                                "use another output directory / --study-name for --strategy supernet")
+            raise CondenseError(
+                f"study {study.study_name!r} was started by the per-trial search",
+                "use another output directory / --study-name for --strategy supernet",
+            )
         study.set_user_attr(_SUPERNET_KEY, mine)
     elif stored != mine:
         diff = ", ".join(f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in mine.items() if stored.get(k) != v)
-        raise CondenseError(f"study {study.study_name!r} was started with other supernet options ({diff})",
-                            "resume with the same options, or use another output directory")
+        raise CondenseError(
+            f"study {study.study_name!r} was started with other supernet options ({diff})",
+            "resume with the same options, or use another output directory",
+        )
 
 
 def supernet_train_config(config: SearchConfig, options: SupernetOptions) -> TrainConfig:
@@ -161,13 +182,28 @@ def supernet_train_config(config: SearchConfig, options: SupernetOptions) -> Tra
     epochs, cosine schedule, each plan's gradient clipped to norm 5 (the explicit RD stencils are kept
     stable by ``Supernet.stabilize_``; a drawn path that still blows up, e.g. a Global layer with a learned
     velocity at large K, is skipped by ``SandwichConfig.skip_loss``)."""
-    return TrainConfig(epochs=options.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
-                       max_steps_per_epoch=config.steps_per_epoch, clip_grad_norm=5.0)
+    return TrainConfig(
+        epochs=options.epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        seed=config.seed,
+        max_steps_per_epoch=config.steps_per_epoch,
+        clip_grad_norm=5.0,
+    )
 
 
-def run_supernet_search(model: str | nn.Module, data: str, *, output=None, supernet: SupernetOptions | None = None,
-                        progress: bool = True, console=None, on_trial: Callable | None = None,
-                        finish: Any = None, **options: Any) -> SearchResult | None:
+def run_supernet_search(
+    model: str | nn.Module,
+    data: str,
+    *,
+    output=None,
+    supernet: SupernetOptions | None = None,
+    progress: bool = True,
+    console=None,
+    on_trial: Callable | None = None,
+    finish: Any = None,
+    **options: Any,
+) -> SearchResult | None:
     """``run_search`` with the supernet strategy: keywords are ``SearchConfig``'s (``epochs_per_trial`` is
     not used) plus ``supernet`` (``SupernetOptions``) and ``finish`` (``FinishConfig``: fine-tune that many front
     members afterwards, from the supernet's weights). Re-running with the same output resumes the
@@ -179,8 +215,11 @@ def run_supernet_search(model: str | nn.Module, data: str, *, output=None, super
     out = Path(output) if output is not None else Path("searches") / _study._model_name(spec_text)
     config = SearchConfig(model=spec_text, data=str(data), output=str(out), **options)
     if config.widths:
-        raise ConfigError("width is searched per trial only: the supernet shares weights across depths and layer "
-                          "types, not across channel widths", "leave out --widths, or use --strategy trials")
+        raise ConfigError(
+            "width is searched per trial only: the supernet shares weights across depths and layer "
+            "types, not across channel widths",
+            "leave out --widths, or use --strategy trials",
+        )
     sn_options = supernet or SupernetOptions()
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -190,12 +229,23 @@ def run_supernet_search(model: str | nn.Module, data: str, *, output=None, super
         optuna.logging.set_verbosity(verbosity)
 
 
-def _run(config: SearchConfig, sn_options: SupernetOptions, model, spec_text, out: Path, progress: bool, console,
-         on_trial, finish=None) -> SearchResult:
+def _run(
+    config: SearchConfig,
+    sn_options: SupernetOptions,
+    model,
+    spec_text,
+    out: Path,
+    progress: bool,
+    console,
+    on_trial,
+    finish=None,
+) -> SearchResult:
     device = resolve_device(config.device)
     if finish is not None and _study.world_size() > 1:
-        raise CondenseError("--finish does not run under torchrun (the supernet's training does)",
-                            "train and score under torchrun, then run the same command with --finish without it")
+        raise CondenseError(
+            "--finish does not run under torchrun (the supernet's training does)",
+            "train and score under torchrun, then run the same command with --finish without it",
+        )
     p = _study.prepare(config, model, spec_text)
     bundle, original, spec, model_kwargs, size, found = p.bundle, p.original, p.spec, p.model_kwargs, p.size, p.found
     macs0, params0, macs_b, params_b, space = p.macs0, p.params0, p.macs_b, p.params_b, p.space
@@ -222,24 +272,53 @@ def _run(config: SearchConfig, sn_options: SupernetOptions, model, spec_text, ou
     train_cfg = supernet_train_config(config, sn_options)
     sn_dir = out / SUPERNET_DIR
     if console is not None and rank == 0:
-        console.print(f"training the supernet ({sn_options.epochs} epoch(s), sandwich: largest + smallest + "
-                          f"{sn_options.random_plans} random plan(s) per step) in {sn_dir}", highlight=False)
+        console.print(
+            f"training the supernet ({sn_options.epochs} epoch(s), sandwich: largest + smallest + "
+            f"{sn_options.random_plans} random plan(s) per step) in {sn_dir}",
+            highlight=False,
+        )
     t0 = time.perf_counter()
-    result = train_supernet(net, bundle, train_cfg, sn_options.sandwich(), out_dir=sn_dir, teacher=teacher,
-                            resume=(sn_dir / "last.pt").exists(), progress=console is not None, device=device)
+    result = train_supernet(
+        net,
+        bundle,
+        train_cfg,
+        sn_options.sandwich(),
+        out_dir=sn_dir,
+        teacher=teacher,
+        resume=(sn_dir / "last.pt").exists(),
+        progress=console is not None,
+        device=device,
+    )
     train_seconds = time.perf_counter() - t0
     if rank != 0:
         return None  # under torchrun, rank 0 alone scores the plans (in seconds each) and writes the study
     net.eval()
     calib = calibration_batches(bundle, sn_options.calib_images, sn_options.calib_batch, config.seed)
 
-    objective = SupernetObjective(space=space, model=original, found=found, data=bundle, train_config=train_cfg,
-                                  trials_dir=out / _study.TRIALS, macs_before=macs0, params_before=params0,
-                                  macs_budget=macs_b, params_budget=params_b, teacher=teacher,
-                                  latency=config.latency, latency_setting=_study._latency_setting(config), spec=spec,
-                                  model_kwargs=model_kwargs, checkpoint=config.checkpoint, study_name=config.name,
-                                  seed=config.seed, device=config.device, supernet=net, calib=calib,
-                                  objective=config.objective)
+    objective = SupernetObjective(
+        space=space,
+        model=original,
+        found=found,
+        data=bundle,
+        train_config=train_cfg,
+        trials_dir=out / _study.TRIALS,
+        macs_before=macs0,
+        params_before=params0,
+        macs_budget=macs_b,
+        params_budget=params_b,
+        teacher=teacher,
+        latency=config.latency,
+        latency_setting=_study._latency_setting(config),
+        spec=spec,
+        model_kwargs=model_kwargs,
+        checkpoint=config.checkpoint,
+        study_name=config.name,
+        seed=config.seed,
+        device=config.device,
+        supernet=net,
+        calib=calib,
+        objective=config.objective,
+    )
     journal = _study._is_journal(study._storage)
     _study.recover_stale_trials(study, config.grace_period, config.max_retry)
     if not study.get_trials(deepcopy=False) and config.enqueue_fit and (macs_b is not None or params_b is not None):
@@ -252,12 +331,24 @@ def _run(config: SearchConfig, sn_options: SupernetOptions, model, spec_text, ou
             if reference is None:
                 bar.phase("reference (the original, scored in the supernet)")
                 acc = score_plan(net, net.largest_plan(), bundle, calib, device=device) if config.reference else None
-                reference = {"macs": macs0, "params": params0, "accuracy": acc, "macs_budget": macs_b,
-                             "params_budget": params_b, "strategy": "supernet",
-                             "supernet": {**sn_options.to_dict(), **net.memory(),
-                                          "train_seconds": round(train_seconds, 3),
-                                          "final": {k: v for k, v in result.metrics.items()
-                                                    if k in ("largest_acc", "smallest_acc", "train_loss")}}}
+                reference = {
+                    "macs": macs0,
+                    "params": params0,
+                    "accuracy": acc,
+                    "macs_budget": macs_b,
+                    "params_budget": params_b,
+                    "strategy": "supernet",
+                    "supernet": {
+                        **sn_options.to_dict(),
+                        **net.memory(),
+                        "train_seconds": round(train_seconds, 3),
+                        "final": {
+                            k: v
+                            for k, v in result.metrics.items()
+                            if k in ("largest_acc", "smallest_acc", "train_loss")
+                        },
+                    },
+                }
                 study.set_user_attr(_study._REFERENCE_KEY, json.loads(json.dumps(reference, default=str)))
             _study._write_config(out, config, study, space, reference)
             objective.phase = bar.phase

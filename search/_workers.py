@@ -11,6 +11,7 @@ a worker starts or finishes a trial. SIGTERM during a trial raises KeyboardInter
 Never: fails a trial twice (the storage refuses a second state change, so each stale trial is retried
 once), or carries the dead worker's record, constraints or user attributes into the retry.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -101,8 +102,11 @@ def _retry(study: optuna.Study, trial_id: int, max_retry: int | None) -> None:
     """Queue a failed trial again (same parameters), as Optuna's RetryHeartbeatStaleTrialCallback does, but
     without the dead worker's record, its constraints and user attributes (the retry measures them anew)."""
     frozen = copy.deepcopy(study._storage.get_trial(trial_id))
-    frozen.system_attrs = {k: v for k, v in frozen.system_attrs.items()
-                           if k not in (_WORKER_KEY, _BEAT_KEY) and not k.startswith("constraints:")}
+    frozen.system_attrs = {
+        k: v
+        for k, v in frozen.system_attrs.items()
+        if k not in (_WORKER_KEY, _BEAT_KEY) and not k.startswith("constraints:")
+    }
     frozen.user_attrs = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

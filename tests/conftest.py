@@ -8,6 +8,7 @@ when ``CONDENSE_TEST_REQUIRE_DATA`` is set (CI, which has them). Every other tes
 with the shared helpers below (``tiny_mnist``, ``small_net``, ``ConvStage``), imported as
 ``from conftest import ...``.
 """
+
 import os
 from pathlib import Path
 
@@ -45,6 +46,7 @@ def real_data(name: str) -> Path:
 
 # --- shared helpers: data and models the tests build themselves ----------------------------------------
 
+
 def tiny_mnist(path: Path, n_train=256, n_test=128, seed=0) -> Path:
     """An MNIST-format .npz with a learnable signal: class k lights up row band k."""
     rng = np.random.default_rng(seed)
@@ -53,7 +55,7 @@ def tiny_mnist(path: Path, n_train=256, n_test=128, seed=0) -> Path:
         y = rng.integers(0, 10, n)
         x = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
         for i, k in enumerate(y):
-            x[i, 2 * k + 4: 2 * k + 6, 4:24] = 255
+            x[i, 2 * k + 4 : 2 * k + 6, 4:24] = 255
         return x, y.astype(np.int64)
 
     xtr, ytr = make(n_train)
@@ -64,10 +66,16 @@ def tiny_mnist(path: Path, n_train=256, n_test=128, seed=0) -> Path:
 
 def small_net() -> nn.Module:
     """A 1-channel 28x28 classifier with a run of two repeated conv blocks."""
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()),
-                         nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()),
-                         nn.AdaptiveAvgPool2d((28, 1)), nn.Flatten(), nn.Linear(8 * 28, 10))
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()),
+        nn.AdaptiveAvgPool2d((28, 1)),
+        nn.Flatten(),
+        nn.Linear(8 * 28, 10),
+    )
 
 
 class ConvStage(nn.Module):
@@ -75,8 +83,9 @@ class ConvStage(nn.Module):
 
     def __init__(self, c, n):
         super().__init__()
-        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
-                                    for _ in range(n))
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU()) for _ in range(n)
+        )
 
     def forward(self, x):
         for b in self.blocks:

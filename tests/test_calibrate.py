@@ -1,5 +1,6 @@
 """Calibration (distillation at condense time) and feature distillation in training, on a tiny CIFAR ResNet
 (zoo:resnet_tiny at 3x32x32) and MNIST-format data the tests build (grey digits read as 3x32x32)."""
+
 import copy
 import json
 
@@ -43,11 +44,15 @@ def run_errors(student, teacher, pairs, bundle, n=128):
     independently of calibrate's own record)."""
     student.eval(), teacher.eval()
     x = torch.cat([x for x, _ in bundle.loader("test", 64, shuffle=False, augment=False)])[:n]
-    with FeatureTap(student, [p.student for p in pairs], detach=True) as s, \
-            FeatureTap(teacher, [p.teacher for p in pairs], detach=True) as t, torch.no_grad():
+    with (
+        FeatureTap(student, [p.student for p in pairs], detach=True) as s,
+        FeatureTap(teacher, [p.teacher for p in pairs], detach=True) as t,
+        torch.no_grad(),
+    ):
         student(x), teacher(x)
-        return [float((s.out[p.student] - t.out[p.teacher]).pow(2).sum() / t.out[p.teacher].pow(2).sum())
-                for p in pairs]
+        return [
+            float((s.out[p.student] - t.out[p.teacher]).pow(2).sum() / t.out[p.teacher].pow(2).sum()) for p in pairs
+        ]
 
 
 def bn_only(result, bundle):
@@ -73,8 +78,9 @@ def test_calibration_lowers_every_runs_feature_error_below_bn_reestimation_alone
     assert rec.feature_error_before == pytest.approx(before, rel=1e-4)
     assert rec.feature_error_after == pytest.approx(after, rel=1e-4)
     assert rec.images == 256 and rec.epochs == 2 and rec.steps == 16 and rec.seconds > 0
-    assert rec.test_images == 128 and all(0 <= a <= 1 for a in (rec.accuracy_original, rec.accuracy_before,
-                                                                   rec.accuracy_after))
+    assert rec.test_images == 128 and all(
+        0 <= a <= 1 for a in (rec.accuracy_original, rec.accuracy_before, rec.accuracy_after)
+    )
     assert "feature error" in rec.summary()
 
 
@@ -103,8 +109,11 @@ def test_batchnorm_is_reestimated_on_the_calibration_images(original, bundle):
     condense.recalibrate_bn(fresh, _train_batches(bundle, rec.config, 0))
     bns = [(n, m) for n, m in result.model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
     again = dict(fresh.named_modules())
-    assert bns and all(torch.allclose(m.running_var, again[n].running_var) and
-                       torch.allclose(m.running_mean, again[n].running_mean, atol=1e-6) for n, m in bns)
+    assert bns and all(
+        torch.allclose(m.running_var, again[n].running_var)
+        and torch.allclose(m.running_mean, again[n].running_mean, atol=1e-6)
+        for n, m in bns
+    )
     assert not result.model.training and all(not m._forward_hooks for m in result.model.modules())
     assert isinstance(rec.config, CalibrateConfig) and rec.config.train == "all"
 
@@ -115,8 +124,11 @@ def test_train_new_moves_only_the_new_layers(original, bundle):
     start = copy.deepcopy(result.model.state_dict())
     condense.calibrate(result, original, bundle, train="new", progress=False, **FAST)
     new = tuple(p.student + "." for p in pairs)
-    changed = {k for k, v in result.model.state_dict().items()
-               if v.is_floating_point() and not torch.equal(v, start[k]) and "running_" not in k}
+    changed = {
+        k
+        for k, v in result.model.state_dict().items()
+        if v.is_floating_point() and not torch.equal(v, start[k]) and "running_" not in k
+    }
     assert changed and all(k.startswith(new) for k in changed)
     assert all(p.requires_grad for p in result.model.parameters())  # the frozen part is given back trainable
 
@@ -137,9 +149,16 @@ def test_saved_calibration_record_loads_back_and_is_validated(original, bundle, 
         condense.read_meta(out)
 
 
-@pytest.mark.parametrize("kwargs,needle", [({"images": 0}, "images"), ({"epochs": -1}, "epochs"),
-                                           ({"lr": 0}, "lr"), ({"train": "some"}, "train"),
-                                           ({"test_images": -1}, "test_images")])
+@pytest.mark.parametrize(
+    "kwargs,needle",
+    [
+        ({"images": 0}, "images"),
+        ({"epochs": -1}, "epochs"),
+        ({"lr": 0}, "lr"),
+        ({"train": "some"}, "train"),
+        ({"test_images": -1}, "test_images"),
+    ],
+)
 def test_bad_options_are_config_errors(original, bundle, kwargs, needle):
     result = condensed(original)
     with pytest.raises(ConfigError, match=needle):
@@ -166,11 +185,33 @@ def test_progress_messages_go_to_a_function(original, bundle):
 
 # --- the command line ----------------------------------------------------------------------------------------
 
+
 def test_cli_calibrates_records_and_saves(npz, tmp_path, capsys):
     out = tmp_path / "c"
-    assert main(["zoo:resnet_tiny", "--input-size", "3x32x32", "--budget", "60%", "--calibrate", f"mnist:{npz}",
-                 "--calib-images", "64", "--calib-epochs", "2", "--calib-test", "64", "--threads", "1",
-                 "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "zoo:resnet_tiny",
+                "--input-size",
+                "3x32x32",
+                "--budget",
+                "60%",
+                "--calibrate",
+                f"mnist:{npz}",
+                "--calib-images",
+                "64",
+                "--calib-epochs",
+                "2",
+                "--calib-test",
+                "64",
+                "--threads",
+                "1",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "calibrated on 64 mnist images x 2 epoch(s)" in printed and "test accuracy" in printed
     rec = condense.read_meta(out)["calibration"]
@@ -182,20 +223,42 @@ def test_cli_calibrates_records_and_saves(npz, tmp_path, capsys):
 
 
 def test_cli_json_has_the_calibration(npz, tmp_path, capsys):
-    assert main(["zoo:resnet_tiny", "--input-size", "3x32x32", "--budget", "60%", "--calibrate", f"mnist:{npz}",
-                 "--calib-images", "32", "--calib-test", "0", "--json", "-o", str(tmp_path / "c")]) == 0
+    assert (
+        main(
+            [
+                "zoo:resnet_tiny",
+                "--input-size",
+                "3x32x32",
+                "--budget",
+                "60%",
+                "--calibrate",
+                f"mnist:{npz}",
+                "--calib-images",
+                "32",
+                "--calib-test",
+                "0",
+                "--json",
+                "-o",
+                str(tmp_path / "c"),
+            ]
+        )
+        == 0
+    )
     data = json.loads(capsys.readouterr().out)
     assert data["calibration"]["images"] == 32 and data["calibration"]["accuracy_after"] is None
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["--calibrate", "DATA", "--calib-images", "0"], "--calib-images 0 must be >= 1"),
-    (["--calibrate", "DATA", "--calib-epochs", "-1"], "--calib-epochs -1 must be >= 1"),
-    (["--calib-images", "10"], "--calib-images needs --calibrate"),
-    (["--calibrate", "mnist:/nonexistent.npz"], "does not exist"),
-    (["--calibrate", "somewhere"], "bad data spec"),
-    (["--calibrate", "DATA", "--dry-run"], "--dry-run"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--calibrate", "DATA", "--calib-images", "0"], "--calib-images 0 must be >= 1"),
+        (["--calibrate", "DATA", "--calib-epochs", "-1"], "--calib-epochs -1 must be >= 1"),
+        (["--calib-images", "10"], "--calib-images needs --calibrate"),
+        (["--calibrate", "mnist:/nonexistent.npz"], "does not exist"),
+        (["--calibrate", "somewhere"], "bad data spec"),
+        (["--calibrate", "DATA", "--dry-run"], "--dry-run"),
+    ],
+)
 def test_cli_bad_calibration_input_is_one_line_exit_1_no_files(argv, needle, npz, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     argv = [f"mnist:{npz}" if a == "DATA" else a for a in argv]
@@ -207,13 +270,20 @@ def test_cli_bad_calibration_input_is_one_line_exit_1_no_files(argv, needle, npz
 
 # --- feature distillation in training ------------------------------------------------------------------------
 
+
 def test_kd_features_adds_the_feature_loss_and_trains_the_runs_towards_the_teacher(original, bundle):
     pairs = feature_pairs(condensed(original).found, condensed(original).plan)
     one_step = {}
     for weight in (0.0, 1.0):  # the very first step: same weights, same batch; only the loss differs
-        res = train(condensed(original).model, bundle, TrainConfig(epochs=1, batch_size=32, lr=0.05, kd_features=weight,
-                                                                   max_steps_per_epoch=1),
-                    teacher=original, features=pairs if weight else None, progress=False, device="cpu")
+        res = train(
+            condensed(original).model,
+            bundle,
+            TrainConfig(epochs=1, batch_size=32, lr=0.05, kd_features=weight, max_steps_per_epoch=1),
+            teacher=original,
+            features=pairs if weight else None,
+            progress=False,
+            device="cpu",
+        )
         one_step[weight] = res.history[0]
     f = one_step[1.0]["train_feature_loss"]
     assert f > 0 and one_step[1.0]["train_loss"] == pytest.approx(one_step[0.0]["train_loss"] + f, rel=1e-5)
@@ -222,8 +292,15 @@ def test_kd_features_adds_the_feature_loss_and_trains_the_runs_towards_the_teach
     errors, models = {}, {}
     for weight in (0.0, 1.0):
         model = condensed(original).model
-        res = train(model, bundle, TrainConfig(epochs=3, batch_size=32, lr=0.05, kd_features=weight), teacher=original,
-                    features=pairs if weight else None, progress=False, device="cpu")
+        res = train(
+            model,
+            bundle,
+            TrainConfig(epochs=3, batch_size=32, lr=0.05, kd_features=weight),
+            teacher=original,
+            features=pairs if weight else None,
+            progress=False,
+            device="cpu",
+        )
         errors[weight], models[weight] = sum(run_errors(model, original, pairs, bundle)), res
     assert errors[1.0] < errors[0.0]  # equal if the feature term gave no gradient
     m = models[1.0].metrics
@@ -245,18 +322,60 @@ def test_cli_train_kd_features_end_to_end(npz, tmp_path, capsys):
     src = tmp_path / "c"
     assert main(["zoo:resnet_tiny", "--input-size", "3x32x32", "--budget", "60%", "-o", str(src)]) == 0
     out = tmp_path / "run"
-    assert main(["train", str(src), "--data", f"mnist:{npz}", "--epochs", "1", "--batch-size", "32", "--max-steps",
-                 "3", "--teacher", "zoo:resnet_tiny", "--kd-features", "-o", str(out), "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(src),
+                "--data",
+                f"mnist:{npz}",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "32",
+                "--max-steps",
+                "3",
+                "--teacher",
+                "zoo:resnet_tiny",
+                "--kd-features",
+                "-o",
+                str(out),
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     m = json.loads((out / "metrics.json").read_text())
     assert m["config"]["kd_features"] == 1.0 and m["kd_feature_runs"] == list(condense.read_meta(src)["plan"])
     assert m["train_feature_loss"] > 0
     capsys.readouterr()
-    assert main(["train", str(src), "--data", f"mnist:{npz}", "--epochs", "1", "--kd-features",
-                 "-o", str(tmp_path / "x")]) == 1
+    assert (
+        main(["train", str(src), "--data", f"mnist:{npz}", "--epochs", "1", "--kd-features", "-o", str(tmp_path / "x")])
+        == 1
+    )
     err = capsys.readouterr().err.strip()
     assert "needs --teacher" in err and len(err.splitlines()) == 1 and not (tmp_path / "x").exists()
-    assert main(["train", "zoo:resnet_tiny", "--data", f"mnist:{npz}", "--epochs", "1", "--input-size", "3x32x32",
-                 "--teacher", "zoo:resnet_tiny", "--kd-features", "-o", str(tmp_path / "y")]) == 1
+    assert (
+        main(
+            [
+                "train",
+                "zoo:resnet_tiny",
+                "--data",
+                f"mnist:{npz}",
+                "--epochs",
+                "1",
+                "--input-size",
+                "3x32x32",
+                "--teacher",
+                "zoo:resnet_tiny",
+                "--kd-features",
+                "-o",
+                str(tmp_path / "y"),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err.strip()
     assert "needs a condensed directory" in err and not (tmp_path / "y").exists()
 
@@ -299,5 +418,10 @@ def test_a_width_plan_is_calibrated_on_the_logits_alone(bundle):
     assert _logit_gap(res.model, original, bundle) < 0.5 * gap_before  # distilled towards the original
     for kwargs in (dict(train="new"), dict(logit_weight=0.0)):
         with pytest.raises(CondenseError, match="only the logits are matched"):
-            condense.calibrate(condense.fit(original, macs="60%", input_size=SIZE, width=0.25), original, bundle,
-                               progress=False, **{**FAST, **kwargs})
+            condense.calibrate(
+                condense.fit(original, macs="60%", input_size=SIZE, width=0.25),
+                original,
+                bundle,
+                progress=False,
+                **{**FAST, **kwargs},
+            )

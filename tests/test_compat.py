@@ -1,5 +1,6 @@
 """Folders written before the data, search and supernet modules were split still load and compute what they
 computed then (tests/fixtures/pre-split: written by that code, with its outputs on a fixed input)."""
+
 import shutil
 from pathlib import Path
 

@@ -1,4 +1,5 @@
 """condense._costs: PlanCosts, the cost model fit and the search share (block-and-layer estimates)."""
+
 import pytest
 
 
@@ -18,8 +19,16 @@ def test_budget_screen_estimate_is_close_to_the_measured_count(name, tmp_path):
     size = (3, 32, 32)
     found = find_runs(model, size)
     space = build_space(found)
-    obj = Objective(space=space, model=model, found=found, data=None, train_config=TrainConfig(epochs=1),
-                    trials_dir=tmp_path, macs_before=found.total_macs, params_before=found.total_params)
+    obj = Objective(
+        space=space,
+        model=model,
+        found=found,
+        data=None,
+        train_config=TrainConfig(epochs=1),
+        trials_dir=tmp_path,
+        macs_before=found.total_macs,
+        params_before=found.total_params,
+    )
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     for _ in range(12):
         plan = space.plan(space.suggest(study.ask()))

@@ -18,8 +18,13 @@ with warnings.catch_warnings():
 def fvcore_total(model, x):
     model.eval()
     with torch.no_grad():
-        return (FlopCountAnalysis(model, x).unsupported_ops_warnings(False)
-                .uncalled_modules_warnings(False).tracer_warnings("none").total())
+        return (
+            FlopCountAnalysis(model, x)
+            .unsupported_ops_warnings(False)
+            .uncalled_modules_warnings(False)
+            .tracer_warnings("none")
+            .total()
+        )
 
 
 def nlogn(n):
@@ -27,6 +32,7 @@ def nlogn(n):
 
 
 # --- toy layers --------------------------------------------------------------------------------------
+
 
 def _steps(h, k):
     for _ in range(k):
@@ -80,11 +86,15 @@ class Net(nn.Module):
 
 # --- plain models: exactly fvcore -------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, size", [
-    ("resnet18", 64),
-    ("efficientnet_b0", 64),
-    ("mobilenetv3_small_100", 64),
-])
+
+@pytest.mark.parametrize(
+    "name, size",
+    [
+        ("resnet18", 64),
+        ("efficientnet_b0", 64),
+        ("mobilenetv3_small_100", 64),
+    ],
+)
 def test_plain_timm_models_match_fvcore(name, size):
     model = timm.create_model(name, pretrained=False)
     df = count(model, (3, size, size))
@@ -121,8 +131,9 @@ def test_resnet18_per_module_rows_add_up():
 
 
 def test_conv_submodules_sum_to_parent():
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=2),
-                          nn.Conv2d(8, 4, 1))
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.Conv2d(8, 4, 1)
+    )
     df = count(model, (3, 10, 10))
     assert df.loc["0", "macs"] == 3 * 8 * 9 * 100
     assert df.loc["2", "macs"] == 4 * 8 * 9 * 100
@@ -132,6 +143,7 @@ def test_conv_submodules_sum_to_parent():
 
 
 # --- PDE layers: elementwise work ---------------------------------------------------------------------
+
 
 def test_steps_are_affine_in_k_inside_pde_layers():
     c, h, w = 4, 6, 5
@@ -191,14 +203,14 @@ def test_children_of_pde_layers_are_counted():
 
 class ManyOps(PDELayer):
     def forward(self, x):
-        y = torch.addcmul(x, x, x, value=0.5)                    # 1
-        y = 1 - y                                                # 1 (rsub)
-        y = y.mul_(2.0).add_(1.0).sub_(x).div_(4.0)              # 4 (in place)
-        y = y.pow(2) + y.abs().sqrt()                            # pow, abs, sqrt, add: 4
-        y = torch.sigmoid(y) * torch.tanh(y) + torch.relu(y)     # activations 0; mul, add: 2
+        y = torch.addcmul(x, x, x, value=0.5)  # 1
+        y = 1 - y  # 1 (rsub)
+        y = y.mul_(2.0).add_(1.0).sub_(x).div_(4.0)  # 4 (in place)
+        y = y.pow(2) + y.abs().sqrt()  # pow, abs, sqrt, add: 4
+        y = torch.sigmoid(y) * torch.tanh(y) + torch.relu(y)  # activations 0; mul, add: 2
         y = torch.nn.functional.pad(y, (1, 1, 1, 1), mode="replicate")[..., 1:-1, 1:-1]  # 0
-        y = torch.cat([y, torch.roll(y, 1, -2)], 1).narrow(1, 0, x.shape[1])            # 0
-        return y + y.mean((-2, -1), keepdim=True)                # mean: 1 per input; add: 1
+        y = torch.cat([y, torch.roll(y, 1, -2)], 1).narrow(1, 0, x.shape[1])  # 0
+        return y + y.mean((-2, -1), keepdim=True)  # mean: 1 per input; add: 1
 
 
 def test_elementwise_convention():
@@ -211,10 +223,10 @@ def test_elementwise_convention():
 class ComplexOps(PDELayer):
     def forward(self, x):
         z = torch.fft.fft2(x)
-        a = z * z          # complex * complex: 4
-        b = z * 2.0        # complex * real number: 2
-        c = z * x          # complex * real tensor: 2
-        d = a + b - c      # complex add, sub: 2 + 2
+        a = z * z  # complex * complex: 4
+        b = z * 2.0  # complex * real number: 2
+        c = z * x  # complex * real tensor: 2
+        d = a + b - c  # complex add, sub: 2 + 2
         return torch.fft.ifft2(d).real
 
 
@@ -227,6 +239,7 @@ def test_complex_elementwise_and_fft():
 
 
 # --- PDE layers: FFTs ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("shape_from_input", [False, True])
 @pytest.mark.parametrize("h, w", [(8, 8), (6, 7)])
@@ -250,18 +263,21 @@ def _fft_case(fn):
     return One(2)
 
 
-@pytest.mark.parametrize("fn, n, transforms", [
-    (lambda x: torch.fft.rfft(x), 8, 2 * 4 * 6),
-    (lambda x: torch.fft.fft(x, dim=2), 6, 2 * 4 * 8),
-    (lambda x: torch.fft.rfft(x, n=16), 16, 2 * 4 * 6),
-    (lambda x: torch.fft.irfft(torch.fft.rfft(x)) - x, None, None),
-    (lambda x: torch.fft.fft2(x), 6 * 8, 2 * 4),
-    (lambda x: torch.fft.ifft2(x, s=(5, 6)), 30, 2 * 4),
-    (lambda x: torch.fft.rfftn(x), 2 * 4 * 6 * 8, 1),
-    (lambda x: torch.fft.fftn(x, dim=(1, 3)), 4 * 8, 2 * 6),
-    (lambda x: torch.fft.rfftn(x, dim=(-2, -1)), 6 * 8, 2 * 4),
-    (lambda x: torch.fft.ihfft2(x), 6 * 8, 2 * 4),
-])
+@pytest.mark.parametrize(
+    "fn, n, transforms",
+    [
+        (lambda x: torch.fft.rfft(x), 8, 2 * 4 * 6),
+        (lambda x: torch.fft.fft(x, dim=2), 6, 2 * 4 * 8),
+        (lambda x: torch.fft.rfft(x, n=16), 16, 2 * 4 * 6),
+        (lambda x: torch.fft.irfft(torch.fft.rfft(x)) - x, None, None),
+        (lambda x: torch.fft.fft2(x), 6 * 8, 2 * 4),
+        (lambda x: torch.fft.ifft2(x, s=(5, 6)), 30, 2 * 4),
+        (lambda x: torch.fft.rfftn(x), 2 * 4 * 6 * 8, 1),
+        (lambda x: torch.fft.fftn(x, dim=(1, 3)), 4 * 8, 2 * 6),
+        (lambda x: torch.fft.rfftn(x, dim=(-2, -1)), 6 * 8, 2 * 4),
+        (lambda x: torch.fft.ihfft2(x), 6 * 8, 2 * 4),
+    ],
+)
 def test_fft_variants(fn, n, transforms):
     x = torch.randn(2, 4, 6, 8)
     layer = _fft_case(fn)
@@ -283,6 +299,7 @@ def test_fft_outside_pde_layers_counts_zero():
 
 
 # --- sharing, state, registry ---------------------------------------------------------------------------
+
 
 def test_module_used_twice_and_shared_parameters():
     class Twice(nn.Module):
@@ -390,12 +407,15 @@ def test_no_op_in_the_pde_layers_is_left_unsupported(name, options):
     assert df.loc["stem", "macs"] == conv_only.loc["stem", "macs"]
 
 
-@pytest.mark.parametrize("options", [
-    {},
-    {"velocity": "zero", "boundary": "replicate"},
-    {"diffusion": "dwconv", "source": "none", "boundary": "zero"},
-    {"velocity": "separable", "source": "residual"},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"velocity": "zero", "boundary": "replicate"},
+        {"diffusion": "dwconv", "source": "none", "boundary": "zero"},
+        {"velocity": "separable", "source": "residual"},
+    ],
+)
 def test_global_layer_fused_counts_like_eager(options):
     pde = condense.pde
     x = torch.randn(2, 4, 9, 7)
@@ -415,5 +435,6 @@ def test_global_layer_steps_are_affine_in_k():
     assert len(slopes) == 1
     slope = slopes.pop()
     assert slope > 0 and slope % x.numel() == 0
-    assert slope == pde.eager_macs(x.numel(), 2, source=True, velocity=True, variable_diffusion=False) \
-        - pde.eager_macs(x.numel(), 1, source=True, velocity=True, variable_diffusion=False)
+    assert slope == pde.eager_macs(x.numel(), 2, source=True, velocity=True, variable_diffusion=False) - pde.eager_macs(
+        x.numel(), 1, source=True, velocity=True, variable_diffusion=False
+    )

@@ -1,4 +1,5 @@
 """condense._device: one device option everywhere a model runs; a missing device is a one-line error."""
+
 import json
 
 import pytest
@@ -20,8 +21,9 @@ def test_auto_and_cpu_resolve_here():
     assert "cpu" in available_devices() and describe_device(torch.device("cpu")).startswith("cpu (")
 
 
-@pytest.mark.parametrize("name,needle", [("gpu", "bad device 'gpu'"), ("cuda:x", "bad device|not available"),
-                                         ("cuda:99", "not available")])
+@pytest.mark.parametrize(
+    "name,needle", [("gpu", "bad device 'gpu'"), ("cuda:x", "bad device|not available"), ("cuda:99", "not available")]
+)
 def test_bad_or_missing_devices_name_what_is_available(name, needle):
     with pytest.raises(CondenseError, match=needle) as err:
         resolve_device(name)
@@ -29,13 +31,39 @@ def test_bad_or_missing_devices_name_what_is_available(name, needle):
 
 
 @pytest.mark.skipif(not NO_CUDA, reason="checks the error on a machine without CUDA")
-@pytest.mark.parametrize("argv", [
-    ["train", "zoo:mnist_resnet_small", "--data", "mnist:{npz}", "--epochs", "1", "--device", "cuda", "-o", "{out}"],
-    ["bench", "zoo:resnet_tiny", "--input-size", "3x32x32", "--device", "cuda", "--no-compile"],
-    ["search", "zoo:mnist_resnet_small", "--data", "mnist:{npz}", "--budget", "50%", "--trials", "2",
-     "--device", "cuda", "-o", "{out}"],
-    ["zoo:resnet_tiny", "--input-size", "3x32x32", "--latency", "80%", "--device", "cuda", "-o", "{out}"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [
+            "train",
+            "zoo:mnist_resnet_small",
+            "--data",
+            "mnist:{npz}",
+            "--epochs",
+            "1",
+            "--device",
+            "cuda",
+            "-o",
+            "{out}",
+        ],
+        ["bench", "zoo:resnet_tiny", "--input-size", "3x32x32", "--device", "cuda", "--no-compile"],
+        [
+            "search",
+            "zoo:mnist_resnet_small",
+            "--data",
+            "mnist:{npz}",
+            "--budget",
+            "50%",
+            "--trials",
+            "2",
+            "--device",
+            "cuda",
+            "-o",
+            "{out}",
+        ],
+        ["zoo:resnet_tiny", "--input-size", "3x32x32", "--latency", "80%", "--device", "cuda", "-o", "{out}"],
+    ],
+)
 def test_every_command_refuses_a_missing_device_in_one_line_writing_nothing(tmp_path, capsys, argv):
     npz = tiny_mnist(tmp_path / "m.npz")
     out = tmp_path / "out"

@@ -2,6 +2,7 @@
 
 Tolerance: every output element within 1e-4 abs + 1e-4 rel of PyTorch (measured: about 1e-6 on logits).
 """
+
 import json
 
 import numpy as np
@@ -77,8 +78,15 @@ OPTION_CASES = [
 def _option_model(options):
     cfg = GlobalConfig(**options)
     block = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()) if cfg.init == "block" else None
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), GlobalLayer(8, cfg, block),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        GlobalLayer(8, cfg, block),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 10),
+    )
     with torch.no_grad():  # nonzero everything (velocity constants, zero-init gates), non-trivial BN statistics
         for p in model.parameters():
             p.normal_(0.0, 0.5)

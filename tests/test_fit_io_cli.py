@@ -1,4 +1,5 @@
 """fit / condense / save / load / the CLI, end to end on small inputs."""
+
 import json
 import subprocess
 import sys
@@ -128,7 +129,8 @@ def _write_factory(tmp_path: Path) -> Path:
         "    layers = [nn.Conv2d(3, 8, 3, padding=1)]\n"
         "    for _ in range(4):\n"
         "        layers += [nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())]\n"
-        "    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))\n")
+        "    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))\n"
+    )
     return src
 
 
@@ -140,12 +142,18 @@ def test_cli_saves_a_directory_that_loads_back_in_a_fresh_process(tmp_path):
     assert meta["counts"]["macs_after"] <= 0.6 * meta["counts"]["macs_before"]
     x = torch.randn(1, 3, 16, 16)
     torch.save(x, tmp_path / "x.pt")
-    code = ("import torch, condense, sys; m = condense.load(sys.argv[1], trust_code=True); x = torch.load(sys.argv[2]);"
-            "torch.save(m(x), sys.argv[3]); print(condense.count(m, (3, 16, 16)).attrs['macs'])")
+    code = (
+        "import torch, condense, sys; m = condense.load(sys.argv[1], trust_code=True); x = torch.load(sys.argv[2]);"
+        "torch.save(m(x), sys.argv[3]); print(condense.count(m, (3, 16, 16)).attrs['macs'])"
+    )
     elsewhere = tmp_path / "elsewhere"  # the file's path is recorded absolute: loads from any folder
     elsewhere.mkdir()
-    proc = subprocess.run([sys.executable, "-c", code, str(out), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
-                          capture_output=True, text=True, cwd=elsewhere)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(out), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+        capture_output=True,
+        text=True,
+        cwd=elsewhere,
+    )
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout.strip()) == meta["counts"]["macs_after"]
     here = condense.load(out, trust_code=True)
@@ -155,22 +163,39 @@ def test_cli_saves_a_directory_that_loads_back_in_a_fresh_process(tmp_path):
 
 def test_cli_json_and_dry_run(tmp_path, capsys):
     src = _write_factory(tmp_path)
-    assert main([f"{src}:net", "--input-size", "3x16x16", "--params", "80%", "--dry-run", "--json",
-                 "-o", str(tmp_path / "never")]) == 0
+    assert (
+        main(
+            [
+                f"{src}:net",
+                "--input-size",
+                "3x16x16",
+                "--params",
+                "80%",
+                "--dry-run",
+                "--json",
+                "-o",
+                str(tmp_path / "never"),
+            ]
+        )
+        == 0
+    )
     data = json.loads(capsys.readouterr().out)
     assert data["params_after"] <= 0.8 * data["params_before"] and data["output"] is None
     assert not (tmp_path / "never").exists()
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["timm:not_a_model_xyz", "--budget", "1G"], "unknown timm model"),
-    (["timm:resnet18", "--budget", "12Q"], "bad budget"),
-    (["timm:resnet18", "--budget", "1K", "--input-size", "3x32x32"], "smallest reachable"),
-    (["timm:resnet18", "--input-size", "3x"], "bad input size"),
-    (["timm:resnet18", "--checkpoint", "/nonexistent.pth"], "does not exist"),
-    (["timm:resnet18", "--layer", "fancy"], "unknown layer type"),
-    (["timm:resnet18", "--velocity", "warp"], "velocity"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["timm:not_a_model_xyz", "--budget", "1G"], "unknown timm model"),
+        (["timm:resnet18", "--budget", "12Q"], "bad budget"),
+        (["timm:resnet18", "--budget", "1K", "--input-size", "3x32x32"], "smallest reachable"),
+        (["timm:resnet18", "--input-size", "3x"], "bad input size"),
+        (["timm:resnet18", "--checkpoint", "/nonexistent.pth"], "does not exist"),
+        (["timm:resnet18", "--layer", "fancy"], "unknown layer type"),
+        (["timm:resnet18", "--velocity", "warp"], "velocity"),
+    ],
+)
 def test_cli_bad_input_is_one_line_exit_1_no_files(argv, needle, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 1
@@ -182,8 +207,7 @@ def test_cli_bad_input_is_one_line_exit_1_no_files(argv, needle, tmp_path, capsy
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path, capsys):
     bad = tmp_path / "w.pth"
     bad.write_bytes(b"not a checkpoint")
-    assert main(["timm:resnet18", "--checkpoint", str(bad), "--input-size", "3x32x32", "-o",
-                 str(tmp_path / "o")]) == 1
+    assert main(["timm:resnet18", "--checkpoint", str(bad), "--input-size", "3x32x32", "-o", str(tmp_path / "o")]) == 1
     assert "not readable" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
@@ -191,12 +215,14 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path, capsys):
 def test_checkpoint_is_loaded_and_saved_weights_follow(tmp_path):
     model = timm.create_model("resnet18", pretrained=False, num_classes=10)
     from safetensors.torch import save_file
+
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
     fresh = timm.create_model("resnet18", pretrained=False, num_classes=10)
     condense.load_checkpoint(fresh, tmp_path / "w.safetensors")
     assert torch.equal(fresh.conv1.weight, model.conv1.weight)
-    with pytest.raises(CondenseError,
-                       match=r"do not fit ResNet \(2 of other shapes: fc.weight \(10, 512\) vs \(1000, 512\)"):
+    with pytest.raises(
+        CondenseError, match=r"do not fit ResNet \(2 of other shapes: fc.weight \(10, 512\) vs \(1000, 512\)"
+    ):
         condense.load_checkpoint(timm.create_model("resnet18", pretrained=False), tmp_path / "w.safetensors")
 
 
@@ -219,6 +245,7 @@ def test_preserve_keeps_the_pretrained_function_of_the_kept_path(resnet18):
     """With preserve, each run computes blocks[:m] then a copy of block m: the output changes only by the
     blocks after it, and with m = r - 1 (nothing dropped after the copy) it is exactly the original."""
     from condense.graph import find_runs
+
     found = find_runs(resnet18, SMALL, count=False)
     res = condense.fit(resnet18, input_size=SMALL, preserve=True)  # resnet18: r = 2, so m = 1 = r - 1
     assert all(c.init == "block" and c.options["zero_init"] for c in res.plan.choices.values())
@@ -234,11 +261,14 @@ def test_preserve_keeps_the_pretrained_function_of_the_kept_path(resnet18):
         assert (plain.model(x) - resnet18(x)).abs().max() > 1e-2
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["--budget", "-5M"], "bad budget '-5M': must be positive"),
-    (["--budget", "1e400"], "bad budget '1e400': not a finite number"),
-    (["--params", "-1"], "bad budget '-1': must be positive"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--budget", "-5M"], "bad budget '-5M': must be positive"),
+        (["--budget", "1e400"], "bad budget '1e400': not a finite number"),
+        (["--params", "-1"], "bad budget '-1': must be positive"),
+    ],
+)
 def test_budget_errors_are_one_line_exit_1_and_write_nothing(tmp_path, capsys, argv, needle):
     out = tmp_path / "out"
     assert main(["timm:resnet18", "--input-size", "3x32x32", "-o", str(out)] + argv) == 1
@@ -248,10 +278,12 @@ def test_budget_errors_are_one_line_exit_1_and_write_nothing(tmp_path, capsys, a
 
 def test_a_budget_the_model_cannot_meet_is_an_error_not_a_claim(tmp_path, capsys):
     src = tmp_path / "flat.py"
-    src.write_text("import torch.nn as nn\n"
-                   "def net():\n"
-                   "    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), "
-                   "nn.Conv2d(8, 16, 3, stride=2))\n")
+    src.write_text(
+        "import torch.nn as nn\n"
+        "def net():\n"
+        "    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), "
+        "nn.Conv2d(8, 16, 3, stride=2))\n"
+    )
     out = tmp_path / "out"
     assert main([f"{src}:net", "--input-size", "3x16x16", "--budget", "10%", "-o", str(out)]) == 1
     captured = capsys.readouterr()
@@ -283,10 +315,18 @@ def test_every_help_shows_the_defaults():
     from condense.cli import _main_parser, _sub_parser
     from search._cli import compare_parser, export_parser, search_parser
 
-    parsers = [_main_parser(), *(_sub_parser(n) for n in ("find", "count", "train", "recipe")), search_parser(),
-               export_parser(), compare_parser(), bench_parser(), onnx_parser()]
-    parsers += [a.choices[n] for a in parsers[4]._actions if isinstance(a, argparse._SubParsersAction)
-                for n in a.choices]  # recipe list / footprint / run
+    parsers = [
+        _main_parser(),
+        *(_sub_parser(n) for n in ("find", "count", "train", "recipe")),
+        search_parser(),
+        export_parser(),
+        compare_parser(),
+        bench_parser(),
+        onnx_parser(),
+    ]
+    parsers += [
+        a.choices[n] for a in parsers[4]._actions if isinstance(a, argparse._SubParsersAction) for n in a.choices
+    ]  # recipe list / footprint / run
     checked = 0
     for parser in parsers:
         assert parser.formatter_class is HelpFormatter, parser.prog

@@ -1,5 +1,6 @@
 """condense._io: directories that run no code when opened, atomic replacement under SIGKILL, checked metadata,
 clear errors on a full disk or a read-only folder."""
+
 import contextlib
 import json
 import os
@@ -48,9 +49,13 @@ def _ran(directory: Path) -> bool:
 
 # --- 1. opening a directory runs no code from it ---------------------------------------------------------
 
+
 def test_load_refuses_to_import_the_recorded_file_without_trust_code(file_dir):
-    with pytest.raises(CondenseError, match=r"names model code in .*nets.py:net; loading it would run that file "
-                                            r"\(if you trust it, pass trust_code=True \(--trust-code\)"):
+    with pytest.raises(
+        CondenseError,
+        match=r"names model code in .*nets.py:net; loading it would run that file "
+        r"\(if you trust it, pass trust_code=True \(--trust-code\)",
+    ):
         condense.load(file_dir)
     assert not _ran(file_dir)
     model = condense.load(file_dir, trust_code=True)
@@ -68,10 +73,15 @@ def test_load_with_the_model_passed_needs_no_trust(file_dir):
     assert model(torch.randn(2, 1, 16, 16)).shape == (2, 10)
 
 
-@pytest.mark.parametrize("argv", [["count", "{d}"], ["export-onnx", "{d}", "-o", "{t}/m.onnx", "--no-check"],
-                                  ["bench", "{d}", "--batch-sizes", "1", "--repeats", "1", "--no-compile",
-                                   "--no-train"],
-                                  ["train", "{d}", "--data", "mnist:/nonexistent.npz", "--epochs", "1"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["count", "{d}"],
+        ["export-onnx", "{d}", "-o", "{t}/m.onnx", "--no-check"],
+        ["bench", "{d}", "--batch-sizes", "1", "--repeats", "1", "--no-compile", "--no-train"],
+        ["train", "{d}", "--data", "mnist:/nonexistent.npz", "--epochs", "1"],
+    ],
+)
 def test_every_command_refuses_the_recorded_file_without_trust_code(file_dir, tmp_path, argv, capsys):
     argv = [a.format(d=file_dir, t=tmp_path) for a in argv]
     if argv[0] == "train":  # data are read first: give real ones
@@ -98,12 +108,15 @@ def test_a_changed_model_file_is_named(file_dir):
     assert not _ran(file_dir)
 
 
-@pytest.mark.parametrize("spec,needle", [
-    ({"kind": "python", "name": "x"}, "unknown kind 'python'"),
-    ({"kind": "file", "path": "/tmp/evil.txt", "factory": "f"}, "a file spec needs a .py path"),
-    ({"kind": "timm", "name": "resnet18", "code": "x"}, "unknown field"),
-    ("timm:resnet18", "must be an object"),
-])
+@pytest.mark.parametrize(
+    "spec,needle",
+    [
+        ({"kind": "python", "name": "x"}, "unknown kind 'python'"),
+        ({"kind": "file", "path": "/tmp/evil.txt", "factory": "f"}, "a file spec needs a .py path"),
+        ({"kind": "timm", "name": "resnet18", "code": "x"}, "unknown field"),
+        ("timm:resnet18", "must be an object"),
+    ],
+)
 def test_unknown_or_malformed_model_specs_are_errors(file_dir, spec, needle):
     meta = json.loads((file_dir / META).read_text())
     meta["model"] = spec
@@ -115,15 +128,19 @@ def test_unknown_or_malformed_model_specs_are_errors(file_dir, spec, needle):
 
 # --- 10. malformed condensed.json and weights: one line naming the field or the keys -----------------------
 
-@pytest.mark.parametrize("edit,needle", [
-    (lambda m: m.pop("plan"), r"missing field\(s\) plan"),
-    (lambda m: m.__setitem__("plan", [1, 2]), "field 'plan' must be an object"),
-    (lambda m: m["plan"].__setitem__(next(iter(m["plan"])), {"m": "two"}), "field 'plan'"),
-    (lambda m: m.__setitem__("surprise", 1), r"unknown field\(s\) surprise"),
-    (lambda m: m.__setitem__("model_kwargs", ["x"]), "field 'model_kwargs'"),
-    (lambda m: m.__setitem__("input_size", [1, 16]), "field 'input_size'"),
-    (lambda m: m.__setitem__("input_size", [3, 60000, 60000]), "too large"),
-])
+
+@pytest.mark.parametrize(
+    "edit,needle",
+    [
+        (lambda m: m.pop("plan"), r"missing field\(s\) plan"),
+        (lambda m: m.__setitem__("plan", [1, 2]), "field 'plan' must be an object"),
+        (lambda m: m["plan"].__setitem__(next(iter(m["plan"])), {"m": "two"}), "field 'plan'"),
+        (lambda m: m.__setitem__("surprise", 1), r"unknown field\(s\) surprise"),
+        (lambda m: m.__setitem__("model_kwargs", ["x"]), "field 'model_kwargs'"),
+        (lambda m: m.__setitem__("input_size", [1, 16]), "field 'input_size'"),
+        (lambda m: m.__setitem__("input_size", [3, 60000, 60000]), "too large"),
+    ],
+)
 def test_malformed_metadata_is_a_one_line_error_naming_the_field(file_dir, edit, needle, capsys):
     meta = json.loads((file_dir / META).read_text())
     edit(meta)
@@ -181,9 +198,18 @@ def test_state_dict_versions_survive_save_and_load():
     import tempfile
 
     from condense._io import write_model_dir
+
     with tempfile.TemporaryDirectory() as d:
-        meta = {"format": "condense/1", "model": None, "model_kwargs": {}, "model_class": "Versioned",
-                "input_size": [3, 8, 8], "plan": {}, "counts": {}, "runs": []}
+        meta = {
+            "format": "condense/1",
+            "model": None,
+            "model_kwargs": {},
+            "model_class": "Versioned",
+            "input_size": [3, 8, 8],
+            "plan": {},
+            "counts": {},
+            "runs": [],
+        }
         write_model_dir(Path(d) / "v", Versioned(), meta)
         assert json.loads((Path(d) / "v" / META).read_text())["state_metadata"][""] == {"version": 2}
         again = Versioned()
@@ -265,6 +291,7 @@ def test_written_directories_follow_the_umask(tmp_path):
 
 # --- 6. a full disk and a read-only folder: one line, exit 1, nothing lost ---------------------------------
 
+
 @contextlib.contextmanager
 def _tmpfs(path: Path, size: str, *options: str):
     path.mkdir()
@@ -304,8 +331,22 @@ def test_train_on_a_full_disk_is_no_space_left(tmp_path, capsys):
     npz = tiny_mnist(tmp_path / "m.npz")
     with _tmpfs(tmp_path / "fs", "64k") as fs:
         (fs / "filler").write_bytes(b"x" * 60_000)
-        code = main(["train", "zoo:mnist_resnet_small", "--data", f"mnist:{npz}", "--epochs", "1",
-                     "--batch-size", "64", "--max-steps", "1", "-o", str(fs / "run")])
+        code = main(
+            [
+                "train",
+                "zoo:mnist_resnet_small",
+                "--data",
+                f"mnist:{npz}",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "64",
+                "--max-steps",
+                "1",
+                "-o",
+                str(fs / "run"),
+            ]
+        )
         err = capsys.readouterr().err
         assert code == 1 and "no space left on" in err, err
         assert not (fs / "run" / ".last.pt.tmp").exists()
@@ -315,8 +356,18 @@ def test_sigkill_of_a_cli_run_leaves_no_half_directory(tmp_path, file_dir):
     """A real `condense` process killed at many moments: the output is always the old or the new model."""
     old_weights = (file_dir / WEIGHTS).read_bytes()
     src = file_dir.parent / "nets.py"
-    cmd = [sys.executable, "-m", "condense.cli", f"{src}:net", "--input-size", "1x16x16", "--budget", "60%",
-           "-o", str(file_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "condense.cli",
+        f"{src}:net",
+        "--input-size",
+        "1x16x16",
+        "--budget",
+        "60%",
+        "-o",
+        str(file_dir),
+    ]
     states = set()
     for delay in (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0):
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -334,11 +385,14 @@ def test_sigkill_of_a_cli_run_leaves_no_half_directory(tmp_path, file_dir):
 
 # --- round trips of torchvision models (state-dict versions kept: mnasnet's loader needs its version) -------
 
+
 @pytest.mark.parametrize("name", ["mnasnet1_0", "mobilenet_v2", "resnet18", "shufflenet_v2_x0_5"])
 def test_torchvision_models_round_trip(tmp_path, name):
     src = tmp_path / "tv.py"
-    src.write_text(f"import torchvision\ndef net(num_classes=10):\n"
-                   f"    return torchvision.models.{name}(weights=None, num_classes=num_classes)\n")
+    src.write_text(
+        f"import torchvision\ndef net(num_classes=10):\n"
+        f"    return torchvision.models.{name}(weights=None, num_classes=num_classes)\n"
+    )
     out = tmp_path / name
     assert main([f"{src}:net", "--input-size", "3x64x64", "--budget", "80%", "-o", str(out)]) == 0
     again = condense.load(out, trust_code=True)

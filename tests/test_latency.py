@@ -1,4 +1,5 @@
 """Latency budgets: the measurement, the fit that meets one with a few measured candidates, the CLI."""
+
 import json
 
 import pytest
@@ -150,16 +151,40 @@ def test_cli_latency_budget_real_clock(tmp_path, capsys):
     """End to end with the real clock: a loose budget (70% of the original) that the smallest plan of this
     net (about a third of its MACs) meets with room to spare, so noise cannot flip the outcome."""
     src = tmp_path / "nets.py"
-    src.write_text("import sys\nsys.path.insert(0, %r)\nfrom test_latency import Net\n"
-                   "def net():\n    return Net()\n" % str(__import__("pathlib").Path(__file__).parent))
+    src.write_text(
+        "import sys\nsys.path.insert(0, %r)\nfrom test_latency import Net\n"
+        "def net():\n    return Net()\n" % str(__import__("pathlib").Path(__file__).parent)
+    )
     out = tmp_path / "out"
-    assert main([f"{src}:net", "--input-size", "3x32x32", "--latency", "70%", "--threads", "1", "--device", "cpu",
-                 "-o", str(out), "--json"]) == 0
+    assert (
+        main(
+            [
+                f"{src}:net",
+                "--input-size",
+                "3x32x32",
+                "--latency",
+                "70%",
+                "--threads",
+                "1",
+                "--device",
+                "cpu",
+                "-o",
+                str(out),
+                "--json",
+            ]
+        )
+        == 0
+    )
     data = json.loads(capsys.readouterr().out)
     lat = data["latency"]
     assert lat["after_ms"] <= lat["budget_ms"] == pytest.approx(0.7 * lat["before_ms"])
-    assert lat["setting"] == {"batch": 1, "mode": "eager", "threads": 1, "device": "cpu",
-                              "device_name": "cpu (1 threads)"}
+    assert lat["setting"] == {
+        "batch": 1,
+        "mode": "eager",
+        "threads": 1,
+        "device": "cpu",
+        "device_name": "cpu (1 threads)",
+    }
     saved = json.loads((out / "condensed.json").read_text())
     assert saved["latency"]["after_ms"] == lat["after_ms"]
     assert main([f"{src}:net", "--input-size", "3x32x32", "--latency", "later"]) == 1

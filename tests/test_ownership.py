@@ -1,6 +1,7 @@
 """What a hostile or unlucky user tried (issue: never delete what the tool did not write, never an internal
 error): output folders the tool does not own, damaged checkpoints, colliding flags, broken factories, a
 second writer. Each case failed (deleted a file, exited 2, or said "saved" twice) before the fix."""
+
 import json
 import os
 import subprocess
@@ -47,6 +48,7 @@ def _condense(*args):
 
 
 # --- 1. -o never deletes a user's files ------------------------------------------------------------------
+
 
 def test_a_folder_with_a_fake_condensed_json_is_not_replaced(netfile, tmp_path, capsys):
     fake = tmp_path / "fake"
@@ -150,23 +152,28 @@ def test_the_lock_is_reentrant_within_a_process(tmp_path):
 
 # --- 4. exit 1 with a hint, not exit 2 ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("args,expect", [
-    (["--option", "K=5"], "K has its own flag"),
-    (["--option", "K=2.5"], "K has its own flag"),
-    (["--option", "init=block"], "init has its own flag"),
-    (["--option", "velocity=zero", "--velocity", "dwconv"], "velocity has its own flag"),
-    (["--option", "dt=0.1", "--option", "dt=0.2"], "given twice"),
-    (["--input-size", ""], "bad input size ''"),
-    (["--K", "101"], "integer from 1 to 100"),
-])
+
+@pytest.mark.parametrize(
+    "args,expect",
+    [
+        (["--option", "K=5"], "K has its own flag"),
+        (["--option", "K=2.5"], "K has its own flag"),
+        (["--option", "init=block"], "init has its own flag"),
+        (["--option", "velocity=zero", "--velocity", "dwconv"], "velocity has its own flag"),
+        (["--option", "dt=0.1", "--option", "dt=0.2"], "given twice"),
+        (["--input-size", ""], "bad input size ''"),
+        (["--K", "101"], "integer from 1 to 100"),
+    ],
+)
 def test_colliding_or_bad_flags_are_one_line_errors(netfile, capsys, args, expect):
     assert _condense("--dry-run", *args) == 1
     err = capsys.readouterr().err
     assert expect in err and "unexpected" not in err
 
 
-@pytest.mark.parametrize("factory,expect", [("raises", "raised ValueError: boom"),
-                                            ("needs", "cannot be called without arguments")])
+@pytest.mark.parametrize(
+    "factory,expect", [("raises", "raised ValueError: boom"), ("needs", "cannot be called without arguments")]
+)
 def test_a_broken_factory_is_a_one_line_error(netfile, capsys, factory, expect):
     assert main([f"m.py:{factory}", "--input-size", "3x16x16", "--dry-run"]) == 1
     err = capsys.readouterr().err
@@ -174,6 +181,7 @@ def test_a_broken_factory_is_a_one_line_error(netfile, capsys, factory, expect):
 
 
 # --- training: a damaged last.pt, a foreign folder, a full stop before the first epoch ----------------------
+
 
 @pytest.fixture()
 def data(tmp_path):
@@ -213,10 +221,17 @@ def _no_test_acc(s):
     s["history"] = [{"epoch": 1}]
 
 
-@pytest.mark.parametrize("edit,expect", [(_other_shape, "of other shapes"), (_string_epoch, "epoch '1'"),
-                                         (_huge_epoch, "epoch 1000000000000000000"),
-                                         (_no_groups, "no parameter groups"), (_bad_rng, "random states"),
-                                         (_no_test_acc, "history")])
+@pytest.mark.parametrize(
+    "edit,expect",
+    [
+        (_other_shape, "of other shapes"),
+        (_string_epoch, "epoch '1'"),
+        (_huge_epoch, "epoch 1000000000000000000"),
+        (_no_groups, "no parameter groups"),
+        (_bad_rng, "random states"),
+        (_no_test_acc, "history"),
+    ],
+)
 def test_a_tampered_checkpoint_is_named_as_damaged(data, tmp_path, edit, expect):
     out = tmp_path / "run"
     train(small_net(), data, TrainConfig(epochs=1, batch_size=64, lr=0.05), out_dir=out, progress=False)
@@ -251,6 +266,7 @@ def test_a_run_that_fails_before_writing_leaves_no_folder(data, tmp_path):
 
 # --- files the tool reads back: absurd content is a one-line error, not an allocation or a RecursionError ---
 
+
 def test_absurd_num_classes_is_refused_before_allocating(netfile, tmp_path, capsys):
     assert main(["zoo:resnet_tiny", "--num-classes", str(10**9), "--dry-run"]) == 1
     assert "num_classes=1000000000 is not a class count" in capsys.readouterr().err
@@ -276,6 +292,7 @@ def test_a_deeply_nested_condensed_json_is_a_one_line_error(netfile, tmp_path, c
 
 # --- a full disk: one line that says so, and nothing left behind -----------------------------------------------
 
+
 def test_export_onnx_on_a_full_disk_says_so(netfile, tmp_path, capsys):
     from test_io import _tmpfs
 
@@ -294,14 +311,36 @@ def test_train_on_a_full_disk_leaves_no_empty_folder(netfile, tmp_path, capsys):
     npz = tiny_mnist(tmp_path / "mnist.npz")
     with _tmpfs(tmp_path / "fs", "8k") as fs:
         (fs / "filler").write_bytes(b"x" * 7000)
-        assert main(["train", "zoo:resnet_tiny", "--data", f"mnist:{npz}", "--epochs", "1", "--limit-train", "128",
-                     "--limit-test", "64", "--batch-size", "64", "--threads", "1", "-o", str(fs / "run")]) == 1
+        assert (
+            main(
+                [
+                    "train",
+                    "zoo:resnet_tiny",
+                    "--data",
+                    f"mnist:{npz}",
+                    "--epochs",
+                    "1",
+                    "--limit-train",
+                    "128",
+                    "--limit-test",
+                    "64",
+                    "--batch-size",
+                    "64",
+                    "--threads",
+                    "1",
+                    "-o",
+                    str(fs / "run"),
+                ]
+            )
+            == 1
+        )
         err = capsys.readouterr().err
         assert "no space left on" in err and "unexpected" not in err
         assert sorted(p.name for p in fs.iterdir()) == ["filler"]
 
 
 # --- single-file outputs replace only their own kind of file ----------------------------------------------------
+
 
 def test_export_onnx_and_bench_csv_never_overwrite_a_user_file(netfile, tmp_path, capsys):
     assert _condense("-o", "d") == 0

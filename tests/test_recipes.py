@@ -5,6 +5,7 @@ Tolerances as in test_zoo.py: 5% for the original models (the paper's figures ar
 thop), 12% for condensed models (thop counts nothing for the Global layer's elementwise update; several
 small models are inferred). Known gaps are listed in GAPS and checked only for direction.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,8 +18,17 @@ import numpy as np
 import pytest
 
 from condense import CondenseError
-from condense._recipes import (TRAIN_KEYS, Recipe, footprint, footprint_table, list_recipes, load_recipe,
-                               recipes_dir, run_recipe, train_config)
+from condense._recipes import (
+    TRAIN_KEYS,
+    Recipe,
+    footprint,
+    footprint_table,
+    list_recipes,
+    load_recipe,
+    recipes_dir,
+    run_recipe,
+    train_config,
+)
 from conftest import real_data, tiny_mnist
 
 RECIPES = sorted(recipes_dir().glob("*.yaml"))
@@ -33,7 +43,7 @@ GAPS = {
     "cifar100_resnet56": "as cifar10_resnet56",
     "mnist_resnet": "the paper replaces all 6 blocks (m=0); condense keeps m >= 1",
     "cifar10_densenet_bc": "the paper's Densenet-Global is another network (8 dense layers + a Global layer after "
-                           "the first two transitions); condense replaces the last 8 layers of each block",
+    "the first two transitions); condense replaces the last 8 layers of each block",
     "cifar100_densenet_bc": "as cifar10_densenet_bc",
     "imagenet_mobilenetv2": "the paper's Global variants are not specified beyond 'one Global layer per resolution'",
     "imagenet_mobilenetv3": "as imagenet_mobilenetv2",
@@ -47,12 +57,27 @@ def _close(measured, paper, tol):
 
 def test_the_papers_experiments_are_all_there():
     names = {p.stem for p in RECIPES}
-    for needed in ("mnist_resnet", "mnist_resnet_small", "mnist_fig2_cnn", "mnist_fig2_residual", "mnist_fig2_pde",
-                   "cifar10_resnet32", "cifar100_resnet32", "cifar10_resnet56", "cifar10_densenet_bc",
-                   "cifar10_wrn_40_4", "cifar10_resnet_tiny", "cifar10_resnet_tiny_global", "cifar10_wrn_tiny",
-                   "cifar10_wrn_tiny_global", "cifar100_resnet_global_same_budget",
-                   "cifar100_wrn_global_same_budget", "imagenet_mobilenetv2", "imagenet_mobilenetv3",
-                   "imagenet_efficientnet_b0"):
+    for needed in (
+        "mnist_resnet",
+        "mnist_resnet_small",
+        "mnist_fig2_cnn",
+        "mnist_fig2_residual",
+        "mnist_fig2_pde",
+        "cifar10_resnet32",
+        "cifar100_resnet32",
+        "cifar10_resnet56",
+        "cifar10_densenet_bc",
+        "cifar10_wrn_40_4",
+        "cifar10_resnet_tiny",
+        "cifar10_resnet_tiny_global",
+        "cifar10_wrn_tiny",
+        "cifar10_wrn_tiny_global",
+        "cifar100_resnet_global_same_budget",
+        "cifar100_wrn_global_same_budget",
+        "imagenet_mobilenetv2",
+        "imagenet_mobilenetv3",
+        "imagenet_efficientnet_b0",
+    ):
         assert needed in names
     assert [r.name for r in list_recipes()] == [p.stem for p in RECIPES]
 
@@ -138,8 +163,15 @@ def test_run_recipe_trains_through_condense_train_and_records_the_seed(tmp_path)
     data = f"mnist:{_mnist_like(tmp_path / 'mnist.npz')}"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing is "recorded, not applied" any more
-        res = run_recipe(recipes_dir() / "mnist_fig2_cnn.yaml", epochs=1, out_dir=tmp_path / "run", limit_train=256,
-                         progress=False, seed=3, data=data)
+        res = run_recipe(
+            recipes_dir() / "mnist_fig2_cnn.yaml",
+            epochs=1,
+            out_dir=tmp_path / "run",
+            limit_train=256,
+            progress=False,
+            seed=3,
+            data=data,
+        )
     assert 0 <= res.metrics["test_acc"] <= 1 and res.metrics["params"] == 524
     assert res.metrics["seed"] == 3 and res.metrics["config"]["seed"] == 3
     assert res.metrics["config"]["clip_grad_norm"] == 5.0 and res.metrics["config"]["decay_norm_and_bias"] is True
@@ -185,8 +217,10 @@ def test_train_settings_the_trainer_lacks_are_rejected(tmp_path):
 
 
 def test_measured_block_gives_mean_and_std(tmp_path):
-    block = ("measured: {command: 'condense recipe run x.yaml --seeds 0,1,2', epochs: 30, seeds: [0, 1, 2], "
-             "accuracy: [91.0, 92.0, 93.0], wall_minutes: 4}\n")
+    block = (
+        "measured: {command: 'condense recipe run x.yaml --seeds 0,1,2', epochs: 30, seeds: [0, 1, 2], "
+        "accuracy: [91.0, 92.0, 93.0], wall_minutes: 4}\n"
+    )
     r = load_recipe(_write(tmp_path, GOOD + block, "good.yaml"))
     assert r.measured.seeds == (0, 1, 2) and r.measured.mean == pytest.approx(92.0)
     assert r.measured.std == pytest.approx(1.0) and r.measured.describe() == "92.00 ± 1.00% (3 seeds, 30 ep)"
@@ -200,9 +234,23 @@ def test_cli_recipe_run_seeds_prints_mean_and_std_and_reuses_finished_seeds(tmp_
 
     from condense.cli import main
 
-    argv = ["recipe", "run", str(recipes_dir() / "mnist_fig2_cnn.yaml"), "--seeds", "0,1", "--epochs", "1",
-            "--limit-train", "256", "-o", str(tmp_path), "--threads", "1",
-            "--data", f"mnist:{_mnist_like(tmp_path / 'mnist.npz')}"]
+    argv = [
+        "recipe",
+        "run",
+        str(recipes_dir() / "mnist_fig2_cnn.yaml"),
+        "--seeds",
+        "0,1",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "256",
+        "-o",
+        str(tmp_path),
+        "--threads",
+        "1",
+        "--data",
+        f"mnist:{_mnist_like(tmp_path / 'mnist.npz')}",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "mean ± std" in out and "measured:" in out and "seeds: [0, 1]" in out and "92.01%" in out
@@ -250,29 +298,32 @@ def test_the_minimal_good_file_loads(tmp_path):
     assert r.paper.baseline.params == 13e3 and r.train.schedule == "step" and r.plan.kind == "default"
 
 
-@pytest.mark.parametrize("change, needle", [
-    (("title: t", "title: t\ncolour: red"), "colour: unknown key"),
-    (("lr: 0.1", "lr: 0.1, lr_decay: cos"), "train.lr_decay: unknown key"),
-    (("lr: 0.1", "lr: -1"), "train.lr: must be a number"),
-    (("epochs: 300", "epochs: 100"), "train.milestones: must be an integer in [1, 100]"),
-    (("plan: default", "plan: fancy"), "plan: 'fancy' is not a plan"),
-    (("plan: default", "plan: {m: 2, macs: 3M}"), "plan.m: a budget"),
-    (("plan: default", "plan: {m: 0}"), "plan.m: must be an integer >= 1"),
-    (("plan: default", "plan: {K: 5, options: {velocity: warp}}"), "plan.options: velocity='warp'"),
-    (("plan: default", "plan: {layer: magic}"), "plan.layer: 'magic' is not one of"),
-    (("plan: default", "plan: {macs: lots}"), "plan.macs: bad budget"),
-    (("zoo:resnet_tiny", "zoo:resnet_tinyy"), "did you mean resnet_tiny"),
-    (("zoo:resnet_tiny", "resnet.py"), "model.spec:"),
-    (("input_size: [3, 32, 32]", "input_size: [3, 32]"), "model.input_size:"),
-    (("num_classes: 10", "num_classes: ten"), "model.num_classes: must be an integer"),
-    (("data: cifar10:", "data: svhn:"), "data: 'svhn:"),
-    (("params: 13K", "params: 13Q"), "paper.baseline.params: '13Q' is not a count"),
-    (("params: 13K", "params: 50%"), "paper.baseline.params: '50%' is a percentage"),
-    (("accuracy: 80.76", "accuracy: 180"), "paper.baseline.accuracy: must be a number in [0, 100]"),
-    (("train: {", "train: {bogus: 1, "), "train.bogus: unknown key"),
-    (("model: {", "model: {1: 3, "), "model.1: unknown key"),
-    (("title: t", "title: t\ndistill: {teacher: baseline, alpha: 2}"), "distill.alpha: must be a number"),
-])
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        (("title: t", "title: t\ncolour: red"), "colour: unknown key"),
+        (("lr: 0.1", "lr: 0.1, lr_decay: cos"), "train.lr_decay: unknown key"),
+        (("lr: 0.1", "lr: -1"), "train.lr: must be a number"),
+        (("epochs: 300", "epochs: 100"), "train.milestones: must be an integer in [1, 100]"),
+        (("plan: default", "plan: fancy"), "plan: 'fancy' is not a plan"),
+        (("plan: default", "plan: {m: 2, macs: 3M}"), "plan.m: a budget"),
+        (("plan: default", "plan: {m: 0}"), "plan.m: must be an integer >= 1"),
+        (("plan: default", "plan: {K: 5, options: {velocity: warp}}"), "plan.options: velocity='warp'"),
+        (("plan: default", "plan: {layer: magic}"), "plan.layer: 'magic' is not one of"),
+        (("plan: default", "plan: {macs: lots}"), "plan.macs: bad budget"),
+        (("zoo:resnet_tiny", "zoo:resnet_tinyy"), "did you mean resnet_tiny"),
+        (("zoo:resnet_tiny", "resnet.py"), "model.spec:"),
+        (("input_size: [3, 32, 32]", "input_size: [3, 32]"), "model.input_size:"),
+        (("num_classes: 10", "num_classes: ten"), "model.num_classes: must be an integer"),
+        (("data: cifar10:", "data: svhn:"), "data: 'svhn:"),
+        (("params: 13K", "params: 13Q"), "paper.baseline.params: '13Q' is not a count"),
+        (("params: 13K", "params: 50%"), "paper.baseline.params: '50%' is a percentage"),
+        (("accuracy: 80.76", "accuracy: 180"), "paper.baseline.accuracy: must be a number in [0, 100]"),
+        (("train: {", "train: {bogus: 1, "), "train.bogus: unknown key"),
+        (("model: {", "model: {1: 3, "), "model.1: unknown key"),
+        (("title: t", "title: t\ndistill: {teacher: baseline, alpha: 2}"), "distill.alpha: must be a number"),
+    ],
+)
 def test_bad_values_and_unknown_keys_are_one_line_errors_naming_file_and_key(tmp_path, change, needle):
     old, new = change
     assert old in GOOD
@@ -283,12 +334,15 @@ def test_bad_values_and_unknown_keys_are_one_line_errors_naming_file_and_key(tmp
     assert "\n" not in text and text.startswith("bad.yaml: ") and needle in text, text
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("model: [unclosed\n", "not valid YAML at line"),
-    ("- a\n- b\n", "must be a mapping"),
-    ("title: t\n", "model: missing"),
-    ("", "model: missing"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("model: [unclosed\n", "not valid YAML at line"),
+        ("- a\n- b\n", "must be a mapping"),
+        ("title: t\n", "model: missing"),
+        ("", "model: missing"),
+    ],
+)
 def test_broken_files_are_one_line_errors(tmp_path, text, needle):
     with pytest.raises(CondenseError) as err:
         load_recipe(_write(tmp_path, text))
@@ -340,28 +394,45 @@ def test_a_wheel_ships_the_recipes_and_finds_them_from_any_folder(tmp_path):
     for part in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / part, src / part)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     wheel = next((tmp_path / "dist").glob("condense-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"condense/recipes/{p.name}" for p in RECIPES} <= names
     assert "condense/pde/csrc/advection_diffusion.c" in names
-    subprocess.run([*pip, "install", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)], check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [*pip, "install", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
-    probe = ("import json, condense, condense._recipes as r; "
-             "print(json.dumps([condense.__file__, str(r.recipes_dir()), len(r.list_recipes()), "
-             "r.load_recipe('mnist_fig2_cnn').data_spec]))")
-    got = subprocess.run([sys.executable, "-c", probe], cwd=elsewhere, env=env, capture_output=True, text=True,
-                         timeout=300, check=True)
+    probe = (
+        "import json, condense, condense._recipes as r; "
+        "print(json.dumps([condense.__file__, str(r.recipes_dir()), len(r.list_recipes()), "
+        "r.load_recipe('mnist_fig2_cnn').data_spec]))"
+    )
+    got = subprocess.run(
+        [sys.executable, "-c", probe], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300, check=True
+    )
     module, folder, count, data = json.loads(got.stdout.strip().splitlines()[-1])
     assert module.startswith(str(tmp_path / "site")) and folder == str(tmp_path / "site" / "condense" / "recipes")
     assert count == len(RECIPES)
     assert data == f"mnist:{(elsewhere / '../shared/data/mnist.npz').resolve()}"  # relative to where it runs
-    listed = subprocess.run([sys.executable, "-m", "condense.cli", "recipe", "list"], cwd=elsewhere, env=env,
-                            capture_output=True, text=True, timeout=300)
+    listed = subprocess.run(
+        [sys.executable, "-m", "condense.cli", "recipe", "list"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert listed.returncode == 0, listed.stderr
     assert "recipes (paper figures" in listed.stdout and "mnist" in listed.stdout and "imagenet" in listed.stdout
 
@@ -385,8 +456,15 @@ def test_run_recipe_builds_the_model_from_the_seed(tmp_path):
     firsts = []
     for i, seed in enumerate((3, 3, 4)):
         torch.manual_seed(100 + i)
-        res = run_recipe("mnist_fig2_cnn", epochs=1, out_dir=tmp_path / f"r{i}", data=f"mnist:{npz}", seed=seed,
-                         progress=False, device="cpu")
+        res = run_recipe(
+            "mnist_fig2_cnn",
+            epochs=1,
+            out_dir=tmp_path / f"r{i}",
+            data=f"mnist:{npz}",
+            seed=seed,
+            progress=False,
+            device="cpu",
+        )
         firsts.append({k: v.clone() for k, v in res.model.state_dict().items()})
     same = all(torch.equal(firsts[0][k], firsts[1][k]) for k in firsts[0])
     other = all(torch.equal(firsts[0][k], firsts[2][k]) for k in firsts[0])

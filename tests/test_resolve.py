@@ -1,4 +1,5 @@
 """condense._resolve: one resolver for "a model spec or a saved directory -> a model"."""
+
 import pytest
 import torch
 
@@ -15,8 +16,9 @@ def test_a_spec_is_built_with_num_classes_only_when_it_differs(tmp_path):
 
 
 def test_a_file_factory_without_num_classes_gets_a_clear_error(tmp_path):
-    (tmp_path / "net.py").write_text("import torch.nn as nn\n"
-                                     "def net():\n    return nn.Sequential(nn.Flatten(), nn.Linear(12, 10))\n")
+    (tmp_path / "net.py").write_text(
+        "import torch.nn as nn\ndef net():\n    return nn.Sequential(nn.Flatten(), nn.Linear(12, 10))\n"
+    )
     spec = condense.parse_model_spec(f"{tmp_path / 'net.py'}:net")
     model, kwargs = build_for_classes(spec, 10)
     assert kwargs == {} and model[1].out_features == 10

@@ -4,6 +4,7 @@ and ``condense search --strategy supernet`` end to end (train, score, front, exp
 
 Everything runs on ``zoo:resnet_tiny`` at 3x16x16 and a tiny MNIST-format npz (resized, grey repeated).
 """
+
 import math
 import random
 
@@ -15,8 +16,7 @@ import condense
 import condense.train as train_module
 import search
 from condense import Plan, RunChoice, TrainConfig
-from condense._supernet import (SandwichConfig, export_plan, recalibrate_bn, step_plans,
-                                train_supernet)
+from condense._supernet import SandwichConfig, export_plan, recalibrate_bn, step_plans, train_supernet
 from condense.data import load_data
 from conftest import tiny_mnist
 from condense.pde import DIFFUSIONS, SOURCES, VELOCITIES, layer_names
@@ -47,13 +47,32 @@ def _plans(net):
     runs = [r.path for r in net.runs]
     plans = [net.largest_plan(), net.smallest_plan(random.Random(0))]
     for i, layer in enumerate(layer_names()):
-        plans.append(Plan({runs[i % len(runs)]: RunChoice(m=1 + i % 2, layer=layer,
-                                                          options={"K": 1 + 4 * i} if layer != "drop" else {},
-                                                          init=("block", "input")[i % 2])}))
+        plans.append(
+            Plan(
+                {
+                    runs[i % len(runs)]: RunChoice(
+                        m=1 + i % 2,
+                        layer=layer,
+                        options={"K": 1 + 4 * i} if layer != "drop" else {},
+                        init=("block", "input")[i % 2],
+                    )
+                }
+            )
+        )
     for i, (v, d, s) in enumerate(zip(VELOCITIES, DIFFUSIONS * 2, SOURCES + SOURCES[:1])):
-        plans.append(Plan({p: RunChoice(m=2 - i % 2, layer="global", init=("input", "block")[i % 2],
-                                        options={"K": 20 - i, "velocity": v, "diffusion": d, "source": s})
-                           for p in runs[i % 2::2]}))
+        plans.append(
+            Plan(
+                {
+                    p: RunChoice(
+                        m=2 - i % 2,
+                        layer="global",
+                        init=("input", "block")[i % 2],
+                        options={"K": 20 - i, "velocity": v, "diffusion": d, "source": s},
+                    )
+                    for p in runs[i % 2 :: 2]
+                }
+            )
+        )
     rng = random.Random(3)
     plans += [net.random_plan(rng) for _ in range(4)]
     return plans
@@ -89,10 +108,15 @@ def test_selected_path_computes_exactly_what_the_exported_model_computes(built):
         assert torch.equal(net(x), ref(x))
 
 
-TIMM = [("mobilenetv2_100", {}, (3, 32, 32)),                           # inverted residuals
-         ("rexnet_100", {}, (3, 32, 32)),                                # growing runs (GrowingTail)
-         ("swin_tiny_patch4_window7_224", dict(img_size=64, window_size=4, embed_dim=16, depths=(2, 4, 2),
-                                               num_heads=(1, 2, 4)), (3, 64, 64))]  # channels-last (NHWC) runs
+TIMM = [
+    ("mobilenetv2_100", {}, (3, 32, 32)),  # inverted residuals
+    ("rexnet_100", {}, (3, 32, 32)),  # growing runs (GrowingTail)
+    (
+        "swin_tiny_patch4_window7_224",
+        dict(img_size=64, window_size=4, embed_dim=16, depths=(2, 4, 2), num_heads=(1, 2, 4)),
+        (3, 64, 64),
+    ),
+]  # channels-last (NHWC) runs
 
 
 @pytest.mark.parametrize("name,kwargs,size", TIMM, ids=[t[0].split("_")[0] for t in TIMM])
@@ -105,20 +129,36 @@ def test_timm_selected_path_computes_exactly_what_the_exported_model_computes(na
     import timm
 
     torch.manual_seed(0)
-    net = search.supernet(timm.create_model(name, pretrained=False, num_classes=10, **kwargs), input_size=size,
-                          K=(1, 4))
+    net = search.supernet(
+        timm.create_model(name, pretrained=False, num_classes=10, **kwargs), input_size=size, K=(1, 4)
+    )
     with torch.no_grad():  # candidate layers unlike their (partly zero) initialisation
         g = torch.Generator().manual_seed(1)
         for p in net.candidates.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=g))
     x, xt = (torch.randn(n, *size, generator=torch.Generator().manual_seed(n)) for n in (2, 4))
     runs = [r.path for r in net.runs]
-    plans = [net.smallest_plan(random.Random(0)), net.random_plan(random.Random(1)),
-             Plan({p: RunChoice(m=1, layer="global", init="block", options={"K": 3, "velocity": "separable",
-                                                                           "diffusion": "dwconv", "source": "residual"})
-                   for p in runs}),
-             Plan({p: RunChoice(m=r.r - 1, layer="implicit_rd", init="input", options={"K": 2})
-                   for p, r in zip(runs, net.runs)})]
+    plans = [
+        net.smallest_plan(random.Random(0)),
+        net.random_plan(random.Random(1)),
+        Plan(
+            {
+                p: RunChoice(
+                    m=1,
+                    layer="global",
+                    init="block",
+                    options={"K": 3, "velocity": "separable", "diffusion": "dwconv", "source": "residual"},
+                )
+                for p in runs
+            }
+        ),
+        Plan(
+            {
+                p: RunChoice(m=r.r - 1, layer="implicit_rd", init="input", options={"K": 2})
+                for p, r in zip(runs, net.runs)
+            }
+        ),
+    ]
     for plan in plans:
         net.select(plan).eval()
         with torch.no_grad():
@@ -138,7 +178,7 @@ def test_candidate_layers_are_shared_and_K_is_elastic(built):
     model, net = built
     cands = net.candidates["run0"]
     a, b = cands["global-dwconv-constant-identity"], cands["global-dwconv-dwconv-residual"]
-    assert a.velocity is b.velocity                      # one velocity net per kind, shared
+    assert a.velocity is b.velocity  # one velocity net per kind, shared
     assert cands["global-separable-dwconv-none"].diffusion is b.diffusion
     assert cands["global-zero-constant-residual"].source is b.source
     assert len({id(p) for p in net.parameters()}) == sum(1 for _ in net.parameters())
@@ -180,21 +220,31 @@ def test_sandwich_step_trains_every_sampled_path_and_nothing_else(data):
         # the path's kept blocks (and everything outside the runs) were trained as well
         assert {id(p) for p in net.net.parameters()} & changed
     unused = {id(p) for p in net.candidates.parameters()} - used
-    assert unused and not (unused & changed)                       # candidates no plan used: untouched
-    assert len(plans) == 4 and not plans[0].choices                # largest (the original), smallest, 2 random
+    assert unused and not (unused & changed)  # candidates no plan used: untouched
+    assert len(plans) == 4 and not plans[0].choices  # largest (the original), smallest, 2 random
     assert all(c.m == 1 for c in plans[1].choices.values()) and len(plans[1].choices) == len(net.runs)
     # the smallest plan starts its layers from the input (init=block would still run block m), at the lowest K
     smallest = [net.smallest_plan(random.Random(s)) for s in range(6)]
-    assert all(c.init == "input" and c.options.get("K", net.space.K[0]) == net.space.K[0]  # drop: no K
-               for p in smallest for c in p.choices.values())
+    assert all(
+        c.init == "input" and c.options.get("K", net.space.K[0]) == net.space.K[0]  # drop: no K
+        for p in smallest
+        for c in p.choices.values()
+    )
 
 
 def test_export_and_load_round_trip(tmp_path, built):
     model, net = built
-    plan = Plan({"layer2": RunChoice(m=1, layer="global", options={"K": 4, "velocity": "dwconv",
-                                                                      "diffusion": "dwconv", "source": "identity"},
-                                     init="block"),
-                 "layer3": RunChoice(m=2, layer="implicit_rd", options={"K": 2}, init="input")})
+    plan = Plan(
+        {
+            "layer2": RunChoice(
+                m=1,
+                layer="global",
+                options={"K": 4, "velocity": "dwconv", "diffusion": "dwconv", "source": "identity"},
+                init="block",
+            ),
+            "layer3": RunChoice(m=2, layer="implicit_rd", options={"K": 2}, init="input"),
+        }
+    )
     net.select(plan)
     recalibrate_bn(net, [torch.randn(8, *SIZE)])
     standalone = net.extract(plan).eval()
@@ -224,7 +274,7 @@ def _run(out, bundle, interrupt=False, monkeypatch=None):
             train_supernet(net, bundle, cfg, sandwich, out_dir=out, progress=False, device="cpu")
         monkeypatch.setattr(train_module, "_atomic_save", real)
         model, net = _net(seed=5)  # a fresh process: other initial weights, all replaced by the checkpoint
-        torch.manual_seed(123)     # ... and another global random state, restored from the checkpoint
+        torch.manual_seed(123)  # ... and another global random state, restored from the checkpoint
         res = train_supernet(net, bundle, cfg, sandwich, out_dir=out, resume=True, progress=False, device="cpu")
     else:
         res = train_supernet(net, bundle, cfg, sandwich, out_dir=out, progress=False, device="cpu")
@@ -242,8 +292,14 @@ def test_resume_of_an_interrupted_training_equals_an_uninterrupted_one(tmp_path,
     state = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
     assert state["epoch"] == 2 and state["world_size"] == 1
     with pytest.raises(condense.CondenseError, match="already holds"):
-        train_supernet(_net()[1], bundle, TrainConfig(epochs=2, batch_size=16, max_steps_per_epoch=2),
-                       out_dir=tmp_path / "full", progress=False, device="cpu")
+        train_supernet(
+            _net()[1],
+            bundle,
+            TrainConfig(epochs=2, batch_size=16, max_steps_per_epoch=2),
+            out_dir=tmp_path / "full",
+            progress=False,
+            device="cpu",
+        )
 
 
 def test_search_strategy_supernet_end_to_end(tmp_path, data, capsys):
@@ -251,10 +307,40 @@ def test_search_strategy_supernet_end_to_end(tmp_path, data, capsys):
     from search._study import study_from_dir
 
     out = tmp_path / "study"
-    argv = ["zoo:resnet_tiny", "--data", data["spec"], "--input-size", "3x16x16", "--strategy", "supernet",
-            "--supernet-epochs", "1", "--steps-per-epoch", "2", "--batch-size", "16", "--limit-test", "32",
-            "--calib-images", "16", "--random-plans", "1", "--trials", "3", "--population", "4", "--budget", "80%",
-            "--finish", "1", "--finish-epochs", "1", "--no-progress", "-o", str(out)]
+    argv = [
+        "zoo:resnet_tiny",
+        "--data",
+        data["spec"],
+        "--input-size",
+        "3x16x16",
+        "--strategy",
+        "supernet",
+        "--supernet-epochs",
+        "1",
+        "--steps-per-epoch",
+        "2",
+        "--batch-size",
+        "16",
+        "--limit-test",
+        "32",
+        "--calib-images",
+        "16",
+        "--random-plans",
+        "1",
+        "--trials",
+        "3",
+        "--population",
+        "4",
+        "--budget",
+        "80%",
+        "--finish",
+        "1",
+        "--finish-epochs",
+        "1",
+        "--no-progress",
+        "-o",
+        str(out),
+    ]
     assert search_main(argv) == 0
     assert (out / "supernet" / "last.pt").is_file() and (out / "front.csv").is_file()
     finished = pd.read_csv(out / "finished.csv")  # the most accurate member, fine-tuned from the supernet's weights
@@ -264,8 +350,7 @@ def test_search_strategy_supernet_end_to_end(tmp_path, data, capsys):
     study, _ = study_from_dir(out)
     scored = [t for t in study.trials if t.user_attrs.get("status") == "trained"]
     assert len(scored) >= 3 and all(t.user_attrs["strategy"] == "supernet" for t in scored)
-    assert all(t.user_attrs["macs"] <= 0.8 * study.user_attrs["condense:reference"]["macs"] * 1.0000001
-               for t in scored)
+    assert all(t.user_attrs["macs"] <= 0.8 * study.user_attrs["condense:reference"]["macs"] * 1.0000001 for t in scored)
     n = scored[0].number
     assert export_main([str(out), "--trial", str(n), "-o", str(tmp_path / "t")]) == 0
     loaded = condense.load(tmp_path / "t")
@@ -285,8 +370,11 @@ def test_search_strategy_supernet_end_to_end(tmp_path, data, capsys):
 def _rd_paths(net):
     """Every explicit RD path at the largest K (m = 1 in every run), both initial guesses."""
     runs = [r.path for r in net.runs]
-    return [Plan({p: RunChoice(m=1, layer=layer, options={"K": net.K_max}, init=init) for p in runs})
-            for layer in ("explicit_rd", "circulant_rd") for init in ("input", "block")]
+    return [
+        Plan({p: RunChoice(m=1, layer=layer, options={"K": net.K_max}, init=init) for p in runs})
+        for layer in ("explicit_rd", "circulant_rd")
+        for init in ("input", "block")
+    ]
 
 
 def test_sandwich_training_keeps_explicit_rd_paths_stable(data):
@@ -305,9 +393,10 @@ def test_sandwich_training_keeps_explicit_rd_paths_stable(data):
             for layer in cands.values():
                 layer.diffusion.mul_(6.0)
     cfg = TrainConfig(epochs=2, batch_size=32, lr=0.2, max_steps_per_epoch=3, clip_grad_norm=5.0)
-    res = train_supernet(net, bundle, cfg, SandwichConfig(random_plans=2, eval_each_epoch=False),
-                         progress=False, device="cpu")
-    assert all(h["skipped"] == 0 for h in res.history)           # stable paths: nothing had to be skipped
+    res = train_supernet(
+        net, bundle, cfg, SandwichConfig(random_plans=2, eval_each_epoch=False), progress=False, device="cpu"
+    )
+    assert all(h["skipped"] == 0 for h in res.history)  # stable paths: nothing had to be skipped
     assert all(math.isfinite(h["distill_loss"]) and h["distill_loss"] < 10 for h in res.history)
     for cands in net.candidates.values():
         for layer in cands.values():
@@ -332,11 +421,17 @@ def test_blown_up_plans_are_skipped_and_the_small_plans_are_averaged(data):
     bundle = load_data(data["spec"], input_size="3x16x16", limit_test=32)
     before = {k: v.detach().clone() for k, v in net.candidates.named_parameters()}
     cfg = TrainConfig(epochs=1, batch_size=32, lr=0.1, max_steps_per_epoch=2, clip_grad_norm=5.0)
-    res = train_supernet(net, bundle, cfg, SandwichConfig(random_plans=2, eval_each_epoch=False, skip_loss=1e-6),
-                         progress=False, device="cpu")
+    res = train_supernet(
+        net,
+        bundle,
+        cfg,
+        SandwichConfig(random_plans=2, eval_each_epoch=False, skip_loss=1e-6),
+        progress=False,
+        device="cpu",
+    )
     assert res.history[0]["skipped"] == 2 * 3 and sum(res.history[0]["skipped_plans"].values()) == 6
     after = dict(net.candidates.named_parameters())
-    assert all(torch.equal(before[k], after[k]) for k in before)   # (their BatchNorm statistics may move)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # (their BatchNorm statistics may move)
     # no random draw is the largest plan again (it would distil the largest plan into itself)
     sandwich = SandwichConfig(random_plans=8)
     assert all(p.choices for e in range(3) for s in range(20) for p in step_plans(net, sandwich, 0, e, s)[1:])
@@ -352,8 +447,9 @@ DDP_SANDWICH = SandwichConfig(random_plans=1, calib_images=16, calib_batch=16)
 
 def _ddp_net(seed):
     torch.manual_seed(seed)
-    return search.supernet(condense.build_model("zoo:resnet_tiny"), input_size=SIZE,
-                           layers=("linearmix", "implicit_rd"), K=(1, 4))
+    return search.supernet(
+        condense.build_model("zoo:resnet_tiny"), input_size=SIZE, layers=("linearmix", "implicit_rd"), K=(1, 4)
+    )
 
 
 DDP_SCRIPT = r"""
@@ -471,11 +567,25 @@ def test_torchrun_two_processes_average_the_gradients_by_hand(tmp_path, data):
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(script), data["spec"], str(tmp_path), str(Path(__file__).parent)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            data["spec"],
+            str(tmp_path),
+            str(Path(__file__).parent),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    r = json.loads([t for t in proc.stdout.splitlines() if t.startswith("RESULT ")][-1][len("RESULT "):])
+    r = json.loads([t for t in proc.stdout.splitlines() if t.startswith("RESULT ")][-1][len("RESULT ") :])
     # rank 0's initial weights broadcast, then identical averaged gradients: identical replicas
     assert r["start_differs"] and r["same"] and r["buffers_same"] and r["moved"] > 1e-4
     # the step is the mean of the two ranks' own steps (to rounding); without the all-reduce it would be one
@@ -498,8 +608,16 @@ def test_torchrun_two_processes_average_the_gradients_by_hand(tmp_path, data):
     # the 2-process checkpoint is not resumed by one process: the data order depends on the process count
     bundle = load_data(data["spec"], input_size="3x16x16", limit_test=32)
     with pytest.raises(condense.CondenseError, match=r"2 process\(es\), this one has 1") as err:
-        train_supernet(_ddp_net(seed=0), bundle, DDP_CFG, DDP_SANDWICH, out_dir=tmp_path / "full", resume=True,
-                       progress=False, device="cpu")
+        train_supernet(
+            _ddp_net(seed=0),
+            bundle,
+            DDP_CFG,
+            DDP_SANDWICH,
+            out_dir=tmp_path / "full",
+            resume=True,
+            progress=False,
+            device="cpu",
+        )
     assert "--nproc_per_node=2" in err.value.hint
 
 
@@ -515,13 +633,50 @@ def test_search_strategy_supernet_under_torchrun(tmp_path, data):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     script = tmp_path / "launch_search.py"
     script.write_text("import sys\nfrom search import search_main\nsys.exit(search_main(sys.argv[1:]))\n")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(script), "zoo:resnet_tiny", "--data", data["spec"], "--input-size", "3x16x16",
-                           "--strategy", "supernet", "--supernet-epochs", "1", "--steps-per-epoch", "2",
-                           "--batch-size", "16", "--limit-test", "32", "--calib-images", "16", "--random-plans", "1",
-                           "--trials", "2", "--population", "4", "--budget", "80%", "--device", "cpu",
-                           "--no-progress", "-o", str(out)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            "zoo:resnet_tiny",
+            "--data",
+            data["spec"],
+            "--input-size",
+            "3x16x16",
+            "--strategy",
+            "supernet",
+            "--supernet-epochs",
+            "1",
+            "--steps-per-epoch",
+            "2",
+            "--batch-size",
+            "16",
+            "--limit-test",
+            "32",
+            "--calib-images",
+            "16",
+            "--random-plans",
+            "1",
+            "--trials",
+            "2",
+            "--population",
+            "4",
+            "--budget",
+            "80%",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "supernet" / "metrics.json").read_text())
     assert metrics["world_size"] == 2
@@ -537,8 +692,9 @@ def test_torchrun_refusals(tmp_path, data, monkeypatch):
     with pytest.raises(condense.CondenseError, match="per-trial search does not run under torchrun"):
         run_search("zoo:resnet_tiny", data["spec"], output=tmp_path / "a", trials=1)
     with pytest.raises(condense.CondenseError, match="--finish does not run under torchrun"):
-        run_supernet_search("zoo:resnet_tiny", data["spec"], output=tmp_path / "b", trials=1, device="cpu",
-                            finish=FinishConfig(top=1))
+        run_supernet_search(
+            "zoo:resnet_tiny", data["spec"], output=tmp_path / "b", trials=1, device="cpu", finish=FinishConfig(top=1)
+        )
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 

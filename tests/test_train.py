@@ -1,4 +1,5 @@
 """Training: schedules, distillation loss, checkpoints and exact resume, metrics, torchrun/gloo with 2 ranks."""
+
 import json
 import os
 import subprocess
@@ -36,9 +37,21 @@ def test_schedules():
     assert lr_at(warm, 1) < 0.1 and lr_at(warm, 2) == pytest.approx(0.1)
 
 
-@pytest.mark.parametrize("bad", [dict(epochs=0), dict(lr=0), dict(schedule="poly"), dict(momentum=1.0),
-                                 dict(milestones=(20,), epochs=10), dict(kd_alpha=2.0), dict(clip_grad_norm=0),
-                                 dict(clip_grad_norm=-1.0), dict(clip_grad_norm=True), dict(decay_norm_and_bias=1)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(epochs=0),
+        dict(lr=0),
+        dict(schedule="poly"),
+        dict(momentum=1.0),
+        dict(milestones=(20,), epochs=10),
+        dict(kd_alpha=2.0),
+        dict(clip_grad_norm=0),
+        dict(clip_grad_norm=-1.0),
+        dict(clip_grad_norm=True),
+        dict(decay_norm_and_bias=1),
+    ],
+)
 def test_config_is_checked(bad):
     with pytest.raises(condense.ConfigError):
         TrainConfig(**bad)
@@ -49,8 +62,16 @@ def _one_step_length(data, **options) -> float:
     torch.manual_seed(0)
     net = small_net()
     before = [p.detach().clone() for p in net.parameters()]
-    cfg = TrainConfig(epochs=1, lr=1.0, momentum=0.0, weight_decay=0.0, schedule="constant", augment=False,
-                      max_steps_per_epoch=1, **options)
+    cfg = TrainConfig(
+        epochs=1,
+        lr=1.0,
+        momentum=0.0,
+        weight_decay=0.0,
+        schedule="constant",
+        augment=False,
+        max_steps_per_epoch=1,
+        **options,
+    )
     train(net, data, cfg, progress=False)
     return float(torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(net.parameters(), before))))
 
@@ -111,6 +132,7 @@ def test_resume_continues_exactly(data, tmp_path):
 def _interrupt_after_first_epoch(model, data, cfg, out):
     """Run the 2-epoch config but stop (KeyboardInterrupt) right after the epoch-1 checkpoint is written."""
     import condense.train as tr
+
     original = tr._atomic_save
 
     def save_then_stop(obj, path):
@@ -129,33 +151,57 @@ def _interrupt_after_first_epoch(model, data, cfg, out):
 def test_resume_refuses_other_options(data, tmp_path):
     train(small_net(), data, TrainConfig(epochs=1, batch_size=64), out_dir=tmp_path / "r", progress=False)
     with pytest.raises(condense.CondenseError, match="other training options"):
-        train(small_net(), data, TrainConfig(epochs=1, batch_size=32), out_dir=tmp_path / "r", resume=True,
-              progress=False)
+        train(
+            small_net(), data, TrainConfig(epochs=1, batch_size=32), out_dir=tmp_path / "r", resume=True, progress=False
+        )
 
 
 def test_distillation_runs_and_uses_the_teacher(data, tmp_path):
     teacher = small_net()
     train(teacher, data, TrainConfig(epochs=2, batch_size=32, lr=0.05), progress=False)
     student = small_net()
-    res = train(student, data, TrainConfig(epochs=2, batch_size=32, lr=0.05, kd_alpha=0.9), teacher=teacher,
-                progress=False)
+    res = train(
+        student, data, TrainConfig(epochs=2, batch_size=32, lr=0.05, kd_alpha=0.9), teacher=teacher, progress=False
+    )
     assert res.metrics["teacher"] == "Sequential" and res.metrics["test_acc"] > 0.3
     assert all(not p.requires_grad for p in teacher.parameters())
 
 
 def test_cli_train_condensed_dir_with_teacher(tmp_path, capsys):
     src = tmp_path / "nets.py"
-    src.write_text("import torch.nn as nn\n"
-                   "def net(num_classes=10):\n"
-                   "    blocks = [nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())\n"
-                   "              for _ in range(3)]\n"
-                   "    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), *blocks, nn.AdaptiveAvgPool2d(1),\n"
-                   "                         nn.Flatten(), nn.Linear(8, num_classes))\n")
+    src.write_text(
+        "import torch.nn as nn\n"
+        "def net(num_classes=10):\n"
+        "    blocks = [nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())\n"
+        "              for _ in range(3)]\n"
+        "    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), *blocks, nn.AdaptiveAvgPool2d(1),\n"
+        "                         nn.Flatten(), nn.Linear(8, num_classes))\n"
+    )
     npz = tiny_mnist(tmp_path / "m.npz")
     assert main([f"{src}:net", "--input-size", "1x28x28", "-o", str(tmp_path / "small")]) == 0
     out = tmp_path / "run"
-    assert main(["train", str(tmp_path / "small"), "--data", f"mnist:{npz}", "--epochs", "1", "--batch-size", "32",
-                 "--teacher", f"{src}:net", "-o", str(out), "--trust-code", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(tmp_path / "small"),
+                "--data",
+                f"mnist:{npz}",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "32",
+                "--teacher",
+                f"{src}:net",
+                "-o",
+                str(out),
+                "--trust-code",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["device"] == "cpu"
     assert metrics["teacher_model"] == f"{src}:net"
@@ -190,9 +236,23 @@ def test_torchrun_two_processes_gloo(tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-                           str(script), str(npz), str(tmp_path / "out"), str(Path(__file__).parent)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29517",
+            str(script),
+            str(npz),
+            str(tmp_path / "out"),
+            str(Path(__file__).parent),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     line = [text for text in proc.stdout.splitlines() if text.startswith("{")][-1]
     result = json.loads(line)
@@ -203,6 +263,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
 
 # --- trust: checkpoints load without unpickling code; runs are not overwritten by accident; seeds fix results
 
+
 class _Payload:
     def __reduce__(self):
         return (os.system, ("touch PWNED",))
@@ -212,8 +273,13 @@ def test_resume_never_unpickles_code_planted_in_last_pt(tmp_path, data, monkeypa
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "run"
     config = TrainConfig(epochs=2, batch_size=64, lr=0.05, max_steps_per_epoch=1)
-    train(small_net(), data, TrainConfig(epochs=1, batch_size=64, lr=0.05, max_steps_per_epoch=1), out_dir=out,
-          progress=False)
+    train(
+        small_net(),
+        data,
+        TrainConfig(epochs=1, batch_size=64, lr=0.05, max_steps_per_epoch=1),
+        out_dir=out,
+        progress=False,
+    )
     good = torch.load(out / "last.pt", weights_only=True)  # the checkpoint itself is weights-only
     assert isinstance(good["rng"]["python"], torch.Tensor)
     torch.save({"model": _Payload()}, out / "last.pt")
@@ -238,12 +304,50 @@ def test_cli_same_seed_same_result_from_a_model_spec(tmp_path):
     states = []
     for run in ("a", "b"):
         torch.manual_seed(1234 if run == "a" else 99)  # whatever state the process is in
-        assert main(["train", "zoo:mnist_resnet_small", "--data", f"mnist:{npz}", "--epochs", "1", "--batch-size",
-                     "64", "--max-steps", "2", "--seed", "0", "-o", str(tmp_path / run)]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "zoo:mnist_resnet_small",
+                    "--data",
+                    f"mnist:{npz}",
+                    "--epochs",
+                    "1",
+                    "--batch-size",
+                    "64",
+                    "--max-steps",
+                    "2",
+                    "--seed",
+                    "0",
+                    "-o",
+                    str(tmp_path / run),
+                ]
+            )
+            == 0
+        )
         states.append(torch.load(tmp_path / run / "model.pth", weights_only=True))
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
-    assert main(["train", "zoo:mnist_resnet_small", "--data", f"mnist:{npz}", "--epochs", "1", "--batch-size", "64",
-                 "--max-steps", "2", "--seed", "1", "-o", str(tmp_path / "c")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "zoo:mnist_resnet_small",
+                "--data",
+                f"mnist:{npz}",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "64",
+                "--max-steps",
+                "2",
+                "--seed",
+                "1",
+                "-o",
+                str(tmp_path / "c"),
+            ]
+        )
+        == 0
+    )
     other = torch.load(tmp_path / "c" / "model.pth", weights_only=True)
     assert not all(torch.equal(states[0][k], other[k]) for k in other)
 
@@ -255,19 +359,24 @@ def _one_class_npz(path):
     return path
 
 
-@pytest.mark.parametrize("case,needle", [
-    ("no-steps", "make no full batch of 64"),
-    ("one-class", "training data .* has 1 class"),
-    ("classes", "the model has 4 outputs but the data"),
-])
+@pytest.mark.parametrize(
+    "case,needle",
+    [
+        ("no-steps", "make no full batch of 64"),
+        ("one-class", "training data .* has 1 class"),
+        ("classes", "the model has 4 outputs but the data"),
+    ],
+)
 def test_setups_that_cannot_train_are_errors_before_anything_is_written(tmp_path, data, case, needle):
     out = tmp_path / "run"
     model = small_net()
     if case == "no-steps":
         from condense.data import load_data
+
         data = load_data(f"mnist:{tiny_mnist(tmp_path / 'm.npz')}", limit_train=16)
     elif case == "one-class":
         from condense.data import load_data
+
         data = load_data(f"mnist:{_one_class_npz(tmp_path / 'one.npz')}")
     else:
         model[-1] = nn.Linear(8 * 28, 4)
@@ -276,15 +385,19 @@ def test_setups_that_cannot_train_are_errors_before_anything_is_written(tmp_path
     assert not out.exists()
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["--milestones", "5,x", "--schedule", "step"], "--milestones '5,x' is not a list of epochs"),
-    (["--limit-train", "16", "--batch-size", "64"], "make no full batch"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--milestones", "5,x", "--schedule", "step"], "--milestones '5,x' is not a list of epochs"),
+        (["--limit-train", "16", "--batch-size", "64"], "make no full batch"),
+    ],
+)
 def test_cli_train_bad_input_is_one_line_exit_1(tmp_path, capsys, argv, needle):
     npz = tiny_mnist(tmp_path / "m.npz")
     out = tmp_path / "run"
-    assert main(["train", "zoo:mnist_resnet_small", "--data", f"mnist:{npz}", "--epochs", "6", "-o", str(out),
-                 *argv]) == 1
+    assert (
+        main(["train", "zoo:mnist_resnet_small", "--data", f"mnist:{npz}", "--epochs", "6", "-o", str(out), *argv]) == 1
+    )
     err = capsys.readouterr().err
     assert needle in err and "unexpected" not in err and not out.exists()
 
@@ -308,22 +421,43 @@ def _letters(root: Path) -> Path:
             (root / split / c).mkdir(parents=True)
             for k in range(4):
                 Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8), mode="L").save(
-                    root / split / c / f"{k}.png")
+                    root / split / c / f"{k}.png"
+                )
     return root
 
 
-@pytest.mark.parametrize("flags,augment,size", [
-    ([], "none", [3, 28, 28]),                                   # grey letters: their own size, no flips
-    (["--augment", "crop-flip", "--input-size", "3x20x20"], "crop-flip", [3, 20, 20]),
-    (["--no-augment"], "none", [3, 28, 28]),
-])
-def test_cli_train_imagefolder_at_the_models_size_with_the_chosen_augmentation(tmp_path, capsys, flags, augment,
-                                                                                size):
+@pytest.mark.parametrize(
+    "flags,augment,size",
+    [
+        ([], "none", [3, 28, 28]),  # grey letters: their own size, no flips
+        (["--augment", "crop-flip", "--input-size", "3x20x20"], "crop-flip", [3, 20, 20]),
+        (["--no-augment"], "none", [3, 28, 28]),
+    ],
+)
+def test_cli_train_imagefolder_at_the_models_size_with_the_chosen_augmentation(tmp_path, capsys, flags, augment, size):
     data_dir = _letters(tmp_path / "letters")
     (tmp_path / "nets.py").write_text(LETTER_NET)
     out = tmp_path / "run"
-    assert main(["train", f"{tmp_path / 'nets.py'}:net", "--data", f"imagefolder:{data_dir}", "--epochs", "1",
-                 "--batch-size", "4", "--threads", "1", "-o", str(out), *flags]) == 0
+    assert (
+        main(
+            [
+                "train",
+                f"{tmp_path / 'nets.py'}:net",
+                "--data",
+                f"imagefolder:{data_dir}",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--threads",
+                "1",
+                "-o",
+                str(out),
+                *flags,
+            ]
+        )
+        == 0
+    )
     text = " ".join(capsys.readouterr().out.split())
     assert f"augmentation: {augment}" in text and "torch threads: 1" in text and "x".join(map(str, size)) in text
     assert "epoch 1/1: train loss" in text  # not a terminal: one plain line per epoch
@@ -346,8 +480,12 @@ def test_augment_option_is_checked_and_recorded(data):
         TrainConfig(augment="flip")
     with pytest.raises(CondenseError, match="augment='timm' works on image files"):
         train(small_net(), data, TrainConfig(epochs=1, augment="timm"), progress=False)
-    res = train(small_net(), data, TrainConfig(epochs=1, batch_size=64, max_steps_per_epoch=1, augment="crop-flip"),
-                progress=False)
+    res = train(
+        small_net(),
+        data,
+        TrainConfig(epochs=1, batch_size=64, max_steps_per_epoch=1, augment="crop-flip"),
+        progress=False,
+    )
     assert res.metrics["augment"] == "crop-flip" and res.metrics["config"]["augment"] == "crop-flip"
     res = train(small_net(), data, TrainConfig(epochs=1, batch_size=64, max_steps_per_epoch=1), progress=False)
     assert (res.metrics["augment"], res.metrics["data"], res.metrics["num_classes"]) == ("none", "mnist", 10)
@@ -368,8 +506,25 @@ def test_cli_train_reads_an_image_tree_with_the_models_channels_at_its_own_size(
                 a[c, 2:26] = 255
                 Image.fromarray(a, "L").save(d / f"{i}.png")
     out = tmp_path / "run"
-    assert main(["train", "zoo:mnist_resnet_small", "--data", f"imagefolder:{tmp_path / 'letters'}", "--epochs", "1",
-                 "--batch-size", "32", "--device", "cpu", "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "zoo:mnist_resnet_small",
+                "--data",
+                f"imagefolder:{tmp_path / 'letters'}",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "32",
+                "--device",
+                "cpu",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     m = json.loads((out / "metrics.json").read_text())
     assert (m["data"], m["num_classes"], m["input_size"], m["augment"]) == ("letters", 26, [1, 28, 28], "none")
     assert "at 1x28x28" in capsys.readouterr().out

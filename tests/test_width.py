@@ -1,6 +1,7 @@
 """Width in a plan (``fit(width=...)``, ``--width``): channels pruned by Torch-Pruning before the depth plan,
 budgets met as measured, ``--width auto``, save/load without pickles, ONNX, importance from the weights, and
 bad input, on the CIFAR ResNet-20 (3x32x32) and ResNet-tiny."""
+
 import copy
 import json
 
@@ -94,8 +95,10 @@ def test_save_load_round_trip_without_pickles(widened, saved, monkeypatch):
     meta = json.loads((saved / "condensed.json").read_text())
     assert meta["width"]["ratios"] == {"*": 0.25} and meta["width"]["importance"] == "l1"
     assert meta["width"]["channels"]["layer3"] == [64, 48] and meta["width"]["history"]
-    assert sorted(p.name for p in saved.iterdir() if not p.name.startswith(".")) == ["condensed.json",
-                                                                                     "model.safetensors"]
+    assert sorted(p.name for p in saved.iterdir() if not p.name.startswith(".")) == [
+        "condensed.json",
+        "model.safetensors",
+    ]
 
     def no_pickle(*a, **k):
         raise AssertionError("torch.load called")
@@ -119,12 +122,15 @@ def _edited(saved, tmp_path, edit):
     return out
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda w: w["history"][0].__setitem__(0, "layer9.conv"), "does not have"),
-    (lambda w: w["history"][0].__setitem__(2, [10_000]), "does not fit"),
-    (lambda w: w.__setitem__("ratios", {"*": 1.5}), "field 'width'"),
-    (lambda w: w.__setitem__("history", "all"), "field 'width'"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda w: w["history"][0].__setitem__(0, "layer9.conv"), "does not have"),
+        (lambda w: w["history"][0].__setitem__(2, [10_000]), "does not fit"),
+        (lambda w: w.__setitem__("ratios", {"*": 1.5}), "field 'width'"),
+        (lambda w: w.__setitem__("history", "all"), "field 'width'"),
+    ],
+)
 def test_a_damaged_width_record_is_a_one_line_error(saved, tmp_path, edit, message):
     out = _edited(saved, tmp_path, edit)
     with pytest.raises(CondenseError, match=message) as err:
@@ -152,7 +158,7 @@ def test_width_auto_meets_the_budget_with_depth_and_width_together(original, bud
     assert sum(r.m for r in res.rows) < sum(r.r for r in res.rows)
     tried = res.width.auto
     # the first state splits the cut evenly: width keeps sqrt(fraction) of the MACs, (1 - s)^2 = sqrt(fraction)
-    assert tried[0]["ratios"][REST] == pytest.approx(1 - fraction ** 0.25, abs=1e-6)
+    assert tried[0]["ratios"][REST] == pytest.approx(1 - fraction**0.25, abs=1e-6)
     feasible = [t for t in tried if t["feasible"]]
     assert feasible and res.width.ratios[REST] in {t["ratios"][REST] for t in feasible}
     # the share kept is the lowest tried that met the budgets with the same blocks: no feasible state with
@@ -194,13 +200,16 @@ def hard():
 '''
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--width", "1.5"], "width 1.5 is not a share of channels to remove in [0, 1)"),
-    (["--width", "-1"], "width -1.0 is not a share of channels to remove in [0, 1)"),
-    (["--width", "half"], "width 'half' is not a share"),
-    (["--width", "layer9=0.5"], "width names 'layer9', which is not a run"),
-    (["--width", "auto"], "--width auto chooses the widths for a budget, and none is given"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--width", "1.5"], "width 1.5 is not a share of channels to remove in [0, 1)"),
+        (["--width", "-1"], "width -1.0 is not a share of channels to remove in [0, 1)"),
+        (["--width", "half"], "width 'half' is not a share"),
+        (["--width", "layer9=0.5"], "width names 'layer9', which is not a run"),
+        (["--width", "auto"], "--width auto chooses the widths for a budget, and none is given"),
+    ],
+)
 def test_bad_widths_are_one_line_errors(argv, message, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["zoo:resnet_tiny", *argv, "-o", str(out)]) == 1
@@ -222,8 +231,23 @@ def test_width_on_a_model_torch_pruning_cannot_prune_is_a_one_line_error(tmp_pat
 
 def test_cli_width_plan_saves_and_loads(tmp_path, capsys):
     out = tmp_path / "tiny"
-    assert main(["zoo:resnet_tiny", "--budget", "60%", "--width", "0.25", "--width-importance", "group",
-                 "-o", str(out), "--json"]) == 0
+    assert (
+        main(
+            [
+                "zoo:resnet_tiny",
+                "--budget",
+                "60%",
+                "--width",
+                "0.25",
+                "--width-importance",
+                "group",
+                "-o",
+                str(out),
+                "--json",
+            ]
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     assert printed["width"]["importance"] == "group" and printed["macs_after"] <= printed["macs_budget"]
     assert all(r["channels"][1] < r["channels"][0] for r in printed["runs"])

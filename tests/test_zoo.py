@@ -20,6 +20,7 @@ several small models are inferred from the figures (see condense/zoo.py). Measur
 
 * the paper's Resnet-Global has a fourth stage that ResNet-32 lacks (see resnet32_global_base).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -58,20 +59,33 @@ RUNS = {
     "wrn_40_4": [("layer1", 6, "repeat"), ("layer2", 6, "repeat"), ("layer3", 6, "repeat")],
     "wrn_40_7": [("layer1", 6, "repeat"), ("layer2", 6, "repeat"), ("layer3", 6, "repeat")],
     "wide_resnet": [("layer1", 6, "repeat"), ("layer2", 6, "repeat"), ("layer3", 6, "repeat")],
-    "densenet_bc_100_12": [("denseblock1.layers", 16, "dense"), ("denseblock2.layers", 16, "dense"),
-                           ("denseblock3.layers", 16, "dense")],
-    "densenet_bc": [("denseblock1.layers", 16, "dense"), ("denseblock2.layers", 16, "dense"),
-                    ("denseblock3.layers", 16, "dense")],
-    "resnet_tiny": [("layer1", 3, "repeat"), ("layer2", 3, "repeat"), ("layer3", 3, "repeat"),
-                    ("layer4", 3, "repeat")],
+    "densenet_bc_100_12": [
+        ("denseblock1.layers", 16, "dense"),
+        ("denseblock2.layers", 16, "dense"),
+        ("denseblock3.layers", 16, "dense"),
+    ],
+    "densenet_bc": [
+        ("denseblock1.layers", 16, "dense"),
+        ("denseblock2.layers", 16, "dense"),
+        ("denseblock3.layers", 16, "dense"),
+    ],
+    "resnet_tiny": [("layer1", 3, "repeat"), ("layer2", 3, "repeat"), ("layer3", 3, "repeat"), ("layer4", 3, "repeat")],
     "resnet_tiny_global": [("layer1", 3, "repeat"), ("layer2", 3, "repeat"), ("layer3", 3, "repeat")],
     "wrn_tiny": [("layer1", 6, "repeat"), ("layer2", 6, "repeat"), ("layer3", 6, "repeat")],
     "wrn_tiny_global": [("layer1", 6, "repeat"), ("layer2", 6, "repeat"), ("layer3", 6, "repeat")],
     "resnet32_global_base": [("layer1", 5, "repeat"), ("layer2", 5, "repeat"), ("layer3", 5, "repeat")],
-    "resnet56_global_base": [("layer1", 9, "repeat"), ("layer2", 9, "repeat"), ("layer3", 9, "repeat"),
-                             ("layer4", 2, "repeat")],
-    "resnet56_x2_global_base": [("layer1", 9, "repeat"), ("layer2", 9, "repeat"), ("layer3", 9, "repeat"),
-                                ("layer4", 2, "repeat")],
+    "resnet56_global_base": [
+        ("layer1", 9, "repeat"),
+        ("layer2", 9, "repeat"),
+        ("layer3", 9, "repeat"),
+        ("layer4", 2, "repeat"),
+    ],
+    "resnet56_x2_global_base": [
+        ("layer1", 9, "repeat"),
+        ("layer2", 9, "repeat"),
+        ("layer3", 9, "repeat"),
+        ("layer4", 2, "repeat"),
+    ],
     "mnist_resnet": [("blocks", 6, "repeat")],
     "mnist_resnet_small": [("blocks", 6, "repeat")],
     "mnist_cnn_net": [],
@@ -91,7 +105,9 @@ def test_every_zoo_model_has_expectations():
 
 
 ALIASES = {  # general builders: same models as the named ones, checked without tracing them again
-    "resnet_cifar": "resnet32", "wide_resnet": "wrn_40_4", "densenet_bc": "densenet_bc_100_12",
+    "resnet_cifar": "resnet32",
+    "wide_resnet": "wrn_40_4",
+    "densenet_bc": "densenet_bc_100_12",
 }
 
 
@@ -135,11 +151,14 @@ def test_cifar100_heads_match_the_papers_cifar100_counts():
     assert a == pytest.approx(464e3, rel=0.005)  # He et al.'s 0.46M
 
 
-@pytest.mark.parametrize("name, options, paper", [
-    ("resnet32_global_base", {}, (162e3, 15e6)),             # Tables 1/3 Resnet-Global (m=1, K=5)
-    ("wrn_40_4", {"init": "block"}, (2.8e6, 425e6)),          # Table 3 Wide-Resnet-Global (m=1)
-    ("mnist_resnet_small", {}, (9.94e3, 1.7e6)),             # Table 2 budget Resnet-Global
-])
+@pytest.mark.parametrize(
+    "name, options, paper",
+    [
+        ("resnet32_global_base", {}, (162e3, 15e6)),  # Tables 1/3 Resnet-Global (m=1, K=5)
+        ("wrn_40_4", {"init": "block"}, (2.8e6, 425e6)),  # Table 3 Wide-Resnet-Global (m=1)
+        ("mnist_resnet_small", {}, (9.94e3, 1.7e6)),  # Table 2 budget Resnet-Global
+    ],
+)
 def test_default_condense_lands_near_the_papers_global_model(name, options, paper):
     res = condense.fit(zoo.build(name), input_size=zoo.input_size(name), **options)
     assert res.rows and all(row.m == 1 and row.K == 5 for row in res.rows)
@@ -169,12 +188,16 @@ def test_fig2_nets_have_524_parameters_and_one_feature_map():
 # Their ConvBlock(1, 1): f (conv3x3, no bias), g (conv3x3, no bias), bn_out, bn_f1, bn_g - 24 parameters in
 # all three nets; NetworkMNIST adds fc = Linear(49, 10): 524. Ours, module for module (their name -> ours):
 FIG2_LAYERS = [  # (our parameter, shape, their module)
-    ("feature.bn_f.weight", (1,), "bn_f1"), ("feature.bn_f.bias", (1,), "bn_f1"),
+    ("feature.bn_f.weight", (1,), "bn_f1"),
+    ("feature.bn_f.bias", (1,), "bn_f1"),
     ("feature.conv_f.weight", (1, 1, 3, 3), "f"),
-    ("feature.bn_g.weight", (1,), "bn_g"), ("feature.bn_g.bias", (1,), "bn_g"),
+    ("feature.bn_g.weight", (1,), "bn_g"),
+    ("feature.bn_g.bias", (1,), "bn_g"),
     ("feature.conv_g.weight", (1, 1, 3, 3), "g"),
-    ("feature.bn_out.weight", (1,), "bn_out"), ("feature.bn_out.bias", (1,), "bn_out"),
-    ("fc.weight", (10, 49), "fc"), ("fc.bias", (10,), "fc"),
+    ("feature.bn_out.weight", (1,), "bn_out"),
+    ("feature.bn_out.bias", (1,), "bn_out"),
+    ("fc.weight", (10, 49), "fc"),
+    ("fc.bias", (10,), "fc"),
 ]
 
 
@@ -197,16 +220,26 @@ def _authors_forward(m, x, kind, K=5):
         A, E, D = g * dt, (ux + vy) * dt, 1.0 / (1 + 4 * B)
         h_old, h = f, f
         for _ in range(K):
-            h, h_old = D * ((1 - 4 * B) * h_old - 2 * E * h
-                            + (-A + 2 * B) * torch.roll(h, 1, dims=2) + (A + 2 * B) * torch.roll(h, -1, dims=2)
-                            + (-A + 2 * B) * torch.roll(h, 1, dims=3) + (A + 2 * B) * torch.roll(h, -1, dims=3)
-                            + 2 * dt * f), h
+            h, h_old = (
+                D
+                * (
+                    (1 - 4 * B) * h_old
+                    - 2 * E * h
+                    + (-A + 2 * B) * torch.roll(h, 1, dims=2)
+                    + (A + 2 * B) * torch.roll(h, -1, dims=2)
+                    + (-A + 2 * B) * torch.roll(h, 1, dims=3)
+                    + (A + 2 * B) * torch.roll(h, -1, dims=3)
+                    + 2 * dt * f
+                ),
+                h,
+            )
         h = F.relu(feat.bn_out(h))
     return m.fc(torch.flatten(F.avg_pool2d(F.relu(h), 4), 1))
 
 
-@pytest.mark.parametrize("name, kind", [("mnist_cnn_net", "cnn"), ("mnist_residual_net", "residual"),
-                                        ("mnist_pde_net", "pde")])
+@pytest.mark.parametrize(
+    "name, kind", [("mnist_cnn_net", "cnn"), ("mnist_residual_net", "residual"), ("mnist_pde_net", "pde")]
+)
 def test_fig2_nets_are_the_authors_layer_by_layer(name, kind):
     torch.manual_seed(0)
     model = zoo.build(name).double()
@@ -251,15 +284,19 @@ def test_zoo_model_spec_round_trip_and_build_model():
     model = condense.build_model("zoo:wrn_tiny", num_classes=100)
     assert model.fc.out_features == 100
     from condense._models import default_input_size
+
     assert default_input_size(model) == (3, 32, 32)  # so the CLI needs no --input-size
     assert default_input_size(condense.build_model("zoo:mnist_resnet")) == (1, 28, 28)
 
 
-@pytest.mark.parametrize("spec, needle", [
-    ("zoo:resnet33", "did you mean resnet32"),
-    ("zoo:wrn40_4", "did you mean wrn_40_4"),
-    ("zoo:", "unknown zoo model"),
-])
+@pytest.mark.parametrize(
+    "spec, needle",
+    [
+        ("zoo:resnet33", "did you mean resnet32"),
+        ("zoo:wrn40_4", "did you mean wrn_40_4"),
+        ("zoo:", "unknown zoo model"),
+    ],
+)
 def test_unknown_zoo_name_is_a_one_line_error_with_close_matches(spec, needle):
     with pytest.raises(CondenseError) as err:
         condense.build_model(spec)

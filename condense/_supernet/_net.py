@@ -36,6 +36,7 @@ computes). The Global layer with a learned velocity field (``dwconv``,
 initial weights, K = 20 multiplies it by about 10, or 5e3 with ``diffusion=dwconv``); such paths are the
 ones ``skip_loss`` leaves out.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,15 +55,32 @@ from .._errors import CondenseError
 from .._fit import Plan
 from .._io import write_condensed
 from .._space import build_space
-from ..graph import (ChannelsFirstAdapter, FindResult, Run, RunChoice, build_layer, default_factory, find_runs,
-                     inner_layer, parent_and_name, rewrite)
+from ..graph import (
+    ChannelsFirstAdapter,
+    FindResult,
+    Run,
+    RunChoice,
+    build_layer,
+    default_factory,
+    find_runs,
+    inner_layer,
+    parent_and_name,
+    rewrite,
+)
 from ..pde import CirculantRD, ExplicitRD, GlobalConfig, layer_has_option
 from ..train import load_checkpoint_state
 
-__all__ = ["Supernet", "supernet", "load_supernet_weights", "export_plan", "stabilize_", "SUPERNET_FILE",
-           "STABLE_H_LAMBDA"]
+__all__ = [
+    "Supernet",
+    "supernet",
+    "load_supernet_weights",
+    "export_plan",
+    "stabilize_",
+    "SUPERNET_FILE",
+    "STABLE_H_LAMBDA",
+]
 
-SUPERNET_FILE = "supernet.pt"   # the trained supernet's checkpoint (train_supernet's ``last.pt``, renamed)
+SUPERNET_FILE = "supernet.pt"  # the trained supernet's checkpoint (train_supernet's ``last.pt``, renamed)
 _GLOBAL_OPTIONS = ("velocity", "diffusion", "source")
 #: ``h * lambda_max(K^T K)`` that the explicit RD layers' diffusion stays at or below in the supernet. The
 #: explicit step ``y + h (r(y) - K^T K y)`` multiplies the diffusion mode of eigenvalue lambda by
@@ -72,6 +90,7 @@ _SYMBOL_GRID = 64  # frequencies per axis on which the stencil's symbol is maxim
 
 
 # --- the path state and the gates ----------------------------------------------------------------------------
+
 
 class _RunState:
     """The selected path through one run: m kept blocks (m = r: the run is off), the layer after them, and
@@ -139,8 +158,10 @@ class Supernet(nn.Module):
         by_path = {r.path: r for r in found.runs}
         missing = [r.path for r in space.runs if r.path not in by_path]
         if missing:
-            raise CondenseError(f"the space names run(s) {', '.join(map(repr, missing))} the model does not have",
-                                "build the space from find_runs of this very model")
+            raise CondenseError(
+                f"the space names run(s) {', '.join(map(repr, missing))} the model does not have",
+                "build the space from find_runs of this very model",
+            )
         self.runs: tuple[Run, ...] = tuple(by_path[r.path] for r in space.runs)
         self.K_max = int(space.K[1])
         self.layer_types = tuple(space.layers)
@@ -166,20 +187,24 @@ class Supernet(nn.Module):
     def _check_runs(self, model: nn.Module) -> None:
         dense = [r.path for r in self.runs if r.kind == "dense"]
         if dense:
-            raise CondenseError(f"run(s) {', '.join(map(repr, dense))} concatenate their blocks' outputs "
-                                "(DenseNet): the supernet cannot pass them through",
-                                "use the per-trial search (--strategy trials)")
+            raise CondenseError(
+                f"run(s) {', '.join(map(repr, dense))} concatenate their blocks' outputs "
+                "(DenseNet): the supernet cannot pass them through",
+                "use the per-trial search (--strategy trials)",
+            )
         x = torch.randn((1, *self.input_size), generator=torch.Generator().manual_seed(0))
         p = next(iter(model.parameters()), None)
         if p is not None and p.is_floating_point():
             x = x.to(p.device, p.dtype)
         with torch.random.fork_rng(devices=[]):
-            res = rewrite(model, self.runs, {r.path: RunChoice(m=1, init="input") for r in self.runs},
-                          example_input=x)
+            res = rewrite(model, self.runs, {r.path: RunChoice(m=1, init="input") for r in self.runs}, example_input=x)
         graph = [rec.path for rec in res.records if rec.method == "graph"]
         if graph:
-            raise CondenseError(f"run(s) {', '.join(map(repr, graph))} are not a chain of one-input blocks the "
-                                "rewrite can edit in place", "use the per-trial search (--strategy trials)")
+            raise CondenseError(
+                f"run(s) {', '.join(map(repr, graph))} are not a chain of one-input blocks the "
+                "rewrite can edit in place",
+                "use the per-trial search (--strategy trials)",
+            )
 
     def _build_candidates(self, run: Run, base: nn.Module) -> nn.ModuleDict:
         out = nn.ModuleDict()
@@ -190,8 +215,12 @@ class Supernet(nn.Module):
             for layer in self.layer_types:
                 combos: list[dict[str, Any]] = [{}]
                 if layer == "global":
-                    combos = [{"velocity": v, "diffusion": d, "source": s} for v in self.space.velocities
-                              for d in self.space.diffusions for s in self.space.sources]
+                    combos = [
+                        {"velocity": v, "diffusion": d, "source": s}
+                        for v in self.space.velocities
+                        for d in self.space.diffusions
+                        for s in self.space.sources
+                    ]
                 for options in combos:
                     steps = {"K": self.K_max} if layer_has_option(layer, "K") else {}  # drop: none
                     choice = RunChoice(m=m, layer=layer, options={**steps, **options}, init="input")
@@ -205,8 +234,12 @@ class Supernet(nn.Module):
     @staticmethod
     def _tie(layer: nn.Module, options: Mapping[str, Any], shared: dict[str, Any]) -> None:
         """Make a Global layer variant use the run's shared velocity / diffusion / source modules."""
-        for attr, kind in (("velocity", options["velocity"]), ("velocity_const", options["velocity"]),
-                           ("diffusion", options["diffusion"]), ("source", options["source"])):
+        for attr, kind in (
+            ("velocity", options["velocity"]),
+            ("velocity_const", options["velocity"]),
+            ("diffusion", options["diffusion"]),
+            ("source", options["source"]),
+        ):
             own = getattr(layer, attr, None)
             if own is None:
                 continue
@@ -243,8 +276,13 @@ class Supernet(nn.Module):
             plan = dict(self.space.plan(plan).choices)
         out = {}
         for path, value in plan.items():
-            out[path] = value if isinstance(value, RunChoice) else \
-                RunChoice.from_dict(value) if isinstance(value, Mapping) else RunChoice(m=int(value))
+            out[path] = (
+                value
+                if isinstance(value, RunChoice)
+                else RunChoice.from_dict(value)
+                if isinstance(value, Mapping)
+                else RunChoice(m=int(value))
+            )
         return out
 
     def run(self, path: str) -> Run:
@@ -260,8 +298,10 @@ class Supernet(nn.Module):
         known = {r.path for r in self.runs}
         unknown = [p for p in choices if p not in known]
         if unknown:
-            raise CondenseError(f"plan names run(s) {', '.join(map(repr, unknown))} the supernet does not hold",
-                                f"its runs: {', '.join(sorted(known))}")
+            raise CondenseError(
+                f"plan names run(s) {', '.join(map(repr, unknown))} the supernet does not hold",
+                f"its runs: {', '.join(sorted(known))}",
+            )
         defaults = _global_defaults()
         for i, run in enumerate(self.runs):
             state = self._states[i]
@@ -270,22 +310,30 @@ class Supernet(nn.Module):
                 state.m, state.layer, state.init_block = run.r, None, None
                 continue
             if choice.layer not in self.layer_types:
-                raise CondenseError(f"run '{run.path}': the supernet has no {choice.layer!r} layers",
-                                    f"its layer types: {', '.join(self.layer_types)}")
+                raise CondenseError(
+                    f"run '{run.path}': the supernet has no {choice.layer!r} layers",
+                    f"its layer types: {', '.join(self.layer_types)}",
+                )
             options = dict(choice.options)
             K = int(options.pop("K", 5)) if layer_has_option(choice.layer, "K") else None  # drop: no steps
             if K is not None and not 1 <= K <= self.K_max:
-                raise CondenseError(f"run '{run.path}': K={K} is outside the supernet's 1..{self.K_max}",
-                                    "build the supernet for a larger K range")
+                raise CondenseError(
+                    f"run '{run.path}': K={K} is outside the supernet's 1..{self.K_max}",
+                    "build the supernet for a larger K range",
+                )
             extra = sorted(set(options) - (set(_GLOBAL_OPTIONS) if choice.layer == "global" else set()))
             if extra:
-                raise CondenseError(f"run '{run.path}': the supernet has no weights for option(s) "
-                                    f"{', '.join(extra)} of {choice.layer!r}", "plans of the search space only")
+                raise CondenseError(
+                    f"run '{run.path}': the supernet has no weights for option(s) "
+                    f"{', '.join(extra)} of {choice.layer!r}",
+                    "plans of the search space only",
+                )
             key = _variant_key(choice.layer, {**defaults, **options}, choice.m if run.growing else None)
             candidates = self.candidates[f"run{i}"]
             if key not in candidates:
-                raise CondenseError(f"run '{run.path}': the supernet has no {key!r} layer",
-                                    "plans of the search space only")
+                raise CondenseError(
+                    f"run '{run.path}': the supernet has no {key!r} layer", "plans of the search space only"
+                )
             layer = candidates[key]
             inner = inner_layer(layer)
             if K is not None and inner.config.K != K:
@@ -365,6 +413,7 @@ class Supernet(nn.Module):
 
     def memory(self) -> dict[str, int]:
         """Bytes of the unique parameters and buffers: of the supernet and of the original architecture."""
+
         def nbytes(tensors: Iterable[torch.Tensor]) -> int:
             seen, total = set(), 0
             for t in tensors:
@@ -425,20 +474,25 @@ def _load_shared(target: nn.Module, source: nn.Module, path: str) -> None:
             new[key] = value
             continue
         if key not in src:
-            raise CondenseError(f"run '{path}': the supernet's layer has no weight {key!r}",
-                                "the supernet and the rewrite built different layers")
+            raise CondenseError(
+                f"run '{path}': the supernet's layer has no weight {key!r}",
+                "the supernet and the rewrite built different layers",
+            )
         s = src[key]
         if s.shape != value.shape:
             if s.dim() == 0 or s.shape[1:] != value.shape[1:] or s.shape[0] < value.shape[0]:
-                raise CondenseError(f"run '{path}': weight {key!r} is {tuple(s.shape)} in the supernet, "
-                                    f"{tuple(value.shape)} in the plan's layer")
+                raise CondenseError(
+                    f"run '{path}': weight {key!r} is {tuple(s.shape)} in the supernet, "
+                    f"{tuple(value.shape)} in the plan's layer"
+                )
             s = s[: value.shape[0]]
         new[key] = s.detach().clone()
     target.load_state_dict(new, strict=True)
 
 
-def supernet(model: nn.Module, *, input_size: Sequence[int], space: Any = None,
-             found: FindResult | None = None) -> Supernet:
+def supernet(
+    model: nn.Module, *, input_size: Sequence[int], space: Any = None, found: FindResult | None = None
+) -> Supernet:
     """The supernet of ``model`` over ``space`` (default: the whole plan space for its runs,
     ``condense.build_space``; ``search.supernet`` narrows it by ``layers``/``K``). ``found``:
     ``find_runs(model, input_size)`` if already made."""
@@ -455,9 +509,19 @@ def load_supernet_weights(net: Supernet, path: str | os.PathLike) -> None:
 
 # --- export -------------------------------------------------------------------------------------------------
 
-def export_plan(net: Supernet, plan: Any, directory: str | os.PathLike, *, model: nn.Module | None = None,
-                spec: Any = None, model_kwargs: dict[str, Any] | None = None, checkpoint: str | None = None,
-                extra: dict[str, Any] | None = None, counts: dict[str, Any] | None = None) -> Path:
+
+def export_plan(
+    net: Supernet,
+    plan: Any,
+    directory: str | os.PathLike,
+    *,
+    model: nn.Module | None = None,
+    spec: Any = None,
+    model_kwargs: dict[str, Any] | None = None,
+    checkpoint: str | None = None,
+    extra: dict[str, Any] | None = None,
+    counts: dict[str, Any] | None = None,
+) -> Path:
     """Write ``plan``'s standalone model (``net.extract(plan)``, or ``model`` if already extracted) in the
     directory format ``condense.load`` reads (``write_condensed``). Select and re-estimate BatchNorm first:
     the saved statistics are those of the current path."""
@@ -467,15 +531,37 @@ def export_plan(net: Supernet, plan: Any, directory: str | os.PathLike, *, model
         with net.unwrapped() as base:
             before = macs_and_params(base, net.input_size)
         after = macs_and_params(standalone, net.input_size)
-        counts = {"macs_before": int(before[0]), "macs_after": int(after[0]), "params_before": int(before[1]),
-                  "params_after": int(after[1])}
+        counts = {
+            "macs_before": int(before[0]),
+            "macs_after": int(after[0]),
+            "params_before": int(before[1]),
+            "params_after": int(after[1]),
+        }
     runs = []
     for run in net.runs:
         c = choices.get(run.path)
         on = c is not None and c.m < run.r
-        runs.append(dict(path=run.path, block_class=run.block_class, r=run.r, m=c.m if on else run.r,
-                         layer=c.layer if on else None, K=int(c.options["K"]) if on and "K" in c.options else None))
+        runs.append(
+            dict(
+                path=run.path,
+                block_class=run.block_class,
+                r=run.r,
+                m=c.m if on else run.r,
+                layer=c.layer if on else None,
+                K=int(c.options["K"]) if on and "K" in c.options else None,
+            )
+        )
     kept = {p: c for p, c in choices.items() if c.m < net.run(p).r}
-    return write_condensed(directory, standalone.eval(), Plan(kept), model_class=net.found.model_class,
-                           input_size=net.input_size, counts=counts, runs=runs, spec=spec, model_kwargs=model_kwargs,
-                           checkpoint=checkpoint, extra=extra)
+    return write_condensed(
+        directory,
+        standalone.eval(),
+        Plan(kept),
+        model_class=net.found.model_class,
+        input_size=net.input_size,
+        counts=counts,
+        runs=runs,
+        spec=spec,
+        model_kwargs=model_kwargs,
+        checkpoint=checkpoint,
+        extra=extra,
+    )

@@ -22,6 +22,7 @@ Instead rank 0's weights are broadcast at the start, every rank draws the same p
 all-reduce (a parameter no rank touched keeps no gradient, so the optimizer leaves it alone): identical
 gradients keep the replicas identical. Only rank 0 writes files and prints.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -80,8 +81,11 @@ class SandwichConfig:
             low = 0 if field == "random_plans" else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"supernet option {field}={value!r}: must be an integer >= {low}")
-        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) \
-                or not 0 < self.temperature < math.inf:
+        if (
+            isinstance(self.temperature, bool)
+            or not isinstance(self.temperature, (int, float))
+            or not 0 < self.temperature < math.inf
+        ):
             raise ConfigError(f"supernet option temperature={self.temperature!r}: must be a number > 0")
         for field in ("distill_weight", "skip_loss"):
             value = getattr(self, field)
@@ -129,15 +133,25 @@ def plan_label(plan: Any) -> str:
     return f"{c.layer} K={c.options.get('K')}" if "K" in c.options else c.layer
 
 
-def score_plan(net: Supernet, plan: Any, bundle, calib: list[torch.Tensor], *, device=None,
-               batch_size: int = 256, rank: int = 0, world_size: int = 1) -> float:
+def score_plan(
+    net: Supernet,
+    plan: Any,
+    bundle,
+    calib: list[torch.Tensor],
+    *,
+    device=None,
+    batch_size: int = 256,
+    rank: int = 0,
+    world_size: int = 1,
+) -> float:
     """Accuracy of ``plan`` with inherited weights: select, re-estimate BatchNorm on ``calib``, evaluate.
     Under torchrun (``world_size`` > 1) every rank re-estimates on the same ``calib`` (the same statistics)
     and evaluates its shard of the test split; the accuracy is summed over the ranks (``train.evaluate``)."""
     net.select(plan)
     recalibrate_bn(net, calib, device)
-    return float(evaluate(net, bundle, batch_size=batch_size, device=device, rank=rank,
-                          world_size=world_size)["test_acc"])
+    return float(
+        evaluate(net, bundle, batch_size=batch_size, device=device, rank=rank, world_size=world_size)["test_acc"]
+    )
 
 
 def _comm_device(device: torch.device) -> torch.device:
@@ -157,7 +171,7 @@ def _broadcast_(tensors: Sequence[torch.Tensor], src: int = 0) -> None:
         flat, offset = flat.to(home), 0
         with torch.no_grad():
             for t in group:
-                t.copy_(flat[offset: offset + t.numel()].view_as(t))
+                t.copy_(flat[offset : offset + t.numel()].view_as(t))
                 offset += t.numel()
 
 
@@ -175,8 +189,10 @@ def _all_reduce_grads(params: Sequence[torch.Tensor], world_size: int, failed: b
     for n, group in enumerate(groups.values()):
         home = group[0].device
         flags = [float(p.grad is not None) for p in group] + ([float(failed)] if n == 0 else [])
-        flat = torch.cat([p.grad.reshape(-1) if p.grad is not None else p.new_zeros(p.numel()) for p in group]
-                         + [torch.tensor(flags, dtype=group[0].dtype, device=home)]).to(_comm_device(home))
+        flat = torch.cat(
+            [p.grad.reshape(-1) if p.grad is not None else p.new_zeros(p.numel()) for p in group]
+            + [torch.tensor(flags, dtype=group[0].dtype, device=home)]
+        ).to(_comm_device(home))
         dist.all_reduce(flat)  # SUM
         flat = flat.to(home)
         total = sum(p.numel() for p in group)
@@ -186,7 +202,7 @@ def _all_reduce_grads(params: Sequence[torch.Tensor], world_size: int, failed: b
         grads = flat[:total].div_(world_size)
         offset = 0
         for p, count in zip(group, summed):
-            g = grads[offset: offset + p.numel()].view_as(p)
+            g = grads[offset : offset + p.numel()].view_as(p)
             offset += p.numel()
             if count == 0:
                 p.grad = None
@@ -204,9 +220,19 @@ def _all_sum(values: Sequence[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def train_supernet(net: Supernet, data, config=None, sandwich: SandwichConfig | None = None, *,
-                   out_dir: str | os.PathLike | None = None, teacher: nn.Module | None = None, resume: bool = False,
-                   overwrite: bool = False, progress: bool = True, device: str | torch.device | None = "auto"):
+def train_supernet(
+    net: Supernet,
+    data,
+    config=None,
+    sandwich: SandwichConfig | None = None,
+    *,
+    out_dir: str | os.PathLike | None = None,
+    teacher: nn.Module | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    device: str | torch.device | None = "auto",
+):
     """Train ``net`` in place with the sandwich rule; ``config`` is a ``condense.TrainConfig`` (epochs, lr,
     schedule, warm-up, batch size, optimizer, clipping, amp, seed, augmentation, steps per epoch; its
     ``kd_alpha`` weighs distillation against the labels for the largest plan when a teacher is given;
@@ -232,10 +258,23 @@ def train_supernet(net: Supernet, data, config=None, sandwich: SandwichConfig | 
     if config.clip_grad_norm is not None and config.amp == "fp16":
         raise ConfigError("supernet training clips each plan's gradient: not with fp16 autocast", "use --amp bf16")
     net.select(net.largest_plan())
-    identity = {"train": config.to_dict(), "sandwich": sandwich.to_dict(),
-                "space": json.loads(json.dumps(net.space.to_dict(), default=str))}
-    setup = prepare_run(net, data, config, out_dir=out_dir, resume=resume, overwrite=overwrite, device=device,
-                        identity=identity, kind="supernet", check=_same_world)
+    identity = {
+        "train": config.to_dict(),
+        "sandwich": sandwich.to_dict(),
+        "space": json.loads(json.dumps(net.space.to_dict(), default=str)),
+    }
+    setup = prepare_run(
+        net,
+        data,
+        config,
+        out_dir=out_dir,
+        resume=resume,
+        overwrite=overwrite,
+        device=device,
+        identity=identity,
+        kind="supernet",
+        check=_same_world,
+    )
     bundle, augment, device, rank, world = setup.bundle, setup.augment, setup.device, setup.rank, setup.world
     distributed = setup.distributed
     net.to(device)
@@ -245,15 +284,18 @@ def train_supernet(net: Supernet, data, config=None, sandwich: SandwichConfig | 
     if setup.resumed is not None:
         net.load_state_dict(setup.resumed["model"])
     history, start_epoch = setup.restore(optimizer, scaler)
-    calib = calibration_batches(bundle, sandwich.calib_images, sandwich.calib_batch, config.seed) \
-        if sandwich.eval_each_epoch else []
+    calib = (
+        calibration_batches(bundle, sandwich.calib_images, sandwich.calib_batch, config.seed)
+        if sandwich.eval_each_epoch
+        else []
+    )
     if distributed:  # replicas start from rank 0's weights and buffers, as DistributedDataParallel's do
         _broadcast_(list(net.parameters()) + list(net.buffers()))
     params = [p for p in net.parameters() if p.requires_grad]
     accum = [torch.zeros_like(p) for p in params] if config.clip_grad_norm is not None else []
     touched = [False] * len(accum)
     lines = progress and rank == 0
-    skip_bound = sandwich.skip_loss * math.log(max(bundle.num_classes, 2)) * sandwich.temperature ** 2
+    skip_bound = sandwich.skip_loss * math.log(max(bundle.num_classes, 2)) * sandwich.temperature**2
     if setup.resumed is None:
         net.stabilize_()  # the initial stencils are well inside; a given checkpoint's may not be
     t_start = time.perf_counter()
@@ -281,9 +323,13 @@ def train_supernet(net: Supernet, data, config=None, sandwich: SandwichConfig | 
                 with setup.autocast():
                     logits = net(x).float()
                 if k == 0:
-                    loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing) if t_logits is None \
-                        else distillation_loss(logits, t_logits, y, config.kd_alpha, config.kd_temperature,
-                                               config.label_smoothing)
+                    loss = (
+                        F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+                        if t_logits is None
+                        else distillation_loss(
+                            logits, t_logits, y, config.kd_alpha, config.kd_temperature, config.label_smoothing
+                        )
+                    )
                     target = (t_logits if t_logits is not None else logits).detach()
                     correct += int((logits.argmax(1) == y).sum())
                     if not torch.isfinite(loss):  # raised after the all-reduce: every rank stops, none waits
@@ -317,17 +363,21 @@ def train_supernet(net: Supernet, data, config=None, sandwich: SandwichConfig | 
             failed = _all_reduce_grads(params, world, blown is not None) if distributed else blown is not None
             if failed:
                 where = f"at epoch {epoch + 1}, step {step + 1} (largest plan)"
-                raise CondenseError(f"the loss became {blown} {where}" if blown is not None else
-                                    f"the loss was not finite in another process {where}",
-                                    "lower the learning rate (--lr)")
+                raise CondenseError(
+                    f"the loss became {blown} {where}"
+                    if blown is not None
+                    else f"the loss was not finite in another process {where}",
+                    "lower the learning rate (--lr)",
+                )
             scaler.step(optimizer)
             scaler.update()
             rescaled += net.stabilize_()  # explicit RD stencils back inside their stability region
             seen += len(y)
         epoch_time = time.perf_counter() - t0
         if distributed:  # the epoch's figures over all ranks; every rank holds rank 0's BatchNorm statistics
-            loss_sum, correct, seen, small_sum, small_n = _all_sum([loss_sum, correct, seen, small_sum, small_n],
-                                                                   device)
+            loss_sum, correct, seen, small_sum, small_n = _all_sum(
+                [loss_sum, correct, seen, small_sum, small_n], device
+            )
             correct, seen, small_n = int(correct), int(seen), int(small_n)
             gathered: list[Any] = [None] * world
             dist.all_gather_object(gathered, skipped)
@@ -336,31 +386,55 @@ def train_supernet(net: Supernet, data, config=None, sandwich: SandwichConfig | 
                 for label, count in part.items():
                     skipped[label] = skipped.get(label, 0) + count
             _broadcast_(list(net.buffers()))
-        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1),
-                                  "train_acc": correct / max(seen, 1), "distill_loss": small_sum / max(small_n, 1),
-                                  "skipped": sum(skipped.values()), "skipped_plans": dict(sorted(skipped.items())),
-                                  "stencils_rescaled": rescaled,
-                                  "images_per_s": seen / max(epoch_time, 1e-9), "epoch_seconds": epoch_time}
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / max(seen, 1),
+            "train_acc": correct / max(seen, 1),
+            "distill_loss": small_sum / max(small_n, 1),
+            "skipped": sum(skipped.values()),
+            "skipped_plans": dict(sorted(skipped.items())),
+            "stencils_rescaled": rescaled,
+            "images_per_s": seen / max(epoch_time, 1e-9),
+            "epoch_seconds": epoch_time,
+        }
         if sandwich.eval_each_epoch:
             with torch.random.fork_rng(devices=[]):
-                record["largest_acc"] = score_plan(net, net.largest_plan(), bundle, calib, device=device, rank=rank,
-                                                   world_size=world)
-                record["smallest_acc"] = score_plan(net, net.smallest_plan(), bundle, calib, device=device,
-                                                    rank=rank, world_size=world)
+                record["largest_acc"] = score_plan(
+                    net, net.largest_plan(), bundle, calib, device=device, rank=rank, world_size=world
+                )
+                record["smallest_acc"] = score_plan(
+                    net, net.smallest_plan(), bundle, calib, device=device, rank=rank, world_size=world
+                )
             net.train()
         history.append(record)
         if lines:
-            extra = (f" | largest {record['largest_acc']:.4f} smallest {record['smallest_acc']:.4f}"
-                     if "largest_acc" in record else "")
+            extra = (
+                f" | largest {record['largest_acc']:.4f} smallest {record['smallest_acc']:.4f}"
+                if "largest_acc" in record
+                else ""
+            )
             skips = f" | skipped {record['skipped']} blown-up plan(s)" if record["skipped"] else ""
-            print(f"supernet epoch {epoch + 1}/{config.epochs}: loss {record['train_loss']:.4f} distill "
-                  f"{record['distill_loss']:.4f}{extra}{skips} | {record['images_per_s']:.0f} img/s, "
-                  f"{epoch_time:.1f} s", flush=True)
+            print(
+                f"supernet epoch {epoch + 1}/{config.epochs}: loss {record['train_loss']:.4f} distill "
+                f"{record['distill_loss']:.4f}{extra}{skips} | {record['images_per_s']:.0f} img/s, "
+                f"{epoch_time:.1f} s",
+                flush=True,
+            )
         setup.save(net, optimizer, scaler, epoch + 1, history, world_size=world)
     metrics = dict(history[-1]) if history else {}
-    metrics.update({"epochs": config.epochs, "world_size": world, "config": config.to_dict(),
-                    "sandwich": sandwich.to_dict(), "data": bundle.name, "augment": augment, **device_record(device),
-                    "train_seconds_this_run": time.perf_counter() - t_start, **net.memory()})
+    metrics.update(
+        {
+            "epochs": config.epochs,
+            "world_size": world,
+            "config": config.to_dict(),
+            "sandwich": sandwich.to_dict(),
+            "data": bundle.name,
+            "augment": augment,
+            **device_record(device),
+            "train_seconds_this_run": time.perf_counter() - t_start,
+            **net.memory(),
+        }
+    )
     setup.write_metrics({**metrics, "history": history})
     net.select(net.largest_plan())
     return TrainResult(metrics=metrics, history=history, model=net)
@@ -370,7 +444,9 @@ def _same_world(state: dict[str, Any], path: Path, world: int) -> None:
     """A resumed supernet run has the number of processes it was written by (each rank's data depends on it)."""
     saved_world = int(state.get("world_size", 1))  # written before multi-process training: one process
     if saved_world != world:
-        raise CondenseError(f"{path} was written by a run of {saved_world} process(es), this one has "
-                            f"{world} (each rank's share of the data depends on it)",
-                            f"resume with {saved_world} process(es) (torchrun --nproc_per_node={saved_world}"
-                            " or none for 1), or start a new -o DIR")
+        raise CondenseError(
+            f"{path} was written by a run of {saved_world} process(es), this one has "
+            f"{world} (each rank's share of the data depends on it)",
+            f"resume with {saved_world} process(es) (torchrun --nproc_per_node={saved_world}"
+            " or none for 1), or start a new -o DIR",
+        )

@@ -1,4 +1,5 @@
 """Side-by-side timing: warm-up, interleaved repeats, medians. In: callables. Out: seconds. Never: asserts."""
+
 from __future__ import annotations
 
 import torch

@@ -31,6 +31,7 @@ optionally moves its weights before fine-tuning):
 A build that cannot reach the target (``BudgetError``, e.g. ``preserve`` on a small net) makes the arm
 ``infeasible`` at that budget; the caller records it and goes on.
 """
+
 from __future__ import annotations
 
 import copy
@@ -107,11 +108,13 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
 
 def _fit(source: Callable[[ArmContext, int], nn.Module], **options: Any) -> Callable[[ArmContext, float, int], Start]:
     def build(ctx: ArmContext, target: float, seed: int) -> Start:
-        res, cpu, wall = _timed(lambda: fitting.fit(source(ctx, seed), macs=float(target), input_size=ctx.input_size,
-                                                    seed=seed, **options))
+        res, cpu, wall = _timed(
+            lambda: fitting.fit(source(ctx, seed), macs=float(target), input_size=ctx.input_size, seed=seed, **options)
+        )
         if not res.plan.choices:
             raise CondenseError(f"condense left the model unchanged ({res.message})", "nothing to compare")
         return Start(res.model, {"build_cpu_s": round(cpu, 2), "build_s": round(wall, 2), "plan": res.message}, res)
+
     return build
 
 
@@ -125,46 +128,89 @@ def _random(ctx: ArmContext, seed: int) -> nn.Module:
 
 def _calibrate(ctx: ArmContext, start: Start, seed: int) -> None:
     """``condense.calibrate`` on the condensed model, from the original, on the run's training images."""
-    cal, cpu, wall = _timed(lambda: condense.calibrate(
-        start.fit, ctx.original, ctx.bundle, images=ctx.calib.images, epochs=ctx.calib.epochs, seed=seed,
-        test_images=0, device=ctx.device, progress=ctx.say))
+    cal, cpu, wall = _timed(
+        lambda: condense.calibrate(
+            start.fit,
+            ctx.original,
+            ctx.bundle,
+            images=ctx.calib.images,
+            epochs=ctx.calib.epochs,
+            seed=seed,
+            test_images=0,
+            device=ctx.device,
+            progress=ctx.say,
+        )
+    )
     start.model = start.fit.model
-    start.record.update({"calib_epochs": cal.epochs, "calib_images": cal.images, "calib_steps": cal.steps,
-                         "calib_s": round(cal.seconds, 2), "calib_cpu_s": round(cpu, 2),
-                         "feature_error_before": [round(v, 5) for v in cal.feature_error_before],
-                         "feature_error_after": [round(v, 5) for v in cal.feature_error_after]})
+    start.record.update(
+        {
+            "calib_epochs": cal.epochs,
+            "calib_images": cal.images,
+            "calib_steps": cal.steps,
+            "calib_s": round(cal.seconds, 2),
+            "calib_cpu_s": round(cpu, 2),
+            "feature_error_before": [round(v, 5) for v in cal.feature_error_before],
+            "feature_error_after": [round(v, 5) for v in cal.feature_error_after],
+        }
+    )
 
 
 def _pruned(criterion: str) -> Callable[[ArmContext, float, int], Start]:
     def build(ctx: ArmContext, target: float, _seed: int) -> Start:
         key = ("tp", criterion, float(target))
         if key not in ctx.cache:  # pruning is deterministic: once per target, copied for every seed
-            pruned, cpu, wall = _timed(lambda: _versus_prune.prune_to_macs(ctx.original, ctx.input_size, target,
-                                                                           criterion))
+            pruned, cpu, wall = _timed(
+                lambda: _versus_prune.prune_to_macs(ctx.original, ctx.input_size, target, criterion)
+            )
             ctx.cache[key] = (pruned, {**pruned.record(), "build_cpu_s": round(cpu, 2), "build_s": round(wall, 2)})
         pruned, record = ctx.cache[key]
         return Start(copy.deepcopy(pruned.model), dict(record))
+
     return build
 
 
-ARMS: dict[str, Arm] = {a.name: a for a in (
-    Arm("global", "condense, Global layers (paper's init)", _fit(_trained)),
-    Arm("global-preserve", "condense, Global layers, preserve", _fit(_trained, preserve=True)),
-    Arm("global-calibrate", "condense, Global layers + calibrate", _fit(_trained), _calibrate, needs="calibrate"),
-    Arm("drop", "block dropping", _fit(_trained, layer="drop"), needs="drop"),
-    Arm("drop-calibrate", "block dropping + calibrate", _fit(_trained, layer="drop"), _calibrate,
-        needs="drop+calibrate"),
-    Arm("tp-l1", "Torch-Pruning, L1 magnitude", _pruned("l1"), needs="torch_pruning"),
-    Arm("tp-group", "Torch-Pruning, group norm", _pruned("group"), needs="torch_pruning"),
-    Arm("scratch", "Global architecture, random init", _fit(_random)),
-    Arm("joint", "depth + width (--width auto), Global layers", _fit(_trained, width="auto"), needs="torch_pruning"),
-    Arm("joint-calibrate", "depth + width (--width auto), Global layers + calibrate", _fit(_trained, width="auto"),
-        _calibrate, needs="calibrate+torch_pruning"),
-    Arm("joint-drop", "depth + width (--width auto), drop", _fit(_trained, width="auto", layer="drop"),
-        needs="drop+torch_pruning"),
-    Arm("joint-drop-calibrate", "depth + width (--width auto), drop + calibrate",
-        _fit(_trained, width="auto", layer="drop"), _calibrate, needs="calibrate+drop+torch_pruning"),
-)}
+ARMS: dict[str, Arm] = {
+    a.name: a
+    for a in (
+        Arm("global", "condense, Global layers (paper's init)", _fit(_trained)),
+        Arm("global-preserve", "condense, Global layers, preserve", _fit(_trained, preserve=True)),
+        Arm("global-calibrate", "condense, Global layers + calibrate", _fit(_trained), _calibrate, needs="calibrate"),
+        Arm("drop", "block dropping", _fit(_trained, layer="drop"), needs="drop"),
+        Arm(
+            "drop-calibrate",
+            "block dropping + calibrate",
+            _fit(_trained, layer="drop"),
+            _calibrate,
+            needs="drop+calibrate",
+        ),
+        Arm("tp-l1", "Torch-Pruning, L1 magnitude", _pruned("l1"), needs="torch_pruning"),
+        Arm("tp-group", "Torch-Pruning, group norm", _pruned("group"), needs="torch_pruning"),
+        Arm("scratch", "Global architecture, random init", _fit(_random)),
+        Arm(
+            "joint", "depth + width (--width auto), Global layers", _fit(_trained, width="auto"), needs="torch_pruning"
+        ),
+        Arm(
+            "joint-calibrate",
+            "depth + width (--width auto), Global layers + calibrate",
+            _fit(_trained, width="auto"),
+            _calibrate,
+            needs="calibrate+torch_pruning",
+        ),
+        Arm(
+            "joint-drop",
+            "depth + width (--width auto), drop",
+            _fit(_trained, width="auto", layer="drop"),
+            needs="drop+torch_pruning",
+        ),
+        Arm(
+            "joint-drop-calibrate",
+            "depth + width (--width auto), drop + calibrate",
+            _fit(_trained, width="auto", layer="drop"),
+            _calibrate,
+            needs="calibrate+drop+torch_pruning",
+        ),
+    )
+}
 
 
 def lacking(arm: Arm) -> str | None:
@@ -182,8 +228,9 @@ def check_available(arm: Arm) -> None:
     torch-pruning package (with the install hint)."""
     what = lacking(arm)
     if what is not None:
-        raise CondenseError(f"arm {arm.name!r} needs {what}, which this version of condense lacks",
-                            "leave it out of --arms")
+        raise CondenseError(
+            f"arm {arm.name!r} needs {what}, which this version of condense lacks", "leave it out of --arms"
+        )
     if "torch_pruning" in (arm.needs or ""):
         _versus_prune.torch_pruning()
 

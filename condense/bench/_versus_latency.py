@@ -6,6 +6,7 @@ median from the same run. Never: times models one after another (each round call
 rotating order, so drift on a shared machine hits all alike: ``_timing.interleaved_medians``), reads the
 clock with device work queued (every call ends with a device sync), or changes the models' weights.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
@@ -20,12 +21,33 @@ ORIGINAL = "original"
 
 def setting(device: str, threads: int, batches: Sequence[int], repeats: int, warmup: int) -> dict[str, Any]:
     """The record of how latency is measured (a change re-measures it)."""
-    return {"threads": threads, "batches": list(batches), "repeats": repeats, "warmup": warmup,
-            **device_record(resolve_device(device))}
+    return {
+        "threads": threads,
+        "batches": list(batches),
+        "repeats": repeats,
+        "warmup": warmup,
+        **device_record(resolve_device(device)),
+    }
 
 
-def measure(models: Mapping[str, nn.Module], input_size: Sequence[int], *, batches: Sequence[int], device: str,
-            threads: int, repeats: int, warmup: int) -> dict[str, dict[str, dict[str, float]]]:
+def measure(
+    models: Mapping[str, nn.Module],
+    input_size: Sequence[int],
+    *,
+    batches: Sequence[int],
+    device: str,
+    threads: int,
+    repeats: int,
+    warmup: int,
+) -> dict[str, dict[str, dict[str, float]]]:
     """``{name: {str(batch): {"ms": median, "ratio": median / original's}}}``, eager, no gradients."""
-    return measure_side_by_side(models, input_size, batches=batches, reference=ORIGINAL, device=device,
-                                threads=threads, repeats=repeats, warmup=warmup)
+    return measure_side_by_side(
+        models,
+        input_size,
+        batches=batches,
+        reference=ORIGINAL,
+        device=device,
+        threads=threads,
+        repeats=repeats,
+        warmup=warmup,
+    )

@@ -12,6 +12,7 @@ The ratio is found by bisection: MACs fall as the ratio rises (a step function: 
 ``PRUNE_STEPS`` halvings pin the step that crosses the target; each try prunes a fresh copy once
 (one-shot, no regularisation or iterative steps).
 """
+
 from __future__ import annotations
 
 import copy
@@ -62,20 +63,34 @@ def prune_once(model: nn.Module, input_size: Sequence[int], ratio: float, criter
     net = copy.deepcopy(model).cpu().eval()
     example = torch.randn(1, *input_size)
     try:
-        pruner = tp.pruner.BasePruner(net, example, importance=importance(criterion), pruning_ratio=ratio,
-                                      global_pruning=False, ignored_layers=classifier_layers(net))
+        pruner = tp.pruner.BasePruner(
+            net,
+            example,
+            importance=importance(criterion),
+            pruning_ratio=ratio,
+            global_pruning=False,
+            ignored_layers=classifier_layers(net),
+        )
         pruner.step()
     except CondenseError:
         raise
     except Exception as err:  # noqa: BLE001 - a model Torch-Pruning cannot handle: one line
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
-        raise CondenseError(f"Torch-Pruning could not prune {type(model).__name__} ({type(err).__name__}: {first})",
-                            "leave out the tp-* arms (--arms)") from err
+        raise CondenseError(
+            f"Torch-Pruning could not prune {type(model).__name__} ({type(err).__name__}: {first})",
+            "leave out the tp-* arms (--arms)",
+        ) from err
     return net
 
 
-def prune_to_macs(model: nn.Module, input_size: Sequence[int], target: float, criterion: str,
-                  steps: int = PRUNE_STEPS, tolerance: float = TOLERANCE) -> Pruned:
+def prune_to_macs(
+    model: nn.Module,
+    input_size: Sequence[int],
+    target: float,
+    criterion: str,
+    steps: int = PRUNE_STEPS,
+    tolerance: float = TOLERANCE,
+) -> Pruned:
     """The model pruned at the uniform ratio whose MACs (``macs_and_params``) land at ``target``: the largest
     count at or under it when that is within ``tolerance`` (relative) of it, else the nearest count over it
     if that one is within ``tolerance``, else the nearer of the two (channels are whole, so a uniform ratio
@@ -88,8 +103,10 @@ def prune_to_macs(model: nn.Module, input_size: Sequence[int], target: float, cr
     net = prune_once(model, size, hi, criterion)
     macs, params = macs_and_params(net, size)
     if macs > target:
-        raise CondenseError(f"Torch-Pruning at ratio {hi} leaves {macs / 1e6:.2f}M MACs, over the target "
-                            f"{target / 1e6:.2f}M", "raise the budget")
+        raise CondenseError(
+            f"Torch-Pruning at ratio {hi} leaves {macs / 1e6:.2f}M MACs, over the target {target / 1e6:.2f}M",
+            "raise the budget",
+        )
     under, over = Pruned(net, macs, params, hi, 0), Pruned(copy.deepcopy(model), macs0, params0, 0.0, 0)
     for _ in range(steps):
         mid = (lo + hi) / 2

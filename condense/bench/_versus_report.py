@@ -6,6 +6,7 @@ mean ± std over the seeds done, zero-shot accuracy, latency per batch size and 
 (measured together), and the compute each arm used (building, calibration, fine-tuning). Never: computes a
 figure (everything comes from the record), or hides an arm that could not be built (its row says why).
 """
+
 from __future__ import annotations
 
 import csv
@@ -18,10 +19,33 @@ from rich.table import Table
 
 from .._budget import format_count
 
-BASE_COLUMNS = ("budget", "arm", "method", "status", "macs", "macs_ratio", "macs_target", "macs_vs_target", "params",
-                "params_ratio", "seeds_done", "acc_mean", "acc_std", "accs", "zero_shot_mean")
-COMPUTE_COLUMNS = ("build_cpu_s", "calib_epochs", "calib_images", "calib_cpu_s", "finetune_epochs",
-                   "finetune_cpu_s", "finetune_s", "note")
+BASE_COLUMNS = (
+    "budget",
+    "arm",
+    "method",
+    "status",
+    "macs",
+    "macs_ratio",
+    "macs_target",
+    "macs_vs_target",
+    "params",
+    "params_ratio",
+    "seeds_done",
+    "acc_mean",
+    "acc_std",
+    "accs",
+    "zero_shot_mean",
+)
+COMPUTE_COLUMNS = (
+    "build_cpu_s",
+    "calib_epochs",
+    "calib_images",
+    "calib_cpu_s",
+    "finetune_epochs",
+    "finetune_cpu_s",
+    "finetune_s",
+    "note",
+)
 
 
 def columns(batches: Sequence[int]) -> tuple[str, ...]:
@@ -35,8 +59,14 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def rows(state: dict[str, Any], budgets: Sequence[str], arms: Sequence[str], seeds: Sequence[int],
-         batches: Sequence[int], methods: dict[str, str]) -> list[dict[str, Any]]:
+def rows(
+    state: dict[str, Any],
+    budgets: Sequence[str],
+    arms: Sequence[str],
+    seeds: Sequence[int],
+    batches: Sequence[int],
+    methods: dict[str, str],
+) -> list[dict[str, Any]]:
     """The table's rows, the original first (see ``columns``)."""
     orig = state["original"]
     lat = (state.get("latency") or {}).get("ms", {})
@@ -50,18 +80,34 @@ def rows(state: dict[str, Any], budgets: Sequence[str], arms: Sequence[str], see
         return out
 
     trained = orig.get("trained") or {}
-    table = [{"budget": "", "arm": "original", "method": orig["label"], "status": "ok", "macs": orig["macs"],
-              "macs_ratio": 1.0, "params": orig["params"], "params_ratio": 1.0, "seeds_done": "",
-              "acc_mean": orig["test_acc"], "finetune_epochs": trained.get("epochs"),
-              "finetune_cpu_s": trained.get("cpu_s"),
-              "note": f"trained here ({trained['epochs']} epochs)" if trained else "given weights",
-              **latency("original")}]
+    table = [
+        {
+            "budget": "",
+            "arm": "original",
+            "method": orig["label"],
+            "status": "ok",
+            "macs": orig["macs"],
+            "macs_ratio": 1.0,
+            "params": orig["params"],
+            "params_ratio": 1.0,
+            "seeds_done": "",
+            "acc_mean": orig["test_acc"],
+            "finetune_epochs": trained.get("epochs"),
+            "finetune_cpu_s": trained.get("cpu_s"),
+            "note": f"trained here ({trained['epochs']} epochs)" if trained else "given weights",
+            **latency("original"),
+        }
+    ]
     for budget in budgets:
         brec = state["budgets"].get(budget, {})
         for arm in arms:
             rec = brec.get("arms", {}).get(arm)
-            row: dict[str, Any] = {"budget": budget, "arm": arm, "method": methods.get(arm, arm),
-                                   "macs_target": brec.get("target_macs")}
+            row: dict[str, Any] = {
+                "budget": budget,
+                "arm": arm,
+                "method": methods.get(arm, arm),
+                "macs_target": brec.get("target_macs"),
+            }
             if rec is None:
                 table.append({**row, "status": "not run"})
                 continue
@@ -77,16 +123,31 @@ def rows(state: dict[str, Any], budgets: Sequence[str], arms: Sequence[str], see
             def avg(key: str, done: list[dict[str, Any]] = done) -> float | None:
                 vals = [d[key] for d in done if d.get(key) is not None]
                 return statistics.fmean(vals) if vals else None
+
             target = brec.get("target_macs")
-            row.update({"macs": rec["macs"], "macs_ratio": rec["macs"] / orig["macs"], "params": rec["params"],
-                        "macs_vs_target": rec["macs"] / target - 1 if target else None,
-                        "params_ratio": rec["params"] / orig["params"], "seeds_done": len(done),
-                        "acc_mean": mean, "acc_std": std, "accs": " ".join(f"{a:.4f}" for a in accs),
-                        "zero_shot_mean": zs, "build_cpu_s": avg("build_cpu_s"), "calib_epochs": avg("calib_epochs"),
-                        "calib_images": avg("calib_images"), "calib_cpu_s": avg("calib_cpu_s"),
-                        "finetune_epochs": avg("finetune_epochs"), "finetune_cpu_s": avg("finetune_cpu_s"),
-                        "finetune_s": avg("finetune_s"), "note": rec.get("note", ""),
-                        **latency(f"{budget}/{arm}")})
+            row.update(
+                {
+                    "macs": rec["macs"],
+                    "macs_ratio": rec["macs"] / orig["macs"],
+                    "params": rec["params"],
+                    "macs_vs_target": rec["macs"] / target - 1 if target else None,
+                    "params_ratio": rec["params"] / orig["params"],
+                    "seeds_done": len(done),
+                    "acc_mean": mean,
+                    "acc_std": std,
+                    "accs": " ".join(f"{a:.4f}" for a in accs),
+                    "zero_shot_mean": zs,
+                    "build_cpu_s": avg("build_cpu_s"),
+                    "calib_epochs": avg("calib_epochs"),
+                    "calib_images": avg("calib_images"),
+                    "calib_cpu_s": avg("calib_cpu_s"),
+                    "finetune_epochs": avg("finetune_epochs"),
+                    "finetune_cpu_s": avg("finetune_cpu_s"),
+                    "finetune_s": avg("finetune_s"),
+                    "note": rec.get("note", ""),
+                    **latency(f"{budget}/{arm}"),
+                }
+            )
             table.append(row)
     return table
 
@@ -96,8 +157,12 @@ def csv_text(table: list[dict[str, Any]], batches: Sequence[int]) -> str:
     writer = csv.DictWriter(buf, fieldnames=list(columns(batches)), extrasaction="ignore")
     writer.writeheader()
     for row in table:
-        writer.writerow({k: ("" if row.get(k) is None else round(row[k], 6) if isinstance(row.get(k), float)
-                             else row[k]) for k in columns(batches)})
+        writer.writerow(
+            {
+                k: ("" if row.get(k) is None else round(row[k], 6) if isinstance(row.get(k), float) else row[k])
+                for k in columns(batches)
+            }
+        )
     return buf.getvalue()
 
 
@@ -127,10 +192,22 @@ def _compute(row: dict[str, Any]) -> str:
 
 def print_table(console, table: list[dict[str, Any]], batches: Sequence[int], title: str, footer: str) -> None:
     t = Table(title=escape(title), title_justify="left")
-    for col in ("budget", "arm", "MACs (of original)", "params", "accuracy (seeds)", "zero-shot",
-                *[f"latency b{b} (x orig.)" for b in batches], "compute (CPU s per seed)", "note"):
-        t.add_column(col, justify="left" if col in ("budget", "arm", "note") else "right",
-                     overflow="fold" if col == "note" else "ellipsis")
+    for col in (
+        "budget",
+        "arm",
+        "MACs (of original)",
+        "params",
+        "accuracy (seeds)",
+        "zero-shot",
+        *[f"latency b{b} (x orig.)" for b in batches],
+        "compute (CPU s per seed)",
+        "note",
+    ):
+        t.add_column(
+            col,
+            justify="left" if col in ("budget", "arm", "note") else "right",
+            overflow="fold" if col == "note" else "ellipsis",
+        )
     last = None
     for row in table:
         if last is not None and row["budget"] != last:
@@ -142,8 +219,17 @@ def print_table(console, table: list[dict[str, Any]], batches: Sequence[int], ti
         note = escape(row.get("note") or "")
         if row["status"] not in ("ok",):
             note = f"[yellow]{row['status']}[/]{': ' + note if note else ''}"
-        t.add_row(row["budget"], row["arm"], macs, params, _acc(row), zs, *[_lat(row, b) for b in batches],
-                  _compute(row), note)
+        t.add_row(
+            row["budget"],
+            row["arm"],
+            macs,
+            params,
+            _acc(row),
+            zs,
+            *[_lat(row, b) for b in batches],
+            _compute(row),
+            note,
+        )
     console.print(t)
     console.print(escape(footer), highlight=False)
 
@@ -173,9 +259,18 @@ def plot_png(table: list[dict[str, Any]], batches: Sequence[int], title: str) ->
             family = families.index(row["arm"].split("-")[0]) if row["arm"].split("-")[0] in families else j
             # a colour per method family (condense, block dropping, Torch-Pruning, scratch, depth + width), a
             # marker per arm; the second and later budgets hollow
-            ax.errorbar([x], [100 * y], yerr=[100 * (row.get("acc_std") or 0.0)], marker=markers[j % len(markers)],
-                        color=colors[family % len(colors)], linestyle="none", capsize=3, markersize=7,
-                        markerfacecolor=None if i == 0 else "none", label=f"{row['arm']} @ {row['budget']}")
+            ax.errorbar(
+                [x],
+                [100 * y],
+                yerr=[100 * (row.get("acc_std") or 0.0)],
+                marker=markers[j % len(markers)],
+                color=colors[family % len(colors)],
+                linestyle="none",
+                capsize=3,
+                markersize=7,
+                markerfacecolor=None if i == 0 else "none",
+                label=f"{row['arm']} @ {row['budget']}",
+            )
         ax.set_xlabel(f"latency / original's, batch {b} (lower is faster)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"batch {b}")

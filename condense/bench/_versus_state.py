@@ -8,6 +8,7 @@ that differs), or writes into a folder condense did not write (``claim_folder``)
 
 Budgets, arms and seeds are not settings: a later run may add some (only what is missing is computed).
 """
+
 from __future__ import annotations
 
 import json
@@ -49,21 +50,23 @@ class State:
         out = Path(out)
         path = out / STATE
         if not path.exists():
-            return cls(out, {"format": FORMAT, "settings": settings, "original": None, "budgets": {},
-                             "latency": None})
+            return cls(out, {"format": FORMAT, "settings": settings, "original": None, "budgets": {}, "latency": None})
         try:
             data = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, ValueError) as err:
-            raise CondenseError(f"{path} is not readable ({type(err).__name__})",
-                                "choose another -o DIR, or remove the folder to start again") from None
+            raise CondenseError(
+                f"{path} is not readable ({type(err).__name__})",
+                "choose another -o DIR, or remove the folder to start again",
+            ) from None
         if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("settings"), dict):
-            raise CondenseError(f"{path} is not a record of condense.bench.versus ({FORMAT})",
-                                "choose another -o DIR")
+            raise CondenseError(f"{path} is not a record of condense.bench.versus ({FORMAT})", "choose another -o DIR")
         diff = differences(data["settings"], settings)
         if diff:
             more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
-            raise CondenseError(f"{out} holds results made with other settings ({'; '.join(diff[:3])}{more})",
-                                "run with the same settings to continue it, or choose another -o DIR")
+            raise CondenseError(
+                f"{out} holds results made with other settings ({'; '.join(diff[:3])}{more})",
+                "run with the same settings to continue it, or choose another -o DIR",
+            )
         data.setdefault("budgets", {})
         return cls(out, data)
 

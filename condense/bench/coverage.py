@@ -11,6 +11,7 @@ the paper's default plan on a small input, and checked:
 Every model runs in a worker subprocess (a crash or a hang costs one model, not the survey) with a time
 limit. Results go to a CSV (one row per model) and a per-family table, printed with rich.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,10 +38,27 @@ from .._help import HelpFormatter
 from ..graph import find_runs, rewrite
 
 SAMPLE = (
-    "resnet18", "resnet50", "resnet26", "efficientnet_b0", "efficientnet_lite0", "mobilenetv2_100",
-    "mobilenetv3_large_100", "mobilenetv3_small_100", "convnext_atto", "convnext_nano", "regnetx_002",
-    "regnety_004", "cspresnet50", "cs3darknet_s", "ghostnet_100", "mixnet_s", "dla34", "hrnet_w18_small",
-    "densenet121", "rexnet_100", "dpn68",
+    "resnet18",
+    "resnet50",
+    "resnet26",
+    "efficientnet_b0",
+    "efficientnet_lite0",
+    "mobilenetv2_100",
+    "mobilenetv3_large_100",
+    "mobilenetv3_small_100",
+    "convnext_atto",
+    "convnext_nano",
+    "regnetx_002",
+    "regnety_004",
+    "cspresnet50",
+    "cs3darknet_s",
+    "ghostnet_100",
+    "mixnet_s",
+    "dla34",
+    "hrnet_w18_small",
+    "densenet121",
+    "rexnet_100",
+    "dpn68",
 )
 
 
@@ -60,8 +78,19 @@ def check_model(name: str, small: int = 64, max_params: float | None = None) -> 
     """Condense one timm model with the default plan and check it. Never raises: errors are results.
 
     With ``max_params``, a model above it (counted on the meta device, no memory) is ``too large``."""
-    row = dict(model=name, family=family(name), status="", runs=0, condensed_runs=0, macs_before=None,
-               macs_after=None, params_before=None, params_after=None, seconds=0.0, error="")
+    row = dict(
+        model=name,
+        family=family(name),
+        status="",
+        runs=0,
+        condensed_runs=0,
+        macs_before=None,
+        macs_after=None,
+        params_before=None,
+        params_after=None,
+        seconds=0.0,
+        error="",
+    )
     t0 = time.perf_counter()
     try:
         if max_params is not None:
@@ -197,8 +226,9 @@ def summarize(rows):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m condense.bench.coverage", description=__doc__.splitlines()[0],
-                                 formatter_class=HelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m condense.bench.coverage", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
     ap.add_argument("--sample", action="store_true", help="a few models per major family only")
     ap.add_argument("--max-params", type=float, default=120e6, help="skip larger models")
     ap.add_argument("--filter", default=None, help="timm name pattern, e.g. 'resnet*'")
@@ -220,8 +250,14 @@ def main(argv=None) -> int:
         with open(partial) as fh:
             done.update({r["model"]: r for r in map(json.loads, fh) if r.get("model")})
     todo = [n for n in names if n not in done]
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=console) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    ) as bar:
         task = bar.add_task("condensing", total=len(todo))
 
         def tick(row):
@@ -229,9 +265,17 @@ def main(argv=None) -> int:
                 fh.write(json.dumps(row, default=str) + "\n")
             bar.update(task, advance=1, description=f"{row['model'][:28]:<28} {row['status']}")
 
-        new_rows = {r["model"]: r for r in survey(todo, small=args.size, workers=args.workers,
-                                                  timeout=args.timeout, progress=tick,
-                                                  max_params=None if args.sample else args.max_params)}
+        new_rows = {
+            r["model"]: r
+            for r in survey(
+                todo,
+                small=args.size,
+                workers=args.workers,
+                timeout=args.timeout,
+                progress=tick,
+                max_params=None if args.sample else args.max_params,
+            )
+        }
     rows = [done.get(n) or new_rows[n] for n in names]
     df = pd.DataFrame(rows)
     df.to_csv(args.csv, index=False)
@@ -247,8 +291,10 @@ def main(argv=None) -> int:
     pct = 100.0 * ok / total if total else 0.0
     n_none = sum(1 for r in rows if r["status"] == "no repeats")
     n_large = sum(1 for r in rows if r["status"] == "too large")
-    console.print(f"condensed {ok} of {total} models with repeated blocks ({pct:.1f}%); {n_none} without "
-                  f"repeats; {n_large} above {args.max_params / 1e6:.0f}M parameters (skipped); rows in {args.csv}")
+    console.print(
+        f"condensed {ok} of {total} models with repeated blocks ({pct:.1f}%); {n_none} without "
+        f"repeats; {n_large} above {args.max_params / 1e6:.0f}M parameters (skipped); rows in {args.csv}"
+    )
     for r in rows:
         if r["status"] not in ("ok", "no repeats"):
             console.print(f"  {r['model']}: {r['status']} {r.get('error', '')}", highlight=False)

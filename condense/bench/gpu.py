@@ -24,6 +24,7 @@ runs the Triton kernel on the CPU unless ``TRITON_INTERPRET=1`` is set and ``--q
 Timings synchronise the device (each timed call ends with ``torch.cuda.synchronize``). ``--device cpu
 --quick`` runs end to end in seconds (tiny shapes, two repeats): that is what CI runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,12 @@ from ._timing import interleaved_medians
 from .models import run_bench
 
 SHAPES = (  # (model, channels, height, width)
-    ("efficientnet_b0", 40, 28, 28), ("efficientnet_b0", 112, 14, 14), ("efficientnet_b0", 192, 7, 7),
-    ("resnet50", 256, 56, 56), ("resnet50", 512, 28, 28), ("resnet50", 1024, 14, 14),
+    ("efficientnet_b0", 40, 28, 28),
+    ("efficientnet_b0", 112, 14, 14),
+    ("efficientnet_b0", 192, 7, 7),
+    ("resnet50", 256, 56, 56),
+    ("resnet50", 512, 28, 28),
+    ("resnet50", 1024, 14, 14),
 )
 QUICK_SHAPES = (("tiny", 4, 7, 7), ("tiny", 3, 5, 9))
 K, DT, COURANT, DMAX = 5, 0.2, 0.5, 10.0
@@ -68,8 +73,9 @@ def _impls(device: torch.device, quick: bool) -> list[str]:
 
 
 def _solve(impl: str, h: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return bounded_advection_diffusion(h, h, u, v, 1.0, 1.0, K=K, dt=DT, dx=1.0, dy=1.0, boundary="periodic",
-                                       courant=COURANT, dmax=DMAX, impl=impl)
+    return bounded_advection_diffusion(
+        h, h, u, v, 1.0, 1.0, K=K, dt=DT, dx=1.0, dy=1.0, boundary="periodic", courant=COURANT, dmax=DMAX, impl=impl
+    )
 
 
 def measure(device: torch.device, batches, shapes, repeats: int, peak_gbps: float, quick: bool) -> list[dict]:
@@ -91,11 +97,13 @@ def measure(device: torch.device, batches, shapes, repeats: int, peak_gbps: floa
                 def call():
                     fn()
                     sync()
+
                 return call
 
             ref = train("eager")
-            fwd = interleaved_medians({i: timed(lambda i=i, f=(h, u, v): _solve(i, *f).detach()) for i in impls},
-                                      repeats=repeats, warmup=1)
+            fwd = interleaved_medians(
+                {i: timed(lambda i=i, f=(h, u, v): _solve(i, *f).detach()) for i in impls}, repeats=repeats, warmup=1
+            )
             bwd = interleaved_medians({i: timed(lambda i=i: train(i)) for i in impls}, repeats=repeats, warmup=1)
             plane = h.numel() * h.element_size()
             for impl in impls:
@@ -103,10 +111,23 @@ def measure(device: torch.device, batches, shapes, repeats: int, peak_gbps: floa
                 errs = [(a - b).abs().max().item() / (1.0 + b.abs().max().item()) for a, b in zip(res, ref)]
                 fwd_gbps = 4 * plane / fwd[impl] / 1e9
                 train_gbps = 11 * plane / bwd[impl] / 1e9
-                rows.append(dict(model=model, shape=f"{C}x{H}x{W}", batch=batch, impl=impl, device=str(device),
-                                 fwd_ms=fwd[impl] * 1e3, train_ms=bwd[impl] * 1e3, err_out=errs[0],
-                                 err_grad=max(errs[1:]), fwd_gbps=fwd_gbps, fwd_peak_pct=100 * fwd_gbps / peak_gbps,
-                                 train_gbps=train_gbps, train_peak_pct=100 * train_gbps / peak_gbps))
+                rows.append(
+                    dict(
+                        model=model,
+                        shape=f"{C}x{H}x{W}",
+                        batch=batch,
+                        impl=impl,
+                        device=str(device),
+                        fwd_ms=fwd[impl] * 1e3,
+                        train_ms=bwd[impl] * 1e3,
+                        err_out=errs[0],
+                        err_grad=max(errs[1:]),
+                        fwd_gbps=fwd_gbps,
+                        fwd_peak_pct=100 * fwd_gbps / peak_gbps,
+                        train_gbps=train_gbps,
+                        train_peak_pct=100 * train_gbps / peak_gbps,
+                    )
+                )
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     return rows
@@ -140,16 +161,26 @@ def layer_vs_block(device: torch.device, batches, repeats: int) -> list[dict]:
                         def call(m=m, xg=xg):
                             m(xg).float().square().mean().backward()
                             sync()
+
                     fns[name] = call
                 t = interleaved_medians(fns, repeats=repeats, warmup=2)
-                rows.append(dict(part="layer", model="efficientnet_b0", shape=f"{C}x{size}x{size} k{k}", batch=batch,
-                                 mode=mode, device=str(device), block_ms=t["block"] * 1e3,
-                                 global_ms=t["global"] * 1e3, ratio=t["global"] / t["block"]))
+                rows.append(
+                    dict(
+                        part="layer",
+                        model="efficientnet_b0",
+                        shape=f"{C}x{size}x{size} k{k}",
+                        batch=batch,
+                        mode=mode,
+                        device=str(device),
+                        block_ms=t["block"] * 1e3,
+                        global_ms=t["global"] * 1e3,
+                        ratio=t["global"] / t["block"],
+                    )
+                )
     return rows
 
 
-MODELS = (("timm:efficientnet_b0", "250M", None), ("timm:mobilenetv2_100", "200M", None),
-          ("timm:resnet50", "2G", None))
+MODELS = (("timm:efficientnet_b0", "250M", None), ("timm:mobilenetv2_100", "200M", None), ("timm:resnet50", "2G", None))
 QUICK_MODELS = (("zoo:resnet_tiny", "70%", (3, 32, 32)),)
 
 
@@ -157,14 +188,36 @@ def models(device: torch.device, batches, repeats: int, quick: bool, train_batch
     """Condensed / original for each model: latency (batch 1), throughput (the larger batch), a bf16 training
     step; eager and compiled (eager only with ``--quick``)."""
     rows = []
-    for spec, budget, size in (QUICK_MODELS if quick else MODELS):
-        res = run_bench(spec, macs=budget, input_size=size, batch_sizes=tuple(batches), repeats=repeats, warmup=2,
-                        compile=not quick, train=True, train_batch=train_batch or max(batches), device=str(device),
-                        amp="bf16")
+    for spec, budget, size in QUICK_MODELS if quick else MODELS:
+        res = run_bench(
+            spec,
+            macs=budget,
+            input_size=size,
+            batch_sizes=tuple(batches),
+            repeats=repeats,
+            warmup=2,
+            compile=not quick,
+            train=True,
+            train_batch=train_batch or max(batches),
+            device=str(device),
+            amp="bf16",
+        )
         for r in res.rows:
-            rows.append(dict(part="models", model=f"{spec} @{budget}", task=r["task"], mode=r["mode"],
-                             batch=r["batch"], unit=r["unit"], original=r["original"], condensed=r["condensed"],
-                             ratio=r["ratio"], device=res.device, note=r["note"]))
+            rows.append(
+                dict(
+                    part="models",
+                    model=f"{spec} @{budget}",
+                    task=r["task"],
+                    mode=r["mode"],
+                    batch=r["batch"],
+                    unit=r["unit"],
+                    original=r["original"],
+                    condensed=r["condensed"],
+                    ratio=r["ratio"],
+                    device=res.device,
+                    note=r["note"],
+                )
+            )
     return rows
 
 
@@ -208,47 +261,95 @@ dist.destroy_process_group()
 def ddp(device: torch.device, quick: bool, batch: int) -> list[dict]:
     """Two training steps of a condensed model under torchrun, one process per GPU (2 gloo processes on CPU)."""
     n = torch.cuda.device_count() if device.type == "cuda" else 2
-    spec, size = ("zoo:resnet_tiny", "3x32x32") if quick or device.type != "cuda" else ("timm:efficientnet_b0",
-                                                                                         "3x224x224")
+    spec, size = (
+        ("zoo:resnet_tiny", "3x32x32") if quick or device.type != "cuda" else ("timm:efficientnet_b0", "3x224x224")
+    )
     with tempfile.TemporaryDirectory() as tmp:
         script = os.path.join(tmp, "ddp_steps.py")
         with open(script, "w") as fh:
             fh.write(_DDP_STEPS)
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", script,
-               "cuda" if device.type == "cuda" else "cpu", spec, size, str(batch), tmp]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={n}",
+            script,
+            "cuda" if device.type == "cuda" else "cpu",
+            spec,
+            size,
+            str(batch),
+            tmp,
+        ]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-            return [dict(part="ddp", model=spec, processes=n, device=str(device), ok=False, wall_s=wall,
-                         note=" | ".join(tail)[:300])]
+            return [
+                dict(
+                    part="ddp",
+                    model=spec,
+                    processes=n,
+                    device=str(device),
+                    ok=False,
+                    wall_s=wall,
+                    note=" | ".join(tail)[:300],
+                )
+            ]
         rows = []
         for rank in range(n):
             with open(os.path.join(tmp, f"rank{rank}.json")) as fh:
                 r = json.load(fh)
-            rows.append(dict(part="ddp", model=spec, processes=r["world"], rank=r["rank"], device=r["device"],
-                             ok=r["synced"], step1_ms=r["step_ms"][0], step2_ms=r["step_ms"][1], loss=r["loss"],
-                             wall_s=wall))
+            rows.append(
+                dict(
+                    part="ddp",
+                    model=spec,
+                    processes=r["world"],
+                    rank=r["rank"],
+                    device=r["device"],
+                    ok=r["synced"],
+                    step1_ms=r["step_ms"][0],
+                    step2_ms=r["step_ms"][1],
+                    loss=r["loss"],
+                    wall_s=wall,
+                )
+            )
     return rows
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m condense.bench.gpu", description=__doc__.splitlines()[0],
-                                     formatter_class=HelpFormatter)
-    parser.add_argument("--device", choices=("cuda", "cpu"), default=None,
-                        help="where to run (default: cuda when available, else cpu)")
-    parser.add_argument("--batches", type=int, nargs="+", default=None,
-                        help="batch sizes (default: 1 256 on CUDA, 1 8 on the CPU, 1 2 with --quick)")
+    parser = argparse.ArgumentParser(
+        prog="python -m condense.bench.gpu", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
+    parser.add_argument(
+        "--device", choices=("cuda", "cpu"), default=None, help="where to run (default: cuda when available, else cpu)"
+    )
+    parser.add_argument(
+        "--batches",
+        type=int,
+        nargs="+",
+        default=None,
+        help="batch sizes (default: 1 256 on CUDA, 1 8 on the CPU, 1 2 with --quick)",
+    )
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per case (default 10, 2 with --quick)")
     parser.add_argument("--peak-gbps", type=float, default=4800.0, help="the device's peak memory bandwidth, GB/s")
     parser.add_argument("--quick", action="store_true", help="tiny shapes and two repeats (a CI smoke run)")
     parser.add_argument("--csv", default=None, help="also write the rows to this CSV file")
-    parser.add_argument("--parts", nargs="+", choices=("kernels", "layer", "models", "ddp"),
-                        default=["kernels", "layer", "models", "ddp"], help="which parts to run")
-    parser.add_argument("--train-batch", type=int, default=None,
-                        help="batch of the models' training step (default: the largest of --batches)")
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=("kernels", "layer", "models", "ddp"),
+        default=["kernels", "layer", "models", "ddp"],
+        help="which parts to run",
+    )
+    parser.add_argument(
+        "--train-batch",
+        type=int,
+        default=None,
+        help="batch of the models' training step (default: the largest of --batches)",
+    )
     args = parser.parse_args(argv)
 
     def body() -> int:
@@ -261,53 +362,124 @@ def main(argv=None) -> int:
         shapes = QUICK_SHAPES if args.quick else SHAPES
         console = Console() if sys.stdout.isatty() else Console(width=160)  # a log keeps every column
         what = torch.cuda.get_device_name(device) if name == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-        console.print(f"[bold]GPU check[/] on {what} ({torch.cuda.device_count() if name == 'cuda' else 0} GPUs); "
-                      f"torch {torch.__version__}; {native_status()}")
+        console.print(
+            f"[bold]GPU check[/] on {what} ({torch.cuda.device_count() if name == 'cuda' else 0} GPUs); "
+            f"torch {torch.__version__}; {native_status()}"
+        )
         all_rows: list[dict] = []
         t_start = time.perf_counter()
         if "kernels" in args.parts:
-            console.print(f"[bold]Global-layer solver (K={K}): Triton vs eager[/]; implementations: "
-                          f"{', '.join(_impls(device, args.quick))}")
+            console.print(
+                f"[bold]Global-layer solver (K={K}): Triton vs eager[/]; implementations: "
+                f"{', '.join(_impls(device, args.quick))}"
+            )
             rows = measure(device, batches, shapes, repeats, args.peak_gbps, args.quick)
-            table = Table("model", "C x H x W", "batch", "impl", "fwd ms", "fwd+bwd ms", "max err out",
-                          "max err grad", "fwd GB/s", "% peak", "train GB/s", "% peak",
-                          title=f"kernels (peak {args.peak_gbps:g} GB/s)")
+            table = Table(
+                "model",
+                "C x H x W",
+                "batch",
+                "impl",
+                "fwd ms",
+                "fwd+bwd ms",
+                "max err out",
+                "max err grad",
+                "fwd GB/s",
+                "% peak",
+                "train GB/s",
+                "% peak",
+                title=f"kernels (peak {args.peak_gbps:g} GB/s)",
+            )
             for r in rows:
-                table.add_row(r["model"], r["shape"], str(r["batch"]), r["impl"], f"{r['fwd_ms']:.3f}",
-                              f"{r['train_ms']:.3f}", f"{r['err_out']:.1e}", f"{r['err_grad']:.1e}",
-                              f"{r['fwd_gbps']:.1f}", f"{r['fwd_peak_pct']:.1f}", f"{r['train_gbps']:.1f}",
-                              f"{r['train_peak_pct']:.1f}")
+                table.add_row(
+                    r["model"],
+                    r["shape"],
+                    str(r["batch"]),
+                    r["impl"],
+                    f"{r['fwd_ms']:.3f}",
+                    f"{r['train_ms']:.3f}",
+                    f"{r['err_out']:.1e}",
+                    f"{r['err_grad']:.1e}",
+                    f"{r['fwd_gbps']:.1f}",
+                    f"{r['fwd_peak_pct']:.1f}",
+                    f"{r['train_gbps']:.1f}",
+                    f"{r['train_peak_pct']:.1f}",
+                )
             console.print(table)
             all_rows += [{"part": "kernels", **r} for r in rows]
         if "layer" in args.parts:
             rows = layer_vs_block(device, [1, 2] if args.quick else batches, repeats)
-            table = Table("shape", "batch", "mode", "block ms", "Global ms", "Global / block",
-                          title="the Global layer against the EfficientNet-B0 block it replaces")
+            table = Table(
+                "shape",
+                "batch",
+                "mode",
+                "block ms",
+                "Global ms",
+                "Global / block",
+                title="the Global layer against the EfficientNet-B0 block it replaces",
+            )
             for r in rows:
-                table.add_row(r["shape"], str(r["batch"]), r["mode"], f"{r['block_ms']:.3f}", f"{r['global_ms']:.3f}",
-                              f"{r['ratio']:.2f}")
+                table.add_row(
+                    r["shape"],
+                    str(r["batch"]),
+                    r["mode"],
+                    f"{r['block_ms']:.3f}",
+                    f"{r['global_ms']:.3f}",
+                    f"{r['ratio']:.2f}",
+                )
             console.print(table)
             all_rows += rows
         if "models" in args.parts:
             rows = models(device, [1, 2] if args.quick else batches, repeats, args.quick, args.train_batch)
-            table = Table("model", "task", "mode", "batch", "original", "condensed", "condensed / original",
-                          title="condensed vs original (MACs, latency ms, throughput img/s, bf16 train ms/step)")
+            table = Table(
+                "model",
+                "task",
+                "mode",
+                "batch",
+                "original",
+                "condensed",
+                "condensed / original",
+                title="condensed vs original (MACs, latency ms, throughput img/s, bf16 train ms/step)",
+            )
+
             def fmt(v):
                 return "-" if v is None else f"{v:.4g}"
 
             for r in rows:
-                table.add_row(r["model"], r["task"], r["mode"], str(r["batch"]), fmt(r["original"]),
-                              fmt(r["condensed"]), fmt(r["ratio"]))
+                table.add_row(
+                    r["model"],
+                    r["task"],
+                    r["mode"],
+                    str(r["batch"]),
+                    fmt(r["original"]),
+                    fmt(r["condensed"]),
+                    fmt(r["ratio"]),
+                )
             console.print(table)
             all_rows += rows
         if "ddp" in args.parts:
             rows = ddp(device, args.quick, 2 if args.quick or name != "cuda" else 64)
-            table = Table("model", "processes", "rank", "device", "ok", "step 1 ms", "step 2 ms", "note",
-                          title="two training steps under torchrun")
+            table = Table(
+                "model",
+                "processes",
+                "rank",
+                "device",
+                "ok",
+                "step 1 ms",
+                "step 2 ms",
+                "note",
+                title="two training steps under torchrun",
+            )
             for r in rows:
-                table.add_row(r["model"], str(r["processes"]), str(r.get("rank", "-")), r["device"], str(r["ok"]),
-                              f"{r.get('step1_ms', float('nan')):.1f}", f"{r.get('step2_ms', float('nan')):.1f}",
-                              r.get("note", ""))
+                table.add_row(
+                    r["model"],
+                    str(r["processes"]),
+                    str(r.get("rank", "-")),
+                    r["device"],
+                    str(r["ok"]),
+                    f"{r.get('step1_ms', float('nan')):.1f}",
+                    f"{r.get('step2_ms', float('nan')):.1f}",
+                    r.get("note", ""),
+                )
             console.print(table)
             all_rows += rows
         console.print(f"done in {time.perf_counter() - t_start:.0f} s")

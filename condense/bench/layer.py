@@ -18,6 +18,7 @@ arm, so the before/after ratio comes from the same run).
 
 Nothing here asserts: it prints what it measured.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,7 +63,7 @@ def measure(batches=(1, 32), repeats: int = 15, train: bool = False, K: int = 5)
         for batch in batches:
             x = torch.randn(batch, C, size, size)
             mods = {"block": block, **{f"global-{k_}": m for k_, m in layers.items()}}
-            for mode in (("infer", "train") if train else ("infer",)):
+            for mode in ("infer", "train") if train else ("infer",):
                 if mode == "infer":
                     for m in mods.values():
                         m.eval()
@@ -77,12 +78,14 @@ def measure(batches=(1, 32), repeats: int = 15, train: bool = False, K: int = 5)
 
                     def run(m=None, xg=xg):
                         m(xg).sum().backward()
+
                 fns = {name: (lambda m=m: run(m)) for name, m in mods.items()}
                 n = repeats if batch == 1 else max(5, repeats // 3)
                 times = interleaved_medians(fns, repeats=n, warmup=2)
                 for name, t in times.items():
-                    rows.append(dict(shape=label, batch=batch, mode=mode, module=name, ms=t * 1e3,
-                                     ratio=t / times["block"]))
+                    rows.append(
+                        dict(shape=label, batch=batch, mode=mode, module=name, ms=t * 1e3, ratio=t / times["block"])
+                    )
     return rows
 
 
@@ -105,10 +108,11 @@ def measure_cifar(batches=(1, 32), Ks=(1, 2, 3, 4, 5), repeats: int = 30, train:
                         if isinstance(m, torch.nn.BatchNorm2d):
                             m.running_var.uniform_(0.5, 2.0)
                             m.weight.uniform_(0.5, 1.5)
-                for mode in (("infer", "train") if train else ("infer",)):
+                for mode in ("infer", "train") if train else ("infer",):
                     for m in (block, layer):
                         m.train(mode == "train")
                     if mode == "infer":
+
                         def run(m, legacy=False, x=x):
                             with torch.inference_mode(), legacy_path(legacy):
                                 m(x)
@@ -118,19 +122,35 @@ def measure_cifar(batches=(1, 32), Ks=(1, 2, 3, 4, 5), repeats: int = 30, train:
                         def run(m, legacy=False, xg=xg):
                             with legacy_path(legacy):
                                 m(xg).sum().backward()
-                    fns = {"block": lambda b=block, r=run: r(b), "global-legacy": lambda g=layer, r=run: r(g, True),
-                           "global": lambda g=layer, r=run: r(g)}
+
+                    fns = {
+                        "block": lambda b=block, r=run: r(b),
+                        "global-legacy": lambda g=layer, r=run: r(g, True),
+                        "global": lambda g=layer, r=run: r(g),
+                    }
                     n = repeats if batch == 1 else max(5, repeats // 4)
                     times = interleaved_medians(fns, repeats=n, warmup=2)
                     for name, t in times.items():
-                        rows.append(dict(shape=f"{C}x{size}x{size}", batch=batch, K=K, mode=mode, module=name,
-                                         ms=t * 1e3, vs_legacy=t / times["global-legacy"],
-                                         vs_block=t / times["block"]))
+                        rows.append(
+                            dict(
+                                shape=f"{C}x{size}x{size}",
+                                batch=batch,
+                                K=K,
+                                mode=mode,
+                                module=name,
+                                ms=t * 1e3,
+                                vs_legacy=t / times["global-legacy"],
+                                vs_block=t / times["block"],
+                            )
+                        )
     return rows
 
 
-MODELS = (("zoo:resnet20", "50%", (3, 32, 32)), ("zoo:resnet56", "50%", (3, 32, 32)),
-          ("timm:efficientnet_b0", "250M", (3, 224, 224)))
+MODELS = (
+    ("zoo:resnet20", "50%", (3, 32, 32)),
+    ("zoo:resnet56", "50%", (3, 32, 32)),
+    ("timm:efficientnet_b0", "250M", (3, 224, 224)),
+)
 
 
 def model_arms(spec: str, budget: str, input_size) -> dict:
@@ -144,8 +164,9 @@ def model_arms(spec: str, budget: str, input_size) -> dict:
     return {"original": original, "condensed": res.model.eval(), "drop": drop}
 
 
-def measure_models(models=MODELS, batches=(1, 32), modes=("eager", "compiled"), repeats: int = 20,
-                   progress=lambda _m: None):
+def measure_models(
+    models=MODELS, batches=(1, 32), modes=("eager", "compiled"), repeats: int = 20, progress=lambda _m: None
+):
     """Rows: per model, mode and batch the median ms of original, condensed, condensed on the legacy path and
     the drop plan, interleaved in one run, and each one's ratio to the original."""
     old_limit = _raise_recompile_limit(64)
@@ -163,16 +184,25 @@ def measure_models(models=MODELS, batches=(1, 32), modes=("eager", "compiled"), 
                     def call(r, legacy=False, x=x):
                         with torch.inference_mode(), legacy_path(legacy):
                             r(x)
-                    fns = {"original": lambda r=runs["original"], c=call: c(r),
-                           "condensed": lambda r=runs["condensed"], c=call: c(r),
-                           "condensed-legacy": lambda r=runs["condensed"], c=call: c(r, True),
-                           "drop": lambda r=runs["drop"], c=call: c(r)}
+
+                    fns = {
+                        "original": lambda r=runs["original"], c=call: c(r),
+                        "condensed": lambda r=runs["condensed"], c=call: c(r),
+                        "condensed-legacy": lambda r=runs["condensed"], c=call: c(r, True),
+                        "drop": lambda r=runs["drop"], c=call: c(r),
+                    }
                     n = repeats if batch == 1 else max(5, repeats // 3)
                     times = interleaved_medians(fns, repeats=n, warmup=3)
-                    rows.append(dict(model=f"{spec} @{budget}", mode=mode, batch=batch,
-                                     **{f"{k}_ms": t * 1e3 for k, t in times.items()},
-                                     **{k: t / times["original"] for k, t in times.items() if k != "original"},
-                                     gap=(times["condensed"] - times["drop"]) / times["original"]))
+                    rows.append(
+                        dict(
+                            model=f"{spec} @{budget}",
+                            mode=mode,
+                            batch=batch,
+                            **{f"{k}_ms": t * 1e3 for k, t in times.items()},
+                            **{k: t / times["original"] for k, t in times.items() if k != "original"},
+                            gap=(times["condensed"] - times["drop"]) / times["original"],
+                        )
+                    )
     finally:
         _raise_recompile_limit(old_limit, force=True)
     return rows
@@ -186,16 +216,21 @@ def _write_csv(rows, path) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m condense.bench.layer", description=__doc__.splitlines()[0],
-                                     formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m condense.bench.layer", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=15, help="timed calls per case")
     parser.add_argument("--train", action="store_true", help="also time forward + backward")
     parser.add_argument("--K", type=int, default=5, help="PDE steps")
-    parser.add_argument("--cifar", action="store_true",
-                        help="the CIFAR ResNet shapes: block vs the legacy and today's Global layer")
+    parser.add_argument(
+        "--cifar", action="store_true", help="the CIFAR ResNet shapes: block vs the legacy and today's Global layer"
+    )
     parser.add_argument("--Ks", default="1,2,3,4,5", help="PDE steps for --cifar (default 1,2,3,4,5)")
-    parser.add_argument("--models", action="store_true",
-                        help="condensed vs layer='drop' vs original: resnet20/56 @50%%, efficientnet_b0 @250M")
+    parser.add_argument(
+        "--models",
+        action="store_true",
+        help="condensed vs layer='drop' vs original: resnet20/56 @50%%, efficientnet_b0 @250M",
+    )
     parser.add_argument("--eager-only", action="store_true", help="--models: skip torch.compile")
     parser.add_argument("--batches", default="1,32", help="batch sizes (default 1,32)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
@@ -210,34 +245,57 @@ def main(argv=None) -> int:
     except OSError:
         load = "load unknown"
     if args.models:
-        console.print(f"[bold]condensed vs the same plan with layer='drop' vs the original[/] — {thread_info()}; "
-                      f"{native_status()}; {load}")
+        console.print(
+            f"[bold]condensed vs the same plan with layer='drop' vs the original[/] — {thread_info()}; "
+            f"{native_status()}; {load}"
+        )
         modes = ("eager",) if args.eager_only else ("eager", "compiled")
         rows = measure_models(batches=batches, modes=modes, repeats=args.repeats, progress=console.log)
         table = Table("model", "mode", "batch", "original ms", "condensed", "legacy", "drop", "condensed - drop")
         for r in rows:
-            table.add_row(r["model"], r["mode"], str(r["batch"]), f"{r['original_ms']:.2f}", f"{r['condensed']:.3f}",
-                          f"{r['condensed-legacy']:.3f}", f"{r['drop']:.3f}", f"{r['gap']:+.3f}")
+            table.add_row(
+                r["model"],
+                r["mode"],
+                str(r["batch"]),
+                f"{r['original_ms']:.2f}",
+                f"{r['condensed']:.3f}",
+                f"{r['condensed-legacy']:.3f}",
+                f"{r['drop']:.3f}",
+                f"{r['gap']:+.3f}",
+            )
         console.print(table)
         console.print("times / the original's, from one interleaved run; goal: condensed - drop <= 0.05")
         if args.csv:
             _write_csv(rows, args.csv)
         return 0
     if args.cifar:
-        console.print(f"[bold]Global layer at CIFAR ResNet shapes: basic block vs legacy vs today[/] — "
-                      f"{thread_info()}; {native_status()}; {load}")
-        rows = measure_cifar(batches=batches, Ks=tuple(int(k) for k in args.Ks.split(",")), repeats=args.repeats,
-                             train=args.train)
+        console.print(
+            f"[bold]Global layer at CIFAR ResNet shapes: basic block vs legacy vs today[/] — "
+            f"{thread_info()}; {native_status()}; {load}"
+        )
+        rows = measure_cifar(
+            batches=batches, Ks=tuple(int(k) for k in args.Ks.split(",")), repeats=args.repeats, train=args.train
+        )
         table = Table("shape", "batch", "K", "mode", "module", "median ms", "/ legacy", "/ block")
         for r in rows:
-            table.add_row(r["shape"], str(r["batch"]), str(r["K"]), r["mode"], r["module"], f"{r['ms']:.3f}",
-                          f"{r['vs_legacy']:.3f}", f"{r['vs_block']:.3f}")
+            table.add_row(
+                r["shape"],
+                str(r["batch"]),
+                str(r["K"]),
+                r["mode"],
+                r["module"],
+                f"{r['ms']:.3f}",
+                f"{r['vs_legacy']:.3f}",
+                f"{r['vs_block']:.3f}",
+            )
         console.print(table)
         if args.csv:
             _write_csv(rows, args.csv)
         return 0
-    console.print(f"[bold]Global layer (K={args.K}) vs the EfficientNet-B0 block it replaces[/] — "
-                  f"{thread_info()}; {native_status()}; {load}")
+    console.print(
+        f"[bold]Global layer (K={args.K}) vs the EfficientNet-B0 block it replaces[/] — "
+        f"{thread_info()}; {native_status()}; {load}"
+    )
     rows = measure(batches=batches, repeats=args.repeats, train=args.train, K=args.K)
     table = Table("shape", "batch", "mode", "module", "median ms", "ratio to block")
     for r in rows:

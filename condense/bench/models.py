@@ -12,6 +12,7 @@ both models alike; the ratios condensed / original therefore come from one run. 
 and reported. A failed ``torch.compile`` is shown in the table, not raised. Nothing here asserts: it
 prints what it measured.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,21 @@ from ..pde import native_status
 from ._timing import interleaved_medians
 
 SIDES = ("original", "condensed")
-CSV_COLUMNS = ("task", "mode", "batch", "unit", "original", "condensed", "ratio", "speedup", "original_ms",
-               "condensed_ms", "repeats", "threads", "note")
+CSV_COLUMNS = (
+    "task",
+    "mode",
+    "batch",
+    "unit",
+    "original",
+    "condensed",
+    "ratio",
+    "speedup",
+    "original_ms",
+    "condensed_ms",
+    "repeats",
+    "threads",
+    "note",
+)
 
 
 @dataclasses.dataclass
@@ -76,8 +90,9 @@ def _first_line(err: BaseException) -> str:
 
 
 # ------------------------------------------------------------------------------------------ models
-def _build(text: str, checkpoint: str | None = None, model_kwargs: dict | None = None,
-           trust_code: bool = False) -> tuple[nn.Module, str, Any]:
+def _build(
+    text: str, checkpoint: str | None = None, model_kwargs: dict | None = None, trust_code: bool = False
+) -> tuple[nn.Module, str, Any]:
     """A model spec or a condensed-model directory -> (model, label, meta or None)."""
     r = resolve_model(text, checkpoint=checkpoint, model_kwargs=model_kwargs, trust_code=trust_code)
     return r.model, (r.label if r.is_directory else str(r.spec)), r.meta
@@ -89,13 +104,22 @@ def _load_dir(directory, load, model=None, trust_code: bool = False) -> nn.Modul
     except CondenseError:
         raise
     except Exception as err:  # a damaged directory: one line
-        raise CondenseError(f"{directory} could not be loaded ({_first_line(err)})",
-                            "the directory is damaged: re-create it") from err
+        raise CondenseError(
+            f"{directory} could not be loaded ({_first_line(err)})", "the directory is damaged: re-create it"
+        ) from err
 
 
-def resolve_pair(target: str, *, against: str | None = None, input_size: Sequence[int] | None = None,
-                 checkpoint: str | None = None, macs: str | None = None, params: str | None = None,
-                 progress: Callable[[str], None] = lambda _m: None, trust_code: bool = False):
+def resolve_pair(
+    target: str,
+    *,
+    against: str | None = None,
+    input_size: Sequence[int] | None = None,
+    checkpoint: str | None = None,
+    macs: str | None = None,
+    params: str | None = None,
+    progress: Callable[[str], None] = lambda _m: None,
+    trust_code: bool = False,
+):
     """(original, condensed, original label, condensed label, input size).
 
     ``target`` is a condensed-model directory (the original defaults to the model recorded in it, rebuilt
@@ -105,8 +129,10 @@ def resolve_pair(target: str, *, against: str | None = None, input_size: Sequenc
     if is_model_dir(target):
         meta = read_meta(target)
         if macs or params:
-            raise CondenseError(f"{target} is already condensed: --budget/--params apply to a model spec",
-                                "drop them, or pass timm:NAME to condense and time it in one go")
+            raise CondenseError(
+                f"{target} is already condensed: --budget/--params apply to a model spec",
+                "drop them, or pass timm:NAME to condense and time it in one go",
+            )
         spec_meta = meta.get("model")
         if against:
             progress(f"building {against}")
@@ -116,8 +142,10 @@ def resolve_pair(target: str, *, against: str | None = None, input_size: Sequenc
             progress(f"building {original_label}")
             original = original_from_meta(meta, target, trust_code=trust_code)
         else:
-            raise CondenseError(f"{target} was saved from a model built in Python: no original to compare with",
-                                "pass --against MODEL (a timm:NAME or file.py:factory spec)")
+            raise CondenseError(
+                f"{target} was saved from a model built in Python: no original to compare with",
+                "pass --against MODEL (a timm:NAME or file.py:factory spec)",
+            )
         progress(f"loading {target}")
         condensed = _load_dir(target, load, None if spec_meta else copy.deepcopy(original), trust_code)
         size = tuple(input_size or meta["input_size"])
@@ -143,8 +171,9 @@ def _loss(out: Any, target: torch.Tensor) -> torch.Tensor:
     return out.float().square().mean()
 
 
-def _time_pair(fns: dict[str, Callable[[], object]], repeats: int,
-               warmup: int) -> tuple[dict[str, float], dict[str, str], dict[str, float]]:
+def _time_pair(
+    fns: dict[str, Callable[[], object]], repeats: int, warmup: int
+) -> tuple[dict[str, float], dict[str, str], dict[str, float]]:
     """Warm each up (catching failures, e.g. of torch.compile), then interleaved medians of the rest.
 
     Returns (median seconds, failure notes, first-call seconds).
@@ -185,12 +214,26 @@ def _row(task, mode, batch, unit, times, failed, repeats, threads, note="") -> d
     return row
 
 
-def run_bench(target: str, *, against: str | None = None, input_size: Sequence[int] | None = None,
-              batch_sizes: Sequence[int] = (1, 32), repeats: int = 10, warmup: int = 2, compile: bool = True,
-              train: bool = True, train_batch: int | None = None, threads: int | None = None,
-              checkpoint: str | None = None, macs: str | None = None, params: str | None = None,
-              progress: Callable[[str], None] = lambda _m: None, trust_code: bool = False,
-              device: str = "auto", amp: str | None = None) -> BenchResult:
+def run_bench(
+    target: str,
+    *,
+    against: str | None = None,
+    input_size: Sequence[int] | None = None,
+    batch_sizes: Sequence[int] = (1, 32),
+    repeats: int = 10,
+    warmup: int = 2,
+    compile: bool = True,
+    train: bool = True,
+    train_batch: int | None = None,
+    threads: int | None = None,
+    checkpoint: str | None = None,
+    macs: str | None = None,
+    params: str | None = None,
+    progress: Callable[[str], None] = lambda _m: None,
+    trust_code: bool = False,
+    device: str = "auto",
+    amp: str | None = None,
+) -> BenchResult:
     """Measure ``target`` (a condensed-model directory or a model spec) against its original; see the module doc.
 
     ``threads`` (default: all cores available) is set for the run and restored afterwards. ``device``
@@ -211,10 +254,25 @@ def run_bench(target: str, *, against: str | None = None, input_size: Sequence[i
     torch.set_num_threads(n_threads)
     limit = _raise_recompile_limit(8 * len(batch_sizes) + 8)
     try:
-        return _bench(target, against=against, input_size=input_size, batch_sizes=batch_sizes, repeats=repeats,
-                      warmup=warmup, compile=compile, train=train, train_batch=train_batch, n_threads=n_threads,
-                      checkpoint=checkpoint, macs=macs, params=params, progress=progress, trust_code=trust_code,
-                      device=dev, amp=amp)
+        return _bench(
+            target,
+            against=against,
+            input_size=input_size,
+            batch_sizes=batch_sizes,
+            repeats=repeats,
+            warmup=warmup,
+            compile=compile,
+            train=train,
+            train_batch=train_batch,
+            n_threads=n_threads,
+            checkpoint=checkpoint,
+            macs=macs,
+            params=params,
+            progress=progress,
+            trust_code=trust_code,
+            device=dev,
+            amp=amp,
+        )
     finally:
         torch.set_num_threads(saved_threads)
         _raise_recompile_limit(limit, force=True)
@@ -234,13 +292,38 @@ def _raise_recompile_limit(value: int, force: bool = False) -> int | None:
     return old
 
 
-def _bench(target, *, against, input_size, batch_sizes, repeats, warmup, compile, train, train_batch, n_threads,
-           checkpoint, macs, params, progress, trust_code=False, device=None, amp=None) -> BenchResult:
+def _bench(
+    target,
+    *,
+    against,
+    input_size,
+    batch_sizes,
+    repeats,
+    warmup,
+    compile,
+    train,
+    train_batch,
+    n_threads,
+    checkpoint,
+    macs,
+    params,
+    progress,
+    trust_code=False,
+    device=None,
+    amp=None,
+) -> BenchResult:
     device = device if device is not None else torch.device("cpu")
 
     original, condensed, original_label, condensed_label, size = resolve_pair(
-        target, against=against, input_size=input_size, checkpoint=checkpoint, macs=macs, params=params,
-        progress=progress, trust_code=trust_code)
+        target,
+        against=against,
+        input_size=input_size,
+        checkpoint=checkpoint,
+        macs=macs,
+        params=params,
+        progress=progress,
+        trust_code=trust_code,
+    )
     models = {"original": original.eval(), "condensed": condensed.eval()}
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
@@ -255,9 +338,23 @@ def _bench(target, *, against, input_size, batch_sizes, repeats, warmup, compile
     for i, (task, unit) in enumerate((("macs", "MACs"), ("params", "params"))):
         if len(counts) == 2:
             o, c = counts["original"][i], counts["condensed"][i]
-            rows.append(dict(task=task, mode="", batch=1 if task == "macs" else "", unit=unit, original=o,
-                             condensed=c, ratio=c / o if o else None, speedup=None, original_ms=None,
-                             condensed_ms=None, repeats="", threads=n_threads, note=""))
+            rows.append(
+                dict(
+                    task=task,
+                    mode="",
+                    batch=1 if task == "macs" else "",
+                    unit=unit,
+                    original=o,
+                    condensed=c,
+                    ratio=c / o if o else None,
+                    speedup=None,
+                    original_ms=None,
+                    condensed_ms=None,
+                    repeats="",
+                    threads=n_threads,
+                    note="",
+                )
+            )
 
     models = {side: model.to(device) for side, model in models.items()}
     modes = ["eager"] + (["compiled"] if compile else [])
@@ -275,6 +372,7 @@ def _bench(target, *, against, input_size, batch_sizes, repeats, warmup, compile
                     with torch.no_grad():
                         m(x)
                     synchronize(device)
+
                 fns[side] = call
             task = "latency" if batch == 1 else "throughput"
             progress(f"timing {mode} inference at batch {batch}" + (" (compiling first)" if mode == "compiled" else ""))
@@ -282,8 +380,9 @@ def _bench(target, *, against, input_size, batch_sizes, repeats, warmup, compile
             note = ""
             if mode == "compiled" and first:
                 note = "first call (compile) " + ", ".join(f"{s} {first[s]:.1f}s" for s in SIDES if s in first)
-            rows.append(_row(task, mode, batch, "ms" if batch == 1 else "img/s", times, failed, repeats,
-                             n_threads, note))
+            rows.append(
+                _row(task, mode, batch, "ms" if batch == 1 else "img/s", times, failed, repeats, n_threads, note)
+            )
 
     if train:
         tb = train_batch or max(batch_sizes)
@@ -298,24 +397,46 @@ def _bench(target, *, against, input_size, batch_sizes, repeats, warmup, compile
 
                 def step(run=run, opt=opt):
                     opt.zero_grad(set_to_none=True)
-                    with torch.autocast(device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16,
-                                        enabled=amp is not None):
+                    with torch.autocast(
+                        device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16, enabled=amp is not None
+                    ):
                         out = run(x)
                     _loss(out.float() if isinstance(out, torch.Tensor) else out, target_labels).backward()
                     opt.step()
                     synchronize(device)
+
                 fns[side] = step
-            progress(f"timing {mode} training steps at batch {tb}"
-                     + (" (compiling first)" if mode == "compiled" else ""))
+            progress(
+                f"timing {mode} training steps at batch {tb}" + (" (compiling first)" if mode == "compiled" else "")
+            )
             times, failed, first = _time_pair(fns, repeats, warmup)
             note = ""
             if mode == "compiled" and first:
                 note = "first call (compile) " + ", ".join(f"{s} {first[s]:.1f}s" for s in SIDES if s in first)
-            rows.append(_row("train", mode, tb, "ms/step", times, failed, repeats, n_threads,
-                             note + (f"{'; ' if note else ''}autocast {amp}" if amp else "")))
-    return BenchResult(condensed_label=condensed_label, original_label=original_label, input_size=tuple(size),
-                       threads=n_threads, repeats=repeats, warmup=warmup, rows=rows, notes=notes,
-                       device=describe_device(device))
+            rows.append(
+                _row(
+                    "train",
+                    mode,
+                    tb,
+                    "ms/step",
+                    times,
+                    failed,
+                    repeats,
+                    n_threads,
+                    note + (f"{'; ' if note else ''}autocast {amp}" if amp else ""),
+                )
+            )
+    return BenchResult(
+        condensed_label=condensed_label,
+        original_label=original_label,
+        input_size=tuple(size),
+        threads=n_threads,
+        repeats=repeats,
+        warmup=warmup,
+        rows=rows,
+        notes=notes,
+        device=describe_device(device),
+    )
 
 
 def _is_bench_csv(path: Path) -> bool:
@@ -355,8 +476,10 @@ def _label(row) -> str:
 
 
 def print_result(result: BenchResult, console) -> None:
-    table = Table(title=f"{result.condensed_label} vs {result.original_label} at "
-                        f"{'x'.join(map(str, result.input_size))}", title_justify="left")
+    table = Table(
+        title=f"{result.condensed_label} vs {result.original_label} at {'x'.join(map(str, result.input_size))}",
+        title_justify="left",
+    )
     table.add_column("measure")
     for col in ("original", "condensed", "condensed / original", "speed-up"):
         table.add_column(col, justify="right")
@@ -365,19 +488,26 @@ def print_result(result: BenchResult, console) -> None:
         if i and row["task"] not in ("params",) and result.rows[i - 1]["task"] in ("params",):
             table.add_section()
         ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}x"
-        speed = "" if row["task"] in ("macs", "params") else (
-            "-" if row["speedup"] is None else f"[bold]{row['speedup']:.2f}x[/]")
+        speed = (
+            ""
+            if row["task"] in ("macs", "params")
+            else ("-" if row["speedup"] is None else f"[bold]{row['speedup']:.2f}x[/]")
+        )
         note = row["note"]
         if row["original"] is None or row["condensed"] is None:
             note = f"[red]{note}[/]" if note else note
-        table.add_row(_label(row), _fmt(row["original"], row["unit"]), _fmt(row["condensed"], row["unit"]), ratio,
-                      speed, note)
+        table.add_row(
+            _label(row), _fmt(row["original"], row["unit"]), _fmt(row["condensed"], row["unit"]), ratio, speed, note
+        )
     console.print(table)
-    console.print(f"medians of {result.repeats} interleaved repeats after {result.warmup} warm-up call(s); "
-                  f"device {result.device}; "
-                  f"torch threads={result.threads}, interop={torch.get_num_interop_threads()}; {native_status()}. "
-                  "speed-up = original time / condensed time (> 1: the condensed model is faster); ms: lower is "
-                  "better, img/s: higher is better.", highlight=False)
+    console.print(
+        f"medians of {result.repeats} interleaved repeats after {result.warmup} warm-up call(s); "
+        f"device {result.device}; "
+        f"torch threads={result.threads}, interop={torch.get_num_interop_threads()}; {native_status()}. "
+        "speed-up = original time / condensed time (> 1: the condensed model is faster); ms: lower is "
+        "better, img/s: higher is better.",
+        highlight=False,
+    )
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
 
@@ -395,37 +525,68 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="condense bench", formatter_class=HelpFormatter,
+        prog="condense bench",
+        formatter_class=HelpFormatter,
         description="Time a condensed model against its original, side by side in one run: latency (batch 1) "
-                    "and throughput (larger batches), eager and torch.compile, and a training step; medians of "
-                    "interleaved repeats; ratios condensed / original.",
+        "and throughput (larger batches), eager and torch.compile, and a training step; medians of "
+        "interleaved repeats; ratios condensed / original.",
         epilog="examples:\n  condense bench condensed/efficientnet_b0\n"
-               "  condense bench condensed/efficientnet_b0 --no-compile --repeats 5 --csv bench.csv\n"
-               "  condense bench out/mine --against models.py:resnet32 --batch-sizes 1,64\n"
-               "  condense bench timm:resnet18 --input-size 3x64x64   # condense with the default plan first")
-    p.add_argument("model", metavar="MODEL_OR_DIR", help="a condensed-model directory, or a model spec to condense "
-                   "with the default plan (or --budget) first")
-    p.add_argument("--against", metavar="ORIGINAL", help="the model to compare with (default: the original "
-                   "recorded in the directory, rebuilt with random weights: speed does not depend on them)")
+        "  condense bench condensed/efficientnet_b0 --no-compile --repeats 5 --csv bench.csv\n"
+        "  condense bench out/mine --against models.py:resnet32 --batch-sizes 1,64\n"
+        "  condense bench timm:resnet18 --input-size 3x64x64   # condense with the default plan first",
+    )
+    p.add_argument(
+        "model",
+        metavar="MODEL_OR_DIR",
+        help="a condensed-model directory, or a model spec to condense with the default plan (or --budget) first",
+    )
+    p.add_argument(
+        "--against",
+        metavar="ORIGINAL",
+        help="the model to compare with (default: the original "
+        "recorded in the directory, rebuilt with random weights: speed does not depend on them)",
+    )
     p.add_argument("--input-size", metavar="CxHxW", help="input size (default: the directory's)")
-    p.add_argument("--batch-sizes", type=_batch_sizes, default=(1, 32), metavar="B,B",
-                   help="batch 1 is timed as latency, larger ones as throughput (default 1,32)")
-    p.add_argument("--train-batch", type=int, default=None, help="batch of the training step (default: the "
-                   "largest of --batch-sizes)")
+    p.add_argument(
+        "--batch-sizes",
+        type=_batch_sizes,
+        default=(1, 32),
+        metavar="B,B",
+        help="batch 1 is timed as latency, larger ones as throughput (default 1,32)",
+    )
+    p.add_argument(
+        "--train-batch",
+        type=int,
+        default=None,
+        help="batch of the training step (default: the largest of --batch-sizes)",
+    )
     p.add_argument("--repeats", type=int, default=10, help="timed calls per model and measure (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls first (default 2; includes compiling)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores available)")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     p.add_argument("--no-train", action="store_true", help="skip the training step")
     p.add_argument("--csv", metavar="FILE", help="also write the figures to this CSV file")
-    p.add_argument("--budget", "--macs", dest="macs", metavar="MACS",
-                   help="when MODEL is a spec: condense it to this MAC budget (else the default plan)")
+    p.add_argument(
+        "--budget",
+        "--macs",
+        dest="macs",
+        metavar="MACS",
+        help="when MODEL is a spec: condense it to this MAC budget (else the default plan)",
+    )
     p.add_argument("--params", metavar="PARAMS", help="when MODEL is a spec: a parameter budget")
     p.add_argument("--checkpoint", metavar="FILE", help="local weights when MODEL is a spec")
-    p.add_argument("--device", default="auto", metavar="DEV", help="where both models run: auto (CUDA when "
-                   "available, else CPU), cpu, cuda, cuda:N, mps (default auto)")
-    p.add_argument("--trust-code", action="store_true", help="let a directory whose model is a file.py:factory "
-                   "import that file (it runs; never done without this flag)")
+    p.add_argument(
+        "--device",
+        default="auto",
+        metavar="DEV",
+        help="where both models run: auto (CUDA when available, else CPU), cpu, cuda, cuda:N, mps (default auto)",
+    )
+    p.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="let a directory whose model is a file.py:factory "
+        "import that file (it runs; never done without this flag)",
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
@@ -435,12 +596,24 @@ def _run(args, console) -> int:
     if args.csv is not None:
         claim_csv(args.csv)  # before the benchmark: a file that is not this command's CSV is refused
     with console.status("preparing", spinner="dots") as status:
-        result = run_bench(args.model, against=args.against, input_size=size, batch_sizes=args.batch_sizes,
-                           repeats=args.repeats, warmup=args.warmup, compile=not args.no_compile,
-                           train=not args.no_train, train_batch=args.train_batch, threads=args.threads,
-                           checkpoint=args.checkpoint, macs=args.macs, params=args.params,
-                           progress=lambda msg: status.update(msg), trust_code=args.trust_code,
-                           device=args.device)
+        result = run_bench(
+            args.model,
+            against=args.against,
+            input_size=size,
+            batch_sizes=args.batch_sizes,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            compile=not args.no_compile,
+            train=not args.no_train,
+            train_batch=args.train_batch,
+            threads=args.threads,
+            checkpoint=args.checkpoint,
+            macs=args.macs,
+            params=args.params,
+            progress=lambda msg: status.update(msg),
+            trust_code=args.trust_code,
+            device=args.device,
+        )
     print_result(result, console)
     if args.csv:
         console.print(f"figures written to {write_csv(result.rows, args.csv)}")

@@ -7,6 +7,7 @@ beat. It prints medians, each one's ratio to the original, and the MAC ratio. Wh
 above the MAC ratio, the blocks the plan removes cost less time than their share of MACs, and no PDE
 layer can make that plan's latency saving reach its MAC saving. Nothing here asserts.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,16 @@ def without_pde_layers(model: nn.Module) -> tuple[nn.Module, int]:
     return control, replaced
 
 
-def measure(original: nn.Module, condensed: nn.Module, input_size, *, batch: int = 1, compiled: bool = True,
-            repeats: int = 30, warmup: int = 5) -> dict:
+def measure(
+    original: nn.Module,
+    condensed: nn.Module,
+    input_size,
+    *,
+    batch: int = 1,
+    compiled: bool = True,
+    repeats: int = 30,
+    warmup: int = 5,
+) -> dict:
     """Median seconds per inference call of the original, the condensed model and the identity control,
     their ratios to the original, and the MAC ratio (batch 1)."""
     control, replaced = without_pde_layers(condensed)
@@ -49,16 +58,22 @@ def measure(original: nn.Module, condensed: nn.Module, input_size, *, batch: int
     runs = {name: (torch.compile(m.eval(), dynamic=False) if compiled else m.eval()) for name, m in models.items()}
     x = torch.randn(batch, *input_size)
     with torch.no_grad():
-        times = interleaved_medians({name: (lambda r=r: r(x)) for name, r in runs.items()}, repeats=repeats,
-                                    warmup=warmup)
-    return dict(times=times, macs=macs, replaced=replaced,
-                ratios={name: t / times["original"] for name, t in times.items()},
-                mac_ratio=macs["condensed"] / macs["original"])
+        times = interleaved_medians(
+            {name: (lambda r=r: r(x)) for name, r in runs.items()}, repeats=repeats, warmup=warmup
+        )
+    return dict(
+        times=times,
+        macs=macs,
+        replaced=replaced,
+        ratios={name: t / times["original"] for name, t in times.items()},
+        mac_ratio=macs["condensed"] / macs["original"],
+    )
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m condense.bench.pde_free", description=__doc__.splitlines()[0],
-                                     formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m condense.bench.pde_free", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
     parser.add_argument("target", help="a condensed-model directory, or a model spec with --budget")
     parser.add_argument("--against", default=None, help="the original (default: the one recorded in DIR)")
     parser.add_argument("--budget", default=None, help="MAC budget when TARGET is a model spec")
@@ -79,8 +94,7 @@ def main(argv=None) -> int:
 def _run(args) -> int:
     console = Console()
     try:
-        original, condensed, o_label, c_label, size = resolve_pair(args.target, against=args.against,
-                                                                   macs=args.budget)
+        original, condensed, o_label, c_label, size = resolve_pair(args.target, against=args.against, macs=args.budget)
     except CondenseError as err:
         console.print(f"[red]error:[/] {err}")
         return 1
@@ -92,9 +106,11 @@ def _run(args) -> int:
     for name, t in r["times"].items():
         table.add_row(name, f"{r['macs'][name] / 1e6:.1f}M", f"{t * 1e3:.2f}", f"{r['ratios'][name]:.3f}")
     console.print(table)
-    console.print(f"{r['replaced']} PDE layers replaced by identities; MAC ratio {r['mac_ratio']:.3f}, "
-                  f"identity control {r['ratios']['identity control']:.3f}, "
-                  f"condensed {r['ratios']['condensed']:.3f}")
+    console.print(
+        f"{r['replaced']} PDE layers replaced by identities; MAC ratio {r['mac_ratio']:.3f}, "
+        f"identity control {r['ratios']['identity control']:.3f}, "
+        f"condensed {r['ratios']['condensed']:.3f}"
+    )
     return 0
 
 

@@ -7,6 +7,7 @@ the first replaced block) and once without — and prints, on the test split: ac
 the original, and the relative change of the logits ||f'(x) - f(x)|| / ||f(x)||. ``--finetune N`` adds N
 epochs of fine-tuning for both. Nothing here asserts: it prints what it measured.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,9 @@ def compare(original, other, bundle, batch_size=500):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m condense.bench.preserve", description=__doc__.splitlines()[0],
-                                 formatter_class=HelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m condense.bench.preserve", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
     ap.add_argument("--model", default="zoo:resnet32", help="the original model")
     ap.add_argument("--data", default="cifar10:../shared/data/cifar10-jpeg.tar.gz", help="training data")
     ap.add_argument("--checkpoint", default=None, help="trained weights of the original (skips training)")
@@ -71,13 +73,29 @@ def main(argv=None) -> int:
     if args.finetune:
         for name, model in models.items():
             train(model, bundle, TrainConfig(epochs=args.finetune, batch_size=128, lr=args.lr / 5))
-            rows[f"{name} + {args.finetune} ep"] = {**compare(original, model, bundle), "macs": rows[name]["macs"],
-                                                    "params": rows[name]["params"]}
-    table = Table("model", "MACs", "params", "test acc", "top-1 agreement", "rel. logit change",
-                  title=f"{args.model} on {bundle.name}: before fine-tuning")
+            rows[f"{name} + {args.finetune} ep"] = {
+                **compare(original, model, bundle),
+                "macs": rows[name]["macs"],
+                "params": rows[name]["params"],
+            }
+    table = Table(
+        "model",
+        "MACs",
+        "params",
+        "test acc",
+        "top-1 agreement",
+        "rel. logit change",
+        title=f"{args.model} on {bundle.name}: before fine-tuning",
+    )
     for name, r in rows.items():
-        table.add_row(name, f"{r['macs'] / 1e6:.2f}M", f"{r['params'] / 1e3:.1f}K", f"{r['acc']:.4f}",
-                      f"{r['agreement']:.4f}", f"{r['rel_change']:.4f}")
+        table.add_row(
+            name,
+            f"{r['macs'] / 1e6:.2f}M",
+            f"{r['params'] / 1e3:.1f}K",
+            f"{r['acc']:.4f}",
+            f"{r['agreement']:.4f}",
+            f"{r['rel_change']:.4f}",
+        )
     console.print(table)
     return 0
 

@@ -17,6 +17,7 @@ Run ``python -m condense.bench.supernet MODEL --data SPEC [--checkpoint FILE] [-
 Every figure goes to ``DIR/rank.json`` as it is measured; running the command again with the same options
 continues where it stopped. Nothing here asserts: it prints what it measured. One thread by default.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,9 +36,22 @@ from optuna.distributions import IntDistribution
 import condense  # condense.train.train and condense.train_supernet are looked up when called: tests patch them
 from search import build_plan, build_space, kendall_tau
 
-from .. import (CondenseError, PlanCosts, SandwichConfig, Supernet, TrainConfig, calibration_batches, find_runs,
-                load_data, load_supernet_weights, macs_and_params, parse_budget, recalibrate_bn, report_error,
-                resolve_model)
+from .. import (
+    CondenseError,
+    PlanCosts,
+    SandwichConfig,
+    Supernet,
+    TrainConfig,
+    calibration_batches,
+    find_runs,
+    load_data,
+    load_supernet_weights,
+    macs_and_params,
+    parse_budget,
+    recalibrate_bn,
+    report_error,
+    resolve_model,
+)
 from .._help import HelpFormatter
 from ..train import evaluate
 
@@ -138,8 +152,9 @@ def run(args) -> dict[str, Any]:
 
     def fit(plan, original, epochs: int, seed: int) -> float:
         model = build_plan(original, found, plan, seed)
-        cfg = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, seed=seed,
-                          max_steps_per_epoch=args.steps_per_epoch)
+        cfg = TrainConfig(
+            epochs=epochs, batch_size=args.batch_size, lr=args.lr, seed=seed, max_steps_per_epoch=args.steps_per_epoch
+        )
         return condense.train.train(model, bundle, cfg, progress=False, device="cpu").metrics["test_acc"]
 
     print(f"{len(plans)} plans within {args.budget} of {macs0 / 1e6:.2f}M MACs", flush=True)
@@ -149,10 +164,24 @@ def run(args) -> dict[str, Any]:
         ckpt = Path(args.supernet) / "supernet" / "last.pt" if args.supernet else out / "supernet" / "last.pt"
         if args.supernet is None and not (ckpt.is_file() and state.get("supernet_trained")):
             c0 = time.process_time()
-            cfg = TrainConfig(epochs=args.supernet_epochs, batch_size=args.batch_size, lr=args.lr, seed=0,
-                              max_steps_per_epoch=args.steps_per_epoch, clip_grad_norm=5.0)
-            condense.train_supernet(net, bundle, cfg, SandwichConfig(), out_dir=out / "supernet",
-                                    resume=ckpt.is_file(), progress=True, device="cpu")
+            cfg = TrainConfig(
+                epochs=args.supernet_epochs,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                seed=0,
+                max_steps_per_epoch=args.steps_per_epoch,
+                clip_grad_norm=5.0,
+            )
+            condense.train_supernet(
+                net,
+                bundle,
+                cfg,
+                SandwichConfig(),
+                out_dir=out / "supernet",
+                resume=ckpt.is_file(),
+                progress=True,
+                device="cpu",
+            )
             state["supernet_cpu"] = round(time.process_time() - c0, 1)
             state["supernet_trained"] = True
             save()
@@ -160,10 +189,12 @@ def run(args) -> dict[str, Any]:
         net.eval()
         calib = calibration_batches(bundle, 256, 64, 0)
         for plan, lab in zip(plans, labels):
+
             def score(plan=plan):
                 model = net.extract(plan)
                 recalibrate_bn(model, calib)
                 return evaluate(model, bundle)["test_acc"]
+
             measure(sn_key, lab, score)
     for plan, lab in zip(plans, labels):
         measure("proxy", lab, lambda plan=plan: fit(plan, start, args.proxy_epochs, 0))
@@ -183,33 +214,43 @@ def report(state: dict[str, Any], labels: list[str], kendall_tau) -> dict[str, A
     print(f"\n{'plan':60s} " + " ".join(f"{s:>7s}" for s in seeds) + f" {'mean':>7s} {'proxy':>7s} {'supernet':>8s}")
     for lab, g in zip(labels, gt):
         r = res[lab]
-        print(f"{lab[:60]:60s} " + " ".join(f"{r[s]:7.4f}" for s in seeds) + f" {g:7.4f} {r['proxy']:7.4f}"
-              f" {r['supernet']:8.4f}")
+        print(
+            f"{lab[:60]:60s} " + " ".join(f"{r[s]:7.4f}" for s in seeds) + f" {g:7.4f} {r['proxy']:7.4f}"
+            f" {r['supernet']:8.4f}"
+        )
     summary: dict[str, Any] = {"plans": len(labels), "random_tau_sd": random_tau_sd(len(labels))}
-    pairs = [(a, b) for i, a in enumerate(seeds) for b in seeds[i + 1:]]
-    summary["seed_pair_taus"] = {f"{a},{b}": kendall_tau([res[lab][a] for lab in labels],
-                                                         [res[lab][b] for lab in labels]) for a, b in pairs}
+    pairs = [(a, b) for i, a in enumerate(seeds) for b in seeds[i + 1 :]]
+    summary["seed_pair_taus"] = {
+        f"{a},{b}": kendall_tau([res[lab][a] for lab in labels], [res[lab][b] for lab in labels]) for a, b in pairs
+    }
     cpu_sn = state.get("supernet_cpu")
     print(f"\nKendall tau over {len(labels)} plans (a random ranking: std {summary['random_tau_sd']:.2f})")
     if pairs:
-        print("  single seeds against each other: " + ", ".join(f"{k} {v:.2f}" for k, v in
-                                                               summary["seed_pair_taus"].items()))
-    for key, what in (("proxy", f"per-trial proxy ({opts['proxy_epochs']} epoch(s))"),
-                      ("supernet", f"supernet ({opts['supernet_epochs']} epochs)")):
+        print(
+            "  single seeds against each other: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in summary["seed_pair_taus"].items())
+        )
+    for key, what in (
+        ("proxy", f"per-trial proxy ({opts['proxy_epochs']} epoch(s))"),
+        ("supernet", f"supernet ({opts['supernet_epochs']} epochs)"),
+    ):
         vals = [res[lab][key] for lab in labels]
         cpu = sum(res[lab][key + "_cpu"] for lab in labels)
         t_all, t_rest = kendall_tau(vals, gt), kendall_tau(vals, rest) if rest else float("nan")
         summary[key] = {"tau_mean": t_all, "tau_without_seed0": t_rest, "cpu_s": cpu}
         extra = f" + {cpu_sn:.0f} s training" if key == "supernet" and cpu_sn else ""
-        print(f"  {what:32s} tau vs seed mean {t_all:5.2f}, vs seeds 1+ {t_rest:5.2f}  "
-              f"({cpu:.0f} CPU s for the plans{extra})")
+        print(
+            f"  {what:32s} tau vs seed mean {t_all:5.2f}, vs seeds 1+ {t_rest:5.2f}  "
+            f"({cpu:.0f} CPU s for the plans{extra})"
+        )
     state["summary"] = summary
     return state
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m condense.bench.supernet", formatter_class=HelpFormatter,
-                                description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m condense.bench.supernet", formatter_class=HelpFormatter, description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("model", metavar="MODEL", help="timm:NAME or zoo:NAME")
     p.add_argument("--data", required=True, metavar="SPEC", help="cifar10:PATH, mnist:PATH, ...")
     p.add_argument("--limit-train", type=int, default=None, help="use N training images")
@@ -223,8 +264,12 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=10, help="epochs of each standalone training")
     p.add_argument("--proxy-epochs", type=int, default=1, help="epochs of the per-trial proxy")
     p.add_argument("--supernet-epochs", type=int, default=8, help="epochs of the supernet")
-    p.add_argument("--supernet", metavar="STUDY_DIR", default=None,
-                   help="score with this supernet search's supernet instead of training one")
+    p.add_argument(
+        "--supernet",
+        metavar="STUDY_DIR",
+        default=None,
+        help="score with this supernet search's supernet instead of training one",
+    )
     p.add_argument("--batch-size", type=int, default=128, help="images per step")
     p.add_argument("--lr", type=float, default=0.05, help="learning rate of every training")
     p.add_argument("--steps-per-epoch", type=int, default=None, help="at most N steps per epoch")

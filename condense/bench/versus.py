@@ -23,6 +23,7 @@ the ``global`` arm's measured MACs instead). An arm that cannot reach a budget i
 The compute each arm used is reported beside it: building (fit, the ratio search), calibration (epochs,
 images, CPU seconds) and fine-tuning (CPU seconds of this process, all threads; per seed).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,10 +58,28 @@ from ._versus_arms import ARMS, ArmContext, CalibSetting, build, check_available
 from ._versus_state import CSV, KIND, OWN, PLOT, State
 
 TP_MACS = ("budget", "global")
-QUICK = {"limit_train": 256, "limit_test": 128, "finetune_epochs": 1, "epochs": 1, "batch_size": 32,
-         "steps_per_epoch": 4, "calib_images": 64, "calib_epochs": 1, "repeats": 3, "warmup": 1, "seeds": "0"}
-DEFAULTS = {"finetune_epochs": 5, "batch_size": 128, "calib_images": 2048, "calib_epochs": 1, "repeats": 20,
-            "warmup": 3, "seeds": "0,1,2"}
+QUICK = {
+    "limit_train": 256,
+    "limit_test": 128,
+    "finetune_epochs": 1,
+    "epochs": 1,
+    "batch_size": 32,
+    "steps_per_epoch": 4,
+    "calib_images": 64,
+    "calib_epochs": 1,
+    "repeats": 3,
+    "warmup": 1,
+    "seeds": "0",
+}
+DEFAULTS = {
+    "finetune_epochs": 5,
+    "batch_size": 128,
+    "calib_images": 2048,
+    "calib_epochs": 1,
+    "repeats": 20,
+    "warmup": 3,
+    "seeds": "0,1,2",
+}
 
 
 def _int_list(text: str, what: str, low: int) -> tuple[int, ...]:
@@ -121,14 +140,17 @@ class VersusConfig:
         object.__setattr__(self, "budgets", budgets)
         unknown = [a for a in self.arms if a not in ARMS]
         if unknown or not self.arms:
-            raise CondenseError(f"unknown arm {unknown[0]!r}" if unknown else "no arms given",
-                                f"choose among {', '.join(ARMS)}")
+            raise CondenseError(
+                f"unknown arm {unknown[0]!r}" if unknown else "no arms given", f"choose among {', '.join(ARMS)}"
+            )
         object.__setattr__(self, "arms", tuple(a for a in ARMS if a in self.arms))  # the registry's order
         if not self.seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):
             raise CondenseError(f"bad seeds {self.seeds!r}", "write e.g. --seeds 0,1,2")
         if self.checkpoint and self.epochs:
-            raise CondenseError("--checkpoint and --epochs contradict each other",
-                                "give the trained weights (--checkpoint) or train the original here (--epochs)")
+            raise CondenseError(
+                "--checkpoint and --epochs contradict each other",
+                "give the trained weights (--checkpoint) or train the original here (--epochs)",
+            )
         for name in ("epochs", "steps_per_epoch", "limit_train", "limit_test"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
@@ -148,26 +170,44 @@ class VersusConfig:
 
     def train_config(self, seed: int):
         """The one fine-tuning every arm gets (the seed varies the data order)."""
-        return TrainConfig(epochs=self.finetune_epochs, batch_size=self.batch_size, lr=self.lr, schedule=self.schedule,
-                           seed=seed, max_steps_per_epoch=self.steps_per_epoch)
+        return TrainConfig(
+            epochs=self.finetune_epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            schedule=self.schedule,
+            seed=seed,
+            max_steps_per_epoch=self.steps_per_epoch,
+        )
 
     def original_config(self):
-        return TrainConfig(epochs=self.epochs or 1, batch_size=self.batch_size, lr=self.original_lr, seed=0,
-                           max_steps_per_epoch=self.steps_per_epoch)
+        return TrainConfig(
+            epochs=self.epochs or 1,
+            batch_size=self.batch_size,
+            lr=self.original_lr,
+            seed=0,
+            max_steps_per_epoch=self.steps_per_epoch,
+        )
 
     def settings(self, bundle) -> dict[str, Any]:
         """What the results depend on (a change is refused on resume); budgets, arms and seeds may grow."""
         ft = self.train_config(0).to_dict()
         ft.pop("seed")
-        return {"model": str(Path(self.model).resolve()) if is_model_dir(self.model) else self.model,
-                "checkpoint": str(Path(self.checkpoint).resolve()) if self.checkpoint else None,
-                "checkpoint_sha256": file_digest(self.checkpoint) if self.checkpoint else None,
-                "data": f"{bundle.spec.kind}:{bundle.spec.path.resolve()}" if bundle.spec is not None else self.data,
-                "train_images": bundle.train_size, "test_images": bundle.test_size,
-                "input_size": list(bundle.input_size), "original_epochs": self.epochs,
-                "original_train": self.original_config().to_dict() if self.epochs else None,
-                "finetune": ft, "kd": self.kd, "calibration": dataclasses.asdict(self.calib),
-                "tp_macs": self.tp_macs, "device": self.device}
+        return {
+            "model": str(Path(self.model).resolve()) if is_model_dir(self.model) else self.model,
+            "checkpoint": str(Path(self.checkpoint).resolve()) if self.checkpoint else None,
+            "checkpoint_sha256": file_digest(self.checkpoint) if self.checkpoint else None,
+            "data": f"{bundle.spec.kind}:{bundle.spec.path.resolve()}" if bundle.spec is not None else self.data,
+            "train_images": bundle.train_size,
+            "test_images": bundle.test_size,
+            "input_size": list(bundle.input_size),
+            "original_epochs": self.epochs,
+            "original_train": self.original_config().to_dict() if self.epochs else None,
+            "finetune": ft,
+            "kd": self.kd,
+            "calibration": dataclasses.asdict(self.calib),
+            "tp_macs": self.tp_macs,
+            "device": self.device,
+        }
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -178,20 +218,26 @@ def _slug(budget: str) -> str:
 def _load_original(cfg: VersusConfig, bundle):
     """The resolved original (a spec with its checkpoint, a directory, or a spec to train: random weights)."""
     if is_model_dir(cfg.model) and cfg.epochs:
-        raise CondenseError(f"{cfg.model} is a saved model with its weights; --epochs trains a spec from random "
-                            "weights", "drop --epochs, or pass a model spec")
+        raise CondenseError(
+            f"{cfg.model} is a saved model with its weights; --epochs trains a spec from random weights",
+            "drop --epochs, or pass a model spec",
+        )
     if not is_model_dir(cfg.model) and not cfg.checkpoint and not cfg.epochs:
-        raise CondenseError(f"{cfg.model} has no trained weights here",
-                            "pass --checkpoint FILE (its trained weights) or --epochs N (train it here first)")
+        raise CondenseError(
+            f"{cfg.model} has no trained weights here",
+            "pass --checkpoint FILE (its trained weights) or --epochs N (train it here first)",
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return resolve_model(cfg.model, checkpoint=cfg.checkpoint, num_classes=bundle.num_classes,
-                             trust_code=cfg.trust_code)
+        return resolve_model(
+            cfg.model, checkpoint=cfg.checkpoint, num_classes=bundle.num_classes, trust_code=cfg.trust_code
+        )
 
 
 def _fresh(resolved, bundle) -> Callable[[int], nn.Module]:
     """The original's architecture with random weights for a seed: rebuilt from its spec, or (a directory)
     a copy with every module's parameters reset."""
+
     def make(seed: int) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -202,6 +248,7 @@ def _fresh(resolved, bundle) -> Callable[[int], nn.Module]:
                 if hasattr(module, "reset_parameters"):
                     module.reset_parameters()
             return model
+
     return make
 
 
@@ -225,10 +272,22 @@ def _original(cfg: VersusConfig, resolved, bundle, state: State, say) -> nn.Modu
         else:
             say(f"training the original {resolved.label} for {cfg.epochs} epoch(s)")
             c0 = time.process_time()
-            res = training.train(model, bundle, cfg.original_config(), out_dir=run_dir, resume=ckpt.exists(),
-                                 progress=True, device=cfg.device)
-            rec = {"trained": {"epochs": cfg.epochs, "cpu_s": round(time.process_time() - c0, 1),
-                               "test_acc": res.metrics["test_acc"]}}
+            res = training.train(
+                model,
+                bundle,
+                cfg.original_config(),
+                out_dir=run_dir,
+                resume=ckpt.exists(),
+                progress=True,
+                device=cfg.device,
+            )
+            rec = {
+                "trained": {
+                    "epochs": cfg.epochs,
+                    "cpu_s": round(time.process_time() - c0, 1),
+                    "test_acc": res.metrics["test_acc"],
+                }
+            }
     model.cpu().eval()
     if "test_acc" not in rec:
         macs, params = macs_and_params(model, bundle.input_size)
@@ -261,21 +320,31 @@ def _build_arms(cfg: VersusConfig, ctx: ArmContext, state: State, macs0: int, sa
             try:
                 start = build(ARMS[name], ctx, aim, 0, recover=False)
             except CondenseError as err:  # BudgetError: the arm cannot reach this target
-                brec["arms"][name] = {"status": "infeasible" if isinstance(err, BudgetError) else "failed",
-                                      "reason": err.message, "hint": err.hint, "seeds": {}}
+                brec["arms"][name] = {
+                    "status": "infeasible" if isinstance(err, BudgetError) else "failed",
+                    "reason": err.message,
+                    "hint": err.hint,
+                    "seeds": {},
+                }
                 say(f"{name} at {budget}: {brec['arms'][name]['status']}: {err.message}")
                 continue
             macs, params = macs_and_params(start.model, ctx.input_size)
-            brec["arms"][name] = {"status": "ok", "macs": macs, "params": params, "target_macs": aim,
-                                  "note": note, "build": start.record, "seeds": {}}
+            brec["arms"][name] = {
+                "status": "ok",
+                "macs": macs,
+                "params": params,
+                "target_macs": aim,
+                "note": note,
+                "build": start.record,
+                "seeds": {},
+            }
             built[f"{budget}/{name}"] = start.model
             state.save()
     state.save()
     return built
 
 
-def _latency(cfg: VersusConfig, ctx: ArmContext, state: State, built: dict[str, nn.Module], macs0: int,
-             say) -> None:
+def _latency(cfg: VersusConfig, ctx: ArmContext, state: State, built: dict[str, nn.Module], macs0: int, say) -> None:
     """Time the original and every built arm interleaved, once per setting (re-measured when an arm was added
     or the setting changed)."""
     setting = latency.setting(cfg.device, cfg.threads, cfg.batches, cfg.repeats, cfg.warmup)
@@ -287,20 +356,41 @@ def _latency(cfg: VersusConfig, ctx: ArmContext, state: State, built: dict[str, 
     for key in keys:
         if key not in built:
             budget, name = key.split("/", 1)
-            aim = state.arm(budget, name)["target_macs"] if state.arm(budget, name) else \
-                parse_budget(budget).resolve(macs0)
+            aim = (
+                state.arm(budget, name)["target_macs"]
+                if state.arm(budget, name)
+                else parse_budget(budget).resolve(macs0)
+            )
             built[key] = build(ARMS[name], ctx, aim, 0, recover=False).model
         models[key] = built[key]
-    say(f"timing {len(models)} models interleaved at batch {', '.join(map(str, cfg.batches))} "
-        f"({cfg.repeats} rounds, {cfg.threads} thread(s))")
-    ms = latency.measure(models, ctx.input_size, batches=cfg.batches, device=cfg.device, threads=cfg.threads,
-                         repeats=cfg.repeats, warmup=cfg.warmup)
+    say(
+        f"timing {len(models)} models interleaved at batch {', '.join(map(str, cfg.batches))} "
+        f"({cfg.repeats} rounds, {cfg.threads} thread(s))"
+    )
+    ms = latency.measure(
+        models,
+        ctx.input_size,
+        batches=cfg.batches,
+        device=cfg.device,
+        threads=cfg.threads,
+        repeats=cfg.repeats,
+        warmup=cfg.warmup,
+    )
     state.data["latency"] = {"setting": setting, "ms": ms}
     state.save()
 
 
-def _train_arm(cfg: VersusConfig, ctx: ArmContext, state: State, teacher: nn.Module | None, bundle, budget: str,
-               name: str, seed: int, say) -> None:
+def _train_arm(
+    cfg: VersusConfig,
+    ctx: ArmContext,
+    state: State,
+    teacher: nn.Module | None,
+    bundle,
+    budget: str,
+    name: str,
+    seed: int,
+    say,
+) -> None:
     """Build (with recovery), measure zero-shot accuracy, fine-tune and record one arm for one seed."""
     arm = state.arm(budget, name)
     seeds = arm["seeds"]
@@ -321,11 +411,27 @@ def _train_arm(cfg: VersusConfig, ctx: ArmContext, state: State, teacher: nn.Mod
         state.save()
     say(f"{budget} {name} seed {seed}: fine-tuning {cfg.finetune_epochs} epoch(s)" + (" (resumed)" if resume else ""))
     c0 = time.process_time()
-    res = training.train(start.model, bundle, cfg.train_config(seed), out_dir=run_dir, teacher=teacher,
-                         resume=resume, progress=True, device=cfg.device)
-    rec.update({"done": True, "test_acc": res.metrics["test_acc"], "best_test_acc": res.metrics["best_test_acc"],
-                "finetune_epochs": cfg.finetune_epochs, "finetune_cpu_s": round(time.process_time() - c0, 2),
-                "finetune_s": round(sum(h["epoch_seconds"] for h in res.history), 2), "resumed": resume})
+    res = training.train(
+        start.model,
+        bundle,
+        cfg.train_config(seed),
+        out_dir=run_dir,
+        teacher=teacher,
+        resume=resume,
+        progress=True,
+        device=cfg.device,
+    )
+    rec.update(
+        {
+            "done": True,
+            "test_acc": res.metrics["test_acc"],
+            "best_test_acc": res.metrics["best_test_acc"],
+            "finetune_epochs": cfg.finetune_epochs,
+            "finetune_cpu_s": round(time.process_time() - c0, 2),
+            "finetune_s": round(sum(h["epoch_seconds"] for h in res.history), 2),
+            "resumed": resume,
+        }
+    )
     state.save()
 
 
@@ -336,8 +442,9 @@ def run(cfg: VersusConfig, console) -> dict[str, Any]:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise CondenseError("the plot needs matplotlib, which is not installed",
-                            'install it with: pip install "condense[versus]"') from None
+        raise CondenseError(
+            "the plot needs matplotlib, which is not installed", 'install it with: pip install "condense[versus]"'
+        ) from None
     spec = parse_data_spec(cfg.data)
     out = check_output(cfg.output, [cfg.checkpoint, spec.path, cfg.model if Path(cfg.model).exists() else None])
 
@@ -349,8 +456,7 @@ def run(cfg: VersusConfig, console) -> dict[str, Any]:
     try:
         with output_lock(out):
             claim_folder(out, KIND, own=OWN, what="versus")
-            bundle = load_data(spec, limit_train=cfg.limit_train, limit_test=cfg.limit_test,
-                               input_size=cfg.input_size)
+            bundle = load_data(spec, limit_train=cfg.limit_train, limit_test=cfg.limit_test, input_size=cfg.input_size)
             resolved = _load_original(cfg, bundle)
             state = State.open(out, cfg.settings(bundle))
             try:
@@ -361,14 +467,26 @@ def run(cfg: VersusConfig, console) -> dict[str, Any]:
             original = _original(cfg, resolved, bundle, state, say)
             size = tuple(bundle.input_size)
             macs0 = macs_and_params(original, size)[0]
-            ctx = ArmContext(original=original, input_size=size, bundle=bundle, fresh=_fresh(resolved, bundle),
-                             calib=cfg.calib, device=cfg.device, say=say)
+            ctx = ArmContext(
+                original=original,
+                input_size=size,
+                bundle=bundle,
+                fresh=_fresh(resolved, bundle),
+                calib=cfg.calib,
+                device=cfg.device,
+                say=say,
+            )
             built = _build_arms(cfg, ctx, state, macs0, say)
             _latency(cfg, ctx, state, built, macs0, say)
             built.clear()
             teacher = copy.deepcopy(original) if cfg.kd else None  # train() freezes its teacher: never the original
-            todo = [(b, a, s) for s in cfg.seeds for b in cfg.budgets for a in cfg.arms
-                    if state.arm(b, a)["status"] == "ok" and not (state.seed(b, a, s) or {}).get("done")]
+            todo = [
+                (b, a, s)
+                for s in cfg.seeds
+                for b in cfg.budgets
+                for a in cfg.arms
+                if state.arm(b, a)["status"] == "ok" and not (state.seed(b, a, s) or {}).get("done")
+            ]
             for i, (budget, name, seed) in enumerate(todo, 1):
                 say(f"[{i}/{len(todo)}] {budget} {name} seed {seed}")
                 _train_arm(cfg, ctx, state, teacher, bundle, budget, name, seed, say)
@@ -382,15 +500,19 @@ def _report(cfg: VersusConfig, state: State, bundle, console) -> None:
     methods = {name: ARMS[name].what for name in ARMS}
     table = report.rows(state.data, cfg.budgets, cfg.arms, cfg.seeds, cfg.batches, methods)
     orig = state.data["original"]
-    title = (f"{orig['label']} on {bundle.name} ({bundle.train_size} train / {bundle.test_size} test images): "
-             f"condense vs block dropping vs Torch-Pruning" + (" [--quick]" if cfg.quick else ""))
+    title = (
+        f"{orig['label']} on {bundle.name} ({bundle.train_size} train / {bundle.test_size} test images): "
+        f"condense vs block dropping vs Torch-Pruning" + (" [--quick]" if cfg.quick else "")
+    )
     lat = (state.data.get("latency") or {}).get("setting", {})
-    footer = (f"accuracy: test top-1 after the same fine-tuning for every arm ({cfg.finetune_epochs} epoch(s), lr "
-              f"{cfg.lr}, {cfg.schedule}, batch {cfg.batch_size}, {'KD from the original' if cfg.kd else 'no KD'}), "
-              f"mean ± std over seeds; zero-shot: before fine-tuning. MACs (of the original's) and params: "
-              f"condense.macs_and_params. Latency: eager forward, medians of {lat.get('repeats')} interleaved rounds, "
-              f"{lat.get('threads')} thread(s), {describe_device(resolve_device(cfg.device))}; (x) = ratio to the "
-              f"original in the same run. Compute: CPU seconds of this process per seed (all threads).")
+    footer = (
+        f"accuracy: test top-1 after the same fine-tuning for every arm ({cfg.finetune_epochs} epoch(s), lr "
+        f"{cfg.lr}, {cfg.schedule}, batch {cfg.batch_size}, {'KD from the original' if cfg.kd else 'no KD'}), "
+        f"mean ± std over seeds; zero-shot: before fine-tuning. MACs (of the original's) and params: "
+        f"condense.macs_and_params. Latency: eager forward, medians of {lat.get('repeats')} interleaved rounds, "
+        f"{lat.get('threads')} thread(s), {describe_device(resolve_device(cfg.device))}; (x) = ratio to the "
+        f"original in the same run. Compute: CPU seconds of this process per seed (all threads)."
+    )
     report.print_table(console, table, cfg.batches, title, footer)
     atomic_write(state.out / CSV, report.csv_text(table, cfg.batches))
     atomic_write(state.out / PLOT, report.plot_png(table, cfg.batches, title))
@@ -401,33 +523,48 @@ def _report(cfg: VersusConfig, state: State, bundle, console) -> None:
 # ------------------------------------------------------------------------------------------ CLI
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m condense.bench.versus", formatter_class=HelpFormatter,
+        prog="python -m condense.bench.versus",
+        formatter_class=HelpFormatter,
         description="Condense against block dropping and Torch-Pruning at the same MAC target, with the same "
-                    "fine-tuning for every arm: accuracy (mean ± std over seeds), MACs and parameters (one "
-                    "counter), latency at batch 1 and 32 (all arms timed interleaved in one run), the compute "
-                    "each arm used. Writes versus.json (resumable), versus.csv and versus.png into -o DIR.",
-        epilog="arms:\n" + "".join(f"  {a.name:18s} {a.what}\n" for a in ARMS.values())
-               + "\nexamples:\n"
-                 "  python -m condense.bench.versus zoo:resnet20 --data cifar10:../shared/data/cifar10-jpeg.tar.gz \\\n"
-                 "      --checkpoint r20.pth --budget 50%,30% --seeds 0,1,2 --limit-train 10000 --limit-test 2000 "
-                 "-o runs/versus-r20\n"
-                 "  python -m condense.bench.versus zoo:resnet20 --data cifar10:PATH --epochs 10 --budget 50% --kd\n"
-                 "  python -m condense.bench.versus zoo:resnet20 --data cifar10:PATH --quick -o /tmp/v   # seconds\n"
-                 "Several budgets (--budget 50%,30%) run in one folder and one latency run; running again with more "
-                 "budgets, arms or seeds adds only those.")
+        "fine-tuning for every arm: accuracy (mean ± std over seeds), MACs and parameters (one "
+        "counter), latency at batch 1 and 32 (all arms timed interleaved in one run), the compute "
+        "each arm used. Writes versus.json (resumable), versus.csv and versus.png into -o DIR.",
+        epilog="arms:\n" + "".join(f"  {a.name:18s} {a.what}\n" for a in ARMS.values()) + "\nexamples:\n"
+        "  python -m condense.bench.versus zoo:resnet20 --data cifar10:../shared/data/cifar10-jpeg.tar.gz \\\n"
+        "      --checkpoint r20.pth --budget 50%,30% --seeds 0,1,2 --limit-train 10000 --limit-test 2000 "
+        "-o runs/versus-r20\n"
+        "  python -m condense.bench.versus zoo:resnet20 --data cifar10:PATH --epochs 10 --budget 50% --kd\n"
+        "  python -m condense.bench.versus zoo:resnet20 --data cifar10:PATH --quick -o /tmp/v   # seconds\n"
+        "Several budgets (--budget 50%,30%) run in one folder and one latency run; running again with more "
+        "budgets, arms or seeds adds only those.",
+    )
     p.add_argument("model", metavar="MODEL", help="timm:NAME, zoo:NAME, file.py:factory, or a saved model directory")
     p.add_argument("--data", metavar="SPEC", help="cifar10:PATH, cifar100:PATH, mnist:PATH, imagefolder:PATH")
-    p.add_argument("--budget", default="50%", metavar="B[,B]",
-                   help="MAC target(s): a percentage of the original's MACs or a count (250M); comma-separated "
-                        "budgets run in one go")
+    p.add_argument(
+        "--budget",
+        default="50%",
+        metavar="B[,B]",
+        help="MAC target(s): a percentage of the original's MACs or a count (250M); comma-separated "
+        "budgets run in one go",
+    )
     p.add_argument("--arms", default=None, metavar="A,A", help="which arms (see below; default: all of them)")
     p.add_argument("--seeds", default=None, metavar="S,S", help="seeds per arm (default 0,1,2; --quick: 0)")
     p.add_argument("--checkpoint", metavar="FILE", help="the original's trained weights (.pth or .safetensors)")
-    p.add_argument("--epochs", type=int, default=None, metavar="N",
-                   help="train the original here first for N epochs (instead of --checkpoint)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train the original here first for N epochs (instead of --checkpoint)",
+    )
     p.add_argument("--original-lr", type=float, default=0.1, help="learning rate of --epochs")
-    p.add_argument("--finetune-epochs", type=int, default=None, metavar="E",
-                   help="fine-tuning epochs of every arm (default 5; --quick: 1)")
+    p.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=None,
+        metavar="E",
+        help="fine-tuning epochs of every arm (default 5; --quick: 1)",
+    )
     p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate of every arm")
     p.add_argument("--schedule", default="cosine", choices=("cosine", "step", "constant"), help="lr schedule")
     p.add_argument("--batch-size", type=int, default=None, help="training batch (default 128; --quick: 32)")
@@ -436,17 +573,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-train", type=int, default=None, metavar="N", help="use N training images")
     p.add_argument("--limit-test", type=int, default=None, metavar="N", help="use N test images")
     p.add_argument("--input-size", metavar="CxHxW", default=None, help="read the data at this size")
-    p.add_argument("--calib-images", type=int, default=None, metavar="N",
-                   help="images the *-calibrate arms calibrate on (default 2048; --quick: 64)")
+    p.add_argument(
+        "--calib-images",
+        type=int,
+        default=None,
+        metavar="N",
+        help="images the *-calibrate arms calibrate on (default 2048; --quick: 64)",
+    )
     p.add_argument("--calib-epochs", type=int, default=None, metavar="E", help="calibration epochs (default 1)")
-    p.add_argument("--tp-macs", default="budget", choices=TP_MACS,
-                   help="what Torch-Pruning aims at: the budget, or the global arm's measured MACs")
+    p.add_argument(
+        "--tp-macs",
+        default="budget",
+        choices=TP_MACS,
+        help="what Torch-Pruning aims at: the budget, or the global arm's measured MACs",
+    )
     p.add_argument("--device", default="auto", metavar="DEV", help="where arms train and are timed: auto, cpu, cuda")
     p.add_argument("--threads", type=int, default=1, help="torch threads (training and latency)")
     p.add_argument("--batch-sizes", default="1,32", metavar="B,B", help="latency batch sizes")
     p.add_argument("--repeats", type=int, default=None, help="interleaved latency rounds (default 20; --quick: 3)")
-    p.add_argument("--quick", action="store_true",
-                   help="a smoke run: 256/128 images, 1 epoch of 4 steps, seed 0, 3 latency rounds (CI)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: 256/128 images, 1 epoch of 4 steps, seed 0, 3 latency rounds (CI)",
+    )
     p.add_argument("-o", "--output", default="bench-versus", metavar="DIR", help="the output folder")
     p.add_argument("--trust-code", action="store_true", help="let a directory's file.py model be imported")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -465,31 +614,50 @@ def config_from_args(args: argparse.Namespace) -> VersusConfig:
 
     def pick(name: str, given: Any) -> Any:
         return given if given is not None else base.get(name)
+
     epochs = args.epochs
     if args.quick and epochs is None and not args.checkpoint:
         epochs = None if is_model_dir(args.model) else QUICK["epochs"]
     return VersusConfig(
-        model=args.model, data=args.data, budgets=tuple(str(args.budget).split(",")),
+        model=args.model,
+        data=args.data,
+        budgets=tuple(str(args.budget).split(",")),
         arms=_names(args.arms) if args.arms is not None else default_arms(),
-        seeds=_int_list(pick("seeds", args.seeds), "seeds", 0), output=args.output, checkpoint=args.checkpoint,
-        epochs=epochs, original_lr=args.original_lr, finetune_epochs=pick("finetune_epochs", args.finetune_epochs),
-        lr=args.lr, schedule=args.schedule, batch_size=pick("batch_size", args.batch_size), kd=args.kd,
+        seeds=_int_list(pick("seeds", args.seeds), "seeds", 0),
+        output=args.output,
+        checkpoint=args.checkpoint,
+        epochs=epochs,
+        original_lr=args.original_lr,
+        finetune_epochs=pick("finetune_epochs", args.finetune_epochs),
+        lr=args.lr,
+        schedule=args.schedule,
+        batch_size=pick("batch_size", args.batch_size),
+        kd=args.kd,
         steps_per_epoch=pick("steps_per_epoch", args.steps_per_epoch),
-        limit_train=pick("limit_train", args.limit_train), limit_test=pick("limit_test", args.limit_test),
+        limit_train=pick("limit_train", args.limit_train),
+        limit_test=pick("limit_test", args.limit_test),
         input_size=args.input_size,
         calib=CalibSetting(pick("calib_images", args.calib_images), pick("calib_epochs", args.calib_epochs)),
-        tp_macs=args.tp_macs, device=args.device, threads=args.threads,
-        batches=_int_list(args.batch_sizes, "latency batch sizes", 1), repeats=pick("repeats", args.repeats),
-        warmup=base["warmup"], trust_code=args.trust_code, quick=args.quick)
+        tp_macs=args.tp_macs,
+        device=args.device,
+        threads=args.threads,
+        batches=_int_list(args.batch_sizes, "latency batch sizes", 1),
+        repeats=pick("repeats", args.repeats),
+        warmup=base["warmup"],
+        trust_code=args.trust_code,
+        quick=args.quick,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m condense.bench.versus ...``: exit 0, 1 (a one-line error) or 2 (unexpected)."""
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     console = Console(width=None if sys.stdout.isatty() else 160)
+
     def body() -> int:
         run(config_from_args(args), console)
         return 0
+
     return run_command(body, debug=args.debug)
 
 

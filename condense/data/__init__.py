@@ -24,6 +24,7 @@ Modules: ``_spec`` (the spec), ``_load`` (``load_data``), ``_loader`` (``DataBun
 sharding, the augmentation choice), ``_memory`` (in-memory sets), ``_cache`` (cache files), ``_fingerprint``
 (``data_fingerprint``), and one per reader: ``_mnist``, ``_cifar``, ``_trees``, ``_imagefolder``.
 """
+
 from ._cache import default_cache_dir
 from ._fingerprint import data_fingerprint
 from ._load import load_data
@@ -31,5 +32,14 @@ from ._loader import AUGMENTS, BatchLoader, DataBundle, default_augment
 from ._loader import _shard_order  # noqa: F401 - private, read as condense.data._shard_order by tests/test_data.py
 from ._spec import DataSpec, parse_data_spec
 
-__all__ = ["DataSpec", "DataBundle", "BatchLoader", "parse_data_spec", "load_data", "default_cache_dir",
-           "AUGMENTS", "default_augment", "data_fingerprint"]
+__all__ = [
+    "DataSpec",
+    "DataBundle",
+    "BatchLoader",
+    "parse_data_spec",
+    "load_data",
+    "default_cache_dir",
+    "AUGMENTS",
+    "default_augment",
+    "data_fingerprint",
+]

@@ -8,6 +8,7 @@ files), ``_cache_file`` (``KIND-STEM-KEY.SUFFIX``), ``_cached_stats`` (read back
 Never: leaves a half-written cache file behind (``_atomic_write``: a temporary sibling, fsynced, renamed);
 fails a load because the cache cannot be written (a warning, and the work is done again next time).
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -7,6 +7,7 @@ batches' meta file), checked by ``_check_arrays``.
 Never: unpickles anything but dicts, lists and numpy arrays (``_ArrayUnpickler`` refuses any other class,
 so a batch file cannot run code); extracts an archive to disk.
 """
+
 from __future__ import annotations
 
 import io
@@ -28,16 +29,23 @@ _CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog"
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles the CIFAR batches (dicts, lists, numpy arrays) and nothing that could run code."""
 
-    _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
-                ("numpy.core.multiarray", "scalar"), ("numpy.core.numeric", "_frombuffer"),
-                ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
-                ("numpy._core.numeric", "_frombuffer"), ("_codecs", "encode")}
+    _ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),
+    }
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self._ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
         if module.startswith("numpy.core.") and hasattr(np, "_core"):
-            module = "numpy._core." + module[len("numpy.core."):]  # numpy 2 reads old pickles without warning
+            module = "numpy._core." + module[len("numpy.core.") :]  # numpy 2 reads old pickles without warning
         return super().find_class(module, name)
 
 
@@ -45,23 +53,31 @@ def _unpickle(data: bytes, name: str) -> dict[str, Any]:
     try:
         obj = _ArrayUnpickler(io.BytesIO(data), encoding="latin1").load()
     except Exception as err:  # noqa: BLE001 - any failure means a damaged or foreign file
-        raise CondenseError(f"{name}: not a readable CIFAR batch ({_reason(err)})",
-                            "the file is damaged or not from cifar-10-batches-py / cifar-100-python") from None
+        raise CondenseError(
+            f"{name}: not a readable CIFAR batch ({_reason(err)})",
+            "the file is damaged or not from cifar-10-batches-py / cifar-100-python",
+        ) from None
     if not isinstance(obj, dict):
-        raise CondenseError(f"{name}: not a CIFAR batch (a {type(obj).__name__}, not a dict)",
-                            "point at cifar-10-batches-py or cifar-100-python")
+        raise CondenseError(
+            f"{name}: not a CIFAR batch (a {type(obj).__name__}, not a dict)",
+            "point at cifar-10-batches-py or cifar-100-python",
+        )
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
 
 
 def _batch_arrays(batch: dict[str, Any], label_key: str, name: str) -> tuple[np.ndarray, np.ndarray]:
     if "data" not in batch or label_key not in batch:
-        raise CondenseError(f"{name}: the batch has no 'data' / '{label_key}' entries",
-                            "the file is not a CIFAR batch of this kind")
+        raise CondenseError(
+            f"{name}: the batch has no 'data' / '{label_key}' entries", "the file is not a CIFAR batch of this kind"
+        )
     data = np.asarray(batch["data"])
     labels = np.asarray(batch[label_key], dtype=np.int64).reshape(-1)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
-        raise CondenseError(f"{name}: 'data' is {data.dtype} {data.shape} with {len(labels)} labels, expected "
-                            "uint8 N x 3072 and N labels", "the file is damaged")
+        raise CondenseError(
+            f"{name}: 'data' is {data.dtype} {data.shape} with {len(labels)} labels, expected "
+            "uint8 N x 3072 and N labels",
+            "the file is damaged",
+        )
     return data.reshape(-1, 3, 32, 32), labels
 
 
@@ -84,8 +100,10 @@ def _cifar_from_pickles(spec: DataSpec, read: Callable[[str], bytes | None], whe
         for name in names:
             data = read(name)
             if data is None:
-                raise CondenseError(f"{spec}: {where} has no {name}",
-                                    f"the batches are {', '.join(train_names + test_names)}; copy them all")
+                raise CondenseError(
+                    f"{spec}: {where} has no {name}",
+                    f"the batches are {', '.join(train_names + test_names)}; copy them all",
+                )
             parts[split].append(_batch_arrays(_unpickle(data, f"{where}/{name}"), label_key, f"{where}/{name}"))
     meta_bytes = read(meta_name)
     meta = _unpickle(meta_bytes, f"{where}/{meta_name}") if meta_bytes is not None else None
@@ -109,22 +127,32 @@ def _load_cifar(spec: DataSpec, cache: Path) -> _Arrays:
     if path.is_dir():
         d = _pickle_dir(spec)
         if d is not None:
+
             def read(name: str) -> bytes | None:
                 f = d / name
                 return f.read_bytes() if f.is_file() else None
+
             arrays = _cifar_from_pickles(spec, read, str(d))
             arrays.key = _content_key(spec, d)
             return _check_arrays(spec, arrays)
         split_dirs = [s for s in ("train", "test", "val") if (path / s).is_dir()]
         if "train" not in split_dirs or len(split_dirs) < 2:
             sub = "cifar-10-batches-py" if spec.kind == "cifar10" else "cifar-100-python"
-            raise CondenseError(f"{spec}: {path} holds neither the CIFAR python batches nor train/ and test/ folders",
-                                f"point at {sub} (or its parent), or at an image tree train/<class>/, "
-                                "test/<class>/ (a directory or .tar.gz)")
+            raise CondenseError(
+                f"{spec}: {path} holds neither the CIFAR python batches nor train/ and test/ folders",
+                f"point at {sub} (or its parent), or at an image tree train/<class>/, "
+                "test/<class>/ (a directory or .tar.gz)",
+            )
 
         def names() -> list[str]:
-            return [f"{split}/{c.name}/{f.name}" for split in split_dirs for c in sorted((path / split).iterdir())
-                    if c.is_dir() for f in c.iterdir() if f.is_file()]
+            return [
+                f"{split}/{c.name}/{f.name}"
+                for split in split_dirs
+                for c in sorted((path / split).iterdir())
+                if c.is_dir()
+                for f in c.iterdir()
+                if f.is_file()
+            ]
 
         def reader(visit: Callable[[str, bytes], None]) -> None:
             for name in names():
@@ -134,8 +162,10 @@ def _load_cifar(spec: DataSpec, cache: Path) -> _Arrays:
         return _tree_arrays(spec, cache, names, reader, str(path))
     if _is_tar(path):
         return _load_cifar_tar(spec, cache)
-    raise CondenseError(f"{spec}: not a directory or a tar archive",
-                        "point at the CIFAR python batches, an image tree, or a .tar.gz/.tgz/.tar of either")
+    raise CondenseError(
+        f"{spec}: not a directory or a tar archive",
+        "point at the CIFAR python batches, an image tree, or a .tar.gz/.tgz/.tar of either",
+    )
 
 
 def _load_cifar_tar(spec: DataSpec, cache: Path) -> _Arrays:

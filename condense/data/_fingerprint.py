@@ -5,6 +5,7 @@ MiB, for a folder every file's relative path and size.
 Never: reads more than two MiB of a file (a fingerprint of a large archive is cheap), or depends on where
 the data is (the path itself is not hashed); a path that cannot be read is a CondenseError.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,6 +38,7 @@ def data_fingerprint(spec: str | DataSpec) -> str:
                     f.seek(size - (1 << 20))
                     digest.update(f.read(1 << 20))
     except OSError as err:
-        raise CondenseError(f"cannot read the data {spec} ({err.strerror or err})",
-                            "check the path in the data spec") from None
+        raise CondenseError(
+            f"cannot read the data {spec} ({err.strerror or err})", "check the path in the data spec"
+        ) from None
     return digest.hexdigest()[:16]

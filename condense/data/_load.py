@@ -7,6 +7,7 @@ split's per-channel statistics (``_cache``), limited to a fixed pseudo-random su
 kind (or by the tree's own name for another image tree read as ``cifar10:``/``cifar100:``).
 Never: downloads (a path that does not exist is a CondenseError), or checks the options after reading.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,21 +47,35 @@ def _tree_stem(path: Path) -> str:
 def _data_name(spec: DataSpec, classes: tuple[str, ...]) -> str:
     """The data set's name for records: the kind for MNIST and the real CIFAR sets, else (another image
     tree read as cifar10:/cifar100:) the tree's own name, e.g. ``letters`` for ``cifar10:letters.tar.gz``."""
-    if spec.kind == "mnist" or (spec.kind == "cifar10" and classes == _CIFAR10_NAMES) or \
-            (spec.kind == "cifar100" and len(classes) == 100):
+    if (
+        spec.kind == "mnist"
+        or (spec.kind == "cifar10" and classes == _CIFAR10_NAMES)
+        or (spec.kind == "cifar100" and len(classes) == 100)
+    ):
         return spec.kind
     return _tree_stem(spec.path)
 
 
-def _in_memory_bundle(spec: DataSpec, arrays: _Arrays, cache: Path, limits: tuple[int | None, int | None],
-                      input_size: tuple[int, int, int] | None, augment: str | None) -> DataBundle:
+def _in_memory_bundle(
+    spec: DataSpec,
+    arrays: _Arrays,
+    cache: Path,
+    limits: tuple[int | None, int | None],
+    input_size: tuple[int, int, int] | None,
+    augment: str | None,
+) -> DataBundle:
     native = tuple(int(d) for d in arrays.x_train.shape[1:])
     size = input_size or native
-    kind = default_augment(native[0], native[1:], _is_grey(arrays.x_train)) if augment is None else \
-        _check_augment(augment, spec)
+    kind = (
+        default_augment(native[0], native[1:], _is_grey(arrays.x_train))
+        if augment is None
+        else _check_augment(augment, spec)
+    )
     if size[0] != native[0] and native[0] != 1:
-        raise CondenseError(f"{spec}: cannot make {size[0]}-channel inputs from {native[0]}-channel images",
-                            f"use input_size with {native[0]} channels")
+        raise CondenseError(
+            f"{spec}: cannot make {size[0]}-channel inputs from {native[0]}-channel images",
+            f"use input_size with {native[0]} channels",
+        )
     mean, std = arrays.stats or _cached_stats(arrays, cache, spec)
     if size[0] != native[0]:  # grey images fed to a colour model: repeat the channel
         mean, std = mean * size[0], std * size[0]
@@ -74,16 +89,32 @@ def _in_memory_bundle(spec: DataSpec, arrays: _Arrays, cache: Path, limits: tupl
             xs = xs.copy()
         x[split] = torch.from_numpy(np.ascontiguousarray(xs))
         y[split] = torch.from_numpy(np.ascontiguousarray(ys, dtype=np.int64))
-    src_mean, src_std = mean[:native[0]], std[:native[0]]
+    src_mean, src_std = mean[: native[0]], std[: native[0]]
     source = _TensorSource(x, y, src_mean, src_std, size, crop_flip=kind == "crop-flip")
-    return DataBundle(name=_data_name(spec, arrays.classes), num_classes=len(arrays.classes), input_size=size,
-                      mean=mean, std=std, classes=arrays.classes, train_size=source.size("train"),
-                      test_size=source.size("test"), spec=spec, augment=kind, _source=source)
+    return DataBundle(
+        name=_data_name(spec, arrays.classes),
+        num_classes=len(arrays.classes),
+        input_size=size,
+        mean=mean,
+        std=std,
+        classes=arrays.classes,
+        train_size=source.size("train"),
+        test_size=source.size("test"),
+        spec=spec,
+        augment=kind,
+        _source=source,
+    )
 
 
-def load_data(spec: str | DataSpec, *, cache_dir: str | os.PathLike | None = None, limit_train: int | None = None,
-              limit_test: int | None = None, input_size: tuple | str | None = None,
-              augment: str | None = None) -> DataBundle:
+def load_data(
+    spec: str | DataSpec,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    input_size: tuple | str | None = None,
+    augment: str | None = None,
+) -> DataBundle:
     """Load a data set named by ``spec`` (see ``parse_data_spec``) from disk.
 
     ``limit_train`` / ``limit_test`` keep a fixed pseudo-random subset of that many images (normalization

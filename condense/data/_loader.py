@@ -15,6 +15,7 @@ Augmentation (``augment=``, what ``loader(augment=True)`` applies; ``AUGMENTS``)
 default suits the data (``default_augment``): none for grey images (digits, letters: a flip changes their
 meaning), timm's for photos of 128 pixels or more, crop-flip otherwise (CIFAR-like).
 """
+
 from __future__ import annotations
 
 import math
@@ -54,30 +55,60 @@ class DataBundle:
             return self
         return replace(self, augment=kind, _source=self._source.with_augment(kind, self.spec))
 
-    def loader(self, split: str, batch_size: int, *, shuffle: bool, augment: bool, seed: int = 0,
-               epoch: int = 0, drop_last: bool = False, rank: int = 0, world_size: int = 1,
-               start_batch: int = 0) -> BatchLoader:
+    def loader(
+        self,
+        split: str,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        augment: bool,
+        seed: int = 0,
+        epoch: int = 0,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        start_batch: int = 0,
+    ) -> BatchLoader:
         """Batches of one split. ``seed + epoch`` fix the shuffle (and the augmentation), so a resumed run
         sees the same order; ``start_batch`` skips that many batches of the epoch (resuming mid-epoch)."""
         split = _check_split(split)
-        for name, value, low in (("batch_size", batch_size, 1), ("world_size", world_size, 1), ("seed", seed, 0),
-                                 ("epoch", epoch, 0), ("rank", rank, 0), ("start_batch", start_batch, 0)):
+        for name, value, low in (
+            ("batch_size", batch_size, 1),
+            ("world_size", world_size, 1),
+            ("seed", seed, 0),
+            ("epoch", epoch, 0),
+            ("rank", rank, 0),
+            ("start_batch", start_batch, 0),
+        ):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise CondenseError(f"bad {name} {value!r} for the data loader", f"use an integer >= {low}")
         if rank >= world_size:
-            raise CondenseError(f"rank {rank} is not below world_size {world_size}",
-                                "ranks count from 0 to world_size - 1")
-        return BatchLoader(self._source, split, batch_size, shuffle=bool(shuffle), augment=bool(augment),
-                           seed=seed, epoch=epoch, drop_last=bool(drop_last), rank=rank, world_size=world_size,
-                           start_batch=start_batch)
+            raise CondenseError(
+                f"rank {rank} is not below world_size {world_size}", "ranks count from 0 to world_size - 1"
+            )
+        return BatchLoader(
+            self._source,
+            split,
+            batch_size,
+            shuffle=bool(shuffle),
+            augment=bool(augment),
+            seed=seed,
+            epoch=epoch,
+            drop_last=bool(drop_last),
+            rank=rank,
+            world_size=world_size,
+            start_batch=start_batch,
+        )
 
 
 def _check_augment(augment: str, spec: DataSpec | None) -> str:
     if augment not in AUGMENTS:
         raise CondenseError(f"unknown augmentation {augment!r}", f"use one of {', '.join(AUGMENTS)}")
     if augment == "timm" and spec is not None and spec.kind != "imagefolder":
-        raise CondenseError(f"{spec}: augment='timm' works on image files (imagefolder: data) only",
-                            "use crop-flip or none for data held in memory")
+        raise CondenseError(
+            f"{spec}: augment='timm' works on image files (imagefolder: data) only",
+            "use crop-flip or none for data held in memory",
+        )
     return augment
 
 
@@ -127,8 +158,21 @@ def _mixed_seed(*parts: int) -> int:
 class BatchLoader:
     """An iterable over ``(x, y)`` batches of one split, for one epoch and one rank. ``len()`` = batches."""
 
-    def __init__(self, source: Any, split: str, batch_size: int, *, shuffle: bool, augment: bool, seed: int,
-                 epoch: int, drop_last: bool, rank: int, world_size: int, start_batch: int = 0):
+    def __init__(
+        self,
+        source: Any,
+        split: str,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        augment: bool,
+        seed: int,
+        epoch: int,
+        drop_last: bool,
+        rank: int,
+        world_size: int,
+        start_batch: int = 0,
+    ):
         self._source = source
         self.split, self.batch_size = split, batch_size
         self.shuffle, self.augment, self.seed, self.epoch = shuffle, augment, seed, epoch
@@ -138,8 +182,14 @@ class BatchLoader:
 
     def indices(self) -> torch.Tensor:
         """The positions (0..dataset_size-1 in the split) this rank visits this epoch, in order."""
-        return _shard_order(self.dataset_size, shuffle=self.shuffle, seed=self.seed, epoch=self.epoch,
-                            rank=self.rank, world_size=self.world_size)
+        return _shard_order(
+            self.dataset_size,
+            shuffle=self.shuffle,
+            seed=self.seed,
+            epoch=self.epoch,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
 
     def _epoch_batches(self) -> int:
         if self.drop_last:
@@ -153,9 +203,11 @@ class BatchLoader:
         return self._source.batches(self)
 
     def __repr__(self) -> str:
-        return (f"BatchLoader({self.split}, batch_size={self.batch_size}, batches={len(self)}, "
-                f"shuffle={self.shuffle}, augment={self.augment}, epoch={self.epoch}, "
-                f"rank={self.rank}/{self.world_size})")
+        return (
+            f"BatchLoader({self.split}, batch_size={self.batch_size}, batches={len(self)}, "
+            f"shuffle={self.shuffle}, augment={self.augment}, epoch={self.epoch}, "
+            f"rank={self.rank}/{self.world_size})"
+        )
 
 
 def _subset(n: int, limit: int | None) -> np.ndarray | None:

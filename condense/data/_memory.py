@@ -6,6 +6,7 @@ and std), and ``_TensorSource``: batches gathered from uint8 tensors, crop-flip 
 normalized, resized on the fly to the input size asked for (a grey channel repeated for 3-channel models).
 Never: copies the data set per batch or per augmentation (``with_augment`` shares the tensors).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,8 +37,15 @@ class _Arrays:
 class _TensorSource:
     """Batches built by tensor ops from uint8 tensors held in memory."""
 
-    def __init__(self, x: dict[str, torch.Tensor], y: dict[str, torch.Tensor], mean: tuple[float, ...],
-                 std: tuple[float, ...], out_size: tuple[int, int, int], crop_flip: bool):
+    def __init__(
+        self,
+        x: dict[str, torch.Tensor],
+        y: dict[str, torch.Tensor],
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        out_size: tuple[int, int, int],
+        crop_flip: bool,
+    ):
         self.x, self.y, self.crop_flip = x, y, crop_flip
         self.mean, self.std = mean, std
         channels = next(iter(x.values())).shape[1]
@@ -87,15 +95,19 @@ def _crop_flip(xb: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch
     rows = dy[:, None] + torch.arange(h)
     cols_fwd = torch.arange(w)
     cols = dx[:, None] + torch.where(flip[:, None], (w - 1) - cols_fwd, cols_fwd)
-    return padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None],
-                  rows[:, None, :, None], cols[:, None, None, :]]
+    return padded[
+        torch.arange(b)[:, None, None, None],
+        torch.arange(c)[None, :, None, None],
+        rows[:, None, :, None],
+        cols[:, None, None, :],
+    ]
 
 
 def _channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Exact per-channel mean and (population) std of uint8 NCHW images in [0, 1], via histograms."""
     counts = np.zeros((x.shape[1], 256), dtype=np.int64)
     for start in range(0, x.shape[0], 2048):
-        chunk = x[start:start + 2048]
+        chunk = x[start : start + 2048]
         for c in range(x.shape[1]):
             counts[c] += np.bincount(chunk[:, c].ravel(), minlength=256)
     v = np.arange(256, dtype=np.float64) / 255.0
@@ -112,16 +124,23 @@ def _check_arrays(spec: DataSpec, arrays: _Arrays) -> _Arrays:
     for split in ("train", "test"):
         x, y = getattr(arrays, f"x_{split}"), getattr(arrays, f"y_{split}")
         if x.dtype != np.uint8 or x.ndim != 4:
-            raise CondenseError(f"{spec}: {split} images are {x.dtype} {tuple(x.shape)}, expected uint8 images",
-                                "store pixels as uint8 0..255")
+            raise CondenseError(
+                f"{spec}: {split} images are {x.dtype} {tuple(x.shape)}, expected uint8 images",
+                "store pixels as uint8 0..255",
+            )
         if y.ndim != 1 or len(y) != len(x):
             raise CondenseError(f"{spec}: {len(x)} {split} images but {y.size} labels", "the files do not match")
         if len(y) == 0:
             raise CondenseError(f"{spec}: the {split} split is empty", "check the path points at the full data set")
         if y.min() < 0 or y.max() >= n_cls:
-            raise CondenseError(f"{spec}: {split} labels range over {int(y.min())}..{int(y.max())}, "
-                                f"expected 0..{n_cls - 1}", "the label file is corrupt or of another data set")
+            raise CondenseError(
+                f"{spec}: {split} labels range over {int(y.min())}..{int(y.max())}, expected 0..{n_cls - 1}",
+                "the label file is corrupt or of another data set",
+            )
     if arrays.x_train.shape[1:] != arrays.x_test.shape[1:]:
-        raise CondenseError(f"{spec}: train images are {tuple(arrays.x_train.shape[1:])} but test images "
-                            f"{tuple(arrays.x_test.shape[1:])}", "both splits must have one image size")
+        raise CondenseError(
+            f"{spec}: train images are {tuple(arrays.x_train.shape[1:])} but test images "
+            f"{tuple(arrays.x_test.shape[1:])}",
+            "both splits must have one image size",
+        )
     return arrays

@@ -6,6 +6,7 @@ Out: ``_Arrays`` (uint8 NCHW images, int64 labels, classes ``0``..``9``), checke
 Never: unpickles (``np.load(allow_pickle=False)``), or reads a damaged or foreign file without a
 CondenseError saying which file and what is wrong with it.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -26,8 +27,14 @@ _MNIST_FILES = {
     "x_test": ("t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte"),
     "y_test": ("t10k-labels-idx1-ubyte", "t10k-labels.idx1-ubyte"),
 }
-_IDX_DTYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_DTYPES = {
+    0x08: np.dtype("u1"),
+    0x09: np.dtype("i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 
 
 def _parse_idx(data: bytes, name: str, ndim: int) -> np.ndarray:
@@ -39,16 +46,21 @@ def _parse_idx(data: bytes, name: str, ndim: int) -> np.ndarray:
         raise CondenseError(f"{name}: bad idx magic number 0x{magic:08x} (expected 0x{expect:08x})", hint)
     if data[2] != 0x08 or data[3] != ndim:
         magic = int.from_bytes(data[:4], "big")
-        raise CondenseError(f"{name}: idx magic 0x{magic:08x} is not {'images' if ndim == 3 else 'labels'} "
-                            f"(expected 0x{expect:08x})", hint)
+        raise CondenseError(
+            f"{name}: idx magic 0x{magic:08x} is not {'images' if ndim == 3 else 'labels'} (expected 0x{expect:08x})",
+            hint,
+        )
     header = 4 + 4 * ndim
     if len(data) < header:
         raise CondenseError(f"{name}: idx file truncated in its header", hint)
     dims = struct.unpack(f">{ndim}I", data[4:header])
     want = int(np.prod(dims, dtype=np.int64))
     if len(data) - header != want:
-        raise CondenseError(f"{name}: idx header says {'x'.join(map(str, dims))} = {want} bytes of data but the "
-                            f"file holds {len(data) - header}", hint)
+        raise CondenseError(
+            f"{name}: idx header says {'x'.join(map(str, dims))} = {want} bytes of data but the "
+            f"file holds {len(data) - header}",
+            hint,
+        )
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 
@@ -74,8 +86,10 @@ def _find_idx_files(root: Path) -> dict[str, Path] | None:
             return found
         if found:
             missing = [names[0] for key, names in _MNIST_FILES.items() if key not in found]
-            raise CondenseError(f"mnist:{root}: missing {', '.join(missing)} in {d}",
-                                "put all four idx files (optionally .gz) in one directory")
+            raise CondenseError(
+                f"mnist:{root}: missing {', '.join(missing)} in {d}",
+                "put all four idx files (optionally .gz) in one directory",
+            )
     return None
 
 
@@ -85,9 +99,11 @@ def _load_mnist(spec: DataSpec, cache: Path) -> _Arrays:
     if path.is_dir():
         files = _find_idx_files(path)
         if files is None:
-            raise CondenseError(f"{spec}: no MNIST idx files in {path}",
-                                "point at mnist.npz or at a directory holding train-images-idx3-ubyte, "
-                                "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (or .gz)")
+            raise CondenseError(
+                f"{spec}: no MNIST idx files in {path}",
+                "point at mnist.npz or at a directory holding train-images-idx3-ubyte, "
+                "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (or .gz)",
+            )
         arr = {k: _parse_idx(_read_maybe_gz(p), str(p), 3 if k.startswith("x") else 1) for k, p in files.items()}
         x_train, x_test = arr["x_train"][:, None], arr["x_test"][:, None]
         y_train, y_test = arr["y_train"].astype(np.int64), arr["y_test"].astype(np.int64)
@@ -104,8 +120,10 @@ def _read_npz(spec: DataSpec) -> tuple[np.ndarray, ...]:
         with np.load(spec.path, allow_pickle=False) as z:
             missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in z.files]
             if missing:
-                raise CondenseError(f"{spec}: the npz has no {', '.join(missing)} (it has {', '.join(z.files)})",
-                                    "save it with keys x_train, y_train, x_test, y_test")
+                raise CondenseError(
+                    f"{spec}: the npz has no {', '.join(missing)} (it has {', '.join(z.files)})",
+                    "save it with keys x_train, y_train, x_test, y_test",
+                )
             out = []
             for k in ("x_train", "y_train", "x_test", "y_test"):
                 a = z[k]
@@ -115,8 +133,10 @@ def _read_npz(spec: DataSpec) -> tuple[np.ndarray, ...]:
                     elif a.ndim == 4 and a.shape[-1] in (1, 3):
                         a = np.ascontiguousarray(a.transpose(0, 3, 1, 2))
                     else:
-                        raise CondenseError(f"{spec}: {k} has shape {a.shape}, expected N x H x W or N x H x W x C",
-                                            "store images as uint8 NHW or NHWC")
+                        raise CondenseError(
+                            f"{spec}: {k} has shape {a.shape}, expected N x H x W or N x H x W x C",
+                            "store images as uint8 NHW or NHWC",
+                        )
                 elif np.issubdtype(a.dtype, np.integer):
                     a = a.astype(np.int64).reshape(-1)
                 else:
@@ -126,5 +146,6 @@ def _read_npz(spec: DataSpec) -> tuple[np.ndarray, ...]:
     except CondenseError:
         raise
     except Exception as err:  # noqa: BLE001 - zipfile.BadZipFile, OSError, ValueError: a damaged file
-        raise CondenseError(f"{spec}: cannot read the npz ({_reason(err)})", "the file is damaged; copy it again") \
-            from None
+        raise CondenseError(
+            f"{spec}: cannot read the npz ({_reason(err)})", "the file is damaged; copy it again"
+        ) from None

@@ -5,6 +5,7 @@ Out: a frozen ``DataSpec(kind, path)``, ``str()`` gives the spec back; ``_reason
 type and first line, the form every reader's CondenseError quotes.
 Never: looks at the path (whether it exists is ``load_data``'s check), downloads, or does work at import time.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

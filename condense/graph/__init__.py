@@ -8,17 +8,43 @@ ends in a ``GrowingTail``: the layer plus a 1x1 projection to the missing channe
 supernet build theirs with it), ``inner_layer`` the PDE layer inside its adapters, ``parent_and_name`` where
 a submodule sits.
 """
+
 from ._find import FindResult, Run, find_runs
 from ._grow import GrowingTail
-from ._rewrite import (ChannelsFirstAdapter, ChannelsLastAdapter, CondensedGraphModule, RewriteRecord,
-                       RewriteResult, RunChoice, Skip, build_layer, default_factory, inner_layer, parent_and_name,
-                       rewrite)
+from ._rewrite import (
+    ChannelsFirstAdapter,
+    ChannelsLastAdapter,
+    CondensedGraphModule,
+    RewriteRecord,
+    RewriteResult,
+    RunChoice,
+    Skip,
+    build_layer,
+    default_factory,
+    inner_layer,
+    parent_and_name,
+    rewrite,
+)
 from ._trace import CondenseTracer, register_leaf_module, trace
 
 __all__ = [
-    "find_runs", "FindResult", "Run",
-    "rewrite", "RunChoice", "RewriteResult", "RewriteRecord",
-    "build_layer", "default_factory", "inner_layer", "parent_and_name",
-    "Skip", "ChannelsLastAdapter", "ChannelsFirstAdapter", "CondensedGraphModule", "GrowingTail",
-    "trace", "register_leaf_module", "CondenseTracer",
+    "find_runs",
+    "FindResult",
+    "Run",
+    "rewrite",
+    "RunChoice",
+    "RewriteResult",
+    "RewriteRecord",
+    "build_layer",
+    "default_factory",
+    "inner_layer",
+    "parent_and_name",
+    "Skip",
+    "ChannelsLastAdapter",
+    "ChannelsFirstAdapter",
+    "CondensedGraphModule",
+    "GrowingTail",
+    "trace",
+    "register_leaf_module",
+    "CondenseTracer",
 ]

@@ -25,6 +25,7 @@ reads the first block's input and the outputs of blocks 0..i-1 (``output_shape``
 concatenation the parent builds). ``Run.block_channels`` gives the channels each block reads, which is
 what a replacement at block m starts from (see ``condense.graph._grow``).
 """
+
 from __future__ import annotations
 
 import copy
@@ -116,8 +117,9 @@ class Run:
 
     def _check_m(self, m: int) -> bool:
         if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= self.r:
-            raise CondenseError(f"run '{self.path}': m={m!r} is outside [1, {self.r}]",
-                                "m counts the kept blocks, the anchor included")
+            raise CondenseError(
+                f"run '{self.path}': m={m!r} is outside [1, {self.r}]", "m counts the kept blocks, the anchor included"
+            )
         return True
 
     def describe(self) -> str:
@@ -126,8 +128,10 @@ class Run:
         macs = self.macs[-1]
         macs_s = f"{macs / 1e6:.2f}M MACs/block" if macs is not None else "MACs n/a"
         grow = "" if self.kind == "repeat" else f" -> {self.output_shape[0]}ch (growing)"
-        return (f"{self.path or '<root>'}: {self.block_class} x{self.r} (r={self.r}) at "
-                f"{c}x{h}x{w}{grow}, {k}, {self.params[-1]:,} params/block, {macs_s}")
+        return (
+            f"{self.path or '<root>'}: {self.block_class} x{self.r} (r={self.r}) at "
+            f"{c}x{h}x{w}{grow}, {k}, {self.params[-1]:,} params/block, {macs_s}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,13 +158,14 @@ class FindResult:
         for r in self.runs:
             if r.path == path:
                 return r
-        raise CondenseError(f"no run at '{path}'",
-                            f"runs: {', '.join(self.paths) or 'none'}")
+        raise CondenseError(f"no run at '{path}'", f"runs: {', '.join(self.paths) or 'none'}")
 
     def summary(self) -> str:
         macs = f"{self.total_macs / 1e6:.1f}M MACs" if self.total_macs is not None else "MACs n/a"
-        head = (f"{self.model_class} at {'x'.join(map(str, self.input_shape))}: {len(self.runs)} run(s), "
-                f"{self.total_params / 1e6:.2f}M params, {macs}")
+        head = (
+            f"{self.model_class} at {'x'.join(map(str, self.input_shape))}: {len(self.runs)} run(s), "
+            f"{self.total_params / 1e6:.2f}M params, {macs}"
+        )
         if not self.runs:
             return head + "\n  no repeated same-resolution blocks found"
         return "\n".join([head] + ["  " + r.describe() for r in self.runs])
@@ -171,13 +176,14 @@ class FindResult:
 
 # --- graph analysis ---------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class _Block:
     path: str
     nodes: set
-    inputs: list          # external non-get_attr input nodes, in graph order
+    inputs: list  # external non-get_attr input nodes, in graph order
     output: fx.Node | None  # the single node consumed outside (None if zero or several)
-    order: int            # position of the output node
+    order: int  # position of the output node
 
     @property
     def parent(self) -> str:
@@ -401,15 +407,24 @@ def _runs_in_chain(chain: list[_Block], mods: dict[str, nn.Module]) -> list[_Raw
             i += 1
             continue
         j = i
-        while (j + 1 < len(chain) and preserving(chain[j + 1]) and sig[chain[j + 1].path] == sig[chain[i].path]
-               and only_feeds(chain[j], chain[j + 1])):
+        while (
+            j + 1 < len(chain)
+            and preserving(chain[j + 1])
+            and sig[chain[j + 1].path] == sig[chain[i].path]
+            and only_feeds(chain[j], chain[j + 1])
+        ):
             j += 1
         prev = chain[i - 1] if i > 0 else None
-        if (prev is not None and prev.path not in used and _compatible(mods[prev.path], mods[chain[i].path])
-                and _is4d(prev.output) and _anchor_feeds(prev, chain[i])):
-            blocks = chain[i - 1:j + 1]
+        if (
+            prev is not None
+            and prev.path not in used
+            and _compatible(mods[prev.path], mods[chain[i].path])
+            and _is4d(prev.output)
+            and _anchor_feeds(prev, chain[i])
+        ):
+            blocks = chain[i - 1 : j + 1]
         else:
-            blocks = chain[i:j + 1]
+            blocks = chain[i : j + 1]
         if len(blocks) >= 2:
             runs.append(_RawRun(blocks[0].parent, blocks, "repeat"))
             used.update(b.path for b in blocks)
@@ -431,18 +446,29 @@ def _growing_in_chain(chain: list[_Block], mods: dict[str, nn.Module], taken: se
 
         def ok(x: _Block) -> bool:
             si, so = tensor_shape(x.inputs[0]) if len(x.inputs) == 1 else None, tensor_shape(x.output)
-            return (x.path not in taken and si is not None and so is not None and len(si) == 4
-                    and len(so) == 4 and si[2:] == so[2:] and _nparams(mods[x.path]) > 0)
+            return (
+                x.path not in taken
+                and si is not None
+                and so is not None
+                and len(si) == 4
+                and len(so) == 4
+                and si[2:] == so[2:]
+                and _nparams(mods[x.path]) > 0
+            )
 
         if not ok(b):
             i += 1
             continue
         j = i
-        while (j + 1 < len(chain) and ok(chain[j + 1]) and _compatible(mods[b.path], mods[chain[j + 1].path])
-               and (j == i or _compatible(mods[chain[j].path], mods[chain[j + 1].path]))
-               and all(u in chain[j + 1].nodes for u in chain[j].output.users)):
+        while (
+            j + 1 < len(chain)
+            and ok(chain[j + 1])
+            and _compatible(mods[b.path], mods[chain[j + 1].path])
+            and (j == i or _compatible(mods[chain[j].path], mods[chain[j + 1].path]))
+            and all(u in chain[j + 1].nodes for u in chain[j].output.users)
+        ):
             j += 1
-        seg = chain[i:j + 1]
+        seg = chain[i : j + 1]
         # after the first block, channels only grow, by less than doubling (a stem 3 -> 8 -> 16 is no run)
         growth = [tensor_shape(x.output)[1] - tensor_shape(x.inputs[0])[1] for x in seg[1:]]
         ins = [tensor_shape(x.inputs[0])[1] for x in seg[1:]]
@@ -466,11 +492,14 @@ def _dense_runs(siblings: list[_Block], mods: dict[str, nn.Module], taken: set[s
         hw = tensor_shape(x0)[2:]
         names = [n for n, _ in mods[first.path].named_parameters()]
         seg = [first]
-        for b in sib[i + 1:]:
+        for b in sib[i + 1 :]:
             want = {x0, *(s.output for s in seg)}
-            if (type(mods[b.path]) is not type(mods[first.path])
-                    or [n for n, _ in mods[b.path].named_parameters()] != names
-                    or set(b.inputs) != want or tensor_shape(b.output)[2:] != hw):
+            if (
+                type(mods[b.path]) is not type(mods[first.path])
+                or [n for n, _ in mods[b.path].named_parameters()] != names
+                or set(b.inputs) != want
+                or tensor_shape(b.output)[2:] != hw
+            ):
                 break
             seg.append(b)
         if len(seg) >= 2 and names:
@@ -517,7 +546,7 @@ def _find_raw(gm: fx.GraphModule, root: nn.Module, growing: bool) -> list[_RawRu
             keys = list(parent._modules)
             names = [b.name for b in r.blocks]
             i = keys.index(names[0])
-            r.in_sequential = keys[i:i + len(names)] == names
+            r.in_sequential = keys[i : i + len(names)] == names
     return raw
 
 
@@ -542,8 +571,10 @@ def _block_inputs(root: nn.Module, paths: Sequence[str], x: torch.Tensor) -> dic
         return seen
     handles = []
     for p in paths:
+
         def hook(mod, args, p=p):
             seen.setdefault(p, tuple(_snapshot(a) for a in args))
+
         handles.append(root.get_submodule(p).register_forward_pre_hook(hook))
     try:
         with torch.no_grad():
@@ -568,8 +599,9 @@ def _example(model: nn.Module, input_size) -> torch.Tensor:
     try:
         size = tuple(int(s) for s in input_size)
     except (TypeError, ValueError):
-        raise CondenseError(f"input size {input_size!r} is not a tuple of ints",
-                            "pass e.g. (3, 224, 224) or an example input tensor") from None
+        raise CondenseError(
+            f"input size {input_size!r} is not a tuple of ints", "pass e.g. (3, 224, 224) or an example input tensor"
+        ) from None
     if len(size) != 3 or min(size) < 1:
         raise CondenseError(f"input size {size} is not (C, H, W)", "pass e.g. (3, 224, 224)")
     p = next(iter(model.parameters()), None)
@@ -578,8 +610,14 @@ def _example(model: nn.Module, input_size) -> torch.Tensor:
     return x.to(p.device, p.dtype) if p is not None and p.is_floating_point() else x
 
 
-def find_runs(model: nn.Module, input_size=(3, 224, 224), *, example_input: torch.Tensor | None = None,
-              count: bool = True, growing: bool = True) -> FindResult:
+def find_runs(
+    model: nn.Module,
+    input_size=(3, 224, 224),
+    *,
+    example_input: torch.Tensor | None = None,
+    count: bool = True,
+    growing: bool = True,
+) -> FindResult:
     """Find every run of repeated same-resolution blocks in ``model``. Changes nothing.
 
     ``input_size`` is (C, H, W) or an example input tensor (``example_input`` wins when given).
@@ -618,21 +656,23 @@ def find_runs(model: nn.Module, input_size=(3, 224, 224), *, example_input: torc
         seen_paths[path] += 1
         if seen_paths[path] > 1:  # several runs below one parent: keep run paths unique
             path = f"{path}#{seen_paths[path] - 1}"
-        runs.append(Run(
-            path=path,
-            blocks=tuple(b.path for b in rr.blocks),
-            block_class=type(rep).__name__,
-            input_shape=_chw(s_in, layout),
-            output_shape=_chw(s_out, layout),
-            kernel_size=_conv_kernel(rep),
-            macs=tuple(macs),
-            params=tuple(_nparams(m) for m in mods),
-            kind=rr.kind,
-            layout=layout,
-            parent_class=type(root.get_submodule(rr.parent)).__name__,
-            in_sequential=rr.in_sequential,
-            block_channels=_block_channels(rr) if rr.kind != "repeat" else (),
-        ))
+        runs.append(
+            Run(
+                path=path,
+                blocks=tuple(b.path for b in rr.blocks),
+                block_class=type(rep).__name__,
+                input_shape=_chw(s_in, layout),
+                output_shape=_chw(s_out, layout),
+                kernel_size=_conv_kernel(rep),
+                macs=tuple(macs),
+                params=tuple(_nparams(m) for m in mods),
+                kind=rr.kind,
+                layout=layout,
+                parent_class=type(root.get_submodule(rr.parent)).__name__,
+                in_sequential=rr.in_sequential,
+                block_channels=_block_channels(rr) if rr.kind != "repeat" else (),
+            )
+        )
     return FindResult(
         runs=tuple(runs),
         model_class=type(model).__name__,

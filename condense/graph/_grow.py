@@ -20,6 +20,7 @@ Costs: the layer's MACs at ``c_in`` channels plus ``c_in * (c_out - c_in)`` MACs
 projection (the BN folds into it in eval mode), and ``c_in * (c_out - c_in) + 2 (c_out - c_in)``
 parameters.
 """
+
 from __future__ import annotations
 
 from typing import Literal

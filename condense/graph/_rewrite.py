@@ -33,6 +33,7 @@ Channels-last runs (``Run.layout == "NHWC"``, e.g. Swin) get the layer wrapped i
 Everything is deterministic: the same model, runs and plan give the same structure and state_dict keys
 (what load relies on: rebuild the original, rewrite with the saved plan, load_state_dict).
 """
+
 from __future__ import annotations
 
 import copy
@@ -115,13 +116,16 @@ class RewriteResult:
             if rec.method == "unchanged":
                 lines.append(f"{rec.path or '<root>'}: unchanged (m=r={rec.r})")
             else:
-                lines.append(f"{rec.path or '<root>'}: kept {rec.m}/{rec.r}, replaced {', '.join(rec.removed)} "
-                             f"by {rec.layer_type} at '{rec.inserted}' ({rec.method}; "
-                             f"-{rec.params_removed:,} +{rec.params_added:,} params)")
+                lines.append(
+                    f"{rec.path or '<root>'}: kept {rec.m}/{rec.r}, replaced {', '.join(rec.removed)} "
+                    f"by {rec.layer_type} at '{rec.inserted}' ({rec.method}; "
+                    f"-{rec.params_removed:,} +{rec.params_added:,} params)"
+                )
         return "\n".join(lines) if lines else "no runs"
 
 
 # --- helper modules ---------------------------------------------------------------------------------
+
 
 class Skip(nn.Module):
     """Stands where a removed block was when its parent is not a Sequential: returns its first input."""
@@ -156,8 +160,7 @@ class CondensedGraphModule(fx.GraphModule):
     """fx GraphModule holding a train-mode and an eval-mode graph; ``train(mode)`` switches between them
     (so mode-dependent code that tracing bakes in, like timm's drop-path, keeps working)."""
 
-    def __init__(self, root: nn.Module, train_graph: fx.Graph, eval_graph: fx.Graph,
-                 class_name: str = "GraphModule"):
+    def __init__(self, root: nn.Module, train_graph: fx.Graph, eval_graph: fx.Graph, class_name: str = "GraphModule"):
         super().__init__(root, train_graph, class_name)
         for node in eval_graph.nodes:  # modules only the eval graph uses (normally none)
             if node.op in ("call_module", "get_attr"):
@@ -176,8 +179,7 @@ class CondensedGraphModule(fx.GraphModule):
         # GraphModule.__deepcopy__ deep-copies __dict__ (both graphs included) and calls this to rebuild
         def init(res, fake_mod, _graph):
             state = fake_mod.__dict__
-            CondensedGraphModule.__init__(res, fake_mod, state["train_graph"], state["eval_graph"],
-                                          type(self).__name__)
+            CondensedGraphModule.__init__(res, fake_mod, state["train_graph"], state["eval_graph"], type(self).__name__)
             res.train(state["training"])
 
         return init
@@ -204,6 +206,7 @@ def _copy_attr(src: nn.Module, dst: nn.Module, target: str) -> None:
 
 # --- planning ---------------------------------------------------------------------------------------
 
+
 def _as_choice(path: str, value: Any) -> RunChoice:
     if isinstance(value, RunChoice):
         return value
@@ -211,8 +214,9 @@ def _as_choice(path: str, value: Any) -> RunChoice:
         return RunChoice(m=value)
     if isinstance(value, Mapping):
         return RunChoice.from_dict(value)
-    raise ConfigError(f"plan entry for run '{path}' must be a RunChoice, an int m or a dict, "
-                      f"got {type(value).__name__}")
+    raise ConfigError(
+        f"plan entry for run '{path}' must be a RunChoice, an int m or a dict, got {type(value).__name__}"
+    )
 
 
 def parent_and_name(root: nn.Module, path: str) -> tuple[nn.Module, str]:
@@ -256,8 +260,10 @@ def build_layer(run: Run, choice: RunChoice, source: nn.Module, factory: LayerFa
     except CondenseError:
         raise
     except Exception as err:  # noqa: BLE001
-        raise CondenseError(f"building a {choice.layer!r} layer for run '{run.path}' failed: {err}",
-                            "check the layer options in the plan") from err
+        raise CondenseError(
+            f"building a {choice.layer!r} layer for run '{run.path}' failed: {err}",
+            "check the layer options in the plan",
+        ) from err
     if not isinstance(layer, nn.Module):
         raise CondenseError(f"layer factory returned {type(layer).__name__} for run '{run.path}', not an nn.Module")
     ref = next(iter(block.parameters()), None)
@@ -278,12 +284,16 @@ def build_layer(run: Run, choice: RunChoice, source: nn.Module, factory: LayerFa
 def _check_run(model: nn.Module, mods: dict[str, nn.Module], run: Run) -> None:
     for b in run.blocks:
         if b not in mods:
-            raise CondenseError(f"run '{run.path}' names block '{b}', which this model does not have",
-                                "find the runs on this very model (condense.graph.find_runs)")
+            raise CondenseError(
+                f"run '{run.path}' names block '{b}', which this model does not have",
+                "find the runs on this very model (condense.graph.find_runs)",
+            )
     if type(mods[run.blocks[-1]]).__name__ != run.block_class:
-        raise CondenseError(f"run '{run.path}': block '{run.blocks[-1]}' is a "
-                            f"{type(mods[run.blocks[-1]]).__name__}, not a {run.block_class}",
-                            "find the runs on this very model (condense.graph.find_runs)")
+        raise CondenseError(
+            f"run '{run.path}': block '{run.blocks[-1]}' is a "
+            f"{type(mods[run.blocks[-1]]).__name__}, not a {run.block_class}",
+            "find the runs on this very model (condense.graph.find_runs)",
+        )
 
 
 def _is_plain_sequential(parent: nn.Module, names: list[str]) -> bool:
@@ -293,7 +303,7 @@ def _is_plain_sequential(parent: nn.Module, names: list[str]) -> bool:
     if any(n not in keys for n in names):
         return False
     i = keys.index(names[0])
-    return keys[i:i + len(names)] == names
+    return keys[i : i + len(names)] == names
 
 
 def _edit_sequential(parent: nn.Module, removed: list[str], layer: nn.Module) -> None:
@@ -317,6 +327,7 @@ def _edit_inplace(parent: nn.Module, removed: list[str], layer: nn.Module) -> di
 
 # --- checking in-place edits and graph surgery ------------------------------------------------------
 
+
 def _user_signature(node: fx.Node) -> tuple:
     if node.op == "call_module":
         tgt = str(node.target)
@@ -338,7 +349,7 @@ def _users_of_output(gm: fx.GraphModule, path: str) -> list[tuple] | None:
 def _inplace_ok(gm_old: fx.GraphModule, gm_new: fx.GraphModule, run: Run, m: int) -> bool:
     blocks_new = _analyse(gm_new.graph)
     groups_new, _ = _groups(gm_new.graph)
-    if any(p in groups_new for p in run.blocks[m + 1:]):
+    if any(p in groups_new for p in run.blocks[m + 1 :]):
         return False
     layer = blocks_new.get(run.blocks[m])
     prev = blocks_new.get(run.blocks[m - 1])
@@ -360,8 +371,10 @@ def _surgery(graph: fx.Graph, run: Run, m: int, layer_type: type) -> None:
     blocks = _analyse(graph)
     first, last = blocks.get(run.blocks[m]), blocks.get(run.blocks[-1])
     if first is None or last is None or len(first.inputs) != 1 or last.output is None:
-        raise CondenseError(f"cannot rewrite run '{run.path}': its blocks are not a single-input chain in the graph",
-                            "keep this run (m = r) or make its blocks take one tensor and return one tensor")
+        raise CondenseError(
+            f"cannot rewrite run '{run.path}': its blocks are not a single-input chain in the graph",
+            "keep this run (m = r) or make its blocks take one tensor and return one tensor",
+        )
     doomed = set().union(*(blocks[p].nodes for p in run.blocks[m:] if p in blocks))
     order = [n for n in graph.nodes if n in doomed]
     with graph.inserting_before(order[0]):
@@ -376,14 +389,17 @@ def _surgery(graph: fx.Graph, run: Run, m: int, layer_type: type) -> None:
     last.output.replace_all_uses_with(new, delete_user_cb=lambda u: u not in doomed)
     for n in reversed(order):
         if n.users:
-            raise CondenseError(f"cannot rewrite run '{run.path}': node '{n.name}' of a removed block is read "
-                                "outside the run", "keep this run (m = r)")
+            raise CondenseError(
+                f"cannot rewrite run '{run.path}': node '{n.name}' of a removed block is read outside the run",
+                "keep this run (m = r)",
+            )
         graph.erase_node(n)
     graph.lint()
 
 
-def _graph_rewrite(new: nn.Module, items: list[tuple[Run, RunChoice, nn.Module]], x: torch.Tensor,
-                   name: str) -> nn.Module:
+def _graph_rewrite(
+    new: nn.Module, items: list[tuple[Run, RunChoice, nn.Module]], x: torch.Tensor, name: str
+) -> nn.Module:
     training = new.training
     try:
         train_gm, _ = _trace(new, x, train=True, copy_model=False, shape_prop=False)
@@ -396,7 +412,7 @@ def _graph_rewrite(new: nn.Module, items: list[tuple[Run, RunChoice, nn.Module]]
     for run, choice, layer in items:
         parent, key = parent_and_name(new, run.blocks[choice.m])
         parent._modules[key] = layer
-        for p in run.blocks[choice.m + 1:]:
+        for p in run.blocks[choice.m + 1 :]:
             par, k = parent_and_name(new, p)
             par._modules[k] = Skip()
     out = CondensedGraphModule(new, train_gm.graph, eval_gm.graph, name)
@@ -406,9 +422,16 @@ def _graph_rewrite(new: nn.Module, items: list[tuple[Run, RunChoice, nn.Module]]
 
 # --- entry point ------------------------------------------------------------------------------------
 
-def rewrite(model: nn.Module, runs: FindResult | Iterable[Run], plan: Mapping[str, RunChoice | int | Mapping],
-            layer_factory: LayerFactory | None = None, example_input: torch.Tensor | None = None, *,
-            check: bool = True) -> RewriteResult:
+
+def rewrite(
+    model: nn.Module,
+    runs: FindResult | Iterable[Run],
+    plan: Mapping[str, RunChoice | int | Mapping],
+    layer_factory: LayerFactory | None = None,
+    example_input: torch.Tensor | None = None,
+    *,
+    check: bool = True,
+) -> RewriteResult:
     """Return a new module in which every run of ``plan`` keeps ``m`` blocks and ends in one new layer.
 
     ``runs``: a ``FindResult`` (or its runs) found on this model. ``plan``: run path -> ``RunChoice`` (an
@@ -432,8 +455,10 @@ def rewrite(model: nn.Module, runs: FindResult | Iterable[Run], plan: Mapping[st
         raise CondenseError("two runs share a path", "pass the runs of one find_runs call")
     unknown = [p for p in plan if p not in by_path]
     if unknown:
-        raise CondenseError(f"plan names unknown run(s): {', '.join(repr(p) for p in unknown)}",
-                            f"runs of this model: {', '.join(repr(p) for p in by_path) or 'none'}")
+        raise CondenseError(
+            f"plan names unknown run(s): {', '.join(repr(p) for p in unknown)}",
+            f"runs of this model: {', '.join(repr(p) for p in by_path) or 'none'}",
+        )
     choices = {p: _as_choice(p, v) for p, v in plan.items()}
     factory = layer_factory or default_factory
     src_mods = dict(model.named_modules())
@@ -443,8 +468,9 @@ def rewrite(model: nn.Module, runs: FindResult | Iterable[Run], plan: Mapping[st
     for run in run_list:
         choice = choices.get(run.path, RunChoice(m=run.r))
         if choice.m > run.r:
-            raise ConfigError(f"run '{run.path}': m={choice.m} is more than its r={run.r} blocks",
-                              f"choose m in [1, {run.r}]")
+            raise ConfigError(
+                f"run '{run.path}': m={choice.m} is more than its r={run.r} blocks", f"choose m in [1, {run.r}]"
+            )
         _check_run(model, src_mods, run)
         if choice.m == run.r:
             records[run.path] = RewriteRecord(run.path, run.r, run.r, run.blocks, (), None, None, "unchanged", 0, 0)
@@ -456,7 +482,7 @@ def rewrite(model: nn.Module, runs: FindResult | Iterable[Run], plan: Mapping[st
     method: dict[str, Method] = {}
     undo: dict[str, tuple[nn.Module, dict[str, nn.Module]]] = {}
     for run, choice, layer in layers:
-        removed = list(run.blocks[choice.m:])
+        removed = list(run.blocks[choice.m :])
         parent, _ = parent_and_name(new, removed[0])
         names = [p.rpartition(".")[2] for p in run.blocks]
         if run.kind == "dense":  # the parent loops over its children (DenseNet's DenseBlock): drop them
@@ -473,8 +499,10 @@ def rewrite(model: nn.Module, runs: FindResult | Iterable[Run], plan: Mapping[st
     result: nn.Module = new
     if inplace and check:
         if example_input is None:
-            raise CondenseError("rewrite needs example_input to check edits of runs outside nn.Sequential",
-                                "pass example_input= or the FindResult itself")
+            raise CondenseError(
+                "rewrite needs example_input to check edits of runs outside nn.Sequential",
+                "pass example_input= or the FindResult itself",
+            )
         failed = _failed_inplace(model, new, inplace, example_input)
         if failed:
             for run, _choice, _layer in failed:
@@ -486,16 +514,25 @@ def rewrite(model: nn.Module, runs: FindResult | Iterable[Run], plan: Mapping[st
     dense = [(run, choice, layer) for run, choice, layer in layers if run.kind == "dense"]
     if dense and check:
         if example_input is None:
-            raise CondenseError("rewrite needs example_input to check the edits of dense runs",
-                                "pass example_input= or the FindResult itself")
+            raise CondenseError(
+                "rewrite needs example_input to check the edits of dense runs",
+                "pass example_input= or the FindResult itself",
+            )
         _check_dense(model, result, dense, example_input)
 
     for run, choice, layer in layers:
         records[run.path] = RewriteRecord(
-            path=run.path, r=run.r, m=choice.m, kept=run.blocks[:choice.m], removed=run.blocks[choice.m:],
-            inserted=run.blocks[choice.m], layer_type=type(inner_layer(layer)).__name__,
-            method=method[run.path], params_removed=sum(run.params[choice.m:]),
-            params_added=sum(p.numel() for p in layer.parameters()))
+            path=run.path,
+            r=run.r,
+            m=choice.m,
+            kept=run.blocks[: choice.m],
+            removed=run.blocks[choice.m :],
+            inserted=run.blocks[choice.m],
+            layer_type=type(inner_layer(layer)).__name__,
+            method=method[run.path],
+            params_removed=sum(run.params[choice.m :]),
+            params_added=sum(p.numel() for p in layer.parameters()),
+        )
     return RewriteResult(result, tuple(records[r.path] for r in run_list))
 
 
@@ -505,8 +542,10 @@ def _check_dense(model: nn.Module, new: nn.Module, items, x: torch.Tensor) -> No
     calls = {run.path: 0 for run, _, _ in items}
     handles = []
     for run, _, layer in items:
+
         def hook(mod, args, out, path=run.path):
             calls[path] += 1
+
         handles.append(layer.register_forward_hook(hook))
     training = (model.training, new.training)
     model.eval()
@@ -524,13 +563,19 @@ def _check_dense(model: nn.Module, new: nn.Module, items, x: torch.Tensor) -> No
         new.train(training[1])
     for run, choice, _ in items:
         if err is not None or calls[run.path] != 1 or _shapes(ref) != _shapes(out):
-            why = f"the model fails after the edit ({type(err).__name__}: {err})" if err is not None else \
-                f"the new layer ran {calls[run.path]} time(s) and the output shape changed" \
-                if _shapes(ref) != _shapes(out) else f"the new layer ran {calls[run.path]} time(s), not once"
-            raise CondenseError(f"cannot rewrite dense run '{run.path}' (blocks "
-                                f"{run.blocks[choice.m]}..{run.blocks[-1]} dropped): {why}",
-                                f"keep this run (m = r = {run.r}); dense runs need a parent that loops over "
-                                "its children and concatenates their outputs, as timm's DenseBlock does")
+            why = (
+                f"the model fails after the edit ({type(err).__name__}: {err})"
+                if err is not None
+                else f"the new layer ran {calls[run.path]} time(s) and the output shape changed"
+                if _shapes(ref) != _shapes(out)
+                else f"the new layer ran {calls[run.path]} time(s), not once"
+            )
+            raise CondenseError(
+                f"cannot rewrite dense run '{run.path}' (blocks "
+                f"{run.blocks[choice.m]}..{run.blocks[-1]} dropped): {why}",
+                f"keep this run (m = r = {run.r}); dense runs need a parent that loops over "
+                "its children and concatenates their outputs, as timm's DenseBlock does",
+            )
 
 
 def _shapes(out) -> list:

@@ -9,6 +9,7 @@ Leaf modules (not traced through): torch.nn built-ins (fx default), timm's no-tr
 ``PDELayer`` and whatever the user registers with :func:`register_leaf_module`. timm's no-trace functions
 are auto-wrapped, exactly as ``timm.layers.create_feature_extractor`` does.
 """
+
 from __future__ import annotations
 
 import copy
@@ -117,8 +118,14 @@ def _first_line(err: BaseException) -> str:
     return msg if len(msg) <= 200 else msg[:197] + "..."
 
 
-def _trace(model: nn.Module, example_input: torch.Tensor, *, train: bool | None = False,
-           copy_model: bool = True, shape_prop: bool = True) -> tuple[fx.GraphModule, nn.Module]:
+def _trace(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    *,
+    train: bool | None = False,
+    copy_model: bool = True,
+    shape_prop: bool = True,
+) -> tuple[fx.GraphModule, nn.Module]:
     """Trace a (deep copy of) ``model``; returns ``(graph_module, traced_root)``.
 
     ``train``: the mode the copy is put in before tracing (``None`` keeps the model's mode). The graph
@@ -142,10 +149,12 @@ def _trace(model: nn.Module, example_input: torch.Tensor, *, train: bool | None 
             raise CondenseError(
                 f"cannot trace {name}: module '{loc}' ({cls}) failed: {_first_line(err)}",
                 f"make the data-dependent control flow in {cls} static, or mark it as a leaf with "
-                f"condense.graph.register_leaf_module({cls})") from err
+                f"condense.graph.register_leaf_module({cls})",
+            ) from err
         raise CondenseError(
             f"cannot trace {name}: its own forward failed: {_first_line(err)}",
-            "make the data-dependent control flow in the model's forward static") from err
+            "make the data-dependent control flow in the model's forward static",
+        ) from err
     gm = fx.GraphModule(root, graph, name)
     gm.train(root.training)
     if not shape_prop:
@@ -160,7 +169,8 @@ def _trace(model: nn.Module, example_input: torch.Tensor, *, train: bool | None 
         cause = err.__cause__ if isinstance(err, _NodeError) and err.__cause__ else err
         raise CondenseError(
             f"{name} does not run on an input of shape {tuple(example_input.shape)}{loc}: {_first_line(cause)}",
-            "pass an input size the model accepts (e.g. its default image size)") from err
+            "pass an input size the model accepts (e.g. its default image size)",
+        ) from err
     return gm, root
 
 

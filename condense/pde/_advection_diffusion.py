@@ -26,6 +26,7 @@ exposed as the custom op ``condense::advection_diffusion`` with its own backward
 available (CPU, float32/float64); the eager PyTorch path is the fallback and the reference. ``impl="fused"``
 where the kernel cannot run (another dtype or device, no compiler) is a ``ConfigError`` saying why.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Union
@@ -53,9 +54,19 @@ def bound_diffusion(d: Tensor, dmax: float) -> Tensor:
     return torch.clamp(d, 0.0, dmax)
 
 
-def _eager(init: Tensor, source: Optional[Tensor], u: Optional[Tensor], v: Optional[Tensor],
-           Dx: Union[Tensor, Scalar], Dy: Union[Tensor, Scalar], K: int, dt: float, dx: float, dy: float,
-           boundary: str) -> Tensor:
+def _eager(
+    init: Tensor,
+    source: Optional[Tensor],
+    u: Optional[Tensor],
+    v: Optional[Tensor],
+    Dx: Union[Tensor, Scalar],
+    Dy: Union[Tensor, Scalar],
+    K: int,
+    dt: float,
+    dx: float,
+    dy: float,
+    boundary: str,
+) -> Tensor:
     # Every elementwise op below is one counted MAC per element; ``eager_macs`` mirrors this exactly.
     var_d = isinstance(Dx, Tensor)
     if var_d:
@@ -107,8 +118,9 @@ def _eager(init: Tensor, source: Optional[Tensor], u: Optional[Tensor], v: Optio
     return h
 
 
-def eager_macs(numel: int, K: int, *, source: bool, velocity: bool, variable_diffusion: bool,
-               bounded_velocity: bool = False) -> int:
+def eager_macs(
+    numel: int, K: int, *, source: bool, velocity: bool, variable_diffusion: bool, bounded_velocity: bool = False
+) -> int:
     """MACs of the solver on ``numel`` elements, one per elementwise op per element (README convention).
 
     Equal, op for op, to what ``condense.count`` measures on the eager path; the fused op reports this.
@@ -169,21 +181,40 @@ def _check_fused(t: Tensor) -> None:
         return
     if t.device.type != "cpu" or not _native.supports(t.dtype):
         dtype = str(t.dtype).replace("torch.", "")
-        raise ConfigError(f"impl='fused' cannot run {dtype} tensors on {t.device.type}: the fused C kernel "
-                          "takes float32 and float64 tensors on the CPU",
-                          "use impl='auto', which runs other dtypes and devices eagerly, or convert to float32")
+        raise ConfigError(
+            f"impl='fused' cannot run {dtype} tensors on {t.device.type}: the fused C kernel "
+            "takes float32 and float64 tensors on the CPU",
+            "use impl='auto', which runs other dtypes and devices eagerly, or convert to float32",
+        )
     raise ConfigError(f"impl='fused': {_native.status(t.dtype)}", "use impl='auto' to fall back to eager")
 
 
 @torch.library.custom_op("condense::advection_diffusion", mutates_args=(), tags=_LAYOUT, device_types="cpu")
-def _fused(init: Tensor, source: Optional[Tensor], u: Optional[Tensor], v: Optional[Tensor],
-           Dx: Optional[Tensor], Dy: Optional[Tensor], dx_const: float, dy_const: float, K: int, dt: float,
-           dx: float, dy: float, boundary: int, courant: float, dmax: float, source_is_init: bool) -> Tensor:
+def _fused(
+    init: Tensor,
+    source: Optional[Tensor],
+    u: Optional[Tensor],
+    v: Optional[Tensor],
+    Dx: Optional[Tensor],
+    Dy: Optional[Tensor],
+    dx_const: float,
+    dy_const: float,
+    K: int,
+    dt: float,
+    dx: float,
+    dy: float,
+    boundary: int,
+    courant: float,
+    dmax: float,
+    source_is_init: bool,
+) -> Tensor:
     # source_is_init (source is init, the Global layer's default f(I) = I = H^0) only shapes the backward;
     # it is an argument so that compiled graphs (and torch.compile's caches) record it
     out = torch.empty_like(init)
-    _library(init.dtype).ad_forward(*map(_field, (init, source, u, v, Dx, Dy, out)),
-                                    *_scalars(init, K, dt, dx, dy, dx_const, dy_const, boundary, courant, dmax))
+    _library(init.dtype).ad_forward(
+        *map(_field, (init, source, u, v, Dx, Dy, out)),
+        *_scalars(init, K, dt, dx, dy, dx_const, dy_const, boundary, courant, dmax),
+    )
     return out
 
 
@@ -193,10 +224,26 @@ def _(init, source, u, v, Dx, Dy, dx_const, dy_const, K, dt, dx, dy, boundary, c
 
 
 @torch.library.custom_op("condense::advection_diffusion_backward", mutates_args=(), tags=_LAYOUT, device_types="cpu")
-def _fused_backward(grad: Tensor, init: Tensor, source: Optional[Tensor], u: Optional[Tensor],
-                    v: Optional[Tensor], Dx: Optional[Tensor], Dy: Optional[Tensor], dx_const: float,
-                    dy_const: float, K: int, dt: float, dx: float, dy: float, boundary: int, courant: float,
-                    dmax: float, needs: list[bool], source_is_init: bool) -> list[Tensor]:
+def _fused_backward(
+    grad: Tensor,
+    init: Tensor,
+    source: Optional[Tensor],
+    u: Optional[Tensor],
+    v: Optional[Tensor],
+    Dx: Optional[Tensor],
+    Dy: Optional[Tensor],
+    dx_const: float,
+    dy_const: float,
+    K: int,
+    dt: float,
+    dx: float,
+    dy: float,
+    boundary: int,
+    courant: float,
+    dmax: float,
+    needs: list[bool],
+    source_is_init: bool,
+) -> list[Tensor]:
     # source_is_init: source and init are one tensor; its whole gradient comes back as init's (the kernel
     # sums both into one output instead of writing two for autograd to add)
     ins = (init, source, u, v, Dx, Dy)
@@ -204,16 +251,22 @@ def _fused_backward(grad: Tensor, init: Tensor, source: Optional[Tensor], u: Opt
     fields = list(outs)
     if source_is_init and outs[0] is not None:
         fields[1], outs[1] = outs[0], None
-    _library(init.dtype).ad_backward(*map(_field, (grad, *ins, *fields)),
-                                     *_scalars(init, K, dt, dx, dy, dx_const, dy_const, boundary, courant, dmax))
+    _library(init.dtype).ad_backward(
+        *map(_field, (grad, *ins, *fields)), *_scalars(init, K, dt, dx, dy, dx_const, dy_const, boundary, courant, dmax)
+    )
     return [o if o is not None else init.new_empty(0) for o in outs]
 
 
 @_fused_backward.register_fake
-def _(grad, init, source, u, v, Dx, Dy, dx_const, dy_const, K, dt, dx, dy, boundary, courant, dmax, needs,
-      source_is_init):
-    return [torch.empty_like(init) if (t is not None and n and not (i == 1 and source_is_init and needs[0]))
-            else init.new_empty(0) for i, (t, n) in enumerate(zip((init, source, u, v, Dx, Dy), needs))]
+def _(
+    grad, init, source, u, v, Dx, Dy, dx_const, dy_const, K, dt, dx, dy, boundary, courant, dmax, needs, source_is_init
+):
+    return [
+        torch.empty_like(init)
+        if (t is not None and n and not (i == 1 and source_is_init and needs[0]))
+        else init.new_empty(0)
+        for i, (t, n) in enumerate(zip((init, source, u, v, Dx, Dy), needs))
+    ]
 
 
 def _backward(ctx, grad):
@@ -221,9 +274,13 @@ def _backward(ctx, grad):
     needs = [bool(n) for n in ctx.needs_input_grad[:6]]
     merged = ctx.source_is_init and needs[0]
     grads = _fused_backward(grad, *tensors, *ctx.scalars, needs, merged)
-    return (*(g if (t is not None and n and not (i == 1 and merged)) else None
-              for i, (g, t, n) in enumerate(zip(grads, tensors, needs))),
-            *([None] * (len(ctx.scalars) + 1)))
+    return (
+        *(
+            g if (t is not None and n and not (i == 1 and merged)) else None
+            for i, (g, t, n) in enumerate(zip(grads, tensors, needs))
+        ),
+        *([None] * (len(ctx.scalars) + 1)),
+    )
 
 
 _fused.register_autograd(_backward, setup_context=solver_setup_context)
@@ -239,18 +296,50 @@ def _fused_macs(inputs, outputs) -> int:
     numel = 1
     for n in shape:
         numel *= n
-    return eager_macs(numel, K, source=present[1], velocity=present[2], variable_diffusion=present[4],
-                      bounded_velocity=courant > 0)
+    return eager_macs(
+        numel, K, source=present[1], velocity=present[2], variable_diffusion=present[4], bounded_velocity=courant > 0
+    )
 
 
 @torch.library.custom_op("condense::advection_diffusion_dwvel", mutates_args=(), tags=_LAYOUT, device_types="cpu")
-def _fused_dwvel(init: Tensor, source: Optional[Tensor], wu: Tensor, bu: Tensor, wv: Tensor, bv: Tensor,
-                 Dx: Optional[Tensor], Dy: Optional[Tensor], dx_const: float, dy_const: float, K: int, dt: float,
-                 dx: float, dy: float, boundary: int, courant: float, dmax: float) -> Tensor:
+def _fused_dwvel(
+    init: Tensor,
+    source: Optional[Tensor],
+    wu: Tensor,
+    bu: Tensor,
+    wv: Tensor,
+    bv: Tensor,
+    Dx: Optional[Tensor],
+    Dy: Optional[Tensor],
+    dx_const: float,
+    dy_const: float,
+    K: int,
+    dt: float,
+    dx: float,
+    dy: float,
+    boundary: int,
+    courant: float,
+    dmax: float,
+) -> Tensor:
     """Inference only: the solver with u = dwconv(init, wu) + bu and v = dwconv(init, wv) + bv computed
     inside the kernel (weights (C, k, k), zero padding k // 2, as nn.Conv2d). No autograd."""
-    return _dwvel_direct(init, source, _kernel_weights(init.dtype, wu, bu, wv, bv), int(wu.shape[-1]), Dx, Dy,
-                         dx_const, dy_const, K, dt, dx, dy, boundary, courant, dmax)
+    return _dwvel_direct(
+        init,
+        source,
+        _kernel_weights(init.dtype, wu, bu, wv, bv),
+        int(wu.shape[-1]),
+        Dx,
+        Dy,
+        dx_const,
+        dy_const,
+        K,
+        dt,
+        dx,
+        dy,
+        boundary,
+        courant,
+        dmax,
+    )
 
 
 @_fused_dwvel.register_fake
@@ -269,15 +358,39 @@ def _fused_dwvel_macs(inputs, outputs) -> int:
     numel = 1
     for n in shape:
         numel *= n
-    return 2 * ks * ks * numel + eager_macs(numel, K, source=present[0], velocity=True,
-                                            variable_diffusion=present[1], bounded_velocity=courant > 0)
+    return 2 * ks * ks * numel + eager_macs(
+        numel, K, source=present[0], velocity=True, variable_diffusion=present[1], bounded_velocity=courant > 0
+    )
 
 
 @torch.library.custom_op("condense::advection_diffusion_dwvel_bn", mutates_args=(), tags=_LAYOUT, device_types="cpu")
-def _fused_dwvel_bn(init: Tensor, source: Optional[Tensor], cu: Tensor, gu: Tensor, betau: Tensor, mu: Tensor,
-                    varu: Tensor, cv: Tensor, gv: Tensor, betav: Tensor, mv: Tensor, varv: Tensor, eps_u: float,
-                    eps_v: float, Dx: Optional[Tensor], Dy: Optional[Tensor], dx_const: float, dy_const: float, K: int,
-                    dt: float, dx: float, dy: float, boundary: int, courant: float, dmax: float) -> Tensor:
+def _fused_dwvel_bn(
+    init: Tensor,
+    source: Optional[Tensor],
+    cu: Tensor,
+    gu: Tensor,
+    betau: Tensor,
+    mu: Tensor,
+    varu: Tensor,
+    cv: Tensor,
+    gv: Tensor,
+    betav: Tensor,
+    mv: Tensor,
+    varv: Tensor,
+    eps_u: float,
+    eps_v: float,
+    Dx: Optional[Tensor],
+    Dy: Optional[Tensor],
+    dx_const: float,
+    dy_const: float,
+    K: int,
+    dt: float,
+    dx: float,
+    dy: float,
+    boundary: int,
+    courant: float,
+    dmax: float,
+) -> Tensor:
     """Inference only: ``_fused_dwvel`` with each velocity convolution's BatchNorm (running statistics) folded
     inside the kernel; conv weights (C, 1, k, k) or (C, k, k), bias free. The traced and compiled inference
     path: its graph holds this one op per layer, not the folding's small kernels."""
@@ -285,15 +398,62 @@ def _fused_dwvel_bn(init: Tensor, source: Optional[Tensor], cu: Tensor, gu: Tens
     out = torch.empty_like(init)
     N, C, H, W = init.shape
     _library(init.dtype).ad_forward_dwvel_bn(
-        _field(init), _field(source), *(t.data_ptr() for t in w[:5]), float(eps_u), *(t.data_ptr() for t in w[5:]),
-        float(eps_v), int(cu.shape[-1]), _field(Dx), _field(Dy), _field(out), N, C, H, W, K, dt, dx, dy, dx_const,
-        dy_const, boundary, courant, dmax, torch.get_num_threads())
+        _field(init),
+        _field(source),
+        *(t.data_ptr() for t in w[:5]),
+        float(eps_u),
+        *(t.data_ptr() for t in w[5:]),
+        float(eps_v),
+        int(cu.shape[-1]),
+        _field(Dx),
+        _field(Dy),
+        _field(out),
+        N,
+        C,
+        H,
+        W,
+        K,
+        dt,
+        dx,
+        dy,
+        dx_const,
+        dy_const,
+        boundary,
+        courant,
+        dmax,
+        torch.get_num_threads(),
+    )
     return out
 
 
 @_fused_dwvel_bn.register_fake
-def _(init, source, cu, gu, betau, mu, varu, cv, gv, betav, mv, varv, eps_u, eps_v, Dx, Dy, dx_const, dy_const, K,
-      dt, dx, dy, boundary, courant, dmax):
+def _(
+    init,
+    source,
+    cu,
+    gu,
+    betau,
+    mu,
+    varu,
+    cv,
+    gv,
+    betav,
+    mv,
+    varv,
+    eps_u,
+    eps_v,
+    Dx,
+    Dy,
+    dx_const,
+    dy_const,
+    K,
+    dt,
+    dx,
+    dy,
+    boundary,
+    courant,
+    dmax,
+):
     return torch.empty_like(init)
 
 
@@ -309,23 +469,61 @@ def _fused_dwvel_bn_macs(inputs, outputs) -> int:
     for n in shape:
         numel *= n
     C = shape[1]
-    return (2 * ks * ks * numel + 2 * C * (ks * ks + 5)
-            + eager_macs(numel, K, source=present[0], velocity=True, variable_diffusion=present[1],
-                         bounded_velocity=courant > 0))
+    return (
+        2 * ks * ks * numel
+        + 2 * C * (ks * ks + 5)
+        + eager_macs(
+            numel, K, source=present[0], velocity=True, variable_diffusion=present[1], bounded_velocity=courant > 0
+        )
+    )
 
 
-def advection_diffusion_dwvel_bn(init: Tensor, source: Optional[Tensor], nets, Dx_raw: Union[Tensor, Scalar],
-                                 Dy_raw: Union[Tensor, Scalar], *, K: int, dt: float, dx: float, dy: float,
-                                 boundary: str, courant: float, dmax: float) -> Tensor:
+def advection_diffusion_dwvel_bn(
+    init: Tensor,
+    source: Optional[Tensor],
+    nets,
+    Dx_raw: Union[Tensor, Scalar],
+    Dy_raw: Union[Tensor, Scalar],
+    *,
+    K: int,
+    dt: float,
+    dx: float,
+    dy: float,
+    boundary: str,
+    courant: float,
+    dmax: float,
+) -> Tensor:
     """``advection_diffusion_dwvel`` from two (conv, BatchNorm) pairs, the norms folded in the kernel:
     ``nets`` = ((conv_u, norm_u), (conv_v, norm_v)), bias-free depthwise convs, norms in eval mode."""
     var_d = isinstance(Dx_raw, Tensor)
     (cu, nu), (cv, nv) = nets
-    return _fused_dwvel_bn(init, source, cu.weight, nu.weight, nu.bias, nu.running_mean, nu.running_var,
-                           cv.weight, nv.weight, nv.bias, nv.running_mean, nv.running_var, float(nu.eps),
-                           float(nv.eps), Dx_raw if var_d else None, Dy_raw if var_d else None,
-                           0.0 if var_d else float(Dx_raw), 0.0 if var_d else float(Dy_raw), int(K), float(dt),
-                           float(dx), float(dy), _BOUNDARY_CODE[boundary], float(courant), float(dmax))
+    return _fused_dwvel_bn(
+        init,
+        source,
+        cu.weight,
+        nu.weight,
+        nu.bias,
+        nu.running_mean,
+        nu.running_var,
+        cv.weight,
+        nv.weight,
+        nv.bias,
+        nv.running_mean,
+        nv.running_var,
+        float(nu.eps),
+        float(nv.eps),
+        Dx_raw if var_d else None,
+        Dy_raw if var_d else None,
+        0.0 if var_d else float(Dx_raw),
+        0.0 if var_d else float(Dy_raw),
+        int(K),
+        float(dt),
+        float(dx),
+        float(dy),
+        _BOUNDARY_CODE[boundary],
+        float(courant),
+        float(dmax),
+    )
 
 
 def direct_call_ok(t: Tensor) -> bool:
@@ -333,8 +531,13 @@ def direct_call_ok(t: Tensor) -> bool:
     tensor (no subclass: fake, functional), nothing recording ops (``torch.jit.trace``, which ``condense.count``
     uses, ``torch.compile``/export, a dispatch mode) and not the legacy path. The op itself then only adds
     dispatch time (~10-15 us a call, as much as a whole 64x8x8 solve)."""
-    return (type(t) is Tensor and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
-            and _python_dispatch._get_current_dispatch_mode() is None and not _native.legacy())
+    return (
+        type(t) is Tensor
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+        and _python_dispatch._get_current_dispatch_mode() is None
+        and not _native.legacy()
+    )
 
 
 def _kernel_weights(dtype: torch.dtype, *ws: Tensor) -> tuple:
@@ -342,38 +545,116 @@ def _kernel_weights(dtype: torch.dtype, *ws: Tensor) -> tuple:
     return tuple(t if t.dtype is dtype and t.is_contiguous() else t.detach().to(dtype).contiguous() for t in ws)
 
 
-def _dwvel_direct(init: Tensor, source: Optional[Tensor], w: tuple, ks: int, Dx: Optional[Tensor],
-                  Dy: Optional[Tensor], dx_const: float, dy_const: float, K: int, dt: float, dx: float, dy: float,
-                  boundary: int, courant: float, dmax: float) -> Tensor:
+def _dwvel_direct(
+    init: Tensor,
+    source: Optional[Tensor],
+    w: tuple,
+    ks: int,
+    Dx: Optional[Tensor],
+    Dy: Optional[Tensor],
+    dx_const: float,
+    dy_const: float,
+    K: int,
+    dt: float,
+    dx: float,
+    dy: float,
+    boundary: int,
+    courant: float,
+    dmax: float,
+) -> Tensor:
     """What ``_fused_dwvel`` computes, called directly (``direct_call_ok``); weights already (C, k*k)
     contiguous in init's dtype."""
     out = torch.empty_like(init)
     N, C, H, W = init.shape
     _library(init.dtype).ad_forward_dwvel(
-        _field(init), _field(source), w[0].data_ptr(), w[1].data_ptr(), w[2].data_ptr(), w[3].data_ptr(), ks,
-        _field(Dx), _field(Dy), _field(out), N, C, H, W, K, dt, dx, dy, dx_const, dy_const, boundary, courant,
-        dmax, torch.get_num_threads())
+        _field(init),
+        _field(source),
+        w[0].data_ptr(),
+        w[1].data_ptr(),
+        w[2].data_ptr(),
+        w[3].data_ptr(),
+        ks,
+        _field(Dx),
+        _field(Dy),
+        _field(out),
+        N,
+        C,
+        H,
+        W,
+        K,
+        dt,
+        dx,
+        dy,
+        dx_const,
+        dy_const,
+        boundary,
+        courant,
+        dmax,
+        torch.get_num_threads(),
+    )
     return out
 
 
-def advection_diffusion_dwvel(init: Tensor, source: Optional[Tensor], wu: Tensor, bu: Tensor, wv: Tensor,
-                              bv: Tensor, Dx_raw: Union[Tensor, Scalar], Dy_raw: Union[Tensor, Scalar], *, K: int,
-                              dt: float, dx: float, dy: float, boundary: str, courant: float,
-                              dmax: float) -> Tensor:
+def advection_diffusion_dwvel(
+    init: Tensor,
+    source: Optional[Tensor],
+    wu: Tensor,
+    bu: Tensor,
+    wv: Tensor,
+    bv: Tensor,
+    Dx_raw: Union[Tensor, Scalar],
+    Dy_raw: Union[Tensor, Scalar],
+    *,
+    K: int,
+    dt: float,
+    dx: float,
+    dy: float,
+    boundary: str,
+    courant: float,
+    dmax: float,
+) -> Tensor:
     """``bounded_advection_diffusion`` with the velocities given as depthwise convolutions of ``init``
     (``(C, k, k)`` weights and ``(C,)`` biases, a BatchNorm folded in), fused into one kernel call.
     Inference only (no gradient); needs the fused kernel (``fused_available``). Outside tracing and
     compiling (``direct_call_ok``) the kernel is called without the custom op's dispatch."""
     var_d = isinstance(Dx_raw, Tensor)
     if direct_call_ok(init):
-        return _dwvel_direct(init, source, _kernel_weights(init.dtype, wu, bu, wv, bv), int(wu.shape[-1]),
-                             Dx_raw if var_d else None,
-                             Dy_raw if var_d else None, 0.0 if var_d else float(Dx_raw),
-                             0.0 if var_d else float(Dy_raw), int(K), float(dt), float(dx), float(dy),
-                             _BOUNDARY_CODE[boundary], float(courant), float(dmax))
-    return _fused_dwvel(init, source, wu, bu, wv, bv, Dx_raw if var_d else None, Dy_raw if var_d else None,
-                        0.0 if var_d else float(Dx_raw), 0.0 if var_d else float(Dy_raw), int(K), float(dt),
-                        float(dx), float(dy), _BOUNDARY_CODE[boundary], float(courant), float(dmax))
+        return _dwvel_direct(
+            init,
+            source,
+            _kernel_weights(init.dtype, wu, bu, wv, bv),
+            int(wu.shape[-1]),
+            Dx_raw if var_d else None,
+            Dy_raw if var_d else None,
+            0.0 if var_d else float(Dx_raw),
+            0.0 if var_d else float(Dy_raw),
+            int(K),
+            float(dt),
+            float(dx),
+            float(dy),
+            _BOUNDARY_CODE[boundary],
+            float(courant),
+            float(dmax),
+        )
+    return _fused_dwvel(
+        init,
+        source,
+        wu,
+        bu,
+        wv,
+        bv,
+        Dx_raw if var_d else None,
+        Dy_raw if var_d else None,
+        0.0 if var_d else float(Dx_raw),
+        0.0 if var_d else float(Dy_raw),
+        int(K),
+        float(dt),
+        float(dx),
+        float(dy),
+        _BOUNDARY_CODE[boundary],
+        float(courant),
+        float(dmax),
+    )
 
 
 def fused_available(t: Tensor) -> bool:
@@ -407,16 +688,20 @@ def _choose(impl: str, init: Tensor, others: tuple) -> str:
     if impl == "fused":
         if not on_cpu:
             dev = next(t.device.type for t in tensors if t.device.type != "cpu")
-            raise ConfigError(f"impl='fused' cannot run tensors on {dev}: the fused C kernel runs on CPU tensors",
-                              "use impl='triton' or 'auto' on CUDA")
+            raise ConfigError(
+                f"impl='fused' cannot run tensors on {dev}: the fused C kernel runs on CPU tensors",
+                "use impl='triton' or 'auto' on CUDA",
+            )
         _check_fused(init)
     elif impl == "triton":
         from . import _triton
 
         reason = _triton.unsupported(*tensors)
         if reason:
-            raise ConfigError(f"impl='triton' cannot run here: {reason}",
-                              "use impl='auto': the C kernel on the CPU, else eager where Triton cannot run")
+            raise ConfigError(
+                f"impl='triton' cannot run here: {reason}",
+                "use impl='auto': the C kernel on the CPU, else eager where Triton cannot run",
+            )
     return impl
 
 
@@ -431,10 +716,21 @@ register_op_handle("condense::advection_diffusion_triton")(_fused_macs)
 
 
 # ------------------------------------------------------------------------------------------ public
-def advection_diffusion(init: Tensor, source: Optional[Tensor], u: Optional[Tensor], v: Optional[Tensor],
-                        Dx: Union[Tensor, Scalar], Dy: Union[Tensor, Scalar], *, K: int = 5, dt: float = 0.2,
-                        dx: float = 1.0, dy: float = 1.0, boundary: str = "periodic",
-                        impl: str = "auto") -> Tensor:
+def advection_diffusion(
+    init: Tensor,
+    source: Optional[Tensor],
+    u: Optional[Tensor],
+    v: Optional[Tensor],
+    Dx: Union[Tensor, Scalar],
+    Dy: Union[Tensor, Scalar],
+    *,
+    K: int = 5,
+    dt: float = 0.2,
+    dx: float = 1.0,
+    dy: float = 1.0,
+    boundary: str = "periodic",
+    impl: str = "auto",
+) -> Tensor:
     """H^K of Eq. 4 from H^{-1} = H^0 = ``init`` with source ``source`` (= f(I)).
 
     All tensors are (N, C, H, W). ``source``, ``u`` and ``v`` may be None (zero); ``u`` and ``v`` go
@@ -458,15 +754,43 @@ def advection_diffusion(init: Tensor, source: Optional[Tensor], u: Optional[Tens
         return _eager(init, source, u, v, Dx, Dy, K, dt, dx, dy, boundary)
     var_d = isinstance(Dx, Tensor)
     op = _fused if path == "fused" else _triton_op()
-    return op(init, source, u, v, Dx if var_d else None, Dy if var_d else None,
-              0.0 if var_d else float(Dx), 0.0 if var_d else float(Dy), int(K), float(dt), float(dx),
-              float(dy), _BOUNDARY_CODE[boundary], 0.0, 0.0, source is init)
+    return op(
+        init,
+        source,
+        u,
+        v,
+        Dx if var_d else None,
+        Dy if var_d else None,
+        0.0 if var_d else float(Dx),
+        0.0 if var_d else float(Dy),
+        int(K),
+        float(dt),
+        float(dx),
+        float(dy),
+        _BOUNDARY_CODE[boundary],
+        0.0,
+        0.0,
+        source is init,
+    )
 
 
-def bounded_advection_diffusion(init: Tensor, source: Optional[Tensor], u_raw: Optional[Tensor],
-                                v_raw: Optional[Tensor], Dx_raw: Union[Tensor, Scalar],
-                                Dy_raw: Union[Tensor, Scalar], *, K: int, dt: float, dx: float, dy: float,
-                                boundary: str, courant: float, dmax: float, impl: str = "auto") -> Tensor:
+def bounded_advection_diffusion(
+    init: Tensor,
+    source: Optional[Tensor],
+    u_raw: Optional[Tensor],
+    v_raw: Optional[Tensor],
+    Dx_raw: Union[Tensor, Scalar],
+    Dy_raw: Union[Tensor, Scalar],
+    *,
+    K: int,
+    dt: float,
+    dx: float,
+    dy: float,
+    boundary: str,
+    courant: float,
+    dmax: float,
+    impl: str = "auto",
+) -> Tensor:
     """The solver on bounded fields: u -> u / sqrt(1 + (u / umax)^2) with umax = courant dx / dt (v likewise),
     and tensor D -> clamp(D, 0, dmax). The fused path applies the bounds inside the kernel."""
     var_d = isinstance(Dx_raw, Tensor)
@@ -478,6 +802,21 @@ def bounded_advection_diffusion(init: Tensor, source: Optional[Tensor], u_raw: O
         Dx, Dy = (bound_diffusion(Dx_raw, dmax), bound_diffusion(Dy_raw, dmax)) if var_d else (Dx_raw, Dy_raw)
         return _eager(init, source, u, v, Dx, Dy, K, dt, dx, dy, boundary)
     op = _fused if path == "fused" else _triton_op()
-    return op(init, source, u_raw, v_raw, Dx_raw if var_d else None, Dy_raw if var_d else None,
-              0.0 if var_d else float(Dx_raw), 0.0 if var_d else float(Dy_raw), int(K), float(dt),
-              float(dx), float(dy), _BOUNDARY_CODE[boundary], float(courant), float(dmax), source is init)
+    return op(
+        init,
+        source,
+        u_raw,
+        v_raw,
+        Dx_raw if var_d else None,
+        Dy_raw if var_d else None,
+        0.0 if var_d else float(Dx_raw),
+        0.0 if var_d else float(Dy_raw),
+        int(K),
+        float(dt),
+        float(dx),
+        float(dy),
+        _BOUNDARY_CODE[boundary],
+        float(courant),
+        float(dmax),
+        source is init,
+    )

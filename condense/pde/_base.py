@@ -3,6 +3,7 @@
 In: channel counts, option names. Out: small nn.Modules and pure tensor helpers. Never: any PDE math
 (that lives with each layer) or any global state beyond the name tables below.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,8 +38,9 @@ def check_choice(field: str, value: Any, choices: tuple[str, ...] | list[str]) -
         raise ConfigError(f"{field}={value!r} is not one of {', '.join(map(repr, choices))}")
 
 
-def check_range(field: str, value: float, lo: float | None = None, hi: float | None = None,
-                integer: bool = False) -> None:
+def check_range(
+    field: str, value: float, lo: float | None = None, hi: float | None = None, integer: bool = False
+) -> None:
     """Raise a ConfigError naming ``field`` when ``value`` is outside [lo, hi] or of the wrong type."""
     if integer and (isinstance(value, bool) or not isinstance(value, int)):
         raise ConfigError(f"{field} must be an integer, got {value!r}")
@@ -89,8 +91,10 @@ class LayerConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"unknown option(s) for layer {cls.name!r}: {', '.join(unknown)}",
-                              f"valid options: {', '.join(sorted(known))}")
+            raise ConfigError(
+                f"unknown option(s) for layer {cls.name!r}: {', '.join(unknown)}",
+                f"valid options: {', '.join(sorted(known))}",
+            )
         return cls(**data)
 
     def replace(self, **changes: Any):
@@ -112,8 +116,7 @@ class PDELayer(nn.Module):
         check_range("channels", channels, 1, integer=True)
         config = self.config_cls() if config is None else config
         if not isinstance(config, self.config_cls):
-            raise ConfigError(f"{type(self).__name__} needs a {self.config_cls.__name__}, "
-                              f"got {type(config).__name__}")
+            raise ConfigError(f"{type(self).__name__} needs a {self.config_cls.__name__}, got {type(config).__name__}")
         self.channels = channels
         self.config = config
 
@@ -149,18 +152,25 @@ class ConvNormAct(nn.Sequential):
         if self.training or not isinstance(norm, nn.BatchNorm2d) or not norm.track_running_stats:
             return act(norm(conv(x)))
         weight, bias = self._fold(conv, norm)
-        return act(torch.nn.functional.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation,
-                                              conv.groups))
+        return act(torch.nn.functional.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups))
 
     def _fold(self, conv: nn.Conv2d, norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-        tracing = (torch.jit.is_tracing() or torch.compiler.is_compiling()
-                   or _fx_symbolic_tracing())
+        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling() or _fx_symbolic_tracing()
         if torch.is_grad_enabled() or tracing:  # traced graphs (and counts) keep the folding ops
             return fold_batchnorm(conv, norm)
-        parts = (conv.weight, conv.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var,
-                 norm.num_batches_tracked)
-        key = (norm.eps, *((id(t), t._version, t.data_ptr(), t.dtype, t.device) if t is not None else None
-                           for t in parts))
+        parts = (
+            conv.weight,
+            conv.bias,
+            norm.weight,
+            norm.bias,
+            norm.running_mean,
+            norm.running_var,
+            norm.num_batches_tracked,
+        )
+        key = (
+            norm.eps,
+            *((id(t), t._version, t.data_ptr(), t.dtype, t.device) if t is not None else None for t in parts),
+        )
         cached = self.__dict__.get("_folded_cache")
         if cached is None or cached[0] != key:
             cached = (key, fold_batchnorm(conv, norm))
@@ -180,8 +190,17 @@ class ConvNormAct(nn.Sequential):
             return None
         return self._fold(conv, norm)
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, *, groups: int = 1,
-                 norm: str = "batch", act: str = "relu", bias: bool | None = None):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel_size: int,
+        *,
+        groups: int = 1,
+        norm: str = "batch",
+        act: str = "relu",
+        bias: bool | None = None,
+    ):
         bias = (norm == "none") if bias is None else bias
         super().__init__(
             nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2, groups=groups, bias=bias),
@@ -200,13 +219,19 @@ def neighbor(x: torch.Tensor, dim: int, offset: int, boundary: str) -> torch.Ten
     n = x.shape[dim]
     if offset > 0:
         body = x.narrow(dim, offset, n - offset)
-        edge = x.narrow(dim, n - 1, 1).expand_as(x.narrow(dim, 0, offset)) if boundary == "replicate" \
+        edge = (
+            x.narrow(dim, n - 1, 1).expand_as(x.narrow(dim, 0, offset))
+            if boundary == "replicate"
             else x.new_zeros(x.narrow(dim, 0, offset).shape)
+        )
         return torch.cat([body, edge], dim)
     off = -offset
     body = x.narrow(dim, 0, n - off)
-    edge = x.narrow(dim, 0, 1).expand_as(x.narrow(dim, 0, off)) if boundary == "replicate" \
+    edge = (
+        x.narrow(dim, 0, 1).expand_as(x.narrow(dim, 0, off))
+        if boundary == "replicate"
         else x.new_zeros(x.narrow(dim, 0, off).shape)
+    )
     return torch.cat([edge, body], dim)
 
 

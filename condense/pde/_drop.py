@@ -18,6 +18,7 @@ expect the full width. The rewrite's ``GrowingTail`` wraps the drop layer as it 
 missing channels come from its 1x1 projection of the kept blocks' output (``condense.graph._grow``), the
 smallest replacement that keeps the model's shapes: a "drop" in a growing run costs that projection.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,9 +41,11 @@ class DropConfig(LayerConfig):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DropConfig":
         if data:
-            raise ConfigError(f"layer 'drop' takes no options, got {', '.join(sorted(map(str, data)))}",
-                              "drop deletes the removed blocks: leave out K and the layer options, or choose a "
-                              "PDE layer (e.g. layer='global')")
+            raise ConfigError(
+                f"layer 'drop' takes no options, got {', '.join(sorted(map(str, data)))}",
+                "drop deletes the removed blocks: leave out K and the layer options, or choose a "
+                "PDE layer (e.g. layer='global')",
+            )
         return cls()
 
 

@@ -13,6 +13,7 @@ blocks of channel lanes), and both backward products in one pass (``csrc/advecti
 channels-last maps without converting them. Used in training only (``condense.count`` counts in eval
 mode, where each conv has its BatchNorm folded in).
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,8 +31,19 @@ def _dw_pair(x: Tensor, w1: Tensor, w2: Tensor) -> tuple[Tensor, Tensor]:
     N, C, H, W = x.shape
     o1, o2 = torch.empty_like(x), torch.empty_like(x)
     a, b = _weights(w1, x.dtype), _weights(w2, x.dtype)
-    _library(x.dtype).dw_pair_forward(_field(x), a.data_ptr(), b.data_ptr(), int(w1.shape[-1]), _field(o1),
-                                      _field(o2), N, C, H, W, torch.get_num_threads())
+    _library(x.dtype).dw_pair_forward(
+        _field(x),
+        a.data_ptr(),
+        b.data_ptr(),
+        int(w1.shape[-1]),
+        _field(o1),
+        _field(o2),
+        N,
+        C,
+        H,
+        W,
+        torch.get_num_threads(),
+    )
     return o1, o2
 
 
@@ -41,27 +53,41 @@ def _(x, w1, w2):
 
 
 @torch.library.custom_op("condense::dwconv_pair_backward", mutates_args=(), tags=_LAYOUT, device_types="cpu")
-def _dw_pair_backward(g1: Tensor, g2: Tensor, x: Tensor, w1: Tensor, w2: Tensor,
-                      needs: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
+def _dw_pair_backward(
+    g1: Tensor, g2: Tensor, x: Tensor, w1: Tensor, w2: Tensor, needs: list[bool]
+) -> tuple[Tensor, Tensor, Tensor]:
     N, C, H, W = x.shape
     k = int(w1.shape[-1])
     gx = torch.empty_like(x) if needs[0] else None
     gw = [torch.empty(N, C, k * k, dtype=x.dtype) if need else None for need in needs[1:]]
     a, b = _weights(w1, x.dtype), _weights(w2, x.dtype)
-    _library(x.dtype).dw_pair_backward(_field(x), a.data_ptr(), b.data_ptr(), k, _field(g1), _field(g2),
-                                       _field(gx), *(t.data_ptr() if t is not None else None for t in gw),
-                                       N, C, H, W, torch.get_num_threads())
+    _library(x.dtype).dw_pair_backward(
+        _field(x),
+        a.data_ptr(),
+        b.data_ptr(),
+        k,
+        _field(g1),
+        _field(g2),
+        _field(gx),
+        *(t.data_ptr() if t is not None else None for t in gw),
+        N,
+        C,
+        H,
+        W,
+        torch.get_num_threads(),
+    )
     # per-plane weight gradients summed over the batch, in the weights' dtype
-    gw = [t.sum(0).view(C, 1, k, k).to(w.dtype) if t is not None else w.new_empty(0)
-          for t, w in zip(gw, (w1, w2))]
+    gw = [t.sum(0).view(C, 1, k, k).to(w.dtype) if t is not None else w.new_empty(0) for t, w in zip(gw, (w1, w2))]
     return (gx if gx is not None else x.new_empty(0)), gw[0], gw[1]
 
 
 @_dw_pair_backward.register_fake
 def _(g1, g2, x, w1, w2, needs):
-    return (torch.empty_like(x) if needs[0] else x.new_empty(0),
-            torch.empty_like(w1) if needs[1] else w1.new_empty(0),
-            torch.empty_like(w2) if needs[2] else w2.new_empty(0))
+    return (
+        torch.empty_like(x) if needs[0] else x.new_empty(0),
+        torch.empty_like(w1) if needs[1] else w1.new_empty(0),
+        torch.empty_like(w2) if needs[2] else w2.new_empty(0),
+    )
 
 
 def _setup_context(ctx, inputs, output):
@@ -84,11 +110,19 @@ _dw_pair.register_autograd(_backward, setup_context=_setup_context)
 
 def fusable_pair(a: nn.Conv2d, b: nn.Conv2d) -> bool:
     """Whether two convs are depthwise, 'same'-padded, stride 1, bias-free and alike: what the op computes."""
+
     def ok(c: nn.Conv2d) -> bool:
         k = c.kernel_size[0]
-        return (c.groups == c.in_channels == c.out_channels and c.kernel_size == (k, k) and k % 2 == 1
-                and c.stride == (1, 1) and c.dilation == (1, 1) and c.padding == (k // 2, k // 2)
-                and c.bias is None and c.padding_mode == "zeros")
+        return (
+            c.groups == c.in_channels == c.out_channels
+            and c.kernel_size == (k, k)
+            and k % 2 == 1
+            and c.stride == (1, 1)
+            and c.dilation == (1, 1)
+            and c.padding == (k // 2, k // 2)
+            and c.bias is None
+            and c.padding_mode == "zeros"
+        )
 
     return ok(a) and ok(b) and a.weight.shape == b.weight.shape
 

@@ -1,4 +1,5 @@
 """Layer types by name: one table, one factory. In: a name and options. Out: a PDELayer. Never: guesses."""
+
 from __future__ import annotations
 
 from typing import Any

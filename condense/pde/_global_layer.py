@@ -7,6 +7,7 @@ input and any weights, see ``GlobalConfig``).
     H^0 = init_block(I) (or I);  (u, v), (Dx, Dy) = depthwise convs of H^0;  f = f(I)
     O = H^K of the Du Fort-Frankel update (``advection_diffusion``)  [+ I]  -> norm -> act
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,12 +17,28 @@ import torch
 from torch import Tensor, nn
 
 from .._errors import ConfigError
-from ._advection_diffusion import (_dwvel_direct, advection_diffusion_dwvel, advection_diffusion_dwvel_bn,
-                                   bounded_advection_diffusion, direct_call_ok, fused_available)
+from ._advection_diffusion import (
+    _dwvel_direct,
+    advection_diffusion_dwvel,
+    advection_diffusion_dwvel_bn,
+    bounded_advection_diffusion,
+    direct_call_ok,
+    fused_available,
+)
 from ._native import loaded as _native_lib
 from ._dwconv import dwconv_pair, fusable_pair
-from ._base import (BOUNDARIES, ConvNormAct, LayerConfig, PDELayer, act_names, check_choice, check_range,
-                    make_act, make_norm, norm_names)
+from ._base import (
+    BOUNDARIES,
+    ConvNormAct,
+    LayerConfig,
+    PDELayer,
+    act_names,
+    check_choice,
+    check_range,
+    make_act,
+    make_norm,
+    norm_names,
+)
 
 VELOCITIES = ("dwconv", "separable", "constant", "zero")
 DIFFUSIONS = ("constant", "dwconv")
@@ -128,15 +145,18 @@ class GlobalLayer(PDELayer):
         self.init_block = init_block
         self.velocity = self._velocity_net(C, k, cfg)
         self.velocity_const = nn.Parameter(torch.zeros(2, C)) if cfg.velocity == "constant" else None
-        self.diffusion = (nn.ModuleList([ConvNormAct(C, C, k, groups=C, norm=cfg.norm, act="identity")
-                                         for _ in "xy"]) if cfg.diffusion == "dwconv" else None)
+        self.diffusion = (
+            nn.ModuleList([ConvNormAct(C, C, k, groups=C, norm=cfg.norm, act="identity") for _ in "xy"])
+            if cfg.diffusion == "dwconv"
+            else None
+        )
         self.source = ResidualSource(C, k, cfg.norm, cfg.act) if cfg.source == "residual" else None
         self.source_gate = nn.Parameter(torch.zeros(C)) if cfg.zero_init and cfg.source != "none" else None
         self.out_norm = make_norm(cfg.out_norm, C)
         self.out_act = make_act(cfg.out_act)
         if cfg.zero_init:
             for field in (self.velocity, self.diffusion):
-                for net in ([] if field is None else field if isinstance(field, nn.ModuleList) else [field]):
+                for net in [] if field is None else field if isinstance(field, nn.ModuleList) else [field]:
                     last = [m for m in net.modules() if isinstance(m, (nn.BatchNorm2d, nn.Conv2d))]
                     nn.init.zeros_(last[-1].weight)  # the module that produces the field starts at 0
 
@@ -145,8 +165,10 @@ class GlobalLayer(PDELayer):
         if cfg.velocity == "dwconv":  # u and v: two depthwise convs (a channel multiplier of 2 is slow on CPU)
             return nn.ModuleList([ConvNormAct(C, C, k, groups=C, norm=cfg.norm, act="identity") for _ in "uv"])
         if cfg.velocity == "separable":  # channels [0, C) are u, [C, 2C) are v
-            return nn.Sequential(ConvNormAct(C, C, k, groups=C, norm=cfg.norm, act=cfg.act),
-                                 ConvNormAct(C, 2 * C, 1, norm=cfg.norm, act="identity"))
+            return nn.Sequential(
+                ConvNormAct(C, C, k, groups=C, norm=cfg.norm, act=cfg.act),
+                ConvNormAct(C, 2 * C, 1, norm=cfg.norm, act="identity"),
+            )
         return None
 
     def _fields(self, h0: Tensor):
@@ -156,7 +178,7 @@ class GlobalLayer(PDELayer):
             u, v = self._pair(h0, self.velocity)
         elif cfg.velocity == "separable":
             uv = self.velocity(h0)
-            u, v = uv[:, : self.channels], uv[:, self.channels:]
+            u, v = uv[:, : self.channels], uv[:, self.channels :]
         elif cfg.velocity == "constant":
             u, v = (c.view(1, -1, 1, 1).expand_as(h0) for c in self.velocity_const)
         Dx, Dy = self._diffusion(h0)
@@ -182,8 +204,13 @@ class GlobalLayer(PDELayer):
         mode, no autograd), ``velocity="dwconv"`` with a foldable norm, the fused kernel available, and
         ``impl`` not "eager"; else None."""
         cfg: GlobalConfig = self.config
-        if (self.training or torch.is_grad_enabled() or cfg.velocity != "dwconv" or cfg.impl in ("eager", "triton")
-                or not fused_available(h0)):
+        if (
+            self.training
+            or torch.is_grad_enabled()
+            or cfg.velocity != "dwconv"
+            or cfg.impl in ("eager", "triton")
+            or not fused_available(h0)
+        ):
             return None
         if not direct_call_ok(h0):  # traced (counted, compiled): the folding is part of the graph
             if self._bn_foldable_in_kernel():
@@ -197,9 +224,15 @@ class GlobalLayer(PDELayer):
         activation, in eval mode: the kernel can fold the norms (``advection_diffusion_dwvel_bn``)."""
         for net in self.velocity:
             conv, norm, act = net[0], net[1], net[2]
-            if (net.training or conv.bias is not None or not isinstance(act, nn.Identity)
-                    or not isinstance(norm, nn.BatchNorm2d) or not norm.track_running_stats or not norm.affine
-                    or norm.running_mean is None):
+            if (
+                net.training
+                or conv.bias is not None
+                or not isinstance(act, nn.Identity)
+                or not isinstance(norm, nn.BatchNorm2d)
+                or not norm.track_running_stats
+                or not norm.affine
+                or norm.running_mean is None
+            ):
                 return False
         return True
 
@@ -213,10 +246,19 @@ class GlobalLayer(PDELayer):
         plan = self.__dict__.get("_velocity_parts")
         if plan is None or plan[0] is not nets or plan[1] != [id(m) for net in nets for m in net]:
             mods = [m for net in nets for m in (net[0], net[1])]
-            plan = (nets, [id(m) for net in nets for m in net], list(nets),
-                    [(d, name) for m in mods for d in (m._parameters, m._buffers) for name in
-                     ("weight", "bias", "running_mean", "running_var", "num_batches_tracked") if name in d],
-                    [getattr(net[1], "eps", None) for net in nets])
+            plan = (
+                nets,
+                [id(m) for net in nets for m in net],
+                list(nets),
+                [
+                    (d, name)
+                    for m in mods
+                    for d in (m._parameters, m._buffers)
+                    for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+                    if name in d
+                ],
+                [getattr(net[1], "eps", None) for net in nets],
+            )
             self.__dict__["_velocity_parts"] = plan
         key = [dtype, *(net.training for net in plan[2]), *plan[4]]
         try:
@@ -229,8 +271,11 @@ class GlobalLayer(PDELayer):
         if key is not None and cached is not None and cached[0] == key:
             return cached[1]
         folded = [net.folded() for net in nets]
-        ready = None if any(f is None for f in folded) else [
-            (w.detach().squeeze(1).to(dtype).contiguous(), b.detach().to(dtype).contiguous()) for w, b in folded]
+        ready = (
+            None
+            if any(f is None for f in folded)
+            else [(w.detach().squeeze(1).to(dtype).contiguous(), b.detach().to(dtype).contiguous()) for w, b in folded]
+        )
         if key is not None:
             self.__dict__["_velocity_folded"] = (key, ready)
         return ready
@@ -243,11 +288,29 @@ class GlobalLayer(PDELayer):
         cached = self.__dict__.get("_direct")
         if cached is not None and cached[0] is cfg:
             return cached[1]
-        ok = (cfg.velocity == "dwconv" and cfg.diffusion == "constant" and cfg.source in ("identity", "none")
-              and cfg.init == "input" and cfg.impl in ("auto", "fused"))
-        scalars = (cfg.source == "identity", cfg.kernel_size, float(cfg.diffusion_value), int(cfg.K), float(cfg.dt),
-                   float(cfg.dx), float(cfg.dy), BOUNDARIES.index(cfg.boundary), float(cfg.max_courant),
-                   float(cfg.max_diffusion)) if ok else None
+        ok = (
+            cfg.velocity == "dwconv"
+            and cfg.diffusion == "constant"
+            and cfg.source in ("identity", "none")
+            and cfg.init == "input"
+            and cfg.impl in ("auto", "fused")
+        )
+        scalars = (
+            (
+                cfg.source == "identity",
+                cfg.kernel_size,
+                float(cfg.diffusion_value),
+                int(cfg.K),
+                float(cfg.dt),
+                float(cfg.dx),
+                float(cfg.dy),
+                BOUNDARIES.index(cfg.boundary),
+                float(cfg.max_courant),
+                float(cfg.max_diffusion),
+            )
+            if ok
+            else None
+        )
         self.__dict__["_direct"] = (cfg, scalars)
         return scalars
 
@@ -260,16 +323,23 @@ class GlobalLayer(PDELayer):
         if not direct_call_ok(x):
             return None
         sc = self._direct_scalars()
-        if (sc is None or self._modules.get("init_block") is not None or self._parameters.get("source_gate") is not None
-                or not x.is_cpu or x.dim() != 4 or _native_lib(x.dtype) is None):
+        if (
+            sc is None
+            or self._modules.get("init_block") is not None
+            or self._parameters.get("source_gate") is not None
+            or not x.is_cpu
+            or x.dim() != 4
+            or _native_lib(x.dtype) is None
+        ):
             return None
         w = self._velocity_cache(x.dtype)
         if w is None:
             return None
         identity, ks, d, K, dt, dx, dy, boundary, courant, dmax = sc
         (wu, bu), (wv, bv) = w
-        out = _dwvel_direct(x, x if identity else None, (wu, bu, wv, bv), ks, None, None, d, d, K, dt, dx, dy,
-                            boundary, courant, dmax)
+        out = _dwvel_direct(
+            x, x if identity else None, (wu, bu, wv, bv), ks, None, None, d, d, K, dt, dx, dy, boundary, courant, dmax
+        )
         if self.config.residual:
             out = out + x
         norm, act = self._modules["out_norm"], self._modules["out_act"]
@@ -285,16 +355,25 @@ class GlobalLayer(PDELayer):
         cfg: GlobalConfig = self.config
         h0 = x if self.init_block is None else self.init_block(x)
         if h0.shape != x.shape:
-            raise RuntimeError(f"GlobalLayer: init_block maps {tuple(x.shape)} to {tuple(h0.shape)}; "
-                               "the initial guess must keep the input's shape")
+            raise RuntimeError(
+                f"GlobalLayer: init_block maps {tuple(x.shape)} to {tuple(h0.shape)}; "
+                "the initial guess must keep the input's shape"
+            )
         f = x if cfg.source == "identity" else (None if cfg.source == "none" else self.source(x))
         if self.source_gate is not None:
             f = f * self.source_gate.view(1, -1, 1, 1)
         fused = self._fused_velocity(h0)
         if fused is not None:  # inference: the velocity convolutions run inside the kernel
             Dx, Dy = self._diffusion(h0)
-            kw = dict(K=cfg.K, dt=cfg.dt, dx=cfg.dx, dy=cfg.dy, boundary=cfg.boundary, courant=cfg.max_courant,
-                      dmax=cfg.max_diffusion)
+            kw = dict(
+                K=cfg.K,
+                dt=cfg.dt,
+                dx=cfg.dx,
+                dy=cfg.dy,
+                boundary=cfg.boundary,
+                courant=cfg.max_courant,
+                dmax=cfg.max_diffusion,
+            )
             if fused == "bn":
                 out = advection_diffusion_dwvel_bn(h0, f, [(net[0], net[1]) for net in self.velocity], Dx, Dy, **kw)
             else:
@@ -306,9 +385,22 @@ class GlobalLayer(PDELayer):
                 out = out + x
             return self.out_act(self.out_norm(out))
         u, v, Dx, Dy = self._fields(h0)
-        out = bounded_advection_diffusion(h0, f, u, v, Dx, Dy, K=cfg.K, dt=cfg.dt, dx=cfg.dx, dy=cfg.dy,
-                                          boundary=cfg.boundary, courant=cfg.max_courant,
-                                          dmax=cfg.max_diffusion, impl=cfg.impl)
+        out = bounded_advection_diffusion(
+            h0,
+            f,
+            u,
+            v,
+            Dx,
+            Dy,
+            K=cfg.K,
+            dt=cfg.dt,
+            dx=cfg.dx,
+            dy=cfg.dy,
+            boundary=cfg.boundary,
+            courant=cfg.max_courant,
+            dmax=cfg.max_diffusion,
+            impl=cfg.impl,
+        )
         if cfg.residual:
             out = out + x
         return self.out_act(self.out_norm(out))

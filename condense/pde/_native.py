@@ -11,6 +11,7 @@ between machines must not hand a library to a CPU that lacks its instructions) a
 flag sets are tried in turn; the last ones build without OpenMP (Apple clang rejects ``-fopenmp``) and
 run the kernel on one thread. ``CONDENSE_NO_NATIVE=1`` disables the kernel (without a warning).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,8 +43,13 @@ _LEGACY = [os.environ.get("CONDENSE_LEGACY_LAYER", "") == "1"]
 class Field(ctypes.Structure):
     """A strided (N, C, H, W) array: element (n, c, y, x) at ``ptr + n * sn + c * sc + y * sy + x * sx``."""
 
-    _fields_ = [("ptr", ctypes.c_void_p), ("sn", ctypes.c_long), ("sc", ctypes.c_long), ("sy", ctypes.c_long),
-                ("sx", ctypes.c_long)]
+    _fields_ = [
+        ("ptr", ctypes.c_void_p),
+        ("sn", ctypes.c_long),
+        ("sc", ctypes.c_long),
+        ("sy", ctypes.c_long),
+        ("sx", ctypes.c_long),
+    ]
 
 
 def cache_dir() -> Path:
@@ -61,12 +67,28 @@ VERSION_TIMEOUT_S = 20
 _OMP = ["-fopenmp"]
 _NATIVE_512 = ["-march=native", "-mprefer-vector-width=512", "-ffp-contract=fast", "-fno-math-errno"]
 _NATIVE = ["-march=native", "-fno-math-errno"]
-_ATTEMPTS = [(_OMP + _NATIVE_512, _OMP), (_OMP + _NATIVE, _OMP), (_OMP, _OMP),
-             (_NATIVE, []), (["-mcpu=native", "-fno-math-errno"], []), ([], [])]
+_ATTEMPTS = [
+    (_OMP + _NATIVE_512, _OMP),
+    (_OMP + _NATIVE, _OMP),
+    (_OMP, _OMP),
+    (_NATIVE, []),
+    (["-mcpu=native", "-fno-math-errno"], []),
+    ([], []),
+]
 # /proc/cpuinfo lines that say which instructions -march=native may use (x86: vendor, model and flags;
 # ARM: implementer, part and features), from the first processor (all cores of a machine list the same)
-_CPU_KEYS = ("vendor_id", "cpu family", "model", "model name", "flags", "CPU implementer", "CPU architecture",
-             "CPU variant", "CPU part", "Features")
+_CPU_KEYS = (
+    "vendor_id",
+    "cpu family",
+    "model",
+    "model name",
+    "flags",
+    "CPU implementer",
+    "CPU architecture",
+    "CPU variant",
+    "CPU part",
+    "Features",
+)
 
 
 def _run_text(cmd: list[str]) -> str:
@@ -91,8 +113,13 @@ def _cpu_tag() -> str:
     except OSError:
         pass
     if not found and platform.system() == "Darwin":  # no /proc: sysctl names the CPU and its features
-        for name in ("machdep.cpu.brand_string", "machdep.cpu.features", "machdep.cpu.leaf7_features",
-                     "hw.optional.arm.FEAT_FP16", "hw.cpufamily"):
+        for name in (
+            "machdep.cpu.brand_string",
+            "machdep.cpu.features",
+            "machdep.cpu.leaf7_features",
+            "hw.optional.arm.FEAT_FP16",
+            "hw.cpufamily",
+        ):
             found[name] = _run_text(["sysctl", "-n", name])
     found["machine"] = f"{platform.system()} {platform.machine()} {platform.processor()}"
     return "\n".join(f"{k}: {v}" for k, v in found.items())
@@ -146,8 +173,10 @@ def _compile(real: str) -> Path:
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         obj, lib = Path(tmp) / "kernel.o", Path(tmp) / out.name
         for cflags, lflags in _ATTEMPTS:
-            steps = [[cc, "-O3", "-fPIC", "-std=c11", f"-DREAL={real}", *cflags, "-c", str(_SRC), "-o", str(obj)],
-                     [cc, "-shared", *lflags, str(obj), "-o", str(lib), "-lm"]]
+            steps = [
+                [cc, "-O3", "-fPIC", "-std=c11", f"-DREAL={real}", *cflags, "-c", str(_SRC), "-o", str(obj)],
+                [cc, "-shared", *lflags, str(obj), "-o", str(lib), "-lm"],
+            ]
             for cmd in steps:
                 try:
                     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
@@ -179,8 +208,14 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.ad_forward_dwvel_bn.argtypes = [F, F, P, P, P, P, P, D, P, P, P, P, P, D, INT, F, F, F] + common
     lib.dw_pair_forward.argtypes = [F, P, P, INT, F, F, L, L, L, L, INT]  # x w1 w2 k o1 o2 N C H W nthreads
     lib.dw_pair_backward.argtypes = [F, P, P, INT, F, F, F, P, P, L, L, L, L, INT]  # x w1 w2 k g1 g2 gx gw1 gw2 ...
-    for fn in (lib.ad_forward, lib.ad_backward, lib.ad_forward_dwvel, lib.ad_forward_dwvel_bn, lib.dw_pair_forward,
-               lib.dw_pair_backward):
+    for fn in (
+        lib.ad_forward,
+        lib.ad_backward,
+        lib.ad_forward_dwvel,
+        lib.ad_forward_dwvel_bn,
+        lib.dw_pair_forward,
+        lib.dw_pair_backward,
+    ):
         fn.restype = INT
         fn.errcheck = _check
     ctypes.c_int.in_dll(lib, "condense_legacy").value = int(_LEGACY[0])
@@ -197,6 +232,7 @@ def legacy_path(enabled: bool = True):
     """Within the block, the Global layer's inference runs as it did before issue 25 (module, custom-op
     dispatch, the kernel's generic passes, NCHW planes one at a time); for benchmarks that time both paths
     side by side. Results are equal up to rounding."""
+
     def put(value: bool) -> None:
         _LEGACY[0] = value
         for lib in _LIBS.values():
@@ -241,8 +277,11 @@ def loaded(dtype: torch.dtype) -> ctypes.CDLL | None:
 def _warn_once(reason: str) -> None:
     if not _WARNED:
         _WARNED.append(reason)
-        warnings.warn(f"condense: the fused C kernel is unavailable ({reason}); the Global layer runs its "
-                      "slower PyTorch path", RuntimeWarning, stacklevel=4)
+        warnings.warn(
+            f"condense: the fused C kernel is unavailable ({reason}); the Global layer runs its slower PyTorch path",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
 
 def supports(dtype: torch.dtype) -> bool:
@@ -253,7 +292,8 @@ def supports(dtype: torch.dtype) -> bool:
 def status(dtype: torch.dtype = torch.float32) -> str:
     """One line: whether the fused kernels are available for ``dtype``, and why not."""
     if dtype not in _REAL:
-        return (f"no fused C kernel for {str(dtype).replace('torch.', '')} "
-                "(it runs float32 and float64 tensors on the CPU)")
+        return (
+            f"no fused C kernel for {str(dtype).replace('torch.', '')} (it runs float32 and float64 tensors on the CPU)"
+        )
     lib = library(dtype)
     return "fused C kernel available" if lib is not None else f"fused C kernel unavailable: {_REASON[-1]}"

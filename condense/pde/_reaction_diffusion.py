@@ -27,6 +27,7 @@ Eq. 5-12). Each runs ``K`` steps of size ``h`` starting from ``y_0 = init_block(
   It is a 3D periodic correlation, so ``K_circ y = F3^{-1}(conj(F3 e) . F3 y)`` and
   ``K_circ^T y = F3^{-1}(F3 e . F3 y)`` with ``e`` the stencils embedded in a (C, H, W) array.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,10 +42,26 @@ from .._errors import ConfigError
 from ._base import LayerConfig, PDELayer, act_names, check_choice, check_range, make_act, make_norm, norm_names
 
 __all__ = [
-    "LinearMix", "LinearMixConfig", "ExplicitRD", "ExplicitRDConfig", "ImplicitRD", "ImplicitRDConfig",
-    "CirculantRD", "CirculantRDConfig", "DW_BOUNDARIES", "depthwise_op", "depthwise_op_transpose",
-    "pointwise_op", "pointwise_op_transpose", "linear_mix_op", "linear_mix_op_transpose", "periodic_embed",
-    "depthwise_symbol", "implicit_depthwise_solve", "circulant_op", "circulant_op_transpose",
+    "LinearMix",
+    "LinearMixConfig",
+    "ExplicitRD",
+    "ExplicitRDConfig",
+    "ImplicitRD",
+    "ImplicitRDConfig",
+    "CirculantRD",
+    "CirculantRDConfig",
+    "DW_BOUNDARIES",
+    "depthwise_op",
+    "depthwise_op_transpose",
+    "pointwise_op",
+    "pointwise_op_transpose",
+    "linear_mix_op",
+    "linear_mix_op_transpose",
+    "periodic_embed",
+    "depthwise_symbol",
+    "implicit_depthwise_solve",
+    "circulant_op",
+    "circulant_op_transpose",
     "circulant_normal_op",
 ]
 
@@ -91,14 +108,20 @@ def pointwise_op_transpose(y: torch.Tensor, weight: torch.Tensor) -> torch.Tenso
     return F.conv2d(y, weight.transpose(0, 1))
 
 
-def linear_mix_op(y: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor,
-                  boundary: str = "zero", bias: torch.Tensor | None = None) -> torch.Tensor:
+def linear_mix_op(
+    y: torch.Tensor,
+    dw_weight: torch.Tensor,
+    pw_weight: torch.Tensor,
+    boundary: str = "zero",
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``K_lm y (+ bias) = K_dw y + M y (+ bias)`` (Eq. 7)."""
     return depthwise_op(y, dw_weight, boundary) + pointwise_op(y, pw_weight, bias)
 
 
-def linear_mix_op_transpose(y: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor,
-                            boundary: str = "zero") -> torch.Tensor:
+def linear_mix_op_transpose(
+    y: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor, boundary: str = "zero"
+) -> torch.Tensor:
     """``K_lm^T y = K_dw^T y + M^T y``."""
     return depthwise_op_transpose(y, dw_weight, boundary) + pointwise_op_transpose(y, pw_weight)
 
@@ -145,8 +168,9 @@ def _circulant_symbol(weight: torch.Tensor, height: int, width: int) -> torch.Te
 
 def _circulant_apply(y: torch.Tensor, weight: torch.Tensor, mode: str) -> torch.Tensor:
     if not torch.jit.is_tracing() and weight.shape[0] != y.shape[-3]:
-        raise ValueError(f"circulant stencils {tuple(weight.shape)} need {weight.shape[0]} channels, "
-                         f"got input {tuple(y.shape)}")
+        raise ValueError(
+            f"circulant stencils {tuple(weight.shape)} need {weight.shape[0]} channels, got input {tuple(y.shape)}"
+        )
     dtype = _fft_dtype(y)
     c, height, width = y.shape[-3:]
     sym = _circulant_symbol(weight.to(dtype), height, width)
@@ -154,8 +178,9 @@ def _circulant_apply(y: torch.Tensor, weight: torch.Tensor, mode: str) -> torch.
         mult = sym.real * sym.real + sym.imag * sym.imag
     else:
         mult = sym.conj() if mode == "forward" else sym
-    out = torch.fft.irfftn(torch.fft.rfftn(y.to(dtype), dim=(-3, -2, -1)) * mult, s=(c, height, width),
-                           dim=(-3, -2, -1))
+    out = torch.fft.irfftn(
+        torch.fft.rfftn(y.to(dtype), dim=(-3, -2, -1)) * mult, s=(c, height, width), dim=(-3, -2, -1)
+    )
     return out.to(y.dtype)
 
 
@@ -306,8 +331,7 @@ class LinearMix(_StepLayer):
 
     config_cls = LinearMixConfig
 
-    def __init__(self, channels: int, config: LinearMixConfig | None = None,
-                 init_block: nn.Module | None = None):
+    def __init__(self, channels: int, config: LinearMixConfig | None = None, init_block: nn.Module | None = None):
         super().__init__(channels, config, init_block)
         c, k, n_ops = self.channels, self.config.kernel_size, self.config.operators
         self.dw = self._stack(n_ops, c, 1, k, k)
@@ -335,8 +359,7 @@ class ExplicitRD(_StepLayer):
 
     config_cls = ExplicitRDConfig
 
-    def __init__(self, channels: int, config: ExplicitRDConfig | None = None,
-                 init_block: nn.Module | None = None):
+    def __init__(self, channels: int, config: ExplicitRDConfig | None = None, init_block: nn.Module | None = None):
         super().__init__(channels, config, init_block)
         k = self.config.kernel_size
         self.diffusion = self._stack(self.channels, 1, k, k)
@@ -354,8 +377,7 @@ class ImplicitRD(_StepLayer):
 
     config_cls = ImplicitRDConfig
 
-    def __init__(self, channels: int, config: ImplicitRDConfig | None = None,
-                 init_block: nn.Module | None = None):
+    def __init__(self, channels: int, config: ImplicitRDConfig | None = None, init_block: nn.Module | None = None):
         super().__init__(channels, config, init_block)
         k = self.config.kernel_size
         self.diffusion = self._stack(self.channels, 1, k, k)
@@ -372,8 +394,7 @@ class CirculantRD(_StepLayer):
 
     config_cls = CirculantRDConfig
 
-    def __init__(self, channels: int, config: CirculantRDConfig | None = None,
-                 init_block: nn.Module | None = None):
+    def __init__(self, channels: int, config: CirculantRDConfig | None = None, init_block: nn.Module | None = None):
         super().__init__(channels, config, init_block)
         k = self.config.kernel_size
         self.diffusion = self._stack(self.channels, k, k)

@@ -36,6 +36,7 @@ interpreter), dtypes other than float16/bfloat16/float32/float64 (float16/bfloat
 tensors on different devices. The ``_dwvel`` inference variant has no Triton kernel (on CUDA the
 velocity convolutions run as cuDNN depthwise convolutions before the solver).
 """
+
 from __future__ import annotations
 
 import os
@@ -51,6 +52,7 @@ from ._base import solver_setup_context
 try:  # triton is optional: without it (or without CUDA and the interpreter) impl="triton" is a ConfigError
     import triton
     import triton.language as tl
+
     _IMPORT_ERROR = ""
 except Exception as err:  # pragma: no cover - depends on the installation
     triton = tl = None
@@ -82,8 +84,10 @@ def unsupported(*tensors: Optional[Tensor]) -> str:
         return ""
     if dev.type == "cpu":
         if not interpreted():
-            return ("the Triton kernel runs on CUDA tensors, or on CPU tensors only under Triton's interpreter "
-                    "(TRITON_INTERPRET=1 set before triton is imported)")
+            return (
+                "the Triton kernel runs on CUDA tensors, or on CPU tensors only under Triton's interpreter "
+                "(TRITON_INTERPRET=1 set before triton is imported)"
+            )
         if ts[0].dtype not in _INTERP_DTYPES:
             return f"under Triton's interpreter the kernel takes float32 and float64 tensors, not {dtype}"
         return ""
@@ -155,20 +159,62 @@ if triton is not None:
         return r * r * r
 
     @triton.jit
-    def _scalars(dt_hi, dt_lo, dx_hi, dx_lo, dy_hi, dy_lo, bx_hi, bx_lo, by_hi, by_lo, cr_hi, cr_lo, dm_hi,
-                 dm_lo, CT: tl.constexpr):
+    def _scalars(
+        dt_hi,
+        dt_lo,
+        dx_hi,
+        dx_lo,
+        dy_hi,
+        dy_lo,
+        bx_hi,
+        bx_lo,
+        by_hi,
+        by_lo,
+        cr_hi,
+        cr_lo,
+        dm_hi,
+        dm_lo,
+        CT: tl.constexpr,
+    ):
         """(dt, dx, dy, bx or Dx const, by or Dy const, 1/umax_x, 1/umax_y, dmax) in the compute type."""
         dt = _pair(dt_hi, dt_lo, CT)
         dx = _pair(dx_hi, dx_lo, CT)
         dy = _pair(dy_hi, dy_lo, CT)
         cr = _pair(cr_hi, cr_lo, CT)
         cr = tl.where(cr > 0, cr, 1.0)
-        return (dt, dx, dy, _pair(bx_hi, bx_lo, CT), _pair(by_hi, by_lo, CT), dt / (cr * dx), dt / (cr * dy),
-                _pair(dm_hi, dm_lo, CT))
+        return (
+            dt,
+            dx,
+            dy,
+            _pair(bx_hi, bx_lo, CT),
+            _pair(by_hi, by_lo, CT),
+            dt / (cr * dx),
+            dt / (cr * dy),
+            _pair(dm_hi, dm_lo, CT),
+        )
 
     @triton.jit
-    def _diag(u_p, v_p, dx_p, dy_p, idx, mask, dt, dx, dy, bxc, byc, ium_x, ium_y, dmax, CT: tl.constexpr,
-              HAS_VEL: tl.constexpr, VAR_D: tl.constexpr, BOUND_V: tl.constexpr, CLAMP_D: tl.constexpr):
+    def _diag(
+        u_p,
+        v_p,
+        dx_p,
+        dy_p,
+        idx,
+        mask,
+        dt,
+        dx,
+        dy,
+        bxc,
+        byc,
+        ium_x,
+        ium_y,
+        dmax,
+        CT: tl.constexpr,
+        HAS_VEL: tl.constexpr,
+        VAR_D: tl.constexpr,
+        BOUND_V: tl.constexpr,
+        CLAMP_D: tl.constexpr,
+    ):
         """iL = 1/L, a0 = M/L and the neighbour coefficients cE, cW, cN, cS at cells ``idx``, plus the
         (bounded) u, v and tx = 2 Bx, ty = 2 By they are made of."""
         if VAR_D:
@@ -205,8 +251,9 @@ if triton is not None:
         return iL, a0, cE, cW, cN, cS, u, v, tx, ty
 
     @triton.jit
-    def _div(u_p, v_p, y, x, H, W, mask, dt, dx, dy, ium_x, ium_y, CT: tl.constexpr, BND: tl.constexpr,
-             BOUND_V: tl.constexpr):
+    def _div(
+        u_p, v_p, y, x, H, W, mask, dt, dx, dy, ium_x, ium_y, CT: tl.constexpr, BND: tl.constexpr, BOUND_V: tl.constexpr
+    ):
         """u_x + v_y of the bounded velocity (central differences under the boundary rule)."""
         uE = _bound(_nb(u_p, y, x, H, W, 0, 1, BND, mask).to(CT), ium_x, BOUND_V)
         uW = _bound(_nb(u_p, y, x, H, W, 0, -1, BND, mask).to(CT), ium_x, BOUND_V)
@@ -215,13 +262,57 @@ if triton is not None:
         return (uE - uW) * (0.5 / dx) + (vN - vS) * (0.5 / dy)
 
     @triton.jit
-    def _coefs(src_p, u_p, v_p, dx_p, dy_p, idx, y, x, H, W, mask, dt, dx, dy, bxc, byc, ium_x, ium_y, dmax,
-               CT: tl.constexpr, HAS_SRC: tl.constexpr, HAS_VEL: tl.constexpr, VAR_D: tl.constexpr,
-               BOUND_V: tl.constexpr, CLAMP_D: tl.constexpr, BND: tl.constexpr):
+    def _coefs(
+        src_p,
+        u_p,
+        v_p,
+        dx_p,
+        dy_p,
+        idx,
+        y,
+        x,
+        H,
+        W,
+        mask,
+        dt,
+        dx,
+        dy,
+        bxc,
+        byc,
+        ium_x,
+        ium_y,
+        dmax,
+        CT: tl.constexpr,
+        HAS_SRC: tl.constexpr,
+        HAS_VEL: tl.constexpr,
+        VAR_D: tl.constexpr,
+        BOUND_V: tl.constexpr,
+        CLAMP_D: tl.constexpr,
+        BND: tl.constexpr,
+    ):
         """Every coefficient of the update at cells ``idx``: a0, a1 (0 without velocity), cE..cS, s (0
         without source)."""
-        iL, a0, cE, cW, cN, cS, u, v, tx, ty = _diag(u_p, v_p, dx_p, dy_p, idx, mask, dt, dx, dy, bxc, byc,
-                                                     ium_x, ium_y, dmax, CT, HAS_VEL, VAR_D, BOUND_V, CLAMP_D)
+        iL, a0, cE, cW, cN, cS, u, v, tx, ty = _diag(
+            u_p,
+            v_p,
+            dx_p,
+            dy_p,
+            idx,
+            mask,
+            dt,
+            dx,
+            dy,
+            bxc,
+            byc,
+            ium_x,
+            ium_y,
+            dmax,
+            CT,
+            HAS_VEL,
+            VAR_D,
+            BOUND_V,
+            CLAMP_D,
+        )
         a1 = iL * 0.0
         if HAS_VEL:
             a1 = _div(u_p, v_p, y, x, H, W, mask, dt, dx, dy, ium_x, ium_y, CT, BND, BOUND_V) * (-2.0 * dt) * iL
@@ -231,8 +322,7 @@ if triton is not None:
         return a0, a1, cE, cW, cN, cS, s
 
     @triton.jit
-    def _update(hp, h, hE, hW, hN, hS, a0, a1, cE, cW, cN, cS, s, HAS_SRC: tl.constexpr,
-                HAS_VEL: tl.constexpr):
+    def _update(hp, h, hE, hW, hN, hS, a0, a1, cE, cW, cN, cS, s, HAS_SRC: tl.constexpr, HAS_VEL: tl.constexpr):
         nxt = hp * a0
         if HAS_SRC:
             nxt += s
@@ -241,14 +331,65 @@ if triton is not None:
         return nxt + cE * hE + cW * hW + cN * hN + cS * hS
 
     @triton.jit
-    def _chain(gs, ga0, ga1, gE, gW, gN, gS, src_p, u_p, v_p, dx_p, dy_p, idx, y, x, H, W, mask, dt, dx, dy,
-               bxc, byc, ium_x, ium_y, dmax, CT: tl.constexpr, HAS_SRC: tl.constexpr, HAS_VEL: tl.constexpr,
-               VAR_D: tl.constexpr, BOUND_V: tl.constexpr, CLAMP_D: tl.constexpr, BND: tl.constexpr):
+    def _chain(
+        gs,
+        ga0,
+        ga1,
+        gE,
+        gW,
+        gN,
+        gS,
+        src_p,
+        u_p,
+        v_p,
+        dx_p,
+        dy_p,
+        idx,
+        y,
+        x,
+        H,
+        W,
+        mask,
+        dt,
+        dx,
+        dy,
+        bxc,
+        byc,
+        ium_x,
+        ium_y,
+        dmax,
+        CT: tl.constexpr,
+        HAS_SRC: tl.constexpr,
+        HAS_VEL: tl.constexpr,
+        VAR_D: tl.constexpr,
+        BOUND_V: tl.constexpr,
+        CLAMP_D: tl.constexpr,
+        BND: tl.constexpr,
+    ):
         """Coefficient gradients -> (g_source, g_u and g_v without the divergence term and before the
         bound, g_div, g_Dx, g_Dy); g_u, g_v then get hdx (S_E^T - S_W^T) g_div (hdy likewise) and the
         bound's derivative."""
-        iL, a0, cE, cW, cN, cS, u, v, tx, ty = _diag(u_p, v_p, dx_p, dy_p, idx, mask, dt, dx, dy, bxc, byc,
-                                                     ium_x, ium_y, dmax, CT, HAS_VEL, VAR_D, BOUND_V, CLAMP_D)
+        iL, a0, cE, cW, cN, cS, u, v, tx, ty = _diag(
+            u_p,
+            v_p,
+            dx_p,
+            dy_p,
+            idx,
+            mask,
+            dt,
+            dx,
+            dy,
+            bxc,
+            byc,
+            ium_x,
+            ium_y,
+            dmax,
+            CT,
+            HAS_VEL,
+            VAR_D,
+            BOUND_V,
+            CLAMP_D,
+        )
         g_src = gs * (2.0 * dt) * iL
         giL = ga0 * 2.0
         if HAS_SRC:
@@ -281,8 +422,26 @@ if triton is not None:
         return g_src, gu, gv, gdiv, gDx, gDy
 
     @triton.jit
-    def _finish_uv(gu, gv, gdiv_p, u_p, v_p, idx, y, x, H, W, mask, dx, dy, ium_x, ium_y, CT: tl.constexpr,
-                   BND: tl.constexpr, BOUND_V: tl.constexpr):
+    def _finish_uv(
+        gu,
+        gv,
+        gdiv_p,
+        u_p,
+        v_p,
+        idx,
+        y,
+        x,
+        H,
+        W,
+        mask,
+        dx,
+        dy,
+        ium_x,
+        ium_y,
+        CT: tl.constexpr,
+        BND: tl.constexpr,
+        BOUND_V: tl.constexpr,
+    ):
         gu += (_nbT(gdiv_p, y, x, H, W, 0, 1, BND, mask) - _nbT(gdiv_p, y, x, H, W, 0, -1, BND, mask)) * (0.5 / dx)
         gv += (_nbT(gdiv_p, y, x, H, W, 1, 0, BND, mask) - _nbT(gdiv_p, y, x, H, W, -1, 0, BND, mask)) * (0.5 / dy)
         if BOUND_V:
@@ -292,10 +451,42 @@ if triton is not None:
 
     # ---------------------------------------------------------------------------- whole plane per program
     @triton.jit
-    def _fwd_plane(init_p, src_p, u_p, v_p, dx_p, dy_p, out_p, st_p, H, W, K, SLOTS,
-                   dt_hi, dt_lo, dx_hi, dx_lo, dy_hi, dy_lo, bx_hi, bx_lo, by_hi, by_lo, cr_hi, cr_lo, dm_hi, dm_lo,
-                   HAS_SRC: tl.constexpr, HAS_VEL: tl.constexpr, VAR_D: tl.constexpr, BOUND_V: tl.constexpr,
-                   CLAMP_D: tl.constexpr, BND: tl.constexpr, SAVE: tl.constexpr, BLOCK: tl.constexpr):
+    def _fwd_plane(
+        init_p,
+        src_p,
+        u_p,
+        v_p,
+        dx_p,
+        dy_p,
+        out_p,
+        st_p,
+        H,
+        W,
+        K,
+        SLOTS,
+        dt_hi,
+        dt_lo,
+        dx_hi,
+        dx_lo,
+        dy_hi,
+        dy_lo,
+        bx_hi,
+        bx_lo,
+        by_hi,
+        by_lo,
+        cr_hi,
+        cr_lo,
+        dm_hi,
+        dm_lo,
+        HAS_SRC: tl.constexpr,
+        HAS_VEL: tl.constexpr,
+        VAR_D: tl.constexpr,
+        BOUND_V: tl.constexpr,
+        CLAMP_D: tl.constexpr,
+        BND: tl.constexpr,
+        SAVE: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
         """H^K of one (n, c) plane, all K steps in this program. ``st_p``: SLOTS slots per plane; with SAVE
         the states h^0..h^{K-1} stay in the first K (for the backward, which then needs no H^K), else slot 0
         is the scratch of every step."""
@@ -307,11 +498,37 @@ if triton is not None:
         mask = offs < HW
         y = offs // W
         x = offs % W
-        dt, dx, dy, bxc, byc, ium_x, ium_y, dmax = _scalars(dt_hi, dt_lo, dx_hi, dx_lo, dy_hi, dy_lo, bx_hi, bx_lo,
-                                                            by_hi, by_lo, cr_hi, cr_lo, dm_hi, dm_lo, CT)
-        a0, a1, cE, cW, cN, cS, s = _coefs(src_p + base, u_p + base, v_p + base, dx_p + base, dy_p + base, offs, y,
-                                           x, H, W, mask, dt, dx, dy, bxc, byc, ium_x, ium_y, dmax, CT, HAS_SRC,
-                                           HAS_VEL, VAR_D, BOUND_V, CLAMP_D, BND)
+        dt, dx, dy, bxc, byc, ium_x, ium_y, dmax = _scalars(
+            dt_hi, dt_lo, dx_hi, dx_lo, dy_hi, dy_lo, bx_hi, bx_lo, by_hi, by_lo, cr_hi, cr_lo, dm_hi, dm_lo, CT
+        )
+        a0, a1, cE, cW, cN, cS, s = _coefs(
+            src_p + base,
+            u_p + base,
+            v_p + base,
+            dx_p + base,
+            dy_p + base,
+            offs,
+            y,
+            x,
+            H,
+            W,
+            mask,
+            dt,
+            dx,
+            dy,
+            bxc,
+            byc,
+            ium_x,
+            ium_y,
+            dmax,
+            CT,
+            HAS_SRC,
+            HAS_VEL,
+            VAR_D,
+            BOUND_V,
+            CLAMP_D,
+            BND,
+        )
         h = tl.load(init_p + base + offs, mask=mask, other=0.0).to(CT)
         hp = h
         st = st_p + pid * SLOTS * HW
@@ -321,9 +538,23 @@ if triton is not None:
                 slot = st + k * HW
             tl.store(slot + offs, h, mask=mask)
             tl.debug_barrier()
-            nxt = _update(hp, h, _nb(slot, y, x, H, W, 0, 1, BND, mask), _nb(slot, y, x, H, W, 0, -1, BND, mask),
-                          _nb(slot, y, x, H, W, 1, 0, BND, mask), _nb(slot, y, x, H, W, -1, 0, BND, mask),
-                          a0, a1, cE, cW, cN, cS, s, HAS_SRC, HAS_VEL)
+            nxt = _update(
+                hp,
+                h,
+                _nb(slot, y, x, H, W, 0, 1, BND, mask),
+                _nb(slot, y, x, H, W, 0, -1, BND, mask),
+                _nb(slot, y, x, H, W, 1, 0, BND, mask),
+                _nb(slot, y, x, H, W, -1, 0, BND, mask),
+                a0,
+                a1,
+                cE,
+                cW,
+                cN,
+                cS,
+                s,
+                HAS_SRC,
+                HAS_VEL,
+            )
             tl.debug_barrier()
             hp = h
             h = nxt
@@ -331,12 +562,51 @@ if triton is not None:
             tl.store(out_p + base + offs, h.to(out_p.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _bwd_plane(grad_p, init_p, src_p, u_p, v_p, dx_p, dy_p, st_p, gi_p, gsrc_p, gu_p, gv_p, gdx_p, gdy_p,
-                   H, W, K,
-                   dt_hi, dt_lo, dx_hi, dx_lo, dy_hi, dy_lo, bx_hi, bx_lo, by_hi, by_lo, cr_hi, cr_lo, dm_hi, dm_lo,
-                   HAS_SRC: tl.constexpr, HAS_VEL: tl.constexpr, VAR_D: tl.constexpr, BOUND_V: tl.constexpr,
-                   CLAMP_D: tl.constexpr, BND: tl.constexpr, NEED_INIT: tl.constexpr, NEED_SRC: tl.constexpr,
-                   MERGE_SRC: tl.constexpr, NEED_VEL: tl.constexpr, NEED_D: tl.constexpr, BLOCK: tl.constexpr):
+    def _bwd_plane(
+        grad_p,
+        init_p,
+        src_p,
+        u_p,
+        v_p,
+        dx_p,
+        dy_p,
+        st_p,
+        gi_p,
+        gsrc_p,
+        gu_p,
+        gv_p,
+        gdx_p,
+        gdy_p,
+        H,
+        W,
+        K,
+        dt_hi,
+        dt_lo,
+        dx_hi,
+        dx_lo,
+        dy_hi,
+        dy_lo,
+        bx_hi,
+        bx_lo,
+        by_hi,
+        by_lo,
+        cr_hi,
+        cr_lo,
+        dm_hi,
+        dm_lo,
+        HAS_SRC: tl.constexpr,
+        HAS_VEL: tl.constexpr,
+        VAR_D: tl.constexpr,
+        BOUND_V: tl.constexpr,
+        CLAMP_D: tl.constexpr,
+        BND: tl.constexpr,
+        NEED_INIT: tl.constexpr,
+        NEED_SRC: tl.constexpr,
+        MERGE_SRC: tl.constexpr,
+        NEED_VEL: tl.constexpr,
+        NEED_D: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
         """All gradients of one plane. ``st_p``: K + 4 slots per plane, h^0..h^{K-1} written by the forward
         recomputation (``_fwd_plane`` with SAVE, run first) and four for c_d mu."""
         CT: tl.constexpr = st_p.dtype.element_ty
@@ -347,11 +617,37 @@ if triton is not None:
         mask = offs < HW
         y = offs // W
         x = offs % W
-        dt, dx, dy, bxc, byc, ium_x, ium_y, dmax = _scalars(dt_hi, dt_lo, dx_hi, dx_lo, dy_hi, dy_lo, bx_hi, bx_lo,
-                                                            by_hi, by_lo, cr_hi, cr_lo, dm_hi, dm_lo, CT)
-        a0, a1, cE, cW, cN, cS, s = _coefs(src_p + base, u_p + base, v_p + base, dx_p + base, dy_p + base, offs, y,
-                                           x, H, W, mask, dt, dx, dy, bxc, byc, ium_x, ium_y, dmax, CT, HAS_SRC,
-                                           HAS_VEL, VAR_D, BOUND_V, CLAMP_D, BND)
+        dt, dx, dy, bxc, byc, ium_x, ium_y, dmax = _scalars(
+            dt_hi, dt_lo, dx_hi, dx_lo, dy_hi, dy_lo, bx_hi, bx_lo, by_hi, by_lo, cr_hi, cr_lo, dm_hi, dm_lo, CT
+        )
+        a0, a1, cE, cW, cN, cS, s = _coefs(
+            src_p + base,
+            u_p + base,
+            v_p + base,
+            dx_p + base,
+            dy_p + base,
+            offs,
+            y,
+            x,
+            H,
+            W,
+            mask,
+            dt,
+            dx,
+            dy,
+            bxc,
+            byc,
+            ium_x,
+            ium_y,
+            dmax,
+            CT,
+            HAS_SRC,
+            HAS_VEL,
+            VAR_D,
+            BOUND_V,
+            CLAMP_D,
+            BND,
+        )
         st = st_p + pid * (K + 4) * HW
         wE = st + K * HW
         wW = wE + HW
@@ -383,18 +679,54 @@ if triton is not None:
             tl.store(wN + offs, cN * p, mask=mask)
             tl.store(wS + offs, cS * p, mask=mask)
             tl.debug_barrier()
-            m = (q * a0 + _nbT(wE, y, x, H, W, 0, 1, BND, mask) + _nbT(wW, y, x, H, W, 0, -1, BND, mask)
-                 + _nbT(wN, y, x, H, W, 1, 0, BND, mask) + _nbT(wS, y, x, H, W, -1, 0, BND, mask))
+            m = (
+                q * a0
+                + _nbT(wE, y, x, H, W, 0, 1, BND, mask)
+                + _nbT(wW, y, x, H, W, 0, -1, BND, mask)
+                + _nbT(wN, y, x, H, W, 1, 0, BND, mask)
+                + _nbT(wS, y, x, H, W, -1, 0, BND, mask)
+            )
             if HAS_VEL:
                 m += a1 * p
             tl.debug_barrier()
             q = p
             p = m
         # p = mu^0, q = mu^1; H^{-1} = H^0 adds mu^{-1} = a0 mu^1
-        g_src, gu, gv, gdiv, gDx, gDy = _chain(gs, ga0, ga1, gE, gW, gN, gS, src_p + base, u_p + base, v_p + base,
-                                               dx_p + base, dy_p + base, offs, y, x, H, W, mask, dt, dx, dy, bxc,
-                                               byc, ium_x, ium_y, dmax, CT, HAS_SRC, HAS_VEL, VAR_D, BOUND_V,
-                                               CLAMP_D, BND)
+        g_src, gu, gv, gdiv, gDx, gDy = _chain(
+            gs,
+            ga0,
+            ga1,
+            gE,
+            gW,
+            gN,
+            gS,
+            src_p + base,
+            u_p + base,
+            v_p + base,
+            dx_p + base,
+            dy_p + base,
+            offs,
+            y,
+            x,
+            H,
+            W,
+            mask,
+            dt,
+            dx,
+            dy,
+            bxc,
+            byc,
+            ium_x,
+            ium_y,
+            dmax,
+            CT,
+            HAS_SRC,
+            HAS_VEL,
+            VAR_D,
+            BOUND_V,
+            CLAMP_D,
+            BND,
+        )
         if NEED_INIT:
             gi = p + a0 * q
             if MERGE_SRC:
@@ -405,8 +737,9 @@ if triton is not None:
         if NEED_VEL:
             tl.store(wE + offs, gdiv, mask=mask)
             tl.debug_barrier()
-            gu, gv = _finish_uv(gu, gv, wE, u_p + base, v_p + base, offs, y, x, H, W, mask, dx, dy, ium_x, ium_y,
-                                CT, BND, BOUND_V)
+            gu, gv = _finish_uv(
+                gu, gv, wE, u_p + base, v_p + base, offs, y, x, H, W, mask, dx, dy, ium_x, ium_y, CT, BND, BOUND_V
+            )
             tl.store(gu_p + base + offs, gu.to(gu_p.dtype.element_ty), mask=mask)
             tl.store(gv_p + base + offs, gv.to(gv_p.dtype.element_ty), mask=mask)
         if NEED_D:
@@ -415,10 +748,39 @@ if triton is not None:
 
     # ---------------------------------------------------------------------------- one launch per step
     @triton.jit
-    def _fwd_step(hp_p, h_p, out_p, src_p, u_p, v_p, dx_p, dy_p, H, W,
-                  dt_hi, dt_lo, dx_hi, dx_lo, dy_hi, dy_lo, bx_hi, bx_lo, by_hi, by_lo, cr_hi, cr_lo, dm_hi, dm_lo,
-                  HAS_SRC: tl.constexpr, HAS_VEL: tl.constexpr, VAR_D: tl.constexpr, BOUND_V: tl.constexpr,
-                  CLAMP_D: tl.constexpr, BND: tl.constexpr, BLOCK: tl.constexpr):
+    def _fwd_step(
+        hp_p,
+        h_p,
+        out_p,
+        src_p,
+        u_p,
+        v_p,
+        dx_p,
+        dy_p,
+        H,
+        W,
+        dt_hi,
+        dt_lo,
+        dx_hi,
+        dx_lo,
+        dy_hi,
+        dy_lo,
+        bx_hi,
+        bx_lo,
+        by_hi,
+        by_lo,
+        cr_hi,
+        cr_lo,
+        dm_hi,
+        dm_lo,
+        HAS_SRC: tl.constexpr,
+        HAS_VEL: tl.constexpr,
+        VAR_D: tl.constexpr,
+        BOUND_V: tl.constexpr,
+        CLAMP_D: tl.constexpr,
+        BND: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
         """out = h^{k+1} from hp = h^{k-1} and h = h^k (planes of the compute type), one block of cells."""
         CT: tl.constexpr = h_p.dtype.element_ty
         pid = tl.program_id(0).to(tl.int64)
@@ -428,23 +790,92 @@ if triton is not None:
         mask = offs < HW
         y = offs // W
         x = offs % W
-        dt, dx, dy, bxc, byc, ium_x, ium_y, dmax = _scalars(dt_hi, dt_lo, dx_hi, dx_lo, dy_hi, dy_lo, bx_hi, bx_lo,
-                                                            by_hi, by_lo, cr_hi, cr_lo, dm_hi, dm_lo, CT)
-        a0, a1, cE, cW, cN, cS, s = _coefs(src_p + base, u_p + base, v_p + base, dx_p + base, dy_p + base, offs, y,
-                                           x, H, W, mask, dt, dx, dy, bxc, byc, ium_x, ium_y, dmax, CT, HAS_SRC,
-                                           HAS_VEL, VAR_D, BOUND_V, CLAMP_D, BND)
+        dt, dx, dy, bxc, byc, ium_x, ium_y, dmax = _scalars(
+            dt_hi, dt_lo, dx_hi, dx_lo, dy_hi, dy_lo, bx_hi, bx_lo, by_hi, by_lo, cr_hi, cr_lo, dm_hi, dm_lo, CT
+        )
+        a0, a1, cE, cW, cN, cS, s = _coefs(
+            src_p + base,
+            u_p + base,
+            v_p + base,
+            dx_p + base,
+            dy_p + base,
+            offs,
+            y,
+            x,
+            H,
+            W,
+            mask,
+            dt,
+            dx,
+            dy,
+            bxc,
+            byc,
+            ium_x,
+            ium_y,
+            dmax,
+            CT,
+            HAS_SRC,
+            HAS_VEL,
+            VAR_D,
+            BOUND_V,
+            CLAMP_D,
+            BND,
+        )
         hb = h_p + base
-        nxt = _update(tl.load(hp_p + base + offs, mask=mask, other=0.0), tl.load(hb + offs, mask=mask, other=0.0),
-                      _nb(hb, y, x, H, W, 0, 1, BND, mask), _nb(hb, y, x, H, W, 0, -1, BND, mask),
-                      _nb(hb, y, x, H, W, 1, 0, BND, mask), _nb(hb, y, x, H, W, -1, 0, BND, mask),
-                      a0, a1, cE, cW, cN, cS, s, HAS_SRC, HAS_VEL)
+        nxt = _update(
+            tl.load(hp_p + base + offs, mask=mask, other=0.0),
+            tl.load(hb + offs, mask=mask, other=0.0),
+            _nb(hb, y, x, H, W, 0, 1, BND, mask),
+            _nb(hb, y, x, H, W, 0, -1, BND, mask),
+            _nb(hb, y, x, H, W, 1, 0, BND, mask),
+            _nb(hb, y, x, H, W, -1, 0, BND, mask),
+            a0,
+            a1,
+            cE,
+            cW,
+            cN,
+            cS,
+            s,
+            HAS_SRC,
+            HAS_VEL,
+        )
         tl.store(out_p + base + offs, nxt.to(out_p.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _bwd_step_acc(p_p, hk_p, hm_p, w_p, acc_p, u_p, v_p, dx_p, dy_p, H, W, NC,
-                      dt_hi, dt_lo, dx_hi, dx_lo, dy_hi, dy_lo, bx_hi, bx_lo, by_hi, by_lo, cr_hi, cr_lo, dm_hi,
-                      dm_lo, HAS_VEL: tl.constexpr, VAR_D: tl.constexpr, BOUND_V: tl.constexpr,
-                      CLAMP_D: tl.constexpr, BND: tl.constexpr, BLOCK: tl.constexpr):
+    def _bwd_step_acc(
+        p_p,
+        hk_p,
+        hm_p,
+        w_p,
+        acc_p,
+        u_p,
+        v_p,
+        dx_p,
+        dy_p,
+        H,
+        W,
+        NC,
+        dt_hi,
+        dt_lo,
+        dx_hi,
+        dx_lo,
+        dy_hi,
+        dy_lo,
+        bx_hi,
+        bx_lo,
+        by_hi,
+        by_lo,
+        cr_hi,
+        cr_lo,
+        dm_hi,
+        dm_lo,
+        HAS_VEL: tl.constexpr,
+        VAR_D: tl.constexpr,
+        BOUND_V: tl.constexpr,
+        CLAMP_D: tl.constexpr,
+        BND: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
         """One adjoint step, first half: accumulate the seven coefficient gradients with p = mu^{k+1},
         h^k and h^{k-1}, and write w_d = c_d p (four (N*C, H*W) planes) for the second half."""
         CT: tl.constexpr = p_p.dtype.element_ty
@@ -455,19 +886,39 @@ if triton is not None:
         mask = offs < HW
         y = offs // W
         x = offs % W
-        dt, dx, dy, bxc, byc, ium_x, ium_y, dmax = _scalars(dt_hi, dt_lo, dx_hi, dx_lo, dy_hi, dy_lo, bx_hi, bx_lo,
-                                                            by_hi, by_lo, cr_hi, cr_lo, dm_hi, dm_lo, CT)
-        iL, a0, cE, cW, cN, cS, u, v, tx, ty = _diag(u_p + base, v_p + base, dx_p + base, dy_p + base, offs, mask,
-                                                     dt, dx, dy, bxc, byc, ium_x, ium_y, dmax, CT, HAS_VEL, VAR_D,
-                                                     BOUND_V, CLAMP_D)
+        dt, dx, dy, bxc, byc, ium_x, ium_y, dmax = _scalars(
+            dt_hi, dt_lo, dx_hi, dx_lo, dy_hi, dy_lo, bx_hi, bx_lo, by_hi, by_lo, cr_hi, cr_lo, dm_hi, dm_lo, CT
+        )
+        iL, a0, cE, cW, cN, cS, u, v, tx, ty = _diag(
+            u_p + base,
+            v_p + base,
+            dx_p + base,
+            dy_p + base,
+            offs,
+            mask,
+            dt,
+            dx,
+            dy,
+            bxc,
+            byc,
+            ium_x,
+            ium_y,
+            dmax,
+            CT,
+            HAS_VEL,
+            VAR_D,
+            BOUND_V,
+            CLAMP_D,
+        )
         p = tl.load(p_p + base + offs, mask=mask, other=0.0)
         hb = hk_p + base
         plane = NC * HW
         acc = acc_p + base + offs
         tl.store(acc, tl.load(acc, mask=mask, other=0.0) + p, mask=mask)
         acc += plane
-        tl.store(acc, tl.load(acc, mask=mask, other=0.0) + p * tl.load(hm_p + base + offs, mask=mask, other=0.0),
-                 mask=mask)
+        tl.store(
+            acc, tl.load(acc, mask=mask, other=0.0) + p * tl.load(hm_p + base + offs, mask=mask, other=0.0), mask=mask
+        )
         acc += plane
         tl.store(acc, tl.load(acc, mask=mask, other=0.0) + p * tl.load(hb + offs, mask=mask, other=0.0), mask=mask)
         acc += plane
@@ -485,10 +936,40 @@ if triton is not None:
         tl.store(w + 3 * plane, cS * p, mask=mask)
 
     @triton.jit
-    def _bwd_step_mu(p_p, q_p, w_p, out_p, src_p, u_p, v_p, dx_p, dy_p, H, W, NC,
-                     dt_hi, dt_lo, dx_hi, dx_lo, dy_hi, dy_lo, bx_hi, bx_lo, by_hi, by_lo, cr_hi, cr_lo, dm_hi, dm_lo,
-                     HAS_VEL: tl.constexpr, VAR_D: tl.constexpr, BOUND_V: tl.constexpr, CLAMP_D: tl.constexpr,
-                     BND: tl.constexpr, BLOCK: tl.constexpr):
+    def _bwd_step_mu(
+        p_p,
+        q_p,
+        w_p,
+        out_p,
+        src_p,
+        u_p,
+        v_p,
+        dx_p,
+        dy_p,
+        H,
+        W,
+        NC,
+        dt_hi,
+        dt_lo,
+        dx_hi,
+        dx_lo,
+        dy_hi,
+        dy_lo,
+        bx_hi,
+        bx_lo,
+        by_hi,
+        by_lo,
+        cr_hi,
+        cr_lo,
+        dm_hi,
+        dm_lo,
+        HAS_VEL: tl.constexpr,
+        VAR_D: tl.constexpr,
+        BOUND_V: tl.constexpr,
+        CLAMP_D: tl.constexpr,
+        BND: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
         """One adjoint step, second half: mu^k = a1 p + a0 q + sum_d S_d^T w_d."""
         CT: tl.constexpr = p_p.dtype.element_ty
         pid = tl.program_id(0).to(tl.int64)
@@ -498,28 +979,97 @@ if triton is not None:
         mask = offs < HW
         y = offs // W
         x = offs % W
-        dt, dx, dy, bxc, byc, ium_x, ium_y, dmax = _scalars(dt_hi, dt_lo, dx_hi, dx_lo, dy_hi, dy_lo, bx_hi, bx_lo,
-                                                            by_hi, by_lo, cr_hi, cr_lo, dm_hi, dm_lo, CT)
-        a0, a1, cE, cW, cN, cS, s = _coefs(src_p + base, u_p + base, v_p + base, dx_p + base, dy_p + base, offs, y,
-                                           x, H, W, mask, dt, dx, dy, bxc, byc, ium_x, ium_y, dmax, CT, False,
-                                           HAS_VEL, VAR_D, BOUND_V, CLAMP_D, BND)
+        dt, dx, dy, bxc, byc, ium_x, ium_y, dmax = _scalars(
+            dt_hi, dt_lo, dx_hi, dx_lo, dy_hi, dy_lo, bx_hi, bx_lo, by_hi, by_lo, cr_hi, cr_lo, dm_hi, dm_lo, CT
+        )
+        a0, a1, cE, cW, cN, cS, s = _coefs(
+            src_p + base,
+            u_p + base,
+            v_p + base,
+            dx_p + base,
+            dy_p + base,
+            offs,
+            y,
+            x,
+            H,
+            W,
+            mask,
+            dt,
+            dx,
+            dy,
+            bxc,
+            byc,
+            ium_x,
+            ium_y,
+            dmax,
+            CT,
+            False,
+            HAS_VEL,
+            VAR_D,
+            BOUND_V,
+            CLAMP_D,
+            BND,
+        )
         plane = NC * HW
         w = w_p + base
-        m = (tl.load(q_p + base + offs, mask=mask, other=0.0) * a0 + _nbT(w, y, x, H, W, 0, 1, BND, mask)
-             + _nbT(w + plane, y, x, H, W, 0, -1, BND, mask) + _nbT(w + 2 * plane, y, x, H, W, 1, 0, BND, mask)
-             + _nbT(w + 3 * plane, y, x, H, W, -1, 0, BND, mask))
+        m = (
+            tl.load(q_p + base + offs, mask=mask, other=0.0) * a0
+            + _nbT(w, y, x, H, W, 0, 1, BND, mask)
+            + _nbT(w + plane, y, x, H, W, 0, -1, BND, mask)
+            + _nbT(w + 2 * plane, y, x, H, W, 1, 0, BND, mask)
+            + _nbT(w + 3 * plane, y, x, H, W, -1, 0, BND, mask)
+        )
         if HAS_VEL:
             m += a1 * tl.load(p_p + base + offs, mask=mask, other=0.0)
         tl.store(out_p + base + offs, m, mask=mask)
 
     @triton.jit
-    def _bwd_step_chain(acc_p, p0_p, p1_p, gdiv_p, gu_tmp, gv_tmp, gi_p, gsrc_p, gdx_p, gdy_p, src_p, u_p, v_p,
-                        dx_p, dy_p, H, W, NC,
-                        dt_hi, dt_lo, dx_hi, dx_lo, dy_hi, dy_lo, bx_hi, bx_lo, by_hi, by_lo, cr_hi, cr_lo, dm_hi,
-                        dm_lo, HAS_SRC: tl.constexpr, HAS_VEL: tl.constexpr, VAR_D: tl.constexpr,
-                        BOUND_V: tl.constexpr, CLAMP_D: tl.constexpr, BND: tl.constexpr, NEED_INIT: tl.constexpr,
-                        NEED_SRC: tl.constexpr, MERGE_SRC: tl.constexpr, NEED_VEL: tl.constexpr,
-                        NEED_D: tl.constexpr, BLOCK: tl.constexpr):
+    def _bwd_step_chain(
+        acc_p,
+        p0_p,
+        p1_p,
+        gdiv_p,
+        gu_tmp,
+        gv_tmp,
+        gi_p,
+        gsrc_p,
+        gdx_p,
+        gdy_p,
+        src_p,
+        u_p,
+        v_p,
+        dx_p,
+        dy_p,
+        H,
+        W,
+        NC,
+        dt_hi,
+        dt_lo,
+        dx_hi,
+        dx_lo,
+        dy_hi,
+        dy_lo,
+        bx_hi,
+        bx_lo,
+        by_hi,
+        by_lo,
+        cr_hi,
+        cr_lo,
+        dm_hi,
+        dm_lo,
+        HAS_SRC: tl.constexpr,
+        HAS_VEL: tl.constexpr,
+        VAR_D: tl.constexpr,
+        BOUND_V: tl.constexpr,
+        CLAMP_D: tl.constexpr,
+        BND: tl.constexpr,
+        NEED_INIT: tl.constexpr,
+        NEED_SRC: tl.constexpr,
+        MERGE_SRC: tl.constexpr,
+        NEED_VEL: tl.constexpr,
+        NEED_D: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
         """The accumulated coefficient gradients -> init, source, Dx, Dy gradients; g_div and the partial
         u, v gradients for ``_bwd_step_uv``."""
         CT: tl.constexpr = acc_p.dtype.element_ty
@@ -530,8 +1080,9 @@ if triton is not None:
         mask = offs < HW
         y = offs // W
         x = offs % W
-        dt, dx, dy, bxc, byc, ium_x, ium_y, dmax = _scalars(dt_hi, dt_lo, dx_hi, dx_lo, dy_hi, dy_lo, bx_hi, bx_lo,
-                                                            by_hi, by_lo, cr_hi, cr_lo, dm_hi, dm_lo, CT)
+        dt, dx, dy, bxc, byc, ium_x, ium_y, dmax = _scalars(
+            dt_hi, dt_lo, dx_hi, dx_lo, dy_hi, dy_lo, bx_hi, bx_lo, by_hi, by_lo, cr_hi, cr_lo, dm_hi, dm_lo, CT
+        )
         plane = NC * HW
         acc = acc_p + base + offs
         gs = tl.load(acc, mask=mask, other=0.0)
@@ -541,16 +1092,66 @@ if triton is not None:
         gW = tl.load(acc + 4 * plane, mask=mask, other=0.0)
         gN = tl.load(acc + 5 * plane, mask=mask, other=0.0)
         gS = tl.load(acc + 6 * plane, mask=mask, other=0.0)
-        g_src, gu, gv, gdiv, gDx, gDy = _chain(gs, ga0, ga1, gE, gW, gN, gS, src_p + base, u_p + base, v_p + base,
-                                               dx_p + base, dy_p + base, offs, y, x, H, W, mask, dt, dx, dy, bxc,
-                                               byc, ium_x, ium_y, dmax, CT, HAS_SRC, HAS_VEL, VAR_D, BOUND_V,
-                                               CLAMP_D, BND)
+        g_src, gu, gv, gdiv, gDx, gDy = _chain(
+            gs,
+            ga0,
+            ga1,
+            gE,
+            gW,
+            gN,
+            gS,
+            src_p + base,
+            u_p + base,
+            v_p + base,
+            dx_p + base,
+            dy_p + base,
+            offs,
+            y,
+            x,
+            H,
+            W,
+            mask,
+            dt,
+            dx,
+            dy,
+            bxc,
+            byc,
+            ium_x,
+            ium_y,
+            dmax,
+            CT,
+            HAS_SRC,
+            HAS_VEL,
+            VAR_D,
+            BOUND_V,
+            CLAMP_D,
+            BND,
+        )
         if NEED_INIT:
-            iL, a0, cE, cW, cN, cS, u, v, tx, ty = _diag(u_p + base, v_p + base, dx_p + base, dy_p + base, offs,
-                                                         mask, dt, dx, dy, bxc, byc, ium_x, ium_y, dmax, CT, HAS_VEL,
-                                                         VAR_D, BOUND_V, CLAMP_D)
-            gi = tl.load(p0_p + base + offs, mask=mask, other=0.0) + a0 * tl.load(p1_p + base + offs, mask=mask,
-                                                                                   other=0.0)
+            iL, a0, cE, cW, cN, cS, u, v, tx, ty = _diag(
+                u_p + base,
+                v_p + base,
+                dx_p + base,
+                dy_p + base,
+                offs,
+                mask,
+                dt,
+                dx,
+                dy,
+                bxc,
+                byc,
+                ium_x,
+                ium_y,
+                dmax,
+                CT,
+                HAS_VEL,
+                VAR_D,
+                BOUND_V,
+                CLAMP_D,
+            )
+            gi = tl.load(p0_p + base + offs, mask=mask, other=0.0) + a0 * tl.load(
+                p1_p + base + offs, mask=mask, other=0.0
+            )
             if MERGE_SRC:
                 gi += g_src
             tl.store(gi_p + base + offs, gi.to(gi_p.dtype.element_ty), mask=mask)
@@ -565,9 +1166,34 @@ if triton is not None:
             tl.store(gdy_p + base + offs, gDy.to(gdy_p.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _bwd_step_uv(gdiv_p, gu_tmp, gv_tmp, gu_p, gv_p, u_p, v_p, H, W,
-                     dt_hi, dt_lo, dx_hi, dx_lo, dy_hi, dy_lo, bx_hi, bx_lo, by_hi, by_lo, cr_hi, cr_lo, dm_hi, dm_lo,
-                     BOUND_V: tl.constexpr, BND: tl.constexpr, BLOCK: tl.constexpr):
+    def _bwd_step_uv(
+        gdiv_p,
+        gu_tmp,
+        gv_tmp,
+        gu_p,
+        gv_p,
+        u_p,
+        v_p,
+        H,
+        W,
+        dt_hi,
+        dt_lo,
+        dx_hi,
+        dx_lo,
+        dy_hi,
+        dy_lo,
+        bx_hi,
+        bx_lo,
+        by_hi,
+        by_lo,
+        cr_hi,
+        cr_lo,
+        dm_hi,
+        dm_lo,
+        BOUND_V: tl.constexpr,
+        BND: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
         """g_u, g_v = (partial + the divergence's transpose applied to g_div) * the bound's derivative."""
         CT: tl.constexpr = gdiv_p.dtype.element_ty
         pid = tl.program_id(0).to(tl.int64)
@@ -577,11 +1203,29 @@ if triton is not None:
         mask = offs < HW
         y = offs // W
         x = offs % W
-        dt, dx, dy, bxc, byc, ium_x, ium_y, dmax = _scalars(dt_hi, dt_lo, dx_hi, dx_lo, dy_hi, dy_lo, bx_hi, bx_lo,
-                                                            by_hi, by_lo, cr_hi, cr_lo, dm_hi, dm_lo, CT)
-        gu, gv = _finish_uv(tl.load(gu_tmp + base + offs, mask=mask, other=0.0),
-                            tl.load(gv_tmp + base + offs, mask=mask, other=0.0), gdiv_p + base, u_p + base,
-                            v_p + base, offs, y, x, H, W, mask, dx, dy, ium_x, ium_y, CT, BND, BOUND_V)
+        dt, dx, dy, bxc, byc, ium_x, ium_y, dmax = _scalars(
+            dt_hi, dt_lo, dx_hi, dx_lo, dy_hi, dy_lo, bx_hi, bx_lo, by_hi, by_lo, cr_hi, cr_lo, dm_hi, dm_lo, CT
+        )
+        gu, gv = _finish_uv(
+            tl.load(gu_tmp + base + offs, mask=mask, other=0.0),
+            tl.load(gv_tmp + base + offs, mask=mask, other=0.0),
+            gdiv_p + base,
+            u_p + base,
+            v_p + base,
+            offs,
+            y,
+            x,
+            H,
+            W,
+            mask,
+            dx,
+            dy,
+            ium_x,
+            ium_y,
+            CT,
+            BND,
+            BOUND_V,
+        )
         tl.store(gu_p + base + offs, gu.to(gu_p.dtype.element_ty), mask=mask)
         tl.store(gv_p + base + offs, gv.to(gv_p.dtype.element_ty), mask=mask)
 
@@ -607,8 +1251,8 @@ def _contig(t: Optional[Tensor], like: Tensor) -> Tensor:
 
 
 def _scalar_args(dx_const, dy_const, dt, dx, dy, courant, dmax):
-    bx = dx_const * dt / dx ** 2
-    by = dy_const * dt / dy ** 2
+    bx = dx_const * dt / dx**2
+    by = dy_const * dt / dy**2
     out = []
     for value in (dt, dx, dy, bx, by, courant, dmax):
         out.extend(_split(float(value)))
@@ -617,13 +1261,33 @@ def _scalar_args(dx_const, dy_const, dt, dx, dy, courant, dmax):
 
 def _flags(source, u, Dx, courant, dmax, boundary):
     var_d = Dx is not None
-    return dict(HAS_SRC=source is not None, HAS_VEL=u is not None, VAR_D=var_d, BOUND_V=u is not None and courant > 0,
-                CLAMP_D=var_d and dmax > 0, BND=int(boundary))
+    return dict(
+        HAS_SRC=source is not None,
+        HAS_VEL=u is not None,
+        VAR_D=var_d,
+        BOUND_V=u is not None and courant > 0,
+        CLAMP_D=var_d and dmax > 0,
+        BND=int(boundary),
+    )
 
 
-def forward(init: Tensor, source: Optional[Tensor], u: Optional[Tensor], v: Optional[Tensor],
-            Dx: Optional[Tensor], Dy: Optional[Tensor], dx_const: float, dy_const: float, K: int, dt: float,
-            dx: float, dy: float, boundary: int, courant: float, dmax: float) -> Tensor:
+def forward(
+    init: Tensor,
+    source: Optional[Tensor],
+    u: Optional[Tensor],
+    v: Optional[Tensor],
+    Dx: Optional[Tensor],
+    Dy: Optional[Tensor],
+    dx_const: float,
+    dy_const: float,
+    K: int,
+    dt: float,
+    dx: float,
+    dy: float,
+    boundary: int,
+    courant: float,
+    dmax: float,
+) -> Tensor:
     """H^K (see the module docstring for which kernel runs)."""
     N, C, H, W = init.shape
     x0 = init.contiguous()
@@ -638,8 +1302,9 @@ def forward(init: Tensor, source: Optional[Tensor], u: Optional[Tensor], v: Opti
     if HW <= PLANE_MAX:
         block = triton.next_power_of_2(HW)
         scratch = torch.empty((NC, HW), dtype=ct, device=init.device)
-        _wrap(_fwd_plane)[(NC,)](x0, *ins, out, scratch, H, W, K, 1, *sc, **flags, SAVE=False, BLOCK=block,
-                                 num_warps=_num_warps(block))
+        _wrap(_fwd_plane)[(NC,)](
+            x0, *ins, out, scratch, H, W, K, 1, *sc, **flags, SAVE=False, BLOCK=block, num_warps=_num_warps(block)
+        )
         return out
     states = _step_states(x0, ins, sc, flags, K, keep=False)
     out.view(NC, HW).copy_(states[K % 3])
@@ -658,15 +1323,32 @@ def _step_states(x0: Tensor, ins: list, sc: list, flags: dict, K: int, keep: boo
     grid = (NC, triton.cdiv(HW, STEP_BLOCK))
     for k in range(K):
         hp = states[max(k - 1, 0) % n]
-        _wrap(_fwd_step)[grid](hp, states[k % n], states[(k + 1) % n], *ins, H, W, *sc, **flags, BLOCK=STEP_BLOCK,
-                               num_warps=4)
+        _wrap(_fwd_step)[grid](
+            hp, states[k % n], states[(k + 1) % n], *ins, H, W, *sc, **flags, BLOCK=STEP_BLOCK, num_warps=4
+        )
     return states
 
 
-def backward(grad: Tensor, init: Tensor, source: Optional[Tensor], u: Optional[Tensor], v: Optional[Tensor],
-             Dx: Optional[Tensor], Dy: Optional[Tensor], dx_const: float, dy_const: float, K: int, dt: float,
-             dx: float, dy: float, boundary: int, courant: float, dmax: float, needs: list[bool],
-             source_is_init: bool) -> list[Optional[Tensor]]:
+def backward(
+    grad: Tensor,
+    init: Tensor,
+    source: Optional[Tensor],
+    u: Optional[Tensor],
+    v: Optional[Tensor],
+    Dx: Optional[Tensor],
+    Dy: Optional[Tensor],
+    dx_const: float,
+    dy_const: float,
+    K: int,
+    dt: float,
+    dx: float,
+    dy: float,
+    boundary: int,
+    courant: float,
+    dmax: float,
+    needs: list[bool],
+    source_is_init: bool,
+) -> list[Optional[Tensor]]:
     """Gradients of (init, source, u, v, Dx, Dy), None where not needed (or absent). With
     ``source_is_init`` source's gradient is added into init's and comes back as None."""
     N, C, H, W = init.shape
@@ -678,8 +1360,10 @@ def backward(grad: Tensor, init: Tensor, source: Optional[Tensor], u: Optional[T
     x0 = init.contiguous()
     g = grad.contiguous()
     ins = [_contig(t, x0) for t in (source, u, v, Dx, Dy)]
-    outs = [torch.empty_like(t) if ok else x0.new_empty(1)
-            for t, ok in zip((x0, *ins), (need_init, need_src, need_vel, need_vel, need_d, need_d))]
+    outs = [
+        torch.empty_like(t) if ok else x0.new_empty(1)
+        for t, ok in zip((x0, *ins), (need_init, need_src, need_vel, need_vel, need_d, need_d))
+    ]
     need[1] = need_src
     if x0.numel() == 0 or not (need_init or need_src or need_vel or need_d):
         return [o if ok else None for o, ok in zip(outs, need)]
@@ -693,17 +1377,16 @@ def backward(grad: Tensor, init: Tensor, source: Optional[Tensor], u: Optional[T
         st = torch.empty((NC, K + 4, HW), dtype=ct, device=init.device)
         warps = _num_warps(block)
         if K > 0:
-            _wrap(_fwd_plane)[(NC,)](x0, *ins, x0, st, H, W, K, K + 4, *sc, **flags, SAVE=True, BLOCK=block,
-                                     num_warps=warps)
-        _wrap(_bwd_plane)[(NC,)](g, x0, *ins, st, *outs, H, W, K, *sc, **flags, **wants, BLOCK=block,
-                                 num_warps=warps)
+            _wrap(_fwd_plane)[(NC,)](
+                x0, *ins, x0, st, H, W, K, K + 4, *sc, **flags, SAVE=True, BLOCK=block, num_warps=warps
+            )
+        _wrap(_bwd_plane)[(NC,)](g, x0, *ins, st, *outs, H, W, K, *sc, **flags, **wants, BLOCK=block, num_warps=warps)
     else:
         _backward_steps(g, x0, ins, outs, sc, flags, wants, K)
     return [o if ok else None for o, ok in zip(outs, need)]
 
 
-def _backward_steps(g: Tensor, x0: Tensor, ins: list, outs: list, sc: list, flags: dict, wants: dict,
-                    K: int) -> None:
+def _backward_steps(g: Tensor, x0: Tensor, ins: list, outs: list, sc: list, flags: dict, wants: dict, K: int) -> None:
     N, C, H, W = x0.shape
     HW, NC = H * W, N * C
     ct = _compute_dtype(x0.dtype)
@@ -716,15 +1399,49 @@ def _backward_steps(g: Tensor, x0: Tensor, ins: list, outs: list, sc: list, flag
     w = torch.empty((4, NC, HW), dtype=ct, device=x0.device)
     for k in range(K - 1, -1, -1):
         p, q, out = mu[(k + 1) % 3], mu[(k + 2) % 3], mu[k % 3]
-        _wrap(_bwd_step_acc)[grid](p, states[k], states[max(k - 1, 0)], w, acc, *ins[1:], H, W, NC, *sc, **fl,
-                                   BLOCK=STEP_BLOCK, num_warps=4)
+        _wrap(_bwd_step_acc)[grid](
+            p, states[k], states[max(k - 1, 0)], w, acc, *ins[1:], H, W, NC, *sc, **fl, BLOCK=STEP_BLOCK, num_warps=4
+        )
         _wrap(_bwd_step_mu)[grid](p, q, w, out, *ins, H, W, NC, *sc, **fl, BLOCK=STEP_BLOCK, num_warps=4)
     gdiv, gu_tmp, gv_tmp = w[0], w[1], w[2]
-    _wrap(_bwd_step_chain)[grid](acc, mu[0], mu[1], gdiv, gu_tmp, gv_tmp, outs[0], outs[1], outs[4], outs[5],
-                                 *ins, H, W, NC, *sc, **flags, **wants, BLOCK=STEP_BLOCK, num_warps=4)
+    _wrap(_bwd_step_chain)[grid](
+        acc,
+        mu[0],
+        mu[1],
+        gdiv,
+        gu_tmp,
+        gv_tmp,
+        outs[0],
+        outs[1],
+        outs[4],
+        outs[5],
+        *ins,
+        H,
+        W,
+        NC,
+        *sc,
+        **flags,
+        **wants,
+        BLOCK=STEP_BLOCK,
+        num_warps=4,
+    )
     if wants["NEED_VEL"]:
-        _wrap(_bwd_step_uv)[grid](gdiv, gu_tmp, gv_tmp, outs[2], outs[3], ins[1], ins[2], H, W, *sc,
-                                  BOUND_V=flags["BOUND_V"], BND=flags["BND"], BLOCK=STEP_BLOCK, num_warps=4)
+        _wrap(_bwd_step_uv)[grid](
+            gdiv,
+            gu_tmp,
+            gv_tmp,
+            outs[2],
+            outs[3],
+            ins[1],
+            ins[2],
+            H,
+            W,
+            *sc,
+            BOUND_V=flags["BOUND_V"],
+            BND=flags["BND"],
+            BLOCK=STEP_BLOCK,
+            num_warps=4,
+        )
 
 
 # ------------------------------------------------------------------------------------------ custom ops
@@ -745,13 +1462,15 @@ def _register(name: str, fake):
     return deco
 
 
-def _fake_forward(init, source, u, v, Dx, Dy, dx_const, dy_const, K, dt, dx, dy, boundary, courant, dmax,
-                  source_is_init):
+def _fake_forward(
+    init, source, u, v, Dx, Dy, dx_const, dy_const, K, dt, dx, dy, boundary, courant, dmax, source_is_init
+):
     return torch.empty_like(init, memory_format=torch.contiguous_format)
 
 
-def _fake_backward(grad, init, source, u, v, Dx, Dy, dx_const, dy_const, K, dt, dx, dy, boundary, courant, dmax,
-                   needs, source_is_init):
+def _fake_backward(
+    grad, init, source, u, v, Dx, Dy, dx_const, dy_const, K, dt, dx, dy, boundary, courant, dmax, needs, source_is_init
+):
     ins = (init, source, u, v, Dx, Dy)
     present = [t is not None for t in ins]
     need = [bool(n) and p for n, p in zip(needs, present)]
@@ -759,26 +1478,76 @@ def _fake_backward(grad, init, source, u, v, Dx, Dy, dx_const, dy_const, K, dt, 
         need[1] = False
     vel, dif = need[2] or need[3], need[4] or need[5]
     made = [need[0], need[1], vel and need[2], vel and need[3], dif and need[4], dif and need[5]]
-    return [torch.empty_like(t, memory_format=torch.contiguous_format) if m else init.new_empty(0)
-            for t, m in zip(ins, made)]
+    return [
+        torch.empty_like(t, memory_format=torch.contiguous_format) if m else init.new_empty(0)
+        for t, m in zip(ins, made)
+    ]
 
 
 @_register("condense::advection_diffusion_triton", _fake_forward)
-def triton_advection_diffusion(init: Tensor, source: Optional[Tensor], u: Optional[Tensor], v: Optional[Tensor],
-                               Dx: Optional[Tensor], Dy: Optional[Tensor], dx_const: float, dy_const: float, K: int,
-                               dt: float, dx: float, dy: float, boundary: int, courant: float, dmax: float,
-                               source_is_init: bool) -> Tensor:
+def triton_advection_diffusion(
+    init: Tensor,
+    source: Optional[Tensor],
+    u: Optional[Tensor],
+    v: Optional[Tensor],
+    Dx: Optional[Tensor],
+    Dy: Optional[Tensor],
+    dx_const: float,
+    dy_const: float,
+    K: int,
+    dt: float,
+    dx: float,
+    dy: float,
+    boundary: int,
+    courant: float,
+    dmax: float,
+    source_is_init: bool,
+) -> Tensor:
     # source_is_init (the Global layer's default f(I) = I = H^0) only shapes the backward (one gradient)
     return forward(init, source, u, v, Dx, Dy, dx_const, dy_const, K, dt, dx, dy, boundary, courant, dmax)
 
 
 @_register("condense::advection_diffusion_triton_backward", _fake_backward)
-def _backward_op(grad: Tensor, init: Tensor, source: Optional[Tensor], u: Optional[Tensor], v: Optional[Tensor],
-                 Dx: Optional[Tensor], Dy: Optional[Tensor], dx_const: float, dy_const: float, K: int, dt: float,
-                 dx: float, dy: float, boundary: int, courant: float, dmax: float, needs: list[bool],
-                 source_is_init: bool) -> list[Tensor]:
-    grads = backward(grad, init, source, u, v, Dx, Dy, dx_const, dy_const, K, dt, dx, dy, boundary, courant, dmax,
-                     needs, source_is_init)
+def _backward_op(
+    grad: Tensor,
+    init: Tensor,
+    source: Optional[Tensor],
+    u: Optional[Tensor],
+    v: Optional[Tensor],
+    Dx: Optional[Tensor],
+    Dy: Optional[Tensor],
+    dx_const: float,
+    dy_const: float,
+    K: int,
+    dt: float,
+    dx: float,
+    dy: float,
+    boundary: int,
+    courant: float,
+    dmax: float,
+    needs: list[bool],
+    source_is_init: bool,
+) -> list[Tensor]:
+    grads = backward(
+        grad,
+        init,
+        source,
+        u,
+        v,
+        Dx,
+        Dy,
+        dx_const,
+        dy_const,
+        K,
+        dt,
+        dx,
+        dy,
+        boundary,
+        courant,
+        dmax,
+        needs,
+        source_is_init,
+    )
     return [g if g is not None else init.new_empty(0) for g in grads]
 
 
@@ -787,10 +1556,13 @@ def _autograd(ctx, grad):
     needs = [bool(n) for n in ctx.needs_input_grad[:6]]
     merged = bool(ctx.source_is_init) and needs[0] and tensors[1] is not None
     grads = _backward_op(grad, *tensors, *ctx.scalars, needs, merged)
-    return (*(g if (t is not None and n and not (i == 1 and merged)) else None
-              for i, (g, t, n) in enumerate(zip(grads, tensors, needs))),
-            *([None] * (len(ctx.scalars) + 1)))
+    return (
+        *(
+            g if (t is not None and n and not (i == 1 and merged)) else None
+            for i, (g, t, n) in enumerate(zip(grads, tensors, needs))
+        ),
+        *([None] * (len(ctx.scalars) + 1)),
+    )
 
 
 triton_advection_diffusion.register_autograd(_autograd, setup_context=solver_setup_context)  # the C op's context
-

@@ -3,6 +3,7 @@
 No assertion compares timings (which model is faster is the benchmark's output, not a property to test on
 a loaded machine): timed rows are checked for their structure (present, positive, consistent units); the
 ratios asserted are those of MACs and parameters, which condense.count computes exactly."""
+
 import csv
 import json
 
@@ -41,8 +42,22 @@ def _read(path):
 def test_bench_writes_the_csv_with_positive_ratios(tiny_dir, tmp_path, capsys):
     out = tmp_path / "bench.csv"
     threads = torch.get_num_threads()
-    code = bench_main([str(tiny_dir), "--no-compile", "--repeats", "2", "--batch-sizes", "1,4", "--threads", "1",
-                       "--csv", str(out), "--device", "cpu"])
+    code = bench_main(
+        [
+            str(tiny_dir),
+            "--no-compile",
+            "--repeats",
+            "2",
+            "--batch-sizes",
+            "1,4",
+            "--threads",
+            "1",
+            "--csv",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     assert torch.get_num_threads() == threads  # restored after the run
     text = capsys.readouterr().out
@@ -50,8 +65,12 @@ def test_bench_writes_the_csv_with_positive_ratios(tiny_dir, tmp_path, capsys):
     columns, rows = _read(out)
     assert tuple(columns) == CSV_COLUMNS
     assert [(r["task"], r["mode"], r["batch"]) for r in rows] == [
-        ("macs", "", "1"), ("params", "", ""), ("latency", "eager", "1"), ("throughput", "eager", "4"),
-        ("train", "eager", "4")]
+        ("macs", "", "1"),
+        ("params", "", ""),
+        ("latency", "eager", "1"),
+        ("throughput", "eager", "4"),
+        ("train", "eager", "4"),
+    ]
     for r in rows:
         assert float(r["ratio"]) > 0 and float(r["original"]) > 0 and float(r["condensed"]) > 0
         if r["task"] not in ("macs", "params"):
@@ -68,6 +87,7 @@ def test_a_failing_compile_is_reported_not_raised(tiny_dir, monkeypatch):
     def broken_compile(model, **kwargs):
         def run(*args, **kw):
             raise RuntimeError("inductor is broken here")
+
         return run
 
     monkeypatch.setattr(torch, "compile", broken_compile)
@@ -82,15 +102,24 @@ def test_a_failing_compile_is_reported_not_raised(tiny_dir, monkeypatch):
 
 
 def test_a_model_spec_is_condensed_first_and_against_is_used(tiny_dir):
-    result = run_bench("zoo:resnet_tiny", input_size=SIZE, batch_sizes=(1,), repeats=1, warmup=1, threads=1,
-                       compile=False, train=False)
+    result = run_bench(
+        "zoo:resnet_tiny", input_size=SIZE, batch_sizes=(1,), repeats=1, warmup=1, threads=1, compile=False, train=False
+    )
     assert result.original_label == "zoo:resnet_tiny"
     macs = _row(result, "macs")
     assert macs["condensed"] < macs["original"] and macs["ratio"] == macs["condensed"] / macs["original"]
     latency = _row(result, "latency")
     assert latency["original"] > 0 and latency["condensed"] > 0 and latency["unit"] == "ms"
-    other = run_bench(str(tiny_dir), against="zoo:resnet_tiny_global", batch_sizes=(1,), repeats=1, warmup=1,
-                      threads=1, compile=False, train=False)
+    other = run_bench(
+        str(tiny_dir),
+        against="zoo:resnet_tiny_global",
+        batch_sizes=(1,),
+        repeats=1,
+        warmup=1,
+        threads=1,
+        compile=False,
+        train=False,
+    )
     assert other.original_label == "zoo:resnet_tiny_global" and _row(other, "macs")["original"] > 0
 
 
@@ -107,8 +136,16 @@ def test_errors_are_one_line(tiny_dir, tmp_path, capsys):
     with pytest.raises(CondenseError, match="--against"):
         run_bench(str(python_built), compile=False, train=False, repeats=1)
     # with --against the directory loads on that model
-    result = run_bench(str(python_built), against="zoo:resnet_tiny", batch_sizes=(1,), repeats=1, warmup=1,
-                       threads=1, compile=False, train=False)
+    result = run_bench(
+        str(python_built),
+        against="zoo:resnet_tiny",
+        batch_sizes=(1,),
+        repeats=1,
+        warmup=1,
+        threads=1,
+        compile=False,
+        train=False,
+    )
     assert _row(result, "macs")["ratio"] < 1 and _row(result, "params")["ratio"] < 1
 
 

@@ -1,5 +1,6 @@
 """``python -m condense.bench.supernet``: the rank-fidelity benchmark runs end to end on tiny data, its
 ground truth is the real training path, and a second run continues from rank.json without training again."""
+
 import json
 
 import pytest
@@ -13,9 +14,29 @@ from search import build_plan
 
 def test_rank_benchmark_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
     tiny_mnist(tmp_path / "m.npz", n_train=96, n_test=32)
-    argv = ["zoo:resnet_tiny", "--data", f"mnist:{tmp_path / 'm.npz'}", "--input-size", "3x16x16", "--budget", "90%",
-            "--plans", "3", "--seeds", "2", "--epochs", "1", "--supernet-epochs", "1", "--steps-per-epoch", "2",
-            "--batch-size", "16", "-o", str(tmp_path / "rb")]
+    argv = [
+        "zoo:resnet_tiny",
+        "--data",
+        f"mnist:{tmp_path / 'm.npz'}",
+        "--input-size",
+        "3x16x16",
+        "--budget",
+        "90%",
+        "--plans",
+        "3",
+        "--seeds",
+        "2",
+        "--epochs",
+        "1",
+        "--supernet-epochs",
+        "1",
+        "--steps-per-epoch",
+        "2",
+        "--batch-size",
+        "16",
+        "-o",
+        str(tmp_path / "rb"),
+    ]
     assert bench.main(argv) == 0
     out = capsys.readouterr().out
     assert "Kendall tau over 3 plans" in out and "supernet (1 epochs)" in out
@@ -31,9 +52,13 @@ def test_rank_benchmark_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
     found = condense.find_runs(original, (3, 16, 16))
     plan = condense.Plan.from_dict(plans[0]["plan"])
     model = build_plan(original, found, plan, 1)
-    acc = condense.train.train(model, bundle, condense.TrainConfig(epochs=1, batch_size=16, lr=0.05, seed=1,
-                                                                   max_steps_per_epoch=2), progress=False,
-                               device="cpu").metrics["test_acc"]
+    acc = condense.train.train(
+        model,
+        bundle,
+        condense.TrainConfig(epochs=1, batch_size=16, lr=0.05, seed=1, max_steps_per_epoch=2),
+        progress=False,
+        device="cpu",
+    ).metrics["test_acc"]
     assert results[plans[0]["label"]]["seed1"] == pytest.approx(acc)
     # every plan fits the budget as measured
     macs0 = condense.macs_and_params(original, (3, 16, 16))[0]

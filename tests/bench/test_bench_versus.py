@@ -1,6 +1,7 @@
 """``python -m condense.bench.versus``: condense against block dropping and Torch-Pruning, end to end with
 ``--quick`` on a tiny CIFAR-10 written here; every arm's MACs by the one counter; resume trains nothing; a
 changed setting is refused; bad input is one line."""
+
 import contextlib
 import csv
 import io
@@ -30,7 +31,7 @@ def tiny_cifar(d: Path, n_train: int = 200, n_test: int = 100, seed: int = 0) ->
         y = rng.integers(0, 10, n)
         x = rng.integers(0, 80, (n, 3, 32, 32), dtype=np.uint8)
         for i, k in enumerate(y):
-            x[i, :, 3 * k: 3 * k + 3, :] = 255
+            x[i, :, 3 * k : 3 * k + 3, :] = 255
         return x, y
 
     d.mkdir(parents=True)
@@ -39,8 +40,9 @@ def tiny_cifar(d: Path, n_train: int = 200, n_test: int = 100, seed: int = 0) ->
         batch = {b"labels": [int(v) for v in y[idx]], b"data": x[idx].reshape(len(idx), 3072)}
         (d / f"data_batch_{i}").write_bytes(pickle.dumps(batch, protocol=2))
     xt, yt = make(n_test)
-    (d / "test_batch").write_bytes(pickle.dumps({b"labels": [int(v) for v in yt], b"data": xt.reshape(-1, 3072)},
-                                                protocol=2))
+    (d / "test_batch").write_bytes(
+        pickle.dumps({b"labels": [int(v) for v in yt], b"data": xt.reshape(-1, 3072)}, protocol=2)
+    )
     (d / "batches.meta").write_bytes(pickle.dumps({b"label_names": [c.encode() for c in CLASSES]}, protocol=2))
     return d
 
@@ -138,8 +140,13 @@ def test_every_arm_reaches_the_mac_target_by_the_one_counter(quick):
 def test_resume_trains_nothing_and_reports_the_same(quick, monkeypatch):
     d = quick["dir"]
     before = json.loads((d / "versus.json").read_text())
-    for target, name in ((condense.train, "train"), (condense, "calibrate"), (_versus_latency, "measure"),
-                         (_versus_prune, "prune_to_macs"), (condense._fit, "fit")):
+    for target, name in (
+        (condense.train, "train"),
+        (condense, "calibrate"),
+        (_versus_latency, "measure"),
+        (_versus_prune, "prune_to_macs"),
+        (condense._fit, "fit"),
+    ):
         monkeypatch.setattr(target, name, lambda *a, _n=name, **k: pytest.fail(f"{_n} called on resume"))
     monkeypatch.setenv("CONDENSE_CACHE", str(quick["root"] / "cache"))
     rc, out, err = run(quick["argv"])
@@ -170,6 +177,7 @@ def test_more_seeds_train_only_the_new_ones(quick, monkeypatch, tmp_path):
     def counting(model, data, config, **kw):
         calls.append(config.seed)
         return real(model, data, config, **kw)
+
     monkeypatch.setattr(condense.train, "train", counting)
     monkeypatch.setenv("CONDENSE_CACHE", str(quick["root"] / "cache"))
     argv = quick["argv"][:-1] + [str(copy_dir), "--seeds", "0,1", "--arms", "drop,tp-l1"]
@@ -191,8 +199,7 @@ def _bad_cases(data):
         (["zoo:resnet20"], "--data SPEC is required"),
         (["zoo:resnet20", "--data", f"cifar10:{data}-missing"], "does not exist"),
         (["zoo:resnet20", "--data", spec, "--arms", "global,magic"], "unknown arm 'magic'"),
-        (["zoo:resnet20", "--data", spec, "--checkpoint", str(data / "batches.meta"), "--epochs", "2"],
-         "contradict"),
+        (["zoo:resnet20", "--data", spec, "--checkpoint", str(data / "batches.meta"), "--epochs", "2"], "contradict"),
     ]
 
 
@@ -216,8 +223,18 @@ def test_without_torch_pruning_the_hint_says_how_to_install(quick, monkeypatch, 
     monkeypatch.setitem(sys.modules, "torch_pruning", None)  # import torch_pruning now raises ImportError
     with pytest.raises(condense.CondenseError, match=r'pip install "condense\[versus\]"'):
         _versus_prune.torch_pruning()
-    rc, _out, err = run(["zoo:resnet20", "--data", f"cifar10:{quick['data']}", "--quick", "--arms", "tp-group",
-                         "-o", str(tmp_path / "o")])
+    rc, _out, err = run(
+        [
+            "zoo:resnet20",
+            "--data",
+            f"cifar10:{quick['data']}",
+            "--quick",
+            "--arms",
+            "tp-group",
+            "-o",
+            str(tmp_path / "o"),
+        ]
+    )
     assert rc == 1 and len(err.strip().splitlines()) == 1 and 'pip install "condense[versus]"' in err
 
 
@@ -231,8 +248,10 @@ def test_prune_to_macs_lands_at_the_target_and_leaves_the_original(fraction):
     p = _versus_prune.prune_to_macs(model, size, fraction * macs0, "group")
     assert (p.macs, p.params) == condense.macs_and_params(p.model, size)
     # whole channels: the nearest step of one uniform ratio; no other ratio tried lands closer
-    steps = {condense.macs_and_params(_versus_prune.prune_once(model, size, r, "group"), size)[0]
-             for r in np.linspace(0.05, 0.85, 33)}
+    steps = {
+        condense.macs_and_params(_versus_prune.prune_once(model, size, r, "group"), size)[0]
+        for r in np.linspace(0.05, 0.85, 33)
+    }
     closest = min(abs(m - fraction * macs0) for m in steps)
     assert abs(p.macs - fraction * macs0) <= max(closest, 0.02 * fraction * macs0) + 1
     assert 0 < p.ratio < 1 and p.model.fc.out_features == 10

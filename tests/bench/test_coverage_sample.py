@@ -2,6 +2,7 @@
 
 The full survey (every timm model up to 120M parameters) is ``python -m condense.bench.coverage``.
 """
+
 import pytest
 
 from condense.bench.coverage import check_model, family, summarize
@@ -40,5 +41,9 @@ def test_summary_counts_only_models_with_repeats():
 
 
 def test_family_names():
-    assert [family(n) for n in ("resnet50d", "mobilenetv2_100", "efficientnet_b0", "dla34")] == \
-        ["resnet", "mobilenetv2", "efficientnet", "dla"]
+    assert [family(n) for n in ("resnet50d", "mobilenetv2_100", "efficientnet_b0", "dla34")] == [
+        "resnet",
+        "mobilenetv2",
+        "efficientnet",
+        "dla",
+    ]

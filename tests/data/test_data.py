@@ -1,4 +1,5 @@
 """condense.data on tiny data sets written here in their real formats, plus the real MNIST npz."""
+
 import gzip
 import os
 import pickle
@@ -53,8 +54,9 @@ def mnist_arrays(n_train=40, n_test=12, seed=0):
 def write_mnist_idx(d: Path, *, gz: bool = False, **kw) -> tuple[np.ndarray, ...]:
     d.mkdir(parents=True, exist_ok=True)
     arrs = mnist_arrays(**kw)
-    for name, a in zip(("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                        "t10k-labels-idx1-ubyte"), arrs):
+    for name, a in zip(
+        ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"), arrs
+    ):
         write_idx(d / name, a, gz=gz)
     return arrs
 
@@ -72,14 +74,20 @@ def write_cifar10_pickles(d: Path, train, test, protocol=2) -> None:
     x, y = train
     parts = np.array_split(np.arange(len(y)), 5)
     for i, idx in enumerate(parts, start=1):
-        batch = {b"batch_label": b"training batch", b"labels": [int(v) for v in y[idx]],
-                 b"data": x[idx].reshape(len(idx), 3072), b"filenames": [b"x.png"] * len(idx)}
+        batch = {
+            b"batch_label": b"training batch",
+            b"labels": [int(v) for v in y[idx]],
+            b"data": x[idx].reshape(len(idx), 3072),
+            b"filenames": [b"x.png"] * len(idx),
+        }
         (d / f"data_batch_{i}").write_bytes(pickle.dumps(batch, protocol=protocol))
     xt, yt = test
-    (d / "test_batch").write_bytes(pickle.dumps({b"labels": list(map(int, yt)), b"data": xt.reshape(-1, 3072)},
-                                                protocol=protocol))
-    (d / "batches.meta").write_bytes(pickle.dumps({b"label_names": [n.encode() for n in CIFAR10],
-                                                   b"num_vis": 3072}, protocol=protocol))
+    (d / "test_batch").write_bytes(
+        pickle.dumps({b"labels": list(map(int, yt)), b"data": xt.reshape(-1, 3072)}, protocol=protocol)
+    )
+    (d / "batches.meta").write_bytes(
+        pickle.dumps({b"label_names": [n.encode() for n in CIFAR10], b"num_vis": 3072}, protocol=protocol)
+    )
 
 
 def write_tree(root: Path, splits: dict, classes, ext=".png") -> None:
@@ -175,21 +183,33 @@ def test_mnist_real_npz(tmp_path):
 
 def test_cifar10_pickles_tree_and_tar_give_the_same_pixels(cifar_sets, tmp_path):
     root, (x_train, y_train), (x_test, y_test) = cifar_sets
-    specs = [f"cifar10:{root / 'pickles'}", f"cifar10:{root / 'pickles' / 'cifar-10-batches-py'}",
-             f"cifar10:{root / 'tree'}", f"cifar10:{root / 'tree.tar.gz'}"]
+    specs = [
+        f"cifar10:{root / 'pickles'}",
+        f"cifar10:{root / 'pickles' / 'cifar-10-batches-py'}",
+        f"cifar10:{root / 'tree'}",
+        f"cifar10:{root / 'tree.tar.gz'}",
+    ]
     bundles = [load_data(s, cache_dir=tmp_path) for s in specs]
     ref = bundles[0]
     assert ref.classes == CIFAR10 and ref.num_classes == 10 and ref.input_size == (3, 32, 32)
     assert (ref.train_size, ref.test_size) == (30, 10)
     x, y = all_batches(ref, "train")
     # raw pixels come back exactly; the pickles are in class order here, like the tree
-    assert torch.allclose(x * torch.tensor(ref.std).view(1, 3, 1, 1) + torch.tensor(ref.mean).view(1, 3, 1, 1),
-                          torch.from_numpy(x_train).float() / 255, atol=1e-5)
+    assert torch.allclose(
+        x * torch.tensor(ref.std).view(1, 3, 1, 1) + torch.tensor(ref.mean).view(1, 3, 1, 1),
+        torch.from_numpy(x_train).float() / 255,
+        atol=1e-5,
+    )
     assert torch.equal(y, torch.from_numpy(y_train))
     assert x.mean(dim=(0, 2, 3)).abs().max() < 1e-4
     for b in bundles[1:]:
-        assert (b.classes, b.mean, b.std, b.train_size, b.test_size) == \
-            (ref.classes, ref.mean, ref.std, ref.train_size, ref.test_size)
+        assert (b.classes, b.mean, b.std, b.train_size, b.test_size) == (
+            ref.classes,
+            ref.mean,
+            ref.std,
+            ref.train_size,
+            ref.test_size,
+        )
         for split in ("train", "test"):
             xb, yb = all_batches(b, split)
             xr, yr = all_batches(ref, split)
@@ -201,8 +221,11 @@ def test_cifar100_pickles(tmp_path):
     d.mkdir()
     x, fine = cifar_images(1, 100, seed=3)
     for name, idx in (("train", slice(0, 100)), ("test", slice(0, 50))):
-        batch = {b"data": x[idx].reshape(-1, 3072), b"fine_labels": fine[idx].tolist(),
-                 b"coarse_labels": (fine[idx] // 5).tolist()}
+        batch = {
+            b"data": x[idx].reshape(-1, 3072),
+            b"fine_labels": fine[idx].tolist(),
+            b"coarse_labels": (fine[idx] // 5).tolist(),
+        }
         (d / name).write_bytes(pickle.dumps(batch))  # default protocol: numpy 2's array pickling
     names = [f"class{i:03d}".encode() for i in range(100)]
     (d / "meta").write_bytes(pickle.dumps({b"fine_label_names": names, b"coarse_label_names": []}))
@@ -263,9 +286,13 @@ def test_crop_flip_augmentation(cifar_sets, tmp_path):
     kinds = set()
     for a, p in zip(aug1, plain):
         padded = torch.nn.functional.pad(p - pad_value, (4, 4, 4, 4)) + pad_value
-        windows = [(i, j, padded[:, i:i + 32, j:j + 32]) for i in range(9) for j in range(9)]
-        match = [(i, j, f) for i, j, w in windows for f in (False, True)
-                 if torch.allclose(a, w.flip(-1) if f else w, atol=1e-5)]
+        windows = [(i, j, padded[:, i : i + 32, j : j + 32]) for i in range(9) for j in range(9)]
+        match = [
+            (i, j, f)
+            for i, j, w in windows
+            for f in (False, True)
+            if torch.allclose(a, w.flip(-1) if f else w, atol=1e-5)
+        ]
         assert match, "an augmented image is not a crop of the padded original"
         kinds.update((i != 4 or j != 4, f) for i, j, f in match)
     assert {(True, False), (True, True)} <= kinds  # both shifted and mirrored crops occur
@@ -297,8 +324,9 @@ def test_shards_lengths_and_resume(tmp_path):
     full = [y for _, y in b.loader("train", 6, shuffle=True, augment=False, seed=9, epoch=1)]
     rest = [y for _, y in b.loader("train", 6, shuffle=True, augment=False, seed=9, epoch=1, start_batch=4)]
     assert len(rest) == 3 and all(torch.equal(a, c) for a, c in zip(full[4:], rest))
-    assert not torch.equal(torch.cat(full), torch.cat([y for _, y in b.loader("train", 6, shuffle=True,
-                                                                               augment=False, seed=9, epoch=2)]))
+    assert not torch.equal(
+        torch.cat(full), torch.cat([y for _, y in b.loader("train", 6, shuffle=True, augment=False, seed=9, epoch=2)])
+    )
 
 
 def test_limits_keep_a_fixed_subset(tmp_path):
@@ -315,8 +343,13 @@ def test_imagefolder(tmp_path):
     x, y = cifar_images(2, 3, seed=4)
     write_tree(tmp_path / "imnet", {"train": (x, y), "val": (x[::2], y[::2])}, ("ant", "bee", "cat"), ext=".jpg")
     b = load_data(f"imagefolder:{tmp_path / 'imnet'}", input_size=(3, 24, 24))
-    assert (b.name, b.classes, b.train_size, b.test_size, b.input_size) == \
-        ("imnet", ("ant", "bee", "cat"), 6, 3, (3, 24, 24))
+    assert (b.name, b.classes, b.train_size, b.test_size, b.input_size) == (
+        "imnet",
+        ("ant", "bee", "cat"),
+        6,
+        3,
+        (3, 24, 24),
+    )
     ld = b.loader("train", 4, shuffle=True, augment=True, seed=1)
     batches = list(ld)
     assert len(ld) == len(batches) == 2
@@ -333,8 +366,11 @@ def test_errors_are_one_line(tmp_path):
         load_data(f"cifar10:{tmp_path / 'nope.tar.gz'}", cache_dir=tmp_path)
     one_line(err)
     (tmp_path / "empty").mkdir()
-    for kind, what in (("mnist", "no MNIST idx files"), ("cifar10", "neither the CIFAR python batches"),
-                       ("imagefolder", "expected train/ and val/")):
+    for kind, what in (
+        ("mnist", "no MNIST idx files"),
+        ("cifar10", "neither the CIFAR python batches"),
+        ("imagefolder", "expected train/ and val/"),
+    ):
         with pytest.raises(CondenseError, match=what) as err:
             load_data(f"{kind}:{tmp_path / 'empty'}", cache_dir=tmp_path)
         one_line(err)
@@ -416,7 +452,8 @@ def write_grey_tree(root: Path, n_per_class: int = 2, classes=("a", "b", "c"), s
             (root / split / c).mkdir(parents=True, exist_ok=True)
             for k in range(n_per_class):
                 Image.fromarray(rng.integers(0, 256, (side, side), dtype=np.uint8), mode="L").save(
-                    root / split / c / f"{k}.png")
+                    root / split / c / f"{k}.png"
+                )
 
 
 def test_imagefolder_of_small_grey_images_is_read_at_their_size_without_augmentation(tmp_path):
@@ -457,8 +494,10 @@ def test_in_memory_defaults_and_choices(cifar_sets, tmp_path):
     assert (b.name, b.augment) == ("cifar10", "crop-flip")
     plain = b.with_augment("none")
     kw = dict(shuffle=True, seed=5)
-    assert torch.equal(torch.cat([x for x, _ in plain.loader("train", 8, augment=True, **kw)]),
-                       torch.cat([x for x, _ in b.loader("train", 8, augment=False, **kw)]))
+    assert torch.equal(
+        torch.cat([x for x, _ in plain.loader("train", 8, augment=True, **kw)]),
+        torch.cat([x for x, _ in b.loader("train", 8, augment=False, **kw)]),
+    )
     for bad, needle in (("timm", "works on image files"), ("flip", "unknown augmentation 'flip'")):
         with pytest.raises(CondenseError, match=needle) as err:
             load_data(f"cifar10:{cifar_sets[0] / 'pickles'}", cache_dir=tmp_path, augment=bad)
@@ -479,17 +518,24 @@ def test_a_tree_read_as_cifar10_is_named_after_itself_and_grey_trees_are_not_fli
 
 
 @settings(max_examples=60, deadline=None, database=None)  # no .hypothesis/ folder in the tree
-@given(n=st.integers(0, 70), world=st.integers(1, 6), seed=st.integers(0, 2**31 - 1), epoch=st.integers(0, 50),
-       shuffle=st.booleans())
+@given(
+    n=st.integers(0, 70),
+    world=st.integers(1, 6),
+    seed=st.integers(0, 2**31 - 1),
+    epoch=st.integers(0, 50),
+    shuffle=st.booleans(),
+)
 def test_every_epoch_is_a_distributed_samplers_shards(n, world, seed, epoch, shuffle):
     """For any size, world size, seed and epoch: each rank's order is what torch's DistributedSampler gives,
     every rank gets ceil(n / world) samples and together they cover the split."""
-    shards = [data._shard_order(n, shuffle=shuffle, seed=seed, epoch=epoch, rank=r, world_size=world)
-              for r in range(world)]
+    shards = [
+        data._shard_order(n, shuffle=shuffle, seed=seed, epoch=epoch, rank=r, world_size=world) for r in range(world)
+    ]
     for rank, order in enumerate(shards):
         if n:
-            sampler = torch.utils.data.DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=shuffle,
-                                                          seed=seed)
+            sampler = torch.utils.data.DistributedSampler(
+                range(n), num_replicas=world, rank=rank, shuffle=shuffle, seed=seed
+            )
             sampler.set_epoch(epoch)
             assert order.tolist() == list(sampler)
         assert len(order) == (-(-n // world) if n else 0)

@@ -1,4 +1,5 @@
 """find_runs: runs of repeated same-resolution blocks, found through the dataflow graph; changes nothing."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,6 +37,7 @@ def resnet18_found(resnet18):
 
 # --- timm models: exact runs --------------------------------------------------------------------------
 
+
 def test_resnet18_runs(resnet18_found):
     f = resnet18_found
     assert _runs(f) == [("layer1", 2), ("layer2", 2), ("layer3", 2), ("layer4", 2)]
@@ -53,8 +55,10 @@ def test_resnet18_counts(resnet18, resnet18_found):
     ref_macs, ref_params = count_module(resnet18, torch.randn(1, *SIZE))
     assert f.total_macs == ref_macs and f.total_params == ref_params
     run = f.run("layer2")
-    assert run.params == (sum(p.numel() for p in resnet18.layer2[0].parameters()),
-                          sum(p.numel() for p in resnet18.layer2[1].parameters()))
+    assert run.params == (
+        sum(p.numel() for p in resnet18.layer2[0].parameters()),
+        sum(p.numel() for p in resnet18.layer2[1].parameters()),
+    )
     macs_rep, _ = count_module(resnet18.layer2[1], torch.randn(1, 128, 8, 8))
     assert run.macs[1] == macs_rep > 0
     assert run.macs[0] != run.macs[1]  # the anchor downsamples
@@ -85,15 +89,13 @@ def test_mobilenetv2_runs():
     m = _model("mobilenetv2_100")
     f = find_runs(m, SIZE, count=False)
     expected = [(f"blocks.{i}", len(m.blocks[i])) for i in range(len(m.blocks)) if len(m.blocks[i]) > 1]
-    assert _runs(f) == expected == [("blocks.1", 2), ("blocks.2", 3), ("blocks.3", 4), ("blocks.4", 3),
-                                    ("blocks.5", 3)]
+    assert _runs(f) == expected == [("blocks.1", 2), ("blocks.2", 3), ("blocks.3", 4), ("blocks.4", 3), ("blocks.5", 3)]
 
 
 def test_convnext_runs_below_stage():
     f = find_runs(_model("convnext_atto"), SIZE, count=False)
     # the blocks of each stage, not (downsample, blocks) one level up
-    assert _runs(f) == [("stages.0.blocks", 2), ("stages.1.blocks", 2), ("stages.2.blocks", 6),
-                        ("stages.3.blocks", 2)]
+    assert _runs(f) == [("stages.0.blocks", 2), ("stages.1.blocks", 2), ("stages.2.blocks", 6), ("stages.3.blocks", 2)]
     assert all(r.kernel_size == 7 and r.layout == "NCHW" for r in f.runs)
 
 
@@ -115,8 +117,14 @@ def test_cspnet_runs():
 def test_dla_tree_runs():
     f = find_runs(_model("dla34"), SIZE, count=False)
     # tree1 (anchor, also read by the root) -> tree2 at each level-1 tree
-    assert _runs(f) == [("level2", 2), ("level3.tree1", 2), ("level3.tree2", 2), ("level4.tree1", 2),
-                        ("level4.tree2", 2), ("level5", 2)]
+    assert _runs(f) == [
+        ("level2", 2),
+        ("level3.tree1", 2),
+        ("level3.tree2", 2),
+        ("level4.tree1", 2),
+        ("level4.tree2", 2),
+        ("level5", 2),
+    ]
     assert f.run("level3.tree1").blocks == ("level3.tree1.tree1", "level3.tree1.tree2")
 
 
@@ -129,8 +137,9 @@ def test_hrnet_branch_runs():
 
 
 def test_swin_channels_last_runs():
-    m = _model("swin_tiny_patch4_window7_224", img_size=64, window_size=4, embed_dim=16, depths=(2, 4, 2),
-               num_heads=(1, 2, 4))
+    m = _model(
+        "swin_tiny_patch4_window7_224", img_size=64, window_size=4, embed_dim=16, depths=(2, 4, 2), num_heads=(1, 2, 4)
+    )
     f = find_runs(m, SIZE, count=False)
     assert _runs(f) == [("layers.0.blocks", 2), ("layers.1.blocks", 4), ("layers.2.blocks", 2)]
     assert all(r.layout == "NHWC" for r in f.runs)
@@ -161,6 +170,7 @@ def test_growing_off():
 
 
 # --- user models ------------------------------------------------------------------------------------
+
 
 class Block(nn.Module):
     def __init__(self, cin: int, c: int, stride: int = 1):
@@ -334,6 +344,7 @@ def test_bad_input_size():
 
 
 # --- find changes nothing ---------------------------------------------------------------------------
+
 
 def test_find_changes_nothing():
     m = _model("resnet18").train()

@@ -1,4 +1,5 @@
 """rewrite: keep m blocks of a run, put one layer in place of the rest; never touch the input model."""
+
 from __future__ import annotations
 
 import copy
@@ -9,8 +10,16 @@ import torch
 from torch import nn
 
 from condense._errors import CondenseError, ConfigError
-from condense.graph import (ChannelsLastAdapter, CondensedGraphModule, GrowingTail, RewriteResult, RunChoice, Skip,
-                            find_runs, rewrite)
+from condense.graph import (
+    ChannelsLastAdapter,
+    CondensedGraphModule,
+    GrowingTail,
+    RewriteResult,
+    RunChoice,
+    Skip,
+    find_runs,
+    rewrite,
+)
 from condense.pde._base import PDELayer
 
 SIZE = (3, 64, 64)
@@ -37,8 +46,9 @@ class Factory:
         self.calls: list[dict] = []
 
     def __call__(self, name, channels, init_block=None, kernel_size=3, **options):
-        self.calls.append(dict(name=name, channels=channels, init_block=init_block, kernel_size=kernel_size,
-                               options=options))
+        self.calls.append(
+            dict(name=name, channels=channels, init_block=init_block, kernel_size=kernel_size, options=options)
+        )
         return StandIn(channels, init_block, kernel_size)
 
 
@@ -70,6 +80,7 @@ def resnet18_found(resnet18):
 
 
 # --- timm ResNet: Sequential stages -------------------------------------------------------------------
+
 
 def test_resnet18_m1_replaces_second_block(resnet18, resnet18_found):
     before = _snapshot(resnet18)
@@ -109,8 +120,9 @@ def test_resnet18_m1_replaces_second_block(resnet18, resnet18_found):
 
 
 def test_resnet18_params_drop_with_input_init(resnet18, resnet18_found):
-    res = rewrite(resnet18, resnet18_found, {"layer3": RunChoice(m=1, init="input"), "layer4": 1},
-                  layer_factory=Factory())
+    res = rewrite(
+        resnet18, resnet18_found, {"layer3": RunChoice(m=1, init="input"), "layer4": 1}, layer_factory=Factory()
+    )
     assert _nparams(res.module) < _nparams(resnet18)
     assert res.module.layer3[1].init_block is None
     assert isinstance(res.module.layer4[1].init_block, nn.Module)  # int m -> init="block"
@@ -178,10 +190,13 @@ def test_default_factory_builds_global_layer(resnet18, resnet18_found):
         assert res.module.eval()(torch.randn(1, *SIZE)).shape == (1, 1000)
 
 
-@pytest.mark.parametrize("name, plan, inserted", [
-    ("regnetx_002", {"s3": 1, "s4": 3}, ("s3.b2", "s4.b4")),          # RegStage: children b1..bN
-    ("dla34", {"level3.tree1": 1, "level5": 1}, ("level3.tree1.tree2", "level5.tree2")),  # anchor has 2 inputs
-])
+@pytest.mark.parametrize(
+    "name, plan, inserted",
+    [
+        ("regnetx_002", {"s3": 1, "s4": 3}, ("s3.b2", "s4.b4")),  # RegStage: children b1..bN
+        ("dla34", {"level3.tree1": 1, "level5": 1}, ("level3.tree1.tree2", "level5.tree2")),  # anchor has 2 inputs
+    ],
+)
 def test_timm_custom_stages_in_place(name, plan, inserted):
     m = _model(name)
     f = find_runs(m, SIZE, count=False)
@@ -198,6 +213,7 @@ def test_timm_custom_stages_in_place(name, plan, inserted):
 
 
 # --- plan errors -------------------------------------------------------------------------------------
+
 
 def test_plan_errors(resnet18, resnet18_found):
     with pytest.raises(CondenseError, match="unknown run"):
@@ -216,8 +232,11 @@ def test_plan_errors(resnet18, resnet18_found):
 
 def _tail_outputs(module: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     seen: dict[str, torch.Tensor] = {}
-    handles = [mod.register_forward_hook(lambda _m, _a, out, name=name: seen.setdefault(name, out))
-               for name, mod in module.named_modules() if isinstance(mod, GrowingTail)]
+    handles = [
+        mod.register_forward_hook(lambda _m, _a, out, name=name: seen.setdefault(name, out))
+        for name, mod in module.named_modules()
+        if isinstance(mod, GrowingTail)
+    ]
     with torch.no_grad():
         module.eval()(x)
     for h in handles:
@@ -240,7 +259,9 @@ def test_dense_run_rewrite():
     assert isinstance(tail, GrowingTail) and tail.in_channels == 24 and tail.new_channels == 16
     assert [r.method for r in res.records] == ["sequential", "sequential"]
     assert res.records[0].layer_type == "StandIn" and res.records[0].removed == (
-        "features.denseblock1.denselayer2", "features.denseblock1.denselayer3")
+        "features.denseblock1.denselayer2",
+        "features.denseblock1.denselayer3",
+    )
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert new.eval()(x).shape == m(x).shape
@@ -306,6 +327,7 @@ def test_dense_run_whose_parent_does_not_loop_is_an_error():
 
 # --- custom stages: in-place edit, graph fallback -----------------------------------------------------
 
+
 class Block(nn.Module):
     def __init__(self, cin: int, c: int, stride: int = 1):
         super().__init__()
@@ -352,7 +374,11 @@ def _check_user_rewrite(net: UserNet, res: RewriteResult) -> None:
     new = res.module
     keys = set(new.state_dict())
     assert keys == {k for k in net.state_dict() if not k.startswith(REMOVED)} | {
-        "s1.blocks.1.dw.weight", "s1.blocks.1.dw.bias", "s2.blocks.2.dw.weight", "s2.blocks.2.dw.bias"}
+        "s1.blocks.1.dw.weight",
+        "s1.blocks.1.dw.bias",
+        "s2.blocks.2.dw.weight",
+        "s2.blocks.2.dw.bias",
+    }
     for k, v in net.state_dict().items():
         if not k.startswith(REMOVED):
             assert torch.equal(new.state_dict()[k], v)
@@ -415,9 +441,17 @@ def test_custom_stage_graph_fallback():
 
 # --- channels-last, alternating blocks (Swin) ---------------------------------------------------------
 
+
 def test_swin_rewrite_stays_correct():
-    m = _model("swin_tiny_patch4_window7_224", img_size=64, window_size=4, embed_dim=16, depths=(2, 4, 2),
-               num_heads=(1, 2, 4), drop_path_rate=0.2)
+    m = _model(
+        "swin_tiny_patch4_window7_224",
+        img_size=64,
+        window_size=4,
+        embed_dim=16,
+        depths=(2, 4, 2),
+        num_heads=(1, 2, 4),
+        drop_path_rate=0.2,
+    )
     before = _snapshot(m)
     f = find_runs(m, SIZE, count=False)
     fac = Factory()

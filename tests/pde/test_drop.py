@@ -1,5 +1,6 @@
 """Block dropping as a layer type (``layer="drop"``): fit to budgets, save/load, count, ONNX and
 torch.export, the search space and the supernet, bad input, and the CLI, on the CIFAR ResNet-20."""
+
 import copy
 import json
 
@@ -46,23 +47,24 @@ def test_fit_to_a_mac_budget_deletes_the_blocks_and_meets_it_as_measured(origina
     for path, choice in dropped.plan.choices.items():
         assert (choice.layer, dict(choice.options), choice.init) == ("drop", {}, "input")
         children = _run_blocks(dropped, path)
-        blocks, rest = children[:choice.m], children[choice.m:]
+        blocks, rest = children[: choice.m], children[choice.m :]
         assert [type(b).__name__ for b in blocks] == [runs[path].block_class] * choice.m
         assert len(rest) == 1 and isinstance(rest[0], DropLayer) and not list(rest[0].parameters())
     # each run is its m kept blocks (the original's weights) and nothing else: the original with the blocks cut
     cut = copy.deepcopy(original)
     for path, choice in dropped.plan.choices.items():
-        setattr(cut, path, nn.Sequential(*list(cut.get_submodule(path).children())[:choice.m]))
+        setattr(cut, path, nn.Sequential(*list(cut.get_submodule(path).children())[: choice.m]))
     x = torch.randn(2, *SIZE)
     with torch.no_grad():
         torch.testing.assert_close(dropped.model.eval()(x), cut(x), rtol=0, atol=0)
     # the planner knows a drop costs nothing: its estimate is the kept blocks alone, and it is exact
-    estimate = PlanCosts(original, dropped.found).estimate((dropped.macs_before, dropped.params_before),
-                                                           dropped.plan.choices)
+    estimate = PlanCosts(original, dropped.found).estimate(
+        (dropped.macs_before, dropped.params_before), dropped.plan.choices
+    )
     assert estimate == (dropped.macs_after, dropped.params_after)
     for row in dropped.rows:
-        assert row.macs_after == sum(runs[row.path].macs[:row.m]) and row.K is None
-        assert row.params_after == sum(runs[row.path].params[:row.m])
+        assert row.macs_after == sum(runs[row.path].macs[: row.m]) and row.K is None
+        assert row.params_after == sum(runs[row.path].params[: row.m])
 
 
 @pytest.mark.parametrize("budget", [dict(params="40%"), dict(macs="60%", params="50%")])
@@ -99,7 +101,7 @@ def test_count_shows_zero_macs_and_params_for_the_dropped_blocks(dropped, saved)
         inserted = runs[path].blocks[choice.m]
         assert df.loc[inserted, "type"] == "DropLayer"
         assert df.loc[inserted, "macs"] == 0 and df.loc[inserted, "params"] == 0
-        assert df.loc[path, "macs"] == sum(runs[path].macs[:choice.m])
+        assert df.loc[path, "macs"] == sum(runs[path].macs[: choice.m])
     assert df.attrs["macs"] == dropped.macs_after
 
 
@@ -161,8 +163,9 @@ def test_the_search_space_chooses_drop_per_run_and_its_plans_build(original, cap
     assert space.effective(all_drop)["K"] is None
     only = build_space(found, layers=["drop"])
     assert not any(p.name.startswith("drop[") for p in only.params)
-    assert {c.layer for c in only.plan(only.params_of_plan({found.runs[1].path: 2}, layer="drop")).choices.values()} \
-        == {"drop"}
+    assert {
+        c.layer for c in only.plan(only.params_of_plan({found.runs[1].path: 2}, layer="drop")).choices.values()
+    } == {"drop"}
 
     assert search_main(["zoo:resnet20", "--show-space"]) == 0
     shown = capsys.readouterr().out
@@ -187,10 +190,15 @@ def test_the_supernet_runs_and_extracts_drop_paths(original):
     assert not isinstance(alone.get_submodule(found.runs[0].blocks[1]), DropLayer)
 
 
-@pytest.mark.parametrize("options,needle", [
-    (dict(K=3), "got K"), (dict(fill_K=True), "fill_K"), (dict(init="block"), "init"),
-    (dict(velocity="zero"), "velocity"),
-])
+@pytest.mark.parametrize(
+    "options,needle",
+    [
+        (dict(K=3), "got K"),
+        (dict(fill_K=True), "fill_K"),
+        (dict(init="block"), "init"),
+        (dict(velocity="zero"), "velocity"),
+    ],
+)
 def test_options_given_with_drop_are_a_one_line_error(original, options, needle):
     with pytest.raises(CondenseError, match="takes no options") as info:
         condense.fit(original, macs="50%", input_size=SIZE, layer="drop", **options)
@@ -203,8 +211,9 @@ def test_cli_drops_saves_and_counts(original, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     weights = tmp_path / "r20.pth"  # with a checkpoint, preserve is on by default: nothing to preserve for drop
     torch.save(original.state_dict(), weights)
-    assert main(["zoo:resnet20", "--budget", "50%", "--layer", "drop", "--checkpoint", str(weights),
-                 "-o", str(out)]) == 0
+    assert (
+        main(["zoo:resnet20", "--budget", "50%", "--layer", "drop", "--checkpoint", str(weights), "-o", str(out)]) == 0
+    )
     meta = json.loads((out / "condensed.json").read_text())
     assert meta["counts"]["macs_after"] <= 0.5 * meta["counts"]["macs_before"]
     assert {c["layer"] for c in meta["plan"].values()} == {"drop"}
@@ -216,7 +225,7 @@ def test_cli_drops_saves_and_counts(original, tmp_path, capsys, monkeypatch):
     with torch.no_grad():  # the kept blocks carry the checkpoint's weights
         cut = copy.deepcopy(original)
         for path, choice in meta["plan"].items():
-            setattr(cut, path, nn.Sequential(*list(cut.get_submodule(path).children())[:choice["m"]]))
+            setattr(cut, path, nn.Sequential(*list(cut.get_submodule(path).children())[: choice["m"]]))
         torch.testing.assert_close(condense.load(out).eval()(x), cut(x), rtol=0, atol=0)
     monkeypatch.chdir(tmp_path)
     assert main(["zoo:resnet20", "--budget", "50%", "--layer", "drop", "--K", "3", "-o", "bad"]) == 1

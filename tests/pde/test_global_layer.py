@@ -1,4 +1,5 @@
 """The Global layer: Eq. 4 against a per-pixel reference, fused == eager, gradients, stability, config."""
+
 import dataclasses
 import itertools
 import os
@@ -42,9 +43,15 @@ def reference_eq4(init, source, u, v, Dx, Dy, K, dt, dx, dy, boundary):
             Bx, By = val(Dx, n, c, y, x) * dt / dx**2, val(Dy, n, c, y, x) * dt / dy**2
             L, M = 1 + 2 * Bx + 2 * By, 1 - 2 * Bx - 2 * By
             f = 0.0 if source is None else val(source, n, c, y, x)
-            rhs = (M * prev[n, c, y, x] - 2 * (ux + vy) * dt * cur[n, c, y, x] + 2 * dt * f
-                   + (-Ax + 2 * Bx) * get(cur, n, c, y, x + 1) + (Ax + 2 * Bx) * get(cur, n, c, y, x - 1)
-                   + (-Ay + 2 * By) * get(cur, n, c, y + 1, x) + (Ay + 2 * By) * get(cur, n, c, y - 1, x))
+            rhs = (
+                M * prev[n, c, y, x]
+                - 2 * (ux + vy) * dt * cur[n, c, y, x]
+                + 2 * dt * f
+                + (-Ax + 2 * Bx) * get(cur, n, c, y, x + 1)
+                + (Ax + 2 * Bx) * get(cur, n, c, y, x - 1)
+                + (-Ay + 2 * By) * get(cur, n, c, y + 1, x)
+                + (Ay + 2 * By) * get(cur, n, c, y - 1, x)
+            )
             nxt[n, c, y, x] = rhs / L
         prev, cur = cur, nxt
     return cur
@@ -123,10 +130,12 @@ def test_fused_equals_eager(boundary, source, velocity, var_d):
     a = advection_diffusion(*args, K=5, boundary=boundary, impl="eager")
     b = advection_diffusion(*args, K=5, boundary=boundary, impl="fused")
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    a = bounded_advection_diffusion(*args, K=4, dt=0.2, dx=1.0, dy=1.0, boundary=boundary, courant=0.5,
-                                    dmax=1.5, impl="eager")
-    b = bounded_advection_diffusion(*args, K=4, dt=0.2, dx=1.0, dy=1.0, boundary=boundary, courant=0.5,
-                                    dmax=1.5, impl="fused")
+    a = bounded_advection_diffusion(
+        *args, K=4, dt=0.2, dx=1.0, dy=1.0, boundary=boundary, courant=0.5, dmax=1.5, impl="eager"
+    )
+    b = bounded_advection_diffusion(
+        *args, K=4, dt=0.2, dx=1.0, dy=1.0, boundary=boundary, courant=0.5, dmax=1.5, impl="fused"
+    )
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
@@ -147,8 +156,9 @@ def test_fused_velocity_bound_matches_eager_for_every_magnitude(dtype):
         x = torch.randn(shape, dtype=dtype)
         outs, grads = [], []
         for impl in ("eager", "fused"):
-            y = bounded_advection_diffusion(x, x, u, v, 1.0, 1.0, K=3, dt=0.2, dx=1.0, dy=1.0,
-                                            boundary="periodic", courant=0.5, dmax=1.5, impl=impl)
+            y = bounded_advection_diffusion(
+                x, x, u, v, 1.0, 1.0, K=3, dt=0.2, dx=1.0, dy=1.0, boundary="periodic", courant=0.5, dmax=1.5, impl=impl
+            )
             outs.append(y)
             grads.append(torch.autograd.grad(y.square().sum(), (u, v)))
         assert torch.isfinite(outs[1]).all()
@@ -176,8 +186,9 @@ def test_gradcheck(impl, boundary, bounded):
 
     def fn(*t):
         if bounded:
-            return bounded_advection_diffusion(*t, K=3, dt=0.2, dx=1.0, dy=1.0, boundary=boundary,
-                                               courant=0.5, dmax=1.5, impl=impl)
+            return bounded_advection_diffusion(
+                *t, K=3, dt=0.2, dx=1.0, dy=1.0, boundary=boundary, courant=0.5, dmax=1.5, impl=impl
+            )
         return advection_diffusion(*t, K=3, boundary=boundary, impl=impl)
 
     assert torch.autograd.gradcheck(fn, ins)
@@ -193,8 +204,9 @@ def test_fused_matches_eager_and_gradcheck_on_degenerate_planes(boundary, shape)
     ins = [t.requires_grad_() for t in (x, f, u, v, Dx, Dy)]
 
     def fn(impl):
-        return lambda *t: bounded_advection_diffusion(*t, K=3, dt=0.2, dx=1.0, dy=1.0, boundary=boundary,
-                                                      courant=0.5, dmax=1.5, impl=impl)
+        return lambda *t: bounded_advection_diffusion(
+            *t, K=3, dt=0.2, dx=1.0, dy=1.0, boundary=boundary, courant=0.5, dmax=1.5, impl=impl
+        )
 
     torch.testing.assert_close(fn("fused")(*ins), fn("eager")(*ins))
     assert torch.autograd.gradcheck(fn("fused"), ins)
@@ -287,8 +299,14 @@ def test_residual_and_output_norm_act():
     assert isinstance(layer.out_norm, nn.BatchNorm2d)
 
 
-@pytest.mark.parametrize("opts", [dict(diffusion_value=0.0, source="none"), dict(diffusion="dwconv"),
-                                  dict(diffusion="dwconv", velocity="separable", source="residual")])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(diffusion_value=0.0, source="none"),
+        dict(diffusion="dwconv"),
+        dict(diffusion="dwconv", velocity="separable", source="residual"),
+    ],
+)
 def test_zero_init_starts_as_the_identity_on_the_initial_guess(opts):
     block = ShapeKeepingBlock(2)
     layer = GlobalLayer(2, GlobalConfig(zero_init=True, init="block", **opts), init_block=block).eval()
@@ -308,12 +326,30 @@ def test_kernel_size_follows_the_replaced_block():
     assert layer.velocity[0][0].kernel_size == (5, 5)
 
 
-@pytest.mark.parametrize("bad", [
-    dict(K=-1), dict(K=1.5), dict(K=101), dict(dt=0.0), dict(dx=-1.0), dict(kernel_size=4), dict(kernel_size=0),
-    dict(velocity="random"), dict(diffusion="learned"), dict(source="mlp"), dict(init="zeros"),
-    dict(boundary="mirror"), dict(norm="layer"), dict(act="mish2"), dict(max_courant=0.0),
-    dict(max_courant=2.0), dict(diffusion_value=-1.0), dict(residual="yes"), dict(impl="cuda"),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(K=-1),
+        dict(K=1.5),
+        dict(K=101),
+        dict(dt=0.0),
+        dict(dx=-1.0),
+        dict(kernel_size=4),
+        dict(kernel_size=0),
+        dict(velocity="random"),
+        dict(diffusion="learned"),
+        dict(source="mlp"),
+        dict(init="zeros"),
+        dict(boundary="mirror"),
+        dict(norm="layer"),
+        dict(act="mish2"),
+        dict(max_courant=0.0),
+        dict(max_courant=2.0),
+        dict(diffusion_value=-1.0),
+        dict(residual="yes"),
+        dict(impl="cuda"),
+    ],
+)
 def test_config_is_checked_on_creation(bad):
     with pytest.raises(ConfigError) as err:
         GlobalConfig(**bad)
@@ -339,8 +375,13 @@ def test_stays_finite_for_random_weights_and_inputs():
         K = int(torch.randint(1, 21, (1,), generator=gen))
         C = int(torch.randint(1, 4, (1,), generator=gen))
         H, W = (int(t) for t in torch.randint(2, 9, (2,), generator=gen))
-        cfg = GlobalConfig(K=K, norm="none", dt=float(torch.empty(1).uniform_(0.05, 1.0, generator=gen)),
-                           diffusion_value=float(torch.empty(1).uniform_(0, 50, generator=gen)), **pick)
+        cfg = GlobalConfig(
+            K=K,
+            norm="none",
+            dt=float(torch.empty(1).uniform_(0.05, 1.0, generator=gen)),
+            diffusion_value=float(torch.empty(1).uniform_(0, 50, generator=gen)),
+            **pick,
+        )
         layer = GlobalLayer(C, cfg)
         w_scale = 10 ** float(torch.empty(1).uniform_(-2, 4, generator=gen))
         x_scale = 10 ** float(torch.empty(1).uniform_(-3, 6, generator=gen))
@@ -359,8 +400,9 @@ def test_unbounded_velocity_would_blow_up_so_the_bound_matters():
     x = torch.randn(1, 1, 8, 8, dtype=torch.float64)
     u = torch.full_like(x, 50.0) * torch.sign(torch.randn_like(x))
     free = advection_diffusion(x, None, u, u, 0.0, 0.0, K=20, impl="eager")
-    bounded = bounded_advection_diffusion(x, None, u, u, 0.0, 0.0, K=20, dt=0.2, dx=1.0, dy=1.0,
-                                          boundary="periodic", courant=0.5, dmax=10.0, impl="eager")
+    bounded = bounded_advection_diffusion(
+        x, None, u, u, 0.0, 0.0, K=20, dt=0.2, dx=1.0, dy=1.0, boundary="periodic", courant=0.5, dmax=10.0, impl="eager"
+    )
     assert free.abs().max() > 1e6 * bounded.abs().max()
 
 
@@ -374,8 +416,15 @@ def test_macs_grow_linearly_with_K():
 
 
 @needs_kernel
-@pytest.mark.parametrize("opts", [dict(), dict(diffusion="dwconv"), dict(velocity="zero", source="none"),
-                                  dict(velocity="constant", diffusion="dwconv", source="residual")])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(),
+        dict(diffusion="dwconv"),
+        dict(velocity="zero", source="none"),
+        dict(velocity="constant", diffusion="dwconv", source="residual"),
+    ],
+)
 def test_fused_and_eager_count_the_same_and_match_eager_macs(opts):
     x_size = (4, 8, 9)
     fused = count(GlobalLayer(4, GlobalConfig(K=3, **opts)), input_size=x_size)
@@ -385,12 +434,14 @@ def test_fused_and_eager_count_the_same_and_match_eager_macs(opts):
     vel = opts.get("velocity", "dwconv") != "zero"
     src = opts.get("source", "identity") != "none"
     var_d = opts.get("diffusion") == "dwconv"
-    per_step = eager_macs(4 * 8 * 9, 1, source=src, velocity=vel, variable_diffusion=var_d) - \
-        eager_macs(4 * 8 * 9, 0, source=src, velocity=vel, variable_diffusion=var_d)
+    per_step = eager_macs(4 * 8 * 9, 1, source=src, velocity=vel, variable_diffusion=var_d) - eager_macs(
+        4 * 8 * 9, 0, source=src, velocity=vel, variable_diffusion=var_d
+    )
     assert fused.attrs["macs"] - lo == 3 * per_step
 
 
 # --- inference: the velocity convolutions inside the kernel --------------------------------------------
+
 
 def _trained_bn(layer: GlobalLayer, shape) -> GlobalLayer:
     """Give the BatchNorms non-trivial statistics and affine weights, then switch to eval."""
@@ -406,13 +457,16 @@ def _trained_bn(layer: GlobalLayer, shape) -> GlobalLayer:
 
 
 @needs_kernel
-@pytest.mark.parametrize("opts,shape", [
-    (dict(K=5), (2, 6, 9, 7)),
-    (dict(K=3, kernel_size=5, boundary="zero"), (1, 5, 6, 11)),
-    (dict(K=4, diffusion="dwconv", boundary="replicate", source="none"), (2, 4, 8, 8)),
-    (dict(K=2, kernel_size=7, residual=True), (1, 3, 1, 9)),   # a single row: padding everywhere
-    (dict(K=1, kernel_size=3, norm="none"), (1, 3, 5, 1)),
-])
+@pytest.mark.parametrize(
+    "opts,shape",
+    [
+        (dict(K=5), (2, 6, 9, 7)),
+        (dict(K=3, kernel_size=5, boundary="zero"), (1, 5, 6, 11)),
+        (dict(K=4, diffusion="dwconv", boundary="replicate", source="none"), (2, 4, 8, 8)),
+        (dict(K=2, kernel_size=7, residual=True), (1, 3, 1, 9)),  # a single row: padding everywhere
+        (dict(K=1, kernel_size=3, norm="none"), (1, 3, 5, 1)),
+    ],
+)
 def test_inference_path_fuses_the_velocity_convolutions_exactly(opts, shape, monkeypatch):
     import condense.pde._advection_diffusion as ad
     import condense.pde._global_layer as gl
@@ -436,8 +490,9 @@ def test_inference_path_fuses_the_velocity_convolutions_exactly(opts, shape, mon
 
 
 @needs_kernel
-@pytest.mark.parametrize("opts,shape", [(dict(K=5), (2, 16, 8, 8)), (dict(K=3, kernel_size=5, boundary="zero"),
-                                                                      (1, 5, 6, 11))])
+@pytest.mark.parametrize(
+    "opts,shape", [(dict(K=5), (2, 16, 8, 8)), (dict(K=3, kernel_size=5, boundary="zero"), (1, 5, 6, 11))]
+)
 def test_traced_inference_folds_the_norms_in_one_op(opts, shape):
     """Traced (counted, compiled) inference holds one op per layer that folds the velocity BatchNorms itself
     (``advection_diffusion_dwvel_bn``): the same values as the direct call, and counted as the eager path
@@ -490,6 +545,7 @@ def test_compiles_without_graph_breaks_even_before_the_first_eager_call(grad, mo
 
 # --- training: the velocity / diffusion depthwise convolutions as one fused op ------------------------
 
+
 @needs_kernel
 @pytest.mark.parametrize("k,shape", [(3, (2, 3, 6, 5)), (5, (1, 2, 1, 7)), (7, (1, 2, 4, 3)), (1, (2, 2, 3, 3))])
 def test_dwconv_pair_equals_conv2d_forward_and_backward(k, shape):
@@ -508,8 +564,9 @@ def test_dwconv_pair_equals_conv2d_forward_and_backward(k, shape):
     want = torch.autograd.grad((a(x) * gy).sum() + (b(x) * gy.flip(-1)).sum(), (x, a.weight, b.weight))
     for g, w in zip(grads, want):
         torch.testing.assert_close(g, w)
-    assert torch.autograd.gradcheck(lambda t, wa, wb: torch.cat(torch.ops.condense.dwconv_pair(t, wa, wb)),
-                                    (x, a.weight, b.weight))
+    assert torch.autograd.gradcheck(
+        lambda t, wa, wb: torch.cat(torch.ops.condense.dwconv_pair(t, wa, wb)), (x, a.weight, b.weight)
+    )
     # a strided view (every other channel) is read as it is
     wide = torch.randn(shape[0], 2 * shape[1], *shape[2:], dtype=torch.float64)
     torch.testing.assert_close(dwconv_pair(wide[:, ::2], a, b)[0], a(wide[:, ::2]))
@@ -535,19 +592,23 @@ def test_dwconv_pair_on_channels_last_maps(k, shape):
     for g, w in zip(grads, want):
         torch.testing.assert_close(g, w)
     if x.numel() < 1000:
-        assert torch.autograd.gradcheck(lambda t, wa, wb: torch.cat(torch.ops.condense.dwconv_pair(t, wa, wb)),
-                                        (x, a.weight, b.weight))
+        assert torch.autograd.gradcheck(
+            lambda t, wa, wb: torch.cat(torch.ops.condense.dwconv_pair(t, wa, wb)), (x, a.weight, b.weight)
+        )
 
 
 @needs_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("k,shape", [
-    (3, (2, 40, 6, 5)),    # a channel tail (40 = 2 x 16 + 8 floats, 5 x 8 doubles)
-    (5, (3, 16, 3, 2)),    # a map narrower than the kernel: every pixel is an edge; 3 samples on 2 threads
-    (7, (1, 24, 9, 8)),
-    (1, (2, 32, 4, 4)),
-    (3, (1, 64, 1, 11)),   # a single row
-])
+@pytest.mark.parametrize(
+    "k,shape",
+    [
+        (3, (2, 40, 6, 5)),  # a channel tail (40 = 2 x 16 + 8 floats, 5 x 8 doubles)
+        (5, (3, 16, 3, 2)),  # a map narrower than the kernel: every pixel is an edge; 3 samples on 2 threads
+        (7, (1, 24, 9, 8)),
+        (1, (2, 32, 4, 4)),
+        (3, (1, 64, 1, 11)),  # a single row
+    ],
+)
 def test_dwconv_pair_all_channels_last_is_computed_in_place(k, shape, dtype):
     """Maps, incoming gradients and outputs all channels-last (as in compiled training): the pair is computed
     pixel-major in one sweep, against nn.Conv2d in float64."""
@@ -601,6 +662,7 @@ def test_training_path_equals_eager_in_output_and_gradients(opts):
 
 
 # --- layouts: the kernels read and write channels-last and strided maps in place ------------------------
+
 
 @needs_kernel
 # lanes with a partial block; one lane; staged groups of 16 channels (planes too large for 16 lanes), the
@@ -701,8 +763,9 @@ def test_inference_path_on_channels_last_maps(shape):
 @needs_kernel
 # small NCHW planes are solved in channel lanes (16 floats / 8 doubles, narrower to split a batch-1 map): full
 # blocks, a partial block of 1 lane (17, 33 channels), rows shorter than a vector (8x8, 5x7, 3x3)
-@pytest.mark.parametrize("shape", [(1, 16, 32, 32), (2, 17, 8, 8), (3, 33, 5, 7), (1, 64, 8, 8), (2, 32, 16, 16),
-                                   (1, 24, 3, 3)])
+@pytest.mark.parametrize(
+    "shape", [(1, 16, 32, 32), (2, 17, 8, 8), (3, 33, 5, 7), (1, 64, 8, 8), (2, 32, 16, 16), (1, 24, 3, 3)]
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_small_nchw_planes_in_lanes_match_eager_in_inference_and_training(shape, dtype):
     tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
@@ -757,8 +820,9 @@ def test_kernel_cache_prunes_stale_builds_only(tmp_path):
     from condense.pde import _native
 
     old = time.time() - (_native.STALE_DAYS + 1) * 86400
-    stale, recent, other = (tmp_path / n for n in ("advection_diffusion_float_aaaa.so",
-                                                   "advection_diffusion_double_bbbb.so", "notes.txt"))
+    stale, recent, other = (
+        tmp_path / n for n in ("advection_diffusion_float_aaaa.so", "advection_diffusion_double_bbbb.so", "notes.txt")
+    )
     for f in (stale, recent, other):
         f.write_bytes(b"x")
     os.utime(stale, (old, old))
@@ -852,10 +916,13 @@ def test_the_kernel_builds_without_openmp(tmp_path, monkeypatch):
     real_cc = shutil.which("gcc") or shutil.which("cc") or shutil.which("clang")
     if real_cc is None or os.environ.get("CONDENSE_NO_NATIVE"):
         pytest.skip("no C compiler here" if real_cc is None else "CONDENSE_NO_NATIVE is set")
-    cc = _fake_compiler(tmp_path, f"""
+    cc = _fake_compiler(
+        tmp_path,
+        f"""
         if "-fopenmp" in args:
             sys.exit("clang: error: unsupported option '-fopenmp'")
-        os.execv({real_cc!r}, [{real_cc!r}, *args])""")
+        os.execv({real_cc!r}, [{real_cc!r}, *args])""",
+    )
     monkeypatch.setenv("CONDENSE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("CC", str(cc))
     monkeypatch.setattr(_native, "_LIBS", {})
@@ -870,8 +937,9 @@ def test_the_kernel_builds_without_openmp(tmp_path, monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_fused_with_another_dtype_says_what_is_wrong(dtype):
     x = torch.randn(1, 2, 4, 4).to(dtype)
-    with pytest.raises(ConfigError, match=f"impl='fused' cannot run {str(dtype)[6:]} tensors on cpu.*float32 and "
-                                          "float64"):
+    with pytest.raises(
+        ConfigError, match=f"impl='fused' cannot run {str(dtype)[6:]} tensors on cpu.*float32 and float64"
+    ):
         advection_diffusion(x, x, None, None, 1.0, 1.0, impl="fused")
     layer = GlobalLayer(2, GlobalConfig(K=2, impl="fused")).to(dtype)
     with pytest.raises(ConfigError, match=str(dtype)[6:]):

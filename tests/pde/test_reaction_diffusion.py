@@ -1,4 +1,5 @@
 """Reaction-diffusion layers: operators against dense matrices built by hand, plus the layer contract."""
+
 from __future__ import annotations
 
 import json
@@ -10,17 +11,35 @@ from torch import nn
 
 from condense._errors import ConfigError
 from condense.pde._reaction_diffusion import (
-    CirculantRD, CirculantRDConfig, ExplicitRD, ExplicitRDConfig, ImplicitRD, ImplicitRDConfig, LinearMix,
-    LinearMixConfig, circulant_normal_op, circulant_op, circulant_op_transpose, depthwise_op,
-    depthwise_op_transpose, implicit_depthwise_solve, linear_mix_op, linear_mix_op_transpose, pointwise_op,
+    CirculantRD,
+    CirculantRDConfig,
+    ExplicitRD,
+    ExplicitRDConfig,
+    ImplicitRD,
+    ImplicitRDConfig,
+    LinearMix,
+    LinearMixConfig,
+    circulant_normal_op,
+    circulant_op,
+    circulant_op_transpose,
+    depthwise_op,
+    depthwise_op_transpose,
+    implicit_depthwise_solve,
+    linear_mix_op,
+    linear_mix_op_transpose,
+    pointwise_op,
     pointwise_op_transpose,
 )
 
 C, H, W = 2, 5, 6
 N = C * H * W
 D = torch.float64
-LAYERS = [(LinearMix, LinearMixConfig), (ExplicitRD, ExplicitRDConfig), (ImplicitRD, ImplicitRDConfig),
-          (CirculantRD, CirculantRDConfig)]
+LAYERS = [
+    (LinearMix, LinearMixConfig),
+    (ExplicitRD, ExplicitRDConfig),
+    (ImplicitRD, ImplicitRDConfig),
+    (CirculantRD, CirculantRDConfig),
+]
 LAYER_IDS = [cfg.name for _, cfg in LAYERS]
 
 
@@ -125,7 +144,7 @@ def test_circulant_three_channels_couples_by_offset():
     hw = H * W
     for i in range(c):
         for j in range(c):
-            torch.testing.assert_close(kc[i * hw:(i + 1) * hw, j * hw:(j + 1) * hw], blocks[(j - i) % c])
+            torch.testing.assert_close(kc[i * hw : (i + 1) * hw, j * hw : (j + 1) * hw], blocks[(j - i) % c])
 
 
 @pytest.mark.parametrize("boundary", ["zero", "periodic"])
@@ -319,9 +338,23 @@ def test_trace_matches_eager(layer_cls, cfg_cls):
 
 
 # --- config --------------------------------------------------------------------------------------------
-BAD = [("K", 0), ("K", 51), ("K", 1.5), ("K", True), ("h", 0.0), ("h", -0.1), ("h", math.nan), ("h", "1"),
-       ("kernel_size", 4), ("kernel_size", 17), ("kernel_size", 0), ("act", "nope"), ("norm", "layer"),
-       ("share_weights", "yes"), ("share_norm", 1)]
+BAD = [
+    ("K", 0),
+    ("K", 51),
+    ("K", 1.5),
+    ("K", True),
+    ("h", 0.0),
+    ("h", -0.1),
+    ("h", math.nan),
+    ("h", "1"),
+    ("kernel_size", 4),
+    ("kernel_size", 17),
+    ("kernel_size", 0),
+    ("act", "nope"),
+    ("norm", "layer"),
+    ("share_weights", "yes"),
+    ("share_norm", 1),
+]
 
 
 @pytest.mark.parametrize("cfg_cls", [c for _, c in LAYERS], ids=LAYER_IDS)
@@ -331,9 +364,14 @@ def test_config_validation(cfg_cls, field, value):
         cfg_cls(**{field: value})
 
 
-@pytest.mark.parametrize("cfg_cls,field,value", [
-    (LinearMixConfig, "boundary", "replicate"), (LinearMixConfig, "operators", 3),
-    (ExplicitRDConfig, "boundary", "reflect")])
+@pytest.mark.parametrize(
+    "cfg_cls,field,value",
+    [
+        (LinearMixConfig, "boundary", "replicate"),
+        (LinearMixConfig, "operators", 3),
+        (ExplicitRDConfig, "boundary", "reflect"),
+    ],
+)
 def test_config_validation_specific(cfg_cls, field, value):
     with pytest.raises(ConfigError, match=field):
         cfg_cls(**{field: value})
@@ -354,6 +392,7 @@ def test_config_round_trip(cfg_cls):
 
 def dataclasses_frozen_error():
     import dataclasses
+
     return dataclasses.FrozenInstanceError
 
 

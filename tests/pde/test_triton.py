@@ -5,6 +5,7 @@ imported, so the setting never leaks into the rest of the suite. Shapes are tiny
 each kernel op in numpy); the whole module takes about a minute on one core. The ConfigError cases run
 in this process, without the interpreter.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,10 +27,20 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def run_interpreted(code: str, timeout: int = 300) -> str:
     """Run ``code`` in a fresh Python with TRITON_INTERPRET=1; fail with its output unless it exits 0."""
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    env = {
+        **os.environ,
+        "TRITON_INTERPRET": "1",
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "OMP_NUM_THREADS": "1",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return proc.stdout
 
@@ -96,26 +107,32 @@ def test_whole_plane_kernel_matches_eager_forward_and_backward():
     """One program per plane, all K steps in it: planes 1x1 to 17x13, all boundaries, K = 1..8, constant
     and tensor diffusion (clamped or not), with and without source and velocity (bounded or not),
     float32 and float64; K = 0, a larger batch, and source = init (one merged gradient)."""
-    out = run_interpreted(SWEEP + """
+    out = run_interpreted(
+        SWEEP
+        + """
 sweep([(1, 1), (3, 5), (7, 9), (17, 13), (1, 6), (5, 1)], plane_max=4096)
 check((1, 1, 4, 3), 0, "periodic", True, True, True, False, torch.float64)
 check((3, 2, 2, 3), 3, "replicate", True, True, True, True, torch.float64)
 for b in BOUNDARIES:
     check((2, 2, 5, 4), 4, b, False, True, True, True, torch.float64, source_is_init=True)
-""")
+"""
+    )
     assert "FAIL" not in out and "cases 36" in out, out
 
 
 def test_per_step_kernels_match_eager_forward_and_backward():
     """Planes over PLANE_MAX: one launch per step, the same adjoint in per-step launches (PLANE_MAX is
     lowered so that tiny planes take this path), blocks smaller than a plane included."""
-    out = run_interpreted(SWEEP + """
+    out = run_interpreted(
+        SWEEP
+        + """
 _triton.STEP_BLOCK = 64  # 17x13 spans four blocks
 sweep([(1, 1), (3, 5), (17, 13)], plane_max=0)
 check((1, 2, 6, 5), 0, "zero", True, True, True, True, torch.float64)
 for b in BOUNDARIES:
     check((2, 2, 5, 4), 5, b, True, True, True, True, torch.float64, source_is_init=True)
-""")
+"""
+    )
     assert "FAIL" not in out and "cases 18" in out, out
 
 
@@ -175,8 +192,14 @@ def test_gpu_bench_runs_end_to_end_on_the_cpu(tmp_path):
     interpreter) prints its table and writes one CSV row per shape, batch and implementation."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = tmp_path / "gpu.csv"
-    proc = subprocess.run([sys.executable, "-m", "condense.bench.gpu", "--device", "cpu", "--quick", "--csv", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "condense.bench.gpu", "--device", "cpu", "--quick", "--csv", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "fwd+bwd ms" in proc.stdout and "two training steps under torchrun" in proc.stdout
     import csv
@@ -185,8 +208,7 @@ def test_gpu_bench_runs_end_to_end_on_the_cpu(tmp_path):
     parts = {p: [r for r in rows if r["part"] == p] for p in ("kernels", "layer", "models", "ddp")}
     kernels = parts["kernels"]
     assert {r["impl"] for r in kernels} >= {"eager"} and len(kernels) % 4 == 0 and len(kernels) >= 4
-    assert all(float(r["err_out"]) < 1e-4 and float(r["err_grad"]) < 1e-4 and float(r["fwd_ms"]) > 0
-               for r in kernels)
+    assert all(float(r["err_out"]) < 1e-4 and float(r["err_grad"]) < 1e-4 and float(r["fwd_ms"]) > 0 for r in kernels)
     assert len(parts["layer"]) == 12 and all(float(r["global_ms"]) > 0 for r in parts["layer"])
     assert {r["task"] for r in parts["models"]} == {"macs", "params", "latency", "throughput", "train"}
     macs = next(r for r in parts["models"] if r["task"] == "macs")
@@ -234,8 +256,14 @@ def test_c_kernel_ops_are_registered_for_the_cpu_only():
     """A CUDA tensor handed to the C kernel's ops directly finds no kernel (the ops are CPU-only)."""
     import condense.pde  # noqa: F401  (registers the ops)
 
-    for op in ("advection_diffusion", "advection_diffusion_backward", "advection_diffusion_dwvel",
-               "advection_diffusion_dwvel_bn", "dwconv_pair", "dwconv_pair_backward"):
+    for op in (
+        "advection_diffusion",
+        "advection_diffusion_backward",
+        "advection_diffusion_dwvel",
+        "advection_diffusion_dwvel_bn",
+        "dwconv_pair",
+        "dwconv_pair_backward",
+    ):
         name = f"condense::{op}"
         assert torch._C._dispatch_has_kernel_for_dispatch_key(name, "CPU"), name
         assert not torch._C._dispatch_has_kernel_for_dispatch_key(name, "CUDA"), name

@@ -3,6 +3,7 @@
 Everything runs on a tiny CIFAR-style net (a file factory written here, two runs of three blocks) and a
 tiny MNIST-format npz with a learnable signal, so a trained trial takes a fraction of a second.
 """
+
 import contextlib
 import json
 import os
@@ -33,7 +34,7 @@ from search import build_space, export_main, run_search, search_main
 ROOT = Path(__file__).resolve().parents[2]
 PG_URL = os.environ.get("CONDENSE_TEST_PG_URL")
 
-NET = '''
+NET = """
 import torch
 from torch import nn
 
@@ -68,7 +69,7 @@ class TinyNet(nn.Module):
 
 def tiny(num_classes=10):
     return TinyNet(num_classes)
-'''
+"""
 
 # small and quick: 4 steps of 32 images per trial, 64 validation images
 FAST = dict(batch_size=32, steps_per_epoch=4, limit_test=64, population=4, lr=0.05)
@@ -104,20 +105,48 @@ def _journal_study(out: Path) -> optuna.Study:
 
 
 def _worker_cmd(env, out, trials, *extra):
-    code = ("import sys, torch; torch.set_num_threads(1); from search import search_main; "
-            "sys.exit(search_main(sys.argv[1:]))")
-    return [sys.executable, "-c", code, env["model"], "--data", env["data"], "-o", str(out), "--trials", str(trials),
-            "--batch-size", "32", "--steps-per-epoch", "4", "--limit-test", "64", "--population", "4",
-            "--no-reference", "--no-progress", "--device", "cpu", *extra]
+    code = (
+        "import sys, torch; torch.set_num_threads(1); from search import search_main; "
+        "sys.exit(search_main(sys.argv[1:]))"
+    )
+    return [
+        sys.executable,
+        "-c",
+        code,
+        env["model"],
+        "--data",
+        env["data"],
+        "-o",
+        str(out),
+        "--trials",
+        str(trials),
+        "--batch-size",
+        "32",
+        "--steps-per-epoch",
+        "4",
+        "--limit-test",
+        "64",
+        "--population",
+        "4",
+        "--no-reference",
+        "--no-progress",
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 def _popen(cmd):
-    envvars = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               "OMP_NUM_THREADS": "1"}
+    envvars = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": "1",
+    }
     return subprocess.Popen(cmd, cwd=ROOT, env=envvars, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 # --- the space ---------------------------------------------------------------------------------------------
+
 
 def test_space_covers_layer_K_options_init_m_and_on_off(env, capsys):
     model = condense.build_model(env["model"])
@@ -138,8 +167,15 @@ def test_space_covers_layer_K_options_init_m_and_on_off(env, capsys):
     assert len(dists) == 6 + 3 * len(space.runs)  # shared choices are one parameter each for the model
 
     base = dict(layer="global", K=3, init="input", velocity="zero", diffusion="dwconv", source="none")
-    params = {**base, "condense[layer1]": True, "m[layer1]": 2, "condense[layer2]": False, "m[layer2]": 1,
-              "drop[layer1]": False, "drop[layer2]": False}
+    params = {
+        **base,
+        "condense[layer1]": True,
+        "m[layer1]": 2,
+        "condense[layer2]": False,
+        "m[layer2]": 1,
+        "drop[layer1]": False,
+        "drop[layer2]": False,
+    }
     plan = space.plan(params)
     assert list(plan.choices) == ["layer1"]
     choice = plan.choices["layer1"]
@@ -166,6 +202,7 @@ def test_space_covers_layer_K_options_init_m_and_on_off(env, capsys):
 
 
 # --- a search: budgets, outputs, export --------------------------------------------------------------------
+
 
 def test_budget_constraint_front_outputs_and_export(env, tmp_path, monkeypatch):
     calls = _spy(monkeypatch)
@@ -200,6 +237,7 @@ def test_budget_constraint_front_outputs_and_export(env, tmp_path, monkeypatch):
         assert (out / name).is_file() and (out / name).stat().st_size > 0
     assert (out / "front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     import pandas as pd
+
     csv = pd.read_csv(out / "front.csv")
     assert set(csv["trial"]) == front and {"accuracy", "macs", "params", "layer", "K", "m[layer1]", "plan"} <= set(csv)
     assert len(pd.read_csv(out / "trials.csv")) == len(study.trials)
@@ -233,8 +271,10 @@ def test_budget_constraint_front_outputs_and_export(env, tmp_path, monkeypatch):
 def test_same_seed_same_params(env, tmp_path, monkeypatch):
     monkeypatch.setattr(objective_module, "train", _fake_train)
     kw = dict(trials=5, progress=False, reference=False, enqueue_fit=False, **{**FAST, "population": 3})
-    runs = [run_search(env["model"], env["data"], output=tmp_path / name, seed=seed, **kw).study
-            for name, seed in (("a", 7), ("b", 7), ("c", 8))]
+    runs = [
+        run_search(env["model"], env["data"], output=tmp_path / name, seed=seed, **kw).study
+        for name, seed in (("a", 7), ("b", 7), ("c", 8))
+    ]
     params = [[t.params for t in s.trials] for s in runs]
     assert len(params[0]) >= 5 and params[0] == params[1]  # NSGA-II's first and later generations
     assert params[0] != params[2]
@@ -247,6 +287,7 @@ def _fake_train(model, data, config, **kw):
 
 
 # --- interruption, killed workers, several workers -----------------------------------------------------------
+
 
 def test_ctrl_c_keeps_finished_trials_and_retries_the_interrupted_one(env, tmp_path, monkeypatch):
     real = objective_module.train
@@ -292,9 +333,11 @@ def _two_workers(env, out, trials, *extra, kill_one=False):
             except (IndexError, KeyError, OSError):
                 continue  # the study is not created yet
             done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-            mine = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                    if t.system_attrs.get("condense:worker", {}).get("pid") == procs[0].pid
-                    and "plan" in t.user_attrs]  # its parameters are chosen: it is building or training
+            mine = [
+                t
+                for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if t.system_attrs.get("condense:worker", {}).get("pid") == procs[0].pid and "plan" in t.user_attrs
+            ]  # its parameters are chosen: it is building or training
             if done and mine:
                 procs[0].send_signal(signal.SIGKILL)
                 killed = mine[0].number
@@ -305,15 +348,19 @@ def _two_workers(env, out, trials, *extra, kill_one=False):
             p.wait()
     if kill_one:
         assert killed is not None and procs[0].returncode == -signal.SIGKILL, logs[0][-3000:]
-    for p, log in list(zip(procs, logs))[1 if kill_one else 0:]:
+    for p, log in list(zip(procs, logs))[1 if kill_one else 0 :]:
         assert p.returncode == 0, log[-3000:]
     return killed
 
 
 def _evaluated(trials):
     """Trials that count towards --trials: within the budgets, not a duplicate plan, finished."""
-    return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-            and t.user_attrs.get("status") not in ("over budget", "duplicate")]
+    return [
+        t
+        for t in trials
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        and t.user_attrs.get("status") not in ("over budget", "duplicate")
+    ]
 
 
 def _check_shared(study, trials, out, killed=None):
@@ -346,8 +393,15 @@ def test_two_workers_share_a_journal_study_and_survive_a_killed_one(env, tmp_pat
     before = {t.number: (t.state, t.values) for t in study.trials}
 
     # re-running the same search resumes it: nothing finished is lost, the study grows to the new target
-    res = run_search(env["model"], env["data"], output=out, trials=8, progress=False, reference=False,
-                     **{**FAST, "steps_per_epoch": 8})
+    res = run_search(
+        env["model"],
+        env["data"],
+        output=out,
+        trials=8,
+        progress=False,
+        reference=False,
+        **{**FAST, "steps_per_epoch": 8},
+    )
     after = {t.number: (t.state, t.values) for t in res.study.trials}
     assert {n: after[n] for n in before} == before
     assert len(_evaluated(res.study.trials)) == 8
@@ -364,8 +418,9 @@ def test_resume_retries_a_trial_left_running_by_a_dead_worker(env, tmp_path):
     dead.wait()
     trial = study.ask()
     params = first.space.suggest(trial)  # a worker asks, suggests its parameters, records itself, dies
-    study._storage.set_trial_system_attr(trial._trial_id, "condense:worker",
-                                         {"host": socket.gethostname(), "pid": dead.pid, "start": None})
+    study._storage.set_trial_system_attr(
+        trial._trial_id, "condense:worker", {"host": socket.gethostname(), "pid": dead.pid, "start": None}
+    )
     res = run_search(env["model"], env["data"], trials=3, **kw)
     t = res.study.trials
     assert t[2].state == TrialState.FAIL and t[3].system_attrs["failed_trial"] == 2 and t[3].params == params
@@ -390,6 +445,7 @@ def test_two_workers_share_a_postgres_study(env, tmp_path):
 
 # --- a torn journal (a full disk or a kill mid-write) is repaired, keeping every complete record ------------
 
+
 def _small_journal(path: Path) -> int:
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
     study = optuna.create_study(study_name="s", storage=storage, directions=["maximize", "minimize"])
@@ -410,8 +466,11 @@ def test_a_journal_torn_at_every_byte_of_its_last_record_is_repaired_and_resumes
         out = tmp_path / f"cut{cut}"
         out.mkdir()
         (out / "study.journal").write_bytes(data[:cut])
-        with pytest.warns(UserWarning, match="removed a torn last record") if cut > last_start else \
-                contextlib.nullcontext():
+        with (
+            pytest.warns(UserWarning, match="removed a torn last record")
+            if cut > last_start
+            else contextlib.nullcontext()
+        ):
             storage = make_storage(config, out)
         assert (out / "study.journal").read_bytes() == data[:last_start]  # every complete record kept
         study = optuna.load_study(study_name="s", storage=storage)
@@ -470,8 +529,11 @@ def test_progress_is_one_plain_line_per_evaluated_trial_when_not_a_terminal():
             study.add_trial(trial)
             bar.update(study)
     lines = out.getvalue().splitlines()
-    assert [line.split(",")[0] for line in lines] == ["search: 0/3 evaluated", "search: 1/3 evaluated",
-                                                      "search: 2/3 evaluated"]
+    assert [line.split(",")[0] for line in lines] == [
+        "search: 0/3 evaluated",
+        "search: 1/3 evaluated",
+        "search: 2/3 evaluated",
+    ]
     assert "1 over budget (not trained)" in lines[-1]
     quiet = io.StringIO()
     _Progress(3, False, Console(file=quiet)).update(study)
@@ -516,9 +578,29 @@ def test_a_full_disk_during_a_search_is_one_line_and_the_journal_stays_readable(
     try:
         (fs / "filler").write_bytes(b"x" * 60_000)
         out = fs / "s"
-        code = search_main([env["model"], "--data", env["data"], "--budget", "60%", "--trials", "4", "-o", str(out),
-                            "--batch-size", "32", "--steps-per-epoch", "2", "--limit-test", "64", "--no-reference",
-                            "--no-progress", "--device", "cpu"])
+        code = search_main(
+            [
+                env["model"],
+                "--data",
+                env["data"],
+                "--budget",
+                "60%",
+                "--trials",
+                "4",
+                "-o",
+                str(out),
+                "--batch-size",
+                "32",
+                "--steps-per-epoch",
+                "2",
+                "--limit-test",
+                "64",
+                "--no-reference",
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
         err = capsys.readouterr().err
         assert code == 1 and "no space left on" in err and "unexpected" not in err, err
         (fs / "filler").unlink()
@@ -547,8 +629,14 @@ def test_teacher_is_built_from_its_spec_and_is_part_of_the_study(env, tmp_path, 
     torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
     kw = dict(trials=1, progress=False, reference=False, enqueue_fit=False, **{**FAST, "population": 3})
     out = tmp_path / "s"
-    run_search(env["model"], env["data"], output=out, teacher=env["model"],
-               teacher_checkpoint=str(tmp_path / "teacher.pt"), **kw)
+    run_search(
+        env["model"],
+        env["data"],
+        output=out,
+        teacher=env["model"],
+        teacher_checkpoint=str(tmp_path / "teacher.pt"),
+        **kw,
+    )
     assert seen and all(t is not None for t in seen)
     for a, b in zip(seen[0].state_dict().values(), teacher.state_dict().values()):
         assert torch.equal(a, b)  # the teacher's own weights, not the original's
@@ -561,6 +649,7 @@ def test_teacher_is_built_from_its_spec_and_is_part_of_the_study(env, tmp_path, 
 
 
 # --- a search folder belongs to one study (issue: never write into what is not this search's) ------------
+
 
 def test_a_search_folder_belongs_to_one_study_and_resume_checks_seed_and_data(env, tmp_path):
     out = tmp_path / "s"
@@ -584,8 +673,14 @@ def test_a_search_folder_belongs_to_one_study_and_resume_checks_seed_and_data(en
     with pytest.raises(CondenseError, match="data_fingerprint"):
         run_search(env["model"], f"mnist:{changed}", **{**kw, "storage": str(out / "study.journal")})
     assert (out / "trials" / "0" / "condensed.json").read_text() == trial0
-    assert len(optuna.get_all_study_names(optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(out / "study.journal"))))) == 1
+    assert (
+        len(
+            optuna.get_all_study_names(
+                optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(out / "study.journal")))
+            )
+        )
+        == 1
+    )
 
 
 def test_a_folder_that_is_not_a_search_is_refused(env, tmp_path):
@@ -598,6 +693,7 @@ def test_a_folder_that_is_not_a_search_is_refused(env, tmp_path):
 
 
 # --- width in the space, latency as the objective -----------------------------------------------------------
+
 
 def test_space_with_widths_lists_and_plans_them(env, capsys):
     from search import SearchSpace
@@ -627,8 +723,17 @@ def test_space_with_widths_lists_and_plans_them(env, capsys):
 def test_search_samples_width_records_it_and_export_rebuilds_it(env, tmp_path, monkeypatch):
     calls = _spy(monkeypatch)
     out = tmp_path / "w"
-    res = run_search(env["model"], env["data"], output=out, macs="60%", trials=4, progress=False, reference=False,
-                     widths=(0.5,), **FAST)
+    res = run_search(
+        env["model"],
+        env["data"],
+        output=out,
+        macs="60%",
+        trials=4,
+        progress=False,
+        reference=False,
+        widths=(0.5,),
+        **FAST,
+    )
     trained = [t for t in res.study.trials if t.user_attrs.get("status") == "trained"]
     assert len(calls) == len(trained)  # no reference: one training per trained trial
     wide = [t for t in trained if t.user_attrs.get("width")]
@@ -672,8 +777,18 @@ def test_width_alone_space_searches_only_width_and_keeps_every_block(env, tmp_pa
 
     calls = _spy(monkeypatch)
     out = tmp_path / "wo"
-    res = run_search(env["model"], env["data"], output=out, macs="70%", trials=3, progress=False, reference=False,
-                     widths=(0.25, 0.5), depth=False, **FAST)
+    res = run_search(
+        env["model"],
+        env["data"],
+        output=out,
+        macs="70%",
+        trials=3,
+        progress=False,
+        reference=False,
+        widths=(0.25, 0.5),
+        depth=False,
+        **FAST,
+    )
     trained = [t for t in res.study.trials if t.user_attrs.get("status") == "trained"]
     assert trained and len(calls) == len(trained)
     original = condense.build_model(env["model"])
@@ -685,11 +800,30 @@ def test_width_alone_space_searches_only_width_and_keeps_every_block(env, tmp_pa
         for r in space.runs:  # no block removed
             assert len(model.get_submodule(r.path)) == len(original.get_submodule(r.path))
     with pytest.raises(condense.CondenseError, match="other options"):  # the depth study is another study
-        run_search(env["model"], env["data"], output=out, macs="70%", trials=3, progress=False, reference=False,
-                   widths=(0.25, 0.5), **FAST)
+        run_search(
+            env["model"],
+            env["data"],
+            output=out,
+            macs="70%",
+            trials=3,
+            progress=False,
+            reference=False,
+            widths=(0.25, 0.5),
+            **FAST,
+        )
     with pytest.raises(condense.BudgetError, match="every run's channels removed"):
-        run_search(env["model"], env["data"], output=tmp_path / "tight", macs="5%", trials=1, progress=False,
-                   reference=False, widths=(0.25,), depth=False, **FAST)
+        run_search(
+            env["model"],
+            env["data"],
+            output=tmp_path / "tight",
+            macs="5%",
+            trials=1,
+            progress=False,
+            reference=False,
+            widths=(0.25,),
+            depth=False,
+            **FAST,
+        )
     assert not (tmp_path / "tight").exists()
 
 
@@ -699,8 +833,18 @@ def test_compare_latency_re_times_every_front_member_with_the_original(env, tmp_
     depth = tmp_path / "depth"
     width = tmp_path / "width"
     run_search(env["model"], env["data"], output=depth, macs="80%", trials=2, progress=False, reference=False, **FAST)
-    run_search(env["model"], env["data"], output=width, macs="80%", trials=2, progress=False, reference=False,
-               widths=(0.25, 0.5), depth=False, **FAST)
+    run_search(
+        env["model"],
+        env["data"],
+        output=width,
+        macs="80%",
+        trials=2,
+        progress=False,
+        reference=False,
+        widths=(0.25, 0.5),
+        depth=False,
+        **FAST,
+    )
     with pytest.raises(condense.CondenseError, match="trust_code"):  # a file.py model is not imported unasked
         latency_fronts([depth, width], batches=(1,), repeats=1)
     members, summary = latency_fronts([depth, width], batches=(1, 2), repeats=2, warmup=1, trust_code=True)
@@ -721,8 +865,26 @@ def test_compare_latency_re_times_every_front_member_with_the_original(env, tmp_
     assert set(summary.columns) >= {"covers[depth]", "covers[width]"}
 
     plot, table, listed = tmp_path / "fronts.png", tmp_path / "fronts.csv", tmp_path / "members.csv"
-    assert compare_main([str(depth), str(width), "--latency", "1,2", "--repeats", "2", "--plot", str(plot),
-                         "--csv", str(table), "--members", str(listed), "--trust-code"]) == 0
+    assert (
+        compare_main(
+            [
+                str(depth),
+                str(width),
+                "--latency",
+                "1,2",
+                "--repeats",
+                "2",
+                "--plot",
+                str(plot),
+                "--csv",
+                str(table),
+                "--members",
+                str(listed),
+                "--trust-code",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "re-timed" in out and "dominates width" in out
     assert plot.read_bytes()[:4] == b"\x89PNG"
@@ -744,9 +906,27 @@ def test_the_supernet_refuses_width(env, tmp_path):
 def test_latency_objective_on_a_tiny_model(env, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(objective_module, "train", _fake_train)
     out = tmp_path / "lat"
-    argv = [env["model"], "--data", env["data"], "--budget", "60%", "--trials", "3", "--batch-size", "32",
-            "--steps-per-epoch", "4", "--limit-test", "64", "--population", "4", "--no-reference", "--no-progress",
-            "--device", "cpu"]
+    argv = [
+        env["model"],
+        "--data",
+        env["data"],
+        "--budget",
+        "60%",
+        "--trials",
+        "3",
+        "--batch-size",
+        "32",
+        "--steps-per-epoch",
+        "4",
+        "--limit-test",
+        "64",
+        "--population",
+        "4",
+        "--no-reference",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     assert search_main([*argv, "-o", str(out), "--objective", "latency"]) == 0
     capsys.readouterr()
     study = _journal_study(out)

@@ -1,4 +1,5 @@
 """Comparing searches: exact hypervolume, dominance share, the random-search baseline and `condense compare`."""
+
 import json
 
 import numpy as np
@@ -52,8 +53,9 @@ def test_random_sampler_is_seeded_per_trial():
     import optuna
 
     def draws(seed):
-        study = optuna.create_study(sampler=make_sampler(SearchConfig(model="x", data="y", sampler="random",
-                                                                        seed=seed)))
+        study = optuna.create_study(
+            sampler=make_sampler(SearchConfig(model="x", data="y", sampler="random", seed=seed))
+        )
         return [study.ask().suggest_int("k", 1, 1000) for _ in range(6)]
 
     assert draws(3) == draws(3) != draws(4)
@@ -64,12 +66,25 @@ def test_random_sampler_is_seeded_per_trial():
 def _study_dir(path, sampler, points, ref=(1000, 100)):
     """A study directory as condense search writes it: search.json + trials.csv."""
     path.mkdir()
-    (path / "search.json").write_text(json.dumps({"config": {"sampler": sampler},
-                                                  "reference": {"macs": ref[0], "params": ref[1]}}))
-    rows = [dict(trial=i, state="COMPLETE", status="trained", accuracy=a, macs=m, params=p, feasible=True,
-                 on_front=True) for i, (a, m, p) in enumerate(points)]
-    rows.append(dict(trial=len(rows), state="COMPLETE", status="over budget", accuracy=0.0, macs=900, params=90,
-                     feasible=False, on_front=False))
+    (path / "search.json").write_text(
+        json.dumps({"config": {"sampler": sampler}, "reference": {"macs": ref[0], "params": ref[1]}})
+    )
+    rows = [
+        dict(trial=i, state="COMPLETE", status="trained", accuracy=a, macs=m, params=p, feasible=True, on_front=True)
+        for i, (a, m, p) in enumerate(points)
+    ]
+    rows.append(
+        dict(
+            trial=len(rows),
+            state="COMPLETE",
+            status="over budget",
+            accuracy=0.0,
+            macs=900,
+            params=90,
+            feasible=False,
+            on_front=False,
+        )
+    )
     pd.DataFrame(rows).to_csv(path / "trials.csv", index=False)
     return path
 

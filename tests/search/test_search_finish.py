@@ -3,6 +3,7 @@ refusal of other options, and ``condense compare --finished``.
 
 Runs ``zoo:resnet_tiny`` at 3x16x16 on a tiny MNIST-format npz, a few steps per trial.
 """
+
 import itertools
 import json
 import math
@@ -44,11 +45,12 @@ def test_kendall_tau():
 
 
 def test_pick_members_spreads_over_macs_and_keeps_the_most_accurate():
-    front = pd.DataFrame({"trial": range(10), "macs": [10 * (i + 1) for i in range(10)],
-                          "accuracy": [0.1 + 0.05 * i for i in range(10)]})
+    front = pd.DataFrame(
+        {"trial": range(10), "macs": [10 * (i + 1) for i in range(10)], "accuracy": [0.1 + 0.05 * i for i in range(10)]}
+    )
     assert pick_members(front, 20) == list(range(10))
     assert pick_members(front, 3) == [0, 4, 9]  # both ends and the middle (round(4.5) == 4)
-    assert pick_members(front, 1) == [9]        # one member: the most accurate
+    assert pick_members(front, 1) == [9]  # one member: the most accurate
     # the most accurate member in the middle replaces the nearest spread pick
     front.loc[6, "accuracy"] = 0.99
     picked = pick_members(front, 3)
@@ -66,10 +68,34 @@ def test_finish_config_is_checked():
 def study(tmp_path_factory):
     d = tmp_path_factory.mktemp("finish")
     tiny_mnist(d / "mnist.npz", n_train=128, n_test=64)
-    argv = ["zoo:resnet_tiny", "--data", f"mnist:{d / 'mnist.npz'}", "--input-size", "3x16x16",
-            "--epochs-per-trial", "1", "--steps-per-epoch", "2", "--batch-size", "16", "--limit-test", "32",
-            "--trials", "6", "--population", "4", "--budget", "80%", "--no-progress", "-o", str(d / "st"),
-            "--finish", "2", "--finish-epochs", "2"]
+    argv = [
+        "zoo:resnet_tiny",
+        "--data",
+        f"mnist:{d / 'mnist.npz'}",
+        "--input-size",
+        "3x16x16",
+        "--epochs-per-trial",
+        "1",
+        "--steps-per-epoch",
+        "2",
+        "--batch-size",
+        "16",
+        "--limit-test",
+        "32",
+        "--trials",
+        "6",
+        "--population",
+        "4",
+        "--budget",
+        "80%",
+        "--no-progress",
+        "-o",
+        str(d / "st"),
+        "--finish",
+        "2",
+        "--finish-epochs",
+        "2",
+    ]
     assert search_main(argv) == 0
     return d, argv
 
@@ -133,10 +159,34 @@ def test_an_interrupted_finish_keeps_finished_members_and_resumes(tmp_path, monk
     import search._finish as finish_module
 
     tiny_mnist(tmp_path / "mnist.npz", n_train=128, n_test=64)
-    argv = ["zoo:resnet_tiny", "--data", f"mnist:{tmp_path / 'mnist.npz'}", "--input-size", "3x16x16",
-            "--epochs-per-trial", "1", "--steps-per-epoch", "2", "--batch-size", "16", "--limit-test", "32",
-            "--trials", "6", "--population", "4", "--budget", "80%", "--no-progress", "-o", str(tmp_path / "st"),
-            "--finish", "2", "--finish-epochs", "1"]
+    argv = [
+        "zoo:resnet_tiny",
+        "--data",
+        f"mnist:{tmp_path / 'mnist.npz'}",
+        "--input-size",
+        "3x16x16",
+        "--epochs-per-trial",
+        "1",
+        "--steps-per-epoch",
+        "2",
+        "--batch-size",
+        "16",
+        "--limit-test",
+        "32",
+        "--trials",
+        "6",
+        "--population",
+        "4",
+        "--budget",
+        "80%",
+        "--no-progress",
+        "-o",
+        str(tmp_path / "st"),
+        "--finish",
+        "2",
+        "--finish-epochs",
+        "1",
+    ]
     real, calls = finish_module.train, []
 
     def interrupted_second(model, data, config, **kw):
@@ -164,8 +214,18 @@ def test_an_interrupted_finish_keeps_finished_members_and_resumes(tmp_path, monk
 
 def test_bad_teacher_or_plot_path_leaves_nothing_behind(tmp_path, capsys):
     tiny_mnist(tmp_path / "mnist.npz", n_train=64, n_test=32)
-    base = ["zoo:resnet_tiny", "--data", f"mnist:{tmp_path / 'mnist.npz'}", "--input-size", "3x16x16",
-            "--trials", "1", "--no-progress", "-o", str(tmp_path / "st")]
+    base = [
+        "zoo:resnet_tiny",
+        "--data",
+        f"mnist:{tmp_path / 'mnist.npz'}",
+        "--input-size",
+        "3x16x16",
+        "--trials",
+        "1",
+        "--no-progress",
+        "-o",
+        str(tmp_path / "st"),
+    ]
     assert search_main(base + ["--teacher", "zoo:no_such_model"]) == 1
     assert search_main(base + ["--teacher", "zoo:resnet_tiny", "--teacher-checkpoint", str(tmp_path / "no.pt")]) == 1
     assert not (tmp_path / "st").exists()
