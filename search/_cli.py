@@ -528,7 +528,8 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _compare(args, console) -> None:
-    for given in (args.plot, args.csv):  # a bad output path: an error before anything is computed or written
+    # a bad output path: an error before anything is computed or written
+    for given in (args.plot, args.csv, args.members):
         if given and not Path(given).resolve().parent.is_dir():
             raise CondenseError(
                 f"{given}: the folder {str(Path(given).parent)!r} does not exist",
@@ -593,12 +594,6 @@ def _compare_latency(args, console) -> None:
     """``condense compare --latency B,B``: the fronts re-timed side by side (``latency_fronts``)."""
     if args.threads < 1 or args.repeats < 1:
         raise CondenseError("--threads and --repeats must be >= 1", "e.g. --threads 1 --repeats 20")
-    for given in (args.plot, args.csv, args.members):
-        if given and not Path(given).resolve().parent.is_dir():
-            raise CondenseError(
-                f"{given}: the folder {str(Path(given).parent)!r} does not exist",
-                "create it, or write the file elsewhere",
-            )
     with console.status("re-timing the fronts") as status:
         members, summary = latency_fronts(
             args.study_dirs,
