@@ -128,6 +128,7 @@ class VersusConfig:
     warmup: int = 3
     trust_code: bool = False
     quick: bool = False
+    time_only: bool = False  # re-time every built arm and report; train nothing
 
     def __post_init__(self) -> None:
         if not self.data or not str(self.data).strip():
@@ -344,13 +345,15 @@ def _build_arms(cfg: VersusConfig, ctx: ArmContext, state: State, macs0: int, sa
     return built
 
 
-def _latency(cfg: VersusConfig, ctx: ArmContext, state: State, built: dict[str, nn.Module], macs0: int, say) -> None:
+def _latency(
+    cfg: VersusConfig, ctx: ArmContext, state: State, built: dict[str, nn.Module], macs0: int, say, force: bool = False
+) -> None:
     """Time the original and every built arm interleaved, once per setting (re-measured when an arm was added
-    or the setting changed)."""
+    or the setting changed, or always with ``force``: ``--time-only``)."""
     setting = latency.setting(cfg.device, cfg.threads, cfg.batches, cfg.repeats, cfg.warmup)
     keys = [f"{b}/{a}" for b in cfg.budgets for a in cfg.arms if (state.arm(b, a) or {}).get("status") == "ok"]
     old = state.data.get("latency") or {}
-    if old.get("setting") == setting and all(k in old.get("ms", {}) for k in keys):
+    if not force and old.get("setting") == setting and all(k in old.get("ms", {}) for k in keys):
         return
     models: dict[str, nn.Module] = {latency.ORIGINAL: ctx.original}
     for key in keys:
@@ -477,7 +480,7 @@ def run(cfg: VersusConfig, console) -> dict[str, Any]:
                 say=say,
             )
             built = _build_arms(cfg, ctx, state, macs0, say)
-            _latency(cfg, ctx, state, built, macs0, say)
+            _latency(cfg, ctx, state, built, macs0, say, force=cfg.time_only)
             built.clear()
             teacher = copy.deepcopy(original) if cfg.kd else None  # train() freezes its teacher: never the original
             todo = [
@@ -487,6 +490,10 @@ def run(cfg: VersusConfig, console) -> dict[str, Any]:
                 for a in cfg.arms
                 if state.arm(b, a)["status"] == "ok" and not (state.seed(b, a, s) or {}).get("done")
             ]
+            if cfg.time_only:  # timed above; what is not trained yet stays so
+                if todo:
+                    say(f"--time-only: {len(todo)} arm-seed(s) not trained yet are left out of the table")
+                todo = []
             for i, (budget, name, seed) in enumerate(todo, 1):
                 say(f"[{i}/{len(todo)}] {budget} {name} seed {seed}")
                 _train_arm(cfg, ctx, state, teacher, bundle, budget, name, seed, say)
@@ -596,6 +603,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="a smoke run: 256/128 images, 1 epoch of 4 steps, seed 0, 3 latency rounds (CI)",
     )
+    p.add_argument(
+        "--time-only",
+        action="store_true",
+        help="time every built arm again (interleaved, e.g. on a quiet machine) and report; train nothing",
+    )
     p.add_argument("-o", "--output", default="bench-versus", metavar="DIR", help="the output folder")
     p.add_argument("--trust-code", action="store_true", help="let a directory's file.py model be imported")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -646,6 +658,7 @@ def config_from_args(args: argparse.Namespace) -> VersusConfig:
         warmup=base["warmup"],
         trust_code=args.trust_code,
         quick=args.quick,
+        time_only=args.time_only,
     )
 
 

@@ -188,6 +188,31 @@ def test_more_seeds_train_only_the_new_ones(quick, monkeypatch, tmp_path):
     assert set(rows) == {"original", "drop", "tp-l1"} and rows["drop"]["seeds_done"] == "2"
 
 
+def test_time_only_re_times_every_arm_and_trains_nothing(quick, monkeypatch, tmp_path):
+    copy_dir = tmp_path / "out"
+    shutil.copytree(quick["dir"], copy_dir)
+    before = json.loads((copy_dir / "versus.json").read_text())
+    timed = []
+    real = _versus_latency.measure
+
+    def counting(models, *a, **k):
+        timed.append(sorted(models))
+        return real(models, *a, **k)
+
+    monkeypatch.setattr(_versus_latency, "measure", counting)
+    monkeypatch.setattr(condense.train, "train", lambda *a, **k: pytest.fail("trained with --time-only"))
+    monkeypatch.setenv("CONDENSE_CACHE", str(quick["root"] / "cache"))
+    argv = quick["argv"][:-1] + [str(copy_dir), "--time-only", "--seeds", "0,1"]  # seed 1 was never trained
+    rc, out, err = run(argv)
+    assert rc == 0, err
+    after = json.loads((copy_dir / "versus.json").read_text())
+    ok = [a for a, r in before["budgets"]["50%"]["arms"].items() if r["status"] == "ok"]
+    assert timed == [sorted(["original", *(f"50%/{a}" for a in ok)])]  # one interleaved run, every arm
+    assert after["budgets"] == before["budgets"]  # nothing trained, no seed added
+    assert set(after["latency"]["ms"]) == set(before["latency"]["ms"])
+    assert "not trained yet" in out + err
+
+
 def _bad_cases(data):
     spec = f"cifar10:{data}"
     return [
