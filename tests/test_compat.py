@@ -18,10 +18,10 @@ def _probe():
 
 def test_an_old_condensed_directory_loads_with_its_outputs():
     probe = _probe()
-    model = condense.load(FIXTURES / "condensed").eval()
+    model = condense.load(FIXTURES / "model-dir").eval()
     with torch.no_grad():
         torch.testing.assert_close(model(probe["x"]), probe["condensed"])
-    resolved = condense.resolve_model(FIXTURES / "condensed")
+    resolved = condense.resolve_model(FIXTURES / "model-dir")
     assert resolved.is_directory and resolved.input_size == (1, 28, 28)
 
 

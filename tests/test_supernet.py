@@ -455,7 +455,8 @@ def _ddp_net(seed):
 DDP_SCRIPT = r"""
 import copy, json, math, os, sys, types, torch, torch.distributed as dist
 torch.set_num_threads(1)
-sys.path.insert(0, sys.argv[3])
+# the repository first (its search package, not the namespace tests/search), then the tests (conftest)
+sys.path[:0] = [os.path.dirname(os.path.abspath(sys.argv[3])), sys.argv[3]]
 from test_supernet import DDP_CFG, DDP_SANDWICH, _ddp_net
 import condense, condense._supernet._train as sn, condense.train as train_module
 from condense import TrainConfig

@@ -211,9 +211,10 @@ def test_cli_train_condensed_dir_with_teacher(tmp_path, capsys):
 
 
 DDP_SCRIPT = r"""
-import json, sys, torch, torch.distributed as dist
+import json, os, sys, torch, torch.distributed as dist
 from torch import nn
-sys.path.insert(0, sys.argv[3])
+# the repository first (its search package, not the namespace tests/search), then the tests (conftest)
+sys.path[:0] = [os.path.dirname(os.path.abspath(sys.argv[3])), sys.argv[3]]
 from test_train import small_net
 from condense.data import load_data
 from condense.train import TrainConfig, train
