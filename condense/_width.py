@@ -478,7 +478,7 @@ def fit_with_width(
                 "add --budget, --params or --latency, or give a fixed share, e.g. --width 0.25",
             )
         given = [b / o for b, o in ((macs_b, macs0), (params_b, params0), (latency_b, before_ms)) if b is not None]
-        (result, record), tried = _auto(runs, attempt, WidthSpec({}, importance_name), min(given), say)
+        (result, record), tried = _auto(attempt, WidthSpec({}, importance_name), min(given), say)
         record = dataclasses.replace(record, auto=tuple(tried))
     else:
         result, record = attempt(width)
@@ -535,7 +535,7 @@ AUTO_MAX_SHARE = 0.75  # the most "auto" removes of every channel group
 AUTO_BISECT = 4  # halvings of the last step, when the share falls back
 
 
-def _auto(runs, attempt, base: WidthSpec, fraction: float, say):
+def _auto(attempt, base: WidthSpec, fraction: float, say):
     """One share ``s`` of every channel group (Torch-Pruning's uniform pruning) chosen with the depth plan,
     the cut split evenly between depth and width: width keeps about the square root of ``fraction`` (the
     tightest budget over the original's figure) of the MACs, (1 - s)^2 = sqrt(fraction), so

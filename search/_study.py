@@ -122,9 +122,6 @@ def _check_reachable(original: nn.Module, size, space: SearchSpace, config: Sear
     """A budget no plan of the space can meet is an error with the smallest reachable figure, before the
     study exists: the smallest plan of each layer type (every run at m = 1, the lowest K), measured."""
     errors = []
-    if not space.depth:  # width alone: the most channels every run may lose, no block removed
-        _check_reachable_width(original, size, space, config)
-        return
     for layer in space.layers:
         for width in (None, *([max(space.widths)] if space.widths else [])):  # the most channels a trial removes
             try:
@@ -148,15 +145,21 @@ def _check_reachable(original: nn.Module, size, space: SearchSpace, config: Sear
     )
 
 
-def _check_reachable_width(original: nn.Module, size, space: SearchSpace, config: SearchConfig) -> None:
+def _check_reachable_width(
+    original: nn.Module,
+    found,
+    size,
+    space: SearchSpace,
+    config: SearchConfig,
+    budgets: tuple[float | None, float | None],
+) -> None:
+    """A width-alone space: the budgets (resolved: MACs, parameters) must hold with the largest share of
+    ``space.widths`` removed from every run, measured; else the error names the figure."""
     widest = {run.path: max(space.widths) for run in space.runs}
-    pruned, _ = build_trial(
-        original, find_runs(original, size), Plan({}), config.seed, widest, size, config.width_importance
-    )
-    have_all, totals = macs_and_params(pruned, size), macs_and_params(original, size)
-    for i, (name, budget) in enumerate((("MAC", config.macs), ("parameter", config.params))):
-        have = have_all[i]
-        if budget is not None and have > parse_budget(budget).resolve(totals[i]):
+    pruned, _ = build_trial(original, found, Plan({}), config.seed, widest, size, config.width_importance)
+    measured = macs_and_params(pruned, size)
+    for have, resolved, (name, budget) in zip(measured, budgets, (("MAC", config.macs), ("parameter", config.params))):
+        if resolved is not None and have > resolved:
             raise BudgetError(
                 f"no plan in the search space meets the {name} budget {budget}: with "
                 f"{max(space.widths):g} of every run's channels removed the model has {have:,}",
@@ -306,8 +309,10 @@ def prepare(config: SearchConfig, model, spec_text) -> Prepared:
     macs_b = parse_budget(config.macs).resolve(macs0) if config.macs is not None else None
     params_b = parse_budget(config.params).resolve(params0) if config.params is not None else None
     space = build_space(found, layers=config.layers, K=config.K, widths=config.widths, depth=config.depth)
-    if macs_b is not None or params_b is not None:
+    if (macs_b is not None or params_b is not None) and space.depth:
         _check_reachable(original, size, space, config)
+    elif macs_b is not None or params_b is not None:  # width alone: the most channels every run may lose
+        _check_reachable_width(original, found, size, space, config, (macs_b, params_b))
     return Prepared(bundle, original, spec, model_kwargs, size, found, macs0, params0, macs_b, params_b, space, teacher)
 
 
