@@ -24,9 +24,8 @@ How the plan is chosen (``fit``):
    6) suffice because latency grows with MACs along these plans (``_fit_latency``).
 6. With ``width`` (``condense._width``), the original's channels are pruned first (Torch-Pruning), and
    steps 1-5 run on the pruned model with the budgets resolved against the original; ``width="auto"``
-   chooses one share of every channel group with the depth plan, splitting the cut evenly between depth
-   and width: the share keeps about sqrt(budget fraction) of the MACs and the depth plan the rest
-   (``condense._width._auto``).
+   chooses one share of every channel group with the depth plan: the depth plan removes at most one block
+   of every run (the least cut) and the share takes the rest (``condense._width._auto``).
 """
 
 from __future__ import annotations

@@ -179,7 +179,7 @@ def _main_parser() -> argparse.ArgumentParser:
         default=None,
         help="also remove channels: a share of every channel group (0.25), one per run "
         "(layer1=0.25,layer3=0.5), or auto: one share of every channel group chosen with the depth "
-        "plan, the cut split evenly between them, every budget met as measured (default: none)",
+        "plan: one block out of every run, channels for the rest, every budget met as measured (default: none)",
     )
     w.add_argument(
         "--width-importance",

@@ -157,8 +157,14 @@ def test_width_auto_meets_the_budget_with_depth_and_width_together(original, bud
     assert set(res.width.ratios) == {REST} and 0 < res.width.ratios[REST] <= AUTO_MAX_SHARE
     assert sum(r.m for r in res.rows) < sum(r.r for r in res.rows)
     tried = res.width.auto
-    # the first state splits the cut evenly: width keeps sqrt(fraction) of the MACs, (1 - s)^2 = sqrt(fraction)
-    assert tried[0]["ratios"][REST] == pytest.approx(1 - fraction**0.25, abs=1e-6)
+    # depth takes the least cut, at most one block out of every run, and width the rest: the first state is
+    # the share that meets the budget with one block out of every run, (1 - s)^2 (1 - cut / total) = fraction
+    assert all(r.r - r.m <= 1 for r in res.rows)
+    found = condense.find_runs(original, SIZE)
+    figure = "macs" if "macs" in budget else "params"
+    total = found.total_macs if figure == "macs" else found.total_params
+    cut = sum(getattr(run, figure)[-1] for run in found.runs)
+    assert tried[0]["ratios"][REST] == pytest.approx(1 - (fraction / (1 - cut / total)) ** 0.5, abs=1e-6)
     feasible = [t for t in tried if t["feasible"]]
     assert feasible and res.width.ratios[REST] in {t["ratios"][REST] for t in feasible}
     # the share kept is the lowest tried that met the budgets with the same blocks: no feasible state with
