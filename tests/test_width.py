@@ -4,6 +4,7 @@ bad input, on the CIFAR ResNet-20 (3x32x32) and ResNet-tiny."""
 
 import copy
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from torch import nn
 
 import condense
 from condense import CondenseError, zoo
-from condense._width import AUTO_MAX_SHARE, REST, prune, WidthSpec
+from condense._width import AUTO_MAX_SHARE, REST, least_cut_share, prune, WidthSpec
 from condense.cli import main
 
 SIZE = (3, 32, 32)
@@ -273,3 +274,14 @@ def test_a_frozen_model_is_pruned_too(original):
         p.requires_grad_(False)  # as train() leaves a teacher
     res = condense.fit(frozen, macs="50%", input_size=SIZE, width=0.25)
     assert res.width is not None and _channels(res.model, "conv1") < 16
+
+
+def test_least_cut_share_leaves_width_out_when_one_block_a_run_meets_the_budget():
+    runs = [SimpleNamespace(blocks=("a", "b", "c"), macs=(10, 10, 10)), SimpleNamespace(blocks=("d",), macs=(40,))]
+    # one block out of the first run (the single-block run cannot lose one): 90 of 100 MACs left
+    assert least_cut_share(runs, 100, 0.95) == 0.0
+    assert least_cut_share(runs, 100, 0.9) == 0.0
+    assert least_cut_share(runs, 100, 0.4) == pytest.approx(1 - (0.4 / 0.9) ** 0.5)
+    # figures unknown (a model fvcore cannot count per block): the cut split evenly, (1 - s)^2 = sqrt(fraction)
+    unknown = [SimpleNamespace(blocks=("a", "b"), macs=(None, None))]
+    assert least_cut_share(unknown, 100, 0.4) == pytest.approx(1 - 0.4**0.25)
