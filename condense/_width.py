@@ -2,15 +2,15 @@
 
 In: the original model, its input size, its runs (``find_runs``) and a width: one share of channels to remove
 everywhere (``0.25``), a share per run (``{"layer1": 0.25, "layer3": 0.5}``; ``"*"`` for every channel group
-outside the listed runs), or ``"auto"`` (``fit`` chooses one share with the depth plan: depth takes the
-least cut, one block a run, and width the rest: ``_auto``). Out: the pruned copy and a ``WidthFit`` record
-(what ``condensed.json`` stores as ``width``): the shares, the importance, the channels of each run before and after, and Torch-Pruning's own
-pruning history (module name, output or input channels, indices), from which ``replay`` rebuilds the same
-shapes on a freshly built original, without pickles, before the saved weights are loaded.
+outside the listed runs), or ``"auto"`` (``fit`` chooses one share with the depth plan: depth takes the least cut,
+one block a run, and width the rest: ``_auto``). Out: the pruned copy and a ``WidthFit`` record (what
+``condensed.json`` stores as ``width``): the shares, the importance, the channels of each run before and after, and
+Torch-Pruning's own pruning history (module name, output or input channels, indices), from which ``replay``
+rebuilds the same shapes on a freshly built original, without pickles, before the saved weights are loaded.
 Never: prunes a channel by hand (every cut is Torch-Pruning's: ``BasePruner.step``, or
-``DependencyGraph.load_pruning_history`` when replaying), touches the classifier's outputs, changes the model
-it is given, or returns a pruned model whose forward fails or whose output changed shape (a one-line error
-with a hint instead).
+``DependencyGraph.load_pruning_history`` when replaying), touches the classifier's outputs, changes the model it is
+given, or returns a pruned model whose forward fails or whose output changed shape (a one-line error with a hint
+instead).
 
 Order: width first, then depth. The original is pruned (importance from its trained weights: L1 magnitude,
 or the group norm of the DepGraph paper), then ``find_runs`` and the depth plan see the pruned model: the
