@@ -26,6 +26,9 @@ optionally moves its weights before fine-tuning):
                           narrower than the original's)
 ``joint-drop``            the same with ``layer="drop"`` (channels pruned, removed blocks deleted)
 ``joint-drop-calibrate``  ``joint-drop``, then ``condense.calibrate`` (on the logits)
+``original-ft``           a reference, not a method and not run unless named: the original itself, fine-tuned the
+                          same way (how much the extra epochs alone give; an original that gains much was not
+                          trained to convergence, and every arm's accuracy then holds that gain too)
 ========================  ======================================================================================
 
 A build that cannot reach the target (``BudgetError``, e.g. ``preserve`` on a small net) makes the arm
@@ -98,6 +101,7 @@ class Arm:
     architecture: Callable[[ArmContext, float, int], Start]
     recover: Callable[[ArmContext, Start, int], None] | None = None
     needs: str | None = None
+    default: bool = True  # run when no --arms are given
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
@@ -124,6 +128,11 @@ def _trained(ctx: ArmContext, _seed: int) -> nn.Module:
 
 def _random(ctx: ArmContext, seed: int) -> nn.Module:
     return ctx.fresh(seed)
+
+
+def _original(ctx: ArmContext, _target: float, _seed: int) -> Start:
+    """The original itself (a copy), whatever the target: the ``original-ft`` reference."""
+    return Start(copy.deepcopy(ctx.original), {"build_cpu_s": 0.0, "build_s": 0.0, "plan": "the original, unchanged"})
 
 
 def _calibrate(ctx: ArmContext, start: Start, seed: int) -> None:
@@ -209,6 +218,7 @@ ARMS: dict[str, Arm] = {
             _calibrate,
             needs="calibrate+drop+torch_pruning",
         ),
+        Arm("original-ft", "the original, fine-tuned the same way (reference)", _original, default=False),
     )
 }
 

@@ -104,7 +104,7 @@ class VersusConfig:
     model: str
     data: str | None
     budgets: tuple[str, ...] = ("50%",)
-    arms: tuple[str, ...] = tuple(ARMS)
+    arms: tuple[str, ...] = tuple(name for name, arm in ARMS.items() if arm.default)
     seeds: tuple[int, ...] = (0, 1, 2)
     output: str = "bench-versus"
     checkpoint: str | None = None
@@ -616,8 +616,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def default_arms() -> tuple[str, ...]:
     """Every arm this version of condense can build (Torch-Pruning's are checked when run: a missing package
-    is an error with the install hint)."""
-    return tuple(name for name, arm in ARMS.items() if lacking(arm) is None)
+    is an error with the install hint), references (``original-ft``) only when named."""
+    return tuple(name for name, arm in ARMS.items() if arm.default and lacking(arm) is None)
 
 
 def config_from_args(args: argparse.Namespace) -> VersusConfig:

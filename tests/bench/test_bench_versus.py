@@ -188,6 +188,26 @@ def test_more_seeds_train_only_the_new_ones(quick, monkeypatch, tmp_path):
     assert set(rows) == {"original", "drop", "tp-l1"} and rows["drop"]["seeds_done"] == "2"
 
 
+def test_original_ft_is_a_reference_run_only_when_named(quick, monkeypatch, tmp_path):
+    """``original-ft`` fine-tunes the original itself the same way: not a default arm, the original's own
+    counts, and its start is the original's weights (the same test accuracy before fine-tuning)."""
+    assert "original-ft" not in versus.default_arms() and "original-ft" not in versus.VersusConfig("m", "d").arms
+    copy_dir = tmp_path / "out"
+    shutil.copytree(quick["dir"], copy_dir)
+    monkeypatch.setenv("CONDENSE_CACHE", str(quick["root"] / "cache"))
+    rc, out, err = run(quick["argv"][:-1] + [str(copy_dir), "--arms", "original-ft,drop"])
+    assert rc == 0, err
+    rows = {r["arm"]: r for r in _csv(copy_dir / "versus.csv")}
+    assert set(rows) == {"original", "original-ft", "drop"}
+    assert (rows["original-ft"]["macs"], rows["original-ft"]["params"]) == (
+        rows["original"]["macs"],
+        rows["original"]["params"],
+    )
+    state = json.loads((copy_dir / "versus.json").read_text())
+    seed = state["budgets"]["50%"]["arms"]["original-ft"]["seeds"]["0"]
+    assert seed["done"] and seed["zero_shot_acc"] == pytest.approx(state["original"]["test_acc"])
+
+
 def test_time_only_re_times_every_arm_and_trains_nothing(quick, monkeypatch, tmp_path):
     copy_dir = tmp_path / "out"
     shutil.copytree(quick["dir"], copy_dir)
