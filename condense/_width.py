@@ -448,8 +448,7 @@ def fit_with_width(
     resolved against the original (``60%`` is of the original's MACs, parameters or latency) and met as
     measured on the result. ``width``: a ``WidthSpec``, or ``AUTO``: one share of every channel group chosen
     with the depth plan, depth taking the least cut (one block a run) and width the rest (``_auto``).
-    ``depth(model, macs=, params=,
-    latency=)``: ``fit`` without width."""
+    ``depth(model, macs=, params=, latency=)``: ``fit`` without width."""
     say = progress or (lambda _msg: None)
     say("tracing and finding repeated blocks")
     found = find_runs(model, size)

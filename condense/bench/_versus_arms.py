@@ -221,6 +221,7 @@ ARMS: dict[str, Arm] = {
         Arm("original-ft", "the original, fine-tuned the same way (reference)", _original, default=False),
     )
 }
+DEFAULT_ARMS = tuple(name for name, arm in ARMS.items() if arm.default)  # what runs when no --arms are given
 
 
 def lacking(arm: Arm) -> str | None:

@@ -54,7 +54,7 @@ from ..data import load_data, parse_data_spec
 from ..train import TrainConfig, evaluate
 from . import _versus_latency as latency
 from . import _versus_report as report
-from ._versus_arms import ARMS, ArmContext, CalibSetting, build, check_available, lacking
+from ._versus_arms import ARMS, DEFAULT_ARMS, ArmContext, CalibSetting, build, check_available, lacking
 from ._versus_state import CSV, KIND, OWN, PLOT, State
 
 TP_MACS = ("budget", "global")
@@ -104,7 +104,7 @@ class VersusConfig:
     model: str
     data: str | None
     budgets: tuple[str, ...] = ("50%",)
-    arms: tuple[str, ...] = tuple(name for name, arm in ARMS.items() if arm.default)
+    arms: tuple[str, ...] = DEFAULT_ARMS
     seeds: tuple[int, ...] = (0, 1, 2)
     output: str = "bench-versus"
     checkpoint: str | None = None
@@ -617,7 +617,7 @@ def _parser() -> argparse.ArgumentParser:
 def default_arms() -> tuple[str, ...]:
     """Every arm this version of condense can build (Torch-Pruning's are checked when run: a missing package
     is an error with the install hint), references (``original-ft``) only when named."""
-    return tuple(name for name, arm in ARMS.items() if arm.default and lacking(arm) is None)
+    return tuple(name for name in DEFAULT_ARMS if lacking(ARMS[name]) is None)
 
 
 def config_from_args(args: argparse.Namespace) -> VersusConfig:
