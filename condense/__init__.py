@@ -24,6 +24,9 @@ Public API (everything else is private)::
     load_data("cifar10:PATH"); condense.train.train(model, data, TrainConfig(...), teacher=...)   recover accuracy
     calibrate(result, original, "cifar10:PATH")   distil a FitResult's model from its original (run outputs and
                                         logits, labels unused), BatchNorm re-estimated -> Calibration record
+    choose(original, "cifar10:PATH", macs="30%", input_size=...)   depth only or depth + width, Global layers
+                                        or drop: each candidate calibrated briefly, the most accurate on
+                                        held-out training images wins -> Choice(name, options, tried)
 
     count(model, input_size)            MACs and parameters, total and per module (pandas DataFrame)
     parse_budget("250M"), format_count  budget strings, one parser
@@ -57,6 +60,7 @@ from .data import DataBundle, DataSpec, load_data, parse_data_spec
 from .train import TrainConfig, TrainResult
 from .graph import FindResult, Run, RunChoice, find_runs, register_leaf_module, rewrite
 from ._calibrate import CalibrateConfig, Calibration, FeaturePair, calibrate, feature_pairs
+from ._choose import Choice, ChooseConfig, choose
 from ._space import GLOBAL_ONLY, INITS, K_RANGE, Param, RunSpace, SearchSpace, build_space
 from ._supernet import (
     SandwichConfig,
@@ -134,6 +138,9 @@ __all__ = [
     "rewrite",
     "register_leaf_module",
     "calibrate",
+    "choose",
+    "Choice",
+    "ChooseConfig",
     "Calibration",
     "CalibrateConfig",
     "feature_pairs",

@@ -27,6 +27,7 @@ from torch import nn
 
 from . import _write
 from ._calibrate import check_record
+from ._choose import check_record as check_choice
 from ._errors import CondenseError, os_error  # noqa: F401 - os_error: public here (condense.os_error)
 from ._fit import Plan
 from ._width import check_record as check_width, replay
@@ -39,7 +40,16 @@ META = "condensed.json"
 WEIGHTS = "model.safetensors"
 # condensed.json's fields: required, then optional (``extra`` records such as a latency fit or a search trial)
 META_REQUIRED = ("format", "model", "model_kwargs", "model_class", "input_size", "plan", "counts", "runs")
-META_OPTIONAL = ("source_checkpoint", "model_file_sha256", "latency", "search", "trained", "calibration", "width")
+META_OPTIONAL = (
+    "source_checkpoint",
+    "model_file_sha256",
+    "latency",
+    "search",
+    "trained",
+    "calibration",
+    "width",
+    "choice",
+)
 
 
 def _legacy_model_dir(folder: Path) -> set[str] | None:
@@ -229,6 +239,10 @@ def validate_meta(meta: Any, path: Path) -> dict[str, Any]:
         why = check_record(meta["calibration"])
         if why:
             raise _bad(path, f"field 'calibration': {why}")
+    if "choice" in meta:  # the candidate plans condense.choose compared (condense MODEL --choose)
+        why = check_choice(meta["choice"])
+        if why:
+            raise _bad(path, f"field 'choice': {why}")
     if "width" in meta:  # the channels Torch-Pruning removed before the plan (condense._width)
         why = check_width(meta["width"])
         if why:

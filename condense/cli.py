@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from ._budget import format_count, format_ms, parse_input_size, parse_latency
 from ._calibrate import CalibrateConfig, calibrate, feature_pairs
+from ._choose import choose, short_split
 from ._count import count
 from ._device import describe_device, resolve_device
 from ._errors import CondenseError, run_command
@@ -194,6 +195,13 @@ def _main_parser() -> argparse.ArgumentParser:
         help="train the condensed model to reproduce the original's run "
         "outputs and logits on DATA's training images (labels unused; e.g. cifar10:PATH), then "
         "re-estimate BatchNorm; test accuracies before/after go to condensed.json",
+    )
+    c.add_argument(
+        "--choose",
+        action="store_true",
+        help="with --calibrate: choose depth and width on the data: depth only and depth + width "
+        "(--width auto), each with --layer and with drop, each calibrated briefly (2048 images) and scored "
+        "on held-out training images; the most accurate is kept, then calibrated in full",
     )
     c.add_argument("--calib-images", type=int, default=None, metavar="N", help="training images used (default 10000)")
     c.add_argument("--calib-epochs", type=int, default=None, metavar="E", help="passes over them (default 1)")
@@ -486,9 +494,14 @@ def _calibration_options(args) -> dict[str, Any] | None:
     """``condense.calibrate``'s options from --calibrate / --calib-*, checked (None without --calibrate)."""
     given = [f"--calib-{n}" for n in ("images", "epochs", "test") if getattr(args, f"calib_{n}") is not None]
     if args.calibrate is None:
-        if given:
-            raise CondenseError(f"{given[0]} needs --calibrate DATA", "add --calibrate cifar10:PATH (or drop it)")
+        if given or args.choose:
+            flag = given[0] if given else "--choose"
+            raise CondenseError(f"{flag} needs --calibrate DATA", "add --calibrate cifar10:PATH (or drop it)")
         return None
+    if args.choose and args.width is not None:
+        raise CondenseError("--choose chooses the width itself", "drop --width (or --choose)")
+    if args.choose and args.layer == "drop":
+        raise CondenseError("--choose already tries drop beside the PDE layer", "drop --layer drop (or --choose)")
     if args.dry_run:
         raise CondenseError("--calibrate with --dry-run: a dry run saves nothing to calibrate", "drop one of them")
     for flag, value, low in (
@@ -532,16 +545,11 @@ def _run_condense(args, console) -> int:
             bundle = load_data(
                 args.calibrate, input_size=size, limit_train=calib["images"], limit_test=calib["test_images"] or None
             )
-        result = fit(
-            model,
-            macs=args.macs,
-            params=args.params,
-            input_size=size,
+        plan_options = dict(
             layer=args.layer,
             init=args.init,
             K=args.K,
             fill_K=args.fill_K,
-            progress=lambda msg: status.update(msg),
             preserve=_preserve(args),
             latency=args.latency,
             latency_setting=setting,
@@ -549,8 +557,25 @@ def _run_condense(args, console) -> int:
             width_importance=args.width_importance,
             **options,
         )
+        target = dict(macs=args.macs, params=args.params, input_size=size, progress=lambda msg: status.update(msg))
+        choice = None
+        if args.choose:
+            if args.threads is not None:
+                torch.set_num_threads(args.threads)
+            images, score_images = short_split(bundle.train_size)
+            choice = choose(
+                model,
+                bundle,
+                images=images,
+                score_images=score_images,
+                device=args.device,
+                **target,
+                **{k: v for k, v in plan_options.items() if k != "width"},
+            )
+            plan_options = dict(choice.options)
+        result = fit(model, **target, **plan_options)
         calibration = None
-        if bundle is not None and result.plan.choices:
+        if bundle is not None and (result.plan.choices or result.width is not None):
             if args.threads is not None:
                 torch.set_num_threads(args.threads)
             calibration = calibrate(
@@ -563,6 +588,7 @@ def _run_condense(args, console) -> int:
             extra = {
                 **({"latency": result.latency.to_dict()} if result.latency else {}),
                 **({"calibration": calibration.to_dict()} if calibration else {}),
+                **({"choice": choice.to_dict()} if choice else {}),
             }
             save(
                 result,
@@ -589,6 +615,7 @@ def _run_condense(args, console) -> int:
                     "params_budget": result.params_budget,
                     "latency": result.latency.to_dict() if result.latency else None,
                     "calibration": calibration.to_dict() if calibration else None,
+                    "choice": choice.to_dict() if choice else None,
                     "width": {k: v for k, v in result.width.to_dict().items() if k != "history"}
                     if result.width
                     else None,
@@ -652,6 +679,8 @@ def _run_condense(args, console) -> int:
                 highlight=False,
             )
     console.print(result.message + (f"; budget met as measured: {', '.join(budgets)}" if budgets else ""))
+    if choice is not None:
+        console.print(choice.summary(), highlight=False)
     if calibration is not None:
         console.print(calibration.summary(), highlight=False)
     if out:

@@ -30,6 +30,7 @@ from condense._help import HelpFormatter
 from condense.data import load_data
 
 from ._compare import _load, compare_studies, latency_fronts
+from ._versus_fronts import is_versus_dir, versus_fronts
 from ._config import JOURNAL
 from ._export import export_trial
 from ._finish import FinishConfig, finish_table
@@ -473,7 +474,19 @@ def compare_parser() -> argparse.ArgumentParser:
         "much of each other front it dominates (objectives scaled by the original model: 1 - accuracy, "
         "MACs / original, params / original; reference point (1, 1, 1)).",
     )
-    p.add_argument("study_dirs", nargs="+", metavar="STUDY_DIR", help="output directories of condense search")
+    p.add_argument(
+        "study_dirs",
+        nargs="+",
+        metavar="STUDY_DIR",
+        help="output directories of condense search; or one folder of python -m condense.bench.versus run at "
+        "several budgets: its depth, width and joint arms then make three fronts (accuracy vs its latency run)",
+    )
+    p.add_argument(
+        "--arms",
+        default=None,
+        metavar="A,A",
+        help="with a versus folder: only these arms (default: every depth, width and joint arm it ran)",
+    )
     p.add_argument(
         "--plot",
         metavar="PNG",
@@ -535,6 +548,10 @@ def _compare(args, console) -> None:
                 f"{given}: the folder {str(Path(given).parent)!r} does not exist",
                 "create it, or write the file elsewhere",
             )
+    if any(is_versus_dir(d) for d in args.study_dirs):
+        return _compare_versus(args, console)
+    if args.arms:
+        raise CondenseError("--arms picks the arms of a versus folder", "give one versus output folder, or drop --arms")
     if args.latency:
         return _compare_latency(args, console)
     if args.members:
@@ -590,6 +607,94 @@ def _compare(args, console) -> None:
         console.print(f"plot: {path}", highlight=False)
 
 
+def _compare_versus(args, console) -> None:
+    """``condense compare VERSUS_DIR``: the depth, width and joint fronts of one versus folder
+    (``versus_fronts``), from its own latency run."""
+    if len(args.study_dirs) != 1:
+        raise CondenseError("a versus folder is compared on its own", "give one versus output folder")
+    if args.latency or args.finished:
+        raise CondenseError(
+            "a versus folder has its own latency run and fine-tuned arms: --latency and --finished do not apply",
+            "re-time it with python -m condense.bench.versus ... --time-only",
+        )
+    arms = [a for a in args.arms.split(",") if a] if args.arms else None
+    members, summary, batches = versus_fronts(args.study_dirs[0], arms=arms)
+    table = Table(
+        "axis",
+        "arm",
+        "budget",
+        "seeds",
+        "accuracy",
+        "MACs",
+        "params",
+        *[f"b{b} ms (ratio)" for b in batches],
+        title="versus arms: fine-tuned accuracy (mean over seeds) and latency (one run)",
+        title_justify="left",
+    )
+    for _, r in members.iterrows():
+        std = r.get("accuracy_std")
+        acc = f"{r['accuracy']:.4f}" + (f" ± {std:.4f}" if r["seeds"] > 1 and not pd.isna(std) else "")
+        table.add_row(
+            str(r["study"]),
+            str(r["arm"]),
+            str(r["budget"]) or "-",
+            str(r["seeds"]) if r["seeds"] else "-",
+            acc,
+            format_count(r["macs"]),
+            format_count(r["params"]),
+            *[f"{r[f'b{b}_ms']:.2f} ({r[f'b{b}_ratio']:.2f})" for b in batches],
+        )
+    console.print(table)
+    _summary_table(console, summary, "fronts: depth, width and joint plans (latency from the versus run)")
+    console.print(
+        "accuracy: fine-tuned test accuracy, mean over the seeds run; latency: the versus folder's own run "
+        "(every arm and the original interleaved). hypervolume: area dominated in (1 - accuracy, "
+        "latency/original) up to (1, 1); higher is better. dominates X: share of X's front points that this "
+        "front weakly dominates.",
+        highlight=False,
+    )
+    _write_outputs(args, console, members, summary, batches, "versus: depth, width and joint fronts (one latency run)")
+
+
+def _summary_table(console, summary: pd.DataFrame, title: str) -> None:
+    covers = [c for c in summary.columns if c.startswith("covers[")]
+    table = Table(
+        "study",
+        "batch",
+        "members",
+        "front",
+        "hypervolume",
+        "best accuracy",
+        *[f"dominates {c[7:-1]}" for c in covers],
+        title=title,
+        title_justify="left",
+    )
+    for _, r in summary.iterrows():
+        table.add_row(
+            str(r["study"]),
+            str(r["batch"]),
+            str(r["members"]),
+            str(r["front"]),
+            f"{r['hypervolume']:.4f}",
+            f"{r['best_accuracy']:.4f}",
+            *["-" if pd.isna(r[c]) else f"{100 * r[c]:.0f}%" for c in covers],
+        )
+    console.print(table)
+
+
+def _write_outputs(
+    args, console, members, summary, batches, title: str, key: str = "arm", ylabel: str = "accuracy (fine-tuned)"
+) -> None:
+    """--csv (the summary), --members (one row per member) and --plot (a panel per batch size)."""
+    if args.csv:
+        console.print(f"table: {write_csv(summary, args.csv, claim=('study', 'batch'))}", highlight=False)
+    if args.members:
+        console.print(f"members: {write_csv(members, args.members, claim=('study', key))}", highlight=False)
+    if args.plot:
+        path = plot_latency_fronts(members, args.plot, batches=batches, title=title, ylabel=ylabel)
+        console.print(f"plot: {path}", highlight=False)
+
+
 def _compare_latency(args, console) -> None:
     """``condense compare --latency B,B``: the fronts re-timed side by side (``latency_fronts``)."""
     if args.threads < 1 or args.repeats < 1:
@@ -626,29 +731,7 @@ def _compare_latency(args, console) -> None:
             *[f"{r[f'b{b}_ms']:.2f} ({r[f'b{b}_ratio']:.2f})" for b in args.latency],
         )
     console.print(table)
-    covers = [c for c in summary.columns if c.startswith("covers[")]
-    table = Table(
-        "study",
-        "batch",
-        "members",
-        "front",
-        "hypervolume",
-        "best accuracy",
-        *[f"dominates {c[7:-1]}" for c in covers],
-        title="front comparison (latency re-timed)",
-        title_justify="left",
-    )
-    for _, r in summary.iterrows():
-        table.add_row(
-            str(r["study"]),
-            str(r["batch"]),
-            str(r["members"]),
-            str(r["front"]),
-            f"{r['hypervolume']:.4f}",
-            f"{r['best_accuracy']:.4f}",
-            *["-" if pd.isna(r[c]) else f"{100 * r[c]:.0f}%" for c in covers],
-        )
-    console.print(table)
+    _summary_table(console, summary, "front comparison (latency re-timed)")
     console.print(
         f"latency: eager forward, medians of {args.repeats} interleaved rounds, {args.threads} thread(s), "
         f"{args.device}; ratio to the original in the same run. hypervolume: area dominated in "
@@ -656,19 +739,16 @@ def _compare_latency(args, console) -> None:
         "front points that this front weakly dominates.",
         highlight=False,
     )
-    if args.csv:
-        console.print(f"table: {write_csv(summary, args.csv, claim=('study', 'batch'))}", highlight=False)
-    if args.members:
-        console.print(f"members: {write_csv(members, args.members, claim=('study', 'trial'))}", highlight=False)
-    if args.plot:
-        path = plot_latency_fronts(
-            members,
-            args.plot,
-            batches=args.latency,
-            title=f"{what}: accuracy vs latency (timed in one run)",
-            ylabel="accuracy (fine-tuned)" if args.finished else "accuracy (search score)",
-        )
-        console.print(f"plot: {path}", highlight=False)
+    _write_outputs(
+        args,
+        console,
+        members,
+        summary,
+        args.latency,
+        f"{what}: accuracy vs latency (timed in one run)",
+        key="trial",
+        ylabel="accuracy (fine-tuned)" if args.finished else "accuracy (search score)",
+    )
 
 
 if __name__ == "__main__":  # python -m search._cli

@@ -38,7 +38,14 @@ from condense._io import original_from_meta
 
 from ._finish import FINISHED_CSV, _as_trials
 
-__all__ = ["hypervolume", "pareto_points", "dominated_share", "compare_studies", "latency_fronts"]
+__all__ = [
+    "hypervolume",
+    "pareto_points",
+    "dominated_share",
+    "compare_studies",
+    "latency_fronts",
+    "front_summary",
+]
 
 _OBJECTIVES = ("error", "macs_ratio", "params_ratio")
 
@@ -283,6 +290,13 @@ def latency_fronts(
             row[f"b{b}_ms"] = timed[key][str(b)]["ms"]
             row[f"b{b}_ratio"] = timed[key][str(b)]["ratio"]
     members = pd.DataFrame(rows)
+    return members, front_summary(members, list(studies), batches)
+
+
+def front_summary(members: pd.DataFrame, studies: Sequence[str], batches: Sequence[int]) -> pd.DataFrame:
+    """One row per study and batch size from timed members (columns ``study``, ``accuracy``,
+    ``b{B}_ratio``): ``members``, ``front`` (points), ``hypervolume`` in (error, latency ratio) up to (1, 1),
+    ``best_accuracy`` and ``covers[NAME]`` for every other study."""
     summary = []
     for b in batches:
         points = {
@@ -306,4 +320,4 @@ def latency_fronts(
                 if other != name:
                     row[f"covers[{other}]"] = dominated_share(fronts[name], fronts[other])
             summary.append(row)
-    return members, pd.DataFrame(summary)
+    return pd.DataFrame(summary)

@@ -26,6 +26,9 @@ optionally moves its weights before fine-tuning):
                           narrower than the original's)
 ``joint-drop``            the same with ``layer="drop"`` (channels pruned, removed blocks deleted)
 ``joint-drop-calibrate``  ``joint-drop``, then ``condense.calibrate`` (on the logits)
+``joint-choose``          ``condense.choose``: depth only or depth + width, Global layers or drop, whichever is
+                          most accurate on held-out training images after a short calibration (chosen once
+                          per budget), then rebuilt per seed and calibrated like the others
 ``original-ft``           a reference, not a method and not run unless named: the original itself, fine-tuned the
                           same way (how much the extra epochs alone give; an original that gains much was not
                           trained to convergence, and every arm's accuracy then holds that gain too)
@@ -48,6 +51,7 @@ from torch import nn
 import condense
 
 from .. import _fit as fitting  # fitting.fit, _versus_prune.prune_to_macs: looked up when called (tests patch them)
+from .._choose import short_split
 from .._errors import CondenseError
 from . import _versus_prune
 
@@ -91,6 +95,9 @@ class Start:
     fit: Any = None
 
 
+AXES = ("depth", "width", "joint", "reference")  # what an arm cuts; the fronts of `condense compare` group by it
+
+
 @dataclasses.dataclass(frozen=True)
 class Arm:
     """One arm: ``architecture(ctx, target, seed)`` builds the model (cheap); ``recover(ctx, start, seed)``
@@ -102,6 +109,11 @@ class Arm:
     recover: Callable[[ArmContext, Start, int], None] | None = None
     needs: str | None = None
     default: bool = True  # run when no --arms are given
+    axis: str = "depth"  # what it cuts: depth, width, joint (both), or reference (nothing; the fronts skip it)
+
+    def __post_init__(self) -> None:
+        if self.axis not in AXES:
+            raise ValueError(f"arm {self.name!r}: axis {self.axis!r} is not one of {', '.join(AXES)}")
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
@@ -133,6 +145,32 @@ def _random(ctx: ArmContext, seed: int) -> nn.Module:
 def _original(ctx: ArmContext, _target: float, _seed: int) -> Start:
     """The original itself (a copy), whatever the target: the ``original-ft`` reference."""
     return Start(copy.deepcopy(ctx.original), {"build_cpu_s": 0.0, "build_s": 0.0, "plan": "the original, unchanged"})
+
+
+def _chosen(ctx: ArmContext, target: float, seed: int) -> Start:
+    """``condense.choose`` at the target (once per target, with seed 0, on the run's training images: a short
+    calibration of each candidate, scored on held-out training images), then the winner rebuilt with ``seed``."""
+    key = ("choose", float(target))
+    if key not in ctx.cache:
+        images, score_images = short_split(ctx.bundle.train_size)
+        choice, cpu, wall = _timed(
+            lambda: condense.choose(
+                ctx.original,
+                ctx.bundle,
+                macs=float(target),
+                input_size=ctx.input_size,
+                images=images,
+                score_images=score_images,
+                seed=0,
+                device=ctx.device,
+                progress=ctx.say,
+            )
+        )
+        ctx.cache[key] = (choice, cpu, wall)
+    choice, cpu, wall = ctx.cache[key]
+    res = fitting.fit(ctx.original, macs=float(target), input_size=ctx.input_size, **{**choice.options, "seed": seed})
+    record = {"build_cpu_s": round(cpu, 2), "build_s": round(wall, 2), "plan": f"{res.message}; {choice.summary()}"}
+    return Start(res.model, record, res)
 
 
 def _calibrate(ctx: ArmContext, start: Start, seed: int) -> None:
@@ -192,11 +230,15 @@ ARMS: dict[str, Arm] = {
             _calibrate,
             needs="drop+calibrate",
         ),
-        Arm("tp-l1", "Torch-Pruning, L1 magnitude", _pruned("l1"), needs="torch_pruning"),
-        Arm("tp-group", "Torch-Pruning, group norm", _pruned("group"), needs="torch_pruning"),
+        Arm("tp-l1", "Torch-Pruning, L1 magnitude", _pruned("l1"), needs="torch_pruning", axis="width"),
+        Arm("tp-group", "Torch-Pruning, group norm", _pruned("group"), needs="torch_pruning", axis="width"),
         Arm("scratch", "Global architecture, random init", _fit(_random)),
         Arm(
-            "joint", "depth + width (--width auto), Global layers", _fit(_trained, width="auto"), needs="torch_pruning"
+            "joint",
+            "depth + width (--width auto), Global layers",
+            _fit(_trained, width="auto"),
+            needs="torch_pruning",
+            axis="joint",
         ),
         Arm(
             "joint-calibrate",
@@ -204,12 +246,14 @@ ARMS: dict[str, Arm] = {
             _fit(_trained, width="auto"),
             _calibrate,
             needs="calibrate+torch_pruning",
+            axis="joint",
         ),
         Arm(
             "joint-drop",
             "depth + width (--width auto), drop",
             _fit(_trained, width="auto", layer="drop"),
             needs="drop+torch_pruning",
+            axis="joint",
         ),
         Arm(
             "joint-drop-calibrate",
@@ -217,8 +261,23 @@ ARMS: dict[str, Arm] = {
             _fit(_trained, width="auto", layer="drop"),
             _calibrate,
             needs="calibrate+drop+torch_pruning",
+            axis="joint",
         ),
-        Arm("original-ft", "the original, fine-tuned the same way (reference)", _original, default=False),
+        Arm(
+            "joint-choose",
+            "depth or depth + width, Global layers or drop, chosen on data (condense.choose) + calibrate",
+            _chosen,
+            _calibrate,
+            needs="calibrate+drop+torch_pruning+choose",
+            axis="joint",
+        ),
+        Arm(
+            "original-ft",
+            "the original, fine-tuned the same way (reference)",
+            _original,
+            default=False,
+            axis="reference",
+        ),
     )
 }
 DEFAULT_ARMS = tuple(name for name, arm in ARMS.items() if arm.default)  # what runs when no --arms are given
@@ -231,6 +290,8 @@ def lacking(arm: Arm) -> str | None:
             return "condense.calibrate"
         if need == "drop" and "drop" not in condense.layer_names():
             return "the 'drop' layer"
+        if need == "choose" and not callable(getattr(condense, "choose", None)):
+            return "condense.choose"
     return None
 
 

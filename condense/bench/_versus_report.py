@@ -115,7 +115,7 @@ def rows(
             if rec["status"] != "ok":
                 table.append({**row, "note": rec.get("reason", "")})
                 continue
-            done = [rec["seeds"][str(s)] for s in seeds if str(s) in rec.get("seeds", {})]
+            done = [r for s in seeds if (r := rec.get("seeds", {}).get(str(s))) and r.get("done")]
             accs = [d["test_acc"] for d in done]
             mean, std = _mean_std(accs)
             zs = _mean_std([d["zero_shot_acc"] for d in done if d.get("zero_shot_acc") is not None])[0]

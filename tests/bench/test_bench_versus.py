@@ -208,6 +208,30 @@ def test_original_ft_is_a_reference_run_only_when_named(quick, monkeypatch, tmp_
     assert seed["done"] and seed["zero_shot_acc"] == pytest.approx(state["original"]["test_acc"])
 
 
+def test_joint_choose_runs_condense_choose_once_per_budget(quick, monkeypatch, tmp_path):
+    """``joint-choose`` calls ``condense.choose`` once per budget (not per seed), rebuilds the winner for each
+    seed, calibrates it like the other calibrated arms, and says what it chose."""
+    copy_dir = tmp_path / "out"
+    shutil.copytree(quick["dir"], copy_dir)
+    calls = []
+    real = condense.choose
+
+    def counting(*a, **k):
+        calls.append(k["macs"])
+        return real(*a, **k)
+
+    monkeypatch.setattr(condense, "choose", counting)
+    monkeypatch.setenv("CONDENSE_CACHE", str(quick["root"] / "cache"))
+    rc, out, err = run(quick["argv"][:-1] + [str(copy_dir), "--arms", "joint-choose", "--seeds", "0,1"])
+    assert rc == 0, err
+    assert len(calls) == 1
+    rec = json.loads((copy_dir / "versus.json").read_text())["budgets"]["50%"]["arms"]["joint-choose"]
+    assert rec["status"] == "ok" and "chose " in rec["build"]["plan"]
+    assert rec["macs"] <= 0.5 * json.loads((copy_dir / "versus.json").read_text())["original"]["macs"]
+    for seed in ("0", "1"):
+        assert rec["seeds"][seed]["done"] and rec["seeds"][seed]["calib_images"] > 0
+
+
 def test_time_only_re_times_every_arm_and_trains_nothing(quick, monkeypatch, tmp_path):
     copy_dir = tmp_path / "out"
     shutil.copytree(quick["dir"], copy_dir)
