@@ -127,7 +127,7 @@ def _fit(source: Callable[[ArmContext, int], nn.Module], **options: Any) -> Call
         res, cpu, wall = _timed(
             lambda: fitting.fit(source(ctx, seed), macs=float(target), input_size=ctx.input_size, seed=seed, **options)
         )
-        if not res.plan.choices:
+        if not res.plan.choices and res.width is None:
             raise CondenseError(f"condense left the model unchanged ({res.message})", "nothing to compare")
         return Start(res.model, {"build_cpu_s": round(cpu, 2), "build_s": round(wall, 2), "plan": res.message}, res)
 
