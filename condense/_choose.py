@@ -1,15 +1,15 @@
 """Choose depth and width on data: ``condense.choose`` (``condense MODEL --budget B --calibrate DATA --choose``).
 
 In: the trained original, data, the budgets, and ``fit``'s options. Out: a ``Choice``: every candidate plan
-tried (depth only and depth + width, ``--width auto``; each with the given layer and with ``drop``), how
-accurate each was after a short calibration, and the most accurate one's options, so the caller rebuilds it
-with ``fit`` and calibrates it in full.
+tried (by default depth only and depth + width, ``--width auto``, each with the given layer and with
+``drop``; channels only, ``--width channels``, when named), how accurate each was after a short calibration,
+and the most accurate one's options, so the caller rebuilds it with ``fit`` and calibrates it in full.
 
 Why: no rule that looks only at the weights and counts chose well on every model. With ``--width auto``'s
 least depth cut, CIFAR ResNet-20 (3 blocks a run) at 30% of its MACs fine-tuned to 71.0% against 68.8% for
 channel pruning alone; on ResNet-56 (9 blocks a run) the same rule lost to block dropping alone (45.5% against
 46.7% at 50%). The calibrated accuracy before fine-tuning ranked those plans as fine-tuning did, so it is
-what picks.
+what picks. A channels-only plan has no run outputs to match and is calibrated on the logits alone.
 
 How a candidate is scored: ``fit`` with its options (one that cannot meet the budgets is recorded as
 infeasible), ``condense.calibrate`` on the first ``images`` training images of a seeded shuffle, then top-1
@@ -40,7 +40,10 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "depth-drop": {"layer": "drop"},
     "joint": {"layer": None, "width": "auto"},
     "joint-drop": {"layer": "drop", "width": "auto"},
+    "width": {"layer": None, "width": "channels"},
 }
+# what choose tries unless told: every plan that removes blocks; channels alone ("width") only when named
+DEFAULT_CANDIDATES = ("depth", "depth-drop", "joint", "joint-drop")
 # fit keywords that every layer type takes (the rest are the PDE layers' own: K, init, layer options)
 _FIT_COMMON = ("macs", "params", "input_size", "seed", "latency", "latency_setting", "width_importance", "progress")
 _BUDGETS = ("macs", "params", "input_size", "progress")  # the caller's own; not part of a choice's options
@@ -51,7 +54,7 @@ class ChooseConfig:
     """How candidates are compared: ``candidates`` (names in ``CANDIDATES``), calibrated on ``images``
     training images for ``epochs`` and scored on the next ``score_images``, with ``seed``."""
 
-    candidates: tuple[str, ...] = tuple(CANDIDATES)
+    candidates: tuple[str, ...] = DEFAULT_CANDIDATES
     images: int = 2048
     score_images: int = 1000
     epochs: int = 1
@@ -198,7 +201,7 @@ def choose(
     params: Any = None,
     input_size: Sequence[int] | None = None,
     *,
-    candidates: Sequence[str] = tuple(CANDIDATES),
+    candidates: Sequence[str] = DEFAULT_CANDIDATES,
     images: int = 2048,
     score_images: int = 1000,
     epochs: int = 1,

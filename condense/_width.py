@@ -41,6 +41,7 @@ from .graph import find_runs
 
 __all__ = [
     "AUTO",
+    "CHANNELS",
     "AUTO_STEP",
     "IMPORTANCES",
     "REST",
@@ -57,6 +58,7 @@ __all__ = [
 ]
 
 AUTO = "auto"
+CHANNELS = "channels"  # one share of every channel group, every block kept: Torch-Pruning's uniform pruning
 REST = "*"  # every channel group outside the runs a mapping lists
 IMPORTANCES = ("l1", "group")
 INSTALL_HINT = "install it with: pip install torch-pruning (a dependency of condense)"
@@ -147,9 +149,9 @@ class WidthSpec:
 
 
 def parse_width(width: Any, importance: str = "l1") -> WidthSpec | str | None:
-    """``fit``'s ``width``: None or 0 (no pruning), a share in [0, 1) (``0.25``, ``"0.25"``), ``"auto"``, a
-    mapping run path -> share, or its text ``"layer1=0.25,layer3=0.5"``. Returns a ``WidthSpec``, ``AUTO`` or
-    None; a one-line error otherwise."""
+    """``fit``'s ``width``: None or 0 (no pruning), a share in [0, 1) (``0.25``, ``"0.25"``), ``"auto"``,
+    ``"channels"``, a mapping run path -> share, or its text ``"layer1=0.25,layer3=0.5"``. Returns a
+    ``WidthSpec``, ``AUTO``, ``CHANNELS`` or None; a one-line error otherwise."""
     if importance not in IMPORTANCES:
         raise ConfigError(f"unknown pruning importance {importance!r}", f"use one of {', '.join(IMPORTANCES)}")
     if width is None:
@@ -158,8 +160,8 @@ def parse_width(width: Any, importance: str = "l1") -> WidthSpec | str | None:
         return None if width.empty else width
     if isinstance(width, str):
         text = width.strip()
-        if text.lower() == AUTO:
-            return AUTO
+        if text.lower() in (AUTO, CHANNELS):
+            return text.lower()
         if "=" in text:
             pairs = {}
             for part in filter(None, (p.strip() for p in text.split(","))):
@@ -176,7 +178,7 @@ def parse_width(width: Any, importance: str = "l1") -> WidthSpec | str | None:
                 width = float(text)
             except ValueError:
                 raise ConfigError(
-                    f"width {text!r} is not a share in [0, 1), auto, or PATH=SHARE pairs",
+                    f"width {text!r} is not a share in [0, 1), auto, channels, or PATH=SHARE pairs",
                     "write e.g. --width 0.25, --width auto or --width layer1=0.25,layer3=0.5",
                 ) from None
     if isinstance(width, Mapping):
@@ -471,10 +473,10 @@ def fit_with_width(
         pruned, record = prune(model, size, spec, runs)
         return depth(pruned, **budgets), record
 
-    if width == AUTO:
+    if width in (AUTO, CHANNELS):
         if macs_b is None and params_b is None and latency_b is None:
             raise ConfigError(
-                "--width auto chooses the widths for a budget, and none is given",
+                f"--width {width} chooses the widths for a budget, and none is given",
                 "add --budget, --params or --latency, or give a fixed share, e.g. --width 0.25",
             )
         given = [
@@ -483,8 +485,11 @@ def fit_with_width(
             if b is not None
         ]
         fraction, figure = min(given)  # the tightest budget; latency is taken as scaling like the MACs
-        start = least_cut_share(runs, macs0 if figure == "macs" else params0, fraction, figure)
-        (result, record), tried = _auto(attempt, WidthSpec({}, importance_name), start, say)
+        if width == AUTO:
+            start, cut = least_cut_share(runs, macs0 if figure == "macs" else params0, fraction, figure), 1
+        else:  # channels alone: (1 - s)^2 = fraction, no block removed
+            start, cut = 1.0 - min(max(fraction, 0.0), 1.0) ** 0.5, 0
+        (result, record), tried = _auto(attempt, WidthSpec({}, importance_name), start, say, max_cut=cut)
         record = dataclasses.replace(record, auto=tuple(tried))
     else:
         result, record = attempt(width)
@@ -556,7 +561,7 @@ def least_cut_share(runs: Sequence[Any], total: float | None, fraction: float, f
     return 1.0 - (fraction / depth) ** 0.5
 
 
-def _auto(attempt, base: WidthSpec, start: float, say):
+def _auto(attempt, base: WidthSpec, start: float, say, max_cut: int = 1):
     """One share ``s`` of every channel group (Torch-Pruning's uniform pruning) chosen with the depth plan:
     depth takes the least cut, one block out of every run, and width the rest. ``start`` is the share that
     meets the tightest budget with that cut (``least_cut_share``); the depth plan (``fit``, which gives
@@ -573,7 +578,10 @@ def _auto(attempt, base: WidthSpec, start: float, say):
     at 50% of the MACs it gives one block dropped per stage and 12.6% of the channels, as accurate as
     Torch-Pruning alone (73.0%) and faster; at 30% the earlier even split of the cut (width keeping
     sqrt(fraction) of the MACs) cut stages to 2/2/1 blocks and lost 4 points to Torch-Pruning, while one
-    block per stage and the rest in channels did not."""
+    block per stage and the rest in channels did not.
+
+    ``max_cut=0`` (``width="channels"``) is the same search with no block removed: the smallest share that
+    meets the budgets with every block kept; where even ``AUTO_MAX_SHARE`` does not, a ``BudgetError``."""
     tried: list[dict[str, Any]] = []
     cache: dict[float, Any] = {}
 
@@ -600,7 +608,7 @@ def _auto(attempt, base: WidthSpec, start: float, say):
         return share, cache[share]
 
     def too_deep(found) -> bool:
-        return isinstance(found, BudgetError) or any(row.r - row.m > 1 for row in found[0].rows)
+        return isinstance(found, BudgetError) or any(row.r - row.m > max_cut for row in found[0].rows)
 
     share, got = state(start)
     while too_deep(got) and share < AUTO_MAX_SHARE:
@@ -609,6 +617,12 @@ def _auto(attempt, base: WidthSpec, start: float, say):
         raise BudgetError(
             f"{got.message} (also with {AUTO_MAX_SHARE:g} of every channel group removed)", got.hint
         ) from None
+    if max_cut == 0 and too_deep(got):
+        raise BudgetError(
+            f"channels alone do not meet the budget: {AUTO_MAX_SHARE:g} of every channel group removed still "
+            "needs blocks removed",
+            "use --width auto (blocks and channels), or raise the budget",
+        )
     best = (share, got)
 
     def same(found) -> bool:

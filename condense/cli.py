@@ -179,8 +179,9 @@ def _main_parser() -> argparse.ArgumentParser:
         metavar="W",
         default=None,
         help="also remove channels: a share of every channel group (0.25), one per run "
-        "(layer1=0.25,layer3=0.5), or auto: one share of every channel group chosen with the depth "
-        "plan: one block out of every run, channels for the rest, every budget met as measured (default: none)",
+        "(layer1=0.25,layer3=0.5), auto: one share of every channel group chosen with the depth "
+        "plan: one block out of every run, channels for the rest, every budget met as measured; or channels: "
+        "the least share that meets the budgets with every block kept (default: none)",
     )
     w.add_argument(
         "--width-importance",

@@ -13,11 +13,19 @@ from conftest import tiny_mnist
 import condense
 from condense import BudgetError, CondenseError, ConfigError
 from condense._calibrate import CalibrateConfig, _train_batches
-from condense._choose import CANDIDATES, ChooseConfig, candidate_options, check_record, held_out_accuracy, short_split
+from condense._choose import (
+    DEFAULT_CANDIDATES,
+    ChooseConfig,
+    candidate_options,
+    check_record,
+    held_out_accuracy,
+    short_split,
+)
 from condense.cli import main
 
 SIZE = (3, 32, 32)
 SHORT = dict(images=96, score_images=64)
+ALL = (*DEFAULT_CANDIDATES, "width")
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +46,7 @@ def original():
 
 @pytest.fixture(scope="module")
 def choice(original, bundle):
-    return condense.choose(original, bundle, macs="60%", input_size=SIZE, **SHORT)
+    return condense.choose(original, bundle, macs="60%", input_size=SIZE, candidates=ALL, **SHORT)
 
 
 def _digest(x: torch.Tensor) -> list[str]:
@@ -62,11 +70,12 @@ def test_candidate_options_drop_the_pde_options_for_drop_and_add_width_for_joint
     assert drop == {"macs": "50%", "input_size": SIZE, "seed": 3, "layer": "drop"}
     assert candidate_options("joint-drop", given) == {**drop, "width": "auto"}
     assert candidate_options("depth", {"macs": 1.0})["layer"] == "global"  # the default layer
+    assert candidate_options("width", given) == {**given, "layer": "global", "width": "channels"}
 
 
 def test_every_candidate_is_tried_and_the_most_accurate_wins(choice, original, bundle):
     names = [t.name for t in choice.tried]
-    assert names == list(CANDIDATES)
+    assert names == list(ALL)
     ok = [t for t in choice.tried if t.status == "ok"]
     assert ok and all(0 <= t.score <= 1 and t.macs <= 0.6 * choice.result.macs_before for t in ok)
     best = max(ok, key=lambda t: (t.score, -t.macs))
@@ -77,14 +86,16 @@ def test_every_candidate_is_tried_and_the_most_accurate_wins(choice, original, b
     # its options rebuild the same plan with fit
     rebuilt = condense.fit(original, macs="60%", input_size=SIZE, **choice.options)
     assert rebuilt.plan == choice.result.plan and rebuilt.macs_after == best.macs
-    assert ("width" in choice.options) == choice.name.startswith("joint")
+    assert ("width" in choice.options) == (choice.name.startswith("joint") or choice.name == "width")
     assert choice.options["layer"] == ("drop" if choice.name.endswith("drop") else "global")
+    width = next(t for t in choice.tried if t.name == "width")  # channels only: every block kept
+    assert width.status == "ok" and "every block kept" in width.plan
     assert choice.name in choice.summary() and "held-out training images" in choice.summary()
 
 
 def test_choose_is_reproducible_and_leaves_the_original_alone(choice, original, bundle):
     before = {k: v.clone() for k, v in original.state_dict().items()}
-    again = condense.choose(original, bundle, macs="60%", input_size=SIZE, **SHORT)
+    again = condense.choose(original, bundle, macs="60%", input_size=SIZE, candidates=ALL, **SHORT)
     assert [(t.name, t.score, t.macs) for t in again.tried] == [(t.name, t.score, t.macs) for t in choice.tried]
     for k, v in original.state_dict().items():
         assert torch.equal(v, before[k]), k
@@ -109,7 +120,7 @@ def test_scoring_images_were_never_calibrated_on(bundle):
 def test_the_record_round_trips_through_the_checker(choice):
     rec = json.loads(json.dumps(choice.to_dict()))
     assert check_record(rec) is None and rec["chosen"] == choice.name
-    assert [t["name"] for t in rec["tried"]] == list(CANDIDATES)
+    assert [t["name"] for t in rec["tried"]] == list(ALL)
     for broken, needle in (
         ({**rec, "chosen": 3}, "'chosen'"),
         ({**rec, "images": -1}, "'images'"),
@@ -144,6 +155,7 @@ def test_cli_choose_saves_the_choice_and_loads_back(npz, tmp_path, capsys):
     rec = meta["choice"]
     assert f"chose {rec['chosen']}" in printed and (rec["images"], rec["score_images"]) == short_split(200)
     assert meta["calibration"]["images"] == 200  # the winner is then calibrated in full
+    assert [t["name"] for t in rec["tried"]] == list(DEFAULT_CANDIDATES)  # channels alone only when named
     assert ("width" in meta) == rec["chosen"].startswith("joint")
     model = condense.load(out)
     x = torch.randn(2, *SIZE)

@@ -182,6 +182,25 @@ def test_width_auto_below_every_reachable_plan_is_a_budget_error(original):
         condense.fit(original, input_size=SIZE, width="auto", macs="1%")
 
 
+@pytest.mark.parametrize("budget", [dict(macs="50%"), dict(params="30%")])
+def test_width_channels_meets_the_budget_with_every_block_kept(original, budget):
+    res = condense.fit(original, input_size=SIZE, width="channels", **budget)
+    macs, params = condense.macs_and_params(res.model, SIZE)
+    assert (macs, params) == (res.macs_after, res.params_after)
+    assert macs <= (res.macs_budget or float("inf")) and params <= (res.params_budget or float("inf"))
+    assert all(r.m == r.r for r in res.rows) and not res.plan.choices and "every block kept" in res.message
+    share = res.width.ratios[REST]
+    assert 0 < share <= AUTO_MAX_SHARE
+    # the least share that meets it: one step less (by the last bisection) misses the budget
+    less = condense.fit(original, input_size=SIZE, width=share - 1 / 64, **budget)
+    assert any(r.m < r.r for r in less.rows)
+
+
+def test_width_channels_that_cannot_meet_the_budget_is_a_budget_error(original):
+    with pytest.raises(condense.BudgetError, match="channels alone do not meet the budget"):
+        condense.fit(original, input_size=SIZE, width="channels", macs="5%")
+
+
 HARD = '''
 import torch
 from torch import nn
