@@ -149,7 +149,9 @@ def _original(ctx: ArmContext, _target: float, _seed: int) -> Start:
 
 def _chosen(ctx: ArmContext, target: float, seed: int) -> Start:
     """``condense.choose`` at the target (once per target, with seed 0, on the run's training images: a short
-    calibration of each candidate, scored on held-out training images), then the winner rebuilt with ``seed``."""
+    calibration of each candidate, scored on held-out training images), then the winner rebuilt with ``seed``.
+    The choice is recorded with the arm (``build.choice``) and taken from there when the run resumes or
+    re-times (``remember_choices``), so it is made once per folder."""
     key = ("choose", float(target))
     if key not in ctx.cache:
         images, score_images = short_split(ctx.bundle.train_size)
@@ -166,11 +168,32 @@ def _chosen(ctx: ArmContext, target: float, seed: int) -> Start:
                 progress=ctx.say,
             )
         )
-        ctx.cache[key] = (choice, cpu, wall)
-    choice, cpu, wall = ctx.cache[key]
-    res = fitting.fit(ctx.original, macs=float(target), input_size=ctx.input_size, **{**choice.options, "seed": seed})
-    record = {"build_cpu_s": round(cpu, 2), "build_s": round(wall, 2), "plan": f"{res.message}; {choice.summary()}"}
+        # the recorded (JSON) options, here and on resume alike: versus gives choose no latency setting
+        ctx.cache[key] = {**choice.to_dict(), "summary": choice.summary(), "cpu": cpu, "wall": wall}
+    made = ctx.cache[key]
+    res = fitting.fit(ctx.original, macs=float(target), input_size=ctx.input_size, **{**made["options"], "seed": seed})
+    record = {
+        "build_cpu_s": round(made["cpu"], 2),
+        "build_s": round(made["wall"], 2),
+        "plan": f"{res.message}; {made['summary']}",
+        "choice": {k: v for k, v in made.items() if k not in ("cpu", "wall")},
+    }
     return Start(res.model, record, res)
+
+
+def remember_choices(ctx: ArmContext, budgets: dict[str, Any]) -> None:
+    """Put the choices a folder's ``joint-choose`` records hold (``build.choice``) into ``ctx.cache``, so a
+    resumed or re-timed run rebuilds the same plan without choosing again."""
+    for brec in budgets.values():
+        rec = brec.get("arms", {}).get("joint-choose") or {}
+        build = rec.get("build") or {}
+        made = build.get("choice")
+        if rec.get("status") == "ok" and isinstance(made, dict) and isinstance(made.get("options"), dict):
+            ctx.cache[("choose", float(rec["target_macs"]))] = {
+                **made,
+                "cpu": build.get("build_cpu_s", 0.0),
+                "wall": build.get("build_s", 0.0),
+            }
 
 
 def _calibrate(ctx: ArmContext, start: Start, seed: int) -> None:

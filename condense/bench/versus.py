@@ -54,7 +54,16 @@ from ..data import load_data, parse_data_spec
 from ..train import TrainConfig, evaluate
 from . import _versus_latency as latency
 from . import _versus_report as report
-from ._versus_arms import ARMS, DEFAULT_ARMS, ArmContext, CalibSetting, build, check_available, lacking
+from ._versus_arms import (
+    ARMS,
+    DEFAULT_ARMS,
+    ArmContext,
+    CalibSetting,
+    build,
+    check_available,
+    lacking,
+    remember_choices,
+)
 from ._versus_state import CSV, KIND, OWN, PLOT, State
 
 TP_MACS = ("budget", "global")
@@ -479,6 +488,7 @@ def run(cfg: VersusConfig, console) -> dict[str, Any]:
                 device=cfg.device,
                 say=say,
             )
+            remember_choices(ctx, state.data["budgets"])
             built = _build_arms(cfg, ctx, state, macs0, say)
             _latency(cfg, ctx, state, built, macs0, say, force=cfg.time_only)
             built.clear()

@@ -213,6 +213,9 @@ def test_joint_choose_runs_condense_choose_once_per_budget(quick, monkeypatch, t
     seed, calibrates it like the other calibrated arms, and says what it chose."""
     copy_dir = tmp_path / "out"
     shutil.copytree(quick["dir"], copy_dir)
+    state = json.loads((copy_dir / "versus.json").read_text())
+    state["budgets"]["50%"]["arms"].pop("joint-choose", None)  # a default arm: made again here, counted
+    (copy_dir / "versus.json").write_text(json.dumps(state))
     calls = []
     real = condense.choose
 
@@ -230,6 +233,11 @@ def test_joint_choose_runs_condense_choose_once_per_budget(quick, monkeypatch, t
     assert rec["macs"] <= 0.5 * json.loads((copy_dir / "versus.json").read_text())["original"]["macs"]
     for seed in ("0", "1"):
         assert rec["seeds"][seed]["done"] and rec["seeds"][seed]["calib_images"] > 0
+    # the choice is recorded with the arm; re-timing the folder takes it from there instead of choosing again
+    assert rec["build"]["choice"]["chosen"] in rec["build"]["plan"]
+    rc, out, err = run(quick["argv"][:-1] + [str(copy_dir), "--arms", "joint-choose", "--time-only"])
+    assert rc == 0, err
+    assert len(calls) == 1
 
 
 def test_time_only_re_times_every_arm_and_trains_nothing(quick, monkeypatch, tmp_path):
