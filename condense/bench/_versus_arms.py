@@ -29,6 +29,8 @@ optionally moves its weights before fine-tuning):
 ``joint-choose``          ``condense.choose``: depth only or depth + width, Global layers or drop, whichever is
                           most accurate on held-out training images after a short calibration (chosen once
                           per budget), then rebuilt per seed and calibrated like the others
+``choose-all``            the same with channels alone (``--width channels``) among the candidates (run only
+                          when named)
 ``original-ft``           a reference, not a method and not run unless named: the original itself, fine-tuned the
                           same way (how much the extra epochs alone give; an original that gains much was not
                           trained to convergence, and every arm's accuracy then holds that gain too)
@@ -51,7 +53,7 @@ from torch import nn
 import condense
 
 from .. import _fit as fitting  # fitting.fit, _versus_prune.prune_to_macs: looked up when called (tests patch them)
-from .._choose import short_split
+from .._choose import CANDIDATES, DEFAULT_CANDIDATES, short_split
 from .._errors import CondenseError
 from . import _versus_prune
 
@@ -95,6 +97,7 @@ class Start:
     fit: Any = None
 
 
+CHOOSING = ("joint-choose", "choose-all")  # the arms that run condense.choose (their choice is recorded)
 AXES = ("depth", "width", "joint", "reference")  # what an arm cuts; the fronts of `condense compare` group by it
 
 
@@ -147,12 +150,16 @@ def _original(ctx: ArmContext, _target: float, _seed: int) -> Start:
     return Start(copy.deepcopy(ctx.original), {"build_cpu_s": 0.0, "build_s": 0.0, "plan": "the original, unchanged"})
 
 
-def _chosen(ctx: ArmContext, target: float, seed: int) -> Start:
-    """``condense.choose`` at the target (once per target, with seed 0, on the run's training images: a short
-    calibration of each candidate, scored on held-out training images), then the winner rebuilt with ``seed``.
-    The choice is recorded with the arm (``build.choice``) and taken from there when the run resumes or
-    re-times (``remember_choices``), so it is made once per folder."""
-    key = ("choose", float(target))
+def _chosen(arm: str, candidates: tuple[str, ...]) -> Callable[[ArmContext, float, int], Start]:
+    """``condense.choose`` among ``candidates`` at the target (once per target, with seed 0, on the run's training
+    images: a short calibration of each candidate, scored on held-out training images), then the winner rebuilt
+    with ``seed``. The choice is recorded with the arm (``build.choice``) and taken from there when the run
+    resumes or re-times (``remember_choices``), so it is made once per folder."""
+    return lambda ctx, target, seed: _choose_and_build(ctx, target, seed, arm, candidates)
+
+
+def _choose_and_build(ctx: ArmContext, target: float, seed: int, arm: str, candidates: tuple[str, ...]) -> Start:
+    key = (arm, float(target))
     if key not in ctx.cache:
         images, score_images = short_split(ctx.bundle.train_size)
         choice, cpu, wall = _timed(
@@ -161,6 +168,7 @@ def _chosen(ctx: ArmContext, target: float, seed: int) -> Start:
                 ctx.bundle,
                 macs=float(target),
                 input_size=ctx.input_size,
+                candidates=candidates,
                 images=images,
                 score_images=score_images,
                 seed=0,
@@ -182,18 +190,19 @@ def _chosen(ctx: ArmContext, target: float, seed: int) -> Start:
 
 
 def remember_choices(ctx: ArmContext, budgets: dict[str, Any]) -> None:
-    """Put the choices a folder's ``joint-choose`` records hold (``build.choice``) into ``ctx.cache``, so a
-    resumed or re-timed run rebuilds the same plan without choosing again."""
+    """Put the choices a folder's ``joint-choose`` and ``choose-all`` records hold (``build.choice``) into
+    ``ctx.cache``, so a resumed or re-timed run rebuilds the same plan without choosing again."""
     for brec in budgets.values():
-        rec = brec.get("arms", {}).get("joint-choose") or {}
-        build = rec.get("build") or {}
-        made = build.get("choice")
-        if rec.get("status") == "ok" and isinstance(made, dict) and isinstance(made.get("options"), dict):
-            ctx.cache[("choose", float(rec["target_macs"]))] = {
-                **made,
-                "cpu": build.get("build_cpu_s", 0.0),
-                "wall": build.get("build_s", 0.0),
-            }
+        for arm in CHOOSING:
+            rec = brec.get("arms", {}).get(arm) or {}
+            build = rec.get("build") or {}
+            made = build.get("choice")
+            if rec.get("status") == "ok" and isinstance(made, dict) and isinstance(made.get("options"), dict):
+                ctx.cache[(arm, float(rec["target_macs"]))] = {
+                    **made,
+                    "cpu": build.get("build_cpu_s", 0.0),
+                    "wall": build.get("build_s", 0.0),
+                }
 
 
 def _calibrate(ctx: ArmContext, start: Start, seed: int) -> None:
@@ -289,9 +298,18 @@ ARMS: dict[str, Arm] = {
         Arm(
             "joint-choose",
             "depth or depth + width, Global layers or drop, chosen on data (condense.choose) + calibrate",
-            _chosen,
+            _chosen("joint-choose", DEFAULT_CANDIDATES),
             _calibrate,
             needs="calibrate+drop+torch_pruning+choose",
+            axis="joint",
+        ),
+        Arm(
+            "choose-all",
+            "joint-choose with channels alone (--width channels) among the candidates",
+            _chosen("choose-all", tuple(CANDIDATES)),
+            _calibrate,
+            needs="calibrate+drop+torch_pruning+choose",
+            default=False,
             axis="joint",
         ),
         Arm(

@@ -106,6 +106,7 @@ def test_arms_filter_and_bad_folders_are_errors(tmp_path):
 def test_every_arm_has_an_axis():
     assert {a.axis for a in ARMS.values()} <= set(AXES)
     assert ARMS["tp-l1"].axis == "width" and ARMS["joint-choose"].axis == "joint"
+    assert ARMS["choose-all"].axis == "joint" and not ARMS["choose-all"].default  # run only when named
     assert ARMS["global-calibrate"].axis == "depth" and ARMS["original-ft"].axis == "reference"
     with pytest.raises(ValueError, match="axis"):
         Arm("x", "x", lambda *a: None, axis="diagonal")
