@@ -645,7 +645,7 @@ def _compare_versus(args, console) -> None:
             *[f"{r[f'b{b}_ms']:.2f} ({r[f'b{b}_ratio']:.2f})" for b in batches],
         )
     console.print(table)
-    _summary_table(console, summary, "fronts: depth, width and joint plans (latency from the versus run)")
+    _summary_table(console, summary, "fronts: depth, width and joint plans (latency from the versus run)", "axis")
     console.print(
         "accuracy: fine-tuned test accuracy, mean over the seeds run; latency: the versus folder's own run "
         "(every arm and the original interleaved). hypervolume: area dominated in (1 - accuracy, "
@@ -656,10 +656,10 @@ def _compare_versus(args, console) -> None:
     _write_outputs(args, console, members, summary, batches, "versus: depth, width and joint fronts (one latency run)")
 
 
-def _summary_table(console, summary: pd.DataFrame, title: str) -> None:
+def _summary_table(console, summary: pd.DataFrame, title: str, first: str = "study") -> None:
     covers = [c for c in summary.columns if c.startswith("covers[")]
     table = Table(
-        "study",
+        first,
         "batch",
         "members",
         "front",

@@ -120,6 +120,8 @@ def test_cli_prints_tables_and_writes_csv_members_and_plot(tmp_path, capsys):
     assert compare_main(argv) == 0
     printed = capsys.readouterr().out
     assert "fronts: depth, width and joint plans" in printed and "joint-drop-calib" in printed
+    header = printed.split("fronts: depth, width and joint plans")[1].splitlines()[2]
+    assert "axis" in header and "study" not in header
     assert (out / "f.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "f.csv").read_text().splitlines()[0].startswith("study,batch")
     assert (out / "m.csv").read_text().splitlines()[0].startswith("study,arm")
