@@ -175,18 +175,19 @@ def held_out_accuracy(
     """Top-1 accuracy on training images ``skip .. skip + count`` of the seeded shuffle ``calibrate`` draws
     its first ``skip`` images from (so none of them was calibrated on); eval mode, no augmentation."""
     model.eval()
-    correct = seen = position = 0
+    batch = 256
+    first = skip // batch  # whole batches before the held-out images are not built at all
+    correct = seen = 0
+    position = first * batch
+    loader = bundle.loader("train", batch, shuffle=True, augment=False, seed=seed, epoch=0, start_batch=first)
     with torch.no_grad():
-        for x, y in bundle.loader("train", 256, shuffle=True, augment=False, seed=seed, epoch=0):
+        for x, y in loader:
             lo, hi = max(skip - position, 0), min(skip + count - position, len(x))
             position += len(x)
-            if hi <= lo:
-                if position >= skip + count:
-                    break
-                continue
-            out = model(x[lo:hi].to(device))
-            correct += int((out.argmax(1).cpu() == y[lo:hi]).sum())
-            seen += hi - lo
+            if hi > lo:
+                out = model(x[lo:hi].to(device))
+                correct += int((out.argmax(1).cpu() == y[lo:hi]).sum())
+                seen += hi - lo
             if position >= skip + count:
                 break
     if not seen:

@@ -559,10 +559,10 @@ def _run_condense(args, console) -> int:
             **options,
         )
         target = dict(macs=args.macs, params=args.params, input_size=size, progress=lambda msg: status.update(msg))
+        if bundle is not None and args.threads is not None:  # choosing and calibrating train on these threads
+            torch.set_num_threads(args.threads)
         choice = None
         if args.choose:
-            if args.threads is not None:
-                torch.set_num_threads(args.threads)
             images, score_images = short_split(bundle.train_size)
             choice = choose(
                 model,
@@ -577,8 +577,6 @@ def _run_condense(args, console) -> int:
         result = fit(model, **target, **plan_options)
         calibration = None
         if bundle is not None and (result.plan.choices or result.width is not None):
-            if args.threads is not None:
-                torch.set_num_threads(args.threads)
             calibration = calibrate(
                 result, model, bundle, **calib, device=args.device, progress=lambda msg: status.update(msg)
             )

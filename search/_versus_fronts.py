@@ -79,25 +79,24 @@ def versus_fronts(
     out, missing = [], []
     for row in table:
         if row["arm"] == "original":
-            out.append({"study": "original", "arm": "original", "budget": "", "seeds": 0, "accuracy": row["acc_mean"]})
+            member = {"study": "original", "arm": "original", "budget": "", "seeds": 0, "accuracy": row["acc_mean"]}
         elif row["status"] == "ok" and row.get("seeds_done"):
-            out.append(
-                {
-                    "study": ARMS[row["arm"]].axis,
-                    "arm": row["arm"],
-                    "budget": row["budget"],
-                    "seeds": row["seeds_done"],
-                    "accuracy": row["acc_mean"],
-                    "accuracy_std": row["acc_std"],
-                }
-            )
+            member = {
+                "study": ARMS[row["arm"]].axis,
+                "arm": row["arm"],
+                "budget": row["budget"],
+                "seeds": row["seeds_done"],
+                "accuracy": row["acc_mean"],
+                "accuracy_std": row["acc_std"],
+            }
         else:
             continue
-        out[-1].update({"macs": row["macs"], "params": row["params"]})
+        member.update({"macs": row["macs"], "params": row["params"]})
         for b in batches:
-            out[-1][f"b{b}_ms"], out[-1][f"b{b}_ratio"] = row[f"latency_b{b}_ms"], row[f"latency_b{b}_ratio"]
-        if any(out[-1][f"b{b}_ratio"] is None for b in batches):
+            member[f"b{b}_ms"], member[f"b{b}_ratio"] = row[f"latency_b{b}_ms"], row[f"latency_b{b}_ratio"]
+        if any(member[f"b{b}_ratio"] is None for b in batches):
             missing.append(f"{row['budget']}/{row['arm']}" if row["budget"] else "the original")
+        out.append(member)
     if missing:
         raise CondenseError(
             f"{directory}: no latency from its last timing run for {', '.join(missing[:4])}"
