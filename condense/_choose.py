@@ -45,7 +45,17 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 # what choose tries unless told: every plan that removes blocks; channels alone ("width") only when named
 DEFAULT_CANDIDATES = ("depth", "depth-drop", "joint", "joint-drop")
 # fit keywords that every layer type takes (the rest are the PDE layers' own: K, init, layer options)
-_FIT_COMMON = ("macs", "params", "input_size", "seed", "latency", "latency_setting", "width_importance", "progress")
+_FIT_COMMON = (
+    "macs",
+    "params",
+    "input_size",
+    "seed",
+    "latency",
+    "latency_setting",
+    "width_importance",
+    "width_multiple",
+    "progress",
+)
 _BUDGETS = ("macs", "params", "input_size", "progress")  # the caller's own; not part of a choice's options
 
 

@@ -285,6 +285,7 @@ def fit(
     latency_setting: LatencySetting | None = None,
     width: Any = None,
     width_importance: str = "l1",
+    width_multiple: int = 1,
     **layer_options: Any,
 ) -> FitResult:
     """Choose a plan that meets every budget given (MACs and/or parameters) and apply it.
@@ -307,10 +308,12 @@ def fit(
     prune channels with Torch-Pruning before the depth plan (``condense._width``): a share in [0, 1) of every
     channel group (``0.25``), a share per run (``{"layer1": 0.25}``), or ``"auto"`` (one share chosen with
     the depth plan to meet the budgets); ``width_importance`` ranks channels by ``"l1"`` magnitude or
-    ``"group"`` norm; the result's ``width`` records it. Other keywords are layer options.
+    ``"group"`` norm; ``width_multiple`` N keeps every pruned group of more than N channels at a multiple of N
+    (``condense._width.kept_channels``: CPU convolutions run a count between multiples as slowly as the next
+    one); the result's ``width`` records it. Other keywords are layer options.
     """
     if width is not None:
-        spec = parse_width(width, width_importance)
+        spec = parse_width(width, width_importance, width_multiple)
         if spec is not None:
             size = tuple(int(s) for s in (input_size or (3, 224, 224)))
 
@@ -343,6 +346,7 @@ def fit(
                 latency_setting=latency_setting,
                 importance_name=width_importance,
                 progress=progress,
+                multiple=width_multiple,
             )
     if seed is not None:
         with torch.random.fork_rng(devices=[]):

@@ -12,7 +12,7 @@ from torch import nn
 
 import condense
 from condense import CondenseError, zoo
-from condense._width import AUTO_MAX_SHARE, REST, least_cut_share, prune, WidthSpec
+from condense._width import AUTO_MAX_SHARE, REST, WidthSpec, kept_channels, least_cut_share, prune
 from condense.cli import main
 
 SIZE = (3, 32, 32)
@@ -304,3 +304,87 @@ def test_least_cut_share_leaves_width_out_when_one_block_a_run_meets_the_budget(
     # figures unknown (a model fvcore cannot count per block): the cut split evenly, (1 - s)^2 = sqrt(fraction)
     unknown = [SimpleNamespace(blocks=("a", "b"), macs=(None, None))]
     assert least_cut_share(unknown, 100, 0.4) == pytest.approx(1 - 0.4**0.25)
+
+
+# --- channel counts in multiples (--width-multiple) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "channels, share, multiple, kept",
+    [
+        (64, 0.3, 1, 44),  # Torch-Pruning's own count: int(64 * 0.7)
+        (64, 0.3, 16, 48),  # 44.8 -> the nearest multiple of 16
+        (64, 0.13, 16, 48),  # 55.7 -> 48
+        (64, 0.1, 16, 64),  # 57.6 -> 64: every channel stays
+        (64, 0.9, 16, 16),  # never under one multiple
+        (32, 0.3, 16, 16),  # 22.4 -> 16
+        (16, 0.3, 16, 11),  # a group of no more than the multiple: as without it
+        (64, 0.0, 16, 64),
+    ],
+)
+def test_kept_channels_rounds_to_the_nearest_multiple(channels, share, multiple, kept):
+    assert kept_channels(channels, share, multiple) == kept
+
+
+def test_a_width_multiple_keeps_every_pruned_group_at_multiples(original, tmp_path):
+    res = condense.fit(original, macs="40%", input_size=SIZE, width=0.3, width_multiple=16, layer="drop")
+    # layer1 (16 channels) keeps what the share leaves; the wider runs keep multiples of 16
+    assert dict(res.width.channels) == {"layer1": (16, 11), "layer2": (32, 16), "layer3": (64, 48)}
+    for name, m in res.model.named_modules():
+        if isinstance(m, nn.Conv2d) and m.out_channels > 16:
+            assert m.out_channels % 16 == 0, (name, m.out_channels)
+    plain = condense.fit(original, macs="40%", input_size=SIZE, width=0.3, layer="drop")
+    assert dict(plain.width.channels)["layer2"] == (32, 22)  # without it: Torch-Pruning's count
+    assert res.macs_after <= res.macs_budget
+    assert condense.macs_and_params(res.model, SIZE) == (res.macs_after, res.params_after)
+    assert res.width.multiple == 16 and "multiples of 16" in res.message
+    # recorded, and rebuilt from the record without pickles
+    out = tmp_path / "m16"
+    condense.save(res, out, spec="zoo:resnet20")
+    meta = json.loads((out / "condensed.json").read_text())
+    assert meta["width"]["multiple"] == 16 and meta["width"]["channels"]["layer2"] == [32, 16]
+    loaded = condense.load(out)
+    x = torch.randn(2, *SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), res.model.eval()(x), rtol=0, atol=0)
+    assert "multiple" not in plain.width.to_dict()  # records without it read as before
+
+
+@pytest.mark.parametrize("width", ["auto", "channels"])
+def test_width_auto_and_channels_meet_the_budget_in_multiples(original, width):
+    res = condense.fit(original, macs="30%", input_size=SIZE, width=width, width_multiple=16, layer="drop")
+    assert res.macs_after <= res.macs_budget == pytest.approx(0.3 * res.macs_before)
+    assert condense.macs_and_params(res.model, SIZE)[0] == res.macs_after
+    for path, (before, after) in res.width.channels.items():
+        assert after <= before and (before <= 16 or after % 16 == 0), (path, before, after)
+    if width == "channels":
+        assert all(r.m == r.r for r in res.rows)
+
+
+@pytest.mark.parametrize("multiple", [0, -16, 1.5, True, "16"])
+def test_a_bad_width_multiple_is_a_config_error(original, multiple):
+    with pytest.raises(CondenseError, match="width multiple") as err:
+        condense.fit(original, macs="50%", input_size=SIZE, width=0.25, width_multiple=multiple)
+    assert "\n" not in str(err.value)
+
+
+def test_a_damaged_width_multiple_is_a_one_line_error(saved, tmp_path):
+    out = _edited(saved, tmp_path, lambda w: w.__setitem__("multiple", 0))
+    with pytest.raises(CondenseError, match="field 'width'") as err:
+        condense.load(out)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--width", "0.25", "--width-multiple", "0"], "width multiple 0 is not a whole number >= 1"),
+        (["--budget", "50%", "--width-multiple", "16"], "--width-multiple applies to pruned channels"),
+    ],
+)
+def test_bad_width_multiples_on_the_command_line_are_one_line_errors(argv, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["zoo:resnet_tiny", *argv, "-o", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()

@@ -85,6 +85,7 @@ class ArmContext:
     device: str = "cpu"
     say: Callable[[str], None] = lambda _m: None
     cache: dict[Any, Any] = dataclasses.field(default_factory=dict)
+    width_multiple: int = 1  # channel counts of every arm that prunes channels (condense._width.kept_channels)
 
 
 @dataclasses.dataclass
@@ -127,8 +128,11 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
 
 def _fit(source: Callable[[ArmContext, int], nn.Module], **options: Any) -> Callable[[ArmContext, float, int], Start]:
     def build(ctx: ArmContext, target: float, seed: int) -> Start:
+        extra = {"width_multiple": ctx.width_multiple} if "width" in options and ctx.width_multiple > 1 else {}
         res, cpu, wall = _timed(
-            lambda: fitting.fit(source(ctx, seed), macs=float(target), input_size=ctx.input_size, seed=seed, **options)
+            lambda: fitting.fit(
+                source(ctx, seed), macs=float(target), input_size=ctx.input_size, seed=seed, **options, **extra
+            )
         )
         if not res.plan.choices and res.width is None:
             raise CondenseError(f"condense left the model unchanged ({res.message})", "nothing to compare")
@@ -174,6 +178,7 @@ def _choose_and_build(ctx: ArmContext, target: float, seed: int, arm: str, candi
                 seed=0,
                 device=ctx.device,
                 progress=ctx.say,
+                **({"width_multiple": ctx.width_multiple} if ctx.width_multiple > 1 else {}),
             )
         )
         # the recorded (JSON) options, here and on resume alike: versus gives choose no latency setting
@@ -236,12 +241,17 @@ def _calibrate(ctx: ArmContext, start: Start, seed: int) -> None:
 
 def _pruned(criterion: str) -> Callable[[ArmContext, float, int], Start]:
     def build(ctx: ArmContext, target: float, _seed: int) -> Start:
-        key = ("tp", criterion, float(target))
+        multiple = ctx.width_multiple
+        key = ("tp", criterion, float(target), multiple)
         if key not in ctx.cache:  # pruning is deterministic: once per target, copied for every seed
             pruned, cpu, wall = _timed(
-                lambda: _versus_prune.prune_to_macs(ctx.original, ctx.input_size, target, criterion)
+                lambda: _versus_prune.prune_to_macs(ctx.original, ctx.input_size, target, criterion, multiple=multiple)
             )
-            ctx.cache[key] = (pruned, {**pruned.record(), "build_cpu_s": round(cpu, 2), "build_s": round(wall, 2)})
+            extra = {"width_multiple": multiple} if multiple > 1 else {}
+            ctx.cache[key] = (
+                pruned,
+                {**pruned.record(), **extra, "build_cpu_s": round(cpu, 2), "build_s": round(wall, 2)},
+            )
         pruned, record = ctx.cache[key]
         return Start(copy.deepcopy(pruned.model), dict(record))
 

@@ -19,7 +19,6 @@ import copy
 import dataclasses
 from typing import Any, Sequence
 
-import torch
 from torch import nn
 
 from .. import _width
@@ -57,29 +56,18 @@ class Pruned:
         return {"pruning_ratio": round(self.ratio, 6), "bisection_tries": self.tries}
 
 
-def prune_once(model: nn.Module, input_size: Sequence[int], ratio: float, criterion: str) -> nn.Module:
-    """A copy of ``model`` pruned by Torch-Pruning at one uniform ``ratio`` (one-shot, classifier kept)."""
-    tp = torch_pruning()
-    net = copy.deepcopy(model).cpu().eval()
-    example = torch.randn(1, *input_size)
+def prune_once(
+    model: nn.Module, input_size: Sequence[int], ratio: float, criterion: str, multiple: int = 1
+) -> nn.Module:
+    """A copy of ``model`` pruned by Torch-Pruning at one uniform ``ratio`` (one-shot, classifier kept): the
+    library's own ``condense._width.prune`` with one share; ``multiple``: channel counts kept in multiples of it
+    (``condense._width.kept_channels``; 1: Torch-Pruning's counts)."""
+    torch_pruning()  # not installed: the versus install hint
+    spec = _width.WidthSpec({_width.REST: ratio}, criterion, multiple)
     try:
-        pruner = tp.pruner.BasePruner(
-            net,
-            example,
-            importance=importance(criterion),
-            pruning_ratio=ratio,
-            global_pruning=False,
-            ignored_layers=classifier_layers(net),
-        )
-        pruner.step()
-    except CondenseError:
-        raise
-    except Exception as err:  # noqa: BLE001 - a model Torch-Pruning cannot handle: one line
-        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
-        raise CondenseError(
-            f"Torch-Pruning could not prune {type(model).__name__} ({type(err).__name__}: {first})",
-            "leave out the tp-* arms (--arms)",
-        ) from err
+        net, _record = _width.prune(copy.deepcopy(model).cpu(), tuple(int(s) for s in input_size), spec, ())
+    except CondenseError as err:
+        raise CondenseError(err.message, "leave out the tp-* arms (--arms)") from err
     return net
 
 
@@ -90,6 +78,7 @@ def prune_to_macs(
     criterion: str,
     steps: int = PRUNE_STEPS,
     tolerance: float = TOLERANCE,
+    multiple: int = 1,
 ) -> Pruned:
     """The model pruned at the uniform ratio whose MACs (``macs_and_params``) land at ``target``: the largest
     count at or under it when that is within ``tolerance`` (relative) of it, else the nearest count over it
@@ -100,7 +89,7 @@ def prune_to_macs(
     if macs0 <= target:
         return Pruned(copy.deepcopy(model), macs0, params0, 0.0, 0)
     lo, hi, tries = 0.0, MAX_RATIO, 1
-    net = prune_once(model, size, hi, criterion)
+    net = prune_once(model, size, hi, criterion, multiple)
     macs, params = macs_and_params(net, size)
     if macs > target:
         raise CondenseError(
@@ -110,7 +99,7 @@ def prune_to_macs(
     under, over = Pruned(net, macs, params, hi, 0), Pruned(copy.deepcopy(model), macs0, params0, 0.0, 0)
     for _ in range(steps):
         mid = (lo + hi) / 2
-        net = prune_once(model, size, mid, criterion)
+        net = prune_once(model, size, mid, criterion, multiple)
         tries += 1
         macs, params = macs_and_params(net, size)
         if macs <= target:

@@ -19,7 +19,9 @@ writes into a folder condense did not write.
 Every arm reaches the same MAC target, ``--budget`` of the original's MACs: condense and block dropping
 with ``condense.fit`` (the largest plan within it), Torch-Pruning by bisecting one uniform ratio until our
 count lands at the target (within 2%, under it where the channel steps allow; ``--tp-macs global`` aims at
-the ``global`` arm's measured MACs instead). An arm that cannot reach a budget is shown as infeasible.
+the ``global`` arm's measured MACs instead). ``--width-multiple N`` keeps the channel counts of every arm
+that prunes channels (Torch-Pruning's and condense's alike) at multiples of N (``condense._width.kept_channels``).
+An arm that cannot reach a budget is shown as infeasible.
 The compute each arm used is reported beside it: building (fit, the ratio search), calibration (epochs,
 images, CPU seconds) and fine-tuning (CPU seconds of this process, all threads; per seed).
 """
@@ -130,6 +132,7 @@ class VersusConfig:
     input_size: str | None = None
     calib: CalibSetting = CalibSetting()
     tp_macs: str = "budget"
+    width_multiple: int = 1
     device: str = "auto"
     threads: int = 1
     batches: tuple[int, ...] = (1, 32)
@@ -173,6 +176,8 @@ class VersusConfig:
             raise CondenseError(f"bad latency batch sizes {self.batches!r}", "write e.g. --batch-sizes 1,32")
         if self.tp_macs not in TP_MACS:
             raise CondenseError(f"--tp-macs {self.tp_macs!r} is not one of {', '.join(TP_MACS)}")
+        if isinstance(self.width_multiple, bool) or not isinstance(self.width_multiple, int) or self.width_multiple < 1:
+            raise CondenseError(f"--width-multiple {self.width_multiple!r} must be an integer >= 1", "e.g. 16")
         if not self.original_lr > 0:
             raise CondenseError(f"--original-lr {self.original_lr!r} must be > 0")
         object.__setattr__(self, "device", str(resolve_device(self.device)))  # checked now, recorded resolved
@@ -217,6 +222,8 @@ class VersusConfig:
             "calibration": dataclasses.asdict(self.calib),
             "tp_macs": self.tp_macs,
             "device": self.device,
+            # recorded when set, so folders made before the option still resume
+            **({"width_multiple": self.width_multiple} if self.width_multiple > 1 else {}),
         }
 
 
@@ -487,6 +494,7 @@ def run(cfg: VersusConfig, console) -> dict[str, Any]:
                 calib=cfg.calib,
                 device=cfg.device,
                 say=say,
+                width_multiple=cfg.width_multiple,
             )
             remember_choices(ctx, state.data["budgets"])
             built = _build_arms(cfg, ctx, state, macs0, say)
@@ -604,6 +612,13 @@ def _parser() -> argparse.ArgumentParser:
         choices=TP_MACS,
         help="what Torch-Pruning aims at: the budget, or the global arm's measured MACs",
     )
+    p.add_argument(
+        "--width-multiple",
+        type=int,
+        default=1,
+        metavar="N",
+        help="channel counts of every arm that prunes channels kept at multiples of N (default 1: as pruned)",
+    )
     p.add_argument("--device", default="auto", metavar="DEV", help="where arms train and are timed: auto, cpu, cuda")
     p.add_argument("--threads", type=int, default=1, help="torch threads (training and latency)")
     p.add_argument("--batch-sizes", default="1,32", metavar="B,B", help="latency batch sizes")
@@ -661,6 +676,7 @@ def config_from_args(args: argparse.Namespace) -> VersusConfig:
         input_size=args.input_size,
         calib=CalibSetting(pick("calib_images", args.calib_images), pick("calib_epochs", args.calib_epochs)),
         tp_macs=args.tp_macs,
+        width_multiple=args.width_multiple,
         device=args.device,
         threads=args.threads,
         batches=_int_list(args.batch_sizes, "latency batch sizes", 1),

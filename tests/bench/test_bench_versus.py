@@ -10,6 +10,7 @@ import pickle
 import shutil
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -347,3 +348,30 @@ def test_config_is_checked_on_creation(quick):
     cfg = versus.VersusConfig("zoo:resnet20", spec, arms=("scratch", "global"), budgets=("50%", "50%", "30%"))
     assert cfg.arms == ("global", "scratch") and cfg.budgets == ("50%", "30%") and cfg.device in ("cpu", "cuda")
     assert arms.ARMS["tp-l1"].needs == "torch_pruning"
+
+
+def test_a_width_multiple_reaches_torch_pruning_and_condense_arms_alike(quick):
+    torch.manual_seed(0)
+    model = condense.build_model("zoo:resnet20").eval()
+    size = (3, 32, 32)
+    macs0 = condense.macs_and_params(model, size)[0]
+
+    def counts(net):
+        return {m.out_channels for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.out_channels > 16}
+
+    p = _versus_prune.prune_to_macs(model, size, 0.4 * macs0, "group", multiple=16)
+    assert counts(p.model) and all(c % 16 == 0 for c in counts(p.model))
+    assert (p.macs, p.params) == condense.macs_and_params(p.model, size)
+    plain = _versus_prune.prune_once(model, size, p.ratio, "group")
+    assert any(c % 16 for c in counts(plain))  # the same ratio without it leaves counts between multiples
+    ctx = arms.ArmContext(original=model, input_size=size, bundle=None, fresh=lambda s: model, width_multiple=16)
+    start = arms.ARMS["joint-drop"].architecture(ctx, 0.4 * macs0, 0)
+    assert start.fit.width.multiple == 16 and all(c % 16 == 0 for c in counts(start.model))
+    tp = arms.ARMS["tp-group"].architecture(ctx, 0.4 * macs0, 0)
+    assert tp.record["width_multiple"] == 16
+    spec = f"cifar10:{quick['data']}"
+    with pytest.raises(condense.CondenseError, match="width-multiple"):
+        versus.VersusConfig("zoo:resnet20", spec, width_multiple=0)
+    bundle = SimpleNamespace(spec=None, train_size=10, test_size=10, input_size=size)
+    assert "width_multiple" not in versus.VersusConfig("zoo:resnet20", spec).settings(bundle)  # old folders resume
+    assert versus.VersusConfig("zoo:resnet20", spec, width_multiple=16).settings(bundle)["width_multiple"] == 16
