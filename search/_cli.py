@@ -151,6 +151,14 @@ def search_parser() -> argparse.ArgumentParser:
         help="how trials with width rank channels: l1 magnitude (default) or group norm",
     )
     s.add_argument(
+        "--width-multiple",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --widths: keep every pruned channel group of more than N channels at a multiple of N "
+        "(python -m condense.bench.channels says which N this machine likes; default 1)",
+    )
+    s.add_argument(
         "--sampler",
         choices=("nsgaii", "tpe", "random"),
         default="nsgaii",
@@ -344,6 +352,7 @@ def _search(args, console) -> int:
         K=args.K,
         widths=args.widths,
         width_importance=args.width_importance,
+        width_multiple=args.width_multiple,
         objective=args.objective,
         depth=not args.no_depth,
         storage=args.storage,

@@ -109,6 +109,7 @@ class SearchConfig:
     K: tuple[int, int] | None = None  # K range (default 1..20)
     widths: tuple[float, ...] | None = None  # shares of a run's channels width[PATH] may remove (default: no width)
     width_importance: str = "l1"  # how trials with width rank channels: l1 or group
+    width_multiple: int = 1  # pruned channel groups of more than N channels kept at multiples of N
     depth: bool = True  # False: width alone (needs widths), every run keeps its blocks
     objective: str = "macs"  # macs: (accuracy, MACs, params[, latency]); latency: (accuracy, latency)
     storage: str | None = None  # database URL (default: STUDY_DIR/study.journal)
@@ -161,6 +162,10 @@ class SearchConfig:
             object.__setattr__(self, "latency", True)  # the objective is measured latency
         if self.width_importance not in ("l1", "group"):
             bad("width_importance", "must be l1 or group")
+        if isinstance(self.width_multiple, bool) or not isinstance(self.width_multiple, int) or self.width_multiple < 1:
+            bad("width_multiple", "must be a whole number >= 1 (e.g. 16)")
+        if self.width_multiple > 1 and self.widths is None:
+            bad("width_multiple", "applies to pruned channels: add widths (--widths)")
         if self.widths is not None:
             ws = tuple(self.widths)
             if not ws or any(isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < 1 for w in ws):
@@ -202,6 +207,8 @@ class SearchConfig:
             out[key] = d[key]
         if not self.depth:  # added later, and only when off: a study stored without it searched depth
             out["depth"] = False
+        if self.width_multiple > 1:  # added later, and only when set
+            out["width_multiple"] = self.width_multiple
         if sep:
             out["data_fingerprint"] = data_fingerprint(self.data)
             out["data_path"] = str(Path(path).expanduser().resolve())

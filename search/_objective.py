@@ -116,13 +116,14 @@ def build_trial(
     width: dict[str, float] | None = None,
     input_size=None,
     importance: str = "l1",
+    multiple: int = 1,
 ):
     """``build_plan`` with a width: the original pruned first (run path -> share of channels removed,
     ``condense._width.prune``, importance from its weights), then ``plan`` applied to the pruned model.
     Returns the model and the pruning's ``WidthFit`` record (None without width)."""
     record = None
     if width:
-        model, record = prune(model, input_size, WidthSpec(width, importance), found.runs)
+        model, record = prune(model, input_size, WidthSpec(width, importance, multiple), found.runs)
         found = find_runs(model, input_size, count=False)
     if not plan.choices:
         return (model if record is not None else copy.deepcopy(model)), record
@@ -159,6 +160,7 @@ class Objective:
     screen: bool = True  # reject plans far over budget by estimate (see ``estimate``)
     objective: str = "macs"  # macs: (accuracy, MACs, params[, latency]); latency: (accuracy, latency)
     width_importance: str = "l1"  # how a trial with width ranks channels (l1 or group)
+    width_multiple: int = 1  # its channel counts in multiples of it (condense._width.kept_channels)
     _costs: PlanCosts | None = dataclasses.field(default=None, repr=False)
 
     @property
@@ -177,7 +179,9 @@ class Objective:
         """``build`` with a width (run path -> share of channels removed): the model and its width record."""
         if not width:
             return self.build(plan), None
-        return build_trial(self.model, self.found, plan, self.seed, width, self.input_size, self.width_importance)
+        return build_trial(
+            self.model, self.found, plan, self.seed, width, self.input_size, self.width_importance, self.width_multiple
+        )
 
     def estimate(self, plan: Plan) -> tuple[int, int] | None:
         """MACs and parameters of ``plan``'s model from counts already made (``condense.PlanCosts``, the

@@ -156,7 +156,9 @@ def _check_reachable_width(
     """A width-alone space: the budgets (resolved: MACs, parameters) must hold with the largest share of
     ``space.widths`` removed from every run, measured; else the error names the figure."""
     widest = {run.path: max(space.widths) for run in space.runs}
-    pruned, _ = build_trial(original, found, Plan({}), config.seed, widest, size, config.width_importance)
+    pruned, _ = build_trial(
+        original, found, Plan({}), config.seed, widest, size, config.width_importance, config.width_multiple
+    )
     measured = macs_and_params(pruned, size)
     for have, resolved, (name, budget) in zip(measured, budgets, (("MAC", config.macs), ("parameter", config.params))):
         if resolved is not None and have > resolved:
@@ -237,7 +239,8 @@ def run_search(
     after 10 x ``trials`` of them), ``epochs_per_trial``, ``steps_per_epoch``, ``batch_size``,
     ``lr``, ``limit_train``/``limit_test``, ``input_size``, ``checkpoint``, ``distill``, ``latency``,
     ``sampler`` (nsgaii or tpe), ``population``, ``seed``, ``layers``, ``K`` ((lo, hi)), ``widths`` (shares
-    of a run's channels a trial may remove with Torch-Pruning, per run; ``width_importance`` l1 or group),
+    of a run's channels a trial may remove with Torch-Pruning, per run; ``width_importance`` l1 or group;
+    ``width_multiple`` N keeps pruned groups of more than N channels at multiples of N),
     ``objective`` (``macs``: accuracy, MACs, params; ``latency``: accuracy and measured latency), ``storage`` (a
     database URL; default: a journal file in ``output``), ``study_name``, ``heartbeat_interval``,
     ``grace_period``, ``max_retry``, ``reference``, ``enqueue_fit``. Re-running with the same output (or
@@ -350,6 +353,7 @@ def _run(
         device=config.device,
         objective=config.objective,
         width_importance=config.width_importance,
+        width_multiple=config.width_multiple,
     )
     journal = _is_journal(study._storage)
     recover_stale_trials(study, config.grace_period, config.max_retry)
@@ -437,12 +441,12 @@ def _check_same_search(study: optuna.Study, config: SearchConfig, space: SearchS
     old, new = stored.get("options", {}), mine["options"]
     # seed and the data's content and absolute path were added later: a study stored without them resumes;
     # the path counts only for a study in a local folder (workers sharing a database keep data anywhere)
-    later = ("seed", "data_fingerprint", "widths", "width_importance", "objective", "depth") + (
+    later = ("seed", "data_fingerprint", "widths", "width_importance", "objective", "depth", "width_multiple") + (
         ("data_path",) if config.storage is None else ()
     )
     diff = [
         k
-        for k in _IDENTITY + tuple(k for k in later if k in old or (k == "depth" and k in new))
+        for k in _IDENTITY + tuple(k for k in later if k in old or (k in ("depth", "width_multiple") and k in new))
         if json.dumps(old.get(k)) != json.dumps(new.get(k))
     ]
     if diff:

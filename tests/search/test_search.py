@@ -957,3 +957,27 @@ def test_latency_objective_on_a_tiny_model(env, tmp_path, monkeypatch, capsys):
     assert "objectives" in capsys.readouterr().err
     with pytest.raises(condense.ConfigError, match="objective"):
         search.SearchConfig(model=None, data="mnist:x", objective="flops")
+
+
+def test_a_width_multiple_reaches_every_trial_and_is_part_of_the_study(env, tmp_path, monkeypatch):
+    from search import SearchConfig
+
+    with pytest.raises(condense.ConfigError, match="width_multiple"):
+        SearchConfig(model=env["model"], data=env["data"], width_multiple=4)  # no widths to round
+    with pytest.raises(condense.ConfigError, match="width_multiple"):
+        SearchConfig(model=env["model"], data=env["data"], widths=(0.5,), width_multiple=0)
+    calls = _spy(monkeypatch)
+    out = tmp_path / "m4"
+    common = dict(macs="90%", progress=False, reference=False, widths=(0.25, 0.5), depth=False, **FAST)
+    res = run_search(env["model"], env["data"], output=out, trials=3, width_multiple=4, **common)
+    trained = [t for t in res.study.trials if t.user_attrs.get("status") == "trained"]
+    assert trained and len(calls) == len(trained)
+    for t in trained:
+        meta = json.loads((out / "trials" / str(t.number) / "condensed.json").read_text())
+        assert meta["width"]["multiple"] == 4
+        for before, after in meta["width"]["channels"].values():  # 8 and 12 channels: pruned to multiples of 4
+            assert after % 4 == 0 and after <= before
+    with pytest.raises(condense.CondenseError, match="width_multiple"):  # another multiple is another study
+        run_search(env["model"], env["data"], output=out, trials=3, width_multiple=8, **common)
+    with pytest.raises(condense.CondenseError, match="width_multiple"):
+        run_search(env["model"], env["data"], output=out, trials=3, **common)
