@@ -382,9 +382,11 @@ def _latency(
             )
             built[key] = build(ARMS[name], ctx, aim, 0, recover=False).model
         models[key] = built[key]
+    same = {k: v for k, v in latency.shared(models).items() if k != v}
     say(
-        f"timing {len(models)} models interleaved at batch {', '.join(map(str, cfg.batches))} "
+        f"timing {len(models) - len(same)} models interleaved at batch {', '.join(map(str, cfg.batches))} "
         f"({cfg.repeats} rounds, {cfg.threads} thread(s))"
+        + (f"; {len(same)} arm(s) built the same network as another and share its figures" if same else "")
     )
     ms = latency.measure(
         models,
@@ -395,7 +397,7 @@ def _latency(
         repeats=cfg.repeats,
         warmup=cfg.warmup,
     )
-    state.data["latency"] = {"setting": setting, "ms": ms}
+    state.data["latency"] = {"setting": setting, "ms": ms, **({"same_network": same} if same else {})}
     state.save()
 
 

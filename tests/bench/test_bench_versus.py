@@ -375,3 +375,45 @@ def test_a_width_multiple_reaches_torch_pruning_and_condense_arms_alike(quick):
     bundle = SimpleNamespace(spec=None, train_size=10, test_size=10, input_size=size)
     assert "width_multiple" not in versus.VersusConfig("zoo:resnet20", spec).settings(bundle)  # old folders resume
     assert versus.VersusConfig("zoo:resnet20", spec, width_multiple=16).settings(bundle)["width_multiple"] == 16
+
+
+def test_arms_that_build_the_same_network_are_timed_once_and_share_it(monkeypatch):
+    torch.manual_seed(0)
+    model = condense.build_model("zoo:resnet20").eval()
+    size = (3, 32, 32)
+
+    def fit(seed, **kw):
+        return condense.fit(model, macs="50%", input_size=size, seed=seed, **kw).model
+
+    same_a, same_b = fit(0, layer="drop"), fit(1, layer="drop")  # other weights, the same network
+    same_b.train()
+    with torch.no_grad():
+        for p in same_b.parameters():
+            p.add_(1.0)
+    models = {
+        _versus_latency.ORIGINAL: model,
+        "drop": same_a,
+        "drop-again": same_b,
+        "global": fit(0),
+        "global-K3": fit(0, K=3),  # one setting apart: another network
+        "width": fit(0, layer="drop", width=0.25),
+    }
+    assert _versus_latency.shared(models) == {
+        "original": "original",
+        "drop": "drop",
+        "drop-again": "drop",
+        "global": "global",
+        "global-K3": "global-K3",
+        "width": "width",
+    }
+    timed = []
+
+    def fake(ms, input_size, **kw):
+        timed.append(list(ms))
+        return {name: {"1": {"ms": float(i + 1), "ratio": float(i + 1)}} for i, name in enumerate(ms)}
+
+    monkeypatch.setattr(_versus_latency, "measure_side_by_side", fake)
+    out = _versus_latency.measure(models, size, batches=(1,), device="cpu", threads=1, repeats=1, warmup=0)
+    assert timed == [["original", "drop", "global", "global-K3", "width"]]  # the repeat is not timed again
+    assert out["drop-again"] == out["drop"] and out["drop-again"] is not out["drop"]
+    assert len({v["1"]["ms"] for v in out.values()}) == 5
