@@ -65,6 +65,7 @@ __all__ = [
     "classifier_layers",
     "fit_with_width",
     "kept_channels",
+    "check_multiple",
 ]
 
 AUTO = "auto"
@@ -111,7 +112,8 @@ def classifier_layers(model: nn.Module) -> list[nn.Module]:
     return [last] if last is not None else []
 
 
-def _multiple(value: Any) -> int:
+def check_multiple(value: Any) -> int:
+    """``value`` if it is a channel multiple (a whole number >= 1), else a one-line ``ConfigError``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(
             f"width multiple {value!r} is not a whole number >= 1",
@@ -124,10 +126,12 @@ def kept_channels(channels: int, share: float, multiple: int = 1) -> int:
     """How many of a group's ``channels`` stay when ``share`` of them go: what Torch-Pruning keeps,
     ``int(channels * (1 - share))``; with ``multiple`` N > 1 and more than N channels, the nearest multiple of N
     to that (half up), at least N and at most ``channels`` (module docstring)."""
-    left = int(channels * (1.0 - share))
-    if multiple <= 1 or channels <= multiple or share <= 0:
-        return channels if share <= 0 else left
-    return min(channels, max(multiple, multiple * math.floor(channels * (1.0 - share) / multiple + 0.5)))
+    if share <= 0:
+        return channels
+    left = channels * (1.0 - share)
+    if multiple <= 1 or channels <= multiple:
+        return int(left)
+    return min(channels, max(multiple, multiple * math.floor(left / multiple + 0.5)))
 
 
 def _share(value: Any, where: str) -> float:
@@ -161,7 +165,7 @@ class WidthSpec:
         object.__setattr__(self, "ratios", dict(sorted(clean.items())))
         if self.importance not in IMPORTANCES:
             raise ConfigError(f"unknown pruning importance {self.importance!r}", f"use one of {', '.join(IMPORTANCES)}")
-        _multiple(self.multiple)
+        check_multiple(self.multiple)
 
     @property
     def empty(self) -> bool:
@@ -189,7 +193,7 @@ def parse_width(width: Any, importance: str = "l1", multiple: int = 1) -> WidthS
     one-line error otherwise."""
     if importance not in IMPORTANCES:
         raise ConfigError(f"unknown pruning importance {importance!r}", f"use one of {', '.join(IMPORTANCES)}")
-    _multiple(multiple)
+    check_multiple(multiple)
     if width is None:
         return None
     if isinstance(width, WidthSpec):

@@ -128,7 +128,7 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
 
 def _fit(source: Callable[[ArmContext, int], nn.Module], **options: Any) -> Callable[[ArmContext, float, int], Start]:
     def build(ctx: ArmContext, target: float, seed: int) -> Start:
-        extra = {"width_multiple": ctx.width_multiple} if "width" in options and ctx.width_multiple > 1 else {}
+        extra = {"width_multiple": ctx.width_multiple} if "width" in options else {}
         res, cpu, wall = _timed(
             lambda: fitting.fit(
                 source(ctx, seed), macs=float(target), input_size=ctx.input_size, seed=seed, **options, **extra

@@ -84,11 +84,13 @@ def measure(
     threads: int,
     repeats: int,
     warmup: int,
+    same: Mapping[str, str] | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """``{name: {str(batch): {"ms": median, "ratio": median / original's}}}``, eager, no gradients; models
     that run the same network as an earlier one (``shared``) get its figures instead of being timed again
-    (the mode, training or eval, does not count: every model is timed in eval mode)."""
-    same = shared(models)
+    (the mode, training or eval, does not count: every model is timed in eval mode). ``same``: ``shared(models)``
+    when the caller has it already."""
+    same = shared(models) if same is None else same
     timed = measure_side_by_side(
         {name: m for name, m in models.items() if same[name] == name},
         input_size,

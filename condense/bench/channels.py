@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from .._device import resolve_device
+from .._device import resolve_device, synchronize
 from .._errors import CondenseError
 from .._help import HelpFormatter
 from .._write import atomic_write_csv, claim_file, csv_starts_with
@@ -76,10 +76,10 @@ def parse_shapes(text: str) -> tuple[tuple[int, int, int], ...]:
 
 def counts_for(full: int) -> tuple[int, ...]:
     """The counts timed for a shape of ``full`` channels: every count from ``full // 4`` to ``full`` in steps of
-    ``full // 16`` (at least 1), and every multiple of 4 and 8 in that range (the steps a multiple would make)."""
+    ``full // 16`` (at least 1), and every multiple of 4 in that range (the steps a multiple would make)."""
     low, step = max(1, full // 4), max(1, full // 16)
     counts = set(range(low, full + 1, step)) | {full}
-    counts |= {c for c in range(low, full + 1) if c % 8 == 0 or c % 4 == 0}
+    counts |= {c for c in range(low, full + 1) if c % 4 == 0}
     return tuple(sorted(counts))
 
 
@@ -98,27 +98,16 @@ def time_counts(
     dev = device or torch.device("cpu")
     full = max(counts)
     h, w = int(shape[1]), int(shape[2])
-    calls: dict[int, Callable[[], object]] = {}
+    calls: dict[str, Callable[[], object]] = {}
     for c in counts:
         conv = nn.Conv2d(c, c, kernel, padding=kernel // 2, bias=False).to(dev).eval()
         x = torch.randn(batch, c, h, w, device=dev)
-        calls[c] = _call(conv, x, dev)
+        calls[str(c)] = lambda conv=conv, x=x: (conv(x), synchronize(dev))
     with torch.inference_mode():
-        medians = interleaved_medians({str(c): fn for c, fn in calls.items()}, repeats=repeats, warmup=warmup)
+        medians = interleaved_medians(calls, repeats=repeats, warmup=warmup)
     base = medians[str(full)]
     dims = (int(shape[0]), h, w)
     return [Timed(dims, batch, c, full, medians[str(c)], medians[str(c)] / base) for c in counts]
-
-
-def _call(conv: nn.Module, x: torch.Tensor, dev: torch.device) -> Callable[[], object]:
-    if dev.type == "cuda":
-
-        def run():
-            conv(x)
-            torch.cuda.synchronize(dev)
-
-        return run
-    return lambda: conv(x)
 
 
 def suggest_multiple(rows: Sequence[Timed]) -> int:

@@ -51,6 +51,7 @@ from .._errors import BudgetError, CondenseError, run_command
 from .._help import HelpFormatter
 from .._models import build_model, file_digest
 from .._resolve import is_model_dir, resolve_model
+from .._width import check_multiple
 from .._write import atomic_write, check_output, claim_folder, os_error, output_lock
 from ..data import load_data, parse_data_spec
 from ..train import TrainConfig, evaluate
@@ -176,8 +177,7 @@ class VersusConfig:
             raise CondenseError(f"bad latency batch sizes {self.batches!r}", "write e.g. --batch-sizes 1,32")
         if self.tp_macs not in TP_MACS:
             raise CondenseError(f"--tp-macs {self.tp_macs!r} is not one of {', '.join(TP_MACS)}")
-        if isinstance(self.width_multiple, bool) or not isinstance(self.width_multiple, int) or self.width_multiple < 1:
-            raise CondenseError(f"--width-multiple {self.width_multiple!r} must be an integer >= 1", "e.g. 16")
+        check_multiple(self.width_multiple)
         if not self.original_lr > 0:
             raise CondenseError(f"--original-lr {self.original_lr!r} must be > 0")
         object.__setattr__(self, "device", str(resolve_device(self.device)))  # checked now, recorded resolved
@@ -382,7 +382,8 @@ def _latency(
             )
             built[key] = build(ARMS[name], ctx, aim, 0, recover=False).model
         models[key] = built[key]
-    same = {k: v for k, v in latency.shared(models).items() if k != v}
+    first = latency.shared(models)
+    same = {k: v for k, v in first.items() if k != v}
     say(
         f"timing {len(models) - len(same)} models interleaved at batch {', '.join(map(str, cfg.batches))} "
         f"({cfg.repeats} rounds, {cfg.threads} thread(s))"
@@ -396,6 +397,7 @@ def _latency(
         threads=cfg.threads,
         repeats=cfg.repeats,
         warmup=cfg.warmup,
+        same=first,
     )
     state.data["latency"] = {"setting": setting, "ms": ms, **({"same_network": same} if same else {})}
     state.save()
