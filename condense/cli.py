@@ -26,7 +26,7 @@ import torch.nn as nn
 
 
 from ._budget import format_count, format_ms, parse_input_size, parse_latency
-from ._calibrate import CalibrateConfig, calibrate, feature_pairs
+from ._calibrate import CalibrateConfig, calibrate, feature_pairs, parse_lr
 from ._choose import choose, short_split
 from ._count import count
 from ._device import describe_device, resolve_device
@@ -215,6 +215,13 @@ def _main_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--calib-images", type=int, default=None, metavar="N", help="training images used (default 10000)")
     c.add_argument("--calib-epochs", type=int, default=None, metavar="E", help="passes over them (default 1)")
+    c.add_argument(
+        "--calib-lr",
+        default=None,
+        metavar="LR",
+        help="Adam's rate: auto (default: short probes from 1e-3 up or down, each scored on held-out "
+        "calibration images; the rate that suits one model can spoil another) or a number",
+    )
     c.add_argument(
         "--calib-test",
         type=int,
@@ -502,7 +509,7 @@ def _layer_options(args) -> dict[str, Any]:
 
 def _calibration_options(args) -> dict[str, Any] | None:
     """``condense.calibrate``'s options from --calibrate / --calib-*, checked (None without --calibrate)."""
-    given = [f"--calib-{n}" for n in ("images", "epochs", "test") if getattr(args, f"calib_{n}") is not None]
+    given = [f"--calib-{n}" for n in ("images", "epochs", "lr", "test") if getattr(args, f"calib_{n}") is not None]
     if args.calibrate is None:
         if given or args.choose:
             flag = given[0] if given else "--choose"
@@ -528,6 +535,7 @@ def _calibration_options(args) -> dict[str, Any] | None:
     return {
         "images": args.calib_images or default.images,
         "epochs": args.calib_epochs or default.epochs,
+        "lr": default.lr if args.calib_lr is None else parse_lr(args.calib_lr),
         "test_images": args.calib_test,
     }
 

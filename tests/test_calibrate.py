@@ -106,7 +106,7 @@ def test_batchnorm_is_reestimated_on_the_calibration_images(original, bundle):
     result = condensed(original)
     rec = condense.calibrate(result, original, bundle, progress=False, **FAST)
     fresh = copy.deepcopy(result.model)
-    condense.recalibrate_bn(fresh, _train_batches(bundle, rec.config, 0))
+    condense.recalibrate_bn(fresh, _train_batches(bundle, rec.images, rec.config.batch_size, rec.config.seed, 0))
     bns = [(n, m) for n, m in result.model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
     again = dict(fresh.named_modules())
     assert bns and all(
@@ -149,12 +149,36 @@ def test_saved_calibration_record_loads_back_and_is_validated(original, bundle, 
         condense.read_meta(out)
 
 
+def test_the_picked_rate_and_its_probes_are_recorded_and_validated(original, bundle, tmp_path):
+    from condense._calibrate import check_record
+
+    result = condensed(original)
+    rec = condense.calibrate(result, original, bundle, images=128, batch_size=32, test_images=0, progress=False)
+    record = json.loads(json.dumps(rec.to_dict()))
+    assert record["config"]["lr"] == "auto" and record["lr"] == rec.lr
+    assert [p["lr"] for p in record["lr_probes"]] == [r for r, _ in rec.lr_probes]
+    assert (record["probe_images"], record["probe_held_out"]) == (96, 32) and check_record(record) is None
+    out = condense.save(result, tmp_path / "c", spec="zoo:resnet_tiny", extra={"calibration": record})
+    assert condense.read_meta(out)["calibration"] == record
+    older = {k: v for k, v in record.items() if k not in ("lr", "lr_probes", "probe_images", "probe_held_out")}
+    assert check_record(older) is None  # records written before the rate was recorded still load
+    for key, value, needle in (
+        ("lr", 0, "'lr'"),
+        ("lr_probes", [{"lr": "x"}], "lr_probes"),
+        ("probe_images", 0, "probe_images"),
+    ):
+        assert needle in check_record({**record, key: value})
+
+
 @pytest.mark.parametrize(
     "kwargs,needle",
     [
         ({"images": 0}, "images"),
         ({"epochs": -1}, "epochs"),
         ({"lr": 0}, "lr"),
+        ({"lr": "fast"}, "lr"),
+        ({"lr": 1e-3, "probe_images": 64}, "probe_images"),
+        ({"probe_images": 0}, "probe_images"),
         ({"train": "some"}, "train"),
         ({"test_images": -1}, "test_images"),
     ],
@@ -163,6 +187,55 @@ def test_bad_options_are_config_errors(original, bundle, kwargs, needle):
     result = condensed(original)
     with pytest.raises(ConfigError, match=needle):
         condense.calibrate(result, original, bundle, progress=False, **kwargs)
+
+
+def test_auto_rate_walks_the_grid_picks_the_lowest_held_out_loss_and_runs_that_rate_in_full(original, bundle):
+    from condense._calibrate import LR_GRID, LR_START
+
+    result, again = condensed(original), condensed(original)
+    said = []
+    rec = condense.calibrate(result, original, bundle, images=256, batch_size=32, test_images=0, progress=said.append)
+    rates, losses = zip(*rec.lr_probes)
+    assert rec.config.lr == "auto" and rec.lr == rates[losses.index(min(losses))]
+    assert rates[:2] == (LR_START, LR_GRID[LR_GRID.index(LR_START) - 1])  # from 1e-3, then its higher neighbour
+    walk = rates[2:]
+    if walk:  # each step goes on the way the better first probe points, and the last one ends the walk
+        step = 1 if losses[1] < losses[0] else -1
+        chain = ([rates[1]] if step == 1 else [rates[0]]) + list(walk)
+        assert all(LR_GRID.index(b) == LR_GRID.index(a) - step for a, b in zip(chain, chain[1:]))
+        last = rates[-1]
+        assert LR_GRID.index(last) in (0, len(LR_GRID) - 1) or losses[-1] >= losses[rates.index(chain[-2])]
+    assert (rec.probe_images, rec.probe_held_out) == (192, 64)
+    assert sum(m.startswith("rate probe") for m in said) == len(rates) and f"picked lr {rec.lr:g}" in said
+    # the full run is what a run at the picked rate makes: same weights
+    fixed = condense.calibrate(
+        again, original, bundle, images=256, batch_size=32, test_images=0, lr=rec.lr, progress=False
+    )
+    assert fixed.lr_probes == () and fixed.lr == rec.lr
+    assert all(torch.equal(v, again.model.state_dict()[k]) for k, v in result.model.state_dict().items())
+    assert "picked from" in rec.summary() and "picked from" not in fixed.summary()
+
+
+def test_rate_probes_never_train_on_the_images_they_are_scored_on(bundle):
+    from condense._calibrate import _held_out_batches, _train_batches, probe_sizes
+
+    assert probe_sizes(10000) == (2500, 512) and probe_sizes(2048) == (512, 512) and probe_sizes(64) == (48, 16)
+    assert probe_sizes(256, probe_images=1000) == (192, 64)  # never into the held-out images
+    images = 200
+    probe, held = probe_sizes(images)
+    trained = torch.cat(list(_train_batches(bundle, probe, 32, 0, 0)))
+    scored = torch.cat(list(_held_out_batches(bundle, images - held, held, 128, 0)))
+    everything = torch.cat(list(_train_batches(bundle, images, 32, 0, 0)))
+    assert len(trained) == probe and len(scored) == held and probe + held <= images
+    assert torch.equal(scored, everything[images - held :])  # the last calibration images of the same order
+    flat_t, flat_s = trained.flatten(1), scored.flatten(1)
+    assert not any(bool((flat_t == row).all(1).any()) for row in flat_s)
+
+
+def test_auto_rate_needs_a_few_images(original, bundle):
+    with pytest.raises(CondenseError, match="too few") as err:
+        condense.calibrate(condensed(original), original, bundle, images=3, progress=False)
+    assert "--calib-lr" in err.value.hint
 
 
 def test_nothing_to_calibrate_and_a_wrong_original_are_errors(original, bundle):
@@ -202,6 +275,8 @@ def test_cli_calibrates_records_and_saves(npz, tmp_path, capsys):
                 "64",
                 "--calib-epochs",
                 "2",
+                "--calib-lr",
+                "1e-2",
                 "--calib-test",
                 "64",
                 "--threads",
@@ -216,6 +291,7 @@ def test_cli_calibrates_records_and_saves(npz, tmp_path, capsys):
     assert "calibrated on 64 mnist images x 2 epoch(s)" in printed and "test accuracy" in printed
     rec = condense.read_meta(out)["calibration"]
     assert (rec["images"], rec["epochs"], rec["test_images"], rec["steps"]) == (64, 2, 64, 2 * 1)
+    assert rec["lr"] == rec["config"]["lr"] == 0.01 and "lr_probes" not in rec  # a rate given: no probes
     assert [r["path"] for r in rec["runs"]] == list(condense.read_meta(out)["plan"])
     assert any(r["feature_error_after"] != r["feature_error_before"] for r in rec["runs"])  # 2 steps were taken
     assert rec["accuracy_original"] is not None and rec["accuracy_after"] is not None
@@ -246,6 +322,7 @@ def test_cli_json_has_the_calibration(npz, tmp_path, capsys):
     )
     data = json.loads(capsys.readouterr().out)
     assert data["calibration"]["images"] == 32 and data["calibration"]["accuracy_after"] is None
+    assert data["calibration"]["config"]["lr"] == "auto" and data["calibration"]["lr_probes"]  # the default
 
 
 @pytest.mark.parametrize(
@@ -257,6 +334,9 @@ def test_cli_json_has_the_calibration(npz, tmp_path, capsys):
         (["--calibrate", "mnist:/nonexistent.npz"], "does not exist"),
         (["--calibrate", "somewhere"], "bad data spec"),
         (["--calibrate", "DATA", "--dry-run"], "--dry-run"),
+        (["--calibrate", "DATA", "--calib-lr", "fast"], "--calib-lr 'fast' must be 'auto' or a number > 0"),
+        (["--calibrate", "DATA", "--calib-lr", "0"], "must be 'auto' or a number > 0"),
+        (["--calib-lr", "1e-3"], "--calib-lr needs --calibrate"),
     ],
 )
 def test_cli_bad_calibration_input_is_one_line_exit_1_no_files(argv, needle, npz, tmp_path, capsys, monkeypatch):

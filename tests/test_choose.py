@@ -12,7 +12,7 @@ from conftest import tiny_mnist
 
 import condense
 from condense import BudgetError, CondenseError, ConfigError
-from condense._calibrate import CalibrateConfig, _train_batches
+from condense._calibrate import _train_batches
 from condense._choose import (
     DEFAULT_CANDIDATES,
     ChooseConfig,
@@ -103,7 +103,7 @@ def test_choose_is_reproducible_and_leaves_the_original_alone(choice, original, 
 
 def test_scoring_images_were_never_calibrated_on(bundle):
     """The held-out images are the ones after calibrate's first ``images`` of the same seeded shuffle."""
-    seen = torch.cat(list(_train_batches(bundle, CalibrateConfig(images=96, seed=0), 0)))
+    seen = torch.cat(list(_train_batches(bundle, 96, 64, 0, 0)))
     scored = []
 
     class Recorder(torch.nn.Module):

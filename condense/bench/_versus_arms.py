@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import time
 from typing import Any, Callable
 
@@ -53,23 +54,38 @@ from torch import nn
 import condense
 
 from .. import _fit as fitting  # fitting.fit, _versus_prune.prune_to_macs: looked up when called (tests patch them)
+from .._calibrate import LR_AUTO
 from .._choose import CANDIDATES, DEFAULT_CANDIDATES, short_split
 from .._errors import CondenseError
 from . import _versus_prune
 
+LEGACY_LR = 3e-3  # the rate the *-calibrate arms used before it was a setting
+
 
 @dataclasses.dataclass(frozen=True)
 class CalibSetting:
-    """How the ``*-calibrate`` arms calibrate: ``images`` training images, ``epochs`` passes over them."""
+    """How the ``*-calibrate`` arms calibrate: ``images`` training images, ``epochs`` passes over them, at
+    ``lr`` (``"auto"``: picked per arm by ``condense.calibrate``'s probes). Folders made before the rate was
+    a setting calibrated at 3e-3 (``LEGACY_LR``): that rate is left out of the settings, so they resume with
+    ``--calib-lr 3e-3``."""
 
     images: int = 2048
     epochs: int = 1
+    lr: float | str = LR_AUTO
 
     def __post_init__(self) -> None:
         for name in ("images", "epochs"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise CondenseError(f"calibration {name}={v!r} must be an integer >= 1")
+        lr = self.lr
+        if lr != LR_AUTO and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf):
+            raise CondenseError(f"calibration lr={lr!r} must be 'auto' or a number > 0")
+
+    def settings(self) -> dict[str, Any]:
+        """The folder's "calibration" setting."""
+        rate = {} if self.lr == LEGACY_LR else {"lr": self.lr}
+        return {"images": self.images, "epochs": self.epochs, **rate}
 
 
 @dataclasses.dataclass
@@ -219,6 +235,7 @@ def _calibrate(ctx: ArmContext, start: Start, seed: int) -> None:
             ctx.bundle,
             images=ctx.calib.images,
             epochs=ctx.calib.epochs,
+            lr=ctx.calib.lr,
             seed=seed,
             test_images=0,
             device=ctx.device,
@@ -231,12 +248,18 @@ def _calibrate(ctx: ArmContext, start: Start, seed: int) -> None:
             "calib_epochs": cal.epochs,
             "calib_images": cal.images,
             "calib_steps": cal.steps,
+            "calib_lr": cal.lr,
+            **({"calib_lr_probes": [[r, _finite(v)] for r, v in cal.lr_probes]} if cal.lr_probes else {}),
             "calib_s": round(cal.seconds, 2),
             "calib_cpu_s": round(cpu, 2),
             "feature_error_before": [round(v, 5) for v in cal.feature_error_before],
             "feature_error_after": [round(v, 5) for v in cal.feature_error_after],
         }
     )
+
+
+def _finite(value: float) -> float | None:
+    return round(value, 5) if math.isfinite(value) else None
 
 
 def _pruned(criterion: str) -> Callable[[ArmContext, float, int], Start]:

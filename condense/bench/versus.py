@@ -45,6 +45,7 @@ from torch import nn
 
 from .. import train as training
 from .._budget import parse_budget
+from .._calibrate import parse_lr
 from .._count import macs_and_params
 from .._device import describe_device, resolve_device
 from .._errors import BudgetError, CondenseError, run_command
@@ -219,7 +220,7 @@ class VersusConfig:
             "original_train": self.original_config().to_dict() if self.epochs else None,
             "finetune": ft,
             "kd": self.kd,
-            "calibration": dataclasses.asdict(self.calib),
+            "calibration": self.calib.settings(),
             "tp_macs": self.tp_macs,
             "device": self.device,
             # recorded when set, so folders made before the option still resume
@@ -611,6 +612,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--calib-epochs", type=int, default=None, metavar="E", help="calibration epochs (default 1)")
     p.add_argument(
+        "--calib-lr",
+        default="auto",
+        metavar="LR",
+        help="the *-calibrate arms' rate: auto (default: picked per arm by short probes on held-out "
+        "calibration images) or a number; folders made before this option calibrated at 3e-3",
+    )
+    p.add_argument(
         "--tp-macs",
         default="budget",
         choices=TP_MACS,
@@ -678,7 +686,9 @@ def config_from_args(args: argparse.Namespace) -> VersusConfig:
         limit_train=pick("limit_train", args.limit_train),
         limit_test=pick("limit_test", args.limit_test),
         input_size=args.input_size,
-        calib=CalibSetting(pick("calib_images", args.calib_images), pick("calib_epochs", args.calib_epochs)),
+        calib=CalibSetting(
+            pick("calib_images", args.calib_images), pick("calib_epochs", args.calib_epochs), parse_lr(args.calib_lr)
+        ),
         tp_macs=args.tp_macs,
         width_multiple=args.width_multiple,
         device=args.device,

@@ -101,6 +101,11 @@ def test_quick_end_to_end_table_csv_plot(quick):
             assert float(r["calib_epochs"]) == 1 and float(r["calib_images"]) > 0 and float(r["calib_cpu_s"]) > 0
             # a width plan is calibrated on the logits alone: no run maps to compare
             assert bool(seed["feature_error_after"]) == (not r["arm"].startswith("joint"))
+            # the rate was picked per arm (the default): the probes and the picked rate are kept
+            probes = dict(seed["calib_lr_probes"])
+            assert seed["calib_lr"] in probes and len(probes) >= 3
+            assert probes[seed["calib_lr"]] == min(v for v in probes.values() if v is not None)
+    assert state["settings"]["calibration"] == {"images": 64, "epochs": 1, "lr": "auto"}
     # the ratio to the original comes from the same interleaved run as the figures
     lat = state["latency"]["ms"]
     for b in ("1", "32"):
@@ -266,6 +271,20 @@ def test_time_only_re_times_every_arm_and_trains_nothing(quick, monkeypatch, tmp
     assert "not trained yet" in out + err
 
 
+def test_the_calibration_rate_is_a_setting_and_older_folders_resume_at_their_rate():
+    from condense.bench._versus_state import differences
+
+    assert arms.CalibSetting().settings() == {"images": 2048, "epochs": 1, "lr": "auto"}
+    assert arms.CalibSetting(lr=1e-3).settings()["lr"] == 1e-3
+    # a folder made before the rate was a setting calibrated at 3e-3 and has no "lr": that rate matches it
+    older = {"calibration": {"images": 2048, "epochs": 1}}
+    assert arms.CalibSetting(lr=3e-3).settings() == older["calibration"]
+    assert differences(older, {"calibration": arms.CalibSetting().settings()}) == ["calibration.lr: None -> 'auto'"]
+    for bad in (0, -1.0, "fast", True):
+        with pytest.raises(condense.CondenseError, match="lr"):
+            arms.CalibSetting(lr=bad)
+
+
 def _bad_cases(data):
     spec = f"cifar10:{data}"
     return [
@@ -277,6 +296,7 @@ def _bad_cases(data):
         (["zoo:resnet20"], "--data SPEC is required"),
         (["zoo:resnet20", "--data", f"cifar10:{data}-missing"], "does not exist"),
         (["zoo:resnet20", "--data", spec, "--arms", "global,magic"], "unknown arm 'magic'"),
+        (["zoo:resnet20", "--data", spec, "--calib-lr", "fast"], "--calib-lr 'fast' must be 'auto' or a number"),
         (["zoo:resnet20", "--data", spec, "--checkpoint", str(data / "batches.meta"), "--epochs", "2"], "contradict"),
     ]
 
