@@ -30,14 +30,14 @@ the original computes; a large rate moves them away.
 
 What is trained (``train``): ``"all"`` (default), every parameter of the condensed model, in train mode;
 ``"new"``, only the inserted layers, the rest frozen in eval mode. Adam, cosine decay to zero, no weight
-decay; the images are a fixed seeded subset of the training split, without augmentation. The defaults were
-measured on a CIFAR-10 ResNet-20 (a 64.6% snapshot of a 10k-image training run) condensed to 50% of its
+decay; the images are a fixed seeded subset of the training split, without augmentation. The other defaults
+were measured on a CIFAR-10 ResNet-20 (a 64.6% snapshot of a 10k-image training run) condensed to 50% of its
 MACs (``preserve=False``), zero-shot top-1 on 2,000 test images, one seed, 1 epoch over 10,000 images on
 one thread: as condensed 13.9%, BatchNorm re-estimated only 26.8%, ``train="new"`` 27.9% (lr 1e-3) and
 29.5% (lr 1e-2): a layer that replaces blocks cannot mix channels as they did, while the kept blocks
 around it can adapt. ``train="all"``: 54.1% (lr 1e-3, T = 4), 50.9% without the logit term, 57.1% at
-lr 3e-3, 55.6% at lr 1e-2, 58.4% at lr 3e-3 and T = 1 (the defaults; 55.0% over 5,000 images, 59.9% over
-2 epochs).
+lr 3e-3, 55.6% at lr 1e-2, 58.4% at lr 3e-3 and T = 1 (T = 1 is the default, and 3e-3 was the fixed rate
+before ``"auto"``; 55.0% over 5,000 images, 59.9% over 2 epochs).
 """
 
 from __future__ import annotations
@@ -227,7 +227,7 @@ class CalibrateConfig:
         for field in ("lr", "temperature") if self.lr != LR_AUTO else ("temperature",):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-                bad(field, "must be a number > 0")
+                bad(field, "must be 'auto' or a number > 0" if field == "lr" else "must be a number > 0")
         w = self.logit_weight
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < math.inf:
             bad("logit_weight", "must be a number >= 0")
