@@ -12,7 +12,8 @@ channel pruning alone; on ResNet-56 (9 blocks a run) the same rule lost to block
 what picks. A channels-only plan has no run outputs to match and is calibrated on the logits alone.
 
 How a candidate is scored: ``fit`` with its options (one that cannot meet the budgets is recorded as
-infeasible), ``condense.calibrate`` on the first ``images`` training images of a seeded shuffle, then top-1
+infeasible), ``condense.calibrate`` on the first ``images`` training images of a seeded shuffle (its rate picked
+per candidate, ``lr="auto"``: the probes hold out the last of those images, never the scoring ones), then top-1
 accuracy on the next ``score_images`` images of that shuffle, which the calibration never saw (the test split
 is left for the caller's own evaluation). The highest score wins; a tie goes to the plan with fewer MACs.
 Never: scores on the test split, trains the original, or changes it.

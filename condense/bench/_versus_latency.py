@@ -66,6 +66,16 @@ def network_key(model: nn.Module) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
+def start_digest(model: nn.Module) -> str:
+    """``network_key`` and every parameter's and buffer's values: two models with the same digest compute the
+    same function and train alike."""
+    h = hashlib.sha256(network_key(model).encode())
+    for name, t in (*model.named_parameters(), *model.named_buffers()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def shared(models: Mapping[str, nn.Module]) -> dict[str, str]:
     """Each model's name -> the name of the first model (in order) that runs the same network."""
     first: dict[str, str] = {}

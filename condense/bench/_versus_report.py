@@ -115,7 +115,13 @@ def rows(
             if rec["status"] != "ok":
                 table.append({**row, "note": rec.get("reason", "")})
                 continue
-            done = [r for s in seeds if (r := rec.get("seeds", {}).get(str(s))) and r.get("done")]
+            finished = [(s, r) for s in seeds if (r := rec.get("seeds", {}).get(str(s))) and r.get("done")]
+            done = [r for _, r in finished]
+            shared = [  # an arm-seed that started from another's weights has that one's fine-tuned result
+                f"seed {s}: the fine-tuned result of {r['same_start_as']} (the same start)"
+                for s, r in finished
+                if r.get("same_start_as")
+            ]
             accs = [d["test_acc"] for d in done]
             mean, std = _mean_std(accs)
             zs = _mean_std([d["zero_shot_acc"] for d in done if d.get("zero_shot_acc") is not None])[0]
@@ -144,7 +150,7 @@ def rows(
                     "finetune_epochs": avg("finetune_epochs"),
                     "finetune_cpu_s": avg("finetune_cpu_s"),
                     "finetune_s": avg("finetune_s"),
-                    "note": rec.get("note", ""),
+                    "note": "; ".join(filter(None, [rec.get("note", ""), *shared])),
                     **latency(f"{budget}/{arm}"),
                 }
             )

@@ -23,7 +23,10 @@ the ``global`` arm's measured MACs instead). ``--width-multiple N`` keeps the ch
 that prunes channels (Torch-Pruning's and condense's alike) at multiples of N (``condense._width.kept_channels``).
 An arm that cannot reach a budget is shown as infeasible.
 The compute each arm used is reported beside it: building (fit, the ratio search), calibration (epochs,
-images, CPU seconds) and fine-tuning (CPU seconds of this process, all threads; per seed).
+images, CPU seconds) and fine-tuning (CPU seconds of this process, all threads; per seed). An arm-seed whose
+start (network and every weight, ``start_digest``) equals one already fine-tuned in the folder with the same
+seed is not trained again: fine-tuning is deterministic under the seed, so it gets that result, marked
+``same_start_as`` (and in the table's note). ``joint-choose`` often builds what ``drop-calibrate`` does.
 """
 
 from __future__ import annotations
@@ -430,8 +433,20 @@ def _train_arm(
         say(f"{budget} {name} seed {seed}: zero-shot accuracy")
         zero = _accuracy(start.model, bundle, cfg.device)
         macs, params = macs_and_params(start.model, ctx.input_size)
-        rec = {"done": False, **start.record, "zero_shot_acc": zero, "macs": macs, "params": params}
+        digest = latency.start_digest(start.model)
+        rec = {
+            "done": False,
+            **start.record,
+            "zero_shot_acc": zero,
+            "macs": macs,
+            "params": params,
+            "start_digest": digest,
+        }
         seeds[str(seed)] = rec
+        source = _same_start(state, digest, seed, (budget, name))
+        if source is not None:  # the same weights, the same seed, the same fine-tuning: the same result
+            _share_finetune(state, rec, run_dir, source, seed, say, f"{budget} {name} seed {seed}")
+            return
         state.save()
     say(f"{budget} {name} seed {seed}: fine-tuning {cfg.finetune_epochs} epoch(s)" + (" (resumed)" if resume else ""))
     c0 = time.process_time()
@@ -456,6 +471,42 @@ def _train_arm(
             "resumed": resume,
         }
     )
+    state.save()
+
+
+SHARED = ("test_acc", "best_test_acc", "finetune_epochs", "finetune_cpu_s", "finetune_s")
+
+
+def _same_start(state: State, digest: str, seed: int, this: tuple[str, str]) -> tuple[str, str] | None:
+    """The (budget, arm) of a finished seed ``seed`` in this folder whose fine-tuning started from the same
+    network and weights (``start_digest``), or None."""
+    for budget, brec in state.data["budgets"].items():
+        for name, arec in brec.get("arms", {}).items():
+            rec = arec.get("seeds", {}).get(str(seed)) or {}
+            if (budget, name) != this and rec.get("done") and rec.get("start_digest") == digest:
+                if not rec.get("same_start_as"):
+                    return budget, name
+    return None
+
+
+def _share_finetune(
+    state: State, rec: dict[str, Any], run_dir: Path, source: tuple[str, str], seed: int, say, what: str
+) -> None:
+    """Record ``source``'s fine-tuned result for an arm-seed that starts from the same weights: fine-tuning is
+    deterministic under the seed (one machine, one thread count), so training it again would repeat it.
+    Its ``metrics.json`` is copied beside; ``same_start_as`` says where the figures come from."""
+    budget, name = source
+    src = state.data["budgets"][budget]["arms"][name]["seeds"][str(seed)]
+    rec.update({k: src[k] for k in SHARED if k in src})
+    rec.update({"done": True, "resumed": False, "same_start_as": f"{budget}/{name}"})
+    metrics = state.out / "runs" / _slug(budget) / name / run_dir.name / "metrics.json"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if metrics.is_file():
+            atomic_write(run_dir / "metrics.json", metrics.read_text())
+    except OSError as err:
+        raise os_error(err, run_dir) from None
+    say(f"{what}: starts from the same weights as {budget} {name}: its fine-tuned result is shared")
     state.save()
 
 

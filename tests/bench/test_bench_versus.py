@@ -194,6 +194,45 @@ def test_more_seeds_train_only_the_new_ones(quick, monkeypatch, tmp_path):
     assert set(rows) == {"original", "drop", "tp-l1"} and rows["drop"]["seeds_done"] == "2"
 
 
+def test_arms_that_start_from_the_same_weights_share_one_fine_tune_and_it_is_what_training_gives(
+    quick, monkeypatch, tmp_path
+):
+    """At 70% of ResNet-20 ``joint-drop`` needs no channels pruned: it builds ``drop``'s network from the same
+    weights. The second is not trained again; training it anyway gives the same figures."""
+    calls = []
+    real = condense.train.train
+
+    def counting(model, data, config, **kw):
+        calls.append(config.seed)
+        return real(model, data, config, **kw)
+
+    monkeypatch.setattr(condense.train, "train", counting)
+    monkeypatch.setenv("CONDENSE_CACHE", str(quick["root"] / "cache"))
+    results = {}
+    for sharing in (True, False):
+        copy_dir = tmp_path / f"out-{sharing}"
+        shutil.copytree(quick["dir"], copy_dir)
+        calls.clear()
+        if not sharing:
+            monkeypatch.setattr(versus, "_same_start", lambda *a, **k: None)
+        rc, out, err = run(quick["argv"][:-1] + [str(copy_dir), "--budget", "70%", "--arms", "drop,joint-drop"])
+        assert rc == 0, err
+        seeds = json.loads((copy_dir / "versus.json").read_text())["budgets"]["70%"]["arms"]
+        first, second = seeds["drop"]["seeds"]["0"], seeds["joint-drop"]["seeds"]["0"]
+        assert first["start_digest"] == second["start_digest"]  # the same network and weights
+        results[sharing] = (first, second, list(calls))
+        if sharing:
+            assert calls == [0] and second["same_start_as"] == "70%/drop" and "same_start_as" not in first
+            assert {k: second[k] for k in versus.SHARED} == {k: first[k] for k in versus.SHARED}
+            assert (copy_dir / "runs" / "70pct" / "joint-drop" / "seed0" / "metrics.json").is_file()
+            rows = {r["arm"]: r for r in _csv(copy_dir / "versus.csv")}
+            assert "fine-tuned result of 70%/drop" in rows["joint-drop"]["note"]
+    shared_first, shared_second, _ = results[True]
+    trained_first, trained_second, trained_calls = results[False]
+    assert trained_calls == [0, 0] and "same_start_as" not in trained_second
+    assert trained_second["test_acc"] == trained_first["test_acc"] == shared_second["test_acc"]
+
+
 def test_original_ft_is_a_reference_run_only_when_named(quick, monkeypatch, tmp_path):
     """``original-ft`` fine-tunes the original itself the same way: not a default arm, the original's own
     counts, and its start is the original's weights (the same test accuracy before fine-tuning)."""
