@@ -174,10 +174,9 @@ def test_a_changed_setting_is_refused_naming_it(quick, monkeypatch):
     assert (d / "versus.json").read_bytes() == before
 
 
-def test_more_seeds_train_only_the_new_ones(quick, monkeypatch, tmp_path):
-    copy_dir = tmp_path / "out"
-    shutil.copytree(quick["dir"], copy_dir)
-    calls = []
+def count_training(monkeypatch, quick) -> list[int]:
+    """The seeds ``condense.train.train`` is called with from now on (it still trains); the quick run's cache."""
+    calls: list[int] = []
     real = condense.train.train
 
     def counting(model, data, config, **kw):
@@ -186,6 +185,13 @@ def test_more_seeds_train_only_the_new_ones(quick, monkeypatch, tmp_path):
 
     monkeypatch.setattr(condense.train, "train", counting)
     monkeypatch.setenv("CONDENSE_CACHE", str(quick["root"] / "cache"))
+    return calls
+
+
+def test_more_seeds_train_only_the_new_ones(quick, monkeypatch, tmp_path):
+    copy_dir = tmp_path / "out"
+    shutil.copytree(quick["dir"], copy_dir)
+    calls = count_training(monkeypatch, quick)
     argv = quick["argv"][:-1] + [str(copy_dir), "--seeds", "0,1", "--arms", "drop,tp-l1"]
     rc, out, err = run(argv)
     assert rc == 0, err
@@ -199,15 +205,7 @@ def test_arms_that_start_from_the_same_weights_share_one_fine_tune_and_it_is_wha
 ):
     """At 70% of ResNet-20 ``joint-drop`` needs no channels pruned: it builds ``drop``'s network from the same
     weights. The second is not trained again; training it anyway gives the same figures."""
-    calls = []
-    real = condense.train.train
-
-    def counting(model, data, config, **kw):
-        calls.append(config.seed)
-        return real(model, data, config, **kw)
-
-    monkeypatch.setattr(condense.train, "train", counting)
-    monkeypatch.setenv("CONDENSE_CACHE", str(quick["root"] / "cache"))
+    calls = count_training(monkeypatch, quick)
     results = {}
     for sharing in (True, False):
         copy_dir = tmp_path / f"out-{sharing}"
