@@ -485,16 +485,18 @@ def _train_batches(bundle, images: int, batch_size: int, seed: int, epoch: int) 
             return
 
 
-def _held_out_batches(bundle, skip: int, count: int, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
-    """Images ``skip .. skip + count`` of epoch 0's seeded shuffle (the order ``_train_batches`` draws from);
-    whole batches before them are not built."""
+def held_out_batches(
+    bundle, skip: int, count: int, batch_size: int, seed: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(images, labels) ``skip .. skip + count`` of epoch 0's seeded shuffle, without augmentation (the order
+    ``_train_batches`` draws from); whole batches before them are not built."""
     first = skip // batch_size
     position = first * batch_size
-    for x, _ in bundle.loader("train", batch_size, shuffle=True, augment=False, seed=seed, epoch=0, start_batch=first):
+    for x, y in bundle.loader("train", batch_size, shuffle=True, augment=False, seed=seed, epoch=0, start_batch=first):
         lo, hi = max(skip - position, 0), min(skip + count - position, len(x))
         position += len(x)
         if hi > lo:
-            yield x[lo:hi]
+            yield x[lo:hi], y[lo:hi]
         if position >= skip + count:
             return
 
@@ -704,7 +706,7 @@ class _Trainer:
         """The calibration loss (eval mode) over images ``skip .. skip + count`` of the seeded shuffle."""
         self.student.eval()
         total, seen = 0.0, 0
-        for x in _held_out_batches(self.bundle, skip, count, max(self.config.batch_size, 128), self.config.seed):
+        for x, _ in held_out_batches(self.bundle, skip, count, max(self.config.batch_size, 128), self.config.seed):
             total += float(self._loss(x.to(self.dev))) * len(x)
             seen += len(x)
         return total / seen if seen else math.inf

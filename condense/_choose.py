@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from ._calibrate import calibrate
+from ._calibrate import calibrate, held_out_batches
 from ._device import resolve_device
 from ._errors import BudgetError, CondenseError, ConfigError
 from ._fit import FitResult, fit
@@ -186,21 +186,12 @@ def held_out_accuracy(
     """Top-1 accuracy on training images ``skip .. skip + count`` of the seeded shuffle ``calibrate`` draws
     its first ``skip`` images from (so none of them was calibrated on); eval mode, no augmentation."""
     model.eval()
-    batch = 256
-    first = skip // batch  # whole batches before the held-out images are not built at all
     correct = seen = 0
-    position = first * batch
-    loader = bundle.loader("train", batch, shuffle=True, augment=False, seed=seed, epoch=0, start_batch=first)
     with torch.no_grad():
-        for x, y in loader:
-            lo, hi = max(skip - position, 0), min(skip + count - position, len(x))
-            position += len(x)
-            if hi > lo:
-                out = model(x[lo:hi].to(device))
-                correct += int((out.argmax(1).cpu() == y[lo:hi]).sum())
-                seen += hi - lo
-            if position >= skip + count:
-                break
+        for x, y in held_out_batches(bundle, skip, count, 256, seed):
+            out = model(x.to(device))
+            correct += int((out.argmax(1).cpu() == y).sum())
+            seen += len(x)
     if not seen:
         raise CondenseError("no held-out training images to score on", "give more training images")
     return correct / seen

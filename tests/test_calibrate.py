@@ -217,14 +217,14 @@ def test_auto_rate_walks_the_grid_picks_the_lowest_held_out_loss_and_runs_that_r
 
 
 def test_rate_probes_never_train_on_the_images_they_are_scored_on(bundle):
-    from condense._calibrate import _held_out_batches, _train_batches, probe_sizes
+    from condense._calibrate import _train_batches, held_out_batches, probe_sizes
 
     assert probe_sizes(10000) == (2500, 512) and probe_sizes(2048) == (512, 512) and probe_sizes(64) == (48, 16)
     assert probe_sizes(256, probe_images=1000) == (192, 64)  # never into the held-out images
     images = 200
     probe, held = probe_sizes(images)
     trained = torch.cat(list(_train_batches(bundle, probe, 32, 0, 0)))
-    scored = torch.cat(list(_held_out_batches(bundle, images - held, held, 128, 0)))
+    scored = torch.cat([x for x, _ in held_out_batches(bundle, images - held, held, 128, 0)])
     everything = torch.cat(list(_train_batches(bundle, images, 32, 0, 0)))
     assert len(trained) == probe and len(scored) == held and probe + held <= images
     assert torch.equal(scored, everything[images - held :])  # the last calibration images of the same order

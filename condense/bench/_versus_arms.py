@@ -54,7 +54,7 @@ from torch import nn
 import condense
 
 from .. import _fit as fitting  # fitting.fit, _versus_prune.prune_to_macs: looked up when called (tests patch them)
-from .._calibrate import LR_AUTO
+from .._calibrate import LR_AUTO, CalibrateConfig
 from .._choose import CANDIDATES, DEFAULT_CANDIDATES, short_split
 from .._errors import CondenseError
 from . import _versus_prune
@@ -78,9 +78,7 @@ class CalibSetting:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise CondenseError(f"calibration {name}={v!r} must be an integer >= 1")
-        lr = self.lr
-        if lr != LR_AUTO and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf):
-            raise CondenseError(f"calibration lr={lr!r} must be 'auto' or a number > 0")
+        CalibrateConfig(lr=self.lr)  # the rate checked as calibrate checks it
 
     def settings(self) -> dict[str, Any]:
         """The folder's "calibration" setting."""

@@ -232,6 +232,11 @@ class VersusConfig:
 
 
 # ------------------------------------------------------------------------------------------ the run
+def _run_dir(state: State, budget: str, arm: str, seed: int) -> Path:
+    """Where one arm-seed's fine-tuning writes (``runs/<budget>/<arm>/seed<N>``)."""
+    return state.out / "runs" / _slug(budget) / arm / f"seed{seed}"
+
+
 def _slug(budget: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "_", budget.replace("%", "pct"))
 
@@ -422,7 +427,7 @@ def _train_arm(
     arm = state.arm(budget, name)
     seeds = arm["seeds"]
     rec = seeds.get(str(seed))
-    run_dir = state.out / "runs" / _slug(budget) / name / f"seed{seed}"
+    run_dir = _run_dir(state, budget, name, seed)
     resume = rec is not None and (run_dir / "last.pt").exists()
     if resume:
         start = build(ARMS[name], ctx, arm["target_macs"], seed, recover=False)  # the weights come from last.pt
@@ -483,9 +488,9 @@ def _same_start(state: State, digest: str, seed: int, this: tuple[str, str]) -> 
     for budget, brec in state.data["budgets"].items():
         for name, arec in brec.get("arms", {}).items():
             rec = arec.get("seeds", {}).get(str(seed)) or {}
-            if (budget, name) != this and rec.get("done") and rec.get("start_digest") == digest:
-                if not rec.get("same_start_as"):
-                    return budget, name
+            trained = rec.get("done") and not rec.get("same_start_as")  # point at the arm-seed that was trained
+            if trained and (budget, name) != this and rec.get("start_digest") == digest:
+                return budget, name
     return None
 
 
@@ -499,7 +504,7 @@ def _share_finetune(
     src = state.data["budgets"][budget]["arms"][name]["seeds"][str(seed)]
     rec.update({k: src[k] for k in SHARED if k in src})
     rec.update({"done": True, "resumed": False, "same_start_as": f"{budget}/{name}"})
-    metrics = state.out / "runs" / _slug(budget) / name / run_dir.name / "metrics.json"
+    metrics = _run_dir(state, budget, name, seed) / "metrics.json"
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         if metrics.is_file():
