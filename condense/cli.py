@@ -34,6 +34,7 @@ from ._errors import CondenseError, run_command
 from ._export import export_onnx_main
 from ._fit import fit
 from ._help import HelpFormatter  # public here: search's commands use it too
+from ._intlist import int_list_type, parse_int_list
 from ._io import _legacy_model_dir, read_meta, save, write_model_dir
 from ._latency import LatencySetting
 from ._models import parse_model_spec
@@ -284,7 +285,7 @@ def _sub_parser(name: str) -> argparse.ArgumentParser:
         seeds.add_argument("--seed", type=_seed, default=None, metavar="S", help="random seed (default: the recipe's)")
         seeds.add_argument(
             "--seeds",
-            type=_seed_list,
+            type=int_list_type("--seeds", distinct=True),
             default=None,
             metavar="S1,S2,...",
             help="run these seeds in turn and print mean ± std (and a measured: block for the recipe)",
@@ -761,17 +762,8 @@ def _run_count(args, console) -> int:
     return 0
 
 
-def _milestones(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(m) for m in text.split(",") if m.strip()) if text else ()
-    except ValueError:
-        raise CondenseError(
-            f"--milestones {text!r} is not a list of epochs", "write e.g. --milestones 150,225"
-        ) from None
-
-
 def _run_train(args, console) -> int:
-    milestones = _milestones(args.milestones)
+    milestones = parse_int_list(args.milestones or "", "--milestones", example="150,225", empty_ok=True)
     device = resolve_device(args.device)  # a device that is not here: an error before anything is read or written
     if args.threads is not None:
         if args.threads < 1:
@@ -915,16 +907,6 @@ def _seed(text: str) -> int:
     return int(text)
 
 
-def _seed_list(text: str) -> list[int]:
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        seeds = []
-    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a list of distinct seeds >= 0, e.g. 0,1,2")
-    return seeds
-
-
 def _run_recipe(args, console) -> int:
     if args.action == "list":
         table = Table(
@@ -998,7 +980,7 @@ def _run_recipe_seeds(args, console, r) -> int:
         if args.threads < 1:
             raise CondenseError(f"--threads {args.threads} must be >= 1")
         torch.set_num_threads(args.threads)
-    seeds = args.seeds or ([args.seed] if args.seed is not None else None)
+    seeds = list(args.seeds) if args.seeds else ([args.seed] if args.seed is not None else None)
     base = Path(args.output or Path("runs") / f"{r.name}-{args.variant}")
     runs = []  # (seed, metrics, out dir, reused)
     for seed in seeds or [None]:

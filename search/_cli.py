@@ -27,6 +27,7 @@ from condense import (
     zoo,
 )
 from condense._help import HelpFormatter
+from condense._intlist import int_list_type
 from condense.data import load_data
 
 from ._compare import _load, compare_studies, latency_fronts
@@ -512,7 +513,7 @@ def compare_parser() -> argparse.ArgumentParser:
     t = p.add_argument_group("latency, re-timed (instead of the searches' own figures)")
     t.add_argument(
         "--latency",
-        type=_batches,
+        type=int_list_type("--latency", low=1, example="1,32"),
         default=None,
         metavar="B,B",
         help="load every study's front members (with --finished: the fine-tuned ones) and time them "
@@ -526,16 +527,6 @@ def compare_parser() -> argparse.ArgumentParser:
     t.add_argument("--trust-code", action="store_true", help="let a study's file.py model be imported")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
-
-
-def _batches(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of batch sizes >= 1, e.g. 1,32")
-    return values
 
 
 def compare_main(argv: Sequence[str] | None = None) -> int:

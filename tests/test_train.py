@@ -389,7 +389,7 @@ def test_setups_that_cannot_train_are_errors_before_anything_is_written(tmp_path
 @pytest.mark.parametrize(
     "argv,needle",
     [
-        (["--milestones", "5,x", "--schedule", "step"], "--milestones '5,x' is not a list of epochs"),
+        (["--milestones", "5,x", "--schedule", "step"], "--milestones '5,x' is not a list of integers >= 0"),
         (["--limit-train", "16", "--batch-size", "64"], "make no full batch"),
     ],
 )

@@ -29,6 +29,7 @@ from torch import nn
 from .._device import resolve_device, synchronize
 from .._errors import CondenseError
 from .._help import HelpFormatter
+from .._intlist import parse_int_list
 from .._write import atomic_write_csv, claim_file, csv_starts_with
 from ._timing import interleaved_medians, thread_info
 
@@ -156,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     threads = torch.get_num_threads()
     try:
         shapes = parse_shapes(args.shapes)
-        batches = _positive_ints(args.batch_sizes, "--batch-sizes")
+        batches = parse_int_list(args.batch_sizes, "--batch-sizes", low=1, example="1,32")
         for flag, value in (("--kernel", args.kernel), ("--repeats", args.repeats), ("--threads", args.threads)):
             if value < 1:
                 raise CondenseError(f"{flag} {value} must be >= 1")
@@ -171,16 +172,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         torch.set_num_threads(threads)
-
-
-def _positive_ints(text: str, flag: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in str(text).split(",") if v.strip())
-    except ValueError:
-        values = ()
-    if not values or min(values) < 1:
-        raise CondenseError(f"{flag} {text!r} is not a list of positive integers", f"write e.g. {flag} 1,32")
-    return values
 
 
 def _run(console: Console, shapes, batches, args, device: torch.device, out) -> int:

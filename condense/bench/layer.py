@@ -34,6 +34,7 @@ from rich.table import Table
 from .. import zoo
 from .._fit import fit
 from .._help import HelpFormatter
+from .._intlist import int_list_type
 from .._resolve import resolve_model
 from ..graph import RunChoice, rewrite
 from ..pde import GlobalConfig, GlobalLayer, fused_available, native_status
@@ -225,21 +226,31 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--cifar", action="store_true", help="the CIFAR ResNet shapes: block vs the legacy and today's Global layer"
     )
-    parser.add_argument("--Ks", default="1,2,3,4,5", help="PDE steps for --cifar (default 1,2,3,4,5)")
+    parser.add_argument(
+        "--Ks",
+        type=int_list_type("--Ks", low=1, example="1,5"),
+        default=(1, 2, 3, 4, 5),
+        help="PDE steps for --cifar (default 1,2,3,4,5)",
+    )
     parser.add_argument(
         "--models",
         action="store_true",
         help="condensed vs layer='drop' vs original: resnet20/56 @50%%, efficientnet_b0 @250M",
     )
     parser.add_argument("--eager-only", action="store_true", help="--models: skip torch.compile")
-    parser.add_argument("--batches", default="1,32", help="batch sizes (default 1,32)")
+    parser.add_argument(
+        "--batches",
+        type=int_list_type("--batches", low=1, example="1,32"),
+        default=(1, 32),
+        help="batch sizes (default 1,32)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--csv", default=None, help="also write the rows to this CSV file")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     console = Console()
-    batches = tuple(int(b) for b in args.batches.split(","))
+    batches = args.batches
     try:
         load = f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     except OSError:
@@ -273,9 +284,7 @@ def main(argv=None) -> int:
             f"[bold]Global layer at CIFAR ResNet shapes: basic block vs legacy vs today[/] — "
             f"{thread_info()}; {native_status()}; {load}"
         )
-        rows = measure_cifar(
-            batches=batches, Ks=tuple(int(k) for k in args.Ks.split(",")), repeats=args.repeats, train=args.train
-        )
+        rows = measure_cifar(batches=batches, Ks=args.Ks, repeats=args.repeats, train=args.train)
         table = Table("shape", "batch", "K", "mode", "module", "median ms", "/ legacy", "/ block")
         for r in rows:
             table.add_row(

@@ -40,6 +40,7 @@ from .._models import ModelSpec, default_input_size
 from .._resolve import is_model_dir, resolve_model
 from .._write import atomic_write_csv, claim_file
 from .._help import HelpFormatter
+from .._intlist import int_list_type
 from ..pde import native_status
 from ._timing import interleaved_medians
 
@@ -513,16 +514,6 @@ def print_result(result: BenchResult, console) -> None:
 
 
 # ------------------------------------------------------------------------------------------ CLI
-def _batch_sizes(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        sizes = ()
-    if not sizes or any(s < 1 for s in sizes):
-        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
-    return sizes
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="condense bench",
@@ -549,7 +540,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", metavar="CxHxW", help="input size (default: the directory's)")
     p.add_argument(
         "--batch-sizes",
-        type=_batch_sizes,
+        type=int_list_type("--batch-sizes", low=1, example="1,32"),
         default=(1, 32),
         metavar="B,B",
         help="batch 1 is timed as latency, larger ones as throughput (default 1,32)",

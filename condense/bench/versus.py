@@ -53,6 +53,7 @@ from .._count import macs_and_params
 from .._device import describe_device, resolve_device
 from .._errors import BudgetError, CondenseError, run_command
 from .._help import HelpFormatter
+from .._intlist import parse_int_list
 from .._models import build_model, file_digest
 from .._resolve import is_model_dir, resolve_model
 from .._width import check_multiple
@@ -98,17 +99,6 @@ DEFAULTS = {
 }
 
 
-def _int_list(text: str, what: str, low: int) -> tuple[int, ...]:
-    parts = [p.strip() for p in str(text).split(",")]
-    try:
-        values = tuple(int(p) for p in parts if p)
-    except ValueError:
-        values = ()
-    if not values or any(v < low for v in values) or len(set(values)) != len(values):
-        raise CondenseError(f"bad {what} {text!r}", f"write distinct integers >= {low} separated by commas, e.g. 0,1,2")
-    return values
-
-
 def _names(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(p.strip() for p in str(text).split(",") if p.strip()))
 
@@ -145,7 +135,7 @@ class VersusConfig:
     warmup: int = 3
     trust_code: bool = False
     quick: bool = False
-    time_only: bool = False  # re-time every built arm and report; train nothing
+    time_only: bool = False  # re-time every trained arm and report; build, record and train nothing new
 
     def __post_init__(self) -> None:
         if not self.data or not str(self.data).strip():
@@ -370,15 +360,19 @@ def _build_arms(cfg: VersusConfig, ctx: ArmContext, state: State, macs0: int, sa
     return built
 
 
-def _latency(
-    cfg: VersusConfig, ctx: ArmContext, state: State, built: dict[str, nn.Module], macs0: int, say, force: bool = False
-) -> None:
+def _latency(cfg: VersusConfig, ctx: ArmContext, state: State, built: dict[str, nn.Module], macs0: int, say) -> None:
     """Time the original and every built arm interleaved, once per setting (re-measured when an arm was added
-    or the setting changed, or always with ``force``: ``--time-only``)."""
+    or the setting changed, or always with ``--time-only``, which times the arms with a trained seed)."""
     setting = latency.setting(cfg.device, cfg.threads, cfg.batches, cfg.repeats, cfg.warmup)
     keys = [f"{b}/{a}" for b in cfg.budgets for a in cfg.arms if (state.arm(b, a) or {}).get("status") == "ok"]
+    if cfg.time_only:  # only arms with a trained seed: the table and `condense compare` show no others
+        seeds = {k: (state.arm(*k.split("/", 1)) or {}).get("seeds", {}) for k in keys}
+        untrained = [k for k in keys if not any(r.get("done") for r in seeds[k].values())]
+        if untrained:
+            say(f"--time-only: {len(untrained)} arm(s) with no trained seed are not timed: {', '.join(untrained)}")
+        keys = [k for k in keys if k not in untrained]
     old = state.data.get("latency") or {}
-    if not force and old.get("setting") == setting and all(k in old.get("ms", {}) for k in keys):
+    if not cfg.time_only and old.get("setting") == setting and all(k in old.get("ms", {}) for k in keys):
         return
     models: dict[str, nn.Module] = {latency.ORIGINAL: ctx.original}
     for key in keys:
@@ -558,8 +552,8 @@ def run(cfg: VersusConfig, console) -> dict[str, Any]:
                 width_multiple=cfg.width_multiple,
             )
             remember_choices(ctx, state.data["budgets"])
-            built = _build_arms(cfg, ctx, state, macs0, say)
-            _latency(cfg, ctx, state, built, macs0, say, force=cfg.time_only)
+            built = {} if cfg.time_only else _build_arms(cfg, ctx, state, macs0, say)  # --time-only adds no arm
+            _latency(cfg, ctx, state, built, macs0, say)
             built.clear()
             teacher = copy.deepcopy(original) if cfg.kd else None  # train() freezes its teacher: never the original
             todo = [
@@ -567,7 +561,7 @@ def run(cfg: VersusConfig, console) -> dict[str, Any]:
                 for s in cfg.seeds
                 for b in cfg.budgets
                 for a in cfg.arms
-                if state.arm(b, a)["status"] == "ok" and not (state.seed(b, a, s) or {}).get("done")
+                if (state.arm(b, a) or {}).get("status") == "ok" and not (state.seed(b, a, s) or {}).get("done")
             ]
             if cfg.time_only:  # timed above; what is not trained yet stays so
                 if todo:
@@ -699,7 +693,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--time-only",
         action="store_true",
-        help="time every built arm again (interleaved, e.g. on a quiet machine) and report; train nothing",
+        help="time every arm with a trained seed again (interleaved, e.g. on a quiet machine) and report; "
+        "build, record and train nothing new",
     )
     p.add_argument("-o", "--output", default="bench-versus", metavar="DIR", help="the output folder")
     p.add_argument("--trust-code", action="store_true", help="let a directory's file.py model be imported")
@@ -728,7 +723,7 @@ def config_from_args(args: argparse.Namespace) -> VersusConfig:
         data=args.data,
         budgets=tuple(str(args.budget).split(",")),
         arms=_names(args.arms) if args.arms is not None else default_arms(),
-        seeds=_int_list(pick("seeds", args.seeds), "seeds", 0),
+        seeds=parse_int_list(pick("seeds", args.seeds), "--seeds", distinct=True),
         output=args.output,
         checkpoint=args.checkpoint,
         epochs=epochs,
@@ -749,7 +744,7 @@ def config_from_args(args: argparse.Namespace) -> VersusConfig:
         width_multiple=args.width_multiple,
         device=args.device,
         threads=args.threads,
-        batches=_int_list(args.batch_sizes, "latency batch sizes", 1),
+        batches=parse_int_list(args.batch_sizes, "--batch-sizes", low=1, distinct=True, example="1,32"),
         repeats=pick("repeats", args.repeats),
         warmup=base["warmup"],
         trust_code=args.trust_code,

@@ -65,7 +65,7 @@ def test_the_bench_prints_a_table_and_writes_its_csv(tmp_path, capsys):
         (["--shapes", "8x4"], "is not CxHxW"),
         (["--shapes", "2x8x8"], "has 2 channels"),
         (["--shapes", ""], "no shape given"),
-        (["--batch-sizes", "0"], "is not a list of positive integers"),
+        (["--batch-sizes", "0"], "--batch-sizes '0' is not a list of integers >= 1"),
         (["--repeats", "0"], "--repeats 0 must be >= 1"),
     ],
 )

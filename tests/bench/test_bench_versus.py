@@ -283,10 +283,16 @@ def test_joint_choose_runs_condense_choose_once_per_budget(quick, monkeypatch, t
     assert len(calls) == 1
 
 
-def test_time_only_re_times_every_arm_and_trains_nothing(quick, monkeypatch, tmp_path):
+def test_time_only_re_times_every_trained_arm_and_trains_nothing(quick, monkeypatch, tmp_path):
     copy_dir = tmp_path / "out"
     shutil.copytree(quick["dir"], copy_dir)
     before = json.loads((copy_dir / "versus.json").read_text())
+    arms_50 = before["budgets"]["50%"]["arms"]
+    ok = [a for a, r in arms_50.items() if r["status"] == "ok"]
+    untrained, unbuilt = ok.pop(), ok.pop()
+    arms_50[untrained]["seeds"] = {}  # built and recorded, never trained: not in the table, so not timed
+    del arms_50[unbuilt]  # not in the folder: --time-only neither builds nor records it
+    (copy_dir / "versus.json").write_text(json.dumps(before))
     timed = []
     real = _versus_latency.measure
 
@@ -301,11 +307,11 @@ def test_time_only_re_times_every_arm_and_trains_nothing(quick, monkeypatch, tmp
     rc, out, err = run(argv)
     assert rc == 0, err
     after = json.loads((copy_dir / "versus.json").read_text())
-    ok = [a for a, r in before["budgets"]["50%"]["arms"].items() if r["status"] == "ok"]
-    assert timed == [sorted(["original", *(f"50%/{a}" for a in ok)])]  # one interleaved run, every arm
-    assert after["budgets"] == before["budgets"]  # nothing trained, no seed added
-    assert set(after["latency"]["ms"]) == set(before["latency"]["ms"])
+    assert timed == [sorted(["original", *(f"50%/{a}" for a in ok)])]  # one interleaved run, every trained arm
+    assert after["budgets"] == before["budgets"]  # nothing built, trained or added
+    assert set(after["latency"]["ms"]) == {"original", *(f"50%/{a}" for a in ok)}
     assert "not trained yet" in out + err
+    assert f"no trained seed are not timed: 50%/{untrained}" in " ".join((out + err).split())
 
 
 def test_the_calibration_rate_is_a_setting_and_older_folders_resume_at_their_rate():
@@ -328,8 +334,10 @@ def _bad_cases(data):
         (["zoo:no_such_net", "--data", spec], "unknown zoo model"),
         (["zoo:resnet20", "--data", spec, "--budget", "half"], "bad budget"),
         (["zoo:resnet20", "--data", spec, "--budget", "150%"], "bad budget"),
-        (["zoo:resnet20", "--data", spec, "--seeds", ""], "bad seeds"),
-        (["zoo:resnet20", "--data", spec, "--seeds", "0,x"], "bad seeds"),
+        (["zoo:resnet20", "--data", spec, "--seeds", ""], "--seeds '' is not a list of distinct integers >= 0"),
+        (["zoo:resnet20", "--data", spec, "--seeds", "0,x"], "--seeds '0,x' is not a list of distinct integers"),
+        (["zoo:resnet20", "--data", spec, "--seeds", "1,1"], "--seeds '1,1' is not a list of distinct integers"),
+        (["zoo:resnet20", "--data", spec, "--batch-sizes", "0,32"], "--batch-sizes '0,32' is not a list of"),
         (["zoo:resnet20"], "--data SPEC is required"),
         (["zoo:resnet20", "--data", f"cifar10:{data}-missing"], "does not exist"),
         (["zoo:resnet20", "--data", spec, "--arms", "global,magic"], "unknown arm 'magic'"),
