@@ -14,7 +14,8 @@ and (``--train``) a training step (forward + backward), interleaved; ratios new 
 nothing in their place) and against the original, timed interleaved in one run (round-robin, medians,
 ratios from the same run), eager and compiled, batch 1 and 32: zoo:resnet20 and zoo:resnet56 at 50% MACs,
 timm efficientnet_b0 at 250M (random weights). The condensed model also runs on the legacy path (an extra
-arm, so the before/after ratio comes from the same run).
+arm, so the before/after ratio comes from the same run). ``--model-Ks 1,3`` adds the same plan with every
+Global layer at those K (what fewer steps would buy); ``--only SPEC`` runs one model.
 
 Nothing here asserts: it prints what it measured.
 """
@@ -22,6 +23,7 @@ Nothing here asserts: it prints what it measured.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import csv
 import os
 import sys
@@ -154,28 +156,41 @@ MODELS = (
 )
 
 
-def model_arms(spec: str, budget: str, input_size) -> dict:
-    """{original, condensed, drop}: ``spec`` condensed to ``budget`` (``condense.fit``, Global layers) and the
-    same plan (m per run) with ``layer="drop"``; eval mode, seeded weights."""
+def model_arms(spec: str, budget: str, input_size, Ks: tuple[int, ...] = ()) -> dict:
+    """{original, condensed, drop, K=k...}: ``spec`` condensed to ``budget`` (``condense.fit``, Global
+    layers), the same plan (m per run) with ``layer="drop"``, and for each k in ``Ks`` the same plan with
+    every Global layer at K=k steps; eval mode, seeded weights."""
     torch.manual_seed(0)
     original = resolve_model(spec).model.eval()
     res = fit(original, macs=budget, input_size=input_size)
     plan = {p: RunChoice(m=c.m, layer="drop", options={}, init="input") for p, c in res.plan.choices.items()}
-    drop = rewrite(original, res.found, plan).module.eval()
-    return {"original": original, "condensed": res.model.eval(), "drop": drop}
+    arms = {"original": original, "condensed": res.model.eval(), "drop": rewrite(original, res.found, plan).module}
+    for K in Ks:
+        plan = {
+            p: dataclasses.replace(c, options={**c.options, "K": K}) if "K" in c.options else c
+            for p, c in res.plan.choices.items()
+        }
+        arms[f"K={K}"] = rewrite(original, res.found, plan).module
+    return {k: m.eval() for k, m in arms.items()}
 
 
 def measure_models(
-    models=MODELS, batches=(1, 32), modes=("eager", "compiled"), repeats: int = 20, progress=lambda _m: None
+    models=MODELS,
+    batches=(1, 32),
+    modes=("eager", "compiled"),
+    repeats: int = 20,
+    progress=lambda _m: None,
+    Ks: tuple[int, ...] = (),
 ):
-    """Rows: per model, mode and batch the median ms of original, condensed, condensed on the legacy path and
-    the drop plan, interleaved in one run, and each one's ratio to the original."""
+    """Rows: per model, mode and batch the median ms of original, condensed, condensed on the legacy path,
+    the drop plan and the plan at each K of ``Ks``, interleaved in one run; each one's ratio to the original,
+    and each layer arm's gap over the drop plan (``gap``: the condensed model's; ``K=k - drop``)."""
     old_limit = _raise_recompile_limit(64)
     rows = []
     try:
         for spec, budget, size in models:
             progress(f"condensing {spec} to {budget}")
-            arms = model_arms(spec, budget, size)
+            arms = model_arms(spec, budget, size, Ks)
             for mode in modes:
                 runs = {k: (torch.compile(m, dynamic=False) if mode == "compiled" else m) for k, m in arms.items()}
                 for batch in batches:
@@ -191,6 +206,7 @@ def measure_models(
                         "condensed": lambda r=runs["condensed"], c=call: c(r),
                         "condensed-legacy": lambda r=runs["condensed"], c=call: c(r, True),
                         "drop": lambda r=runs["drop"], c=call: c(r),
+                        **{f"K={K}": lambda r=runs[f"K={K}"], c=call: c(r) for K in Ks},
                     }
                     n = repeats if batch == 1 else max(5, repeats // 3)
                     times = interleaved_medians(fns, repeats=n, warmup=3)
@@ -202,6 +218,7 @@ def measure_models(
                             **{f"{k}_ms": t * 1e3 for k, t in times.items()},
                             **{k: t / times["original"] for k, t in times.items() if k != "original"},
                             gap=(times["condensed"] - times["drop"]) / times["original"],
+                            **{f"K={K} - drop": (times[f"K={K}"] - times["drop"]) / times["original"] for K in Ks},
                         )
                     )
     finally:
@@ -239,6 +256,16 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--eager-only", action="store_true", help="--models: skip torch.compile")
     parser.add_argument(
+        "--only", metavar="SPEC", choices=[m[0] for m in MODELS], help="--models: this model alone, e.g. zoo:resnet20"
+    )
+    parser.add_argument(
+        "--model-Ks",
+        type=int_list_type("--model-Ks", low=1, example="1,3"),
+        default=(),
+        metavar="K,K",
+        help="--models: also the same plan with every Global layer at these K (e.g. 1,3)",
+    )
+    parser.add_argument(
         "--batches",
         type=int_list_type("--batches", low=1, example="1,32"),
         default=(1, 32),
@@ -261,8 +288,13 @@ def main(argv=None) -> int:
             f"{native_status()}; {load}"
         )
         modes = ("eager",) if args.eager_only else ("eager", "compiled")
-        rows = measure_models(batches=batches, modes=modes, repeats=args.repeats, progress=console.log)
+        models = tuple(m for m in MODELS if args.only in (None, m[0]))
+        Ks = args.model_Ks
+        rows = measure_models(models, batches, modes, args.repeats, console.log, Ks)
         table = Table("model", "mode", "batch", "original ms", "condensed", "legacy", "drop", "condensed - drop")
+        for K in Ks:
+            table.add_column(f"K={K}")
+            table.add_column(f"K={K} - drop")
         for r in rows:
             table.add_row(
                 r["model"],
@@ -273,6 +305,7 @@ def main(argv=None) -> int:
                 f"{r['condensed-legacy']:.3f}",
                 f"{r['drop']:.3f}",
                 f"{r['gap']:+.3f}",
+                *(f"{r[k]:{f}}" for K in Ks for k, f in ((f"K={K}", ".3f"), (f"K={K} - drop", "+.3f"))),
             )
         console.print(table)
         console.print("times / the original's, from one interleaved run; goal: condensed - drop <= 0.05")
