@@ -96,6 +96,7 @@ class Tried:
     score: float | None = None
     seconds: float = 0.0
     reason: str = ""
+    calib_lr: float | None = None  # the calibration rate (picked by its probes under lr="auto")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -256,7 +257,7 @@ def choose(
             tried.append(Tried(name, _plain(opts), "infeasible", reason="the plan leaves the model unchanged"))
             continue
         say(f"choose: calibrating {name}")
-        calibrate(
+        calibration = calibrate(
             result,
             original,
             bundle,
@@ -279,6 +280,7 @@ def choose(
                 params=result.params_after,
                 score=score,
                 seconds=round(time.perf_counter() - c0, 2),
+                calib_lr=calibration.lr,
             )
         )
         say(f"choose: {name}: {score:.4f}")

@@ -3,6 +3,7 @@
 
 import copy
 import json
+import math
 
 import pytest
 import torch
@@ -189,14 +190,14 @@ def test_bad_options_are_config_errors(original, bundle, kwargs, needle):
         condense.calibrate(result, original, bundle, progress=False, **kwargs)
 
 
-def test_auto_rate_walks_the_grid_picks_the_lowest_held_out_loss_and_runs_that_rate_in_full(original, bundle):
-    from condense._calibrate import LR_GRID, LR_START
+def test_auto_rate_walks_the_grid_picks_by_held_out_loss_and_runs_that_rate_in_full(original, bundle):
+    from condense._calibrate import LR_GRID, LR_START, pick_lr
 
     result, again = condensed(original), condensed(original)
     said = []
     rec = condense.calibrate(result, original, bundle, images=256, batch_size=32, test_images=0, progress=said.append)
     rates, losses = zip(*rec.lr_probes)
-    assert rec.config.lr == "auto" and rec.lr == rates[losses.index(min(losses))]
+    assert rec.config.lr == "auto" and rec.lr == pick_lr(rec.lr_probes) and rec.lr in rates
     assert rates[:2] == (LR_START, LR_GRID[LR_GRID.index(LR_START) - 1])  # from 1e-3, then its higher neighbour
     walk = rates[2:]
     if walk:  # each step goes on the way the better first probe points, and the last one ends the walk
@@ -214,6 +215,20 @@ def test_auto_rate_walks_the_grid_picks_the_lowest_held_out_loss_and_runs_that_r
     assert fixed.lr_probes == () and fixed.lr == rec.lr
     assert all(torch.equal(v, again.model.state_dict()[k]) for k, v in result.model.state_dict().items())
     assert "picked from" in rec.summary() and "picked from" not in fixed.summary()
+
+
+def test_the_picked_rate_is_the_smallest_within_the_tolerance_of_the_lowest_loss():
+    from condense._calibrate import LR_TOLERANCE, pick_lr
+
+    assert LR_TOLERANCE == 0.01
+    assert pick_lr(((1e-3, 1.4), (3e-3, 1.25), (1e-2, 1.31))) == 3e-3  # the lowest, clearly
+    assert pick_lr(((1e-3, 1.5124), (3e-3, 1.2664), (1e-2, 1.2640))) == 3e-3  # 1e-2 lower by 0.2%: a tie
+    assert pick_lr(((1e-3, 1.5124), (3e-3, 1.2664), (1e-2, 1.2500))) == 1e-2  # lower by 1.3%: taken
+    assert pick_lr(((1e-3, 0.369), (3e-3, 0.918), (3e-4, 0.2431), (1e-4, 0.2487))) == 3e-4  # 1e-4: 2.3% worse
+    assert pick_lr(((1e-3, 0.300), (3e-3, 0.9), (3e-4, 0.2431), (1e-4, 0.2450))) == 1e-4  # 0.8% worse: smaller
+    assert pick_lr(((1e-3, math.inf), (3e-3, 2.0))) == 3e-3  # a diverged probe never ties
+    with pytest.raises(CondenseError, match="diverged at every rate"):
+        pick_lr(((1e-3, math.inf), (3e-3, math.inf)))
 
 
 def test_rate_probes_never_train_on_the_images_they_are_scored_on(bundle):

@@ -12,7 +12,7 @@ from conftest import tiny_mnist
 
 import condense
 from condense import BudgetError, CondenseError, ConfigError
-from condense._calibrate import _train_batches
+from condense._calibrate import LR_GRID, _train_batches
 from condense._choose import (
     DEFAULT_CANDIDATES,
     ChooseConfig,
@@ -78,6 +78,8 @@ def test_every_candidate_is_tried_and_the_most_accurate_wins(choice, original, b
     assert names == list(ALL)
     ok = [t for t in choice.tried if t.status == "ok"]
     assert ok and all(0 <= t.score <= 1 and t.macs <= 0.6 * choice.result.macs_before for t in ok)
+    assert all(t.calib_lr in LR_GRID for t in ok)  # each candidate's picked calibration rate, recorded
+    assert all(t.calib_lr is None for t in choice.tried if t.status != "ok")
     best = max(ok, key=lambda t: (t.score, -t.macs))
     assert choice.name == best.name
     # the winner's model scores what its record says, measured again here
