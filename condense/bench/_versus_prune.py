@@ -23,7 +23,7 @@ from torch import nn
 
 from .. import _width
 from .._count import macs_and_params
-from .._errors import CondenseError
+from .._errors import BudgetError, CondenseError
 from .._width import IMPORTANCES, classifier_layers  # noqa: F401 - one definition, in the library (width in a plan)
 
 PRUNE_STEPS = 14
@@ -91,8 +91,8 @@ def prune_to_macs(
     lo, hi, tries = 0.0, MAX_RATIO, 1
     net = prune_once(model, size, hi, criterion, multiple)
     macs, params = macs_and_params(net, size)
-    if macs > target:
-        raise CondenseError(
+    if macs > target:  # a budget this arm cannot reach: infeasible in the table, as for the depth arms
+        raise BudgetError(
             f"Torch-Pruning at ratio {hi} leaves {macs / 1e6:.2f}M MACs, over the target {target / 1e6:.2f}M",
             "raise the budget",
         )

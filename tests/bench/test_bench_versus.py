@@ -402,6 +402,14 @@ def test_prune_to_macs_lands_at_the_target_and_leaves_the_original(fraction):
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
+def test_prune_to_macs_below_its_reach_is_a_budget_error():
+    model = condense.build_model("zoo:resnet20")
+    macs0 = condense.macs_and_params(model, (3, 32, 32))[0]
+    with pytest.raises(condense.BudgetError, match="over the target") as err:  # the table says "infeasible"
+        _versus_prune.prune_to_macs(model, (3, 32, 32), 0.05 * macs0, "group", multiple=16)
+    assert err.value.hint == "raise the budget"
+
+
 def test_config_is_checked_on_creation(quick):
     spec = f"cifar10:{quick['data']}"
     with pytest.raises(condense.CondenseError, match="tp-macs"):
