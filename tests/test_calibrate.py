@@ -217,16 +217,13 @@ def test_auto_rate_walks_the_grid_picks_by_held_out_loss_and_runs_that_rate_in_f
     assert "picked from" in rec.summary() and "picked from" not in fixed.summary()
 
 
-def test_the_picked_rate_is_the_smallest_within_the_tolerance_of_the_lowest_loss():
-    from condense._calibrate import LR_TOLERANCE, pick_lr
+def test_the_picked_rate_has_the_lowest_held_out_loss_and_the_grid_stops_at_3e_3():
+    from condense._calibrate import LR_GRID, LR_START, pick_lr
 
-    assert LR_TOLERANCE == 0.01
-    assert pick_lr(((1e-3, 1.4), (3e-3, 1.25), (1e-2, 1.31))) == 3e-3  # the lowest, clearly
-    assert pick_lr(((1e-3, 1.5124), (3e-3, 1.2664), (1e-2, 1.2640))) == 3e-3  # 1e-2 lower by 0.2%: a tie
-    assert pick_lr(((1e-3, 1.5124), (3e-3, 1.2664), (1e-2, 1.2500))) == 1e-2  # lower by 1.3%: taken
-    assert pick_lr(((1e-3, 0.369), (3e-3, 0.918), (3e-4, 0.2431), (1e-4, 0.2487))) == 3e-4  # 1e-4: 2.3% worse
-    assert pick_lr(((1e-3, 0.300), (3e-3, 0.9), (3e-4, 0.2431), (1e-4, 0.2450))) == 1e-4  # 0.8% worse: smaller
-    assert pick_lr(((1e-3, math.inf), (3e-3, 2.0))) == 3e-3  # a diverged probe never ties
+    assert LR_GRID == (3e-3, 1e-3, 3e-4, 1e-4) and LR_START in LR_GRID  # 1e-2 fine-tuned worse where picked
+    assert pick_lr(((1e-3, 1.4), (3e-3, 1.25))) == 3e-3
+    assert pick_lr(((1e-3, 0.369), (3e-3, 0.918), (3e-4, 0.2431), (1e-4, 0.2487))) == 3e-4
+    assert pick_lr(((1e-3, math.inf), (3e-3, 2.0))) == 3e-3  # a diverged probe is never picked
     with pytest.raises(CondenseError, match="diverged at every rate"):
         pick_lr(((1e-3, math.inf), (3e-3, math.inf)))
 
