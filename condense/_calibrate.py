@@ -777,9 +777,10 @@ def _pick_lr(train: _Trainer, images: int, config: CalibrateConfig, progress) ->
             break
         j += direction
     train.student.load_state_dict(start)
-    best = pick_lr(tuple(losses.items()))
+    probes = tuple(losses.items())
+    best = pick_lr(probes)
     say(f"picked lr {best:g}")
-    return best, tuple(losses.items()), probe, held_out
+    return best, probes, probe, held_out
 
 
 def pick_lr(probes: tuple[tuple[float, float], ...]) -> float:

@@ -163,15 +163,22 @@ def model_arms(spec: str, budget: str, input_size, Ks: tuple[int, ...] = ()) -> 
     torch.manual_seed(0)
     original = resolve_model(spec).model.eval()
     res = fit(original, macs=budget, input_size=input_size)
-    plan = {p: RunChoice(m=c.m, layer="drop", options={}, init="input") for p, c in res.plan.choices.items()}
-    arms = {"original": original, "condensed": res.model.eval(), "drop": rewrite(original, res.found, plan).module}
+
+    def variant(change) -> torch.nn.Module:  # the same runs and kept blocks, each run's choice changed
+        return rewrite(original, res.found, {p: change(c) for p, c in res.plan.choices.items()}).module.eval()
+
+    arms = {
+        "original": original,
+        "condensed": res.model.eval(),
+        "drop": variant(lambda c: RunChoice(m=c.m, layer="drop", options={}, init="input")),
+    }
     for K in Ks:
-        plan = {
-            p: dataclasses.replace(c, options={**c.options, "K": K}) if "K" in c.options else c
-            for p, c in res.plan.choices.items()
-        }
-        arms[f"K={K}"] = rewrite(original, res.found, plan).module
-    return {k: m.eval() for k, m in arms.items()}
+
+        def at_K(c: RunChoice, K: int = K) -> RunChoice:  # a Global layer's step count; other layers as planned
+            return dataclasses.replace(c, options={**c.options, "K": K}) if "K" in c.options else c
+
+        arms[f"K={K}"] = variant(at_K)
+    return arms
 
 
 def measure_models(

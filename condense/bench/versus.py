@@ -366,8 +366,7 @@ def _latency(cfg: VersusConfig, ctx: ArmContext, state: State, built: dict[str, 
     setting = latency.setting(cfg.device, cfg.threads, cfg.batches, cfg.repeats, cfg.warmup)
     keys = [f"{b}/{a}" for b in cfg.budgets for a in cfg.arms if (state.arm(b, a) or {}).get("status") == "ok"]
     if cfg.time_only:  # only arms with a trained seed: the table and `condense compare` show no others
-        seeds = {k: (state.arm(*k.split("/", 1)) or {}).get("seeds", {}) for k in keys}
-        untrained = [k for k in keys if not any(r.get("done") for r in seeds[k].values())]
+        untrained = [k for k in keys if not any(r.get("done") for r in state.arm(*k.split("/", 1))["seeds"].values())]
         if untrained:
             say(f"--time-only: {len(untrained)} arm(s) with no trained seed are not timed: {', '.join(untrained)}")
         keys = [k for k in keys if k not in untrained]
